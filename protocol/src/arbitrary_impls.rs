@@ -1,0 +1,159 @@
+//! `Arbitrary` for [`Message`] yielding only valid messages: shared by the fuzzer and the
+//! property tests, so both explore the same space.
+#![forbid(unsafe_code)]
+
+use arbitrary::{Arbitrary, Result, Unstructured};
+
+use crate::codec::*;
+use crate::{CHALLENGE_LEN, MAX_FDS, MAX_SIGNAL, MAX_TARGET_FD};
+
+fn bytes_without(u: &mut Unstructured<'_>, max: usize, banned: &[u8]) -> Result<Vec<u8>> {
+    let len = u.int_in_range(0..=max)?;
+    let mut v = Vec::with_capacity(len);
+    for _ in 0..len {
+        let b = u8::arbitrary(u)?;
+        v.push(if banned.contains(&b) { b'x' } else { b });
+    }
+    Ok(v)
+}
+
+fn nonempty(mut v: Vec<u8>) -> Vec<u8> {
+    if v.is_empty() {
+        v.push(b'a');
+    }
+    v
+}
+
+impl<'a> Arbitrary<'a> for FdMap {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        let n = u.int_in_range(0..=MAX_FDS)?;
+        let mut map = FdMap::new();
+        for i in 0..n {
+            let t = if bool::arbitrary(u)? {
+                i as u32
+            } else {
+                u.int_in_range(0..=MAX_TARGET_FD)?
+            };
+            // Duplicates are skipped: the map stays valid.
+            let _ = map.push(t);
+        }
+        Ok(map)
+    }
+}
+
+impl<'a> Arbitrary<'a> for Job {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        if bool::arbitrary(u)? {
+            let name = String::arbitrary(u)?;
+            let mut name: String = name.chars().take(60).collect();
+            if name.is_empty() {
+                name.push('e');
+            }
+            let payload = bytes_without(u, 512, &[])?;
+            return Ok(Job::Entry(
+                EntryJob::new(name, payload).map_err(|_| arbitrary::Error::IncorrectFormat)?,
+            ));
+        }
+        let fail = |_| arbitrary::Error::IncorrectFormat;
+        let mut job = ExecJob::new(nonempty(bytes_without(u, 64, &[0])?)).map_err(fail)?;
+        if bool::arbitrary(u)? {
+            job.set_arg0(bytes_without(u, 32, &[0])?).map_err(fail)?;
+        }
+        for _ in 0..u.int_in_range(0..=8)? {
+            job.push_arg(bytes_without(u, 48, &[0])?).map_err(fail)?;
+        }
+        job.set_env_clear(bool::arbitrary(u)?);
+        for _ in 0..u.int_in_range(0..=6)? {
+            let k = nonempty(bytes_without(u, 16, &[0, b'='])?);
+            job.push_env(k, bytes_without(u, 32, &[0])?).map_err(fail)?;
+        }
+        if bool::arbitrary(u)? {
+            job.set_cwd(Some(nonempty(bytes_without(u, 64, &[0])?)))
+                .map_err(fail)?;
+        }
+        Ok(Job::Exec(job))
+    }
+}
+
+impl<'a> Arbitrary<'a> for SpawnOptions {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        Ok(SpawnOptions {
+            session: *u.choose(&[Session::Inherit, Session::NewProcessGroup, Session::NewSession])?,
+            want_pidfd: bool::arbitrary(u)?,
+            pid_after_exec: bool::arbitrary(u)?,
+            kill_on_disconnect: bool::arbitrary(u)?,
+            deadline_ms: Option::arbitrary(u)?,
+        })
+    }
+}
+
+impl<'a> Arbitrary<'a> for Message {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        let fail = |_| arbitrary::Error::IncorrectFormat;
+        Ok(match u.int_in_range(0..=11u8)? {
+            0 => {
+                let a = u.int_in_range(1..=u16::MAX)?;
+                let b = u.int_in_range(a..=u16::MAX)?;
+                Message::Hello(Hello::new(a, b).map_err(fail)?)
+            }
+            1 => {
+                let auth = if bool::arbitrary(u)? {
+                    AuthMethod::HmacSha256 {
+                        challenge: <[u8; CHALLENGE_LEN]>::arbitrary(u)?,
+                    }
+                } else {
+                    AuthMethod::None
+                };
+                Message::HelloOk(HelloOk::new(u.int_in_range(1..=u16::MAX)?, auth).map_err(fail)?)
+            }
+            2 => Message::Auth(Auth {
+                response: Arbitrary::arbitrary(u)?,
+                challenge: Arbitrary::arbitrary(u)?,
+            }),
+            3 => Message::AuthOk(AuthOk {
+                response: Arbitrary::arbitrary(u)?,
+            }),
+            4 => Message::Spawn(
+                Spawn::new(
+                    SpawnOptions::arbitrary(u)?,
+                    FdMap::arbitrary(u)?,
+                    Job::arbitrary(u)?,
+                )
+                .map_err(fail)?,
+            ),
+            5 => Message::Signal(Signal::new(u.int_in_range(1..=MAX_SIGNAL)?).map_err(fail)?),
+            6 => Message::StatusRequest,
+            7 => Message::Pid(
+                Pid::new(u.int_in_range(1..=i32::MAX)?, bool::arbitrary(u)?).map_err(fail)?,
+            ),
+            8 => Message::Exit(
+                Exit::new(
+                    u.int_in_range(-(MAX_SIGNAL as i32)..=255)?,
+                    bool::arbitrary(u)?,
+                    bool::arbitrary(u)?,
+                )
+                .map_err(fail)?,
+            ),
+            9 => Message::Signaled,
+            10 => {
+                let v: String = String::arbitrary(u)?.chars().take(16).collect();
+                Message::Status(
+                    Status::new(
+                        u.int_in_range(1..=u16::MAX)?,
+                        u.int_in_range(1..=i32::MAX)?,
+                        Arbitrary::arbitrary(u)?,
+                        Arbitrary::arbitrary(u)?,
+                        Arbitrary::arbitrary(u)?,
+                        v,
+                    )
+                    .map_err(fail)?,
+                )
+            }
+            _ => {
+                let code = *u.choose(ErrorCode::ALL)?;
+                let msg: String = String::arbitrary(u)?.chars().take(80).collect();
+                Message::Error(ErrorReply::new(code, Arbitrary::arbitrary(u)?, msg))
+            }
+        })
+    }
+}

@@ -1,0 +1,232 @@
+//! The sans-IO codec: typed messages, [`Message::encode`] and [`decode`]. No I/O, no `unsafe`.
+#![forbid(unsafe_code)]
+
+mod control;
+mod error_reply;
+mod handshake;
+mod header;
+mod spawn;
+mod status;
+mod wire;
+
+use bytes::BufMut;
+
+pub use control::{exit_flags, Exit, Pid, Signal};
+pub use error_reply::{ErrorCode, ErrorReply};
+pub use handshake::{Auth, AuthMethod, AuthOk, Hello, HelloOk};
+pub use header::{Header, Tag};
+pub use spawn::{flags as spawn_flags, EntryJob, ExecJob, FdMap, Job, Session, Spawn, SpawnOptions};
+pub use status::Status;
+
+use crate::error::DecodeError;
+use crate::HEADER_LEN;
+use wire::Reader;
+
+/// Every message of protocol version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Message {
+    /// 0x01, client → server.
+    Hello(Hello),
+    /// 0x02, server → client.
+    HelloOk(HelloOk),
+    /// 0x03, client → server.
+    Auth(Auth),
+    /// 0x04, server → client.
+    AuthOk(AuthOk),
+    /// 0x10, client → server; carries `fds().len()` fds.
+    Spawn(Spawn),
+    /// 0x11, client → server.
+    Signal(Signal),
+    /// 0x12, client → server.
+    StatusRequest,
+    /// 0x20, server → client; carries a pidfd when `has_pidfd()`.
+    Pid(Pid),
+    /// 0x21, server → client.
+    Exit(Exit),
+    /// 0x22, server → client.
+    Signaled,
+    /// 0x23, server → client.
+    Status(Status),
+    /// 0x2F, server → client.
+    Error(ErrorReply),
+}
+
+impl From<ErrorReply> for Message {
+    fn from(e: ErrorReply) -> Self {
+        Message::Error(e)
+    }
+}
+
+impl Message {
+    /// The message's tag.
+    pub fn tag(&self) -> Tag {
+        match self {
+            Message::Hello(_) => Tag::Hello,
+            Message::HelloOk(_) => Tag::HelloOk,
+            Message::Auth(_) => Tag::Auth,
+            Message::AuthOk(_) => Tag::AuthOk,
+            Message::Spawn(_) => Tag::Spawn,
+            Message::Signal(_) => Tag::Signal,
+            Message::StatusRequest => Tag::StatusRequest,
+            Message::Pid(_) => Tag::Pid,
+            Message::Exit(_) => Tag::Exit,
+            Message::Signaled => Tag::Signaled,
+            Message::Status(_) => Tag::Status,
+            Message::Error(_) => Tag::Error,
+        }
+    }
+
+    /// How many fds travel with this message's frame (the header's `nfds`).
+    pub fn fd_count(&self) -> usize {
+        match self {
+            Message::Spawn(s) => s.fds().len(),
+            Message::Pid(p) => usize::from(p.has_pidfd()),
+            _ => 0,
+        }
+    }
+
+    fn body_len(&self) -> usize {
+        match self {
+            Message::Hello(_) => 8,
+            Message::HelloOk(m) => m.body_len(),
+            Message::Auth(_) => 64,
+            Message::AuthOk(_) => 32,
+            Message::Spawn(m) => m.body_len(),
+            Message::Signal(_) | Message::Pid(_) => 4,
+            Message::StatusRequest | Message::Signaled => 0,
+            Message::Exit(_) => 8,
+            Message::Status(m) => m.body_len(),
+            Message::Error(m) => m.body_len(),
+        }
+    }
+
+    /// Length of the encoded frame, header included.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN + self.body_len()
+    }
+
+    /// Appends the frame (header and body) to `out`. Cannot fail: every message that can be
+    /// built fits the limits of the spec.
+    pub fn encode(&self, out: &mut impl BufMut) {
+        let header = Header {
+            tag: self.tag(),
+            nfds: self.fd_count() as u16,
+            body_len: self.body_len() as u32,
+        };
+        header.encode(out);
+        match self {
+            Message::Hello(m) => m.encode(out),
+            Message::HelloOk(m) => m.encode(out),
+            Message::Auth(m) => m.encode(out),
+            Message::AuthOk(m) => m.encode(out),
+            Message::Spawn(m) => m.encode(out),
+            Message::Signal(m) => m.encode(out),
+            Message::Pid(m) => m.encode(out),
+            Message::Exit(m) => m.encode(out),
+            Message::Status(m) => m.encode(out),
+            Message::Error(m) => m.encode(out),
+            Message::StatusRequest | Message::Signaled => {}
+        }
+    }
+
+    /// The encoded frame as a new vector.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.encoded_len());
+        self.encode(&mut v);
+        v
+    }
+}
+
+/// The outcome of [`decode`] on bytes that are not (yet) invalid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A whole frame: the message and how many bytes of the input it used.
+    Frame {
+        /// The decoded message.
+        message: Message,
+        /// Bytes of the input the frame took; the rest belongs to later frames.
+        consumed: usize,
+    },
+    /// The input is a strict prefix of a frame that could still be valid.
+    Incomplete {
+        /// At least this many more bytes are needed before anything changes.
+        needed: usize,
+    },
+}
+
+/// Decodes the first frame of `buf`.
+///
+/// Incremental and total: for any input it returns a frame and the bytes it took,
+/// [`Decoded::Incomplete`] when `buf` is a prefix of a frame that may still turn out valid, or
+/// the first rule the bytes break. It never panics, and it allocates only once the whole frame is
+/// present, in proportion to the frame's actual bytes (at most [`crate::MAX_FRAME_LEN`]).
+///
+/// # Errors
+/// A [`DecodeError`] naming the broken rule. No later bytes can repair it: the connection is
+/// beyond recovery (PROTOCOL.md §6.2).
+///
+/// # Examples
+/// ```
+/// use forkserver_protocol::{decode, Decoded, Hello, Message};
+///
+/// let bytes = Message::Hello(Hello::current()).to_bytes();
+/// assert!(matches!(decode(&bytes[..5]), Ok(Decoded::Incomplete { .. })));
+/// match decode(&bytes) {
+///     Ok(Decoded::Frame { message: Message::Hello(h), consumed }) => {
+///         assert_eq!(consumed, bytes.len());
+///         assert_eq!(h.max_version(), 1);
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// ```
+pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
+    let Some(header) = Header::parse(buf)? else {
+        return Ok(Decoded::Incomplete {
+            needed: HEADER_LEN - buf.len(),
+        });
+    };
+    let frame_len = header.frame_len();
+    let Some(body) = buf.get(HEADER_LEN..frame_len) else {
+        return Ok(Decoded::Incomplete {
+            needed: frame_len - buf.len(),
+        });
+    };
+    let message = decode_body(header, body)?;
+    Ok(Decoded::Frame {
+        message,
+        consumed: frame_len,
+    })
+}
+
+/// Decodes `buf` as exactly one frame: an incomplete frame is [`DecodeError::Truncated`] and
+/// bytes after the frame are [`DecodeError::TrailingBytes`].
+///
+/// # Errors
+/// As [`decode`], plus the two above.
+pub fn decode_exact(buf: &[u8]) -> Result<Message, DecodeError> {
+    match decode(buf)? {
+        Decoded::Frame { message, consumed } if consumed == buf.len() => Ok(message),
+        Decoded::Frame { .. } => Err(DecodeError::TrailingBytes),
+        Decoded::Incomplete { .. } => Err(DecodeError::Truncated),
+    }
+}
+
+fn decode_body(header: Header, body: &[u8]) -> Result<Message, DecodeError> {
+    let mut r = Reader::new(body);
+    let m = match header.tag {
+        Tag::Hello => Message::Hello(Hello::decode(&mut r)?),
+        Tag::HelloOk => Message::HelloOk(HelloOk::decode(&mut r)?),
+        Tag::Auth => Message::Auth(Auth::decode(&mut r)?),
+        Tag::AuthOk => Message::AuthOk(AuthOk::decode(&mut r)?),
+        Tag::Spawn => Message::Spawn(Spawn::decode(&mut r, header.nfds)?),
+        Tag::Signal => Message::Signal(Signal::decode(&mut r)?),
+        Tag::StatusRequest => Message::StatusRequest,
+        Tag::Pid => Message::Pid(Pid::decode(&mut r, header.nfds)?),
+        Tag::Exit => Message::Exit(Exit::decode(&mut r)?),
+        Tag::Signaled => Message::Signaled,
+        Tag::Status => Message::Status(Status::decode(&mut r)?),
+        Tag::Error => Message::Error(ErrorReply::decode(&mut r)?),
+    };
+    r.finish()?;
+    Ok(m)
+}

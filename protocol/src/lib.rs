@@ -1,0 +1,49 @@
+//! The wire protocol of forkserver: typed messages, a sans-IO codec, and the one module that
+//! moves frames and their file descriptors over an `AF_UNIX` socket.
+//!
+//! ```text
+//!   client crate                                             server crate
+//!  ┌────────────────┐                                     ┌────────────────┐
+//!  │ Command / call │                                     │ event loop     │
+//!  └───────┬────────┘                                     └───────▲────────┘
+//!          │ Message + FdBundle                     Message + fds │
+//!  ┌───────▼────────┐   codec (this crate, no I/O)        ┌───────┴────────┐
+//!  │ Message::encode│ ─────────── bytes ────────────────▶ │ decode()       │
+//!  └───────┬────────┘                                     └───────▲────────┘
+//!  ┌───────▼────────┐   transport (this crate, nix)       ┌───────┴────────┐
+//!  │ OutFrame::send │ ── sendmsg + SCM_RIGHTS ──────────▶ │ FrameReader    │
+//!  └────────────────┘   (≤ 253 fds per call, §4.3)        └────────────────┘
+//! ```
+//!
+//! * [`codec`]: every message of `spec/PROTOCOL.md` as a type whose constructor enforces the
+//!   spec's rules, so [`Message::encode`] cannot fail; and [`decode`], incremental and total:
+//!   a frame and the bytes it used, [`Decoded::Incomplete`], or a [`DecodeError`]. It does no
+//!   I/O and holds no `unsafe`.
+//! * [`transport`]: [`OutFrame`] and [`FrameReader`] carry frames and up to 256 fds over a
+//!   stream socket (`MSG_CMSG_CLOEXEC`, `MSG_CTRUNC` and fd-count checks, every received fd closed
+//!   on error).
+//! * [`FdBundle`]: the owned fds of a spawn request with their target numbers.
+//!
+//! The limits ([`MAX_FDS`], [`MAX_BODY_LEN`], ...) are the spec's; see `spec/PROTOCOL.md` §3.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "arbitrary")]
+mod arbitrary_impls;
+mod bundle;
+pub mod codec;
+mod error;
+pub mod fuzzing;
+mod limits;
+#[allow(unsafe_code)]
+pub mod transport;
+
+pub use bundle::FdBundle;
+pub use codec::{
+    decode, decode_exact, exit_flags, spawn_flags, Auth, AuthMethod, AuthOk, Decoded, EntryJob,
+    ErrorCode, ErrorReply, ExecJob, Exit, FdMap, Header, Hello, HelloOk, Job, Message, Pid,
+    Session, Signal, Spawn, SpawnOptions, Status, Tag,
+};
+pub use error::{BuildError, DecodeError, Field, Limit};
+pub use limits::*;
+pub use transport::{send_message, Frame, FrameReader, OutFrame, TransportError};

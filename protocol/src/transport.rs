@@ -1,0 +1,436 @@
+//! Frames and their fds over an `AF_UNIX` stream socket: the only module of this crate that does
+//! I/O (PROTOCOL.md §4.3).
+//!
+//! Sending: a frame's fds are attached, at most [`SCM_MAX_FD`] per `sendmsg`, to bytes of that
+//! frame. A frame with more than 253 fds goes out as several `sendmsg` calls: every call but the
+//! last carries one byte of the frame and the next 253 fds; the last carries the rest of the frame
+//! and the remaining fds. So all fds of a frame have arrived once its last byte has.
+//!
+//! Receiving: `recvmsg` with `MSG_CMSG_CLOEXEC` and room for 253 fds. The fds of one `recvmsg`
+//! belong to the frame holding the last byte that call returned (Linux never returns the fds of
+//! two `sendmsg` calls at once). When a frame is complete, the fds assigned to it must number
+//! exactly its header's `nfds`; otherwise, or on `MSG_CTRUNC`, every fd received is closed and an
+//! error is returned.
+
+use std::collections::VecDeque;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr,
+};
+
+use crate::codec::{decode, Decoded, Header, Message};
+use crate::error::DecodeError;
+use crate::{HEADER_LEN, MAX_FDS, SCM_MAX_FD};
+
+/// What went wrong moving frames over the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// `sendmsg`/`recvmsg` failed (`EAGAIN` on a non-blocking socket included).
+    Io(Errno),
+    /// The peer closed the connection between frames.
+    Closed,
+    /// The peer closed the connection in the middle of a frame.
+    ClosedMidFrame,
+    /// The bytes are not a valid frame.
+    Decode(DecodeError),
+    /// The control buffer was too small (`MSG_CTRUNC`): some fds were lost. The ones that did
+    /// arrive have been closed.
+    ControlTruncated,
+    /// The fds assigned to a frame do not number its header's `nfds`. They have been closed.
+    FdMismatch {
+        /// `nfds` from the header.
+        expected: usize,
+        /// fds that arrived for the frame.
+        received: usize,
+    },
+    /// More than [`MAX_FDS`] fds given for one frame (caught before anything is sent).
+    TooManyFds(usize),
+}
+
+impl TransportError {
+    /// True for `EAGAIN`/`EWOULDBLOCK`: try again when the socket is ready.
+    pub fn is_would_block(&self) -> bool {
+        matches!(self, TransportError::Io(Errno::EAGAIN))
+    }
+}
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "socket error: {e}"),
+            Self::Closed => f.write_str("connection closed by peer"),
+            Self::ClosedMidFrame => f.write_str("connection closed by peer in the middle of a frame"),
+            Self::Decode(e) => write!(f, "malformed frame: {e}"),
+            Self::ControlTruncated => f.write_str("control message truncated (MSG_CTRUNC); fds lost"),
+            Self::FdMismatch { expected, received } => {
+                write!(f, "frame announces {expected} fds but {received} arrived")
+            }
+            Self::TooManyFds(n) => write!(f, "{n} fds for one frame, at most {MAX_FDS} allowed"),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+impl From<DecodeError> for TransportError {
+    fn from(e: DecodeError) -> Self {
+        TransportError::Decode(e)
+    }
+}
+
+impl From<Errno> for TransportError {
+    fn from(e: Errno) -> Self {
+        TransportError::Io(e)
+    }
+}
+
+/// A frame being sent, possibly over several calls on a non-blocking socket.
+#[derive(Debug)]
+pub struct OutFrame {
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    pos: usize,
+    fds_sent: usize,
+}
+
+impl OutFrame {
+    /// Encodes `message` for sending with `fds`, which are closed once sent (or when this is
+    /// dropped).
+    ///
+    /// # Errors
+    /// [`TransportError::FdMismatch`] when `fds.len()` is not `message.fd_count()`.
+    pub fn new(message: &Message, fds: Vec<OwnedFd>) -> Result<Self, TransportError> {
+        if fds.len() != message.fd_count() {
+            return Err(TransportError::FdMismatch {
+                expected: message.fd_count(),
+                received: fds.len(),
+            });
+        }
+        Ok(Self::from_raw_parts(message.to_bytes(), fds))
+    }
+
+    /// A frame from bytes already encoded, sent with `fds` as §4.3 says. For tests and tools
+    /// that must send invalid frames; `bytes` must be at least `ceil(fds.len() / 253)` long.
+    ///
+    /// # Panics
+    /// If `bytes` is too short to carry the fds (a caller bug).
+    pub fn from_raw_parts(bytes: Vec<u8>, fds: Vec<OwnedFd>) -> Self {
+        assert!(bytes.len() >= fds.len().div_ceil(SCM_MAX_FD));
+        Self {
+            bytes,
+            fds,
+            pos: 0,
+            fds_sent: 0,
+        }
+    }
+
+    /// Whether every byte and fd has gone out.
+    pub fn is_done(&self) -> bool {
+        self.pos == self.bytes.len() && self.fds_sent == self.fds.len()
+    }
+
+    /// Sends as much as the socket takes. Returns `Ok(true)` once the whole frame is sent.
+    ///
+    /// # Errors
+    /// [`TransportError::Io`] from `sendmsg` (`EAGAIN` included: call again when writable;
+    /// `EPIPE` when the peer is gone: no `SIGPIPE` is raised).
+    pub fn send(&mut self, sock: BorrowedFd<'_>) -> Result<bool, TransportError> {
+        while !self.is_done() {
+            let fd_end = (self.fds_sent + SCM_MAX_FD).min(self.fds.len());
+            let chunk: Vec<RawFd> = self.fds[self.fds_sent..fd_end]
+                .iter()
+                .map(AsRawFd::as_raw_fd)
+                .collect();
+            // §4.3: while fds remain for later calls, this call carries a single byte.
+            let data_end = if fd_end < self.fds.len() {
+                self.pos + 1
+            } else {
+                self.bytes.len()
+            };
+            let iov = [IoSlice::new(&self.bytes[self.pos..data_end])];
+            let cmsg = [ControlMessage::ScmRights(&chunk)];
+            let cmsgs: &[ControlMessage<'_>] = if chunk.is_empty() { &[] } else { &cmsg };
+            match sendmsg::<UnixAddr>(
+                sock.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Ok(n) => {
+                    self.pos += n;
+                    if n > 0 {
+                        self.fds_sent = fd_end;
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(TransportError::Io(e)),
+            }
+        }
+        // The fds are in the peer's queue now; close our copies.
+        self.fds.clear();
+        Ok(true)
+    }
+}
+
+/// Sends `message` with `fds` on a blocking socket.
+///
+/// # Errors
+/// As [`OutFrame::new`] and [`OutFrame::send`].
+pub fn send_message(
+    sock: BorrowedFd<'_>,
+    message: &Message,
+    fds: Vec<OwnedFd>,
+) -> Result<(), TransportError> {
+    let mut out = OutFrame::new(message, fds)?;
+    out.send(sock)?;
+    Ok(())
+}
+
+/// A received frame: the message and the fds that travelled with it, in order.
+#[derive(Debug)]
+pub struct Frame {
+    /// The message.
+    pub message: Message,
+    /// Its fds (`message.fd_count()` of them), close-on-exec.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Reassembles frames and their fds from a stream socket, one `recvmsg` at a time.
+#[derive(Debug)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    /// Stream offset of `buf[0]`.
+    base: u64,
+    /// Received fds not yet handed out, each with the stream offset of the last byte of the
+    /// `recvmsg` that brought it.
+    fds: VecDeque<(u64, OwnedFd)>,
+    cmsg_space: usize,
+    eof: bool,
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Bytes asked of each `recvmsg`.
+const READ_CHUNK: usize = 16 * 1024;
+
+fn cmsg_space_for(nfds: usize) -> usize {
+    let align = |n: usize| n.div_ceil(std::mem::size_of::<usize>()) * std::mem::size_of::<usize>();
+    align(std::mem::size_of::<nix::libc::cmsghdr>()) + align(nfds * std::mem::size_of::<RawFd>())
+}
+
+impl FrameReader {
+    /// A reader with room for [`SCM_MAX_FD`] fds per `recvmsg`, which is all any one `sendmsg`
+    /// can carry.
+    pub fn new() -> Self {
+        Self::with_fd_capacity(SCM_MAX_FD)
+    }
+
+    /// A reader whose control buffer holds only `nfds` fds per `recvmsg`. A peer that sends more
+    /// in one call causes [`TransportError::ControlTruncated`]; this exists to test that path.
+    pub fn with_fd_capacity(nfds: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            base: 0,
+            fds: VecDeque::new(),
+            cmsg_space: cmsg_space_for(nfds),
+            eof: false,
+        }
+    }
+
+    /// Bytes received and not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// fds received and not yet handed out with a frame.
+    pub fn pending_fds(&self) -> usize {
+        self.fds.len()
+    }
+
+    /// Whether the peer has closed its sending side.
+    pub fn is_eof(&self) -> bool {
+        self.eof
+    }
+
+    fn fail(&mut self, e: TransportError) -> TransportError {
+        // Standards: every fd received is closed on any error.
+        self.fds.clear();
+        e
+    }
+
+    /// One `recvmsg`. Returns the bytes read; 0 means the peer closed its side.
+    ///
+    /// # Errors
+    /// [`TransportError::Io`] (`EAGAIN` on a non-blocking socket when nothing is there),
+    /// [`TransportError::ControlTruncated`], or [`TransportError::TooManyFds`] when a peer
+    /// piles up fds that no frame announced.
+    pub fn recv(&mut self, sock: BorrowedFd<'_>) -> Result<usize, TransportError> {
+        let old_len = self.buf.len();
+        self.buf.resize(old_len + READ_CHUNK, 0);
+        let mut cmsg = vec![0u8; self.cmsg_space];
+        let result = loop {
+            let mut iov = [IoSliceMut::new(&mut self.buf[old_len..])];
+            match recvmsg::<UnixAddr>(
+                sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Err(Errno::EINTR) => continue,
+                Err(e) => break Err(e),
+                Ok(msg) => {
+                    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+                    let mut got = Vec::new();
+                    if !truncated {
+                        if let Ok(cmsgs) = msg.cmsgs() {
+                            for c in cmsgs {
+                                if let ControlMessageOwned::ScmRights(fds) = c {
+                                    got.extend(fds);
+                                }
+                            }
+                        }
+                    }
+                    break Ok((msg.bytes, truncated, got));
+                }
+            }
+        };
+        let (n, truncated, raw) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.buf.truncate(old_len);
+                return Err(TransportError::Io(e));
+            }
+        };
+        self.buf.truncate(old_len + n);
+        if truncated {
+            // The kernel installed the fds that fit and dropped the rest: find and close those
+            // it installed, from the control buffer itself.
+            drop(owned_fds(scm_rights_in(&cmsg)));
+            return Err(self.fail(TransportError::ControlTruncated));
+        }
+        let owned = owned_fds(raw);
+        if n == 0 {
+            self.eof = true;
+            // fds without data cannot happen on a stream socket; close any all the same.
+            drop(owned);
+            return Ok(0);
+        }
+        let last = self.base + self.buf.len() as u64 - 1;
+        self.fds.extend(owned.into_iter().map(|fd| (last, fd)));
+        if self.fds.len() > MAX_FDS + SCM_MAX_FD {
+            let n = self.fds.len();
+            return Err(self.fail(TransportError::TooManyFds(n)));
+        }
+        Ok(n)
+    }
+
+    /// The next complete frame, if the bytes received so far hold one.
+    ///
+    /// # Errors
+    /// [`TransportError::Decode`] for invalid bytes, [`TransportError::FdMismatch`] when the fds
+    /// disagree with the header, [`TransportError::Closed`]/[`TransportError::ClosedMidFrame`]
+    /// once the peer has closed and no frame remains. Every held fd is closed on error.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, TransportError> {
+        let decoded = match decode(&self.buf) {
+            Ok(d) => d,
+            Err(e) => return Err(self.fail(TransportError::Decode(e))),
+        };
+        match decoded {
+            Decoded::Incomplete { .. } => {
+                // fds already assigned to this unfinished frame may not exceed its nfds.
+                if let Ok(Some(h)) = Header::parse(&self.buf[..self.buf.len().min(HEADER_LEN)]) {
+                    let end = self.base + self.buf.len() as u64;
+                    let assigned = self.fds.iter().take_while(|(o, _)| *o < end).count();
+                    if assigned > usize::from(h.nfds) {
+                        return Err(self.fail(TransportError::FdMismatch {
+                            expected: usize::from(h.nfds),
+                            received: assigned,
+                        }));
+                    }
+                }
+                if self.eof {
+                    let e = if self.buf.is_empty() {
+                        TransportError::Closed
+                    } else {
+                        TransportError::ClosedMidFrame
+                    };
+                    return Err(self.fail(e));
+                }
+                Ok(None)
+            }
+            Decoded::Frame { message, consumed } => {
+                let end = self.base + consumed as u64;
+                let assigned = self.fds.iter().take_while(|(o, _)| *o < end).count();
+                // §4.3: the fds of a frame have all arrived once its last byte has.
+                if assigned != message.fd_count() {
+                    return Err(self.fail(TransportError::FdMismatch {
+                        expected: message.fd_count(),
+                        received: assigned,
+                    }));
+                }
+                let fds = self.fds.drain(..assigned).map(|(_, fd)| fd).collect();
+                self.buf.drain(..consumed);
+                self.base += consumed as u64;
+                Ok(Some(Frame { message, fds }))
+            }
+        }
+    }
+
+    /// Reads until a whole frame is there, on a blocking socket.
+    ///
+    /// # Errors
+    /// As [`FrameReader::recv`] and [`FrameReader::next_frame`].
+    pub fn read_frame(&mut self, sock: BorrowedFd<'_>) -> Result<Frame, TransportError> {
+        loop {
+            if let Some(f) = self.next_frame()? {
+                return Ok(f);
+            }
+            self.recv(sock)?;
+        }
+    }
+}
+
+fn owned_fds(raw: Vec<RawFd>) -> Vec<OwnedFd> {
+    raw.into_iter()
+        // SAFETY: each fd was just installed in this process by recvmsg(SCM_RIGHTS) and is owned
+        // by nothing else; wrapping it makes this code its only owner, which closes it on drop.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect()
+}
+
+/// The fds of every `SCM_RIGHTS` message in a control buffer the kernel filled, read with plain
+/// byte arithmetic (nix declines to parse a truncated buffer). The buffer was zeroed before the
+/// call, so a zero `cmsg_len` marks the end.
+fn scm_rights_in(buf: &[u8]) -> Vec<RawFd> {
+    let word = std::mem::size_of::<usize>();
+    let align = |n: usize| n.div_ceil(word) * word;
+    let hdr = std::mem::size_of::<nix::libc::cmsghdr>();
+    let mut fds = Vec::new();
+    let mut off = 0;
+    while off + hdr <= buf.len() {
+        let mut len_bytes = [0u8; std::mem::size_of::<usize>()];
+        len_bytes.copy_from_slice(&buf[off..off + word]);
+        let len = usize::from_ne_bytes(len_bytes);
+        let level = i32::from_ne_bytes(buf[off + word..off + word + 4].try_into().unwrap_or([0; 4]));
+        let kind = i32::from_ne_bytes(buf[off + word + 4..off + word + 8].try_into().unwrap_or([0; 4]));
+        if len < hdr || off + len > buf.len() {
+            break;
+        }
+        if level == nix::libc::SOL_SOCKET && kind == nix::libc::SCM_RIGHTS {
+            for c in buf[off + hdr..off + len].chunks_exact(4) {
+                fds.push(RawFd::from_ne_bytes([c[0], c[1], c[2], c[3]]));
+            }
+        }
+        off += align(len);
+    }
+    fds
+}
