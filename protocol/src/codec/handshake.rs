@@ -156,7 +156,7 @@ impl HelloOk {
 /// challenge for the server (PROTOCOL.md §9).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Auth {
-    /// `HMAC-SHA256(key, "forkserver-v1 client" || server_challenge)`.
+    /// `HMAC-SHA256(key, "forkserver auth v1 client" || server_challenge)`.
     pub response: [u8; MAC_LEN],
     /// The client's random nonce.
     pub challenge: [u8; CHALLENGE_LEN],
@@ -179,7 +179,7 @@ impl Auth {
 /// `AuthOk` (0x04), server → client: the server's answer to the client's challenge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AuthOk {
-    /// `HMAC-SHA256(key, "forkserver-v1 server" || client_challenge)`.
+    /// `HMAC-SHA256(key, "forkserver auth v1 server" || client_challenge)`.
     pub response: [u8; MAC_LEN],
 }
 
