@@ -1,1 +1,69 @@
-pub fn placeholder() {}
+//! The forkserver server: a small, single-threaded process that forks children on request.
+//!
+//! ```text
+//!  clients ──unix socket──▶ ┌──────────────────────── Server::run ─────────────────────────┐
+//!                           │ epoll: listener · connections · signalfd(SIGCHLD, SIGTERM)  │
+//!                           │        · alive fd · report pipes (exec result)              │
+//!                           │                                                             │
+//!                           │ conn state: AwaitHello → Ready → Running(pid) → Closing     │
+//!                           │ Spawn ──▶ spawn::spawn ── fork ──▶ child: reset signals,     │
+//!                           │             │                      session, place fds,      │
+//!                           │             ▼                      close the rest, run job  │
+//!                           │   Pid reply at once; Exit when reaped (waitpid WNOHANG)     │
+//!                           └─────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! Use it as the `forkserver` binary (`forkserver serve`), or embed it: [`Zygote`] turns the
+//! application's own binary into the server, with entry points and preloaded state.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod config;
+#[allow(unsafe_code)] // SIG_IGN for SIGINT and SIGPIPE
+mod server;
+#[allow(unsafe_code)]
+mod spawn;
+mod sys;
+#[allow(unsafe_code)]
+mod zygote;
+
+pub use config::{default_socket_path, ensure_private_dir, Config, Listen};
+pub use server::Server;
+pub use zygote::{Call, EntryFn, Zygote, ALIVE_FD_ENV, LISTEN_FD_ENV};
+
+use std::path::PathBuf;
+
+/// Why the server could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A system call failed.
+    #[error("{0}: {1}")]
+    Sys(String, nix::errno::Errno),
+    /// A file operation failed.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    /// Another server answers on the socket path (or the path is not a socket).
+    #[error("{0} is in use")]
+    InUse(PathBuf),
+    /// The socket directory is not private to this user (owner or mode).
+    #[error("{0} is not a directory owned by this user with mode 0700")]
+    Insecure(PathBuf),
+    /// The process has more than one thread: forking it would be unsafe.
+    #[error("the server must be single-threaded, this process has {0} threads")]
+    Threads(usize),
+    /// The launch environment (`FORKSERVER_LISTEN_FD`, `FORKSERVER_ALIVE_FD`) is wrong.
+    #[error("launch: {0}")]
+    Launch(String),
+}
+
+/// Installs a `tracing` subscriber writing to stderr, filtered by `RUST_LOG` (default `warn`).
+/// Does nothing if one is already installed.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,802 @@
+//! The event loop: one thread, one epoll set, non-blocking sockets, a state machine per
+//! connection driven by the incremental decoder, child exits through a signalfd.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use forkserver_protocol::{
+    AuthMethod, ErrorCode, ErrorReply, Exit, FdBundle, Frame, FrameReader, HelloOk, Job, Message,
+    OutFrame, Pid as PidReply, Spawn, Status, TransportError, PROTOCOL_VERSION,
+};
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::signal::{kill, SigHandler, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{accept4, SockFlag};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::config::{bind_listener, peer_uid, Config};
+use crate::spawn::{self, Work, STAGE_EXEC};
+use crate::zygote::EntryFn;
+use crate::ServerError;
+
+const TOKEN_LISTENER: u64 = 0;
+const TOKEN_SIGNALS: u64 = 1;
+const TOKEN_ALIVE: u64 = 2;
+/// Connection tokens are their ids; report-pipe tokens have this bit set.
+const TOKEN_REPORT: u64 = 1 << 62;
+const FIRST_CONN_ID: u64 = 16;
+/// recvmsg calls per readiness event: enough to drain a burst, few enough to stay fair.
+const READS_PER_EVENT: usize = 4;
+/// Frames queued for a client that does not read; past this its connection stops being read.
+const MAX_QUEUED_REPLIES: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitHello,
+    Ready,
+    /// Spawned with `pid_after_exec`: waiting for the exec to succeed or fail.
+    Spawning(Pid),
+    Running(Pid),
+    /// Finished: flush the queued replies, then close.
+    Closing,
+}
+
+struct Conn {
+    fd: OwnedFd,
+    reader: FrameReader,
+    out: VecDeque<OutFrame>,
+    state: State,
+    interest: EpollFlags,
+}
+
+struct Child {
+    /// Unique per spawn, so a stale deadline cannot hit a later child that reuses the pid.
+    serial: u64,
+    conn: Option<u64>,
+    report: Option<OwnedFd>,
+    /// An error reply already went out for this child (exec failed with `pid_after_exec`).
+    reported: bool,
+    kill_on_disconnect: bool,
+    deadline_hit: bool,
+}
+
+/// A bound server, ready to [`Server::run`].
+pub struct Server {
+    epoll: Epoll,
+    listener: Option<OwnedFd>,
+    socket_path: Option<PathBuf>,
+    signals: SignalFd,
+    alive: Option<OwnedFd>,
+    /// Kept open so that `accept` can still take (and refuse) a connection at EMFILE.
+    reserve_fd: Option<OwnedFd>,
+    conns: HashMap<u64, Conn>,
+    next_conn: u64,
+    children: HashMap<Pid, Child>,
+    deadlines: BinaryHeap<Reverse<(Instant, u64, Pid)>>,
+    handshakes: VecDeque<(Instant, u64)>,
+    entries: HashMap<String, EntryFn>,
+    config: Config,
+    spawned_total: u64,
+    shutting_down: bool,
+    idle_since: Instant,
+    uid: u32,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("socket_path", &self.socket_path)
+            .field("connections", &self.conns.len())
+            .field("children", &self.children.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn sys(what: &'static str) -> impl Fn(Errno) -> ServerError {
+    move |e| ServerError::Sys(what.into(), e)
+}
+
+impl Server {
+    /// Binds the listening socket and sets up the event loop. Signals: `SIGINT` and `SIGPIPE`
+    /// are ignored; `SIGCHLD` and `SIGTERM` are blocked and read from a signalfd.
+    ///
+    /// # Errors
+    /// The socket cannot be bound (in use, insecure directory, permissions) or a system call
+    /// of the setup fails.
+    pub fn bind(mut config: Config) -> Result<Server, ServerError> {
+        let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(1);
+        if threads > 1 {
+            return Err(ServerError::Threads(threads));
+        }
+        let listen = std::mem::replace(&mut config.listen, crate::Listen::Abstract(Vec::new()));
+        let (listener, socket_path) = bind_listener(listen)?;
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        mask.add(Signal::SIGTERM);
+        mask.thread_block().map_err(sys("sigprocmask"))?;
+        // SAFETY: SIG_IGN installs no handler code.
+        unsafe {
+            nix::sys::signal::signal(Signal::SIGINT, SigHandler::SigIgn).map_err(sys("signal"))?;
+            nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn).map_err(sys("signal"))?;
+        }
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(sys("signalfd"))?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(sys("epoll_create"))?;
+        epoll
+            .add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTENER))
+            .map_err(sys("epoll_ctl"))?;
+        epoll
+            .add(&signals, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNALS))
+            .map_err(sys("epoll_ctl"))?;
+        let alive = config.alive_fd.take();
+        if let Some(a) = &alive {
+            epoll
+                .add(a, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_ALIVE))
+                .map_err(sys("epoll_ctl"))?;
+        }
+        let reserve_fd = open_reserve();
+        tracing::info!(socket = ?socket_path, "forkserver listening");
+        Ok(Server {
+            epoll,
+            listener: Some(listener),
+            socket_path,
+            signals,
+            alive,
+            reserve_fd,
+            conns: HashMap::new(),
+            next_conn: FIRST_CONN_ID,
+            children: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+            handshakes: VecDeque::new(),
+            entries: HashMap::new(),
+            config,
+            spawned_total: 0,
+            shutting_down: false,
+            idle_since: Instant::now(),
+            uid: nix::unistd::getuid().as_raw(),
+        })
+    }
+
+    /// Registers the entry points children can run (zygote mode).
+    pub fn with_entries(mut self, entries: HashMap<String, EntryFn>) -> Self {
+        self.entries = entries;
+        self
+    }
+
+    /// The socket file, when listening on a path.
+    pub fn socket_path(&self) -> Option<&std::path::Path> {
+        self.socket_path.as_deref()
+    }
+
+    /// Serves until `SIGTERM` (then: stop accepting, finish the running children, exit), EOF
+    /// on the alive fd (exit at once; children run on), or the idle timeout.
+    ///
+    /// # Errors
+    /// Only a failing `epoll_wait` or signalfd read ends the loop with an error; every error a
+    /// client causes is answered to that client.
+    pub fn run(mut self) -> Result<(), ServerError> {
+        let mut events = vec![EpollEvent::empty(); 64];
+        loop {
+            let timeout = self.next_timeout();
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => 0,
+                Err(e) => return Err(ServerError::Sys("epoll_wait".into(), e)),
+            };
+            for ev in &events[..n] {
+                let flags = ev.events();
+                match ev.data() {
+                    TOKEN_LISTENER => self.accept_all(),
+                    TOKEN_SIGNALS => self.read_signals()?,
+                    TOKEN_ALIVE => {
+                        if self.alive_closed() {
+                            tracing::info!("owner gone (alive fd closed): exiting");
+                            self.cleanup();
+                            return Ok(());
+                        }
+                    }
+                    t if t & TOKEN_REPORT != 0 => self.on_report(Pid::from_raw((t & !TOKEN_REPORT) as i32)),
+                    id => self.on_conn_event(id, flags),
+                }
+            }
+            self.expire(Instant::now());
+            if self.shutting_down && self.children.is_empty() && self.conns.is_empty() {
+                tracing::info!("shut down cleanly");
+                self.cleanup();
+                return Ok(());
+            }
+            if let Some(idle) = self.config.idle_timeout {
+                if self.conns.is_empty()
+                    && self.children.is_empty()
+                    && self.idle_since.elapsed() >= idle
+                {
+                    tracing::info!("idle for {idle:?}: exiting");
+                    self.cleanup();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn cleanup(&mut self) {
+        if let Some(p) = self.socket_path.take() {
+            if self.listener.is_some() {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        self.listener = None;
+    }
+
+    fn next_timeout(&self) -> EpollTimeout {
+        let mut next: Option<Instant> = self.deadlines.peek().map(|Reverse((t, _, _))| *t);
+        if let Some((t, _)) = self.handshakes.front() {
+            next = Some(next.map_or(*t, |n| n.min(*t)));
+        }
+        if let Some(idle) = self.config.idle_timeout {
+            if self.conns.is_empty() && self.children.is_empty() {
+                let t = self.idle_since + idle;
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        match next {
+            None => EpollTimeout::NONE,
+            Some(t) => {
+                // Round up to whole milliseconds so the timer has passed when we wake.
+                let d = t.saturating_duration_since(Instant::now()) + Duration::from_micros(999);
+                EpollTimeout::try_from(d).unwrap_or(EpollTimeout::MAX)
+            }
+        }
+    }
+
+    fn touch(&mut self) {
+        self.idle_since = Instant::now();
+    }
+
+    // ----- accepting ------------------------------------------------------------------------
+
+    fn accept_all(&mut self) {
+        for _ in 0..16 {
+            let Some(listener) = &self.listener else { return };
+            match accept4(listener, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK) {
+                Ok(fd) => self.on_accept(fd),
+                Err(Errno::EAGAIN) => return,
+                Err(Errno::EINTR | Errno::ECONNABORTED) => {}
+                Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
+                    tracing::warn!("accept: {e}");
+                    self.refuse_one(e);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Out of fds: free the reserve, take the pending connection, tell it why, close it, and
+    /// take the reserve back. Without this the listener would stay readable and spin.
+    fn refuse_one(&mut self, e: Errno) {
+        self.reserve_fd = None;
+        if let Some(listener) = &self.listener {
+            if let Ok(fd) = accept4(listener, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK) {
+                let reply = ErrorReply::new(ErrorCode::ResourceExhausted, e as i32, "server out of file descriptors");
+                let _ = OutFrame::new(&reply.into(), vec![]).map(|mut o| o.send(fd.as_fd()));
+            }
+        }
+        self.reserve_fd = open_reserve();
+    }
+
+    fn on_accept(&mut self, fd: OwnedFd) {
+        self.touch();
+        let refuse = |fd: &OwnedFd, code: ErrorCode, msg: &str| {
+            let reply = ErrorReply::new(code, 0, msg);
+            let _ = OutFrame::new(&reply.into(), vec![]).map(|mut o| o.send(fd.as_fd()));
+        };
+        match peer_uid(&fd) {
+            Ok(uid) if uid == self.uid || self.config.allowed_uids.contains(&uid) => {}
+            Ok(uid) => {
+                tracing::warn!(uid, "refused a peer with a uid that is not allowed");
+                refuse(&fd, ErrorCode::PermissionDenied, "peer uid not allowed");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("SO_PEERCRED: {e}");
+                return;
+            }
+        }
+        if self.shutting_down {
+            refuse(&fd, ErrorCode::ShuttingDown, "server is shutting down");
+            return;
+        }
+        if self.conns.len() >= self.config.max_connections {
+            refuse(&fd, ErrorCode::ResourceExhausted, "too many connections");
+            return;
+        }
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+        if let Err(e) = self.epoll.add(&fd, EpollEvent::new(interest, id)) {
+            tracing::warn!("epoll_ctl: {e}");
+            return;
+        }
+        self.handshakes
+            .push_back((Instant::now() + self.config.handshake_timeout, id));
+        self.conns.insert(
+            id,
+            Conn {
+                fd,
+                reader: FrameReader::new(),
+                out: VecDeque::new(),
+                state: State::AwaitHello,
+                interest,
+            },
+        );
+    }
+
+    // ----- signals and children -------------------------------------------------------------
+
+    fn read_signals(&mut self) -> Result<(), ServerError> {
+        let mut reap = false;
+        loop {
+            match self.signals.read_signal() {
+                Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGCHLD) => reap = true,
+                    Ok(Signal::SIGTERM) => self.begin_shutdown(),
+                    _ => {}
+                },
+                Ok(None) | Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(ServerError::Sys("signalfd read".into(), e)),
+            }
+        }
+        if reap {
+            self.reap();
+        }
+        Ok(())
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        tracing::info!("SIGTERM: no longer accepting; exiting once running children end");
+        self.shutting_down = true;
+        if let Some(l) = self.listener.take() {
+            let _ = self.epoll.delete(&l);
+            if let Some(p) = &self.socket_path {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        let idle: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.state, State::AwaitHello | State::Ready))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            self.fail(id, ErrorReply::new(ErrorCode::ShuttingDown, 0, "server is shutting down"));
+        }
+    }
+
+    fn alive_closed(&mut self) -> bool {
+        let Some(a) = &self.alive else { return false };
+        let mut buf = [0u8; 64];
+        match nix::unistd::read(a, &mut buf) {
+            Ok(0) => true,
+            Ok(_) | Err(Errno::EAGAIN | Errno::EINTR) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// Reaps every child that has ended: no zombie outlives the loop turn that saw SIGCHLD.
+    fn reap(&mut self) {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, status)) => self.on_child_exit(pid, status, false),
+                Ok(WaitStatus::Signaled(pid, sig, core)) => {
+                    self.on_child_exit(pid, -(sig as i32), core)
+                }
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    tracing::error!("waitpid: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_child_exit(&mut self, pid: Pid, code: i32, core: bool) {
+        self.touch();
+        let Some(child) = self.children.remove(&pid) else {
+            return;
+        };
+        tracing::debug!(pid = pid.as_raw(), code, "child reaped");
+        let failure = child.report.as_ref().and_then(read_report);
+        if let Some(r) = &child.report {
+            let _ = self.epoll.delete(r);
+        }
+        let Some(id) = child.conn else { return };
+        if child.reported {
+            return;
+        }
+        let reply = match failure {
+            Some(reply) => reply,
+            None => match Exit::new(code, child.deadline_hit, core) {
+                Ok(exit) => Message::Exit(exit),
+                Err(_) => ErrorReply::new(ErrorCode::Internal, 0, format!("exit code {code}")).into(),
+            },
+        };
+        self.send(id, reply, vec![]);
+        self.set_state(id, State::Closing);
+    }
+
+    /// A `pid_after_exec` child's report pipe is readable: EOF means the exec succeeded.
+    fn on_report(&mut self, pid: Pid) {
+        let Some(child) = self.children.get_mut(&pid) else { return };
+        let Some(report) = child.report.take() else { return };
+        let _ = self.epoll.delete(&report);
+        let Some(id) = child.conn else { return };
+        match read_report(&report) {
+            None => {
+                child.report = None;
+                let pidfd = self.pidfd_for(id, pid);
+                self.send_pid(id, pid, pidfd);
+                self.set_state(id, State::Running(pid));
+            }
+            Some(reply) => {
+                child.reported = true;
+                self.send(id, reply, vec![]);
+                self.set_state(id, State::Closing);
+            }
+        }
+    }
+
+    fn pidfd_for(&self, _id: u64, pid: Pid) -> Option<OwnedFd> {
+        crate::sys::pidfd_open(pid)
+            .map_err(|e| tracing::debug!("pidfd_open: {e}"))
+            .ok()
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(Reverse((t, serial, pid))) = self.deadlines.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop();
+            if let Some(c) = self.children.get_mut(&pid) {
+                if c.serial == serial && !c.deadline_hit {
+                    c.deadline_hit = true;
+                    tracing::info!(pid = pid.as_raw(), "deadline expired: SIGKILL");
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+            }
+        }
+        while let Some(&(t, id)) = self.handshakes.front() {
+            let waiting = self
+                .conns
+                .get(&id)
+                .is_some_and(|c| c.state == State::AwaitHello);
+            if !waiting {
+                self.handshakes.pop_front();
+                continue;
+            }
+            if t > now {
+                break;
+            }
+            self.handshakes.pop_front();
+            self.fail(id, ErrorReply::new(ErrorCode::Timeout, 0, "handshake not completed in time"));
+        }
+    }
+
+    // ----- connections ----------------------------------------------------------------------
+
+    fn on_conn_event(&mut self, id: u64, flags: EpollFlags) {
+        if flags.contains(EpollFlags::EPOLLOUT) {
+            self.flush(id);
+        }
+        if flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+            self.read(id);
+        }
+    }
+
+    fn read(&mut self, id: u64) {
+        for _ in 0..READS_PER_EVENT {
+            let Some(conn) = self.conns.get_mut(&id) else { return };
+            if conn.state == State::Closing || conn.out.len() >= MAX_QUEUED_REPLIES {
+                return;
+            }
+            match conn.reader.recv(conn.fd.as_fd()) {
+                Ok(_) => {}
+                Err(TransportError::Io(Errno::EAGAIN)) => return,
+                Err(e) => return self.transport_error(id, e),
+            }
+            loop {
+                let Some(conn) = self.conns.get_mut(&id) else { return };
+                if conn.state == State::Closing {
+                    return;
+                }
+                match conn.reader.next_frame() {
+                    Ok(Some(frame)) => self.on_frame(id, frame),
+                    Ok(None) => break,
+                    Err(e) => return self.transport_error(id, e),
+                }
+            }
+        }
+    }
+
+    fn transport_error(&mut self, id: u64, e: TransportError) {
+        match e {
+            TransportError::Closed | TransportError::ClosedMidFrame | TransportError::Io(_) => {
+                tracing::debug!(conn = id, "peer gone: {e}");
+                self.disconnect(id);
+            }
+            TransportError::Decode(d) => {
+                tracing::debug!(conn = id, "malformed frame: {d}");
+                self.fail(id, ErrorReply::from(d));
+            }
+            TransportError::FdMismatch { .. } => {
+                self.fail(id, ErrorReply::new(ErrorCode::FdMismatch, 0, e.to_string()))
+            }
+            TransportError::TooManyFds(_) => {
+                self.fail(id, ErrorReply::new(ErrorCode::TooManyFds, 0, e.to_string()))
+            }
+            TransportError::ControlTruncated => {
+                self.fail(id, ErrorReply::new(ErrorCode::FdMismatch, 0, e.to_string()))
+            }
+            _ => self.fail(id, ErrorReply::new(ErrorCode::Internal, 0, e.to_string())),
+        }
+    }
+
+    /// Sends a fatal error and closes once it is flushed.
+    fn fail(&mut self, id: u64, reply: ErrorReply) {
+        self.send(id, reply.into(), vec![]);
+        self.set_state(id, State::Closing);
+    }
+
+    fn on_frame(&mut self, id: u64, frame: Frame) {
+        let Some(conn) = self.conns.get(&id) else { return };
+        let state = conn.state;
+        let Frame { message, fds } = frame;
+        match (state, message) {
+            (State::AwaitHello, Message::Hello(h)) => {
+                match h.negotiate(PROTOCOL_VERSION, PROTOCOL_VERSION) {
+                    Some(v) => {
+                        let ok = HelloOk::new(v, AuthMethod::None).expect("version is non-zero");
+                        self.send(id, Message::HelloOk(ok), vec![]);
+                        self.set_state(id, State::Ready);
+                    }
+                    None => self.fail(
+                        id,
+                        ErrorReply::new(
+                            ErrorCode::UnsupportedVersion,
+                            0,
+                            format!("server speaks versions {PROTOCOL_VERSION}..={PROTOCOL_VERSION}"),
+                        ),
+                    ),
+                }
+            }
+            (State::Ready | State::Running(_), Message::StatusRequest) => {
+                let status = Status::new(
+                    PROTOCOL_VERSION,
+                    std::process::id() as i32,
+                    self.children.len() as u32,
+                    self.conns.len() as u32,
+                    self.spawned_total,
+                    concat!("forkserver ", env!("CARGO_PKG_VERSION")),
+                )
+                .expect("status fields are valid");
+                self.send(id, Message::Status(status), vec![]);
+            }
+            (State::Ready, Message::Spawn(spawn)) => {
+                match forkserver_protocol::FdBundle::from_parts(spawn.fds().clone(), fds) {
+                    Ok(bundle) => self.spawn(id, spawn, bundle),
+                    Err(_) => self.fail(id, ErrorReply::new(ErrorCode::FdMismatch, 0, "fd count mismatch")),
+                }
+            }
+            (State::Running(pid), Message::Signal(s)) => {
+                // The pid is still ours: a child leaves `Running` in the same turn it is reaped.
+                let reply = match crate::sys::kill(pid, s.signo() as i32) {
+                    Ok(()) => Message::Signaled,
+                    Err(e) => {
+                        ErrorReply::new(ErrorCode::SignalFailed, e as i32, format!("kill: {e}")).into()
+                    }
+                };
+                self.send(id, reply, vec![]);
+            }
+            (State::AwaitHello, m) => self.fail(
+                id,
+                ErrorReply::new(ErrorCode::UnexpectedMessage, 0, format!("expected Hello, got {:?}", m.tag())),
+            ),
+            (_, m) => self.fail(
+                id,
+                ErrorReply::new(
+                    ErrorCode::UnexpectedMessage,
+                    0,
+                    format!("{:?} is not allowed in state {state:?}", m.tag()),
+                ),
+            ),
+        }
+    }
+
+    fn spawn(&mut self, id: u64, spawn: Spawn, bundle: FdBundle) {
+        let (options, _, job) = spawn.into_parts();
+        let work = match &job {
+            Job::Exec(e) => Work::Exec(e),
+            Job::Entry(e) => match self.entries.get(e.name()) {
+                Some(entry) => Work::Entry {
+                    entry,
+                    payload: e.payload().to_vec(),
+                },
+                None => {
+                    let msg = format!("no entry point named {:?}", e.name());
+                    return self.fail(id, ErrorReply::new(ErrorCode::UnknownEntry, 0, msg));
+                }
+            },
+        };
+        let (pid, report) = match spawn::spawn(work, options.session, bundle) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("spawn failed: {e}");
+                let code = match e {
+                    Errno::EMFILE | Errno::ENFILE => ErrorCode::ResourceExhausted,
+                    _ => ErrorCode::ForkFailed,
+                };
+                return self.fail(id, ErrorReply::new(code, e as i32, format!("fork: {e}")));
+            }
+        };
+        self.spawned_total += 1;
+        self.touch();
+        let serial = self.spawned_total;
+        if let Some(ms) = options.deadline_ms {
+            let t = Instant::now() + Duration::from_millis(ms.get());
+            self.deadlines.push(Reverse((t, serial, pid)));
+        }
+        let wait_exec = options.pid_after_exec && matches!(job, Job::Exec(_));
+        if wait_exec {
+            let token = TOKEN_REPORT | pid.as_raw() as u64;
+            if let Err(e) = self.epoll.add(&report, EpollEvent::new(EpollFlags::EPOLLIN, token)) {
+                tracing::warn!("epoll_ctl: {e}");
+            }
+        }
+        self.children.insert(
+            pid,
+            Child {
+                serial,
+                conn: Some(id),
+                report: Some(report),
+                reported: false,
+                kill_on_disconnect: options.kill_on_disconnect,
+                deadline_hit: false,
+            },
+        );
+        tracing::debug!(conn = id, pid = pid.as_raw(), "spawned");
+        if wait_exec {
+            self.set_state(id, State::Spawning(pid));
+        } else {
+            let pidfd = if options.want_pidfd { self.pidfd_for(id, pid) } else { None };
+            self.send_pid(id, pid, pidfd);
+            self.set_state(id, State::Running(pid));
+        }
+    }
+
+    fn send_pid(&mut self, id: u64, pid: Pid, pidfd: Option<OwnedFd>) {
+        let reply = PidReply::new(pid.as_raw(), pidfd.is_some()).expect("fork returns a positive pid");
+        self.send(id, Message::Pid(reply), pidfd.into_iter().collect());
+    }
+
+    /// Ends a connection whose peer is gone: its fds are closed; a running child runs on unless
+    /// it asked to be killed on disconnect.
+    fn disconnect(&mut self, id: u64) {
+        let Some(conn) = self.conns.remove(&id) else { return };
+        let _ = self.epoll.delete(&conn.fd);
+        if let State::Running(pid) | State::Spawning(pid) = conn.state {
+            if let Some(child) = self.children.get_mut(&pid) {
+                child.conn = None;
+                if child.kill_on_disconnect {
+                    tracing::debug!(pid = pid.as_raw(), "client gone: SIGKILL");
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+            }
+        }
+        self.touch();
+    }
+
+    fn set_state(&mut self, id: u64, state: State) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let old = conn.state;
+        conn.state = state;
+        if state == State::Closing {
+            // The connection's child (if any) is on its own now, or killed if it asked to be.
+            if let State::Running(pid) | State::Spawning(pid) = old {
+                if let Some(c) = self.children.get_mut(&pid) {
+                    c.conn = None;
+                    if c.kill_on_disconnect {
+                        let _ = kill(pid, Signal::SIGKILL);
+                    }
+                }
+            }
+            // Nothing more is read: drop what was received, and its fds.
+            conn.reader = FrameReader::new();
+            self.flush(id);
+        }
+    }
+
+    fn send(&mut self, id: u64, message: Message, fds: Vec<OwnedFd>) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        match OutFrame::new(&message, fds) {
+            Ok(out) => conn.out.push_back(out),
+            Err(e) => tracing::error!("bug: reply does not match its fds: {e}"),
+        }
+        self.flush(id);
+    }
+
+    fn flush(&mut self, id: u64) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        while let Some(front) = conn.out.front_mut() {
+            match front.send(conn.fd.as_fd()) {
+                Ok(_) => {
+                    conn.out.pop_front();
+                }
+                Err(TransportError::Io(Errno::EAGAIN)) => break,
+                Err(e) => {
+                    tracing::debug!(conn = id, "send: {e}");
+                    return self.disconnect(id);
+                }
+            }
+        }
+        if conn.out.is_empty() && conn.state == State::Closing {
+            return self.disconnect(id);
+        }
+        // Level-triggered: ask for writability only while replies wait, and stop reading a
+        // client that does not read its replies (backpressure).
+        let mut want = EpollFlags::EPOLLRDHUP;
+        if !conn.out.is_empty() {
+            want |= EpollFlags::EPOLLOUT;
+        }
+        if conn.out.len() < MAX_QUEUED_REPLIES && conn.state != State::Closing {
+            want |= EpollFlags::EPOLLIN;
+        }
+        if want != conn.interest {
+            conn.interest = want;
+            let mut ev = EpollEvent::new(want, id);
+            if let Err(e) = self.epoll.modify(&conn.fd, &mut ev) {
+                tracing::warn!("epoll_ctl: {e}");
+            }
+        }
+    }
+}
+
+/// Reads a child's failure report, if it wrote one (5 bytes: stage, errno).
+fn read_report(fd: &OwnedFd) -> Option<Message> {
+    let mut buf = [0u8; 5];
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::unistd::read(fd, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    if got < buf.len() {
+        return None;
+    }
+    let errno = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    let desc = Errno::from_raw(errno).desc();
+    Some(if buf[0] == STAGE_EXEC {
+        ErrorReply::new(ErrorCode::ExecFailed, errno, format!("execve: {desc}")).into()
+    } else {
+        ErrorReply::new(ErrorCode::ChildSetupFailed, errno, format!("child setup: {desc}")).into()
+    })
+}
+
+fn open_reserve() -> Option<OwnedFd> {
+    nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).ok()
+}

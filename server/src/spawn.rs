@@ -1,0 +1,268 @@
+//! Forking a child and preparing it (PROTOCOL.md §6.4): everything here after `fork()` runs in
+//! the child, which is a copy of the single-threaded server and so may allocate freely.
+//!
+//! In the child, before the job runs:
+//! 1. signal dispositions go back to `SIG_DFL` and the signal mask is emptied;
+//! 2. `setsid()` or `setpgid(0, 0)` as requested;
+//! 3. every fd of the bundle is placed at its target (close-on-exec cleared only there), fds
+//!    0-2 that the bundle does not map are opened on `/dev/null`, and every other fd of the
+//!    server (listener, connections, epoll, signalfd, other requests' fds) is closed;
+//! 4. the job runs: `execve`, or the entry point, whose return value is the exit status.
+//!
+//! A failure in steps 1-4 is written to the report pipe (close-on-exec, so `execve` succeeding
+//! closes it: EOF means success) as 5 bytes, `stage: u8` and `errno: i32` little-endian, and
+//! the child exits with status 127.
+
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use forkserver_protocol::{ExecJob, FdBundle, Session};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::stat::Mode;
+use nix::unistd::{fork, ForkResult, Pid};
+
+use crate::sys;
+use crate::zygote::{Call, EntryFn};
+
+/// Stage byte of a child's failure report: setting the child up failed.
+pub(crate) const STAGE_SETUP: u8 = 1;
+/// Stage byte of a child's failure report: `execve` failed.
+pub(crate) const STAGE_EXEC: u8 = 2;
+/// Exit status of a child whose setup or exec failed (as shells use for "not found").
+const FAILED_STATUS: i32 = 127;
+/// Exit status of an entry point that panicked (as Rust's runtime uses).
+pub(crate) const PANIC_STATUS: i32 = 101;
+
+/// What a forked child runs.
+pub(crate) enum Work<'a> {
+    Exec(&'a ExecJob),
+    Entry { entry: &'a EntryFn, payload: Vec<u8> },
+}
+
+/// Forks a child that runs `work` with `bundle`. Returns the child's pid and the read end of
+/// its report pipe; the bundle's fds are closed in the server.
+///
+/// # Errors
+/// `pipe2` or `fork` failing (EAGAIN, ENOMEM, EMFILE).
+pub(crate) fn spawn(
+    work: Work<'_>,
+    session: Session,
+    bundle: FdBundle,
+) -> Result<(Pid, OwnedFd), Errno> {
+    let (report_rd, report_wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    // SAFETY: the server is single-threaded (checked at startup), so the child is a complete
+    // copy of the process and may run any code, allocation included, until it exits.
+    match unsafe { fork() }? {
+        ForkResult::Parent { child } => {
+            drop(report_wr);
+            drop(bundle);
+            Ok((child, report_rd))
+        }
+        ForkResult::Child => {
+            drop(report_rd);
+            child_main(work, session, bundle, report_wr)
+        }
+    }
+}
+
+fn report_and_exit(report: RawFd, stage: u8, errno: Errno) -> ! {
+    let mut msg = [0u8; 5];
+    msg[0] = stage;
+    msg[1..].copy_from_slice(&(errno as i32).to_le_bytes());
+    // SAFETY: `report` is the child's report pipe, open until the child exits.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(report) };
+    let _ = nix::unistd::write(fd, &msg);
+    sys::exit_now(FAILED_STATUS)
+}
+
+fn child_main(work: Work<'_>, session: Session, bundle: FdBundle, report: OwnedFd) -> ! {
+    let report = report.into_raw_fd();
+    if let Err(e) = reset_signals() {
+        report_and_exit(report, STAGE_SETUP, e);
+    }
+    let r = match session {
+        Session::Inherit => Ok(()),
+        Session::NewProcessGroup => nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)),
+        Session::NewSession => nix::unistd::setsid().map(drop),
+    };
+    if let Err(e) = r {
+        report_and_exit(report, STAGE_SETUP, e);
+    }
+    let (report, targets) = match place_fds(bundle, report) {
+        Ok(r) => r,
+        Err((report, e)) => report_and_exit(report, STAGE_SETUP, e),
+    };
+    match work {
+        Work::Exec(job) => {
+            let e = exec(job);
+            report_and_exit(report, STAGE_EXEC, e)
+        }
+        Work::Entry { entry, payload } => {
+            // Setup succeeded: the report pipe's EOF tells the server so.
+            // SAFETY: `report` is open and owned by this code alone.
+            drop(unsafe { OwnedFd::from_raw_fd(report) });
+            let call = Call::new(payload, targets);
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry(call)))
+                .unwrap_or(PANIC_STATUS);
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            sys::exit_now(code & 0xff)
+        }
+    }
+}
+
+fn reset_signals() -> Result<(), Errno> {
+    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for sig in Signal::iterator() {
+        if sig == Signal::SIGKILL || sig == Signal::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL installs no handler code, so no Rust code can run
+        // asynchronously because of it.
+        unsafe { sigaction(sig, &dfl) }?;
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+}
+
+/// Places every fd of the bundle at its target, opens `/dev/null` on unmapped 0-2, closes every
+/// other fd but the report pipe (which moves above the targets). Returns the report pipe's new
+/// number and the targets.
+fn place_fds(bundle: FdBundle, report: RawFd) -> Result<(RawFd, Vec<u32>), (RawFd, Errno)> {
+    let (map, fds) = bundle.into_parts();
+    let targets = map.targets().to_vec();
+    // Release ownership: from here on these numbers are managed by hand, and no destructor may
+    // close them later (a target may reuse one of their numbers).
+    let srcs: Vec<RawFd> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
+    let base = targets.iter().copied().max().map_or(3, |m| (m + 1).max(3)) as RawFd;
+    // 1. Move the report pipe and every source above every target, so no dup2 below can
+    //    overwrite a source not yet placed.
+    let dup_above = |fd: RawFd| {
+        // SAFETY: `fd` is open in this process; borrowing it for the fcntl call is sound.
+        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        fcntl(b, FcntlArg::F_DUPFD_CLOEXEC(base))
+    };
+    let report = dup_above(report).map_err(|e| (report, e))?;
+    let mut moved = Vec::with_capacity(srcs.len());
+    for &s in &srcs {
+        moved.push(dup_above(s).map_err(|e| (report, e))?);
+    }
+    // 2. dup2 each moved source onto its target; the new fd has close-on-exec cleared.
+    for (&src, &t) in moved.iter().zip(&targets) {
+        // SAFETY: `src` is open; the fd returned is `t`, which we keep by forgetting it.
+        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(src) };
+        let placed = unsafe { nix::unistd::dup2_raw(b, t as RawFd) }.map_err(|e| (report, e))?;
+        let _ = placed.into_raw_fd();
+    }
+    // 3. Close everything but the targets and the report pipe.
+    let mut keep: Vec<u32> = targets.clone();
+    keep.push(report as u32);
+    keep.sort_unstable();
+    let mut next = 0u32;
+    for &k in &keep {
+        if k > next {
+            close_all(next, k - 1).map_err(|e| (report, e))?;
+        }
+        next = k + 1;
+    }
+    close_all(next, u32::MAX).map_err(|e| (report, e))?;
+    // 4. Unmapped stdio goes to /dev/null, so the job's first open() cannot become its stdout.
+    for std_fd in 0..=2u32 {
+        if targets.contains(&std_fd) {
+            continue;
+        }
+        let null = open("/dev/null", OFlag::O_RDWR, Mode::empty()).map_err(|e| (report, e))?;
+        if null.as_raw_fd() as u32 != std_fd {
+            // SAFETY: `std_fd` is closed (step 3); the dup2 result is kept by forgetting it.
+            let placed =
+                unsafe { nix::unistd::dup2_raw(null.as_fd(), std_fd as RawFd) }.map_err(|e| (report, e))?;
+            let _ = placed.into_raw_fd();
+        } else {
+            let _ = null.into_raw_fd();
+        }
+    }
+    Ok((report, targets))
+}
+
+fn close_all(first: u32, last: u32) -> Result<(), Errno> {
+    match sys::close_range(first, last) {
+        Err(Errno::ENOSYS) => {
+            // Kernels before 5.9: close one by one up to the fd limit.
+            let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+            let end = last.min(soft.min(u64::from(u32::MAX)) as u32);
+            for fd in first..=end {
+                let _ = nix::unistd::close(fd as RawFd);
+            }
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+/// Builds argv and envp and execs; returns only on failure, with the errno to report.
+fn exec(job: &ExecJob) -> Errno {
+    if let Some(cwd) = job.cwd() {
+        if let Err(e) = nix::unistd::chdir(OsStr::from_bytes(cwd)) {
+            return e;
+        }
+    }
+    // The protocol guarantees no NUL inside any of these strings.
+    let cstr = |b: &[u8]| CString::new(b).unwrap_or_default();
+    let argv: Vec<CString> = job.args().iter().map(|a| cstr(a)).collect();
+    let mut env: Vec<(OsString, OsString)> = if job.env_clear() {
+        Vec::new()
+    } else {
+        std::env::vars_os().collect()
+    };
+    for (k, v) in job.env() {
+        let k = OsStr::from_bytes(k);
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.to_owned(), OsStr::from_bytes(v).to_owned()));
+    }
+    let envp: Vec<CString> = env
+        .iter()
+        .map(|(k, v)| {
+            let mut kv = k.clone().into_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            cstr(&kv)
+        })
+        .collect();
+    let program = job.program();
+    if program.contains(&b'/') {
+        return nix::unistd::execve(&cstr(program), &argv, &envp)
+            .err()
+            .unwrap_or(Errno::UnknownErrno);
+    }
+    // As execvp: search PATH (the child's), remembering EACCES.
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_bytes().to_vec())
+        .unwrap_or_else(|| b"/usr/local/bin:/usr/bin:/bin".to_vec());
+    let mut err = Errno::ENOENT;
+    let mut saw_eacces = false;
+    for dir in path.split(|&b| b == b':') {
+        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+        let mut full = dir.to_vec();
+        full.push(b'/');
+        full.extend_from_slice(program);
+        match nix::unistd::execve(&cstr(&full), &argv, &envp) {
+            Err(Errno::EACCES) => saw_eacces = true,
+            Err(e @ (Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::ENAMETOOLONG)) => {
+                err = e
+            }
+            Err(e) => return e,
+            Ok(_) => unreachable!("execve returned success"),
+        }
+    }
+    if saw_eacces {
+        Errno::EACCES
+    } else {
+        err
+    }
+}

@@ -1,0 +1,175 @@
+//! Zygote mode: the application's own binary is the server, and children run registered Rust
+//! entry points with the state built by `preload` already in memory (shared copy-on-write).
+
+use std::collections::HashMap;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::config::{Config, Listen};
+use crate::server::Server;
+
+/// An entry point: gets the call (payload and fds) and returns the exit status (0-255; other
+/// values are truncated to their low 8 bits, as `exit(3)` does).
+pub type EntryFn = Box<dyn Fn(Call) -> i32>;
+
+/// What an entry point receives in the child.
+#[derive(Debug)]
+pub struct Call {
+    payload: Vec<u8>,
+    targets: Vec<u32>,
+}
+
+impl Call {
+    pub(crate) fn new(payload: Vec<u8>, targets: Vec<u32>) -> Self {
+        Self { payload, targets }
+    }
+
+    /// The payload bytes of the request.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The fd numbers the bundle placed in this process, in request order.
+    pub fn fd_numbers(&self) -> &[u32] {
+        &self.targets
+    }
+
+    /// The fd placed at `target`, if the request mapped one there.
+    pub fn fd(&self, target: u32) -> Option<BorrowedFd<'_>> {
+        self.targets.contains(&target).then(|| {
+            // SAFETY: the child set up `target` from the bundle before calling the entry point,
+            // and it stays open at least as long as this `Call` (only `take_fd` closes it).
+            unsafe { BorrowedFd::borrow_raw(target as RawFd) }
+        })
+    }
+
+    /// Takes ownership of the fd placed at `target` (it is closed when dropped).
+    pub fn take_fd(&mut self, target: u32) -> Option<OwnedFd> {
+        let i = self.targets.iter().position(|&t| t == target)?;
+        self.targets.remove(i);
+        // SAFETY: `target` was placed from the bundle and is owned by this call alone; it was
+        // just removed from `targets`, so no other handle to it can be made.
+        Some(unsafe { OwnedFd::from_raw_fd(target as RawFd) })
+    }
+}
+
+/// Environment variable that tells a launched process which inherited fd is its listening
+/// socket (set by `forkserver_client::Client::launch`).
+pub const LISTEN_FD_ENV: &str = "FORKSERVER_LISTEN_FD";
+/// Environment variable naming the inherited "alive" fd: the read end of a pipe whose EOF means
+/// the owner is gone and the server must exit.
+pub const ALIVE_FD_ENV: &str = "FORKSERVER_ALIVE_FD";
+
+/// The zygote builder. Call it at the top of `main`, before any thread exists:
+///
+/// ```no_run
+/// use forkserver_server::{Call, Zygote};
+///
+/// fn resize(call: Call) -> i32 {
+///     call.payload().len() as i32
+/// }
+///
+/// fn main() {
+///     Zygote::new()
+///         .preload(|| { /* build state every child shares */ })
+///         .entry("resize", resize)
+///         .serve_if_requested();
+///     // Not launched as a server: the application's own main goes on here.
+/// }
+/// ```
+#[derive(Default)]
+pub struct Zygote {
+    preload: Vec<Box<dyn FnOnce()>>,
+    entries: HashMap<String, EntryFn>,
+}
+
+impl std::fmt::Debug for Zygote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Zygote")
+            .field("entries", &self.entries.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Zygote {
+    /// A zygote with no entry points.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `f` once in the server before it serves (only when launched as a server). Whatever
+    /// it builds (in statics, typically `OnceLock`) is inherited by every child. It must not
+    /// leave threads running: the server forks, and must be single-threaded.
+    pub fn preload(mut self, f: impl FnOnce() + 'static) -> Self {
+        self.preload.push(Box::new(f));
+        self
+    }
+
+    /// Registers an entry point under `name`.
+    pub fn entry(mut self, name: &str, f: impl Fn(Call) -> i32 + 'static) -> Self {
+        self.entries.insert(name.to_owned(), Box::new(f));
+        self
+    }
+
+    /// Whether this process was launched as a server (its environment names a listening fd).
+    pub fn is_requested() -> bool {
+        std::env::var_os(LISTEN_FD_ENV).is_some()
+    }
+
+    /// When the process was launched as a server, runs the preloads and then the server loop
+    /// and exits the process (never returning); otherwise returns at once.
+    pub fn serve_if_requested(self) {
+        if !Self::is_requested() {
+            return;
+        }
+        crate::init_logging();
+        let code = match self.serve_launched() {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!("forkserver: {e}");
+                1
+            }
+        };
+        std::process::exit(code);
+    }
+
+    fn serve_launched(self) -> Result<(), crate::ServerError> {
+        let listen = take_env_fd(LISTEN_FD_ENV)?
+            .ok_or_else(|| crate::ServerError::Launch(format!("{LISTEN_FD_ENV} is not set")))?;
+        let alive = take_env_fd(ALIVE_FD_ENV)?;
+        for f in self.preload {
+            f();
+        }
+        let config = Config {
+            listen: Listen::Fd(listen),
+            alive_fd: alive,
+            ..Config::default()
+        };
+        Server::bind(config)?.with_entries(self.entries).run()
+    }
+}
+
+/// Takes the fd named by environment variable `var`: removes the variable (children must not
+/// see it), checks the fd is open, and makes it close-on-exec.
+pub(crate) fn take_env_fd(var: &str) -> Result<Option<OwnedFd>, crate::ServerError> {
+    let Some(v) = std::env::var_os(var) else {
+        return Ok(None);
+    };
+    std::env::remove_var(var);
+    let bad = || crate::ServerError::Launch(format!("{var}={v:?} is not an open fd"));
+    let fd: RawFd = v.to_str().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    if fd < 3 {
+        return Err(bad());
+    }
+    // SAFETY: borrowed only for the F_GETFD probe, which fails with EBADF if `fd` is not open.
+    let probe = unsafe { BorrowedFd::borrow_raw(fd) };
+    nix::fcntl::fcntl(probe, nix::fcntl::FcntlArg::F_GETFD).map_err(|_| bad())?;
+    // SAFETY: the launcher handed this fd to us (named in the environment, checked open above);
+    // nothing else in this process knows of it, so this becomes its only owner.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::fcntl::fcntl(
+        &owned,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|_| bad())?;
+    Ok(Some(owned))
+}
