@@ -47,7 +47,8 @@ impl CliError {
 }
 
 fn connect(socket: &Path) -> Result<(UnixStream, FrameReader), CliError> {
-    let s = UnixStream::connect(socket).map_err(|e| CliError::Connect(socket.display().to_string(), e))?;
+    let s = UnixStream::connect(socket)
+        .map_err(|e| CliError::Connect(socket.display().to_string(), e))?;
     send_message(s.as_fd(), &Message::Hello(Hello::current()), vec![])?;
     let mut reader = FrameReader::new();
     match reader.read_frame(s.as_fd())?.message {
@@ -58,7 +59,10 @@ fn connect(socket: &Path) -> Result<(UnixStream, FrameReader), CliError> {
 }
 
 /// Connects, starting a server on `socket` first if none answers and `auto_start` is set.
-fn connect_or_start(socket: &Path, auto_start: bool) -> Result<(UnixStream, FrameReader), CliError> {
+fn connect_or_start(
+    socket: &Path,
+    auto_start: bool,
+) -> Result<(UnixStream, FrameReader), CliError> {
     match connect(socket) {
         Err(CliError::Connect(_, e))
             if auto_start
@@ -131,7 +135,8 @@ pub(crate) fn run(
         job.push_env(k.as_bytes(), v.as_bytes()).map_err(usage)?;
     }
     if let Ok(cwd) = std::env::current_dir() {
-        job.set_cwd(Some(cwd.as_os_str().as_bytes().to_vec())).map_err(usage)?;
+        job.set_cwd(Some(cwd.as_os_str().as_bytes().to_vec()))
+            .map_err(usage)?;
     }
     let mut bundle = FdBundle::new();
     for fd in [0u32, 1, 2].iter().chain(extra) {
@@ -153,7 +158,8 @@ pub(crate) fn run(
     for s in [Sig::SIGINT, Sig::SIGTERM, Sig::SIGHUP, Sig::SIGQUIT] {
         mask.add(s);
     }
-    mask.thread_block().map_err(|e| CliError::Usage(format!("sigprocmask: {e}")))?;
+    mask.thread_block()
+        .map_err(|e| CliError::Usage(format!("sigprocmask: {e}")))?;
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| CliError::Usage(format!("signalfd: {e}")))?;
 
@@ -187,7 +193,11 @@ pub(crate) fn run(
                     Message::Pid(_) | Message::Signaled => {}
                     Message::Exit(e) => {
                         let code = e.code();
-                        return Ok(if code >= 0 { code as u8 } else { (128 - code) as u8 });
+                        return Ok(if code >= 0 {
+                            code as u8
+                        } else {
+                            (128 - code) as u8
+                        });
                     }
                     Message::Error(e) if e.code() == ErrorCode::SignalFailed => {}
                     Message::Error(e) => return Err(CliError::Server(e)),
@@ -202,5 +212,6 @@ fn dup_own(fd: u32) -> Result<OwnedFd, nix::errno::Errno> {
     // SAFETY: the fd is only borrowed for F_DUPFD_CLOEXEC, which fails with EBADF if it is not
     // open; the duplicate is a new fd we own.
     let b = unsafe { BorrowedFd::borrow_raw(fd as i32) };
-    b.try_clone_to_owned().map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+    b.try_clone_to_owned()
+        .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
 }

@@ -97,8 +97,10 @@ pub(crate) fn bind_listener(what: Listen) -> Result<(OwnedFd, Option<PathBuf>), 
     };
     match what {
         Listen::Fd(fd) => {
-            let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(sys("F_GETFL"))?;
-            let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+            let flags =
+                nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(sys("F_GETFL"))?;
+            let flags =
+                nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
             nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(sys("F_SETFL"))?;
             Ok((fd, None))
         }

@@ -16,7 +16,11 @@ use clap::{Parser, Subcommand};
 use forkserver_server::{default_socket_path, init_logging, Config, Listen, Server};
 
 #[derive(Parser, Debug)]
-#[command(name = "forkserver", version, about = "A fork server: spawn processes cheaply from a small, single-threaded server")]
+#[command(
+    name = "forkserver",
+    version,
+    about = "A fork server: spawn processes cheaply from a small, single-threaded server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

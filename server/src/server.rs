@@ -109,7 +109,9 @@ impl Server {
     /// The socket cannot be bound (in use, insecure directory, permissions) or a system call
     /// of the setup fails.
     pub fn bind(mut config: Config) -> Result<Server, ServerError> {
-        let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(1);
+        let threads = std::fs::read_dir("/proc/self/task")
+            .map(|d| d.count())
+            .unwrap_or(1);
         if threads > 1 {
             return Err(ServerError::Threads(threads));
         }
@@ -128,10 +130,16 @@ impl Server {
             .map_err(sys("signalfd"))?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(sys("epoll_create"))?;
         epoll
-            .add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTENER))
+            .add(
+                &listener,
+                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTENER),
+            )
             .map_err(sys("epoll_ctl"))?;
         epoll
-            .add(&signals, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNALS))
+            .add(
+                &signals,
+                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNALS),
+            )
             .map_err(sys("epoll_ctl"))?;
         let alive = config.alive_fd.take();
         if let Some(a) = &alive {
@@ -200,7 +208,9 @@ impl Server {
                             return Ok(());
                         }
                     }
-                    t if t & TOKEN_REPORT != 0 => self.on_report(Pid::from_raw((t & !TOKEN_REPORT) as i32)),
+                    t if t & TOKEN_REPORT != 0 => {
+                        self.on_report(Pid::from_raw((t & !TOKEN_REPORT) as i32))
+                    }
                     id => self.on_conn_event(id, flags),
                 }
             }
@@ -261,7 +271,9 @@ impl Server {
 
     fn accept_all(&mut self) {
         for _ in 0..16 {
-            let Some(listener) = &self.listener else { return };
+            let Some(listener) = &self.listener else {
+                return;
+            };
             match accept4(listener, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK) {
                 Ok(fd) => self.on_accept(fd),
                 Err(Errno::EAGAIN) => return,
@@ -285,7 +297,11 @@ impl Server {
         self.reserve_fd = None;
         if let Some(listener) = &self.listener {
             if let Ok(fd) = accept4(listener, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK) {
-                let reply = ErrorReply::new(ErrorCode::ResourceExhausted, e as i32, "server out of file descriptors");
+                let reply = ErrorReply::new(
+                    ErrorCode::ResourceExhausted,
+                    e as i32,
+                    "server out of file descriptors",
+                );
                 let _ = OutFrame::new(&reply.into(), vec![]).map(|mut o| o.send(fd.as_fd()));
             }
         }
@@ -380,7 +396,10 @@ impl Server {
             .map(|(id, _)| *id)
             .collect();
         for id in idle {
-            self.fail(id, ErrorReply::new(ErrorCode::ShuttingDown, 0, "server is shutting down"));
+            self.fail(
+                id,
+                ErrorReply::new(ErrorCode::ShuttingDown, 0, "server is shutting down"),
+            );
         }
     }
 
@@ -430,7 +449,9 @@ impl Server {
             Some(reply) => reply,
             None => match Exit::new(code, child.deadline_hit, core) {
                 Ok(exit) => Message::Exit(exit),
-                Err(_) => ErrorReply::new(ErrorCode::Internal, 0, format!("exit code {code}")).into(),
+                Err(_) => {
+                    ErrorReply::new(ErrorCode::Internal, 0, format!("exit code {code}")).into()
+                }
             },
         };
         self.send(id, reply, vec![]);
@@ -439,8 +460,12 @@ impl Server {
 
     /// A `pid_after_exec` child's report pipe is readable: EOF means the exec succeeded.
     fn on_report(&mut self, pid: Pid) {
-        let Some(child) = self.children.get_mut(&pid) else { return };
-        let Some(report) = child.report.take() else { return };
+        let Some(child) = self.children.get_mut(&pid) else {
+            return;
+        };
+        let Some(report) = child.report.take() else {
+            return;
+        };
         let _ = self.epoll.delete(&report);
         let Some(id) = child.conn else { return };
         match read_report(&report) {
@@ -491,7 +516,10 @@ impl Server {
                 break;
             }
             self.handshakes.pop_front();
-            self.fail(id, ErrorReply::new(ErrorCode::Timeout, 0, "handshake not completed in time"));
+            self.fail(
+                id,
+                ErrorReply::new(ErrorCode::Timeout, 0, "handshake not completed in time"),
+            );
         }
     }
 
@@ -501,14 +529,21 @@ impl Server {
         if flags.contains(EpollFlags::EPOLLOUT) {
             self.flush(id);
         }
-        if flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+        if flags.intersects(
+            EpollFlags::EPOLLIN
+                | EpollFlags::EPOLLRDHUP
+                | EpollFlags::EPOLLHUP
+                | EpollFlags::EPOLLERR,
+        ) {
             self.read(id);
         }
     }
 
     fn read(&mut self, id: u64) {
         for _ in 0..READS_PER_EVENT {
-            let Some(conn) = self.conns.get_mut(&id) else { return };
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
             if conn.state == State::Closing || conn.out.len() >= MAX_QUEUED_REPLIES {
                 return;
             }
@@ -518,7 +553,9 @@ impl Server {
                 Err(e) => return self.transport_error(id, e),
             }
             loop {
-                let Some(conn) = self.conns.get_mut(&id) else { return };
+                let Some(conn) = self.conns.get_mut(&id) else {
+                    return;
+                };
                 if conn.state == State::Closing {
                     return;
                 }
@@ -561,7 +598,9 @@ impl Server {
     }
 
     fn on_frame(&mut self, id: u64, frame: Frame) {
-        let Some(conn) = self.conns.get(&id) else { return };
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
         let state = conn.state;
         let Frame { message, fds } = frame;
         match (state, message) {
@@ -577,7 +616,9 @@ impl Server {
                         ErrorReply::new(
                             ErrorCode::UnsupportedVersion,
                             0,
-                            format!("server speaks versions {PROTOCOL_VERSION}..={PROTOCOL_VERSION}"),
+                            format!(
+                                "server speaks versions {PROTOCOL_VERSION}..={PROTOCOL_VERSION}"
+                            ),
                         ),
                     ),
                 }
@@ -597,7 +638,10 @@ impl Server {
             (State::Ready, Message::Spawn(spawn)) => {
                 match forkserver_protocol::FdBundle::from_parts(spawn.fds().clone(), fds) {
                     Ok(bundle) => self.spawn(id, spawn, bundle),
-                    Err(_) => self.fail(id, ErrorReply::new(ErrorCode::FdMismatch, 0, "fd count mismatch")),
+                    Err(_) => self.fail(
+                        id,
+                        ErrorReply::new(ErrorCode::FdMismatch, 0, "fd count mismatch"),
+                    ),
                 }
             }
             (State::Running(pid), Message::Signal(s)) => {
@@ -605,14 +649,19 @@ impl Server {
                 let reply = match crate::sys::kill(pid, s.signo() as i32) {
                     Ok(()) => Message::Signaled,
                     Err(e) => {
-                        ErrorReply::new(ErrorCode::SignalFailed, e as i32, format!("kill: {e}")).into()
+                        ErrorReply::new(ErrorCode::SignalFailed, e as i32, format!("kill: {e}"))
+                            .into()
                     }
                 };
                 self.send(id, reply, vec![]);
             }
             (State::AwaitHello, m) => self.fail(
                 id,
-                ErrorReply::new(ErrorCode::UnexpectedMessage, 0, format!("expected Hello, got {:?}", m.tag())),
+                ErrorReply::new(
+                    ErrorCode::UnexpectedMessage,
+                    0,
+                    format!("expected Hello, got {:?}", m.tag()),
+                ),
             ),
             (_, m) => self.fail(
                 id,
@@ -661,7 +710,10 @@ impl Server {
         let wait_exec = options.pid_after_exec && matches!(job, Job::Exec(_));
         if wait_exec {
             let token = TOKEN_REPORT | pid.as_raw() as u64;
-            if let Err(e) = self.epoll.add(&report, EpollEvent::new(EpollFlags::EPOLLIN, token)) {
+            if let Err(e) = self
+                .epoll
+                .add(&report, EpollEvent::new(EpollFlags::EPOLLIN, token))
+            {
                 tracing::warn!("epoll_ctl: {e}");
             }
         }
@@ -680,21 +732,28 @@ impl Server {
         if wait_exec {
             self.set_state(id, State::Spawning(pid));
         } else {
-            let pidfd = if options.want_pidfd { self.pidfd_for(id, pid) } else { None };
+            let pidfd = if options.want_pidfd {
+                self.pidfd_for(id, pid)
+            } else {
+                None
+            };
             self.send_pid(id, pid, pidfd);
             self.set_state(id, State::Running(pid));
         }
     }
 
     fn send_pid(&mut self, id: u64, pid: Pid, pidfd: Option<OwnedFd>) {
-        let reply = PidReply::new(pid.as_raw(), pidfd.is_some()).expect("fork returns a positive pid");
+        let reply =
+            PidReply::new(pid.as_raw(), pidfd.is_some()).expect("fork returns a positive pid");
         self.send(id, Message::Pid(reply), pidfd.into_iter().collect());
     }
 
     /// Ends a connection whose peer is gone: its fds are closed; a running child runs on unless
     /// it asked to be killed on disconnect.
     fn disconnect(&mut self, id: u64) {
-        let Some(conn) = self.conns.remove(&id) else { return };
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
         let _ = self.epoll.delete(&conn.fd);
         if let State::Running(pid) | State::Spawning(pid) = conn.state {
             if let Some(child) = self.children.get_mut(&pid) {
@@ -709,7 +768,9 @@ impl Server {
     }
 
     fn set_state(&mut self, id: u64, state: State) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         let old = conn.state;
         conn.state = state;
         if state == State::Closing {
@@ -729,7 +790,9 @@ impl Server {
     }
 
     fn send(&mut self, id: u64, message: Message, fds: Vec<OwnedFd>) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         match OutFrame::new(&message, fds) {
             Ok(out) => conn.out.push_back(out),
             Err(e) => tracing::error!("bug: reply does not match its fds: {e}"),
@@ -738,7 +801,9 @@ impl Server {
     }
 
     fn flush(&mut self, id: u64) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         while let Some(front) = conn.out.front_mut() {
             match front.send(conn.fd.as_fd()) {
                 Ok(_) => {
@@ -793,10 +858,20 @@ fn read_report(fd: &OwnedFd) -> Option<Message> {
     Some(if buf[0] == STAGE_EXEC {
         ErrorReply::new(ErrorCode::ExecFailed, errno, format!("execve: {desc}")).into()
     } else {
-        ErrorReply::new(ErrorCode::ChildSetupFailed, errno, format!("child setup: {desc}")).into()
+        ErrorReply::new(
+            ErrorCode::ChildSetupFailed,
+            errno,
+            format!("child setup: {desc}"),
+        )
+        .into()
     })
 }
 
 fn open_reserve() -> Option<OwnedFd> {
-    nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).ok()
+    nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()
 }

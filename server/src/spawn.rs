@@ -13,7 +13,6 @@
 //! closes it: EOF means success) as 5 bytes, `stage: u8` and `errno: i32` little-endian, and
 //! the child exits with status 127.
 
-
 use std::ffi::{CString, OsStr, OsString};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -41,7 +40,10 @@ pub(crate) const PANIC_STATUS: i32 = 101;
 /// What a forked child runs.
 pub(crate) enum Work<'a> {
     Exec(&'a ExecJob),
-    Entry { entry: &'a EntryFn, payload: Vec<u8> },
+    Entry {
+        entry: &'a EntryFn,
+        payload: Vec<u8>,
+    },
 }
 
 /// Forks a child that runs `work` with `bundle`. Returns the child's pid and the read end of
@@ -178,8 +180,8 @@ fn place_fds(bundle: FdBundle, report: RawFd) -> Result<(RawFd, Vec<u32>), (RawF
         let null = open("/dev/null", OFlag::O_RDWR, Mode::empty()).map_err(|e| (report, e))?;
         if null.as_raw_fd() as u32 != std_fd {
             // SAFETY: `std_fd` is closed (step 3); the dup2 result is kept by forgetting it.
-            let placed =
-                unsafe { nix::unistd::dup2_raw(null.as_fd(), std_fd as RawFd) }.map_err(|e| (report, e))?;
+            let placed = unsafe { nix::unistd::dup2_raw(null.as_fd(), std_fd as RawFd) }
+                .map_err(|e| (report, e))?;
             let _ = placed.into_raw_fd();
         } else {
             let _ = null.into_raw_fd();
@@ -192,7 +194,8 @@ fn close_all(first: u32, last: u32) -> Result<(), Errno> {
     match sys::close_range(first, last) {
         Err(Errno::ENOSYS) => {
             // Kernels before 5.9: close one by one up to the fd limit.
-            let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+            let (soft, _) =
+                nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
             let end = last.min(soft.min(u64::from(u32::MAX)) as u32);
             for fd in first..=end {
                 let _ = nix::unistd::close(fd as RawFd);

@@ -1,0 +1,489 @@
+//! The server end to end: a real `forkserver serve`, real sockets, real children, real fds.
+//! Each test starts its own server and checks at the end that the server's fd count and child
+//! list are back where they started.
+
+mod common;
+
+use std::num::NonZeroU64;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use forkserver_protocol::*;
+use nix::sys::stat::fstat;
+
+fn opts() -> SpawnOptions {
+    SpawnOptions::default()
+}
+
+#[test]
+fn exit_codes_and_signals() {
+    let srv = Server::start(&[]);
+    let fds0 = srv.idle_fds;
+    for (script, code) in [
+        ("exit 0", 0),
+        ("exit 3", 3),
+        ("exit 255", 255),
+        ("kill -KILL $$", -9),
+        ("kill -SEGV $$", -11),
+    ] {
+        let mut c = srv.connect();
+        c.spawn(opts(), sh(script), FdBundle::new()).unwrap();
+        let exit = c.wait().unwrap();
+        assert_eq!(exit.code(), code, "{script}");
+        assert!(!exit.deadline_expired());
+    }
+    srv.settle(fds0);
+}
+
+#[test]
+fn stdout_is_captured_through_a_pipe() {
+    let srv = Server::start(&[]);
+    let fds0 = srv.idle_fds;
+    let (r, w) = pipe();
+    let mut c = srv.connect();
+    let (pid, _) = c
+        .spawn(opts(), sh("echo hello from $$"), bundle(vec![(1, w)]))
+        .unwrap();
+    assert_eq!(c.wait().unwrap().code(), 0);
+    // The server closed its copy of the write end: EOF arrives.
+    assert_eq!(read_all(r), format!("hello from {pid}\n"));
+    srv.settle(fds0);
+}
+
+#[test]
+fn a_256_fd_bundle_arrives_at_its_targets() {
+    let srv = Server::start(&[]);
+    let fds0 = srv.idle_fds;
+    let (out_r, out_w) = pipe();
+    let mut originals: Vec<OwnedFd> = Vec::new();
+    while originals.len() < 255 {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        originals.push(r);
+        originals.push(w);
+    }
+    originals.truncate(255);
+    let mut b = FdBundle::new();
+    b.push(1, out_w).unwrap();
+    for (i, fd) in originals.iter().enumerate() {
+        b.push(10 + i as u32, fd.try_clone().unwrap()).unwrap();
+    }
+    assert_eq!(b.len(), 256);
+    let mut c = srv.connect();
+    c.spawn(
+        opts(),
+        sh("stat -L -c '%n %d %i' /proc/self/fd/* 2>/dev/null; exit 0"),
+        b,
+    )
+    .unwrap();
+    assert_eq!(c.wait().unwrap().code(), 0);
+    let out = read_all(out_r);
+    let mut seen = std::collections::HashMap::new();
+    for line in out.lines() {
+        let mut it = line.split_whitespace();
+        let fd: u32 = it
+            .next()
+            .unwrap()
+            .trim_start_matches("/proc/self/fd/")
+            .parse()
+            .unwrap();
+        let dev: u64 = it.next().unwrap().parse().unwrap();
+        let ino: u64 = it.next().unwrap().parse().unwrap();
+        seen.insert(fd, (dev, ino));
+    }
+    for (i, fd) in originals.iter().enumerate() {
+        let st = fstat(fd.as_fd()).unwrap();
+        assert_eq!(
+            seen.get(&(10 + i as u32)),
+            Some(&(st.st_dev, st.st_ino)),
+            "target {} is not the file sent",
+            10 + i
+        );
+    }
+    // Nothing else: the 255 targets, fd 1 (the pipe), and 0 and 2 on /dev/null.
+    let mut expected: Vec<u32> = (10..265).collect();
+    expected.extend([0, 1, 2]);
+    expected.sort_unstable();
+    let mut got: Vec<u32> = seen.keys().copied().collect();
+    got.sort_unstable();
+    assert_eq!(got, expected);
+    let null = nix::sys::stat::stat("/dev/null").unwrap();
+    assert_eq!(seen[&0], (null.st_dev, null.st_ino));
+    assert_eq!(seen[&2], (null.st_dev, null.st_ino));
+    drop(originals);
+    srv.settle(fds0);
+}
+
+#[test]
+fn the_child_holds_only_its_bundle() {
+    let srv = Server::start(&[]);
+    // Other connections with their own fds are open while the child is forked.
+    let mut other = srv.connect();
+    let (_keep_r, keep_w) = pipe();
+    other
+        .spawn(opts(), sh("sleep 5"), bundle(vec![(7, keep_w)]))
+        .unwrap();
+    let (r, w) = pipe();
+    let mut c = srv.connect();
+    c.spawn(opts(), sh("ls /proc/$$/fd"), bundle(vec![(1, w)]))
+        .unwrap();
+    assert_eq!(c.wait().unwrap().code(), 0);
+    let fds: Vec<String> = read_all(r).lines().map(str::to_owned).collect();
+    assert_eq!(fds, ["0", "1", "2"]);
+    other.send(&Message::Signal(Signal::new(9).unwrap()), vec![]);
+    assert_eq!(other.wait().unwrap().code(), -9);
+}
+
+#[test]
+fn fifty_concurrent_spawns_from_eight_threads() {
+    let srv = Server::start(&[]);
+    let fds0 = srv.idle_fds;
+    let socket = srv.socket.clone();
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let socket = &socket;
+            let results = &results;
+            s.spawn(move || {
+                let mut i = t;
+                while i < 50 {
+                    let code = (i * 5) % 256;
+                    let mut c = Conn::connect(socket);
+                    let (pid, _) = c
+                        .spawn(
+                            opts(),
+                            sh(&format!("sleep 0.0$(({i} % 5)); exit {code}")),
+                            FdBundle::new(),
+                        )
+                        .unwrap();
+                    let exit = c.wait().unwrap();
+                    results.lock().unwrap().push((i, pid, code, exit.code()));
+                    i += 8;
+                }
+            });
+        }
+    });
+    let results = results.into_inner().unwrap();
+    assert_eq!(results.len(), 50);
+    for (i, _, want, got) in &results {
+        assert_eq!(want, got, "spawn {i}");
+    }
+    srv.settle(fds0);
+}
+
+#[test]
+fn a_client_that_dies_after_sending_leaves_no_zombie() {
+    let srv = Server::start(&[]);
+    let fds0 = srv.idle_fds;
+    let (r, w) = pipe();
+    {
+        let mut c = Conn::connect(&srv.socket);
+        let (map, fds) = bundle(vec![(1, w)]).into_parts();
+        let spawn = Spawn::new(opts(), map, sh("sleep 0.2; echo done")).unwrap();
+        c.send(&Message::Spawn(spawn), fds);
+        // Gone before reading the pid.
+    }
+    // The child ran to its end (it wrote), and was reaped.
+    assert_eq!(read_all(r), "done\n");
+    srv.settle(fds0);
+}
+
+#[test]
+fn signal_requests_reach_only_that_child() {
+    let srv = Server::start(&[]);
+    let fds0 = srv.idle_fds;
+    let mut a = srv.connect();
+    let mut b = srv.connect();
+    a.spawn(opts(), sh("sleep 10"), FdBundle::new()).unwrap();
+    b.spawn(opts(), sh("sleep 0.3; exit 4"), FdBundle::new())
+        .unwrap();
+    a.send(&Message::Signal(Signal::new(15).unwrap()), vec![]);
+    assert_eq!(a.recv().message, Message::Signaled);
+    assert_eq!(a.wait().unwrap().code(), -15);
+    assert_eq!(b.wait().unwrap().code(), 4);
+    srv.settle(fds0);
+}
+
+#[test]
+fn the_deadline_kills_and_says_so() {
+    let srv = Server::start(&[]);
+    let fds0 = srv.idle_fds;
+    let mut c = srv.connect();
+    let o = SpawnOptions {
+        deadline_ms: NonZeroU64::new(100),
+        ..opts()
+    };
+    let t = Instant::now();
+    c.spawn(o, sh("sleep 10"), FdBundle::new()).unwrap();
+    let exit = c.wait().unwrap();
+    assert_eq!(exit.code(), -9);
+    assert!(exit.deadline_expired());
+    assert!(t.elapsed() < Duration::from_secs(5));
+    srv.settle(fds0);
+}
+
+#[test]
+fn kill_on_disconnect() {
+    let srv = Server::start(&[]);
+    let fds0 = srv.idle_fds;
+    let mut c = srv.connect();
+    let o = SpawnOptions {
+        kill_on_disconnect: true,
+        ..opts()
+    };
+    c.spawn(o, sh("sleep 30"), FdBundle::new()).unwrap();
+    assert_eq!(srv.children().len(), 1);
+    drop(c);
+    srv.settle(fds0);
+}
+
+#[test]
+fn exec_failures_are_errors_with_errno() {
+    let srv = Server::start(&[]);
+    let fds0 = srv.idle_fds;
+    // Pid at once, then the error instead of the exit code.
+    let mut c = srv.connect();
+    let job = Job::Exec(ExecJob::new("/nonexistent/program").unwrap());
+    c.spawn(opts(), job.clone(), FdBundle::new()).unwrap();
+    let e = c.wait().unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ExecFailed);
+    assert_eq!(e.errno(), nix::errno::Errno::ENOENT as i32);
+    // With PID_AFTER_EXEC the error replaces the pid.
+    let mut c = srv.connect();
+    let o = SpawnOptions {
+        pid_after_exec: true,
+        ..opts()
+    };
+    let e = c.spawn(o, job, FdBundle::new()).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ExecFailed);
+    // A PATH search that finds nothing, and a cwd that does not exist.
+    let mut c = srv.connect();
+    let e = c
+        .spawn(
+            o,
+            Job::Exec(ExecJob::new("no-such-command-xyz").unwrap()),
+            FdBundle::new(),
+        )
+        .unwrap_err();
+    assert_eq!(e.errno(), nix::errno::Errno::ENOENT as i32);
+    let mut c = srv.connect();
+    let mut job = ExecJob::new("/bin/true").unwrap();
+    job.set_cwd(Some(b"/nonexistent-dir".to_vec())).unwrap();
+    let e = c.spawn(o, Job::Exec(job), FdBundle::new()).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ExecFailed);
+    assert_eq!(e.errno(), nix::errno::Errno::ENOENT as i32);
+    // PID_AFTER_EXEC and a program that exists: the pid comes after the exec.
+    let mut c = srv.connect();
+    c.spawn(o, Job::Exec(ExecJob::new("true").unwrap()), FdBundle::new())
+        .unwrap();
+    assert_eq!(c.wait().unwrap().code(), 0);
+    srv.settle(fds0);
+}
+
+#[test]
+fn the_plain_binary_has_no_entry_points() {
+    let srv = Server::start(&[]);
+    let fds0 = srv.idle_fds;
+    let mut c = srv.connect();
+    let job = Job::Entry(EntryJob::new("resize", b"x".to_vec()).unwrap());
+    let (r, w) = pipe();
+    let e = c.spawn(opts(), job, bundle(vec![(3, w)])).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::UnknownEntry);
+    // The bundle was closed by the server: the pipe reads EOF.
+    assert_eq!(read_all(r), "");
+    srv.settle(fds0);
+}
+
+#[test]
+fn a_pidfd_comes_with_the_pid() {
+    let srv = Server::start(&[]);
+    let fds0 = srv.idle_fds;
+    let mut c = srv.connect();
+    let o = SpawnOptions {
+        want_pidfd: true,
+        ..opts()
+    };
+    let (_pid, pidfd) = c.spawn(o, sh("sleep 0.1"), FdBundle::new()).unwrap();
+    let pidfd = pidfd.expect("a pidfd");
+    assert_eq!(c.wait().unwrap().code(), 0);
+    let mut p = [nix::poll::PollFd::new(
+        pidfd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    assert_eq!(
+        nix::poll::poll(&mut p, nix::poll::PollTimeout::ZERO).unwrap(),
+        1,
+        "pidfd readable after exit"
+    );
+    srv.settle(fds0);
+}
+
+#[test]
+fn sessions_and_process_groups() {
+    let srv = Server::start(&[]);
+    for (session, want_sid, want_pgid) in [
+        (Session::NewSession, true, true),
+        (Session::NewProcessGroup, false, true),
+        (Session::Inherit, false, false),
+    ] {
+        let (r, w) = pipe();
+        let mut c = srv.connect();
+        let o = SpawnOptions { session, ..opts() };
+        let (pid, _) = c
+            .spawn(o, sh("cat /proc/$$/stat"), bundle(vec![(1, w)]))
+            .unwrap();
+        assert_eq!(c.wait().unwrap().code(), 0);
+        let stat = read_all(r);
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let (pgid, sid): (i32, i32) = (fields[2].parse().unwrap(), fields[3].parse().unwrap());
+        assert_eq!(sid == pid, want_sid, "{session:?}");
+        assert_eq!(pgid == pid, want_pgid, "{session:?}");
+    }
+}
+
+#[test]
+fn status_counts_children() {
+    let srv = Server::start(&[]);
+    let mut a = srv.connect();
+    a.spawn(opts(), sh("sleep 5"), FdBundle::new()).unwrap();
+    let mut c = srv.connect();
+    c.send(&Message::StatusRequest, vec![]);
+    match c.recv().message {
+        Message::Status(s) => {
+            assert_eq!(s.live_children(), 1);
+            assert_eq!(s.spawned_total(), 1);
+            assert_eq!(s.connections(), 2);
+            assert_eq!(s.server_pid(), srv.pid());
+        }
+        m => panic!("{m:?}"),
+    }
+    a.send(&Message::Signal(Signal::new(9).unwrap()), vec![]);
+    assert_eq!(a.wait().unwrap().code(), -9);
+}
+
+#[test]
+fn garbage_gets_an_error_and_its_fds_are_closed() {
+    let srv = Server::start(&[]);
+    let fds0 = srv.idle_fds;
+    // Garbage instead of a Hello.
+    let mut c = Conn::raw(&srv.socket);
+    OutFrame::from_raw_parts(vec![0xff; 16], vec![])
+        .send(c.sock.as_fd())
+        .unwrap();
+    match c.recv().message {
+        Message::Error(e) => assert_eq!(e.code(), ErrorCode::Malformed),
+        m => panic!("{m:?}"),
+    }
+    assert_eq!(c.try_recv().unwrap_err(), TransportError::Closed);
+    // fds attached to a frame that carries none: FdMismatch, and the server closes them.
+    let mut c = srv.connect();
+    let (r, w) = pipe();
+    OutFrame::from_raw_parts(Message::StatusRequest.to_bytes(), vec![w])
+        .send(c.sock.as_fd())
+        .unwrap();
+    match c.recv().message {
+        Message::Error(e) => assert_eq!(e.code(), ErrorCode::FdMismatch),
+        m => panic!("{m:?}"),
+    }
+    assert_eq!(read_all(r), "", "the server closed the fd it received");
+    // A Signal before any Spawn.
+    let mut c = srv.connect();
+    c.send(&Message::Signal(Signal::new(9).unwrap()), vec![]);
+    match c.recv().message {
+        Message::Error(e) => assert_eq!(e.code(), ErrorCode::UnexpectedMessage),
+        m => panic!("{m:?}"),
+    }
+    // An unsupported version range.
+    let mut c = Conn::raw(&srv.socket);
+    c.send(&Message::Hello(Hello::new(2, 5).unwrap()), vec![]);
+    match c.recv().message {
+        Message::Error(e) => assert_eq!(e.code(), ErrorCode::UnsupportedVersion),
+        m => panic!("{m:?}"),
+    }
+    srv.settle(fds0);
+}
+
+#[test]
+fn a_stalled_client_does_not_delay_others() {
+    let srv = Server::start(&[]);
+    let fds0 = srv.idle_fds;
+    // Half a header, then silence; and a client that trickles a Hello byte by byte.
+    let stalled = UnixStream::connect(&srv.socket).unwrap();
+    OutFrame::from_raw_parts(vec![0x01, 0x00, 0x00], vec![])
+        .send(stalled.as_fd())
+        .unwrap();
+    let mut trickle = Conn::raw(&srv.socket);
+    let hello = Message::Hello(Hello::current()).to_bytes();
+    OutFrame::from_raw_parts(hello[..5].to_vec(), vec![])
+        .send(trickle.sock.as_fd())
+        .unwrap();
+    let t = Instant::now();
+    let mut c = srv.connect();
+    c.spawn(opts(), sh("exit 7"), FdBundle::new()).unwrap();
+    assert_eq!(c.wait().unwrap().code(), 7);
+    assert!(t.elapsed() < Duration::from_secs(2));
+    OutFrame::from_raw_parts(hello[5..].to_vec(), vec![])
+        .send(trickle.sock.as_fd())
+        .unwrap();
+    assert!(matches!(trickle.recv().message, Message::HelloOk(_)));
+    drop((stalled, trickle, c));
+    srv.settle(fds0);
+}
+
+#[test]
+fn sigterm_stops_accepting_and_exits_cleanly() {
+    let mut srv = Server::start(&[]);
+    let mut c = srv.connect();
+    c.spawn(opts(), sh("sleep 0.3; exit 5"), FdBundle::new())
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(srv.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // The running child still gets its exit code delivered.
+    assert_eq!(c.wait().unwrap().code(), 5);
+    let status = srv.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(!srv.socket.exists(), "socket file removed");
+    // SIGINT is ignored by the server.
+    let srv = Server::start(&[]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(srv.pid()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    srv.connect();
+}
+
+#[test]
+fn the_idle_timeout_ends_the_server() {
+    let mut srv = Server::start(&["--idle-timeout", "1"]);
+    let t = Instant::now();
+    let status = srv.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn the_socket_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let srv = Server::start(&[]);
+    let mode = std::fs::metadata(&srv.socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // A second server on the same path refuses to start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_forkserver"))
+        .args(["serve", "--socket"])
+        .arg(&srv.socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+}
