@@ -99,6 +99,8 @@ fn start_server(socket: &Path) -> Result<(), CliError> {
         .arg("60")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
+        // Detached: our stderr may be a pipe someone waits on to close.
+        .stderr(std::process::Stdio::null())
         .process_group(0)
         .spawn()
         .map_err(|e| CliError::Usage(format!("starting a server: {e}")))?;
