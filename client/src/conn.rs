@@ -37,17 +37,20 @@ impl Conn {
         }
     }
 
-    /// Performs the handshake with `request` pipelined behind `Hello`; returns once `HelloOk`
-    /// has been read. `fds` travel with `request`.
+    /// Performs the handshake, with `request` (and its fds) pipelined behind `Hello` if given;
+    /// returns once `HelloOk` has been read. The reply to `request` is left for the caller.
     ///
     /// # Errors
     /// [`Error::AuthRequired`] if the server demands authentication, [`Error::Server`] for an
     /// error reply to `Hello`, [`Error::ServerGone`], [`Error::Protocol`], [`Error::Io`].
-    pub(crate) fn handshake_with(&mut self, request: &Message, fds: Vec<OwnedFd>) -> Result<()> {
+    pub(crate) fn handshake(&mut self, request: Option<&Message>, fds: Vec<OwnedFd>) -> Result<()> {
         self.send(&Message::Hello(Hello::current()), Vec::new())?;
         // If the server has already refused the hello and closed, this send fails; its reply
         // to the hello (read below) is then the better error to report.
-        let sent = self.send(request, fds);
+        let sent = match request {
+            Some(message) => self.send(message, fds),
+            None => Ok(()),
+        };
         match self.recv()?.message {
             Message::HelloOk(ok) => {
                 if ok.version() != PROTOCOL_VERSION {

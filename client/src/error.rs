@@ -108,9 +108,7 @@ impl Error {
     pub fn errno(&self) -> Option<i32> {
         match self {
             Error::Server { errno, .. } => (*errno != 0).then_some(*errno),
-            Error::Connect { source: e, .. } | Error::Io(e) | Error::Launch(e) => {
-                e.raw_os_error()
-            }
+            Error::Connect { source: e, .. } | Error::Io(e) | Error::Launch(e) => e.raw_os_error(),
             _ => None,
         }
     }
@@ -207,7 +205,10 @@ mod tests {
             TransportError::Io(Errno::EPIPE),
             TransportError::Io(Errno::ECONNRESET),
         ] {
-            assert!(matches!(Error::from_transport(t), Error::ServerGone), "{t:?}");
+            assert!(
+                matches!(Error::from_transport(t), Error::ServerGone),
+                "{t:?}"
+            );
         }
         assert!(matches!(
             Error::from_transport(TransportError::ControlTruncated),

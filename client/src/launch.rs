@@ -106,14 +106,17 @@ impl Launcher {
     /// handshake, so a program that does not serve fails here rather than at the first spawn.
     ///
     /// # Errors
-    /// [`Error::Launch`] if the socket directory cannot be made or the program cannot be
-    /// started; [`Error::ServerGone`] or [`Error::Protocol`] if it starts but does not speak
-    /// the protocol on the socket.
+    /// [`Error::Launch`] if the socket directory cannot be made, the program cannot be
+    /// started, or it does not answer a handshake on the socket (then the [`Error`] of the
+    /// handshake is the `io::Error`'s inner error); [`Error::AuthRequired`] if it demands a key.
     pub fn launch(self) -> Result<Client> {
         let managed = Managed::new(self.spec).map_err(Error::Launch)?;
         let client = Client::from_managed(managed);
-        client.ping()?;
-        Ok(client)
+        match client.ping_launched() {
+            Ok(()) => Ok(client),
+            Err(Error::AuthRequired) => Err(Error::AuthRequired),
+            Err(e) => Err(Error::Launch(io::Error::other(e))),
+        }
     }
 }
 
@@ -174,6 +177,11 @@ impl Managed {
     /// The current server's pid.
     pub(crate) fn pid(&self) -> u32 {
         self.current.pid()
+    }
+
+    /// The current server's socket path.
+    pub(crate) fn socket_path(&self) -> PathBuf {
+        self.current.sock.clone()
     }
 
     fn reap_retired(&mut self) {
@@ -342,7 +350,9 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     if dup.as_raw_fd() > 2 {
         Ok(dup)
     } else {
-        Err(io::Error::other("cannot move a launch fd above the stdio fds"))
+        Err(io::Error::other(
+            "cannot move a launch fd above the stdio fds",
+        ))
     }
 }
 
@@ -400,7 +410,7 @@ mod tests {
     }
 
     #[test]
-    fn launch_of_a_missing_program_fails_and_cleans_up() {
+    fn launch_of_a_missing_program_fails() {
         let err = Launcher::new("/nonexistent/forkserver-test-program")
             .launch()
             .unwrap_err();

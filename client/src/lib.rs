@@ -1,1 +1,84 @@
+//! The client of forkserver: ask a fork server for children, from any thread, with any fds.
+//!
+//! ```text
+//!  your threads                    this crate                         forkserver
+//! ┌─────────────┐  command()   ┌───────────────────┐  one connection  ┌──────────────┐
+//! │ Client      │ ───────────▶ │ Command / Call    │ ───────────────▶ │ fork()       │
+//! │ (Arc, Sync) │  call()      │  → FdBundle+Spawn │  Hello, Spawn    │  exec / entry│
+//! └─────────────┘              └─────────┬─────────┘  + fds           └──────┬───────┘
+//!                                        │ Pid (+ pidfd)                     │ reaps
+//!                              ┌─────────▼─────────┐  Signal / Signaled      │
+//!                              │ Child             │ ◀────────────────────── ┘
+//!                              │  wait, signal     │  Exit (signed code)
+//!                              └───────────────────┘
+//! ```
+//!
+//! * [`Client`]: a handle on one server, found by socket path ([`Client::connect`]) or started
+//!   by this process and restarted if it dies ([`Client::launch`], see [`Launcher`]).
+//! * [`Command`] (exec jobs, shaped like [`std::process::Command`]) and [`Call`] (entry-point
+//!   jobs of a zygote server) gather the job, options and fds; `spawn` checks everything the
+//!   wire forbids *before* connecting, then sends one `Spawn` request.
+//! * [`Child`]: the answer. Each child has its own connection, over which the server reports
+//!   its exit ([`ExitStatus`]) and acknowledges signals.
+//!
+//! Messages, the codec and fd passing are the `forkserver-protocol` crate's; this crate adds
+//! connections, the launch convention, and std-like types.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use forkserver_client::{Client, Stdio};
+//! use std::io::Read;
+//! use std::time::Duration;
+//!
+//! // Start this very program as the server (its `main` serves when FORKSERVER_LISTEN_FD is
+//! // set), or use `Client::connect("/run/forkserver.sock")` for one already running.
+//! let client = Client::launch(std::env::current_exe()?)?;
+//!
+//! let mut child = client
+//!     .command("echo")
+//!     .arg("hello")
+//!     .stdout(Stdio::piped())
+//!     .deadline(Duration::from_secs(5))
+//!     .spawn()?;
+//! let mut out = String::new();
+//! child.stdout.take().unwrap().read_to_string(&mut out)?;
+//! let status = child.wait()?;
+//! assert!(status.success(), "{status}");
+//! assert_eq!(out, "hello\n");
+//!
+//! // The same client, from other threads at once.
+//! let handles: Vec<_> = (0..4)
+//!     .map(|i| {
+//!         let client = client.clone();
+//!         std::thread::spawn(move || client.command("true").arg(i.to_string()).spawn()?.wait())
+//!     })
+//!     .collect();
+//! for h in handles {
+//!     assert!(h.join().unwrap()?.success());
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
 
+mod child;
+mod client;
+mod command;
+mod conn;
+mod error;
+mod exit_status;
+#[allow(unsafe_code)]
+mod launch;
+mod stdio;
+
+pub use child::Child;
+pub use client::Client;
+pub use command::{Call, Command};
+pub use error::{Error, ProtocolError, Result};
+pub use exit_status::ExitStatus;
+pub use launch::{Launcher, ALIVE_FD_ENV, LISTEN_FD_ENV};
+pub use stdio::Stdio;
+
+#[cfg(test)]
+mod tests;

@@ -78,7 +78,11 @@ impl<'a> Arbitrary<'a> for Job {
 impl<'a> Arbitrary<'a> for SpawnOptions {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
         Ok(SpawnOptions {
-            session: *u.choose(&[Session::Inherit, Session::NewProcessGroup, Session::NewSession])?,
+            session: *u.choose(&[
+                Session::Inherit,
+                Session::NewProcessGroup,
+                Session::NewSession,
+            ])?,
             want_pidfd: bool::arbitrary(u)?,
             pid_after_exec: bool::arbitrary(u)?,
             kill_on_disconnect: bool::arbitrary(u)?,

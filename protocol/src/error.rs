@@ -141,9 +141,15 @@ impl fmt::Display for DecodeError {
             Self::UnexpectedFds { tag, nfds } => {
                 write!(f, "message 0x{tag:02x} cannot carry {nfds} fds")
             }
-            Self::TooManyFds(n) => write!(f, "{n} fds announced, at most {} allowed", crate::MAX_FDS),
+            Self::TooManyFds(n) => {
+                write!(f, "{n} fds announced, at most {} allowed", crate::MAX_FDS)
+            }
             Self::BodyTooLong(n) => {
-                write!(f, "body of {n} bytes announced, at most {} allowed", crate::MAX_BODY_LEN)
+                write!(
+                    f,
+                    "body of {n} bytes announced, at most {} allowed",
+                    crate::MAX_BODY_LEN
+                )
             }
             Self::BadBodyLength { tag, len } => {
                 write!(f, "message 0x{tag:02x} cannot have a body of {len} bytes")
@@ -180,7 +186,11 @@ impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::TooManyFds(n) => {
-                write!(f, "{n} fds in one bundle, at most {} allowed", crate::MAX_FDS)
+                write!(
+                    f,
+                    "{n} fds in one bundle, at most {} allowed",
+                    crate::MAX_FDS
+                )
             }
             Self::DuplicateTarget(t) => write!(f, "target fd {t} given twice"),
             Self::LimitExceeded(l) => write!(f, "limit exceeded: {l:?}"),

@@ -13,7 +13,10 @@ pub fn decode_roundtrip(data: &[u8]) -> usize {
     loop {
         match decode(rest) {
             Ok(Decoded::Frame { message, consumed }) => {
-                assert!(consumed > 0 && consumed <= rest.len(), "decode made no progress");
+                assert!(
+                    consumed > 0 && consumed <= rest.len(),
+                    "decode made no progress"
+                );
                 let again = message.to_bytes();
                 assert_eq!(
                     again,

@@ -17,9 +17,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{
-    recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr,
-};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 
 use crate::codec::{decode, Decoded, Header, Message};
 use crate::error::DecodeError;
@@ -63,9 +61,13 @@ impl std::fmt::Display for TransportError {
         match self {
             Self::Io(e) => write!(f, "socket error: {e}"),
             Self::Closed => f.write_str("connection closed by peer"),
-            Self::ClosedMidFrame => f.write_str("connection closed by peer in the middle of a frame"),
+            Self::ClosedMidFrame => {
+                f.write_str("connection closed by peer in the middle of a frame")
+            }
             Self::Decode(e) => write!(f, "malformed frame: {e}"),
-            Self::ControlTruncated => f.write_str("control message truncated (MSG_CTRUNC); fds lost"),
+            Self::ControlTruncated => {
+                f.write_str("control message truncated (MSG_CTRUNC); fds lost")
+            }
             Self::FdMismatch { expected, received } => {
                 write!(f, "frame announces {expected} fds but {received} arrived")
             }
@@ -154,13 +156,7 @@ impl OutFrame {
             let iov = [IoSlice::new(&self.bytes[self.pos..data_end])];
             let cmsg = [ControlMessage::ScmRights(&chunk)];
             let cmsgs: &[ControlMessage<'_>] = if chunk.is_empty() { &[] } else { &cmsg };
-            match sendmsg::<UnixAddr>(
-                sock.as_raw_fd(),
-                &iov,
-                cmsgs,
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            ) {
+            match sendmsg::<UnixAddr>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
                 Ok(n) => {
                     self.pos += n;
                     if n > 0 {
@@ -420,8 +416,13 @@ fn scm_rights_in(buf: &[u8]) -> Vec<RawFd> {
         let mut len_bytes = [0u8; std::mem::size_of::<usize>()];
         len_bytes.copy_from_slice(&buf[off..off + word]);
         let len = usize::from_ne_bytes(len_bytes);
-        let level = i32::from_ne_bytes(buf[off + word..off + word + 4].try_into().unwrap_or([0; 4]));
-        let kind = i32::from_ne_bytes(buf[off + word + 4..off + word + 8].try_into().unwrap_or([0; 4]));
+        let level =
+            i32::from_ne_bytes(buf[off + word..off + word + 4].try_into().unwrap_or([0; 4]));
+        let kind = i32::from_ne_bytes(
+            buf[off + word + 4..off + word + 8]
+                .try_into()
+                .unwrap_or([0; 4]),
+        );
         if len < hdr || off + len > buf.len() {
             break;
         }

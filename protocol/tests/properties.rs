@@ -113,7 +113,9 @@ fn the_257th_fd_is_refused_by_the_constructors() {
     );
     let mut bundle = FdBundle::new();
     for t in 0..256 {
-        bundle.push(t, std::fs::File::open("/dev/null").unwrap().into()).unwrap();
+        bundle
+            .push(t, std::fs::File::open("/dev/null").unwrap().into())
+            .unwrap();
     }
     let extra = std::fs::File::open("/dev/null").unwrap().into();
     assert_eq!(bundle.push(300, extra), Err(BuildError::TooManyFds(257)));
@@ -122,7 +124,10 @@ fn the_257th_fd_is_refused_by_the_constructors() {
 
 #[test]
 fn duplicate_and_out_of_range_targets_are_refused() {
-    assert_eq!(FdMap::from_targets(vec![1, 2, 1]), Err(BuildError::DuplicateTarget(1)));
+    assert_eq!(
+        FdMap::from_targets(vec![1, 2, 1]),
+        Err(BuildError::DuplicateTarget(1))
+    );
     assert_eq!(
         FdMap::from_targets(vec![MAX_TARGET_FD + 1]),
         Err(BuildError::LimitExceeded(Limit::TargetFd))
@@ -136,7 +141,10 @@ fn the_encoder_refuses_a_frame_whose_fds_disagree() {
     let fd = std::fs::File::open("/dev/null").unwrap().into();
     assert!(matches!(
         OutFrame::new(&m, vec![fd]),
-        Err(TransportError::FdMismatch { expected: 0, received: 1 })
+        Err(TransportError::FdMismatch {
+            expected: 0,
+            received: 1
+        })
     ));
 }
 
@@ -179,5 +187,10 @@ fn a_hostile_length_costs_nothing() {
     let mut b = vec![Tag::Spawn as u8, 0, 0, 0];
     b.extend_from_slice(&(MAX_BODY_LEN as u32).to_le_bytes());
     b.extend_from_slice(&[0, 0, 0]);
-    assert_eq!(decode(&b), Ok(Decoded::Incomplete { needed: MAX_BODY_LEN - 3 }));
+    assert_eq!(
+        decode(&b),
+        Ok(Decoded::Incomplete {
+            needed: MAX_BODY_LEN - 3
+        })
+    );
 }

@@ -18,7 +18,13 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn pair() -> (OwnedFd, OwnedFd) {
-    socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).unwrap()
+    socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap()
 }
 
 /// `n` distinct open files: the read ends of pipes, each its own inode.
@@ -75,7 +81,10 @@ fn bundles_arrive_as_the_same_files() {
         for (i, fd) in frame.fds.iter().enumerate() {
             assert_eq!(identity(fd), ids[i], "fd {i} of {n}");
             let flags = FdFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GETFD).unwrap());
-            assert!(flags.contains(FdFlag::FD_CLOEXEC), "received fds are close-on-exec");
+            assert!(
+                flags.contains(FdFlag::FD_CLOEXEC),
+                "received fds are close-on-exec"
+            );
         }
         let next = reader.read_frame(b.as_fd()).unwrap();
         assert_eq!(next.message, Message::StatusRequest);
@@ -113,7 +122,13 @@ fn mismatched_counts_close_every_fd() {
         .unwrap();
     let mut reader = FrameReader::new();
     let err = reader.read_frame(b.as_fd()).unwrap_err();
-    assert_eq!(err, TransportError::FdMismatch { expected: 3, received: 2 });
+    assert_eq!(
+        err,
+        TransportError::FdMismatch {
+            expected: 3,
+            received: 2
+        }
+    );
     assert_eq!(reader.pending_fds(), 0);
     drop((a, b, reader));
     assert_eq!(open_fds(), before);
@@ -133,7 +148,10 @@ fn excess_fds_are_refused_before_the_frame_completes() {
     reader.recv(b.as_fd()).unwrap();
     assert_eq!(
         reader.next_frame().unwrap_err(),
-        TransportError::FdMismatch { expected: 3, received: 5 }
+        TransportError::FdMismatch {
+            expected: 3,
+            received: 5
+        }
     );
     drop((a, b, reader));
     assert_eq!(open_fds(), before);
@@ -144,13 +162,21 @@ fn a_peer_closing_mid_frame_is_reported() {
     let _serial = serial();
     let (a, b) = pair();
     let bytes = Message::Hello(Hello::current()).to_bytes();
-    OutFrame::from_raw_parts(bytes[..5].to_vec(), vec![]).send(a.as_fd()).unwrap();
+    OutFrame::from_raw_parts(bytes[..5].to_vec(), vec![])
+        .send(a.as_fd())
+        .unwrap();
     drop(a);
     let mut reader = FrameReader::new();
-    assert_eq!(reader.read_frame(b.as_fd()).unwrap_err(), TransportError::ClosedMidFrame);
+    assert_eq!(
+        reader.read_frame(b.as_fd()).unwrap_err(),
+        TransportError::ClosedMidFrame
+    );
     let (a, b) = pair();
     drop(a);
-    assert_eq!(FrameReader::new().read_frame(b.as_fd()).unwrap_err(), TransportError::Closed);
+    assert_eq!(
+        FrameReader::new().read_frame(b.as_fd()).unwrap_err(),
+        TransportError::Closed
+    );
 }
 
 #[test]

@@ -55,21 +55,54 @@ fn echo_spawn() -> Message {
 fn build_valid() -> Vec<(String, String, Message)> {
     let mut v: Vec<(String, String, Message)> = Vec::new();
     let mut add = |name: &str, desc: &str, m: Message| v.push((name.into(), desc.into(), m));
-    add("hello-v1", "Hello offering exactly version 1", Message::Hello(Hello::current()));
-    add("hello-v1-to-v3", "Hello offering versions 1..=3", Message::Hello(Hello::new(1, 3).unwrap()));
-    add("hellook-none", "HelloOk: version 1, no authentication", Message::HelloOk(HelloOk::new(1, AuthMethod::None).unwrap()));
+    add(
+        "hello-v1",
+        "Hello offering exactly version 1",
+        Message::Hello(Hello::current()),
+    );
+    add(
+        "hello-v1-to-v3",
+        "Hello offering versions 1..=3",
+        Message::Hello(Hello::new(1, 3).unwrap()),
+    );
+    add(
+        "hellook-none",
+        "HelloOk: version 1, no authentication",
+        Message::HelloOk(HelloOk::new(1, AuthMethod::None).unwrap()),
+    );
     add(
         "hellook-hmac",
         "HelloOk: version 1, HMAC-SHA256 authentication with the server's challenge",
-        Message::HelloOk(HelloOk::new(1, AuthMethod::HmacSha256 { challenge: std::array::from_fn(|i| i as u8) }).unwrap()),
+        Message::HelloOk(
+            HelloOk::new(
+                1,
+                AuthMethod::HmacSha256 {
+                    challenge: std::array::from_fn(|i| i as u8),
+                },
+            )
+            .unwrap(),
+        ),
     );
     add(
         "auth",
         "Auth: the client's response and its own challenge",
-        Message::Auth(Auth { response: [0xAA; 32], challenge: std::array::from_fn(|i| 0x20 + i as u8) }),
+        Message::Auth(Auth {
+            response: [0xAA; 32],
+            challenge: std::array::from_fn(|i| 0x20 + i as u8),
+        }),
     );
-    add("authok", "AuthOk: the server's response", Message::AuthOk(AuthOk { response: [0xBB; 32] }));
-    add("spawn-exec-echo", "exec /bin/echo hi with the caller's stdout as fd 1", echo_spawn());
+    add(
+        "authok",
+        "AuthOk: the server's response",
+        Message::AuthOk(AuthOk {
+            response: [0xBB; 32],
+        }),
+    );
+    add(
+        "spawn-exec-echo",
+        "exec /bin/echo hi with the caller's stdout as fd 1",
+        echo_spawn(),
+    );
     {
         let mut job = ExecJob::new("sh").unwrap();
         job.push_arg("-c").unwrap();
@@ -97,7 +130,10 @@ fn build_valid() -> Vec<(String, String, Message)> {
         "entry point 'resize' with a 4-byte payload, new process group, fd 7 mapped to 3",
         Message::Spawn(
             Spawn::new(
-                SpawnOptions { session: Session::NewProcessGroup, ..SpawnOptions::default() },
+                SpawnOptions {
+                    session: Session::NewProcessGroup,
+                    ..SpawnOptions::default()
+                },
                 FdMap::from_targets(vec![3]).unwrap(),
                 Job::Entry(EntryJob::new("resize", vec![0, 1, 2, 0xff]).unwrap()),
             )
@@ -105,19 +141,63 @@ fn build_valid() -> Vec<(String, String, Message)> {
         ),
     );
     for n in [0usize, 1, 3, 253, 254, 256] {
-        add(&format!("spawn-fds-{n}"), &format!("entry spawn with a bundle of {n} fds, targets 0..{n}"), entry_spawn(n));
+        add(
+            &format!("spawn-fds-{n}"),
+            &format!("entry spawn with a bundle of {n} fds, targets 0..{n}"),
+            entry_spawn(n),
+        );
     }
-    add("signal-sigterm", "Signal 15 (SIGTERM)", Message::Signal(Signal::new(15).unwrap()));
-    add("signal-64", "Signal 64, the highest allowed", Message::Signal(Signal::new(64).unwrap()));
+    add(
+        "signal-sigterm",
+        "Signal 15 (SIGTERM)",
+        Message::Signal(Signal::new(15).unwrap()),
+    );
+    add(
+        "signal-64",
+        "Signal 64, the highest allowed",
+        Message::Signal(Signal::new(64).unwrap()),
+    );
     add("status-request", "StatusRequest", Message::StatusRequest);
-    add("pid", "Pid 4242 without a pidfd", Message::Pid(Pid::new(4242, false).unwrap()));
-    add("pid-with-pidfd", "Pid 4242 with a pidfd attached", Message::Pid(Pid::new(4242, true).unwrap()));
-    add("exit-0", "Exit 0", Message::Exit(Exit::new(0, false, false).unwrap()));
-    add("exit-3", "Exit 3", Message::Exit(Exit::new(3, false, false).unwrap()));
-    add("exit-255", "Exit 255", Message::Exit(Exit::new(255, false, false).unwrap()));
-    add("exit-sigkill-deadline", "killed by SIGKILL at its deadline: -9", Message::Exit(Exit::new(-9, true, false).unwrap()));
-    add("exit-sigsegv-core", "killed by SIGSEGV, core dumped: -11", Message::Exit(Exit::new(-11, false, true).unwrap()));
-    add("exit-sig64", "killed by signal 64: -64", Message::Exit(Exit::new(-64, false, false).unwrap()));
+    add(
+        "pid",
+        "Pid 4242 without a pidfd",
+        Message::Pid(Pid::new(4242, false).unwrap()),
+    );
+    add(
+        "pid-with-pidfd",
+        "Pid 4242 with a pidfd attached",
+        Message::Pid(Pid::new(4242, true).unwrap()),
+    );
+    add(
+        "exit-0",
+        "Exit 0",
+        Message::Exit(Exit::new(0, false, false).unwrap()),
+    );
+    add(
+        "exit-3",
+        "Exit 3",
+        Message::Exit(Exit::new(3, false, false).unwrap()),
+    );
+    add(
+        "exit-255",
+        "Exit 255",
+        Message::Exit(Exit::new(255, false, false).unwrap()),
+    );
+    add(
+        "exit-sigkill-deadline",
+        "killed by SIGKILL at its deadline: -9",
+        Message::Exit(Exit::new(-9, true, false).unwrap()),
+    );
+    add(
+        "exit-sigsegv-core",
+        "killed by SIGSEGV, core dumped: -11",
+        Message::Exit(Exit::new(-11, false, true).unwrap()),
+    );
+    add(
+        "exit-sig64",
+        "killed by signal 64: -64",
+        Message::Exit(Exit::new(-64, false, false).unwrap()),
+    );
     add("signaled", "Signaled", Message::Signaled);
     add(
         "status",
@@ -136,10 +216,18 @@ fn build_valid() -> Vec<(String, String, Message)> {
         add(
             &format!("error-{}", code.name()),
             &format!("Error {} ({})", code.name(), *code as u16),
-            Message::Error(ErrorReply::new(*code, errno, format!("example {}", code.name()))),
+            Message::Error(ErrorReply::new(
+                *code,
+                errno,
+                format!("example {}", code.name()),
+            )),
         );
     }
-    add("error-empty-message", "Error with an empty message", Message::Error(ErrorReply::new(ErrorCode::Internal, 0, "")));
+    add(
+        "error-empty-message",
+        "Error with an empty message",
+        Message::Error(ErrorReply::new(ErrorCode::Internal, 0, "")),
+    );
     v
 }
 
@@ -155,30 +243,140 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
     };
     let hello = Message::Hello(Hello::current()).to_bytes();
 
-    add("tag-00", "tag 0x00 is reserved", frame(0x00, 0, &[]), E::UnknownTag(0));
-    add("tag-13", "tag 0x13 is reserved", frame(0x13, 0, &[]), E::UnknownTag(0x13));
-    add("tag-ff", "tag 0xff is reserved", vec![0xff], E::UnknownTag(0xff));
+    add(
+        "tag-00",
+        "tag 0x00 is reserved",
+        frame(0x00, 0, &[]),
+        E::UnknownTag(0),
+    );
+    add(
+        "tag-13",
+        "tag 0x13 is reserved",
+        frame(0x13, 0, &[]),
+        E::UnknownTag(0x13),
+    );
+    add(
+        "tag-ff",
+        "tag 0xff is reserved",
+        vec![0xff],
+        E::UnknownTag(0xff),
+    );
     let mut b = hello.clone();
     b[1] = 1;
-    add("header-flags", "header flags byte not zero", b, E::ReservedNotZero);
-    add("spawn-257-fds", "Spawn header announcing 257 fds", header_only(0x10, 257, 100), E::TooManyFds(257));
-    add("spawn-65535-fds", "Spawn header announcing 65535 fds", header_only(0x10, 65535, 100), E::TooManyFds(65535));
-    add("hello-with-fd", "Hello cannot carry fds", header_only(0x01, 1, 8), E::UnexpectedFds { tag: 1, nfds: 1 });
-    add("pid-with-2-fds", "Pid carries at most one fd", header_only(0x20, 2, 4), E::UnexpectedFds { tag: 0x20, nfds: 2 });
-    add("status-request-with-fd", "StatusRequest cannot carry fds", header_only(0x12, 1, 0), E::UnexpectedFds { tag: 0x12, nfds: 1 });
-    add("body-too-long", "body_len of 1 MiB + 1", header_only(0x10, 0, (MAX_BODY_LEN + 1) as u32), E::BodyTooLong(MAX_BODY_LEN as u32 + 1));
-    add("body-len-max-u32", "body_len of 2^32-1", header_only(0x23, 0, u32::MAX), E::BodyTooLong(u32::MAX));
-    add("hello-len-9", "Hello body must be 8 bytes", frame(0x01, 0, b"FKSV\x01\x00\x01\x00\x00"), E::BadBodyLength { tag: 1, len: 9 });
-    add("exit-len-4", "Exit body must be 8 bytes", header_only(0x21, 0, 4), E::BadBodyLength { tag: 0x21, len: 4 });
-    add("status-request-len-1", "StatusRequest body must be empty", frame(0x12, 0, &[0]), E::BadBodyLength { tag: 0x12, len: 1 });
-    add("hello-bad-magic", "Hello body must start with FKSV", frame(0x01, 0, b"FKSW\x01\x00\x01\x00"), E::BadMagic);
-    add("hello-version-0", "min_version 0 is not allowed", frame(0x01, 0, b"FKSV\x00\x00\x01\x00"), E::InvalidValue(Field::VersionRange));
-    add("hello-min-above-max", "min_version > max_version", frame(0x01, 0, b"FKSV\x02\x00\x01\x00"), E::InvalidValue(Field::VersionRange));
-    add("hellook-version-0", "HelloOk version 0", frame(0x02, 0, &[0, 0, 0, 0]), E::InvalidValue(Field::Version));
-    add("hellook-auth-2", "auth method 2 is undefined", frame(0x02, 0, &[1, 0, 2, 0]), E::InvalidValue(Field::AuthMethod));
-    add("hellook-reserved", "HelloOk reserved byte not zero", frame(0x02, 0, &[1, 0, 0, 1]), E::ReservedNotZero);
-    add("hellook-hmac-short", "auth method 1 without its 32-byte challenge", frame(0x02, 0, &[1, 0, 1, 0]), E::Truncated);
-    add("hellook-trailing", "auth method 0 with a challenge after it", frame(0x02, 0, &[1, 0, 0, 0, 9]), E::TrailingBytes);
+    add(
+        "header-flags",
+        "header flags byte not zero",
+        b,
+        E::ReservedNotZero,
+    );
+    add(
+        "spawn-257-fds",
+        "Spawn header announcing 257 fds",
+        header_only(0x10, 257, 100),
+        E::TooManyFds(257),
+    );
+    add(
+        "spawn-65535-fds",
+        "Spawn header announcing 65535 fds",
+        header_only(0x10, 65535, 100),
+        E::TooManyFds(65535),
+    );
+    add(
+        "hello-with-fd",
+        "Hello cannot carry fds",
+        header_only(0x01, 1, 8),
+        E::UnexpectedFds { tag: 1, nfds: 1 },
+    );
+    add(
+        "pid-with-2-fds",
+        "Pid carries at most one fd",
+        header_only(0x20, 2, 4),
+        E::UnexpectedFds { tag: 0x20, nfds: 2 },
+    );
+    add(
+        "status-request-with-fd",
+        "StatusRequest cannot carry fds",
+        header_only(0x12, 1, 0),
+        E::UnexpectedFds { tag: 0x12, nfds: 1 },
+    );
+    add(
+        "body-too-long",
+        "body_len of 1 MiB + 1",
+        header_only(0x10, 0, (MAX_BODY_LEN + 1) as u32),
+        E::BodyTooLong(MAX_BODY_LEN as u32 + 1),
+    );
+    add(
+        "body-len-max-u32",
+        "body_len of 2^32-1",
+        header_only(0x23, 0, u32::MAX),
+        E::BodyTooLong(u32::MAX),
+    );
+    add(
+        "hello-len-9",
+        "Hello body must be 8 bytes",
+        frame(0x01, 0, b"FKSV\x01\x00\x01\x00\x00"),
+        E::BadBodyLength { tag: 1, len: 9 },
+    );
+    add(
+        "exit-len-4",
+        "Exit body must be 8 bytes",
+        header_only(0x21, 0, 4),
+        E::BadBodyLength { tag: 0x21, len: 4 },
+    );
+    add(
+        "status-request-len-1",
+        "StatusRequest body must be empty",
+        frame(0x12, 0, &[0]),
+        E::BadBodyLength { tag: 0x12, len: 1 },
+    );
+    add(
+        "hello-bad-magic",
+        "Hello body must start with FKSV",
+        frame(0x01, 0, b"FKSW\x01\x00\x01\x00"),
+        E::BadMagic,
+    );
+    add(
+        "hello-version-0",
+        "min_version 0 is not allowed",
+        frame(0x01, 0, b"FKSV\x00\x00\x01\x00"),
+        E::InvalidValue(Field::VersionRange),
+    );
+    add(
+        "hello-min-above-max",
+        "min_version > max_version",
+        frame(0x01, 0, b"FKSV\x02\x00\x01\x00"),
+        E::InvalidValue(Field::VersionRange),
+    );
+    add(
+        "hellook-version-0",
+        "HelloOk version 0",
+        frame(0x02, 0, &[0, 0, 0, 0]),
+        E::InvalidValue(Field::Version),
+    );
+    add(
+        "hellook-auth-2",
+        "auth method 2 is undefined",
+        frame(0x02, 0, &[1, 0, 2, 0]),
+        E::InvalidValue(Field::AuthMethod),
+    );
+    add(
+        "hellook-reserved",
+        "HelloOk reserved byte not zero",
+        frame(0x02, 0, &[1, 0, 0, 1]),
+        E::ReservedNotZero,
+    );
+    add(
+        "hellook-hmac-short",
+        "auth method 1 without its 32-byte challenge",
+        frame(0x02, 0, &[1, 0, 1, 0]),
+        E::Truncated,
+    );
+    add(
+        "hellook-trailing",
+        "auth method 0 with a challenge after it",
+        frame(0x02, 0, &[1, 0, 0, 0, 9]),
+        E::TrailingBytes,
+    );
 
     // Spawn corruptions, starting from the echo request (flags at body offset 0, the fd map at 12,
     // the job kind at 16).
@@ -186,57 +384,123 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
     let spawn = |body: &[u8], nfds: u16| frame(0x10, nfds, body);
     let mut b = echo.clone();
     b[0] = 0x20;
-    add("spawn-reserved-flag", "Spawn flag bit 5 is reserved", spawn(&b, 1), E::ReservedNotZero);
+    add(
+        "spawn-reserved-flag",
+        "Spawn flag bit 5 is reserved",
+        spawn(&b, 1),
+        E::ReservedNotZero,
+    );
     let mut b = echo.clone();
     b[0] = 0x03;
-    add("spawn-session-and-group", "NEW_SESSION and NEW_PROCESS_GROUP together", spawn(&b, 1), E::InvalidValue(Field::SpawnFlags));
+    add(
+        "spawn-session-and-group",
+        "NEW_SESSION and NEW_PROCESS_GROUP together",
+        spawn(&b, 1),
+        E::InvalidValue(Field::SpawnFlags),
+    );
     let mut b = echo.clone();
     b[16] = 3;
-    add("spawn-job-kind-3", "job kind 3 is undefined", spawn(&b, 1), E::InvalidValue(Field::JobKind));
+    add(
+        "spawn-job-kind-3",
+        "job kind 3 is undefined",
+        spawn(&b, 1),
+        E::InvalidValue(Field::JobKind),
+    );
     let mut b = echo.clone();
     b[12..16].copy_from_slice(&(MAX_TARGET_FD + 1).to_le_bytes());
-    add("spawn-target-too-high", "target fd 2^20", spawn(&b, 1), E::LimitExceeded(Limit::TargetFd));
+    add(
+        "spawn-target-too-high",
+        "target fd 2^20",
+        spawn(&b, 1),
+        E::LimitExceeded(Limit::TargetFd),
+    );
     let mut b = echo[..12].to_vec();
     b.extend_from_slice(&5u32.to_le_bytes());
     b.extend_from_slice(&5u32.to_le_bytes());
     b.extend_from_slice(&echo[16..]);
-    add("spawn-duplicate-target", "two fds mapped to target 5", spawn(&b, 2), E::DuplicateTarget(5));
+    add(
+        "spawn-duplicate-target",
+        "two fds mapped to target 5",
+        spawn(&b, 2),
+        E::DuplicateTarget(5),
+    );
     let mut b = echo.clone();
     b.push(0);
-    add("spawn-trailing", "a byte after the last field", spawn(&b, 1), E::TrailingBytes);
-    add("spawn-truncated", "the body ends inside the job", spawn(&echo[..echo.len() - 3], 1), E::Truncated);
-    add("spawn-fd-map-truncated", "nfds = 3 but the body holds one target", spawn(&echo[..14], 3), E::Truncated);
+    add(
+        "spawn-trailing",
+        "a byte after the last field",
+        spawn(&b, 1),
+        E::TrailingBytes,
+    );
+    add(
+        "spawn-truncated",
+        "the body ends inside the job",
+        spawn(&echo[..echo.len() - 3], 1),
+        E::Truncated,
+    );
+    add(
+        "spawn-fd-map-truncated",
+        "nfds = 3 but the body holds one target",
+        spawn(&echo[..14], 3),
+        E::Truncated,
+    );
 
-    let exec_body = |program: &[u8], args: &[&[u8]], env_clear: u8, env: &[(&[u8], &[u8])], cwd: &[u8]| {
-        let mut b = vec![0u8; 12];
-        b.push(2);
-        b.extend_from_slice(&(program.len() as u16).to_le_bytes());
-        b.extend_from_slice(program);
-        b.extend_from_slice(&(args.len() as u16).to_le_bytes());
-        for a in args {
-            b.extend_from_slice(&(a.len() as u32).to_le_bytes());
-            b.extend_from_slice(a);
-        }
-        b.push(env_clear);
-        b.extend_from_slice(&(env.len() as u16).to_le_bytes());
-        for (k, val) in env {
-            b.extend_from_slice(&(k.len() as u32).to_le_bytes());
-            b.extend_from_slice(k);
-            b.extend_from_slice(&(val.len() as u32).to_le_bytes());
-            b.extend_from_slice(val);
-        }
-        b.extend_from_slice(&(cwd.len() as u16).to_le_bytes());
-        b.extend_from_slice(cwd);
-        b
-    };
+    let exec_body =
+        |program: &[u8], args: &[&[u8]], env_clear: u8, env: &[(&[u8], &[u8])], cwd: &[u8]| {
+            let mut b = vec![0u8; 12];
+            b.push(2);
+            b.extend_from_slice(&(program.len() as u16).to_le_bytes());
+            b.extend_from_slice(program);
+            b.extend_from_slice(&(args.len() as u16).to_le_bytes());
+            for a in args {
+                b.extend_from_slice(&(a.len() as u32).to_le_bytes());
+                b.extend_from_slice(a);
+            }
+            b.push(env_clear);
+            b.extend_from_slice(&(env.len() as u16).to_le_bytes());
+            for (k, val) in env {
+                b.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                b.extend_from_slice(k);
+                b.extend_from_slice(&(val.len() as u32).to_le_bytes());
+                b.extend_from_slice(val);
+            }
+            b.extend_from_slice(&(cwd.len() as u16).to_le_bytes());
+            b.extend_from_slice(cwd);
+            b
+        };
     let t: &[u8] = b"/bin/true";
     assert!(decode_exact(&spawn(&exec_body(t, &[t], 0, &[], b""), 0)).is_ok());
-    add("exec-empty-program", "empty program path", spawn(&exec_body(b"", &[t], 0, &[], b""), 0), E::InvalidValue(Field::Program));
-    add("exec-program-nul", "NUL in the program path", spawn(&exec_body(b"/bin/t\0ue", &[t], 0, &[], b""), 0), E::InvalidValue(Field::Program));
-    add("exec-argc-0", "argv must hold at least argv[0]", spawn(&exec_body(t, &[], 0, &[], b""), 0), E::InvalidValue(Field::Arg));
+    add(
+        "exec-empty-program",
+        "empty program path",
+        spawn(&exec_body(b"", &[t], 0, &[], b""), 0),
+        E::InvalidValue(Field::Program),
+    );
+    add(
+        "exec-program-nul",
+        "NUL in the program path",
+        spawn(&exec_body(b"/bin/t\0ue", &[t], 0, &[], b""), 0),
+        E::InvalidValue(Field::Program),
+    );
+    add(
+        "exec-argc-0",
+        "argv must hold at least argv[0]",
+        spawn(&exec_body(t, &[], 0, &[], b""), 0),
+        E::InvalidValue(Field::Arg),
+    );
     let many: Vec<&[u8]> = vec![b""; MAX_ARGS + 1];
-    add("exec-argc-4097", "4097 arguments", spawn(&exec_body(t, &many, 0, &[], b""), 0), E::LimitExceeded(Limit::Args));
-    add("exec-arg-nul", "NUL inside an argument", spawn(&exec_body(t, &[t, b"a\0b"], 0, &[], b""), 0), E::InvalidValue(Field::Arg));
+    add(
+        "exec-argc-4097",
+        "4097 arguments",
+        spawn(&exec_body(t, &many, 0, &[], b""), 0),
+        E::LimitExceeded(Limit::Args),
+    );
+    add(
+        "exec-arg-nul",
+        "NUL inside an argument",
+        spawn(&exec_body(t, &[t, b"a\0b"], 0, &[], b""), 0),
+        E::InvalidValue(Field::Arg),
+    );
     {
         let mut b = vec![0u8; 12];
         b.push(2);
@@ -244,61 +508,163 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
         b.extend_from_slice(t);
         b.extend_from_slice(&1u16.to_le_bytes());
         b.extend_from_slice(&((MAX_ARG_LEN + 1) as u32).to_le_bytes());
-        add("exec-arg-too-long", "an argument length of 131072 (checked before the bytes arrive)", spawn(&b, 0), E::LimitExceeded(Limit::ArgLen));
+        add(
+            "exec-arg-too-long",
+            "an argument length of 131072 (checked before the bytes arrive)",
+            spawn(&b, 0),
+            E::LimitExceeded(Limit::ArgLen),
+        );
     }
-    add("exec-env-clear-2", "env_clear must be 0 or 1", spawn(&exec_body(t, &[t], 2, &[], b""), 0), E::InvalidValue(Field::Bool));
-    add("exec-env-key-equals", "'=' in an environment key", spawn(&exec_body(t, &[t], 0, &[(b"A=B", b"c")], b""), 0), E::InvalidValue(Field::EnvKey));
-    add("exec-env-key-empty", "empty environment key", spawn(&exec_body(t, &[t], 0, &[(b"", b"c")], b""), 0), E::InvalidValue(Field::EnvKey));
-    add("exec-env-value-nul", "NUL in an environment value", spawn(&exec_body(t, &[t], 0, &[(b"A", b"c\0")], b""), 0), E::InvalidValue(Field::EnvValue));
-    add("exec-cwd-nul", "NUL in the working directory", spawn(&exec_body(t, &[t], 0, &[], b"/t\0p"), 0), E::InvalidValue(Field::Cwd));
+    add(
+        "exec-env-clear-2",
+        "env_clear must be 0 or 1",
+        spawn(&exec_body(t, &[t], 2, &[], b""), 0),
+        E::InvalidValue(Field::Bool),
+    );
+    add(
+        "exec-env-key-equals",
+        "'=' in an environment key",
+        spawn(&exec_body(t, &[t], 0, &[(b"A=B", b"c")], b""), 0),
+        E::InvalidValue(Field::EnvKey),
+    );
+    add(
+        "exec-env-key-empty",
+        "empty environment key",
+        spawn(&exec_body(t, &[t], 0, &[(b"", b"c")], b""), 0),
+        E::InvalidValue(Field::EnvKey),
+    );
+    add(
+        "exec-env-value-nul",
+        "NUL in an environment value",
+        spawn(&exec_body(t, &[t], 0, &[(b"A", b"c\0")], b""), 0),
+        E::InvalidValue(Field::EnvValue),
+    );
+    add(
+        "exec-cwd-nul",
+        "NUL in the working directory",
+        spawn(&exec_body(t, &[t], 0, &[], b"/t\0p"), 0),
+        E::InvalidValue(Field::Cwd),
+    );
     {
         let mut b = vec![0u8; 12];
         b.push(1);
         b.extend_from_slice(&0u16.to_le_bytes());
         b.extend_from_slice(&0u32.to_le_bytes());
-        add("entry-empty-name", "empty entry-point name", spawn(&b, 0), E::InvalidValue(Field::EntryName));
+        add(
+            "entry-empty-name",
+            "empty entry-point name",
+            spawn(&b, 0),
+            E::InvalidValue(Field::EntryName),
+        );
         let mut b = vec![0u8; 12];
         b.push(1);
         b.extend_from_slice(&2u16.to_le_bytes());
         b.extend_from_slice(&[0xc3, 0x28]);
         b.extend_from_slice(&0u32.to_le_bytes());
-        add("entry-name-not-utf8", "entry-point name that is not UTF-8", spawn(&b, 0), E::InvalidValue(Field::EntryName));
+        add(
+            "entry-name-not-utf8",
+            "entry-point name that is not UTF-8",
+            spawn(&b, 0),
+            E::InvalidValue(Field::EntryName),
+        );
         let mut b = vec![0u8; 12];
         b.push(1);
         b.extend_from_slice(&256u16.to_le_bytes());
         b.extend_from_slice(&[b'a'; 256]);
         b.extend_from_slice(&0u32.to_le_bytes());
-        add("entry-name-256", "entry-point name of 256 bytes", spawn(&b, 0), E::LimitExceeded(Limit::EntryName));
+        add(
+            "entry-name-256",
+            "entry-point name of 256 bytes",
+            spawn(&b, 0),
+            E::LimitExceeded(Limit::EntryName),
+        );
         let mut b = vec![0u8; 12];
         b.push(1);
         b.extend_from_slice(&1u16.to_le_bytes());
         b.push(b'a');
         b.extend_from_slice(&100u32.to_le_bytes());
         b.extend_from_slice(&[7; 10]);
-        add("entry-payload-truncated", "payload length runs past the body", spawn(&b, 0), E::Truncated);
+        add(
+            "entry-payload-truncated",
+            "payload length runs past the body",
+            spawn(&b, 0),
+            E::Truncated,
+        );
     }
 
-    add("signal-0", "signal 0 is not allowed", frame(0x11, 0, &0u32.to_le_bytes()), E::InvalidValue(Field::Signal));
-    add("signal-65", "signal 65 is above the limit", frame(0x11, 0, &65u32.to_le_bytes()), E::InvalidValue(Field::Signal));
-    add("pid-0", "pid 0", frame(0x20, 0, &0u32.to_le_bytes()), E::InvalidValue(Field::Pid));
-    add("pid-negative", "pid 2^31 (negative as i32)", frame(0x20, 0, &(1u32 << 31).to_le_bytes()), E::InvalidValue(Field::Pid));
+    add(
+        "signal-0",
+        "signal 0 is not allowed",
+        frame(0x11, 0, &0u32.to_le_bytes()),
+        E::InvalidValue(Field::Signal),
+    );
+    add(
+        "signal-65",
+        "signal 65 is above the limit",
+        frame(0x11, 0, &65u32.to_le_bytes()),
+        E::InvalidValue(Field::Signal),
+    );
+    add(
+        "pid-0",
+        "pid 0",
+        frame(0x20, 0, &0u32.to_le_bytes()),
+        E::InvalidValue(Field::Pid),
+    );
+    add(
+        "pid-negative",
+        "pid 2^31 (negative as i32)",
+        frame(0x20, 0, &(1u32 << 31).to_le_bytes()),
+        E::InvalidValue(Field::Pid),
+    );
     let exit = |code: i32, flags: u8, pad: [u8; 3]| {
         let mut b = code.to_le_bytes().to_vec();
         b.push(flags);
         b.extend_from_slice(&pad);
         frame(0x21, 0, &b)
     };
-    add("exit-256", "exit code 256", exit(256, 0, [0; 3]), E::InvalidValue(Field::ExitCode));
-    add("exit-minus-65", "exit code -65", exit(-65, 0, [0; 3]), E::InvalidValue(Field::ExitCode));
-    add("exit-flag-bit-2", "Exit flag bit 2 is reserved", exit(0, 4, [0; 3]), E::ReservedNotZero);
-    add("exit-reserved", "Exit reserved bytes not zero", exit(0, 0, [0, 1, 0]), E::ReservedNotZero);
-    let status = body_of(&Message::Status(Status::new(1, 100, 2, 3, 12345, "v").unwrap()));
+    add(
+        "exit-256",
+        "exit code 256",
+        exit(256, 0, [0; 3]),
+        E::InvalidValue(Field::ExitCode),
+    );
+    add(
+        "exit-minus-65",
+        "exit code -65",
+        exit(-65, 0, [0; 3]),
+        E::InvalidValue(Field::ExitCode),
+    );
+    add(
+        "exit-flag-bit-2",
+        "Exit flag bit 2 is reserved",
+        exit(0, 4, [0; 3]),
+        E::ReservedNotZero,
+    );
+    add(
+        "exit-reserved",
+        "Exit reserved bytes not zero",
+        exit(0, 0, [0, 1, 0]),
+        E::ReservedNotZero,
+    );
+    let status = body_of(&Message::Status(
+        Status::new(1, 100, 2, 3, 12345, "v").unwrap(),
+    ));
     let mut b = status.clone();
     b[2] = 1;
-    add("status-reserved", "Status reserved bytes not zero", frame(0x23, 0, &b), E::ReservedNotZero);
+    add(
+        "status-reserved",
+        "Status reserved bytes not zero",
+        frame(0x23, 0, &b),
+        E::ReservedNotZero,
+    );
     let mut b = status.clone();
     *b.last_mut().unwrap() = 0xff;
-    add("status-version-not-utf8", "server version that is not UTF-8", frame(0x23, 0, &b), E::InvalidValue(Field::Utf8));
+    add(
+        "status-version-not-utf8",
+        "server version that is not UTF-8",
+        frame(0x23, 0, &b),
+        E::InvalidValue(Field::Utf8),
+    );
     let err = |code: u16, msg: &[u8]| {
         let mut b = code.to_le_bytes().to_vec();
         b.extend_from_slice(&[0, 0]);
@@ -307,46 +673,125 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
         b.extend_from_slice(msg);
         frame(0x2f, 0, &b)
     };
-    add("error-code-0", "error code 0 is reserved", err(0, b""), E::UnknownErrorCode(0));
-    add("error-code-18", "error code 18 is reserved", err(18, b""), E::UnknownErrorCode(18));
-    add("error-message-1025", "error message of 1025 bytes", err(1, &[b'x'; 1025]), E::LimitExceeded(Limit::ErrorMessage));
-    add("error-message-not-utf8", "error message that is not UTF-8", err(1, &[0xff]), E::InvalidValue(Field::Utf8));
+    add(
+        "error-code-0",
+        "error code 0 is reserved",
+        err(0, b""),
+        E::UnknownErrorCode(0),
+    );
+    add(
+        "error-code-18",
+        "error code 18 is reserved",
+        err(18, b""),
+        E::UnknownErrorCode(18),
+    );
+    add(
+        "error-message-1025",
+        "error message of 1025 bytes",
+        err(1, &[b'x'; 1025]),
+        E::LimitExceeded(Limit::ErrorMessage),
+    );
+    add(
+        "error-message-not-utf8",
+        "error message that is not UTF-8",
+        err(1, &[0xff]),
+        E::InvalidValue(Field::Utf8),
+    );
     v
 }
 
 /// Transport vectors: frames sent in given `sendmsg` calls, `(bytes, fds)` each.
-fn build_transport() -> Vec<(String, String, Vec<u8>, Vec<(usize, usize)>, &'static str)> {
+/// name, description, bytes, `(bytes, fds)` per sendmsg, expected outcome.
+type TransportVector = (String, String, Vec<u8>, Vec<(usize, usize)>, &'static str);
+
+fn build_transport() -> Vec<TransportVector> {
     let mut v = Vec::new();
-    let mut add = |name: &str, desc: &str, bytes: Vec<u8>, sends: Vec<(usize, usize)>, expected: &'static str| {
-        assert_eq!(sends.iter().map(|s| s.0).sum::<usize>(), bytes.len(), "{name}");
+    let mut add = |name: &str,
+                   desc: &str,
+                   bytes: Vec<u8>,
+                   sends: Vec<(usize, usize)>,
+                   expected: &'static str| {
+        assert_eq!(
+            sends.iter().map(|s| s.0).sum::<usize>(),
+            bytes.len(),
+            "{name}"
+        );
         v.push((name.to_owned(), desc.to_owned(), bytes, sends, expected))
     };
     for n in [0usize, 1, 253] {
         let b = entry_spawn(n).to_bytes();
         let l = b.len();
-        add(&format!("spawn-{n}-fds"), &format!("{n} fds in one sendmsg"), b, vec![(l, n)], "ok");
+        add(
+            &format!("spawn-{n}-fds"),
+            &format!("{n} fds in one sendmsg"),
+            b,
+            vec![(l, n)],
+            "ok",
+        );
     }
     for n in [254usize, 256] {
         let b = entry_spawn(n).to_bytes();
         let l = b.len();
-        add(&format!("spawn-{n}-fds"), &format!("{n} fds: 1 byte + 253 fds, then the rest + {} fds", n - 253), b, vec![(1, 253), (l - 1, n - 253)], "ok");
+        add(
+            &format!("spawn-{n}-fds"),
+            &format!("{n} fds: 1 byte + 253 fds, then the rest + {} fds", n - 253),
+            b,
+            vec![(1, 253), (l - 1, n - 253)],
+            "ok",
+        );
     }
     let b = entry_spawn(256).to_bytes();
     let l = b.len();
-    add("spawn-256-fds-split-bytes", "256 fds where the last call's bytes are split over two sendmsg", b, vec![(1, 253), (10, 3), (l - 11, 0)], "ok");
+    add(
+        "spawn-256-fds-split-bytes",
+        "256 fds where the last call's bytes are split over two sendmsg",
+        b,
+        vec![(1, 253), (10, 3), (l - 11, 0)],
+        "ok",
+    );
     let mut b = entry_spawn(257 - 1).to_bytes();
     b[2..4].copy_from_slice(&257u16.to_le_bytes());
     let l = b.len();
-    add("spawn-257-fds", "a header announcing 257 fds, with 257 attached", b, vec![(1, 253), (l - 1, 4)], "TooManyFds");
+    add(
+        "spawn-257-fds",
+        "a header announcing 257 fds, with 257 attached",
+        b,
+        vec![(1, 253), (l - 1, 4)],
+        "TooManyFds",
+    );
     let b = entry_spawn(3).to_bytes();
     let l = b.len();
-    add("spawn-3-announced-2-sent", "header says 3 fds, 2 attached", b.clone(), vec![(l, 2)], "FdMismatch");
-    add("spawn-3-announced-4-sent", "header says 3 fds, 4 attached", b, vec![(l, 4)], "FdMismatch");
+    add(
+        "spawn-3-announced-2-sent",
+        "header says 3 fds, 2 attached",
+        b.clone(),
+        vec![(l, 2)],
+        "FdMismatch",
+    );
+    add(
+        "spawn-3-announced-4-sent",
+        "header says 3 fds, 4 attached",
+        b,
+        vec![(l, 4)],
+        "FdMismatch",
+    );
     let b = entry_spawn(0).to_bytes();
     let l = b.len();
-    add("spawn-0-announced-1-sent", "header says no fds, 1 attached", b, vec![(l, 1)], "FdMismatch");
+    add(
+        "spawn-0-announced-1-sent",
+        "header says no fds, 1 attached",
+        b,
+        vec![(l, 1)],
+        "FdMismatch",
+    );
     let b = Message::StatusRequest.to_bytes();
-    add("status-request-with-fd", "an fd attached to a message that carries none", b, vec![(8, 1)], "FdMismatch");
+    add(
+        "status-request-with-fd",
+        "an fd attached to a message that carries none",
+        b,
+        vec![(8, 1)],
+        "FdMismatch",
+    );
     let mut b = Message::StatusRequest.to_bytes();
     let s = entry_spawn(1).to_bytes();
     let sl = s.len();
@@ -405,7 +850,10 @@ fn valid_vectors() {
         })
         .collect();
     if regen() {
-        write("valid.json", json!({"protocol_version": PROTOCOL_VERSION, "vectors": built}));
+        write(
+            "valid.json",
+            json!({"protocol_version": PROTOCOL_VERSION, "vectors": built}),
+        );
     }
     let file = load("valid.json");
     let vectors = file["vectors"].as_array().unwrap();
@@ -417,11 +865,22 @@ fn valid_vectors() {
         let m = decode_exact(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(to_json(&m), v["decoded"], "{name}: decoded form");
         assert_eq!(m.to_bytes(), bytes, "{name}: re-encoding");
-        assert_eq!(m.fd_count() as u64, v["nfds"].as_u64().unwrap(), "{name}: nfds");
+        assert_eq!(
+            m.fd_count() as u64,
+            v["nfds"].as_u64().unwrap(),
+            "{name}: nfds"
+        );
         tags.insert(m.tag());
     }
-    assert_eq!(tags.len(), Tag::ALL.len(), "every message type has a valid vector");
-    assert_eq!(vectors, &built, "valid.json differs from the constructors' output");
+    assert_eq!(
+        tags.len(),
+        Tag::ALL.len(),
+        "every message type has a valid vector"
+    );
+    assert_eq!(
+        vectors, &built,
+        "valid.json differs from the constructors' output"
+    );
 }
 
 #[test]
@@ -433,7 +892,10 @@ fn invalid_vectors() {
         })
         .collect();
     if regen() {
-        write("invalid.json", json!({"protocol_version": PROTOCOL_VERSION, "vectors": built}));
+        write(
+            "invalid.json",
+            json!({"protocol_version": PROTOCOL_VERSION, "vectors": built}),
+        );
     }
     let file = load("invalid.json");
     let vectors = file["vectors"].as_array().unwrap();
@@ -444,14 +906,28 @@ fn invalid_vectors() {
         let got = decode(&bytes).expect_err(&name);
         assert_eq!(got, expected, "{name}");
         assert_eq!(got.name(), v["error"].as_str().unwrap(), "{name}");
-        assert_eq!(wire_error(&got), v["wire_error"].as_str().unwrap(), "{name}");
+        assert_eq!(
+            wire_error(&got),
+            v["wire_error"].as_str().unwrap(),
+            "{name}"
+        );
         seen.insert(got.name());
     }
     assert_eq!(vectors, &built, "invalid.json differs from the generator");
     for name in [
-        "UnknownTag", "ReservedNotZero", "UnexpectedFds", "TooManyFds", "BodyTooLong",
-        "BadBodyLength", "Truncated", "TrailingBytes", "BadMagic", "LimitExceeded",
-        "InvalidValue", "DuplicateTarget", "UnknownErrorCode",
+        "UnknownTag",
+        "ReservedNotZero",
+        "UnexpectedFds",
+        "TooManyFds",
+        "BodyTooLong",
+        "BadBodyLength",
+        "Truncated",
+        "TrailingBytes",
+        "BadMagic",
+        "LimitExceeded",
+        "InvalidValue",
+        "DuplicateTarget",
+        "UnknownErrorCode",
     ] {
         assert!(seen.contains(name), "no invalid vector for {name}");
     }
@@ -459,7 +935,9 @@ fn invalid_vectors() {
 
 mod transport_vectors {
     use super::*;
-    use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr};
+    use nix::sys::socket::{
+        sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
+    };
     use std::io::IoSlice;
     use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
@@ -478,7 +956,10 @@ mod transport_vectors {
             })
             .collect();
         if regen() {
-            write("transport.json", json!({"protocol_version": PROTOCOL_VERSION, "vectors": built}));
+            write(
+                "transport.json",
+                json!({"protocol_version": PROTOCOL_VERSION, "vectors": built}),
+            );
         }
         let file = load("transport.json");
         let vectors = file["vectors"].as_array().unwrap();
@@ -487,7 +968,13 @@ mod transport_vectors {
         for v in vectors {
             let name = v["name"].as_str().unwrap();
             let bytes = unhex(v["hex"].as_str().unwrap());
-            let (a, b) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).unwrap();
+            let (a, b) = socketpair(
+                AddressFamily::Unix,
+                SockType::Stream,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .unwrap();
             let mut off = 0;
             for s in v["sends"].as_array().unwrap() {
                 let n = s["bytes"].as_u64().unwrap() as usize;
@@ -496,7 +983,14 @@ mod transport_vectors {
                 let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
                 let cmsg = [ControlMessage::ScmRights(&raw)];
                 let cm: &[ControlMessage<'_>] = if k == 0 { &[] } else { &cmsg };
-                let sent = sendmsg::<UnixAddr>(a.as_raw_fd(), &[IoSlice::new(&bytes[off..off + n])], cm, MsgFlags::empty(), None).unwrap();
+                let sent = sendmsg::<UnixAddr>(
+                    a.as_raw_fd(),
+                    &[IoSlice::new(&bytes[off..off + n])],
+                    cm,
+                    MsgFlags::empty(),
+                    None,
+                )
+                .unwrap();
                 assert_eq!(sent, n, "{name}");
                 off += n;
             }
@@ -515,10 +1009,19 @@ mod transport_vectors {
             assert_eq!(outcome, v["expected"].as_str().unwrap(), "{name}");
             if outcome == "ok" {
                 let total: usize = frames.iter().map(|f| f.fds.len()).sum();
-                let sent: u64 = v["sends"].as_array().unwrap().iter().map(|s| s["fds"].as_u64().unwrap()).sum();
+                let sent: u64 = v["sends"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["fds"].as_u64().unwrap())
+                    .sum();
                 assert_eq!(total as u64, sent, "{name}");
             }
-            assert_eq!(reader.pending_fds(), 0, "{name}: fds held after the outcome");
+            assert_eq!(
+                reader.pending_fds(),
+                0,
+                "{name}: fds held after the outcome"
+            );
             drop(frames);
             drop(reader);
             drop(b);

@@ -142,7 +142,8 @@ impl ErrorReply {
         r.reserved::<2>()?;
         let errno = r.i32()?;
         let m = r.bytes16(MAX_ERROR_MESSAGE_LEN, Limit::ErrorMessage)?;
-        let message = core::str::from_utf8(m).map_err(|_| DecodeError::InvalidValue(Field::Utf8))?;
+        let message =
+            core::str::from_utf8(m).map_err(|_| DecodeError::InvalidValue(Field::Utf8))?;
         Ok(Self {
             code,
             errno,

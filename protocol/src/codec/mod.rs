@@ -15,7 +15,9 @@ pub use control::{exit_flags, Exit, Pid, Signal};
 pub use error_reply::{ErrorCode, ErrorReply};
 pub use handshake::{Auth, AuthMethod, AuthOk, Hello, HelloOk};
 pub use header::{Header, Tag};
-pub use spawn::{flags as spawn_flags, EntryJob, ExecJob, FdMap, Job, Session, Spawn, SpawnOptions};
+pub use spawn::{
+    flags as spawn_flags, EntryJob, ExecJob, FdMap, Job, Session, Spawn, SpawnOptions,
+};
 pub use status::Status;
 
 use crate::error::DecodeError;

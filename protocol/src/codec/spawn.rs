@@ -86,7 +86,10 @@ impl SpawnOptions {
         if f & !flags::ALL != 0 {
             return Err(DecodeError::ReservedNotZero);
         }
-        let session = match (f & flags::NEW_SESSION != 0, f & flags::NEW_PROCESS_GROUP != 0) {
+        let session = match (
+            f & flags::NEW_SESSION != 0,
+            f & flags::NEW_PROCESS_GROUP != 0,
+        ) {
             (false, false) => Session::Inherit,
             (false, true) => Session::NewProcessGroup,
             (true, false) => Session::NewSession,
@@ -405,7 +408,11 @@ impl ExecJob {
             + self.args.iter().map(|a| 4 + a.len()).sum::<usize>()
             + 1
             + 2
-            + self.env.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>()
+            + self
+                .env
+                .iter()
+                .map(|(k, v)| 8 + k.len() + v.len())
+                .sum::<usize>()
             + 2
             + self.cwd.as_ref().map_or(0, Vec::len)
     }

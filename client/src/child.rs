@@ -1,0 +1,254 @@
+//! [`Child`]: a child the server forked, seen through its connection.
+//!
+//! After `Pid`, the connection carries (PROTOCOL.md §6): `Exit` (then the server closes), or an
+//! `Error` with code `ExecFailed`/`ChildSetupFailed` in its place; and, for each `Signal` the
+//! client sends, `Signaled` or a non-fatal `Error` with code `SignalFailed`.
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use forkserver_protocol::{ErrorCode, ErrorReply, Frame, Message, Signal};
+
+use crate::client::Client;
+use crate::conn::Conn;
+use crate::error::{Error, Result};
+use crate::exit_status::ExitStatus;
+
+/// A child process forked by the server, like [`std::process::Child`].
+///
+/// The server reaps the child and reports its exit over this child's own connection, so
+/// [`Child::wait`] works from any thread of this process, and the child is not this process's
+/// child in the `waitpid` sense.
+///
+/// Dropping a `Child` that has not been waited for closes the connection; the child runs on
+/// (unless it was spawned with `kill_on_disconnect(true)`). A `Child` keeps a launched server
+/// alive while it exists.
+#[derive(Debug)]
+pub struct Child {
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+    state: State,
+    /// The parent's end of a piped stdin ([`crate::Stdio::piped`]).
+    pub stdin: Option<File>,
+    /// The parent's end of a piped stdout.
+    pub stdout: Option<File>,
+    /// The parent's end of a piped stderr.
+    pub stderr: Option<File>,
+    /// Keeps a launched server's alive pipe open.
+    _client: Client,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Waiting for the outcome.
+    Running(Conn),
+    /// `Exit` received.
+    Exited(ExitStatus),
+    /// The child failed before running (`ExecFailed`, `ChildSetupFailed`); it has been reaped.
+    Failed(ErrorReply),
+    /// The connection broke; the outcome is unknown.
+    Lost,
+}
+
+/// The answer to a `Signal` request.
+enum Ack {
+    Signaled,
+    Failed(ErrorReply),
+}
+
+impl Child {
+    pub(crate) fn new(
+        client: Client,
+        conn: Conn,
+        pid: i32,
+        pidfd: Option<OwnedFd>,
+        [stdin, stdout, stderr]: [Option<File>; 3],
+    ) -> Self {
+        Self {
+            pid,
+            pidfd,
+            state: State::Running(conn),
+            stdin,
+            stdout,
+            stderr,
+            _client: client,
+        }
+    }
+
+    /// The child's pid, in the server's pid namespace.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The child's pidfd, if one was asked for with `pidfd(true)` and the server sent one.
+    /// It can be polled (readable once the child has exited) or used with `pidfd_send_signal`;
+    /// the exit status still comes from [`Child::wait`], as the server reaps the child.
+    pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Takes the pidfd out of the child, leaving `None`.
+    pub fn take_pidfd(&mut self) -> Option<OwnedFd> {
+        self.pidfd.take()
+    }
+
+    /// The connection's socket while the outcome is pending, for event loops: it becomes
+    /// readable when [`Child::try_wait`] may have news.
+    pub fn connection_fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.state {
+            State::Running(conn) => Some(conn.as_fd()),
+            _ => None,
+        }
+    }
+
+    /// Waits for the child to end and returns its status. Closes a piped `stdin` first, as
+    /// std does, so a child reading it sees EOF. Once the status is known, later calls return
+    /// it again at once.
+    ///
+    /// # Errors
+    /// [`Error::Server`] with code `ExecFailed` or `ChildSetupFailed` if the child failed
+    /// before running its job (it has been reaped; later calls return the same error);
+    /// [`Error::ServerGone`] if the server closed the connection or died first (the child's
+    /// fate is unknown); [`Error::Protocol`], [`Error::Io`].
+    pub fn wait(&mut self) -> Result<ExitStatus> {
+        drop(self.stdin.take());
+        loop {
+            let frame = match &mut self.state {
+                State::Running(conn) => conn.recv(),
+                _ => return self.outcome(),
+            };
+            if let Some(ack) = self.on_frame(frame)? {
+                return Err(self.stray_ack(ack));
+            }
+        }
+    }
+
+    /// The status if the child has ended, without blocking: reads what the server has sent
+    /// so far.
+    ///
+    /// # Errors
+    /// As [`Child::wait`].
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        loop {
+            let frame = match &mut self.state {
+                State::Running(conn) => match conn.try_recv() {
+                    Ok(Some(frame)) => Ok(frame),
+                    Ok(None) => return Ok(None),
+                    Err(e) => Err(e),
+                },
+                _ => return self.outcome().map(Some),
+            };
+            if let Some(ack) = self.on_frame(frame)? {
+                return Err(self.stray_ack(ack));
+            }
+        }
+    }
+
+    /// Sends signal `signo` (1..=64, e.g. `libc::SIGTERM`) to the child and waits for the
+    /// server's acknowledgement.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExited`] if the child has ended (its status is then stored for
+    /// [`Child::wait`]); [`Error::Server`] with code `SignalFailed` if `kill(2)` failed (the
+    /// connection stays usable); [`Error::InvalidRequest`] for a number outside 1..=64;
+    /// [`Error::ServerGone`], [`Error::Protocol`], [`Error::Io`].
+    pub fn signal(&mut self, signo: i32) -> Result<()> {
+        let invalid = || {
+            Error::InvalidRequest(forkserver_protocol::BuildError::InvalidValue(
+                forkserver_protocol::Field::Signal,
+            ))
+        };
+        let request = Signal::new(u32::try_from(signo).map_err(|_| invalid())?)?;
+        let sent = match &mut self.state {
+            State::Running(conn) => conn.send(&Message::Signal(request), Vec::new()),
+            State::Exited(_) | State::Failed(_) => return Err(Error::AlreadyExited),
+            State::Lost => return Err(Error::ServerGone),
+        };
+        if let Err(e) = sent {
+            // The server may have sent `Exit` and closed just before: read what is there.
+            if !matches!(e, Error::ServerGone) {
+                self.state = State::Lost;
+                return Err(e);
+            }
+        }
+        loop {
+            let frame = match &mut self.state {
+                State::Running(conn) => conn.recv(),
+                _ => return Err(Error::AlreadyExited),
+            };
+            match self.on_frame(frame) {
+                Ok(Some(Ack::Signaled)) => return Ok(()),
+                Ok(Some(Ack::Failed(e))) => return Err(e.into()),
+                Ok(None) => {}
+                // An exec/setup failure arriving now: the child is gone.
+                Err(Error::Server { .. }) if matches!(self.state, State::Failed(_)) => {
+                    return Err(Error::AlreadyExited)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Kills the child with `SIGKILL`. Like std, returns `Ok(())` if it has already exited.
+    ///
+    /// # Errors
+    /// As [`Child::signal`], except [`Error::AlreadyExited`].
+    pub fn kill(&mut self) -> Result<()> {
+        match self.signal(nix::libc::SIGKILL) {
+            Err(Error::AlreadyExited) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// The stored outcome of an ended child.
+    fn outcome(&self) -> Result<ExitStatus> {
+        match &self.state {
+            State::Exited(s) => Ok(*s),
+            State::Failed(e) => Err(e.clone().into()),
+            State::Lost | State::Running(_) => Err(Error::ServerGone),
+        }
+    }
+
+    /// Applies one frame (or read error) to the state. Returns the acknowledgement of a
+    /// signal request, if that is what arrived.
+    fn on_frame(&mut self, frame: Result<Frame>) -> Result<Option<Ack>> {
+        let message = match frame {
+            Ok(f) => f.message,
+            Err(e) => {
+                self.state = State::Lost;
+                return Err(e);
+            }
+        };
+        match message {
+            Message::Exit(exit) => {
+                // The server closes the connection after `Exit`; drop our end now.
+                self.state = State::Exited(exit.into());
+                Ok(None)
+            }
+            Message::Signaled => Ok(Some(Ack::Signaled)),
+            Message::Error(e) if e.code() == ErrorCode::SignalFailed => Ok(Some(Ack::Failed(e))),
+            Message::Error(e) => {
+                let err = Error::from(e.clone());
+                self.state = match e.code() {
+                    ErrorCode::ExecFailed | ErrorCode::ChildSetupFailed => State::Failed(e),
+                    _ => State::Lost,
+                };
+                Err(err)
+            }
+            other => {
+                self.state = State::Lost;
+                Err(Error::unexpected(other.tag(), "Exit"))
+            }
+        }
+    }
+
+    /// An acknowledgement without a signal request: the connection is out of step.
+    fn stray_ack(&mut self, ack: Ack) -> Error {
+        self.state = State::Lost;
+        let tag = match ack {
+            Ack::Signaled => forkserver_protocol::Tag::Signaled,
+            Ack::Failed(_) => forkserver_protocol::Tag::Error,
+        };
+        Error::unexpected(tag, "Exit")
+    }
+}

@@ -1,0 +1,552 @@
+//! The client against a fake server: a thread (or, for launch, this test binary run as a
+//! child) that speaks the protocol through `forkserver_protocol`. It checks the client's side
+//! of the conversation only; the real server is tested end to end elsewhere.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use forkserver_protocol::{
+    send_message, AuthMethod, ErrorCode, ErrorReply, Exit, Frame, FrameReader, HelloOk, Job,
+    Message, Pid, Session, Status,
+};
+
+use crate::{Client, Error, Stdio};
+
+/// One end of a fake-server connection.
+struct Peer {
+    sock: UnixStream,
+    reader: FrameReader,
+}
+
+impl Peer {
+    fn read(&mut self) -> Frame {
+        self.reader.read_frame(self.sock.as_fd()).unwrap()
+    }
+
+    fn send(&mut self, m: Message, fds: Vec<OwnedFd>) {
+        send_message(self.sock.as_fd(), &m, fds).unwrap();
+    }
+
+    /// Reads `Hello`, answers `HelloOk` (no auth).
+    fn handshake(&mut self) {
+        assert!(matches!(self.read().message, Message::Hello(_)));
+        self.send(
+            Message::HelloOk(HelloOk::new(1, AuthMethod::None).unwrap()),
+            vec![],
+        );
+    }
+
+    /// Whether the client closed its end (the next read is EOF).
+    fn at_eof(&mut self) -> bool {
+        self.reader.read_frame(self.sock.as_fd()).is_err()
+    }
+}
+
+fn exit(code: i32) -> Message {
+    Message::Exit(Exit::new(code, false, false).unwrap())
+}
+
+fn pid(pid: i32, pidfd: bool) -> Message {
+    Message::Pid(Pid::new(pid, pidfd).unwrap())
+}
+
+/// A listener in a fresh temp dir, and a thread that runs `script` on it.
+fn fake_server<F>(script: F) -> (PathBuf, JoinHandle<()>)
+where
+    F: FnOnce(&mut dyn FnMut() -> Peer) + Send + 'static,
+{
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "forkserver-client-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join("sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let handle = std::thread::spawn(move || {
+        let mut accept = || Peer {
+            sock: listener.accept().unwrap().0,
+            reader: FrameReader::new(),
+        };
+        script(&mut accept);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+    (path, handle)
+}
+
+/// Serves the handshake of `Client::connect`'s check.
+fn serve_ping(accept: &mut dyn FnMut() -> Peer) {
+    let mut p = accept();
+    p.handshake();
+    assert!(p.at_eof());
+}
+
+#[test]
+fn spawn_sends_job_and_fds_then_wait_reads_exit() {
+    let (path, server) = fake_server(|accept| {
+        serve_ping(accept);
+        let mut p = accept();
+        p.handshake();
+        let frame = p.read();
+        let Message::Spawn(spawn) = frame.message else {
+            panic!("{:?}", frame.message)
+        };
+        // Default stdio (inherited 0, 1, 2) first, then the extra fd.
+        assert_eq!(spawn.fds().targets(), &[0, 1, 2, 7]);
+        assert_eq!(frame.fds.len(), 4);
+        let o = spawn.options();
+        assert!(o.pid_after_exec && o.want_pidfd && o.kill_on_disconnect);
+        assert_eq!(o.session, Session::NewSession);
+        assert_eq!(o.deadline_ms.map(|d| d.get()), Some(1500));
+        let Job::Exec(job) = spawn.job() else {
+            panic!()
+        };
+        assert_eq!(job.program(), b"prog");
+        assert_eq!(
+            job.args(),
+            &[b"prog".to_vec(), b"-x".to_vec(), b"y".to_vec()]
+        );
+        assert!(job.env_clear());
+        assert_eq!(job.env(), &[(b"K".to_vec(), b"V".to_vec())]);
+        assert_eq!(job.cwd(), Some(&b"/tmp"[..]));
+        // A stand-in for the pidfd.
+        let fake_pidfd: OwnedFd = File::open("/dev/null").unwrap().into();
+        p.send(pid(4242, true), vec![fake_pidfd]);
+        p.send(exit(-9), vec![]);
+    });
+    let client = Client::connect(&path).unwrap();
+    let extra: OwnedFd = File::open("/dev/null").unwrap().into();
+    let mut child = client
+        .command("prog")
+        .args(["-x", "y"])
+        .env_clear()
+        .env("K", "V")
+        .current_dir("/tmp")
+        .fd(7, extra)
+        .new_session()
+        .deadline(Duration::from_micros(1_499_001))
+        .kill_on_disconnect(true)
+        .pidfd(true)
+        .spawn()
+        .unwrap();
+    assert_eq!(child.pid(), 4242);
+    assert!(child.pidfd().is_some());
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(9));
+    assert_eq!(status.code(), None);
+    // Idempotent.
+    assert_eq!(child.wait().unwrap(), status);
+    assert_eq!(child.try_wait().unwrap(), Some(status));
+    assert!(child.connection_fd().is_none());
+    server.join().unwrap();
+}
+
+#[test]
+fn too_many_fds_are_refused_before_connecting() {
+    let (path, server) = fake_server(|accept| {
+        serve_ping(accept);
+        // Only the test's sentinel connection must come next, not a spawn.
+        let mut p = accept();
+        assert!(p.at_eof());
+    });
+    let client = Client::connect(&path).unwrap();
+    let mut call = client.call("work", Vec::new());
+    for t in 0..257 {
+        call.fd(t, File::open("/dev/null").unwrap());
+    }
+    assert!(matches!(call.spawn(), Err(Error::TooManyFds(257))));
+    // Duplicate targets too.
+    let mut call = client.call("work", Vec::new());
+    call.fd(3, File::open("/dev/null").unwrap())
+        .fd(3, File::open("/dev/null").unwrap());
+    assert!(matches!(call.spawn(), Err(Error::InvalidRequest(_))));
+    // A NUL byte in an argument.
+    let e = client.command("a\0b").spawn().unwrap_err();
+    assert!(matches!(e, Error::InvalidRequest(_)), "{e:?}");
+    drop(UnixStream::connect(&path).unwrap());
+    server.join().unwrap();
+}
+
+#[test]
+fn exec_failure_fails_spawn() {
+    let (path, server) = fake_server(|accept| {
+        serve_ping(accept);
+        let mut p = accept();
+        p.handshake();
+        assert!(matches!(p.read().message, Message::Spawn(_)));
+        p.send(
+            ErrorReply::new(ErrorCode::ExecFailed, nix::libc::ENOENT, "execve").into(),
+            vec![],
+        );
+    });
+    let client = Client::connect(&path).unwrap();
+    let err = client.command("missing").spawn().unwrap_err();
+    assert!(err.is_exec_failure(), "{err:?}");
+    assert_eq!(err.errno(), Some(nix::libc::ENOENT));
+    server.join().unwrap();
+}
+
+#[test]
+fn exec_failure_after_pid_is_reported_by_wait() {
+    let (path, server) = fake_server(|accept| {
+        serve_ping(accept);
+        let mut p = accept();
+        p.handshake();
+        let Message::Spawn(s) = p.read().message else {
+            panic!()
+        };
+        assert!(!s.options().pid_after_exec);
+        p.send(pid(10, false), vec![]);
+        p.send(
+            ErrorReply::new(ErrorCode::ExecFailed, nix::libc::EACCES, "execve").into(),
+            vec![],
+        );
+    });
+    let client = Client::connect(&path).unwrap();
+    let mut child = client.command("x").wait_for_exec(false).spawn().unwrap();
+    for _ in 0..2 {
+        let err = child.wait().unwrap_err();
+        assert_eq!(err.errno(), Some(nix::libc::EACCES));
+    }
+    assert!(matches!(child.signal(15), Err(Error::AlreadyExited)));
+    child.kill().unwrap();
+    server.join().unwrap();
+}
+
+#[test]
+fn signal_is_acknowledged_and_kill_after_exit_is_ok() {
+    let (path, server) = fake_server(|accept| {
+        serve_ping(accept);
+        let mut p = accept();
+        p.handshake();
+        let frame = p.read();
+        // call(): no stdio by default.
+        let Message::Spawn(s) = frame.message else {
+            panic!()
+        };
+        assert!(s.fds().is_empty());
+        assert!(matches!(s.job(), Job::Entry(e) if e.name() == "work" && e.payload() == b"pl"));
+        p.send(pid(11, false), vec![]);
+        let Message::Signal(sig) = p.read().message else {
+            panic!()
+        };
+        assert_eq!(sig.signo(), 15);
+        p.send(Message::Signaled, vec![]);
+        assert!(matches!(p.read().message, Message::Signal(_)));
+        p.send(
+            ErrorReply::new(ErrorCode::SignalFailed, nix::libc::EPERM, "kill").into(),
+            vec![],
+        );
+        // The child ends before the next signal is handled.
+        assert!(matches!(p.read().message, Message::Signal(_)));
+        p.send(exit(3), vec![]);
+    });
+    let client = Client::connect(&path).unwrap();
+    let mut child = client.call("work", *b"pl").spawn().unwrap();
+    assert!(matches!(child.signal(0), Err(Error::InvalidRequest(_))));
+    assert!(matches!(child.signal(65), Err(Error::InvalidRequest(_))));
+    child.signal(15).unwrap();
+    let err = child.signal(15).unwrap_err();
+    assert_eq!(err.server_code(), Some(ErrorCode::SignalFailed));
+    child.kill().unwrap(); // Exit came instead of an ack.
+    assert!(matches!(child.signal(1), Err(Error::AlreadyExited)));
+    assert_eq!(child.wait().unwrap().code(), Some(3));
+    server.join().unwrap();
+}
+
+#[test]
+fn piped_stdio_reaches_the_child_fds() {
+    let (path, server) = fake_server(|accept| {
+        serve_ping(accept);
+        let mut p = accept();
+        p.handshake();
+        let frame = p.read();
+        let Message::Spawn(s) = frame.message else {
+            panic!()
+        };
+        assert_eq!(s.fds().targets(), &[0, 1, 2]);
+        let mut fds = frame.fds.into_iter().map(File::from);
+        let (mut stdin, mut stdout) = (fds.next().unwrap(), fds.next().unwrap());
+        p.send(pid(12, false), vec![]);
+        // Play the child: echo stdin to stdout.
+        let mut input = String::new();
+        stdin.read_to_string(&mut input).unwrap();
+        stdout.write_all(input.to_uppercase().as_bytes()).unwrap();
+        drop(stdout);
+        p.send(exit(0), vec![]);
+    });
+    let client = Client::connect(&path).unwrap();
+    let mut child = client
+        .command("cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello").unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(out, "HELLO");
+    assert!(child.wait().unwrap().success());
+    server.join().unwrap();
+}
+
+#[test]
+fn try_wait_does_not_block() {
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (path, server) = fake_server(move |accept| {
+        serve_ping(accept);
+        let mut p = accept();
+        p.handshake();
+        p.read();
+        p.send(pid(13, false), vec![]);
+        go_rx.recv().unwrap();
+        p.send(exit(1), vec![]);
+    });
+    let client = Client::connect(&path).unwrap();
+    let mut child = client.call("work", Vec::new()).spawn().unwrap();
+    assert!(child.connection_fd().is_some());
+    assert_eq!(child.try_wait().unwrap(), None);
+    go_tx.send(()).unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    assert_eq!(status.code(), Some(1));
+    server.join().unwrap();
+}
+
+#[test]
+fn status_auth_and_server_gone() {
+    let (path, server) = fake_server(|accept| {
+        serve_ping(accept);
+        let mut p = accept();
+        p.handshake();
+        assert!(matches!(p.read().message, Message::StatusRequest));
+        let s = Status::new(1, 77, 2, 3, 40, "fake 0.0").unwrap();
+        p.send(Message::Status(s), vec![]);
+        // A server that wants a key.
+        let mut p = accept();
+        p.read();
+        let hmac = AuthMethod::HmacSha256 { challenge: [7; 32] };
+        p.send(Message::HelloOk(HelloOk::new(1, hmac).unwrap()), vec![]);
+        // A server that dies mid-request.
+        let mut p = accept();
+        p.handshake();
+        p.read();
+        drop(p);
+        // A server that refuses the hello.
+        let mut p = accept();
+        p.read();
+        p.send(
+            ErrorReply::new(ErrorCode::ShuttingDown, 0, "bye").into(),
+            vec![],
+        );
+    });
+    let client = Client::connect(&path).unwrap();
+    let s = client.status().unwrap();
+    assert_eq!((s.server_pid(), s.live_children()), (77, 2));
+    assert_eq!(s.server_version(), "fake 0.0");
+    assert!(matches!(client.status(), Err(Error::AuthRequired)));
+    assert!(matches!(client.status(), Err(Error::ServerGone)));
+    let e = client.status().unwrap_err();
+    assert_eq!(e.server_code(), Some(ErrorCode::ShuttingDown), "{e:?}");
+    server.join().unwrap();
+    assert!(matches!(client.status(), Err(Error::Connect { .. })));
+}
+
+#[test]
+fn many_threads_share_one_client() {
+    const N: usize = 8;
+    let (path, server) = fake_server(|accept| {
+        serve_ping(accept);
+        let peers: Vec<Peer> = (0..N).map(|_| accept()).collect();
+        let handles: Vec<_> = peers
+            .into_iter()
+            .map(|mut p| {
+                std::thread::spawn(move || {
+                    p.handshake();
+                    let Message::Spawn(s) = p.read().message else {
+                        panic!()
+                    };
+                    let Job::Entry(e) = s.job() else { panic!() };
+                    let code = i32::from(e.payload()[0]);
+                    p.send(pid(100 + code, false), vec![]);
+                    p.send(exit(code), vec![]);
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+    let client = Client::connect(&path).unwrap();
+    let handles: Vec<_> = (0..N as u8)
+        .map(|i| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                let mut child = client.call("work", vec![i]).spawn().unwrap();
+                assert_eq!(child.pid(), 100 + i32::from(i));
+                assert_eq!(child.wait().unwrap().code(), Some(i32::from(i)));
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    server.join().unwrap();
+}
+
+/// The fake server of the launch tests: they start this test binary with
+/// `--exact tests::fake_launched_server`, and the launch convention's environment. Without
+/// that environment (a normal test run) it does nothing.
+///
+/// Entry job `exit` replies `Pid` then `Exit` with the payload's first byte; entry job `die`
+/// makes the server exit at once.
+#[test]
+#[allow(unsafe_code)]
+fn fake_launched_server() {
+    use crate::{ALIVE_FD_ENV, LISTEN_FD_ENV};
+    use std::os::fd::FromRawFd;
+    let (Some(listen), Some(alive)) = (
+        std::env::var(LISTEN_FD_ENV).ok(),
+        std::env::var(ALIVE_FD_ENV).ok(),
+    ) else {
+        return;
+    };
+    // SAFETY: the launch convention hands this process these two fds, open and otherwise
+    // unused; each is wrapped once.
+    let (listener, mut alive) = unsafe {
+        (
+            UnixListener::from_raw_fd(listen.parse().unwrap()),
+            File::from_raw_fd(alive.parse().unwrap()),
+        )
+    };
+    std::thread::spawn(move || {
+        // EOF (or an error): the client is gone.
+        let _ = alive.read(&mut [0u8; 1]);
+        std::process::exit(0);
+    });
+    for sock in listener.incoming() {
+        let mut p = Peer {
+            sock: sock.unwrap(),
+            reader: FrameReader::new(),
+        };
+        std::thread::spawn(move || {
+            p.handshake();
+            let Ok(frame) = p.reader.read_frame(p.sock.as_fd()) else {
+                return; // a ping
+            };
+            match frame.message {
+                Message::StatusRequest => {
+                    let me = std::process::id() as i32;
+                    p.send(
+                        Message::Status(Status::new(1, me, 0, 1, 0, "fake").unwrap()),
+                        vec![],
+                    );
+                }
+                Message::Spawn(s) => match s.job() {
+                    Job::Entry(e) if e.name() == "die" => std::process::exit(1),
+                    Job::Entry(e) => {
+                        p.send(pid(99, false), vec![]);
+                        p.send(exit(i32::from(e.payload()[0])), vec![]);
+                    }
+                    Job::Exec(_) => panic!("exec"),
+                },
+                other => panic!("{other:?}"),
+            }
+        });
+    }
+}
+
+fn launch_fake() -> Client {
+    Client::launcher(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "tests::fake_launched_server",
+            "--test-threads=1",
+            "-q",
+        ])
+        .launch()
+        .unwrap()
+}
+
+fn process_alive(pid: u32) -> bool {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    nix::sys::signal::kill(pid, None).is_ok()
+}
+
+#[test]
+fn launch_relaunch_and_cleanup() {
+    let client = launch_fake();
+    let first = client.launched_server_pid().unwrap();
+    let first_dir = client.socket_path().parent().unwrap().to_owned();
+    assert!(first_dir.is_dir());
+    assert_eq!(client.status().unwrap().server_pid(), first as i32);
+    let mut first_child = client.call("exit", vec![5]).spawn().unwrap();
+    assert_eq!(first_child.wait().unwrap().code(), Some(5));
+    drop(first_child);
+
+    // The server dies; the next request starts a new one.
+    assert!(matches!(
+        client.call("die", Vec::new()).spawn(),
+        Err(Error::ServerGone)
+    ));
+    let second = client.status().unwrap().server_pid() as u32;
+    assert_ne!(second, first);
+    assert_eq!(client.launched_server_pid(), Some(second));
+    let second_dir = client.socket_path().parent().unwrap().to_owned();
+    assert_ne!(second_dir, first_dir);
+    // The old server is reaped and its directory removed, at the latest by later requests.
+    for _ in 0..100 {
+        if !first_dir.exists() {
+            break;
+        }
+        client.status().unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!first_dir.exists());
+
+    // A clone and a child keep the server; the last one closes the alive pipe.
+    let clone = client.clone();
+    drop(client);
+    let mut child = clone.call("exit", vec![0]).spawn().unwrap();
+    drop(clone);
+    assert!(process_alive(second));
+    assert!(child.wait().unwrap().success());
+    drop(child);
+    assert!(!second_dir.exists());
+    assert!(!process_alive(second), "server {second} still running");
+}
+
+#[test]
+fn launch_of_a_program_that_does_not_serve() {
+    let err = Client::launch("/bin/true").unwrap_err();
+    let Error::Launch(io) = &err else {
+        panic!("{err:?}")
+    };
+    // The handshake's error inside: the server closed, or had already closed its listener.
+    assert!(
+        matches!(
+            io.get_ref().and_then(|e| e.downcast_ref::<Error>()),
+            Some(Error::ServerGone | Error::Connect { .. })
+        ),
+        "{err:?}"
+    );
+}

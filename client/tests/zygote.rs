@@ -1,0 +1,554 @@
+//! End to end through the client library, with this test binary as a zygote server: its `main`
+//! serves when launched by `Client::launch` (harness = false, so `main` is ours).
+//!
+//! Every test checks that the server's fd count and child list are back where they started.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use forkserver_client::{Client, Error, Stdio};
+use forkserver_protocol::ErrorCode;
+use forkserver_server::{Call, Zygote};
+
+/// Built by `preload` in the server; children read it without rebuilding it.
+struct Preloaded {
+    built_by: u32,
+    table: Vec<u32>,
+}
+
+static STATE: OnceLock<Preloaded> = OnceLock::new();
+
+fn out(call: &Call) -> std::fs::File {
+    std::fs::File::from(
+        call.fd(1)
+            .expect("stdout mapped")
+            .try_clone_to_owned()
+            .unwrap(),
+    )
+}
+
+/// Reports the preloaded state: who built it and a checksum.
+fn preloaded(call: Call) -> i32 {
+    let s = STATE.get().expect("preloaded");
+    let sum: u64 = s.table.iter().map(|&x| u64::from(x)).sum();
+    writeln!(
+        out(&call),
+        "{} {} {}",
+        s.built_by,
+        std::os::unix::process::parent_id(),
+        sum
+    )
+    .unwrap();
+    0
+}
+
+/// Exits with the status named by the payload.
+fn exit_with(call: Call) -> i32 {
+    String::from_utf8_lossy(call.payload()).parse().unwrap()
+}
+
+fn panics(_call: Call) -> i32 {
+    panic!("this entry point panics on purpose");
+}
+
+/// Reports (fd, dev, ino) of every fd it holds.
+fn fstat_all(call: Call) -> i32 {
+    let mut lines = String::new();
+    // List first, stat after: the directory's own fd is closed by then and drops out.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    for fd in fds {
+        if let Ok(m) = std::fs::metadata(format!("/proc/self/fd/{fd}")) {
+            use std::os::unix::fs::MetadataExt;
+            lines.push_str(&format!("{fd} {} {}\n", m.dev(), m.ino()));
+        }
+    }
+    // Opened after the listing, so its fd is not in it.
+    out(&call).write_all(lines.as_bytes()).unwrap();
+    0
+}
+
+fn sleep_ms(call: Call) -> i32 {
+    let ms: u64 = String::from_utf8_lossy(call.payload()).parse().unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    0
+}
+
+/// A test: its name and its body.
+type Test = (&'static str, fn(&Client));
+
+fn main() {
+    Zygote::new()
+        .preload(|| {
+            let _ = STATE.set(Preloaded {
+                built_by: std::process::id(),
+                table: (0..1_000_000).collect(),
+            });
+        })
+        .entry("preloaded", preloaded)
+        .entry("exit", exit_with)
+        .entry("panics", panics)
+        .entry("fstat_all", fstat_all)
+        .entry("sleep_ms", sleep_ms)
+        .serve_if_requested();
+
+    // Roles for helper processes of the tests below.
+    match std::env::var("ZYGOTE_TEST_ROLE").as_deref() {
+        Ok("owner") => return owner_role(),
+        Ok("dying-sender") => return dying_sender_role(),
+        _ => {}
+    }
+
+    let tests: &[Test] = &[
+        (
+            "entry_point_with_preloaded_state",
+            entry_point_with_preloaded_state,
+        ),
+        ("exit_codes_and_signals", exit_codes_and_signals),
+        (
+            "a_panicking_entry_exits_non_zero",
+            a_panicking_entry_exits_non_zero,
+        ),
+        ("stdout_through_a_pipe", stdout_through_a_pipe),
+        (
+            "a_256_fd_bundle_at_its_targets",
+            a_256_fd_bundle_at_its_targets,
+        ),
+        ("the_child_holds_only_its_fds", the_child_holds_only_its_fds),
+        (
+            "fifty_concurrent_spawns_from_eight_threads",
+            fifty_concurrent_spawns_from_eight_threads,
+        ),
+        (
+            "a_257th_fd_is_refused_before_sending",
+            a_257th_fd_is_refused_before_sending,
+        ),
+        (
+            "exec_errors_and_unknown_entries",
+            exec_errors_and_unknown_entries,
+        ),
+        ("signal_kill_and_try_wait", signal_kill_and_try_wait),
+        ("deadline", deadline),
+        ("a_client_dying_after_sending", a_client_dying_after_sending),
+        ("status", status),
+        (
+            "the_launched_server_restarts_after_a_kill",
+            the_launched_server_restarts_after_a_kill,
+        ),
+        (
+            "the_server_exits_with_its_owner",
+            the_server_exits_with_its_owner,
+        ),
+    ];
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let client = Client::launch(std::env::current_exe().unwrap()).expect("launch");
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in tests {
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        let before = settled(&client, None);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            test(&client);
+            settled(&client, Some(before));
+        }));
+        match r {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok");
+            }
+            Err(_) => {
+                failed += 1;
+                println!("test {name} ... FAILED");
+            }
+        }
+    }
+    let verdict = if failed == 0 { "ok" } else { "FAILED" };
+    println!(
+        "\ntest result: {verdict}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out\n"
+    );
+    if failed > 0 {
+        std::process::exit(101);
+    }
+}
+
+/// The launched server's fd count, once it has no child and no connection but ours: waits for
+/// that, and (given `expect`) for the count to come back to it.
+fn settled(client: &Client, expect: Option<usize>) -> usize {
+    use forkserver_protocol::{send_message, FrameReader, Hello, Message};
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pid = client.launched_server_pid().expect("a launched server");
+        // Hold one connection open while counting: a finished handshake proves it was accepted.
+        let sock = std::os::unix::net::UnixStream::connect(client.socket_path()).unwrap();
+        send_message(sock.as_fd(), &Message::Hello(Hello::current()), vec![]).unwrap();
+        send_message(sock.as_fd(), &Message::StatusRequest, vec![]).unwrap();
+        let mut reader = FrameReader::new();
+        reader.read_frame(sock.as_fd()).unwrap();
+        let Message::Status(status) = reader.read_frame(sock.as_fd()).unwrap().message else {
+            panic!("expected a status reply");
+        };
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            - 1;
+        let kids =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        drop(sock);
+        if kids.trim().is_empty() && status.live_children() == 0 && status.connections() == 1 {
+            match expect {
+                None => return fds,
+                Some(e) if e == fds => return fds,
+                Some(_) => {}
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "server did not settle: {fds} fds (expected {expect:?}), {} connections, children [{}]",
+            status.connections(),
+            kids.trim()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn read_to_string(mut f: std::fs::File) -> String {
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    s
+}
+
+fn entry_point_with_preloaded_state(client: &Client) {
+    let mut child = client
+        .call("preloaded", vec![])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let text = read_to_string(child.stdout.take().unwrap());
+    assert!(child.wait().unwrap().success());
+    let v: Vec<u64> = text
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let server = u64::from(client.launched_server_pid().unwrap());
+    assert_eq!(v[0], server, "state built in the server, before the fork");
+    assert_eq!(v[1], server, "the child's parent is the server");
+    assert_eq!(v[2], (0..1_000_000u64).sum::<u64>());
+}
+
+fn exit_codes_and_signals(client: &Client) {
+    for code in [0, 3, 255] {
+        let st = client
+            .call("exit", code.to_string())
+            .spawn()
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(st.code(), Some(code));
+    }
+    for (sig, name) in [(9, "KILL"), (11, "SEGV")] {
+        let st = client
+            .command("sh")
+            .args(["-c", &format!("kill -{name} $$")])
+            .spawn()
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(st.raw_code(), -sig);
+        assert_eq!(st.signal(), Some(sig));
+        assert_eq!(st.code(), None);
+    }
+}
+
+fn a_panicking_entry_exits_non_zero(client: &Client) {
+    let t = Instant::now();
+    let st = client
+        .call("panics", vec![])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(st.code(), Some(101));
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+fn stdout_through_a_pipe(client: &Client) {
+    let mut child = client
+        .command("sh")
+        .args(["-c", "echo out; echo err >&2; read line; echo got $line"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"ping\n").unwrap();
+    assert_eq!(
+        read_to_string(child.stdout.take().unwrap()),
+        "out\ngot ping\n"
+    );
+    assert_eq!(read_to_string(child.stderr.take().unwrap()), "err\n");
+    assert!(child.wait().unwrap().success());
+}
+
+fn a_256_fd_bundle_at_its_targets(client: &Client) {
+    let mut originals: Vec<OwnedFd> = Vec::new();
+    while originals.len() < 255 {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        originals.push(r);
+        originals.push(w);
+    }
+    originals.truncate(255);
+    let mut call = client.call("fstat_all", vec![]);
+    call.stdout(Stdio::piped());
+    for (i, fd) in originals.iter().enumerate() {
+        call.fd(100 + i as u32, fd.try_clone().unwrap());
+    }
+    let mut child = call.spawn().unwrap();
+    let text = read_to_string(child.stdout.take().unwrap());
+    assert!(child.wait().unwrap().success());
+    let seen: std::collections::HashMap<u32, (u64, u64)> = text
+        .lines()
+        .map(|l| {
+            let v: Vec<u64> = l.split_whitespace().map(|x| x.parse().unwrap()).collect();
+            (v[0] as u32, (v[1], v[2]))
+        })
+        .collect();
+    for (i, fd) in originals.iter().enumerate() {
+        let st = nix::sys::stat::fstat(fd.as_fd()).unwrap();
+        assert_eq!(
+            seen.get(&(100 + i as u32)),
+            Some(&(st.st_dev, st.st_ino)),
+            "target {}",
+            100 + i
+        );
+    }
+}
+
+fn the_child_holds_only_its_fds(client: &Client) {
+    let (_r, w) = nix::unistd::pipe().unwrap();
+    let mut child = client
+        .call("fstat_all", vec![])
+        .stdout(Stdio::piped())
+        .fd(42, w)
+        .spawn()
+        .unwrap();
+    let text = read_to_string(child.stdout.take().unwrap());
+    assert!(child.wait().unwrap().success());
+    let mut fds: Vec<u32> = text
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    fds.sort_unstable();
+    // 0 and 2 on /dev/null, 1 the pipe, 42 the fd sent: nothing of the server's.
+    assert_eq!(fds, [0, 1, 2, 42], "{text}");
+}
+
+fn fifty_concurrent_spawns_from_eight_threads(client: &Client) {
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for t in 0..8u32 {
+            let client = client.clone();
+            let results = &results;
+            s.spawn(move || {
+                let mut i = t;
+                while i < 50 {
+                    let code = (i * 5) % 256;
+                    let mut child = client.call("exit", code.to_string()).spawn().unwrap();
+                    let pid = child.pid();
+                    let st = child.wait().unwrap();
+                    results
+                        .lock()
+                        .unwrap()
+                        .push((pid, code as i32, st.raw_code()));
+                    i += 8;
+                }
+            });
+        }
+    });
+    let r = results.into_inner().unwrap();
+    assert_eq!(r.len(), 50);
+    for (_, want, got) in &r {
+        assert_eq!(want, got);
+    }
+}
+
+fn a_257th_fd_is_refused_before_sending(client: &Client) {
+    let spawned_before = client.status().unwrap().spawned_total();
+    let mut call = client.call("exit", "0");
+    for t in 0..257u32 {
+        call.fd(t + 10, std::fs::File::open("/dev/null").unwrap());
+    }
+    match call.spawn() {
+        Err(Error::TooManyFds(n)) => assert!(n > 256),
+        other => panic!("expected TooManyFds, got {other:?}"),
+    }
+    assert_eq!(client.status().unwrap().spawned_total(), spawned_before);
+}
+
+fn exec_errors_and_unknown_entries(client: &Client) {
+    match client.command("/nonexistent/program").spawn() {
+        Err(e) => {
+            assert!(e.is_exec_failure(), "{e}");
+            assert_eq!(e.errno(), Some(nix::errno::Errno::ENOENT as i32));
+        }
+        Ok(_) => panic!("spawned a program that does not exist"),
+    }
+    match client.call("no-such-entry", vec![]).spawn() {
+        Err(e) => assert_eq!(e.server_code(), Some(ErrorCode::UnknownEntry), "{e}"),
+        Ok(_) => panic!("unknown entry spawned"),
+    }
+}
+
+fn signal_kill_and_try_wait(client: &Client) {
+    let mut child = client.call("sleep_ms", "10000").spawn().unwrap();
+    assert!(child.try_wait().unwrap().is_none());
+    child.signal(15).unwrap();
+    assert_eq!(child.wait().unwrap().signal(), Some(15));
+    let mut child = client
+        .command("sleep")
+        .arg("10")
+        .pidfd(true)
+        .spawn()
+        .unwrap();
+    assert!(child.pidfd().is_some());
+    child.kill().unwrap();
+    assert_eq!(child.wait().unwrap().signal(), Some(9));
+    assert_eq!(
+        child.wait().unwrap().signal(),
+        Some(9),
+        "wait is idempotent"
+    );
+}
+
+fn deadline(client: &Client) {
+    let st = client
+        .call("sleep_ms", "10000")
+        .deadline(Duration::from_millis(100))
+        .spawn()
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(st.deadline_expired());
+    assert_eq!(st.signal(), Some(9));
+}
+
+/// A separate process sends a request to our server and dies before reading the pid.
+fn a_client_dying_after_sending(client: &Client) {
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("ZYGOTE_TEST_ROLE", "dying-sender")
+        .env("ZYGOTE_TEST_SOCKET", client.socket_path())
+        .env("ZYGOTE_TEST_FD", w.as_raw_fd().to_string())
+        .status()
+        .unwrap();
+    drop(w);
+    assert_eq!(status.code(), Some(0));
+    // The child ran to its end (its output came) and the server reaped it (checked by the
+    // harness after this test).
+    assert_eq!(read_to_string(std::fs::File::from(r)), "still ran\n");
+}
+
+fn dying_sender_role() {
+    let socket = std::env::var("ZYGOTE_TEST_SOCKET").unwrap();
+    let fd: i32 = std::env::var("ZYGOTE_TEST_FD").unwrap().parse().unwrap();
+    let client = Client::connect(socket).unwrap();
+    // SAFETY-free: borrow the inherited pipe for the dup the builder makes.
+    let fd = unsafe_borrow(fd);
+    let child = client
+        .command("sh")
+        .args(["-c", "sleep 0.2; echo still ran"])
+        .fd_borrowed(1, fd)
+        .spawn()
+        .unwrap();
+    // Die without waiting: the connection closes under the server.
+    std::mem::forget(child);
+    nix::unistd::dup2_stdout(std::fs::File::open("/dev/null").unwrap()).unwrap();
+    std::process::exit(0);
+}
+
+#[allow(unsafe_code)]
+fn unsafe_borrow(fd: i32) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: the fd was inherited from the test process and stays open until this helper
+    // process exits.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+fn status(client: &Client) {
+    let s = client.status().unwrap();
+    assert_eq!(s.protocol_version(), 1);
+    assert_eq!(s.server_pid() as u32, client.launched_server_pid().unwrap());
+    assert_eq!(s.live_children(), 0);
+}
+
+fn the_launched_server_restarts_after_a_kill(client: &Client) {
+    let old = client.launched_server_pid().unwrap();
+    let mut running = client.call("sleep_ms", "300").spawn().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // The running child's connection breaks: a clear error, not a hang.
+    match running.wait() {
+        Err(Error::ServerGone) => {}
+        other => panic!("expected ServerGone, got {other:?}"),
+    }
+    // The next call restarts the server.
+    let st = client.call("exit", "0").spawn().unwrap().wait().unwrap();
+    assert!(st.success());
+    let new = client.launched_server_pid().unwrap();
+    assert_ne!(old, new);
+    // The orphaned child was reparented and ends on its own; let it finish.
+    std::thread::sleep(Duration::from_millis(400));
+}
+
+/// A separate process launches its own server, reports the server's pid and exits.
+fn the_server_exits_with_its_owner(_client: &Client) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("ZYGOTE_TEST_ROLE", "owner")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let pid: i32 = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    // Gone, or a zombie waiting for whoever adopted it to reap it: either way it has exited.
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                !s.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(false)
+    };
+    while alive(pid) {
+        assert!(Instant::now() < until, "server {pid} outlived its owner");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn owner_role() {
+    let client = Client::launch(std::env::current_exe().unwrap()).unwrap();
+    assert!(client
+        .call("exit", "0")
+        .spawn()
+        .unwrap()
+        .wait()
+        .unwrap()
+        .success());
+    println!("{}", client.launched_server_pid().unwrap());
+    // Exit without dropping the client: as a crashing owner would.
+    std::process::exit(0);
+}

@@ -1,0 +1,127 @@
+"""Offline tests of forkserver_client: the codec against spec/vectors, and the HMAC of §9.2.
+Run: python3 spec/clients/python/test_forkserver_client.py"""
+import json
+import os
+import sys
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import forkserver_client as fc  # noqa: E402
+
+VECTORS = os.path.join(HERE, "..", "..", "vectors")
+
+
+def load(name):
+    with open(os.path.join(VECTORS, name + ".json")) as f:
+        return json.load(f)["vectors"]
+
+
+def to_json_form(value):
+    """Message dict -> the `decoded` form of §10.8 (bytes as str when UTF-8, else {"hex"})."""
+    if isinstance(value, dict):
+        return {k: to_json_form(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_form(v) for v in value]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"hex": value.hex()}
+    return value
+
+
+def fixed_arrays_as_hex(msg):
+    for k in ("challenge", "response"):
+        if isinstance(msg.get(k), bytes):
+            msg[k] = msg[k].hex()
+    return msg
+
+
+def from_json_form(decoded):
+    """The `decoded` form -> a message dict encode_message accepts."""
+    def b(v):
+        return bytes.fromhex(v["hex"]) if isinstance(v, dict) else v.encode()
+    msg = dict(decoded)
+    for k in ("challenge", "response"):
+        if k in msg:
+            msg[k] = bytes.fromhex(msg[k])
+    if msg["type"] == "Spawn":
+        job = dict(msg["job"])
+        if job["kind"] == "entry":
+            job["payload"] = b(job["payload"])
+        else:
+            job["program"] = b(job["program"])
+            job["args"] = [b(a) for a in job["args"]]
+            job["env"] = [(b(k), b(v)) for k, v in job["env"]]
+            job["cwd"] = b(job["cwd"]) if job["cwd"] is not None else None
+        msg["job"] = job
+    return msg
+
+
+class Vectors(unittest.TestCase):
+    def test_valid_decode_and_encode(self):
+        for v in load("valid"):
+            with self.subTest(v["name"]):
+                frame = bytes.fromhex(v["hex"])
+                got = fc.decode_frame(frame)
+                self.assertIsNotNone(got)
+                msg, nfds, length = got
+                self.assertEqual(length, len(frame))
+                self.assertEqual(nfds, v["nfds"])
+                self.assertEqual(to_json_form(fixed_arrays_as_hex(dict(msg))), v["decoded"])
+                self.assertEqual(fc.encode_message(from_json_form(v["decoded"])), frame)
+                for cut in range(len(frame)):            # every proper prefix is incomplete
+                    if cut in (0, 1, 7, 8, len(frame) - 1):
+                        self.assertIsNone(fc.decode_frame(frame[:cut]))
+
+    def test_invalid_rejected_with_the_named_error(self):
+        for v in load("invalid"):
+            with self.subTest(v["name"]):
+                with self.assertRaises(fc.DecodeError) as cm:
+                    fc.decode_frame(bytes.fromhex(v["hex"]))
+                self.assertEqual(cm.exception.name, v["error"])
+
+    def test_transport_vectors_are_valid_frames(self):
+        for v in load("transport"):
+            with self.subTest(v["name"]):
+                data = bytes.fromhex(v["hex"])
+                self.assertEqual(sum(s["bytes"] for s in v["sends"]), len(data))
+                if v["expected"] == "TooManyFds":
+                    self.assertRaises(fc.DecodeError, fc.decode_frame, data)
+                    continue
+                while data:
+                    msg, nfds, n = fc.decode_frame(data)
+                    data = data[n:]
+
+
+class Auth(unittest.TestCase):
+    def test_section_9_2_example(self):
+        key, cs, cc = bytes(range(32)), bytes(range(0x20, 0x40)), bytes(range(0x40, 0x60))
+        self.assertEqual(fc.client_response(key, cs).hex(),
+                         "4eec98629c198b2218111c20875b54c979308000d99d9a3f8e8c7d3dd5fe42e9")
+        self.assertEqual(fc.server_response(key, cc).hex(),
+                         "c920076c3c867d794190d17686027e6f90e4453780dad9253e5b42730a387604")
+        self.assertEqual(fc.encode_hello_ok(1, cs).hex(),
+                         "0200000024000000010001002021222324252627282"
+                         "92a2b2c2d2e2f303132333435363738393a3b3c3d3e3f")
+        auth = fc.encode_auth(fc.client_response(key, cs), cc)
+        self.assertEqual(auth[:8].hex(), "0300000040000000")
+        self.assertEqual(auth[8:12].hex(), "4eec9862")
+        self.assertEqual(auth[40:].hex(), cc.hex())
+        self.assertEqual(fc.encode_auth_ok(fc.server_response(key, cc)).hex(),
+                         "0400000020000000c920076c3c867d794190d17686027e6f"
+                         "90e4453780dad9253e5b42730a387604")
+
+
+class Errors(unittest.TestCase):
+    def test_every_code_has_a_class(self):
+        for code, name in fc.ERROR_NAMES.items():
+            e = fc.ServerError.from_message({"code": code, "errno": 2, "message": "m"})
+            self.assertEqual((e.code, e.name, e.errno, e.message), (code, name, 2, "m"))
+            self.assertIsInstance(e, fc.ServerError)
+            self.assertIsNot(type(e), fc.ServerError)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,862 @@
+#!/usr/bin/env python3
+"""Conformance checks of a live forkserver server against spec/PROTOCOL.md and spec/vectors/.
+
+    python3 spec/conformance/conformance.py --socket PATH [-k PATTERN] [--slow]
+
+Prints one line per check (`PASS name` / `FAIL name: reason`) and a final `N passed, M failed`;
+exits 1 if any check failed. Standard library only. The server must run without a key and
+without entry points (a plain `forkserver serve`), as the same user as this script.
+"""
+
+import argparse
+import json
+import os
+import re
+import select
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "clients", "python"))
+import forkserver_client as fc  # noqa: E402
+
+VECTORS = os.path.join(HERE, "..", "vectors")
+TIMEOUT = 5.0          # seconds to wait for any expected reply
+QUIET = 2.0            # seconds of silence that count as "no reply"
+
+SOCKET = None
+RESULTS = [0, 0]
+FILTER = None
+
+
+def load(name):
+    with open(os.path.join(VECTORS, name + ".json")) as f:
+        data = json.load(f)
+    assert data["protocol_version"] == 1
+    return data["vectors"]
+
+
+def report(name, ok, reason=""):
+    if FILTER and not re.search(FILTER, name):
+        return
+    RESULTS[0 if ok else 1] += 1
+    print(f"PASS {name}" if ok else f"FAIL {name}: {reason}", flush=True)
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def require(cond, reason):
+    if not cond:
+        raise CheckFailed(reason)
+
+
+def check(name, fn, *args):
+    """Run fn(*args); it passes unless it raises."""
+    if FILTER and not re.search(FILTER, name):
+        return
+    try:
+        fn(*args)
+    except CheckFailed as e:
+        report(name, False, str(e))
+    except Exception as e:  # a crash of the check is a failure too
+        report(name, False, f"{type(e).__name__}: {e} @ {traceback.extract_tb(e.__traceback__)[-1].lineno}")
+    else:
+        report(name, True)
+
+
+# ---------------------------------------------------------------------------------------------
+# A raw connection: send arbitrary bytes and fds, read what comes back.
+
+
+class Raw:
+    def __init__(self, hello=True):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.sock.settimeout(TIMEOUT)
+        self.sock.connect(SOCKET)
+        self.reader = fc.FrameReader(self.sock)
+        if hello:
+            self.send(fc.encode_hello())
+            kind, msg, _ = self.next()
+            require(kind == "msg" and msg["type"] == "HelloOk" and msg["auth"] == "none",
+                    f"handshake: expected HelloOk(method 0), got {describe(kind, msg)}")
+
+    def send(self, data, fds=()):
+        """Send one frame (or any bytes) with fds per §4.3. Returns False if the server had
+        already closed (EPIPE/ECONNRESET): its reply may still be readable."""
+        try:
+            fc.send_frame(self.sock, data, fds)
+            return True
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+
+    def send_plan(self, data, plan, fds):
+        """Replay a transport vector: each step is one sendmsg of `bytes` bytes and `fds` fds."""
+        pos, i = 0, 0
+        for step in plan:
+            chunk, f = data[pos:pos + step["bytes"]], fds[i:i + step["fds"]]
+            pos, i = pos + step["bytes"], i + step["fds"]
+            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(struct.pack(f"{len(f)}i", *f)))] if f else []
+            try:
+                n = self.sock.sendmsg([chunk], anc, socket.MSG_NOSIGNAL)
+                require(n == len(chunk), f"short sendmsg {n} < {len(chunk)}")
+            except (BrokenPipeError, ConnectionResetError):
+                return False
+        return True
+
+    def next(self, timeout=TIMEOUT):
+        """('msg', message, fds) | ('eof', None, []) | ('timeout', None, []) |
+        ('bad', DecodeError/ProtocolError, [])"""
+        self.sock.settimeout(timeout)
+        try:
+            msg, fds = self.reader.read()
+            return "msg", msg, fds
+        except fc.ConnectionClosed:
+            return "eof", None, []
+        except socket.timeout:
+            return "timeout", None, []
+        except fc.ProtocolError as e:
+            return "bad", e, []
+
+    def expect(self, mtype, timeout=TIMEOUT):
+        kind, msg, fds = self.next(timeout)
+        require(kind == "msg" and msg["type"] == mtype, f"expected {mtype}, got {describe(kind, msg)}")
+        return msg, fds
+
+    def expect_error(self, name, then_eof=True, timeout=TIMEOUT):
+        kind, msg, fds = self.next(timeout)
+        require(kind == "msg" and msg["type"] == "Error" and msg["name"] == name,
+                f"expected Error({name}), got {describe(kind, msg)}")
+        if then_eof:
+            self.expect_eof()
+        return msg
+
+    def expect_eof(self, timeout=TIMEOUT):
+        kind, msg, _ = self.next(timeout)
+        require(kind == "eof", f"expected the server to close the connection, got {describe(kind, msg)}")
+
+    def close(self):
+        self.reader.close()
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def describe(kind, msg):
+    if kind != "msg":
+        return f"{kind} {msg}" if msg else kind
+    if msg["type"] == "Error":
+        return f"Error({msg['name']}, errno {msg['errno']}: {msg['message']!r})"
+    return repr({k: v for k, v in msg.items() if not isinstance(v, bytes) or len(v) < 40})
+
+
+class Fds:
+    """n open fds on /dev/null, closed on exit."""
+
+    def __init__(self, n):
+        self.fds = [os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC) for _ in range(n)]
+
+    def __enter__(self):
+        return self.fds
+
+    def __exit__(self, *exc):
+        for fd in self.fds:
+            os.close(fd)
+
+
+def spawn_frame(job, targets=(), **kw):
+    return fc.encode_spawn(job, list(targets), **kw)
+
+
+def exec_job(argv, program=None, env=(), env_clear=False, cwd=None):
+    return {"kind": "exec", "program": fc._b(program or argv[0]), "args": [fc._b(a) for a in argv],
+            "env_clear": env_clear, "env": [(fc._b(k), fc._b(v)) for k, v in env],
+            "cwd": fc._b(cwd) if cwd else None}
+
+
+def read_all(fd, timeout=TIMEOUT):
+    out, end = b"", time.monotonic() + timeout
+    while True:
+        left = end - time.monotonic()
+        require(left > 0, "child output did not reach end of file in time")
+        r, _, _ = select.select([fd], [], [], left)
+        if r:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return out
+            out += chunk
+
+
+def run_child(argv, extra_fds=None, stdout_stat=None, **spawn):
+    """Spawn argv through the client library with a pipe on fd 1; return (code, stdout, child).
+    stdout_stat: a list to which the os.fstat of that pipe is appended."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    if stdout_stat is not None:
+        stdout_stat.append(os.fstat(r))
+    try:
+        fds = {1: w}
+        fds.update(extra_fds or {})
+        child = fc.Client(SOCKET, timeout=TIMEOUT).spawn_exec(argv, fds=fds, **spawn)
+        os.close(w)
+        w = None
+        try:
+            out = read_all(r)
+            code = child.wait()
+        finally:
+            child.close()
+        return code, out, child
+    finally:
+        os.close(r)
+        if w is not None:
+            os.close(w)
+
+
+def server_status():
+    return fc.Client(SOCKET, timeout=TIMEOUT).status()
+
+
+def proc_stat(pid):
+    """(pid, pgrp, session) from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        return parse_stat(f.read())
+
+
+def parse_stat(text):
+    fields = text[text.rindex(")") + 2:].split()
+    pid = int(text.split()[0])
+    return pid, int(fields[2]), int(fields[3])
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+
+
+def handshake_checks(valid):
+    byname = {v["name"]: v for v in valid}
+
+    for name in ("hello-v1", "hello-v1-to-v3"):
+        def hello(name=name):
+            with Raw(hello=False) as c:
+                c.send(bytes.fromhex(byname[name]["hex"]))
+                msg, fds = c.expect("HelloOk")
+                require(msg == {"type": "HelloOk", "version": 1, "auth": "none"} and not fds,
+                        f"expected HelloOk(version 1, method 0), got {describe('msg', msg)}")
+                c.send(fc.encode_status_request())
+                c.expect("Status")
+        check(f"valid/{name}: HelloOk version 1, then READY", hello)
+
+    def unsupported():
+        with Raw(hello=False) as c:
+            c.send(fc.encode_hello(2, 3))
+            c.expect_error("UnsupportedVersion")
+    check("handshake/hello-2..=3: Error(UnsupportedVersion), closed", unsupported)
+
+    def unsupported_high():
+        with Raw(hello=False) as c:
+            c.send(fc.encode_hello(65535, 65535))
+            c.expect_error("UnsupportedVersion")
+    check("handshake/hello-65535..=65535: Error(UnsupportedVersion), closed", unsupported_high)
+
+    def first_not_hello():
+        with Raw(hello=False) as c:
+            c.send(fc.encode_status_request())
+            c.expect_error("UnexpectedMessage")
+    check("handshake/StatusRequest-before-Hello: Error(UnexpectedMessage)", first_not_hello)
+
+    def spawn_first():
+        with Raw(hello=False) as c:
+            c.send(spawn_frame(exec_job(["/bin/true"])))
+            c.expect_error("UnexpectedMessage")
+    check("handshake/Spawn-before-Hello: Error(UnexpectedMessage), no child", spawn_first)
+
+    def hello_twice():
+        with Raw() as c:
+            c.send(fc.encode_hello())
+            c.expect_error("UnexpectedMessage")
+    check("handshake/Hello-in-READY: Error(UnexpectedMessage)", hello_twice)
+
+    def pipelined():
+        with Raw(hello=False) as c:
+            c.send(fc.encode_hello() + fc.encode_status_request() + fc.encode_status_request())
+            c.expect("HelloOk")
+            c.expect("Status")
+            c.expect("Status")
+    check("handshake/Hello+2xStatusRequest-in-one-write (§6.6 pipelining)", pipelined)
+
+    def key_refused():
+        try:
+            fc.Client(SOCKET, key=b"k" * 32, timeout=TIMEOUT).status()
+        except fc.ProtocolError:
+            return
+        raise CheckFailed("client with a key accepted a server offering method 0")
+    check("auth/client-with-key-refuses-HelloOk-method-0 (§6.6, client side)", key_refused)
+
+    def peer_closes_silently():
+        with Raw(hello=False) as c:      # half a Hello, then end of stream: no reply (R7)
+            c.send(fc.encode_hello()[:5])
+            c.sock.shutdown(socket.SHUT_WR)
+            c.expect_eof()
+    check("handshake/half-a-Hello-then-EOF: closed without a reply (§4.3 R7)", peer_closes_silently)
+
+
+def status_checks():
+    def status():
+        st = server_status()
+        require(st["protocol_version"] == 1, f"protocol_version {st['protocol_version']}")
+        require(st["connections"] >= 1, f"connections {st['connections']} (this one included)")
+        require(os.path.exists(f"/proc/{st['server_pid']}"), f"server_pid {st['server_pid']} not a process")
+        require(len(st["server_version"].encode()) <= 64, "server_version too long")
+    check("status/fields", status)
+
+    def counters():
+        before = server_status()
+        child = fc.Client(SOCKET, timeout=TIMEOUT).spawn_exec(["sleep", "5"], kill_on_disconnect=True)
+        try:
+            st = child.status()
+            require(st["live_children"] >= before["live_children"] + 1 - 0,
+                    f"live_children {st['live_children']} with a child running")
+            require(st["spawned_total"] >= before["spawned_total"] + 1,
+                    f"spawned_total {st['spawned_total']} did not grow from {before['spawned_total']}")
+            require(st["connections"] >= 1, "connections")
+            require(child.signal(signal.SIGKILL), "Signal not acknowledged")
+            require(child.wait() == -9, "exit code")
+        finally:
+            child.close()
+    check("status/in-RUNNING: Status with live_children and spawned_total counted", counters)
+
+
+def valid_vector_checks(valid):
+    byname = {v["name"]: v for v in valid}
+
+    def echo():
+        v = byname["spawn-exec-echo"]
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            with Raw() as c:
+                c.send(bytes.fromhex(v["hex"]), [w])
+                os.close(w)
+                w = None
+                msg, fds = c.expect("Pid")
+                require(not fds, "pidfd sent without WANT_PIDFD")
+                require(read_all(r) == b"hi\n", "child output is not 'hi\\n'")
+                msg, _ = c.expect("Exit")
+                require(msg["code"] == 0 and not msg["deadline_expired"], f"exit {msg}")
+                c.expect_eof()
+        finally:
+            os.close(r)
+            if w is not None:
+                os.close(w)
+    check("valid/spawn-exec-echo: Pid, 'hi' on the pipe, Exit 0, closed", echo)
+
+    def full():
+        v = byname["spawn-exec-full"]
+        r, w = os.pipe2(os.O_CLOEXEC)
+        with Fds(1) as (null,):
+            try:
+                with Raw() as c:
+                    c.send(bytes.fromhex(v["hex"]), [null, w, w])
+                    os.close(w)
+                    w = None
+                    msg, fds = c.expect("Pid")
+                    for fd in fds:
+                        os.close(fd)
+                    require(read_all(r) == b"", "unexpected output")
+                    msg, _ = c.expect("Exit")
+                    require(msg["code"] == 3 and not msg["deadline_expired"], f"exit {msg}")
+            finally:
+                os.close(r)
+                if w is not None:
+                    os.close(w)
+    check("valid/spawn-exec-full: Pid, Exit 3", full)
+
+    def pidfd():
+        v = byname["spawn-exec-full"]
+        with Fds(3) as null, Raw() as c:
+            c.send(bytes.fromhex(v["hex"]), null)
+            msg, fds = c.expect("Pid")
+            require(len(fds) == 1, "no pidfd although WANT_PIDFD is set and the kernel has pidfd_open")
+            with open(f"/proc/self/fdinfo/{fds[0]}") as f:
+                info = f.read()
+            os.close(fds[0])
+            m = re.search(r"^Pid:\s*(-?\d+)", info, re.M)
+            require(m and int(m.group(1)) in (msg["pid"], -1), f"pidfd is not for pid {msg['pid']}: {info!r}")
+            c.expect("Exit")
+    check("valid/spawn-exec-full: Pid carries a pidfd for the child (§6.4 SHOULD)", pidfd)
+
+    for v in valid:
+        if v["decoded"]["type"] == "Spawn" and v["decoded"]["job"]["kind"] == "entry":
+            def entry(v=v):
+                with Fds(v["nfds"]) as fds, Raw() as c:
+                    ok = c.send(bytes.fromhex(v["hex"]), fds)
+                    c.expect_error("UnknownEntry")
+                    require(ok, "server closed before the frame was sent")
+            check(f"valid/{v['name']}: {v['nfds']} fds accepted, Error(UnknownEntry) (no entry points)", entry)
+
+    for name, signo in (("signal-sigterm", 15), ("signal-64", 64)):
+        def sig(name=name, signo=signo):
+            with Raw() as c:
+                c.send(spawn_frame(exec_job(["sleep", "10"]), kill_on_disconnect=True))
+                c.expect("Pid")
+                c.send(bytes.fromhex(byname[name]["hex"]))
+                c.expect("Signaled")
+                msg, _ = c.expect("Exit")
+                require(msg["code"] == -signo, f"exit code {msg['code']}, expected {-signo}")
+        check(f"valid/{name}: Signaled, then Exit {-signo}", sig)
+
+    def status_vec():
+        with Raw() as c:
+            c.send(bytes.fromhex(byname["status-request"]["hex"]))
+            msg, _ = c.expect("Status")
+            c.send(bytes.fromhex(byname["status-request"]["hex"]))
+            c.expect("Status")
+    check("valid/status-request: Status, twice, connection stays READY", status_vec)
+
+    def auth_ready():
+        with Raw() as c:
+            c.send(bytes.fromhex(byname["auth"]["hex"]))
+            c.expect_error("UnexpectedMessage")
+    check("valid/auth: in READY of a keyless server, Error(UnexpectedMessage)", auth_ready)
+
+    # Well-formed S->C messages sent by a client decode, and the state machine refuses them (§4.1).
+    for v in valid:
+        if v["decoded"]["type"] in ("HelloOk", "AuthOk", "Pid", "Exit", "Signaled", "Status", "Error"):
+            for when in ("in-READY", "before-Hello"):
+                def wrong_way(v=v, when=when):
+                    with Fds(v["nfds"]) as fds, Raw(hello=(when == "in-READY")) as c:
+                        c.send(bytes.fromhex(v["hex"]), fds)
+                        c.expect_error("UnexpectedMessage")
+                check(f"valid/{v['name']}/{when}: S->C message from a client, Error(UnexpectedMessage)", wrong_way)
+
+
+def invalid_vector_checks(invalid):
+    for v in invalid:
+        data = bytes.fromhex(v["hex"])
+        nfds = struct.unpack_from("<H", data, 2)[0] if len(data) >= 4 else 0
+        for when in ("after-Hello", "before-Hello"):
+            def bad(v=v, data=data, nfds=nfds, when=when):
+                # A frame travels with the fds its header announces (up to what can be sent);
+                # the vector is sent as is, even when it is only a prefix of a frame.
+                with Fds(nfds if nfds <= fc.MAX_FDS else 0) as fds, Raw(hello=(when == "after-Hello")) as c:
+                    c.send(data, fds)
+                    c.expect_error(v["wire_error"], timeout=QUIET)
+            check(f"invalid/{v['name']}/{when}: {v['error']} -> Error({v['wire_error']}), closed", bad)
+
+
+def transport_checks(transport):
+    for v in transport:
+        def replay(v=v):
+            total = sum(s["fds"] for s in v["sends"])
+            with Fds(total) as fds, Raw() as c:
+                c.send_plan(bytes.fromhex(v["hex"]), v["sends"], fds)
+                if v["expected"] == "ok":
+                    # every "ok" vector is a Spawn of the unregistered entry point "worker"
+                    c.expect_error("UnknownEntry")
+                else:
+                    c.expect_error(v["expected"])
+        want = "Error(UnknownEntry)" if v["expected"] == "ok" else f"Error({v['expected']})"
+        check(f"transport/{v['name']}: {want}", replay)
+
+
+def bundle_checks():
+    """Real fds arrive at their targets: the child stats /proc/self/fd/N for each target."""
+    for n in (1, 3, 253, 254, 256):
+        def bundle(n=n):
+            pipes = [os.pipe2(os.O_CLOEXEC) for _ in range((n - 1 + 1) // 2)]
+            objs = [fd for p in pipes for fd in p][:n - 1]         # n-1 distinct pipe ends
+            # sparse targets, some low, one high, none of them 1 (stdout)
+            targets = [0, 2] + list(range(3, 3 + n - 4)) + [1000] if n >= 4 else [0, 2][:n - 1]
+            targets = [1] + targets[:n - 1]
+            stdout = []
+            try:
+                cmd = ["stat", "-L", "-c", "%n %d %i"] + [f"/proc/self/fd/{t}" for t in targets]
+                code, out, _ = run_child(cmd, extra_fds=dict(zip(targets[1:], objs)), stdout_stat=stdout)
+                objs = [None] + objs
+                require(code == 0, f"stat exited {code}")
+                lines = out.decode().splitlines()
+                require(len(lines) == len(targets), f"{len(lines)} lines for {len(targets)} targets")
+                for t, fd, line in zip(targets, objs, lines):
+                    st = os.fstat(fd) if fd is not None else stdout[0]
+                    require(line == f"/proc/self/fd/{t} {st.st_dev} {st.st_ino}",
+                            f"target {t}: child has {line!r}, expected dev {st.st_dev} ino {st.st_ino}")
+            finally:
+                for p in pipes:
+                    os.close(p[0])
+                    os.close(p[1])
+        check(f"fds/bundle-of-{n}: every fd at its target (stat dev+inode), exit 0", bundle)
+
+    def over():
+        with Fds(257) as fds:
+            try:
+                fc.Client(SOCKET).spawn_exec(["/bin/true"], fds=dict(zip(range(257), fds)))
+            except ValueError:
+                return
+        raise CheckFailed("client library sent 257 fds")
+    check("fds/bundle-of-257: refused by the client library before sending", over)
+
+    def exact_fds():
+        with open("/dev/null", "rb") as extra:
+            code, out, _ = run_child(["sh", "-c", "ls /proc/$$/fd; stat -L -c '%d %i' /proc/$$/fd/0 /proc/$$/fd/2"],
+                                     extra_fds={7: extra.fileno()})
+        require(code == 0, f"exit {code}")
+        lines = out.decode().split()
+        require(lines[:4] == ["0", "1", "2", "7"], f"child fds {lines[:-4]}, expected 0 1 2 7")
+        null = os.stat("/dev/null")
+        want = f"{null.st_dev} {null.st_ino}"
+        require(" ".join(lines[4:6]) == want and " ".join(lines[6:8]) == want,
+                f"fds 0 and 2 are not /dev/null: {lines[4:]}")
+    check("fds/child-holds-exactly-the-targets-plus-0-2-on-/dev/null (§6.5)", exact_fds)
+
+    def server_closes_copies():
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            child = fc.Client(SOCKET, timeout=TIMEOUT).spawn_exec(["/bin/true"], fds={5: w})
+            os.close(w)
+            w = None
+            require(read_all(r) == b"", "output")       # EOF only if the server closed its copy
+            child.wait()
+            child.close()
+        finally:
+            os.close(r)
+            if w is not None:
+                os.close(w)
+    check("fds/server-closes-its-copies-after-fork: EOF on the pipe (§6.4)", server_closes_copies)
+
+    def nofile_limit():
+        st = server_status()
+        with open(f"/proc/{st['server_pid']}/limits") as f:
+            for line in f:
+                if line.startswith("Max open files"):
+                    return int(line.split()[3])
+
+    def high_target():
+        limit = nofile_limit()
+        try:
+            code, _, _ = run_child(["/bin/true"], extra_fds={fc.MAX_TARGET_FD: 1})
+        except fc.ChildSetupFailedError as e:
+            require(limit <= fc.MAX_TARGET_FD, f"{e} although RLIMIT_NOFILE is {limit}")
+            require(e.errno == 9, f"errno {e.errno}, expected EBADF (9) per §6.5 (server RLIMIT_NOFILE {limit})")
+            return
+        require(code == 0, f"exit {code}")
+
+    def target_below_limit():
+        limit = nofile_limit()
+        for t in (limit - 2, limit - 1):
+            try:
+                code, _, _ = run_child(["/bin/true"], extra_fds={t: 1})
+            except fc.ServerError as e:
+                raise CheckFailed(f"target {t} (server RLIMIT_NOFILE {limit}): {e}")
+            require(code == 0, f"exit {code}")
+    check("limits/target-RLIMIT_NOFILE-1-and-2: accepted, Exit 0 (§6.5)", target_below_limit)
+
+    check("limits/target-1048575: accepted (Exit 0, or ChildSetupFailed EBADF above RLIMIT_NOFILE)", high_target)
+
+
+def exit_checks():
+    for status in (0, 3, 255):
+        def ex(status=status):
+            code, _, child = run_child(["sh", "-c", f"exit {status}"])
+            require(code == status, f"exit code {code}")
+            require(not child.deadline_expired and not child.core_dumped, "flags set")
+        check(f"exit/code-{status}", ex)
+
+    def sigkill():
+        child = fc.Client(SOCKET, timeout=TIMEOUT).spawn_exec(["sleep", "10"], kill_on_disconnect=True)
+        with child:
+            require(child.signal(9), "not Signaled")
+            code = child.wait()
+            require(code == -9 and not child.deadline_expired, f"exit {code}, deadline {child.deadline_expired}")
+    check("exit/code--9 (Signal 9)", sigkill)
+
+    def deadline():
+        t0 = time.monotonic()
+        child = fc.Client(SOCKET, timeout=TIMEOUT).spawn_exec(["sleep", "10"], deadline_ms=200)
+        with child:
+            code = child.wait()
+        took = time.monotonic() - t0
+        require(code == -9 and child.deadline_expired, f"exit {code}, deadline_expired {child.deadline_expired}")
+        require(0.15 <= took < 3, f"took {took:.2f}s for a 200 ms deadline")
+    check("exit/code--9-deadline: DEADLINE_EXPIRED after ~200 ms", deadline)
+
+    def deadline_not_hit():
+        child = fc.Client(SOCKET, timeout=TIMEOUT).spawn_exec(["/bin/true"], deadline_ms=5000)
+        with child:
+            require(child.wait() == 0 and not child.deadline_expired, "deadline_expired on a quick child")
+    check("exit/deadline-not-reached: Exit 0 without DEADLINE_EXPIRED", deadline_not_hit)
+
+    for signo in (31, 34):
+        def by_signal(signo=signo):
+            code, _, child = run_child(["sh", "-c", f"kill -{signo} $$"])
+            require(code == -signo, f"exit code {code}")
+        check(f"exit/code--{signo} (killed by signal {signo})", by_signal)
+
+    def segv():
+        code, _, child = run_child(["sh", "-c", "kill -SEGV $$"])
+        require(code == -11, f"exit code {code}")
+    check("exit/code--11 (SIGSEGV)", segv)
+
+
+def behaviour_checks():
+    def exec_failed_before_pid():
+        with Raw() as c:
+            c.send(spawn_frame(exec_job(["/nonexistent/prog"]), pid_after_exec=True))
+            msg = c.expect_error("ExecFailed")
+            require(msg["errno"] == 2, f"errno {msg['errno']}, expected ENOENT")
+    check("spawn/pid-after-exec-missing-program: Error(ExecFailed, ENOENT) instead of Pid", exec_failed_before_pid)
+
+    def pid_after_exec_ok():
+        with Raw() as c:
+            c.send(spawn_frame(exec_job(["/bin/true"]), pid_after_exec=True))
+            c.expect("Pid")
+            msg, _ = c.expect("Exit")
+            require(msg["code"] == 0, f"exit {msg['code']}")
+    check("spawn/pid-after-exec-success: Pid then Exit 0", pid_after_exec_ok)
+
+    def exec_failed_after_pid():
+        with Raw() as c:
+            c.send(spawn_frame(exec_job(["/nonexistent/prog"])))
+            c.expect("Pid")
+            msg = c.expect_error("ExecFailed")
+            require(msg["errno"] == 2, f"errno {msg['errno']}")
+    check("spawn/missing-program: Pid, then Error(ExecFailed, ENOENT) instead of Exit", exec_failed_after_pid)
+
+    def eacces():
+        with tempfile.TemporaryDirectory() as d, Raw() as c:
+            path = os.path.join(d, "not-executable")
+            with open(path, "w") as f:
+                f.write("#!/bin/sh\n")
+            os.chmod(path, 0o644)
+            c.send(spawn_frame(exec_job([path]), pid_after_exec=True))
+            msg = c.expect_error("ExecFailed")
+            require(msg["errno"] == 13, f"errno {msg['errno']}, expected EACCES")
+    check("spawn/non-executable-program: Error(ExecFailed, EACCES)", eacces)
+
+    def bad_cwd():
+        with Raw() as c:
+            c.send(spawn_frame(exec_job(["/bin/true"], cwd="/nonexistent/dir"), pid_after_exec=True))
+            msg = c.expect_error("ChildSetupFailed")
+            require(msg["errno"] == 2, f"errno {msg['errno']}")
+    check("spawn/missing-cwd: Error(ChildSetupFailed, ENOENT)", bad_cwd)
+
+    def cwd():
+        code, out, _ = run_child(["pwd"], program="/bin/pwd", cwd="/tmp")
+        require(out == b"/tmp\n", f"pwd printed {out!r}")
+        code, out, _ = run_child(["true"], program="./bin/true", cwd="/usr")
+        require(code == 0, f"relative program resolved against cwd: exit {code}")
+    check("spawn/cwd: chdir, relative program resolved against it (§5.5.3)", cwd)
+
+    def env():
+        code, out, _ = run_child(["env"], env_clear=True,
+                                 env=[("A", "1"), ("PATH", "/usr/bin:/bin"), ("A", "2"), ("E", "")])
+        got = sorted(out.decode().splitlines())
+        require(got == ["A=2", "E=", "PATH=/usr/bin:/bin"], f"env printed {got}")
+    check("spawn/env-clear+env: later entry wins, PATH search with the child's PATH", env)
+
+    def env_inherit():
+        code, out, _ = run_child(["/usr/bin/env"], env=[("FSCONF", "x")])
+        lines = out.decode().splitlines()
+        require("FSCONF=x" in lines and len(lines) > 1, f"env printed {lines}")
+    check("spawn/env-inherited: server environment plus entries", env_inherit)
+
+    def no_path():
+        with Raw() as c:
+            c.send(spawn_frame(exec_job(["true"], env_clear=True), pid_after_exec=True))
+            kind, msg, _ = c.next()
+            require(kind == "msg" and msg["type"] in ("Error", "Pid"), describe(kind, msg))
+    check("spawn/PATH-search-without-PATH: some answer (behaviour unspecified)", no_path)
+
+    def argv0():
+        code, out, _ = run_child(["my-argv0", "-c", 'printf "%s|" "$0" "$1"', "x", "\u00e9"], program="/bin/sh")
+        require(out == "x|\u00e9|".encode(), f"printed {out!r}")
+    check("spawn/argv: argv[0] independent of program, bytes passed through", argv0)
+
+    def session(kind):
+        st = server_status()
+        server = proc_stat(st["server_pid"])
+        code, out, child = run_child(["cat", "/proc/self/stat"],
+                                     new_session=(kind == "new_session"),
+                                     new_process_group=(kind == "new_process_group"))
+        pid, pgrp, sid = parse_stat(out.decode())
+        require(pid == child.pid, f"pid {pid} != Pid {child.pid}")
+        want = {"new_session": (pid, pid), "new_process_group": (pid, server[2]),
+                "inherit": (server[1], server[2])}[kind]
+        require((pgrp, sid) == want, f"pgrp/sid {pgrp}/{sid}, expected {want}")
+    for kind in ("inherit", "new_session", "new_process_group"):
+        check(f"spawn/session-{kind}: process group and session as §5.5.1 says", session, kind)
+
+    def signals_reset():
+        code, out, _ = run_child(["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"])
+        got = dict(line.split(":") for line in out.decode().splitlines())
+        require(len(got) == 2, f"grep printed {out!r}")
+        # the mask is emptied; dispositions: §6.5 lets an implementation leave real-time
+        # signals (32-64) alone, the standard ones (1-31) must be default
+        require(int(got["SigBlk"], 16) == 0, f"SigBlk = {got['SigBlk'].strip()} in the child")
+        require(int(got["SigIgn"], 16) & 0x7FFFFFFF == 0, f"SigIgn = {got['SigIgn'].strip()} in the child")
+    check("spawn/signals-reset: no standard signal ignored or blocked in the child (§6.5)", signals_reset)
+
+    def kill_on_disconnect(kill):
+        c = fc.Client(SOCKET, timeout=TIMEOUT)
+        child = c.spawn_exec(["sleep", "30"], want_pidfd=True, kill_on_disconnect=kill)
+        pidfd = os.dup(child.pidfd)
+        try:
+            child.close()
+            r, _, _ = select.select([pidfd], [], [], 2.0 if kill else 0.5)
+            if kill:
+                require(r, "child still running 2 s after the connection closed")
+            else:
+                require(not r, "child ended when the connection closed, without KILL_ON_DISCONNECT")
+        finally:
+            if not kill and hasattr(signal, "pidfd_send_signal"):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            os.close(pidfd)
+    check("spawn/kill-on-disconnect: child killed when the connection ends", kill_on_disconnect, True)
+    check("spawn/no-kill-on-disconnect: child survives the connection", kill_on_disconnect, False)
+
+    def signal_in_ready():
+        with Raw() as c:
+            c.send(fc.encode_signal(15))
+            c.expect_error("UnexpectedMessage")
+    check("state/Signal-in-READY: Error(UnexpectedMessage)", signal_in_ready)
+
+    def spawn_in_running():
+        with Raw() as c:
+            c.send(spawn_frame(exec_job(["sleep", "10"]), kill_on_disconnect=True))
+            c.expect("Pid")
+            c.send(spawn_frame(exec_job(["/bin/true"])))
+            c.expect_error("UnexpectedMessage")
+    check("state/Spawn-in-RUNNING: Error(UnexpectedMessage)", spawn_in_running)
+
+    def pipelined_running():
+        with Raw() as c:
+            c.send(spawn_frame(exec_job(["sleep", "10"]), kill_on_disconnect=True)
+                   + fc.encode_status_request() + fc.encode_signal(9))
+            c.expect("Pid")
+            c.expect("Status")
+            c.expect("Signaled")
+            msg, _ = c.expect("Exit")
+            require(msg["code"] == -9, f"exit {msg['code']}")
+            c.expect_eof()
+    check("state/Spawn+StatusRequest+Signal-pipelined: Pid, Status, Signaled, Exit -9, in order", pipelined_running)
+
+    def hello_spawn_one_write():
+        with Raw(hello=False) as c:
+            c.send(fc.encode_hello() + spawn_frame(exec_job(["/bin/true"])))
+            c.expect("HelloOk")
+            c.expect("Pid")
+            c.expect("Exit")
+    check("state/Hello+Spawn-in-one-write (§6.6)", hello_spawn_one_write)
+
+
+def limit_checks():
+    def accepted(job, expect_exit=0, **kw):
+        with Raw() as c:
+            frame = spawn_frame(job, **kw)
+            fc.decode_frame(frame)          # the frame is within every limit
+            c.send(frame)
+            if job["kind"] == "entry":
+                c.expect_error("UnknownEntry")
+                return
+            c.expect("Pid")
+            msg, _ = c.expect("Exit")
+            require(msg["code"] == expect_exit, f"exit {msg['code']}")
+
+    def refused(job, error, **kw):
+        with Raw() as c:
+            frame = spawn_frame(job, **kw)
+            try:
+                fc.decode_frame(frame)
+                raise CheckFailed("test bug: frame decodes")
+            except fc.DecodeError as e:
+                require(e.name == error, f"test bug: local decoder says {e.name}")
+            c.send(frame)
+            c.expect_error("Malformed")
+
+    big_arg = "a" * fc.MAX_ARG_LEN
+    check("limits/arg-of-131071-bytes: accepted, exec works", accepted, exec_job(["/bin/true", big_arg]))
+    check("limits/arg-of-131072-bytes: Malformed", refused, exec_job(["/bin/true", big_arg + "a"]), "LimitExceeded")
+    check("limits/4096-args: accepted", accepted, exec_job(["/bin/true"] + ["x"] * 4095))
+    check("limits/4097-args: Malformed", refused, exec_job(["/bin/true"] + ["x"] * 4096), "LimitExceeded")
+    env = [(f"K{i}", "v") for i in range(4096)]
+    check("limits/4096-env-entries: accepted", accepted, exec_job(["/bin/true"], env=env, env_clear=True))
+    check("limits/4097-env-entries: Malformed", refused,
+          exec_job(["/bin/true"], env=env + [("X", "y")], env_clear=True), "LimitExceeded")
+    check("limits/env-KEY=VALUE-of-131071: accepted", accepted,
+          exec_job(["/bin/true"], env=[("K", "v" * (fc.MAX_ARG_LEN - 2))]))
+    check("limits/env-KEY=VALUE-of-131072: Malformed", refused,
+          exec_job(["/bin/true"], env=[("K", "v" * (fc.MAX_ARG_LEN - 1))]), "LimitExceeded")
+    prog = "/" * (fc.MAX_PATH_LEN - len("bin/true")) + "bin/true"
+    check("limits/program-path-of-4095-bytes: accepted, exec works", accepted, exec_job(["true"], program=prog))
+    check("limits/program-path-of-4096-bytes: Malformed", refused, exec_job(["true"], program="/" + prog), "LimitExceeded")
+    check("limits/cwd-of-4095-bytes: accepted", accepted, exec_job(["/bin/true"], cwd="/" * fc.MAX_PATH_LEN))
+    check("limits/cwd-of-4096-bytes: Malformed", refused, exec_job(["/bin/true"], cwd="/" * 4096), "LimitExceeded")
+    check("limits/entry-name-of-255-bytes: Error(UnknownEntry)", accepted,
+          {"kind": "entry", "name": "n" * 255, "payload": b""})
+    overhead = 4 + 8 + 1 + 2 + 6 + 4
+    check("limits/body-of-exactly-1-MiB: Error(UnknownEntry)", accepted,
+          {"kind": "entry", "name": "worker", "payload": b"p" * (fc.MAX_BODY_LEN - overhead)})
+    check("limits/body-of-1-MiB+1: Malformed", refused,
+          {"kind": "entry", "name": "worker", "payload": b"p" * (fc.MAX_BODY_LEN - overhead + 1)}, "BodyTooLong")
+
+    def payload_len_over():
+        job = fc.encode_spawn({"kind": "entry", "name": "w", "payload": b""})
+        frame = job[:-4] + struct.pack("<I", fc.MAX_BODY_LEN + 1)      # claims more than 1 MiB
+        with Raw() as c:
+            c.send(frame)
+            c.expect_error("Malformed")
+    check("limits/payload_len-above-1-MiB: Malformed (LimitExceeded before Truncated)", payload_len_over)
+
+    def slow_frame():
+        # a frame that arrives a byte at a time is incomplete, not malformed (§6.2)
+        with Raw() as c:
+            for b in fc.encode_status_request():
+                c.send(bytes([b]))
+                time.sleep(0.01)
+            c.expect("Status")
+    check("framing/frame-sent-byte-by-byte: Status", slow_frame)
+
+
+def slow_checks():
+    def handshake_timeout():
+        with Raw(hello=False) as c:
+            c.expect_error("Timeout", timeout=15)
+    check("slow/handshake-timeout: Error(Timeout) after ~10 s (§6.3 MAY)", handshake_timeout)
+
+
+def main():
+    global SOCKET, FILTER
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--socket", required=True, help="the server's socket path")
+    p.add_argument("-k", dest="filter", help="run only the checks whose name matches this regex")
+    p.add_argument("--slow", action="store_true", help="also run checks that take >10 s")
+    args = p.parse_args()
+    SOCKET, FILTER = args.socket, args.filter
+    valid, invalid, transport = load("valid"), load("invalid"), load("transport")
+    t0 = time.monotonic()
+    handshake_checks(valid)
+    status_checks()
+    valid_vector_checks(valid)
+    invalid_vector_checks(invalid)
+    transport_checks(transport)
+    bundle_checks()
+    exit_checks()
+    behaviour_checks()
+    limit_checks()
+    if args.slow:
+        slow_checks()
+    check("server/still-answers-after-all-checks", server_status)
+    print(f"# {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    print(f"{RESULTS[0]} passed, {RESULTS[1]} failed")
+    return 1 if RESULTS[1] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
