@@ -30,8 +30,8 @@ pub struct Client {
 }
 
 enum Inner {
-    /// A server someone else runs.
-    Path(PathBuf),
+    /// A server someone else runs, and the key to authenticate with, if any.
+    Path(PathBuf, Option<Vec<u8>>),
     /// A server this client launched.
     Launched(Mutex<Managed>),
 }
@@ -39,7 +39,10 @@ enum Inner {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.inner {
-            Inner::Path(p) => f.debug_struct("Client").field("path", p).finish(),
+            Inner::Path(p, _) => f
+                .debug_struct("Client")
+                .field("path", p)
+                .finish_non_exhaustive(),
             Inner::Launched(m) => f
                 .debug_struct("Client")
                 .field("launched", &*lock(m))
@@ -65,7 +68,23 @@ impl Client {
     /// [`Error::Protocol`], [`Error::Server`] or [`Error::AuthRequired`] if the handshake fails.
     pub fn connect(path: impl AsRef<Path>) -> Result<Client> {
         let client = Client {
-            inner: Arc::new(Inner::Path(path.as_ref().to_owned())),
+            inner: Arc::new(Inner::Path(path.as_ref().to_owned(), None)),
+        };
+        client.ping()?;
+        Ok(client)
+    }
+
+    /// A client for the server listening at `path` that requires the authentication step
+    /// (PROTOCOL.md §9) with `key`: every connection proves to the server that it holds the key,
+    /// and checks that the server holds it too before sending anything else.
+    ///
+    /// # Errors
+    /// As [`Client::connect`], plus [`Error::ServerNotAuthenticated`] when the server offers
+    /// no authentication or answers our challenge wrongly, and [`Error::Server`] with
+    /// `AuthFailed` when it refuses our key.
+    pub fn connect_with_key(path: impl AsRef<Path>, key: impl Into<Vec<u8>>) -> Result<Client> {
+        let client = Client {
+            inner: Arc::new(Inner::Path(path.as_ref().to_owned(), Some(key.into()))),
         };
         client.ping()?;
         Ok(client)
@@ -127,7 +146,7 @@ impl Client {
     /// makes a new one).
     pub fn socket_path(&self) -> PathBuf {
         match &*self.inner {
-            Inner::Path(p) => p.clone(),
+            Inner::Path(p, _) => p.clone(),
             Inner::Launched(m) => lock(m).socket_path(),
         }
     }
@@ -136,8 +155,19 @@ impl Client {
     /// client made by [`Client::connect`].
     pub fn launched_server_pid(&self) -> Option<u32> {
         match &*self.inner {
-            Inner::Path(_) => None,
+            Inner::Path(..) => None,
             Inner::Launched(m) => Some(lock(m).pid()),
+        }
+    }
+
+    /// The key connections authenticate with: the one given to [`Client::connect_with_key`],
+    /// or the one a launched server was given. Hand it to another process of yours that must
+    /// reach the same server through a pipe or a file of mode 0600, never argv or the
+    /// environment (PROTOCOL.md §9.1).
+    pub fn auth_key(&self) -> Option<Vec<u8>> {
+        match &*self.inner {
+            Inner::Path(_, key) => key.clone(),
+            Inner::Launched(m) => lock(m).current_key().1,
         }
     }
 
@@ -148,8 +178,11 @@ impl Client {
 
     /// One handshake with the server just launched, without relaunching it if it fails.
     pub(crate) fn ping_launched(&self) -> Result<()> {
-        let path = self.socket_path();
-        match attempt(&path, None) {
+        let (path, key) = match &*self.inner {
+            Inner::Launched(m) => lock(m).current_key(),
+            Inner::Path(p, key) => (p.clone(), key.clone()),
+        };
+        match attempt(&path, key.as_deref(), None) {
             Ok(_) => Ok(()),
             Err(Failure::Refused(source) | Failure::Connect(source)) => {
                 Err(Error::Connect { path, source })
@@ -172,7 +205,7 @@ impl Client {
     ) -> Result<(Conn, T)> {
         let (request, extra) = build()?;
         match &*self.inner {
-            Inner::Path(path) => match attempt(path, request) {
+            Inner::Path(path, key) => match attempt(path, key.as_deref(), request) {
                 Ok(conn) => Ok((conn, extra)),
                 Err(Failure::Refused(source) | Failure::Connect(source)) => Err(Error::Connect {
                     path: path.clone(),
@@ -181,8 +214,8 @@ impl Client {
                 Err(Failure::Gone(e) | Failure::Other(e)) => Err(e),
             },
             Inner::Launched(m) => {
-                let (path, generation) = lock(m).ensure_running().map_err(Error::Launch)?;
-                match attempt(&path, request) {
+                let (path, key, generation) = lock(m).ensure_running().map_err(Error::Launch)?;
+                match attempt(&path, key.as_deref(), request) {
                     Ok(conn) => return Ok((conn, extra)),
                     Err(Failure::Refused(e)) => {
                         tracing::warn!(error = %e, "forkserver not listening; relaunching");
@@ -193,9 +226,9 @@ impl Client {
                     Err(Failure::Connect(source)) => return Err(Error::Connect { path, source }),
                     Err(Failure::Other(e)) => return Err(e),
                 }
-                let (path, _) = lock(m).relaunch(generation).map_err(Error::Launch)?;
+                let (path, key, _) = lock(m).relaunch(generation).map_err(Error::Launch)?;
                 let (request, extra) = build()?;
-                match attempt(&path, request) {
+                match attempt(&path, key.as_deref(), request) {
                     Ok(conn) => Ok((conn, extra)),
                     Err(Failure::Refused(source) | Failure::Connect(source)) => {
                         Err(Error::Connect { path, source })
@@ -222,6 +255,7 @@ enum Failure {
 
 fn attempt(
     path: &Path,
+    key: Option<&[u8]>,
     request: Option<(Message, Vec<OwnedFd>)>,
 ) -> std::result::Result<Conn, Failure> {
     let mut conn = Conn::connect(path).map_err(|e| {
@@ -238,10 +272,11 @@ fn attempt(
         Some((m, fds)) => (Some(m), fds),
         None => (None, Vec::new()),
     };
-    conn.handshake(message.as_ref(), fds).map_err(|e| match e {
-        Error::ServerGone => Failure::Gone(e),
-        e => Failure::Other(e),
-    })?;
+    conn.handshake(key, message.as_ref(), fds)
+        .map_err(|e| match e {
+            Error::ServerGone => Failure::Gone(e),
+            e => Failure::Other(e),
+        })?;
     Ok(conn)
 }
 

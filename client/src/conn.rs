@@ -1,8 +1,8 @@
 //! One connection to the server: the handshake, then frames (PROTOCOL.md §6).
 //!
-//! The client pipelines: it sends `Hello` and its request back to back, then reads `HelloOk` and
-//! the reply, saving a round trip per request. That is only sound while the client never
-//! authenticates; with key support, a client holding a key must wait for `HelloOk` first.
+//! Without a key the client pipelines: it sends `Hello` and its request back to back, then reads
+//! `HelloOk` and the reply, saving a round trip per request. With a key it authenticates first
+//! (PROTOCOL.md §9.2) and sends its request only once the server has proven it holds the key.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use forkserver_protocol::{
-    send_message, AuthMethod, Frame, FrameReader, Hello, Message, PROTOCOL_VERSION,
+    auth, send_message, Auth, AuthMethod, Frame, FrameReader, Hello, Message, PROTOCOL_VERSION,
 };
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -37,33 +37,74 @@ impl Conn {
         }
     }
 
-    /// Performs the handshake, with `request` (and its fds) pipelined behind `Hello` if given;
-    /// returns once `HelloOk` has been read. The reply to `request` is left for the caller.
+    /// Performs the handshake (and the authentication step when `key` is given), with
+    /// `request` (and its fds) sent behind it; returns once the handshake is complete. The reply
+    /// to `request` is left for the caller.
     ///
     /// # Errors
-    /// [`Error::AuthRequired`] if the server demands authentication, [`Error::Server`] for an
-    /// error reply to `Hello`, [`Error::ServerGone`], [`Error::Protocol`], [`Error::Io`].
-    pub(crate) fn handshake(&mut self, request: Option<&Message>, fds: Vec<OwnedFd>) -> Result<()> {
+    /// [`Error::AuthRequired`] if the server demands authentication and there is no key,
+    /// [`Error::ServerNotAuthenticated`] if there is a key and the server does not prove it
+    /// holds it, [`Error::Server`] for an error reply, [`Error::ServerGone`],
+    /// [`Error::Protocol`], [`Error::Io`].
+    pub(crate) fn handshake(
+        &mut self,
+        key: Option<&[u8]>,
+        request: Option<&Message>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<()> {
         self.send(&Message::Hello(Hello::current()), Vec::new())?;
-        // If the server has already refused the hello and closed, this send fails; its reply
-        // to the hello (read below) is then the better error to report.
-        let sent = match request {
-            Some(message) => self.send(message, fds),
-            None => Ok(()),
+        let Some(key) = key else {
+            // If the server has already refused the hello and closed, this send fails; its
+            // reply to the hello (read below) is then the better error to report.
+            let sent = match request {
+                Some(message) => self.send(message, fds),
+                None => Ok(()),
+            };
+            if let AuthMethod::HmacSha256 { .. } = self.hello_ok()? {
+                return Err(Error::AuthRequired);
+            }
+            return sent;
         };
+        let AuthMethod::HmacSha256 { challenge } = self.hello_ok()? else {
+            // §6.6: a server that skips authentication could be an impostor.
+            return Err(Error::ServerNotAuthenticated(
+                "it offered no authentication",
+            ));
+        };
+        let ours = auth::random_challenge()?;
+        let response = auth::client_response(key, &challenge);
+        self.send(
+            &Message::Auth(Auth {
+                response,
+                challenge: ours,
+            }),
+            Vec::new(),
+        )?;
         match self.recv()?.message {
-            Message::HelloOk(ok) => {
-                if ok.version() != PROTOCOL_VERSION {
-                    return Err(ProtocolError::Version(ok.version()).into());
-                }
-                if let AuthMethod::HmacSha256 { .. } = ok.auth() {
-                    return Err(Error::AuthRequired);
-                }
+            Message::AuthOk(ok) if auth::verify_server(key, &ours, &ok.response) => {}
+            Message::AuthOk(_) => {
+                return Err(Error::ServerNotAuthenticated(
+                    "its answer to our challenge is wrong",
+                ))
             }
             Message::Error(e) => return Err(e.into()),
-            other => return Err(Error::unexpected(other.tag(), "HelloOk")),
+            other => return Err(Error::unexpected(other.tag(), "AuthOk")),
         }
-        sent
+        match request {
+            Some(message) => self.send(message, fds),
+            None => Ok(()),
+        }
+    }
+
+    fn hello_ok(&mut self) -> Result<AuthMethod> {
+        match self.recv()?.message {
+            Message::HelloOk(ok) if ok.version() != PROTOCOL_VERSION => {
+                Err(ProtocolError::Version(ok.version()).into())
+            }
+            Message::HelloOk(ok) => Ok(ok.auth()),
+            Message::Error(e) => Err(e.into()),
+            other => Err(Error::unexpected(other.tag(), "HelloOk")),
+        }
     }
 
     /// Sends one frame.

@@ -54,9 +54,14 @@ pub enum Error {
     /// Starting the server process (or its socket directory) failed.
     #[error("cannot launch the forkserver: {0}")]
     Launch(#[source] io::Error),
-    /// The server demands authentication, which this client does not support yet.
+    /// The server demands authentication and this client has no key
+    /// ([`crate::Client::connect_with_key`]).
     #[error("the forkserver requires authentication, and this client has no key")]
     AuthRequired,
+    /// The server did not prove it holds the key: it offered no authentication, or its answer
+    /// to our challenge was wrong (PROTOCOL.md §9.2). Nothing was sent to it.
+    #[error("the forkserver did not authenticate itself: {0}")]
+    ServerNotAuthenticated(&'static str),
     /// The child had already ended when a signal was to be sent to it.
     #[error("the child has already exited")]
     AlreadyExited,

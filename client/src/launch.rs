@@ -9,6 +9,9 @@
 //! 2. It makes an "alive" pipe and starts the program with `FORKSERVER_LISTEN_FD` (the
 //!    listener's fd number) and `FORKSERVER_ALIVE_FD` (the pipe's read end) in its environment,
 //!    those two fds inherited and no other; stdin `/dev/null`, stdout and stderr inherited.
+//!    With authentication on (the default), a third fd, `FORKSERVER_KEY_FD`, is the read end of
+//!    a pipe holding a fresh random 32-byte key, written and closed before the server starts:
+//!    the key never appears in argv or the environment (PROTOCOL.md §9.1).
 //! 3. The client keeps the pipe's write end open while it lives. When the client process exits
 //!    (or drops its last [`crate::Client`]), the server reads EOF and exits.
 //! 4. The client removes the directory; the server never does.
@@ -36,6 +39,10 @@ pub const LISTEN_FD_ENV: &str = "FORKSERVER_LISTEN_FD";
 /// Environment variable holding the alive pipe's read-end fd number in the server.
 pub const ALIVE_FD_ENV: &str = "FORKSERVER_ALIVE_FD";
 
+/// Environment variable holding the fd number of a pipe's read end from which the server reads
+/// its authentication key until EOF.
+pub const KEY_FD_ENV: &str = "FORKSERVER_KEY_FD";
+
 /// How long dropping the last [`Client`] waits for launched servers to exit.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 
@@ -61,6 +68,7 @@ pub(crate) struct LaunchSpec {
     program: OsString,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    authenticate: bool,
 }
 
 impl Launcher {
@@ -71,6 +79,7 @@ impl Launcher {
                 program: program.as_ref().to_owned(),
                 args: Vec::new(),
                 envs: Vec::new(),
+                authenticate: true,
             },
         }
     }
@@ -99,6 +108,14 @@ impl Launcher {
         self.spec
             .envs
             .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Whether the server is given a fresh random key and every connection authenticates with
+    /// it (PROTOCOL.md §9). Default `true`; turn it off only for a server program that cannot
+    /// read `FORKSERVER_KEY_FD`.
+    pub fn authenticate(mut self, on: bool) -> Self {
+        self.spec.authenticate = on;
         self
     }
 
@@ -141,20 +158,33 @@ impl Managed {
         })
     }
 
-    /// The socket path of a running server, and its generation. Relaunches first if the
-    /// server process has exited.
-    pub(crate) fn ensure_running(&mut self) -> io::Result<(PathBuf, u64)> {
+    /// The socket path and key of a running server, and its generation. Relaunches first if
+    /// the server process has exited.
+    pub(crate) fn ensure_running(&mut self) -> io::Result<(PathBuf, Option<Vec<u8>>, u64)> {
         self.reap_retired();
         if self.current.has_exited() {
             tracing::warn!(pid = self.current.pid(), "forkserver exited; relaunching");
             return self.relaunch(self.generation);
         }
-        Ok((self.current.sock.clone(), self.generation))
+        Ok(self.current_with_generation())
+    }
+
+    fn current_with_generation(&self) -> (PathBuf, Option<Vec<u8>>, u64) {
+        let (path, key) = self.current_key();
+        (path, key, self.generation)
+    }
+
+    /// The current server's socket path and key (`None` when authentication is off).
+    pub(crate) fn current_key(&self) -> (PathBuf, Option<Vec<u8>>) {
+        (self.current.sock.clone(), self.current.key.clone())
     }
 
     /// Relaunches the server if `generation` is still the current one (another thread may have
     /// relaunched it already), and returns the socket path and generation to use.
-    pub(crate) fn relaunch(&mut self, generation: u64) -> io::Result<(PathBuf, u64)> {
+    pub(crate) fn relaunch(
+        &mut self,
+        generation: u64,
+    ) -> io::Result<(PathBuf, Option<Vec<u8>>, u64)> {
         if generation == self.generation {
             let new = Server::start(&self.spec)?;
             let mut old = std::mem::replace(&mut self.current, new);
@@ -171,7 +201,7 @@ impl Managed {
                 self.retired.push(old);
             }
         }
-        Ok((self.current.sock.clone(), self.generation))
+        Ok(self.current_with_generation())
     }
 
     /// The current server's pid.
@@ -216,13 +246,19 @@ struct Server {
     process: std::process::Child,
     /// The alive pipe's write end; the server exits when it is closed.
     alive: Option<OwnedFd>,
+    /// The key this server was given.
+    key: Option<Vec<u8>>,
 }
 
 impl Server {
     fn start(spec: &LaunchSpec) -> io::Result<Self> {
         let (dir, listener) = make_socket_dir()?;
         let sock = dir.join("sock");
-        match spawn_server(spec, listener) {
+        let key = match spec.authenticate {
+            true => Some(forkserver_protocol::auth::random_challenge()?.to_vec()),
+            false => None,
+        };
+        match spawn_server(spec, listener, key.as_deref()) {
             Ok((process, alive)) => {
                 tracing::debug!(pid = process.id(), sock = %sock.display(), "forkserver launched");
                 Ok(Self {
@@ -230,6 +266,7 @@ impl Server {
                     sock,
                     process,
                     alive: Some(alive),
+                    key,
                 })
             }
             Err(e) => {
@@ -362,21 +399,36 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
 fn spawn_server(
     spec: &LaunchSpec,
     listener: UnixListener,
+    key: Option<&[u8]>,
 ) -> io::Result<(std::process::Child, OwnedFd)> {
     let listen_fd = above_stdio(OwnedFd::from(listener))?;
     let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let read_end = above_stdio(read_end)?;
+    let mut inherited = vec![listen_fd, read_end];
+    let mut key_env = None;
+    if let Some(key) = key {
+        // The key goes through a pipe: written whole (it is far below the pipe's capacity) and
+        // closed, so the server reads it to EOF.
+        let (key_read, key_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let key_read = above_stdio(key_read)?;
+        std::io::Write::write_all(&mut std::fs::File::from(key_write), key)?;
+        key_env = Some(key_read.as_raw_fd().to_string());
+        inherited.push(key_read);
+    }
 
     let mut cmd = std::process::Command::new(&spec.program);
     cmd.args(&spec.args)
         .envs(spec.envs.iter().map(|(k, v)| (k, v)))
-        .env(LISTEN_FD_ENV, listen_fd.as_raw_fd().to_string())
-        .env(ALIVE_FD_ENV, read_end.as_raw_fd().to_string())
+        .env(LISTEN_FD_ENV, inherited[0].as_raw_fd().to_string())
+        .env(ALIVE_FD_ENV, inherited[1].as_raw_fd().to_string())
         .stdin(Stdio::null());
-    let inherited = [listen_fd, read_end];
+    match &key_env {
+        Some(fd) => cmd.env(KEY_FD_ENV, fd),
+        None => cmd.env_remove(KEY_FD_ENV),
+    };
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
     // calls are allowed. It calls fcntl(2) (a system call; nix's wrapper neither allocates nor
-    // locks) on two fds it owns, and builds an io::Error from a raw errno, which does not
+    // locks) on the fds it owns, and builds an io::Error from a raw errno, which does not
     // allocate either.
     unsafe {
         cmd.pre_exec(move || {

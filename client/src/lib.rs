@@ -77,7 +77,7 @@ pub use client::Client;
 pub use command::{Call, Command};
 pub use error::{Error, ProtocolError, Result};
 pub use exit_status::ExitStatus;
-pub use launch::{Launcher, ALIVE_FD_ENV, LISTEN_FD_ENV};
+pub use launch::{Launcher, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV};
 pub use stdio::Stdio;
 
 #[cfg(test)]

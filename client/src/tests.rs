@@ -483,6 +483,8 @@ fn launch_fake() -> Client {
             "--test-threads=1",
             "-q",
         ])
+        // The fake server does not read FORKSERVER_KEY_FD.
+        .authenticate(false)
         .launch()
         .unwrap()
 }

@@ -135,6 +135,7 @@ fn main() {
         ("deadline", deadline),
         ("a_client_dying_after_sending", a_client_dying_after_sending),
         ("status", status),
+        ("authentication_is_enforced", authentication_is_enforced),
         (
             "the_launched_server_restarts_after_a_kill",
             the_launched_server_restarts_after_a_kill,
@@ -186,15 +187,15 @@ fn settled(client: &Client, expect: Option<usize>) -> usize {
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         let pid = client.launched_server_pid().expect("a launched server");
-        // Hold one connection open while counting: a finished handshake proves it was accepted.
+        let status = client.status().expect("status");
+        // Hold one connection open while counting: an answered Hello proves it was accepted.
         let sock = std::os::unix::net::UnixStream::connect(client.socket_path()).unwrap();
         send_message(sock.as_fd(), &Message::Hello(Hello::current()), vec![]).unwrap();
-        send_message(sock.as_fd(), &Message::StatusRequest, vec![]).unwrap();
         let mut reader = FrameReader::new();
-        reader.read_frame(sock.as_fd()).unwrap();
-        let Message::Status(status) = reader.read_frame(sock.as_fd()).unwrap().message else {
-            panic!("expected a status reply");
-        };
+        assert!(matches!(
+            reader.read_frame(sock.as_fd()).unwrap().message,
+            Message::HelloOk(_)
+        ));
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .map(|d| d.count())
             .unwrap_or(0)
@@ -443,12 +444,21 @@ fn deadline(client: &Client) {
 /// A separate process sends a request to our server and dies before reading the pid.
 fn a_client_dying_after_sending(client: &Client) {
     let (r, w) = nix::unistd::pipe().unwrap();
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
+    let mut sender = std::process::Command::new(std::env::current_exe().unwrap())
         .env("ZYGOTE_TEST_ROLE", "dying-sender")
         .env("ZYGOTE_TEST_SOCKET", client.socket_path())
         .env("ZYGOTE_TEST_FD", w.as_raw_fd().to_string())
-        .status()
+        .stdin(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // The key goes through a pipe (its stdin), not the environment.
+    sender
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&client.auth_key().unwrap())
+        .unwrap();
+    let status = sender.wait().unwrap();
     drop(w);
     assert_eq!(status.code(), Some(0));
     // The child ran to its end (its output came) and the server reaped it (checked by the
@@ -459,7 +469,9 @@ fn a_client_dying_after_sending(client: &Client) {
 fn dying_sender_role() {
     let socket = std::env::var("ZYGOTE_TEST_SOCKET").unwrap();
     let fd: i32 = std::env::var("ZYGOTE_TEST_FD").unwrap().parse().unwrap();
-    let client = Client::connect(socket).unwrap();
+    let mut key = Vec::new();
+    std::io::stdin().read_to_end(&mut key).unwrap();
+    let client = Client::connect_with_key(socket, key).unwrap();
     // SAFETY-free: borrow the inherited pipe for the dup the builder makes.
     let fd = unsafe_borrow(fd);
     let child = client
@@ -486,6 +498,63 @@ fn status(client: &Client) {
     assert_eq!(s.protocol_version(), 1);
     assert_eq!(s.server_pid() as u32, client.launched_server_pid().unwrap());
     assert_eq!(s.live_children(), 0);
+}
+
+/// The launched server got a random key through a pipe; without it nothing gets through.
+fn authentication_is_enforced(client: &Client) {
+    use forkserver_protocol::{send_message, FrameReader, Hello, Message};
+    let spawned = client.status().unwrap().spawned_total();
+    // The server's environment and argv do not hold the key.
+    let key = client.auth_key().expect("a launched server has a key");
+    assert_eq!(key.len(), 32);
+    let pid = client.launched_server_pid().unwrap();
+    for what in ["environ", "cmdline"] {
+        let bytes = std::fs::read(format!("/proc/{pid}/{what}")).unwrap();
+        assert!(
+            !bytes.windows(key.len()).any(|w| w == key.as_slice()),
+            "key in {what}"
+        );
+    }
+    match Client::connect(client.socket_path()) {
+        Err(Error::AuthRequired) => {}
+        other => panic!("expected AuthRequired, got {other:?}"),
+    }
+    match Client::connect_with_key(
+        client.socket_path(),
+        b"not the key, 32 bytes long......".to_vec(),
+    ) {
+        Err(e) => assert_eq!(e.server_code(), Some(ErrorCode::AuthFailed), "{e}"),
+        Ok(_) => panic!("a wrong key was accepted"),
+    }
+    // A raw client that skips Auth and sends a spawn: refused before the request is read.
+    let sock = std::os::unix::net::UnixStream::connect(client.socket_path()).unwrap();
+    send_message(sock.as_fd(), &Message::Hello(Hello::current()), vec![]).unwrap();
+    let spawn = {
+        use forkserver_protocol::{EntryJob, FdMap, Job, Spawn, SpawnOptions};
+        Spawn::new(
+            SpawnOptions::default(),
+            FdMap::from_targets(vec![3]).unwrap(),
+            Job::Entry(EntryJob::new("exit", b"0".to_vec()).unwrap()),
+        )
+        .unwrap()
+    };
+    let (_r2, w2) = nix::unistd::pipe().unwrap();
+    send_message(sock.as_fd(), &Message::Spawn(spawn), vec![w2]).unwrap();
+    let mut reader = FrameReader::new();
+    assert!(matches!(
+        reader.read_frame(sock.as_fd()).unwrap().message,
+        Message::HelloOk(_)
+    ));
+    match reader.read_frame(sock.as_fd()).unwrap().message {
+        Message::Error(e) => assert_eq!(e.code(), ErrorCode::AuthRequired),
+        m => panic!("expected AuthRequired, got {m:?}"),
+    }
+    drop(sock);
+    assert_eq!(
+        client.status().unwrap().spawned_total(),
+        spawned,
+        "nothing was spawned"
+    );
 }
 
 fn the_launched_server_restarts_after_a_kill(client: &Client) {

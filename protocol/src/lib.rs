@@ -30,6 +30,7 @@
 
 #[cfg(feature = "arbitrary")]
 mod arbitrary_impls;
+pub mod auth;
 mod bundle;
 pub mod codec;
 mod error;

@@ -1029,3 +1029,29 @@ mod transport_vectors {
         }
     }
 }
+
+/// The worked HMAC example of PROTOCOL.md §9.2, read from the spec itself.
+#[test]
+fn auth_example_from_the_spec() {
+    let spec = std::fs::read_to_string(spec_dir().join("PROTOCOL.md")).unwrap();
+    let find = |label: &str| -> Vec<u8> {
+        let line = spec
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .unwrap_or_else(|| panic!("§9.2 has no line starting {label:?}"));
+        unhex(line.trim())
+    };
+    let key: Vec<u8> = (0x00..0x20).collect();
+    let cs: [u8; 32] = std::array::from_fn(|i| 0x20 + i as u8);
+    let cc: [u8; 32] = std::array::from_fn(|i| 0x40 + i as u8);
+    let client = auth::client_response(&key, &cs);
+    let server = auth::server_response(&key, &cc);
+    assert_eq!(client.to_vec(), find("client response = "));
+    assert_eq!(server.to_vec(), find("server response = "));
+    assert!(auth::verify_client(&key, &cs, &client));
+    assert!(auth::verify_server(&key, &cc, &server));
+    assert!(
+        !auth::verify_client(&key, &cc, &client),
+        "the labels differ: no reflection"
+    );
+}

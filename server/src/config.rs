@@ -39,6 +39,12 @@ pub struct Config {
     pub allowed_uids: Vec<u32>,
     /// Most connections served at once; more are answered `ResourceExhausted` and closed.
     pub max_connections: usize,
+    /// The shared key of the authentication step (PROTOCOL.md §9): when set, no request is
+    /// read from a client before it has proven it holds the key.
+    pub key: Option<Vec<u8>>,
+    /// Children get `PR_SET_PDEATHSIG(SIGKILL)`: they die with the server instead of running on
+    /// (reparented) when it dies.
+    pub kill_children_with_server: bool,
 }
 
 impl Default for Config {
@@ -50,6 +56,8 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             allowed_uids: Vec::new(),
             max_connections: 1024,
+            key: None,
+            kill_children_with_server: false,
         }
     }
 }

@@ -45,6 +45,13 @@ enum Command {
         /// own uid is accepted.
         #[arg(long = "allow-uid", value_name = "UID")]
         allow_uid: Vec<u32>,
+        /// Require the HMAC authentication step (PROTOCOL.md §9) with the key in this file
+        /// (16 to 1024 raw bytes; the file must not be readable by group or others).
+        #[arg(long, value_name = "PATH")]
+        key_file: Option<PathBuf>,
+        /// Children die (SIGKILL) when the server dies, instead of running on, reparented.
+        #[arg(long)]
+        kill_children_with_server: bool,
     },
     /// Run a command through the server with this terminal's stdin, stdout and stderr, and exit
     /// with its status (128+N when killed by signal N). Starts a server on the default socket
@@ -82,7 +89,16 @@ fn main() -> ExitCode {
             abstract_name,
             idle_timeout,
             allow_uid,
+            key_file,
+            kill_children_with_server,
         } => {
+            let key = match key_file.as_deref().map(load_key).transpose() {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("forkserver: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let listen = match (socket, abstract_name) {
                 (_, Some(name)) => Listen::Abstract(name.into_bytes()),
                 (Some(p), None) => Listen::Path(p),
@@ -92,6 +108,8 @@ fn main() -> ExitCode {
                 listen,
                 idle_timeout: idle_timeout.map(Duration::from_secs),
                 allowed_uids: allow_uid,
+                key,
+                kill_children_with_server,
                 ..Config::default()
             };
             match Server::bind(config).and_then(Server::run) {
@@ -138,4 +156,23 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Reads a key file, refusing one that others could read.
+fn load_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{}: the key file must not be accessible to group or others (mode {:o})",
+            path.display(),
+            mode & 0o777
+        ));
+    }
+    forkserver_server::read_key(file).map_err(|e| e.to_string())
 }

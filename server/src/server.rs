@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use forkserver_protocol::{
-    AuthMethod, ErrorCode, ErrorReply, Exit, FdBundle, Frame, FrameReader, HelloOk, Job, Message,
-    OutFrame, Pid as PidReply, Spawn, Status, TransportError, PROTOCOL_VERSION,
+    auth, AuthMethod, AuthOk, ErrorCode, ErrorReply, Exit, FdBundle, Frame, FrameReader, HelloOk,
+    Job, Message, OutFrame, Pid as PidReply, Spawn, Status, TransportError, PROTOCOL_VERSION,
 };
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -38,6 +38,8 @@ const MAX_QUEUED_REPLIES: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     AwaitHello,
+    /// A key is configured: waiting for `Auth` answering this challenge.
+    AwaitAuth([u8; forkserver_protocol::CHALLENGE_LEN]),
     Ready,
     /// Spawned with `pid_after_exec`: waiting for the exec to succeed or fail.
     Spawning(Pid),
@@ -392,7 +394,12 @@ impl Server {
         let idle: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, c)| matches!(c.state, State::AwaitHello | State::Ready))
+            .filter(|(_, c)| {
+                matches!(
+                    c.state,
+                    State::AwaitHello | State::AwaitAuth(_) | State::Ready
+                )
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in idle {
@@ -507,7 +514,7 @@ impl Server {
             let waiting = self
                 .conns
                 .get(&id)
-                .is_some_and(|c| c.state == State::AwaitHello);
+                .is_some_and(|c| matches!(c.state, State::AwaitHello | State::AwaitAuth(_)));
             if !waiting {
                 self.handshakes.pop_front();
                 continue;
@@ -606,6 +613,20 @@ impl Server {
         match (state, message) {
             (State::AwaitHello, Message::Hello(h)) => {
                 match h.negotiate(PROTOCOL_VERSION, PROTOCOL_VERSION) {
+                    Some(v) if self.config.key.is_some() => {
+                        // §9.1: with a key, nothing but Auth is read until it checks out.
+                        let challenge = match auth::random_challenge() {
+                            Ok(c) => c,
+                            Err(e) => {
+                                let msg = format!("no random challenge: {e}");
+                                return self.fail(id, ErrorReply::new(ErrorCode::Internal, 0, msg));
+                            }
+                        };
+                        let auth = AuthMethod::HmacSha256 { challenge };
+                        let ok = HelloOk::new(v, auth).expect("version is non-zero");
+                        self.send(id, Message::HelloOk(ok), vec![]);
+                        self.set_state(id, State::AwaitAuth(challenge));
+                    }
                     Some(v) => {
                         let ok = HelloOk::new(v, AuthMethod::None).expect("version is non-zero");
                         self.send(id, Message::HelloOk(ok), vec![]);
@@ -623,6 +644,25 @@ impl Server {
                     ),
                 }
             }
+            (State::AwaitAuth(challenge), Message::Auth(a)) => {
+                let key = self.config.key.as_deref().unwrap_or_default();
+                if auth::verify_client(key, &challenge, &a.response) {
+                    let response = auth::server_response(key, &a.challenge);
+                    self.send(id, Message::AuthOk(AuthOk { response }), vec![]);
+                    self.set_state(id, State::Ready);
+                } else {
+                    tracing::warn!(conn = id, "authentication failed");
+                    self.fail(id, ErrorReply::new(ErrorCode::AuthFailed, 0, "wrong key"));
+                }
+            }
+            (State::AwaitAuth(_), m) => self.fail(
+                id,
+                ErrorReply::new(
+                    ErrorCode::AuthRequired,
+                    0,
+                    format!("expected Auth, got {:?}", m.tag()),
+                ),
+            ),
             (State::Ready | State::Running(_), Message::StatusRequest) => {
                 let status = Status::new(
                     PROTOCOL_VERSION,
@@ -689,7 +729,8 @@ impl Server {
                 }
             },
         };
-        let (pid, report) = match spawn::spawn(work, options.session, bundle) {
+        let die_with_server = self.config.kill_children_with_server;
+        let (pid, report) = match spawn::spawn(work, options.session, die_with_server, bundle) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("spawn failed: {e}");

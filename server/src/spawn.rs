@@ -54,8 +54,10 @@ pub(crate) enum Work<'a> {
 pub(crate) fn spawn(
     work: Work<'_>,
     session: Session,
+    die_with_server: bool,
     bundle: FdBundle,
 ) -> Result<(Pid, OwnedFd), Errno> {
+    let server = die_with_server.then(nix::unistd::getpid);
     let (report_rd, report_wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     // SAFETY: the server is single-threaded (checked at startup), so the child is a complete
     // copy of the process and may run any code, allocation included, until it exits.
@@ -67,6 +69,14 @@ pub(crate) fn spawn(
         }
         ForkResult::Child => {
             drop(report_rd);
+            if die_with_server {
+                // SIGKILL when the server dies; if it already died between fork and here, the
+                // signal will never come, so check the parent is still the server.
+                let ok = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_ok();
+                if !ok || Some(nix::unistd::getppid()) != server {
+                    sys::exit_now(FAILED_STATUS);
+                }
+            }
             child_main(work, session, bundle, report_wr)
         }
     }

@@ -58,6 +58,10 @@ pub const LISTEN_FD_ENV: &str = "FORKSERVER_LISTEN_FD";
 /// Environment variable naming the inherited "alive" fd: the read end of a pipe whose EOF means
 /// the owner is gone and the server must exit.
 pub const ALIVE_FD_ENV: &str = "FORKSERVER_ALIVE_FD";
+/// Environment variable naming an inherited fd (the read end of a pipe) from which the server
+/// reads its authentication key until EOF (PROTOCOL.md §9.1): the key itself never appears in
+/// argv or the environment.
+pub const KEY_FD_ENV: &str = "FORKSERVER_KEY_FD";
 
 /// The zygote builder. Call it at the top of `main`, before any thread exists:
 ///
@@ -136,16 +140,40 @@ impl Zygote {
         let listen = take_env_fd(LISTEN_FD_ENV)?
             .ok_or_else(|| crate::ServerError::Launch(format!("{LISTEN_FD_ENV} is not set")))?;
         let alive = take_env_fd(ALIVE_FD_ENV)?;
+        let key = match take_env_fd(KEY_FD_ENV)? {
+            Some(fd) => Some(read_key(std::fs::File::from(fd))?),
+            None => None,
+        };
         for f in self.preload {
             f();
         }
         let config = Config {
             listen: Listen::Fd(listen),
             alive_fd: alive,
+            key,
             ..Config::default()
         };
         Server::bind(config)?.with_entries(self.entries).run()
     }
+}
+
+/// Reads a key until EOF: at least 16 and at most 1024 bytes.
+///
+/// # Errors
+/// [`crate::ServerError::Launch`] when it cannot be read or has a bad length.
+pub fn read_key(from: impl std::io::Read) -> Result<Vec<u8>, crate::ServerError> {
+    let mut key = Vec::new();
+    use std::io::Read;
+    from.take(1025)
+        .read_to_end(&mut key)
+        .map_err(|e| crate::ServerError::Launch(format!("reading the key: {e}")))?;
+    if !(16..=1024).contains(&key.len()) {
+        return Err(crate::ServerError::Launch(format!(
+            "the key must be 16 to 1024 bytes, got {}",
+            key.len()
+        )));
+    }
+    Ok(key)
 }
 
 /// Takes the fd named by environment variable `var`: removes the variable (children must not

@@ -487,3 +487,100 @@ fn the_socket_file_is_private() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
 }
+
+#[test]
+fn a_key_file_enforces_authentication() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch_dir("key");
+    let key_path = dir.join("key");
+    let key: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37)).collect();
+    std::fs::write(&key_path, &key).unwrap();
+    // A key file others can read is refused.
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_forkserver"))
+        .args(["serve", "--socket"])
+        .arg(dir.join("s"))
+        .arg("--key-file")
+        .arg(&key_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let srv = Server::start_with_key(&key_path, &key);
+    let fds0 = srv.idle_fds;
+    // The right key: mutual authentication, then a spawn.
+    let mut c = Conn::connect_with_key(&srv.socket, &key);
+    c.spawn(opts(), sh("exit 6"), FdBundle::new()).unwrap();
+    assert_eq!(c.wait().unwrap().code(), 6);
+    // A wrong key: AuthFailed.
+    let mut c = Conn::raw(&srv.socket);
+    c.send(&Message::Hello(Hello::current()), vec![]);
+    let Message::HelloOk(ok) = c.recv().message else {
+        panic!("no HelloOk")
+    };
+    let AuthMethod::HmacSha256 { challenge } = ok.auth() else {
+        panic!("no challenge")
+    };
+    let response = auth::client_response(b"the wrong key, sixteen+ bytes", &challenge);
+    c.send(
+        &Message::Auth(Auth {
+            response,
+            challenge: [1; 32],
+        }),
+        vec![],
+    );
+    match c.recv().message {
+        Message::Error(e) => assert_eq!(e.code(), ErrorCode::AuthFailed),
+        m => panic!("{m:?}"),
+    }
+    // Skipping Auth: AuthRequired, and the spawn's fd is closed without a fork.
+    let mut c = Conn::raw(&srv.socket);
+    c.send(&Message::Hello(Hello::current()), vec![]);
+    let (r, w) = pipe();
+    let (map, fds) = bundle(vec![(1, w)]).into_parts();
+    c.send(
+        &Message::Spawn(Spawn::new(opts(), map, sh("echo ran")).unwrap()),
+        fds,
+    );
+    assert!(matches!(c.recv().message, Message::HelloOk(_)));
+    match c.recv().message {
+        Message::Error(e) => assert_eq!(e.code(), ErrorCode::AuthRequired),
+        m => panic!("{m:?}"),
+    }
+    assert_eq!(read_all(r), "");
+    srv.settle(fds0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn children_outlive_a_killed_server_unless_asked() {
+    for kill_children in [false, true] {
+        let args: &[&str] = if kill_children {
+            &["--kill-children-with-server"]
+        } else {
+            &[]
+        };
+        let mut srv = Server::start(args);
+        let (r, w) = pipe();
+        let mut c = srv.connect();
+        c.spawn(opts(), sh("sleep 0.3; echo survived"), bundle(vec![(1, w)]))
+            .unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(srv.pid()),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        srv.child.wait().unwrap();
+        // The client sees the connection end: no exit code will come.
+        assert!(matches!(
+            c.try_recv(),
+            Err(TransportError::Closed | TransportError::Io(_))
+        ));
+        let out = read_all(r);
+        if kill_children {
+            assert_eq!(out, "", "the child died with the server");
+        } else {
+            assert_eq!(out, "survived\n", "the child ran on, reparented");
+        }
+    }
+}

@@ -29,6 +29,16 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
 
 impl Server {
     pub fn start(extra: &[&str]) -> Server {
+        Self::start_inner(extra, None)
+    }
+
+    /// A server that requires authentication with the key in `key_file` (which holds `key`).
+    pub fn start_with_key(key_file: &Path, key: &[u8]) -> Server {
+        let args = ["--key-file", key_file.to_str().unwrap()];
+        Self::start_inner(&args, Some(key))
+    }
+
+    fn start_inner(extra: &[&str], key: Option<&[u8]>) -> Server {
         let dir = scratch_dir("srv");
         let socket = dir.join("sock");
         let child = Command::new(env!("CARGO_BIN_EXE_forkserver"))
@@ -46,7 +56,10 @@ impl Server {
         }
         // Measure the idle fd count with exactly one connection open (a completed handshake
         // proves it was accepted), then subtract it.
-        let probe = Conn::connect(&socket);
+        let probe = match key {
+            Some(k) => Conn::connect_with_key(&socket, k),
+            None => Conn::connect(&socket),
+        };
         let mut srv = Server {
             child,
             dir,
@@ -131,6 +144,32 @@ impl Conn {
         match c.recv().message {
             Message::HelloOk(h) => assert_eq!(h.version(), 1),
             m => panic!("expected HelloOk, got {m:?}"),
+        }
+        c
+    }
+
+    /// Connects and authenticates with `key` (PROTOCOL.md §9.2), checking the server's answer.
+    pub fn connect_with_key(path: &Path, key: &[u8]) -> Conn {
+        let mut c = Conn::raw(path);
+        c.send(&Message::Hello(Hello::current()), vec![]);
+        let Message::HelloOk(ok) = c.recv().message else {
+            panic!("expected HelloOk")
+        };
+        let AuthMethod::HmacSha256 { challenge } = ok.auth() else {
+            panic!("no auth offered")
+        };
+        let ours = [0x5a; 32];
+        let response = auth::client_response(key, &challenge);
+        c.send(
+            &Message::Auth(Auth {
+                response,
+                challenge: ours,
+            }),
+            vec![],
+        );
+        match c.recv().message {
+            Message::AuthOk(ok) => assert!(auth::verify_server(key, &ours, &ok.response)),
+            m => panic!("expected AuthOk, got {m:?}"),
         }
         c
     }
