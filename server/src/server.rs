@@ -16,7 +16,6 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::signal::{kill, SigHandler, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{accept4, SockFlag};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::config::{bind_listener, peer_uid, Config};
@@ -64,6 +63,7 @@ struct Child {
     /// An error reply already went out for this child (exec failed with `pid_after_exec`).
     reported: bool,
     kill_on_disconnect: bool,
+    want_pidfd: bool,
     deadline_hit: bool,
 }
 
@@ -423,13 +423,9 @@ impl Server {
     /// Reaps every child that has ended: no zombie outlives the loop turn that saw SIGCHLD.
     fn reap(&mut self) {
         loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, status)) => self.on_child_exit(pid, status, false),
-                Ok(WaitStatus::Signaled(pid, sig, core)) => {
-                    self.on_child_exit(pid, -(sig as i32), core)
-                }
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
-                Ok(_) | Err(Errno::EINTR) => {}
+            match crate::sys::reap_one() {
+                Ok(Some(r)) => self.on_child_exit(r.pid, r.code, r.core_dumped),
+                Ok(None) | Err(Errno::ECHILD) => return,
                 Err(e) => {
                     tracing::error!("waitpid: {e}");
                     return;
@@ -477,8 +473,8 @@ impl Server {
         let Some(id) = child.conn else { return };
         match read_report(&report) {
             None => {
-                child.report = None;
-                let pidfd = self.pidfd_for(id, pid);
+                let want = child.want_pidfd;
+                let pidfd = if want { self.pidfd_for(pid) } else { None };
                 self.send_pid(id, pid, pidfd);
                 self.set_state(id, State::Running(pid));
             }
@@ -490,7 +486,7 @@ impl Server {
         }
     }
 
-    fn pidfd_for(&self, _id: u64, pid: Pid) -> Option<OwnedFd> {
+    fn pidfd_for(&self, pid: Pid) -> Option<OwnedFd> {
         crate::sys::pidfd_open(pid)
             .map_err(|e| tracing::debug!("pidfd_open: {e}"))
             .ok()
@@ -766,6 +762,7 @@ impl Server {
                 report: Some(report),
                 reported: false,
                 kill_on_disconnect: options.kill_on_disconnect,
+                want_pidfd: options.want_pidfd,
                 deadline_hit: false,
             },
         );
@@ -774,7 +771,7 @@ impl Server {
             self.set_state(id, State::Spawning(pid));
         } else {
             let pidfd = if options.want_pidfd {
-                self.pidfd_for(id, pid)
+                self.pidfd_for(pid)
             } else {
                 None
             };

@@ -15,7 +15,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use forkserver_protocol::{ExecJob, FdBundle, Session};
@@ -69,15 +69,20 @@ pub(crate) fn spawn(
         }
         ForkResult::Child => {
             drop(report_rd);
-            if die_with_server {
-                // SIGKILL when the server dies; if it already died between fork and here, the
-                // signal will never come, so check the parent is still the server.
-                let ok = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_ok();
-                if !ok || Some(nix::unistd::getppid()) != server {
-                    sys::exit_now(FAILED_STATUS);
+            // Whatever happens, this process must never unwind back into the server's code.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                if let Some(server) = server {
+                    // SIGKILL when the server dies. If it died between fork and here, the
+                    // signal will never come: check the parent is still the server.
+                    let ok = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_ok();
+                    if !ok || nix::unistd::getppid() != server {
+                        sys::exit_now(FAILED_STATUS);
+                    }
                 }
-            }
-            child_main(work, session, bundle, report_wr)
+                child_main(work, session, bundle, report_wr)
+            }));
+            drop(r);
+            sys::exit_now(FAILED_STATUS)
         }
     }
 }
@@ -111,6 +116,11 @@ fn child_main(work: Work<'_>, session: Session, bundle: FdBundle, report: OwnedF
     };
     match work {
         Work::Exec(job) => {
+            if let Some(cwd) = job.cwd() {
+                if let Err(e) = nix::unistd::chdir(OsStr::from_bytes(cwd)) {
+                    report_and_exit(report, STAGE_SETUP, e);
+                }
+            }
             let e = exec(job);
             report_and_exit(report, STAGE_EXEC, e)
         }
@@ -142,33 +152,43 @@ fn reset_signals() -> Result<(), Errno> {
 }
 
 /// Places every fd of the bundle at its target, opens `/dev/null` on unmapped 0-2, closes every
-/// other fd but the report pipe (which moves above the targets). Returns the report pipe's new
-/// number and the targets.
+/// other fd but the report pipe. Returns the report pipe's (possibly new) number and the targets.
 fn place_fds(bundle: FdBundle, report: RawFd) -> Result<(RawFd, Vec<u32>), (RawFd, Errno)> {
     let (map, fds) = bundle.into_parts();
     let targets = map.targets().to_vec();
+    let is_target = |fd: RawFd| targets.contains(&(fd as u32));
     // Release ownership: from here on these numbers are managed by hand, and no destructor may
     // close them later (a target may reuse one of their numbers).
-    let srcs: Vec<RawFd> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
-    let base = targets.iter().copied().max().map_or(3, |m| (m + 1).max(3)) as RawFd;
-    // 1. Move the report pipe and every source above every target, so no dup2 below can
-    //    overwrite a source not yet placed.
-    let dup_above = |fd: RawFd| {
-        // SAFETY: `fd` is open in this process; borrowing it for the fcntl call is sound.
-        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        fcntl(b, FcntlArg::F_DUPFD_CLOEXEC(base))
+    let mut srcs: Vec<RawFd> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
+    // 1. Any source (or the report pipe) sitting on a target number would be overwritten by
+    //    the dup2 onto that target before its own turn: move it to a number that is no target.
+    //    A duplicate that lands on a free target number is left there as a placeholder (the
+    //    dup2 onto that target replaces it) and the search goes on above it.
+    let move_off_targets = |fd: RawFd| -> Result<RawFd, Errno> {
+        let mut from = 0;
+        loop {
+            // SAFETY: `fd` is open in this process; borrowing it for the fcntl call is sound.
+            let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let d = fcntl(b, FcntlArg::F_DUPFD_CLOEXEC(from))?;
+            if !is_target(d) {
+                return Ok(d);
+            }
+            from = d + 1;
+        }
     };
-    let report = dup_above(report).map_err(|e| (report, e))?;
-    let mut moved = Vec::with_capacity(srcs.len());
-    for &s in &srcs {
-        moved.push(dup_above(s).map_err(|e| (report, e))?);
+    let report = if is_target(report) {
+        move_off_targets(report).map_err(|e| (report, e))?
+    } else {
+        report
+    };
+    for s in srcs.iter_mut() {
+        if is_target(*s) {
+            *s = move_off_targets(*s).map_err(|e| (report, e))?;
+        }
     }
-    // 2. dup2 each moved source onto its target; the new fd has close-on-exec cleared.
-    for (&src, &t) in moved.iter().zip(&targets) {
-        // SAFETY: `src` is open; the fd returned is `t`, which we keep by forgetting it.
-        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(src) };
-        let placed = unsafe { nix::unistd::dup2_raw(b, t as RawFd) }.map_err(|e| (report, e))?;
-        let _ = placed.into_raw_fd();
+    // 2. dup2 each source onto its target; the new fd has close-on-exec cleared.
+    for (&src, &t) in srcs.iter().zip(&targets) {
+        sys::dup2(src, t as RawFd).map_err(|e| (report, e))?;
     }
     // 3. Close everything but the targets and the report pipe.
     let mut keep: Vec<u32> = targets.clone();
@@ -189,10 +209,7 @@ fn place_fds(bundle: FdBundle, report: RawFd) -> Result<(RawFd, Vec<u32>), (RawF
         }
         let null = open("/dev/null", OFlag::O_RDWR, Mode::empty()).map_err(|e| (report, e))?;
         if null.as_raw_fd() as u32 != std_fd {
-            // SAFETY: `std_fd` is closed (step 3); the dup2 result is kept by forgetting it.
-            let placed = unsafe { nix::unistd::dup2_raw(null.as_fd(), std_fd as RawFd) }
-                .map_err(|e| (report, e))?;
-            let _ = placed.into_raw_fd();
+            sys::dup2(null.as_raw_fd(), std_fd as RawFd).map_err(|e| (report, e))?;
         } else {
             let _ = null.into_raw_fd();
         }
@@ -218,11 +235,6 @@ fn close_all(first: u32, last: u32) -> Result<(), Errno> {
 
 /// Builds argv and envp and execs; returns only on failure, with the errno to report.
 fn exec(job: &ExecJob) -> Errno {
-    if let Some(cwd) = job.cwd() {
-        if let Err(e) = nix::unistd::chdir(OsStr::from_bytes(cwd)) {
-            return e;
-        }
-    }
     // The protocol guarantees no NUL inside any of these strings.
     let cstr = |b: &[u8]| CString::new(b).unwrap_or_default();
     let argv: Vec<CString> = job.args().iter().map(|a| cstr(a)).collect();

@@ -1,5 +1,6 @@
 //! The system calls nix 0.32 does not wrap: `pidfd_open(2)`, `close_range(2)`, `_exit(2)`, and
-//! `kill(2)` with a real-time signal (nix's `Signal` has no variant for those). Each is one line of `libc`, kept here so the rest of the crate has no FFI.
+//! `kill(2)` and `waitpid(2)` with real-time signals (nix's `Signal` has no variant for those:
+//! its `waitpid` fails with `EINVAL` after reaping a child killed by one, losing the status). Each is one line of `libc`, kept here so the rest of the crate has no FFI.
 #![allow(unsafe_code)]
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -43,6 +44,60 @@ pub(crate) fn exit_now(code: i32) -> ! {
 pub(crate) fn kill(pid: Pid, signo: i32) -> Result<(), Errno> {
     // SAFETY: kill takes two integers; no memory is shared.
     let r = unsafe { libc::kill(pid.as_raw(), signo) };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+/// How a reaped child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reaped {
+    pub(crate) pid: Pid,
+    /// `>= 0`: exit status; `< 0`: minus the signal (PROTOCOL.md §5.9).
+    pub(crate) code: i32,
+    pub(crate) core_dumped: bool,
+}
+
+/// `waitpid(-1, WNOHANG)`: the next ended child, `Ok(None)` when none has ended, or `ECHILD`.
+pub(crate) fn reap_one() -> Result<Option<Reaped>, Errno> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer for the duration of the call.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        match pid {
+            0 => return Ok(None),
+            p if p > 0 => {
+                let (code, core_dumped) = if libc::WIFEXITED(status) {
+                    (libc::WEXITSTATUS(status), false)
+                } else if libc::WIFSIGNALED(status) {
+                    (-libc::WTERMSIG(status), libc::WCOREDUMP(status))
+                } else {
+                    // Stopped or continued: not reported without WUNTRACED/WCONTINUED.
+                    continue;
+                };
+                return Ok(Some(Reaped {
+                    pid: Pid::from_raw(p),
+                    code,
+                    core_dumped,
+                }));
+            }
+            _ => match Errno::last() {
+                Errno::EINTR => continue,
+                e => return Err(e),
+            },
+        }
+    }
+}
+
+/// `dup2(old, new)`: makes `new` a copy of `old` (close-on-exec cleared). nix 0.32's `dup2_raw`
+/// wraps the result in an `OwnedFd` without checking it, and panics when the call fails (for a
+/// target above `RLIMIT_NOFILE`, say); this returns the error instead.
+pub(crate) fn dup2(old: RawFd, new: RawFd) -> Result<(), Errno> {
+    // SAFETY: dup2 takes two integers. The caller (the forked child, placing its fd bundle)
+    // owns both numbers and manages them by hand.
+    let r = unsafe { libc::dup2(old, new) };
     if r < 0 {
         Err(Errno::last())
     } else {

@@ -271,7 +271,11 @@ fn exec_failures_are_errors_with_errno() {
     let mut job = ExecJob::new("/bin/true").unwrap();
     job.set_cwd(Some(b"/nonexistent-dir".to_vec())).unwrap();
     let e = c.spawn(o, Job::Exec(job), FdBundle::new()).unwrap_err();
-    assert_eq!(e.code(), ErrorCode::ExecFailed);
+    assert_eq!(
+        e.code(),
+        ErrorCode::ChildSetupFailed,
+        "chdir is part of the setup (§6.5)"
+    );
     assert_eq!(e.errno(), nix::errno::Errno::ENOENT as i32);
     // PID_AFTER_EXEC and a program that exists: the pid comes after the exec.
     let mut c = srv.connect();

@@ -211,7 +211,11 @@ def run_child(argv, extra_fds=None, stdout_stat=None, **spawn):
         w = None
         try:
             out = read_all(r)
-            code = child.wait()
+            try:
+                code = child.wait()
+            except socket.timeout:
+                raise CheckFailed(f"child {child.pid} ended (its stdout closed) but no Exit "
+                                  f"within {TIMEOUT:.0f} s") from None
         finally:
             child.close()
         return code, out, child
@@ -323,7 +327,7 @@ def status_checks():
         child = fc.Client(SOCKET, timeout=TIMEOUT).spawn_exec(["sleep", "5"], kill_on_disconnect=True)
         try:
             st = child.status()
-            require(st["live_children"] >= before["live_children"] + 1 - 0,
+            require(st["live_children"] >= 1,
                     f"live_children {st['live_children']} with a child running")
             require(st["spawned_total"] >= before["spawned_total"] + 1,
                     f"spawned_total {st['spawned_total']} did not grow from {before['spawned_total']}")
@@ -616,7 +620,10 @@ def behaviour_checks():
     def pid_after_exec_ok():
         with Raw() as c:
             c.send(spawn_frame(exec_job(["/bin/true"]), pid_after_exec=True))
-            c.expect("Pid")
+            msg, fds = c.expect("Pid")
+            for fd in fds:
+                os.close(fd)
+            require(not fds, "Pid carries a pidfd although WANT_PIDFD is not set (§5.8)")
             msg, _ = c.expect("Exit")
             require(msg["code"] == 0, f"exit {msg['code']}")
     check("spawn/pid-after-exec-success: Pid then Exit 0", pid_after_exec_ok)
@@ -747,6 +754,26 @@ def behaviour_checks():
             c.expect_eof()
     check("state/Spawn+StatusRequest+Signal-pipelined: Pid, Status, Signaled, Exit -9, in order", pipelined_running)
 
+    def malformed_in_running():
+        with Raw() as c:
+            c.send(spawn_frame(exec_job(["sleep", "10"]), want_pidfd=True, kill_on_disconnect=True))
+            msg, fds = c.expect("Pid")
+            require(len(fds) == 1, "no pidfd")
+            try:
+                c.send(b"\xff")
+                c.expect_error("Malformed")
+                r, _, _ = select.select(fds, [], [], 2.0)
+                require(r, "child still running 2 s after the connection was failed")
+            finally:
+                os.close(fds[0])
+    check("state/garbage-in-RUNNING: Error(Malformed), closed, KILL_ON_DISCONNECT child killed", malformed_in_running)
+
+    def fd_on_hello():
+        with Fds(1) as fds, Raw(hello=False) as c:
+            c.send(fc.encode_hello(), fds)
+            c.expect_error("FdMismatch")
+    check("transport/fd-attached-to-Hello: Error(FdMismatch)", fd_on_hello)
+
     def hello_spawn_one_write():
         with Raw(hello=False) as c:
             c.send(fc.encode_hello() + spawn_frame(exec_job(["/bin/true"])))
@@ -831,6 +858,22 @@ def slow_checks():
     check("slow/handshake-timeout: Error(Timeout) after ~10 s (§6.3 MAY)", handshake_timeout)
 
 
+def server_fds(pid):
+    """The set of (fd, target) the server holds, or None if /proc does not show them."""
+    d = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return None
+    out = set()
+    for n in names:
+        try:
+            out.add((n, os.readlink(os.path.join(d, n))))
+        except OSError:                 # closed meanwhile
+            pass
+    return out
+
+
 def main():
     global SOCKET, FILTER
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -841,6 +884,9 @@ def main():
     SOCKET, FILTER = args.socket, args.filter
     valid, invalid, transport = load("valid"), load("invalid"), load("transport")
     t0 = time.monotonic()
+    start = server_status()
+    server_pid = start["server_pid"]
+    fds_before = server_fds(server_pid)
     handshake_checks(valid)
     status_checks()
     valid_vector_checks(valid)
@@ -853,7 +899,27 @@ def main():
     if args.slow:
         slow_checks()
     check("server/still-answers-after-all-checks", server_status)
-    print(f"# {time.monotonic() - t0:.1f} s", file=sys.stderr)
+
+    def no_fd_leak():
+        if fds_before is None:
+            return                              # /proc/PID/fd not readable: cannot tell
+        deadline = time.monotonic() + 3
+        while True:
+            after = server_fds(server_pid)
+            if after <= fds_before or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        require(after <= fds_before, f"server holds {len(after - fds_before)} more fds than before "
+                                     f"the checks: {sorted(after - fds_before)[:10]}")
+    check("server/no-fd-leak: the server holds no more fds than before the checks", no_fd_leak)
+
+    def children_reaped():
+        live = server_status()["live_children"]
+        require(live <= start["live_children"],
+                f"live_children {live} after the checks, {start['live_children']} before: children "
+                "whose end the server never reported")
+    check("server/live_children-back-to-its-start-value", children_reaped)
+    print(f"# {time.monotonic() - t0:.1f} s")
     print(f"{RESULTS[0]} passed, {RESULTS[1]} failed")
     return 1 if RESULTS[1] else 0
 

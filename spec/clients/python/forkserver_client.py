@@ -150,7 +150,7 @@ class SignalFailedError(ServerError): code = 12             # noqa: E701
 class ResourceExhaustedError(ServerError): code = 13        # noqa: E701
 class PermissionDeniedError(ServerError): code = 14         # noqa: E701
 class ShuttingDownError(ServerError): code = 15             # noqa: E701
-class TimeoutError_(ServerError): code = 16                 # noqa: E701  (not the builtin)
+class ServerTimeoutError(ServerError): code = 16           # noqa: E701  (not the builtin)
 class InternalError(ServerError): code = 17                 # noqa: E701
 
 

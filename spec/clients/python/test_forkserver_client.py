@@ -114,6 +114,111 @@ class Auth(unittest.TestCase):
                          "90e4453780dad9253e5b42730a387604")
 
 
+class FakeServer:
+    """A one-connection server in a thread that runs `script(conn_socket)`."""
+
+    def __init__(self, script):
+        import socket
+        import tempfile
+        import threading
+        self.dir = tempfile.TemporaryDirectory()
+        self.path = os.path.join(self.dir.name, "s.sock")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        self.listener.listen(1)
+        self.error = None
+
+        def run():
+            conn, _ = self.listener.accept()
+            try:
+                script(conn, fc.FrameReader(conn))
+            except Exception as e:      # reported by the test
+                self.error = e
+            finally:
+                conn.close()
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.thread.join(5)
+        self.listener.close()
+        self.dir.cleanup()
+
+
+class AuthHandshake(unittest.TestCase):
+    KEY = b"secret key of any length"
+
+    def serve(self, key_used_by_server, method=1, tamper=False):
+        seen = {}
+
+        def script(conn, reader):
+            msg, _ = reader.read()
+            assert msg["type"] == "Hello", msg
+            cs = os.urandom(32)
+            conn.sendall(fc.encode_hello_ok(1, cs if method == 1 else None))
+            if method == 0:
+                msg, _ = reader.read()
+                seen["after_hello_ok"] = msg
+                return
+            msg, _ = reader.read()
+            assert msg["type"] == "Auth", msg
+            if not hmac_eq(msg["response"], fc.client_response(key_used_by_server, cs)):
+                conn.sendall(fc.encode_error("AuthFailed", 0, "wrong MAC"))
+                return
+            resp = fc.server_response(key_used_by_server, msg["challenge"])
+            if tamper:
+                resp = bytes([resp[0] ^ 1]) + resp[1:]
+            conn.sendall(fc.encode_auth_ok(resp))
+            try:
+                msg, _ = reader.read()
+            except fc.ConnectionClosed:
+                seen["closed"] = True
+                return
+            seen["request"] = msg
+            conn.sendall(fc.encode_status(1, 1, 0, 1, 0, "fake"))
+        return FakeServer(script), seen
+
+    def test_good_key(self):
+        server, seen = self.serve(self.KEY)
+        try:
+            self.assertEqual(fc.Client(server.path, key=self.KEY).status()["server_version"], "fake")
+            self.assertEqual(seen["request"]["type"], "StatusRequest")
+        finally:
+            server.close()
+        self.assertIsNone(server.error)
+
+    def test_wrong_key_gets_auth_failed(self):
+        server, seen = self.serve(b"another key")
+        try:
+            with self.assertRaises(fc.AuthFailedError):
+                fc.Client(server.path, key=self.KEY).status()
+        finally:
+            server.close()
+
+    def test_impostor_server_is_refused_before_any_request(self):
+        server, seen = self.serve(self.KEY, tamper=True)
+        try:
+            with self.assertRaises(fc.ProtocolError):
+                fc.Client(server.path, key=self.KEY).status()
+        finally:
+            server.close()
+        self.assertNotIn("request", seen)
+
+    def test_key_but_no_auth_offered(self):
+        server, seen = self.serve(self.KEY, method=0)
+        try:
+            with self.assertRaises(fc.ProtocolError):
+                fc.Client(server.path, key=self.KEY).status()
+        finally:
+            server.close()
+        self.assertNotIn("after_hello_ok", seen)
+
+
+def hmac_eq(a, b):
+    import hmac
+    return hmac.compare_digest(a, b)
+
+
 class Errors(unittest.TestCase):
     def test_every_code_has_a_class(self):
         for code, name in fc.ERROR_NAMES.items():
