@@ -1,1 +1,26 @@
-//! Benchmarks of forkserver: criterion benches of the codec (`benches/codec.rs`).
+//! Benchmarks of forkserver.
+//!
+//! * `benches/codec.rs`: criterion benches of the codec, encode and decode of a typical spawn
+//!   request and of a maximal one (256 fds, a long argv):
+//!   `cargo bench -p forkserver-benches --bench codec`.
+//! * `src/bin/compare.rs`: the comparative harness, forkserver against `fork()` in the caller,
+//!   `std::process::Command` and CPython's `multiprocessing` forkserver:
+//!   `cargo run --release -p forkserver-benches --bin compare -- [--quick] [--json FILE]
+//!   [--svg DIR]`. What it measures and why is in `benches/BENCHMARKS.md`.
+//!
+//! The modules here are the harness's building blocks.
+#![warn(missing_docs)]
+
+pub mod ballast;
+pub mod cpython;
+pub mod direct;
+pub mod interleave;
+pub mod procfs;
+pub mod stats;
+pub mod svg;
+
+/// The error type of the harness: anything, with a message.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The result type of the harness.
+pub type Result<T> = std::result::Result<T, BoxError>;

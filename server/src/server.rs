@@ -55,11 +55,23 @@ struct Conn {
     interest: EpollFlags,
 }
 
+impl Conn {
+    /// Whether the connection takes more input now: not once it is closing, not while its
+    /// Spawn waits for the exec (frames behind it wait for its Pid, §6.1), and not while its
+    /// replies pile up unread (backpressure).
+    fn wants_input(&self) -> bool {
+        !matches!(self.state, State::Closing | State::Spawning(_))
+            && self.out.len() < MAX_QUEUED_REPLIES
+    }
+}
+
 struct Child {
     /// Unique per spawn, so a stale deadline cannot hit a later child that reuses the pid.
     serial: u64,
     conn: Option<u64>,
     report: Option<OwnedFd>,
+    /// The report pipe is in the epoll set (`pid_after_exec`).
+    watching_report: bool,
     /// An error reply already went out for this child (exec failed with `pid_after_exec`).
     reported: bool,
     kill_on_disconnect: bool,
@@ -87,6 +99,8 @@ pub struct Server {
     shutting_down: bool,
     idle_since: Instant,
     uid: u32,
+    /// Signals whose disposition the children must put back to the default.
+    signals_to_reset: Vec<Signal>,
 }
 
 impl std::fmt::Debug for Server {
@@ -128,6 +142,8 @@ impl Server {
             nix::sys::signal::signal(Signal::SIGINT, SigHandler::SigIgn).map_err(sys("signal"))?;
             nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn).map_err(sys("signal"))?;
         }
+        // From here on the server changes no disposition: these are what children reset.
+        let signals_to_reset = spawn::non_default_signals().map_err(sys("sigaction"))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(sys("signalfd"))?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(sys("epoll_create"))?;
@@ -169,6 +185,7 @@ impl Server {
             shutting_down: false,
             idle_since: Instant::now(),
             uid: nix::unistd::getuid().as_raw(),
+            signals_to_reset,
         })
     }
 
@@ -441,12 +458,21 @@ impl Server {
         };
         tracing::debug!(pid = pid.as_raw(), code, "child reaped");
         let failure = child.report.as_ref().and_then(read_report);
-        if let Some(r) = &child.report {
+        if let (true, Some(r)) = (child.watching_report, &child.report) {
             let _ = self.epoll.delete(r);
         }
         let Some(id) = child.conn else { return };
         if child.reported {
             return;
+        }
+        let spawning = self
+            .conns
+            .get(&id)
+            .is_some_and(|c| c.state == State::Spawning(pid));
+        if spawning && failure.is_none() {
+            // It ended before its report pipe's EOF was seen: the Pid still comes first (§6.1),
+            // without a pidfd (the pid is reaped and may be reused already).
+            self.send_pid(id, pid, None);
         }
         let reply = match failure {
             Some(reply) => reply,
@@ -469,6 +495,7 @@ impl Server {
         let Some(report) = child.report.take() else {
             return;
         };
+        child.watching_report = false;
         let _ = self.epoll.delete(&report);
         let Some(id) = child.conn else { return };
         match read_report(&report) {
@@ -477,6 +504,8 @@ impl Server {
                 let pidfd = if want { self.pidfd_for(pid) } else { None };
                 self.send_pid(id, pid, pidfd);
                 self.set_state(id, State::Running(pid));
+                // Frames that came behind the Spawn were held until now.
+                self.process_frames(id);
             }
             Some(reply) => {
                 child.reported = true;
@@ -532,6 +561,13 @@ impl Server {
         if flags.contains(EpollFlags::EPOLLOUT) {
             self.flush(id);
         }
+        // Hang-up and error are reported whatever the interest: a connection that takes no
+        // input now would see them again and again. The peer is gone; so is the connection.
+        if flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
+            && self.conns.get(&id).is_some_and(|c| !c.wants_input())
+        {
+            return self.disconnect(id);
+        }
         if flags.intersects(
             EpollFlags::EPOLLIN
                 | EpollFlags::EPOLLRDHUP
@@ -544,28 +580,37 @@ impl Server {
 
     fn read(&mut self, id: u64) {
         for _ in 0..READS_PER_EVENT {
+            if !self.process_frames(id) {
+                return;
+            }
             let Some(conn) = self.conns.get_mut(&id) else {
                 return;
             };
-            if conn.state == State::Closing || conn.out.len() >= MAX_QUEUED_REPLIES {
-                return;
-            }
             match conn.reader.recv(conn.fd.as_fd()) {
                 Ok(_) => {}
                 Err(TransportError::Io(Errno::EAGAIN)) => return,
                 Err(e) => return self.transport_error(id, e),
             }
-            loop {
-                let Some(conn) = self.conns.get_mut(&id) else {
-                    return;
-                };
-                if conn.state == State::Closing {
-                    return;
-                }
-                match conn.reader.next_frame() {
-                    Ok(Some(frame)) => self.on_frame(id, frame),
-                    Ok(None) => break,
-                    Err(e) => return self.transport_error(id, e),
+        }
+        self.process_frames(id);
+    }
+
+    /// Handles the frames already received, in order, for as long as the connection takes
+    /// input. Returns whether it still does (and more may be read).
+    fn process_frames(&mut self, id: u64) -> bool {
+        loop {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return false;
+            };
+            if !conn.wants_input() {
+                return false;
+            }
+            match conn.reader.next_frame() {
+                Ok(Some(frame)) => self.on_frame(id, frame),
+                Ok(None) => return true,
+                Err(e) => {
+                    self.transport_error(id, e);
+                    return false;
                 }
             }
         }
@@ -587,9 +632,16 @@ impl Server {
             TransportError::TooManyFds(_) => {
                 self.fail(id, ErrorReply::new(ErrorCode::TooManyFds, 0, e.to_string()))
             }
-            TransportError::ControlTruncated => {
-                self.fail(id, ErrorReply::new(ErrorCode::FdMismatch, 0, e.to_string()))
-            }
+            // Our control buffer holds the 253 fds one sendmsg can carry: truncation means the
+            // kernel could not install them, i.e. this process is out of fds (EMFILE).
+            TransportError::ControlTruncated => self.fail(
+                id,
+                ErrorReply::new(
+                    ErrorCode::ResourceExhausted,
+                    Errno::EMFILE as i32,
+                    "server out of file descriptors: the fds sent were lost",
+                ),
+            ),
             _ => self.fail(id, ErrorReply::new(ErrorCode::Internal, 0, e.to_string())),
         }
     }
@@ -726,17 +778,19 @@ impl Server {
             },
         };
         let die_with_server = self.config.kill_children_with_server;
-        let (pid, report) = match spawn::spawn(work, options.session, die_with_server, bundle) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!("spawn failed: {e}");
-                let code = match e {
-                    Errno::EMFILE | Errno::ENFILE => ErrorCode::ResourceExhausted,
-                    _ => ErrorCode::ForkFailed,
-                };
-                return self.fail(id, ErrorReply::new(code, e as i32, format!("fork: {e}")));
-            }
-        };
+        let to_reset = &self.signals_to_reset;
+        let (pid, report) =
+            match spawn::spawn(work, options.session, die_with_server, to_reset, bundle) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("spawn failed: {e}");
+                    let code = match e {
+                        Errno::EMFILE | Errno::ENFILE => ErrorCode::ResourceExhausted,
+                        _ => ErrorCode::ForkFailed,
+                    };
+                    return self.fail(id, ErrorReply::new(code, e as i32, format!("fork: {e}")));
+                }
+            };
         self.spawned_total += 1;
         self.touch();
         let serial = self.spawned_total;
@@ -760,6 +814,7 @@ impl Server {
                 serial,
                 conn: Some(id),
                 report: Some(report),
+                watching_report: wait_exec,
                 reported: false,
                 kill_on_disconnect: options.kill_on_disconnect,
                 want_pidfd: options.want_pidfd,
@@ -823,8 +878,8 @@ impl Server {
             }
             // Nothing more is read: drop what was received, and its fds.
             conn.reader = FrameReader::new();
-            self.flush(id);
         }
+        self.flush(id);
     }
 
     fn send(&mut self, id: u64, message: Message, fds: Vec<OwnedFd>) {
@@ -857,14 +912,14 @@ impl Server {
         if conn.out.is_empty() && conn.state == State::Closing {
             return self.disconnect(id);
         }
-        // Level-triggered: ask for writability only while replies wait, and stop reading a
-        // client that does not read its replies (backpressure).
-        let mut want = EpollFlags::EPOLLRDHUP;
+        // Level-triggered: ask for writability only while replies wait, and for input (and
+        // the peer's hang-up) only while the connection takes input.
+        let mut want = EpollFlags::empty();
         if !conn.out.is_empty() {
             want |= EpollFlags::EPOLLOUT;
         }
-        if conn.out.len() < MAX_QUEUED_REPLIES && conn.state != State::Closing {
-            want |= EpollFlags::EPOLLIN;
+        if conn.wants_input() {
+            want |= EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
         }
         if want != conn.interest {
             conn.interest = want;

@@ -55,13 +55,27 @@ pub(crate) fn spawn(
     work: Work<'_>,
     session: Session,
     die_with_server: bool,
+    to_reset: &[Signal],
     bundle: FdBundle,
 ) -> Result<(Pid, OwnedFd), Errno> {
     let server = die_with_server.then(nix::unistd::getpid);
     let (report_rd, report_wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    // Every signal is blocked across the fork: one sent to the child before it has reset the
+    // dispositions it inherited (SIG_IGN for SIGINT and SIGPIPE) stays pending instead of being
+    // discarded, and is delivered once the child unblocks, with the default action.
+    let mut old_mask = SigSet::empty();
+    nix::sys::signal::sigprocmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&SigSet::all()),
+        Some(&mut old_mask),
+    )?;
     // SAFETY: the server is single-threaded (checked at startup), so the child is a complete
     // copy of the process and may run any code, allocation included, until it exits.
-    match unsafe { fork() }? {
+    let forked = unsafe { fork() };
+    if !matches!(forked, Ok(ForkResult::Child)) {
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None)?;
+    }
+    match forked? {
         ForkResult::Parent { child } => {
             drop(report_wr);
             drop(bundle);
@@ -79,7 +93,7 @@ pub(crate) fn spawn(
                         sys::exit_now(FAILED_STATUS);
                     }
                 }
-                child_main(work, session, bundle, report_wr)
+                child_main(work, session, to_reset, bundle, report_wr)
             }));
             drop(r);
             sys::exit_now(FAILED_STATUS)
@@ -97,9 +111,15 @@ fn report_and_exit(report: RawFd, stage: u8, errno: Errno) -> ! {
     sys::exit_now(FAILED_STATUS)
 }
 
-fn child_main(work: Work<'_>, session: Session, bundle: FdBundle, report: OwnedFd) -> ! {
+fn child_main(
+    work: Work<'_>,
+    session: Session,
+    to_reset: &[Signal],
+    bundle: FdBundle,
+    report: OwnedFd,
+) -> ! {
     let report = report.into_raw_fd();
-    if let Err(e) = reset_signals() {
+    if let Err(e) = reset_signals(to_reset) {
         report_and_exit(report, STAGE_SETUP, e);
     }
     let r = match session {
@@ -138,17 +158,40 @@ fn child_main(work: Work<'_>, session: Session, bundle: FdBundle, report: OwnedF
     }
 }
 
-fn reset_signals() -> Result<(), Errno> {
+/// Puts back `SIG_DFL` on every signal the server had not at its default (see
+/// [`non_default_signals`]), then empties the signal mask.
+fn reset_signals(to_reset: &[Signal]) -> Result<(), Errno> {
     let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    for sig in Signal::iterator() {
-        if sig == Signal::SIGKILL || sig == Signal::SIGSTOP {
-            continue;
-        }
+    for &sig in to_reset {
         // SAFETY: installing SIG_DFL installs no handler code, so no Rust code can run
         // asynchronously because of it.
         unsafe { sigaction(sig, &dfl) }?;
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+}
+
+/// The signals (1-31) whose disposition is not `SIG_DFL` in this process, found by swapping
+/// in `SIG_DFL` and putting the old action back. Called once, when the server starts, after
+/// which it changes dispositions only through its own setup; a child then resets just these
+/// instead of every signal (a system call each).
+pub(crate) fn non_default_signals() -> Result<Vec<Signal>, Errno> {
+    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    let mut found = Vec::new();
+    for sig in Signal::iterator() {
+        if sig == Signal::SIGKILL || sig == Signal::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL installs no handler; the old action, whatever it is, is put back
+        // unchanged at once. The process is single-threaded, so no signal handler of another
+        // thread can observe the moment in between.
+        let old = unsafe { sigaction(sig, &dfl) }?;
+        if !matches!(old.handler(), SigHandler::SigDfl) {
+            // SAFETY: re-installs exactly the action that was installed before.
+            unsafe { sigaction(sig, &old) }?;
+            found.push(sig);
+        }
+    }
+    Ok(found)
 }
 
 /// Places every fd of the bundle at its target, opens `/dev/null` on unmapped 0-2, closes every

@@ -90,7 +90,10 @@ fn clients_killed_at_each_step() {
         if step == "connected" {
             assert_eq!(out, "", "nothing was spawned");
         } else {
-            assert_eq!(out, "done\n", "killed after '{step}': the child still ran to its end");
+            assert_eq!(
+                out, "done\n",
+                "killed after '{step}': the child still ran to its end"
+            );
         }
         srv.settle(srv.idle_fds);
     }
@@ -107,24 +110,41 @@ fn misbehaving_children() {
     // Closes its stdout early and goes on.
     let (r, w) = pipe();
     let t = std::thread::spawn(move || read_all(r));
-    assert_eq!(run("echo a; exec 1>&-; sleep 0.1; exit 4", vec![(1, w)], opts()).code(), 4);
+    assert_eq!(
+        run("echo a; exec 1>&-; sleep 0.1; exit 4", vec![(1, w)], opts()).code(),
+        4
+    );
     assert_eq!(t.join().unwrap(), "a\n");
     // Writes to a pipe nobody reads: SIGPIPE kills it (dispositions were reset to default,
     // although the server itself ignores SIGPIPE).
     let (r, w) = pipe();
     drop(r);
-    assert_eq!(run("sleep 0.05; echo x; exit 0", vec![(1, w)], opts()).code(), -13);
+    assert_eq!(
+        run("sleep 0.05; echo x; exit 0", vec![(1, w)], opts()).code(),
+        -13
+    );
     // Forks a grandchild and exits: the exit is reported at once; the grandchild is not the
     // server's to reap.
     let (r, w) = pipe();
     let t0 = Instant::now();
-    assert_eq!(run("(sleep 0.3; echo grandchild) & exit 0", vec![(1, w)], opts()).code(), 0);
+    assert_eq!(
+        run(
+            "(sleep 0.3; echo grandchild) & exit 0",
+            vec![(1, w)],
+            opts()
+        )
+        .code(),
+        0
+    );
     assert!(t0.elapsed() < Duration::from_millis(290));
     assert_eq!(read_all(r), "grandchild\n");
     // Changes its own process group / session.
     assert_eq!(run("exec setsid sh -c 'exit 9'", vec![], opts()).code(), 9);
     // Never exits: the deadline kills it.
-    let o = SpawnOptions { deadline_ms: std::num::NonZeroU64::new(50), ..opts() };
+    let o = SpawnOptions {
+        deadline_ms: std::num::NonZeroU64::new(50),
+        ..opts()
+    };
     let exit = run("trap '' TERM; while :; do sleep 1; done", vec![], o);
     assert_eq!((exit.code(), exit.deadline_expired()), (-9, true));
     srv.settle(srv.idle_fds);
@@ -172,7 +192,10 @@ fn fork_failure_under_rlimit_nproc_then_recovery() {
     let mut refused = None;
     // Sleepers die with their connection, so a failing test leaves none behind to count
     // against the next run's limit.
-    let o = SpawnOptions { kill_on_disconnect: true, ..opts() };
+    let o = SpawnOptions {
+        kill_on_disconnect: true,
+        ..opts()
+    };
     for _ in 0..4 {
         let mut c = Conn::connect(&socket);
         match c.spawn(o, sh("sleep 30"), FdBundle::new()) {
@@ -198,7 +221,11 @@ fn fork_failure_under_rlimit_nproc_then_recovery() {
         s.send(&Message::Signal(Signal::new(9).unwrap()), vec![]);
         assert_eq!(s.wait().unwrap().code(), -9);
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     assert!(server.0.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -208,7 +235,11 @@ fn fd_exhaustion_then_recovery() {
     let dir = dir_for(NOBODY, "nofile");
     let (mut server, socket) = server_as(NOBODY, &dir, "-n 24");
     let pid = server.0.id() as i32;
-    let fds_of = || std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let fds_of = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
     let idle = fds_of();
     // Fill the table with idle connections until accept fails: the refused client gets a
     // clear error (the server frees a reserve fd to accept and answer it).
@@ -228,7 +259,9 @@ fn fd_exhaustion_then_recovery() {
     held.pop();
     held.pop();
     let mut c = held.pop().unwrap();
-    let files: Vec<OwnedFd> = (0..8).map(|_| std::fs::File::open("/dev/null").unwrap().into()).collect();
+    let files: Vec<OwnedFd> = (0..8)
+        .map(|_| std::fs::File::open("/dev/null").unwrap().into())
+        .collect();
     let mut b = FdBundle::new();
     for (i, f) in files.into_iter().enumerate() {
         b.push(10 + i as u32, f).unwrap();
@@ -241,15 +274,24 @@ fn fd_exhaustion_then_recovery() {
     drop(held);
     let until = Instant::now() + Duration::from_secs(5);
     while fds_of() != idle {
-        assert!(Instant::now() < until, "server holds {} fds, {idle} when idle", fds_of());
+        assert!(
+            Instant::now() < until,
+            "server holds {} fds, {idle} when idle",
+            fds_of()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let mut c = Conn::connect(&socket);
     let (r, w) = pipe();
-    c.spawn(opts(), sh("echo recovered"), bundle(vec![(1, w)])).unwrap();
+    c.spawn(opts(), sh("echo recovered"), bundle(vec![(1, w)]))
+        .unwrap();
     assert_eq!(c.wait().unwrap().code(), 0);
     assert_eq!(read_all(r), "recovered\n");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     assert!(server.0.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -286,7 +328,11 @@ fn as_nobody(addr: &str) -> String {
         .gid(NOBODY)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
@@ -297,7 +343,10 @@ fn peers_of_another_uid_are_refused() {
     let meta = std::fs::metadata(&srv.socket).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     // (A test directory is not private; the socket's own mode is what refuses here.)
-    assert_eq!(as_nobody(srv.socket.to_str().unwrap()), "connect: permission denied");
+    assert_eq!(
+        as_nobody(srv.socket.to_str().unwrap()),
+        "connect: permission denied"
+    );
     // An abstract socket has no permissions (only on request): SO_PEERCRED refuses the peer...
     let name = format!("forkserver-test-{}", std::process::id());
     let abs = Guard(
@@ -308,13 +357,22 @@ fn peers_of_another_uid_are_refused() {
             .unwrap(),
     );
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(as_nobody(&format!("@{name}")), format!("Error {}", ErrorCode::PermissionDenied as u16));
+    assert_eq!(
+        as_nobody(&format!("@{name}")),
+        format!("Error {}", ErrorCode::PermissionDenied as u16)
+    );
     drop(abs);
     // ... unless the operator allows that uid.
     let name2 = format!("{name}-allowed");
     let allowed = Guard(
         Command::new(env!("CARGO_BIN_EXE_forkserver"))
-            .args(["serve", "--abstract", &name2, "--allow-uid", &NOBODY.to_string()])
+            .args([
+                "serve",
+                "--abstract",
+                &name2,
+                "--allow-uid",
+                &NOBODY.to_string(),
+            ])
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),

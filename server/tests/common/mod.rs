@@ -250,3 +250,233 @@ pub fn read_all(mut f: std::fs::File) -> String {
     f.read_to_string(&mut s).unwrap();
     s
 }
+
+// ----- helpers for the hostile and soak suites ---------------------------------------------
+
+/// One `sendmsg` of exactly these bytes with exactly these fds attached (`MSG_NOSIGNAL`):
+/// for tests that need a split or an fd placement no well-behaved sender would choose.
+/// Returns the bytes written (which may be fewer on a large write).
+pub fn send_raw(
+    sock: std::os::fd::BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[std::os::fd::RawFd],
+) -> nix::Result<usize> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let iov = [std::io::IoSlice::new(bytes)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
+    loop {
+        match sendmsg::<UnixAddr>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => return r,
+        }
+    }
+}
+
+/// As [`send_raw`], then the rest of the bytes (if the first call was short) without fds.
+pub fn send_raw_all(
+    sock: std::os::fd::BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[std::os::fd::RawFd],
+) -> nix::Result<()> {
+    let mut n = send_raw(sock, bytes, fds)?;
+    while n < bytes.len() {
+        n += send_raw(sock, &bytes[n..], &[])?;
+    }
+    Ok(())
+}
+
+/// `/dev/null`, close-on-exec.
+pub fn devnull() -> OwnedFd {
+    nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap()
+}
+
+/// A job that runs `/bin/true` (argv = ["/bin/true"]).
+pub fn bin_true() -> Job {
+    Job::Exec(ExecJob::new("/bin/true").unwrap())
+}
+
+/// The encoded frame of a spawn request and the fds that go with it.
+pub fn spawn_frame(options: SpawnOptions, job: Job, bundle: FdBundle) -> (Vec<u8>, Vec<OwnedFd>) {
+    let (map, fds) = bundle.into_parts();
+    let spawn = Spawn::new(options, map, job).unwrap();
+    (Message::Spawn(spawn).to_bytes(), fds)
+}
+
+/// What ended a stream of replies.
+pub fn is_clean_end(e: &TransportError) -> bool {
+    matches!(
+        e,
+        TransportError::Closed | TransportError::Io(nix::errno::Errno::ECONNRESET)
+    )
+}
+
+impl Conn {
+    /// Reads frames until the server closes the connection (or `timeout` passes, which is an
+    /// error). Returns the frames and what ended the stream.
+    pub fn read_to_end(&mut self, timeout: Duration) -> (Vec<Frame>, TransportError) {
+        self.sock.set_read_timeout(Some(timeout)).unwrap();
+        let mut frames = Vec::new();
+        loop {
+            match self.try_recv() {
+                Ok(f) => frames.push(f),
+                Err(e) => return (frames, e),
+            }
+        }
+    }
+
+    /// Sends a `StatusRequest` and returns the `Status`.
+    pub fn status(&mut self) -> Status {
+        self.send(&Message::StatusRequest, vec![]);
+        match self.recv().message {
+            Message::Status(s) => s,
+            m => panic!("expected Status, got {m:?}"),
+        }
+    }
+}
+
+impl Server {
+    /// A `Status` through a fresh connection (so accepting works too).
+    pub fn status(&self) -> Status {
+        let mut c = self.connect();
+        c.sock
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        c.status()
+    }
+
+    /// The server is up, answers a status request, holds exactly its idle fds and has no
+    /// child (zombies included).
+    pub fn assert_clean(&self) {
+        self.settle(self.idle_fds);
+        let s = self.status();
+        assert_eq!(s.live_children(), 0, "live children in status");
+        assert_eq!(s.connections(), 1, "connections in status");
+        assert_eq!(s.server_pid(), self.pid());
+        self.settle(self.idle_fds);
+    }
+
+    /// `VmRSS` of the server, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+
+    /// CPU time (user + system) the server has used, in clock ticks (1/100 s on Linux).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        // After the comm field: state is field 3 (index 0 here); utime 14, stime 15.
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+}
+
+/// A `kB` line of `/proc/<pid>/status`.
+pub fn proc_status_kib(pid: i32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} not in /proc/{pid}/status"))
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn is_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !matches!(
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next()),
+            Some("Z") | Some("X") | None
+        ),
+        Err(_) => false,
+    }
+}
+
+/// A small seeded PRNG (xorshift64*), so failures replay.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// The seed for randomized tests: `FORKSERVER_SEED` if set, else `default`.
+pub fn seed(default: u64) -> u64 {
+    std::env::var("FORKSERVER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Median of some durations (the upper one for an even count).
+pub fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// One spawn→exit round trip of `/bin/true` on a fresh connection (connect and handshake
+/// included). Never panics: an error is returned as text.
+pub fn try_round_trip(socket: &Path) -> Result<Duration, String> {
+    let t = Instant::now();
+    let sock = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    let mut reader = FrameReader::new();
+    send_message(sock.as_fd(), &Message::Hello(Hello::current()), vec![])
+        .map_err(|e| format!("hello: {e}"))?;
+    match reader
+        .read_frame(sock.as_fd())
+        .map_err(|e| format!("hellook: {e}"))?
+        .message
+    {
+        Message::HelloOk(_) => {}
+        m => return Err(format!("expected HelloOk, got {m:?}")),
+    }
+    let spawn = Spawn::new(SpawnOptions::default(), FdMap::new(), bin_true()).unwrap();
+    send_message(sock.as_fd(), &Message::Spawn(spawn), vec![])
+        .map_err(|e| format!("spawn: {e}"))?;
+    match reader
+        .read_frame(sock.as_fd())
+        .map_err(|e| format!("pid: {e}"))?
+        .message
+    {
+        Message::Pid(_) => {}
+        m => return Err(format!("expected Pid, got {m:?}")),
+    }
+    match reader
+        .read_frame(sock.as_fd())
+        .map_err(|e| format!("exit: {e}"))?
+        .message
+    {
+        Message::Exit(e) if e.code() == 0 => Ok(t.elapsed()),
+        m => Err(format!("expected Exit(0), got {m:?}")),
+    }
+}
