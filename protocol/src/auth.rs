@@ -67,13 +67,12 @@ pub fn verify_server(
         .is_ok()
 }
 
-/// A fresh 32-byte challenge from the kernel's CSPRNG (`/dev/urandom`).
+/// A fresh 32-byte challenge from the kernel's CSPRNG (`getrandom(2)`: one system call).
 ///
 /// # Errors
-/// The device cannot be read.
+/// The kernel's random source is unavailable.
 pub fn random_challenge() -> std::io::Result<[u8; CHALLENGE_LEN]> {
-    use std::io::Read;
     let mut c = [0u8; CHALLENGE_LEN];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut c)?;
+    getrandom::fill(&mut c).map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(c)
 }
