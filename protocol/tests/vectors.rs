@@ -12,6 +12,14 @@ use forkserver_protocol::*;
 use serde_json::{json, Value};
 use std::num::NonZeroU64;
 
+/// fd counts are per process and tests run on threads: every test here takes this lock, so
+/// that a file another test has open does not show up as a leak.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn frame(tag: u8, nfds: u16, body: &[u8]) -> Vec<u8> {
     let mut v = vec![tag, 0];
     v.extend_from_slice(&nfds.to_le_bytes());
@@ -843,6 +851,7 @@ fn write(name: &str, v: Value) {
 
 #[test]
 fn valid_vectors() {
+    let _serial = serial();
     let built: Vec<Value> = build_valid()
         .into_iter()
         .map(|(name, desc, m)| {
@@ -885,6 +894,7 @@ fn valid_vectors() {
 
 #[test]
 fn invalid_vectors() {
+    let _serial = serial();
     let built: Vec<Value> = build_invalid()
         .into_iter()
         .map(|(name, desc, bytes, e)| {
@@ -947,6 +957,7 @@ mod transport_vectors {
 
     #[test]
     fn transport_vectors() {
+        let _serial = serial();
         let built: Vec<Value> = build_transport()
             .into_iter()
             .map(|(name, desc, bytes, sends, expected)| {
@@ -1033,6 +1044,7 @@ mod transport_vectors {
 /// The worked HMAC example of PROTOCOL.md §9.2, read from the spec itself.
 #[test]
 fn auth_example_from_the_spec() {
+    let _serial = serial();
     let spec = std::fs::read_to_string(spec_dir().join("PROTOCOL.md")).unwrap();
     let find = |label: &str| -> Vec<u8> {
         let line = spec

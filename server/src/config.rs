@@ -45,6 +45,9 @@ pub struct Config {
     /// Children get `PR_SET_PDEATHSIG(SIGKILL)`: they die with the server instead of running on
     /// (reparented) when it dies.
     pub kill_children_with_server: bool,
+    /// Children kept forked and waiting for a job (Android's USAP pool): a request takes one,
+    /// so the fork is off its critical path, and a replacement is forked after the reply.
+    pub prefork: usize,
 }
 
 impl Default for Config {
@@ -58,6 +61,7 @@ impl Default for Config {
             max_connections: 1024,
             key: None,
             kill_children_with_server: false,
+            prefork: 0,
         }
     }
 }

@@ -29,7 +29,9 @@ mod zygote;
 
 pub use config::{default_socket_path, ensure_private_dir, Config, Listen};
 pub use server::Server;
-pub use zygote::{read_key, Call, EntryFn, Zygote, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV};
+pub use zygote::{
+    read_key, Call, EntryFn, Zygote, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV,
+};
 
 use std::path::PathBuf;
 

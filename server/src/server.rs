@@ -101,6 +101,8 @@ pub struct Server {
     uid: u32,
     /// Signals whose disposition the children must put back to the default.
     signals_to_reset: Vec<Signal>,
+    /// Pooled children waiting for a job (`--prefork`), with the server's end of their socket.
+    pool: VecDeque<(Pid, OwnedFd)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -186,6 +188,7 @@ impl Server {
             idle_since: Instant::now(),
             uid: nix::unistd::getuid().as_raw(),
             signals_to_reset,
+            pool: VecDeque::new(),
         })
     }
 
@@ -209,6 +212,8 @@ impl Server {
     pub fn run(mut self) -> Result<(), ServerError> {
         let mut events = vec![EpollEvent::empty(); 64];
         loop {
+            // Refilled here, after the replies of the last turn went out: off the critical path.
+            self.fill_pool();
             let timeout = self.next_timeout();
             let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
@@ -402,6 +407,8 @@ impl Server {
         }
         tracing::info!("SIGTERM: no longer accepting; exiting once running children end");
         self.shutting_down = true;
+        // Pooled children read EOF and exit.
+        self.pool.clear();
         if let Some(l) = self.listener.take() {
             let _ = self.epoll.delete(&l);
             if let Some(p) = &self.socket_path {
@@ -453,6 +460,15 @@ impl Server {
 
     fn on_child_exit(&mut self, pid: Pid, code: i32, core: bool) {
         self.touch();
+        if let Some(i) = self.pool.iter().position(|(p, _)| *p == pid) {
+            tracing::warn!(
+                pid = pid.as_raw(),
+                code,
+                "a pooled child died before its job"
+            );
+            self.pool.remove(i);
+            return;
+        }
         let Some(child) = self.children.remove(&pid) else {
             return;
         };
@@ -779,18 +795,38 @@ impl Server {
         };
         let die_with_server = self.config.kill_children_with_server;
         let to_reset = &self.signals_to_reset;
-        let (pid, report) =
-            match spawn::spawn(work, options.session, die_with_server, to_reset, bundle) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!("spawn failed: {e}");
-                    let code = match e {
-                        Errno::EMFILE | Errno::ENFILE => ErrorCode::ResourceExhausted,
-                        _ => ErrorCode::ForkFailed,
-                    };
-                    return self.fail(id, ErrorReply::new(code, e as i32, format!("fork: {e}")));
+        let pooled = match self.pool.pop_front() {
+            Some((pid, sock)) => {
+                drop(work);
+                let message = Message::Spawn(
+                    Spawn::new(options, bundle.map().clone(), job.clone())
+                        .expect("a decoded spawn re-encodes"),
+                );
+                let (_, fds) = bundle.into_parts();
+                // The pooled child is blocked reading its socket: this blocking send returns
+                // as soon as it has taken the frame.
+                match forkserver_protocol::send_message(sock.as_fd(), &message, fds) {
+                    Ok(()) => Ok((pid, sock)),
+                    Err(e) => {
+                        tracing::warn!(pid = pid.as_raw(), "pooled child unreachable: {e}");
+                        let _ = kill(pid, Signal::SIGKILL);
+                        Err(Errno::ECHILD)
+                    }
                 }
-            };
+            }
+            None => spawn::spawn(work, options.session, die_with_server, to_reset, bundle),
+        };
+        let (pid, report) = match pooled {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("spawn failed: {e}");
+                let code = match e {
+                    Errno::EMFILE | Errno::ENFILE => ErrorCode::ResourceExhausted,
+                    _ => ErrorCode::ForkFailed,
+                };
+                return self.fail(id, ErrorReply::new(code, e as i32, format!("fork: {e}")));
+            }
+        };
         self.spawned_total += 1;
         self.touch();
         let serial = self.spawned_total;
@@ -832,6 +868,20 @@ impl Server {
             };
             self.send_pid(id, pid, pidfd);
             self.set_state(id, State::Running(pid));
+        }
+    }
+
+    /// Forks pooled children up to `--prefork`.
+    fn fill_pool(&mut self) {
+        while self.pool.len() < self.config.prefork && !self.shutting_down {
+            let die = self.config.kill_children_with_server;
+            match spawn::prefork(&self.entries, die, &self.signals_to_reset) {
+                Ok(p) => self.pool.push_back(p),
+                Err(e) => {
+                    tracing::warn!("prefork: {e}");
+                    return;
+                }
+            }
         }
     }
 

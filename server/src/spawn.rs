@@ -58,11 +58,29 @@ pub(crate) fn spawn(
     to_reset: &[Signal],
     bundle: FdBundle,
 ) -> Result<(Pid, OwnedFd), Errno> {
-    let server = die_with_server.then(nix::unistd::getpid);
     let (report_rd, report_wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    // Every signal is blocked across the fork: one sent to the child before it has reset the
-    // dispositions it inherited (SIG_IGN for SIGINT and SIGPIPE) stays pending instead of being
-    // discarded, and is delivered once the child unblocks, with the default action.
+    let report_rd_raw = report_rd.as_raw_fd();
+    let pid = fork_child(die_with_server, move || {
+        // The child's copy of the read end; the server keeps its own (`report_rd`).
+        let _ = nix::unistd::close(report_rd_raw);
+        child_main(work, session, to_reset, bundle, report_wr)
+    })?;
+    Ok((pid, report_rd))
+}
+
+/// Forks a child that runs `in_child` (which never returns), and returns its pid. In the
+/// parent, `in_child` is dropped unrun, closing whatever it owns.
+///
+/// Every signal is blocked across the fork: one sent to the child before it has reset the
+/// dispositions it inherited (SIG_IGN for SIGINT and SIGPIPE) stays pending instead of being
+/// discarded, and is delivered once the child unblocks, with the default action. With
+/// `die_with_server` the child gets `PR_SET_PDEATHSIG(SIGKILL)`. A panic in the child ends it
+/// (status 127); it never unwinds back into the server's code.
+fn fork_child(
+    die_with_server: bool,
+    in_child: impl FnOnce() -> std::convert::Infallible,
+) -> Result<Pid, Errno> {
+    let server = die_with_server.then(nix::unistd::getpid);
     let mut old_mask = SigSet::empty();
     nix::sys::signal::sigprocmask(
         SigmaskHow::SIG_BLOCK,
@@ -76,14 +94,8 @@ pub(crate) fn spawn(
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None)?;
     }
     match forked? {
-        ForkResult::Parent { child } => {
-            drop(report_wr);
-            drop(bundle);
-            Ok((child, report_rd))
-        }
+        ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {
-            drop(report_rd);
-            // Whatever happens, this process must never unwind back into the server's code.
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
                 if let Some(server) = server {
                     // SIGKILL when the server dies. If it died between fork and here, the
@@ -93,12 +105,78 @@ pub(crate) fn spawn(
                         sys::exit_now(FAILED_STATUS);
                     }
                 }
-                child_main(work, session, to_reset, bundle, report_wr)
+                in_child()
             }));
             drop(r);
             sys::exit_now(FAILED_STATUS)
         }
     }
+}
+
+/// Forks a pooled child (`--prefork`): it closes every fd but its end of a socketpair and waits
+/// there for one `Spawn` frame with its fds, then becomes that job's child exactly as
+/// [`spawn`] would have made it, the socket serving as its report pipe (close-on-exec, so
+/// `execve` closes it). Returns its pid and the server's end of the socketpair. EOF instead of a
+/// job (the server is gone) ends it quietly.
+pub(crate) fn prefork(
+    entries: &std::collections::HashMap<String, EntryFn>,
+    die_with_server: bool,
+    to_reset: &[Signal],
+) -> Result<(Pid, OwnedFd), Errno> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    let ours_raw = ours.as_raw_fd();
+    let pid = fork_child(die_with_server, || {
+        let _ = nix::unistd::close(ours_raw);
+        match pooled_child(entries, to_reset, theirs) {}
+    })?;
+    Ok((pid, ours))
+}
+
+fn pooled_child(
+    entries: &std::collections::HashMap<String, EntryFn>,
+    to_reset: &[Signal],
+    sock: OwnedFd,
+) -> std::convert::Infallible {
+    // Hygiene first: nothing of the server's survives while this child waits.
+    let sock = match place_fds(FdBundle::new(), sock.into_raw_fd()) {
+        Ok((s, _)) => s,
+        Err(_) => sys::exit_now(FAILED_STATUS),
+    };
+    // SAFETY: `sock` is open and owned by this code alone from here on.
+    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    let frame =
+        match forkserver_protocol::FrameReader::new().read_frame(std::os::fd::AsFd::as_fd(&sock)) {
+            Ok(f) => f,
+            Err(_) => sys::exit_now(0),
+        };
+    let forkserver_protocol::Message::Spawn(spawn) = frame.message else {
+        sys::exit_now(FAILED_STATUS)
+    };
+    let (options, map, job) = spawn.into_parts();
+    let Ok(bundle) = FdBundle::from_parts(map, frame.fds) else {
+        sys::exit_now(FAILED_STATUS)
+    };
+    let report = sock.into_raw_fd();
+    let work = match &job {
+        forkserver_protocol::Job::Exec(e) => Work::Exec(e),
+        forkserver_protocol::Job::Entry(e) => match entries.get(e.name()) {
+            Some(entry) => Work::Entry {
+                entry,
+                payload: e.payload().to_vec(),
+            },
+            None => report_and_exit(report, STAGE_SETUP, Errno::ENOENT),
+        },
+    };
+    // SAFETY: `report` is the socket, owned by this code alone.
+    child_main(work, options.session, to_reset, bundle, unsafe {
+        OwnedFd::from_raw_fd(report)
+    })
 }
 
 fn report_and_exit(report: RawFd, stage: u8, errno: Errno) -> ! {

@@ -58,6 +58,9 @@ pub const LISTEN_FD_ENV: &str = "FORKSERVER_LISTEN_FD";
 /// Environment variable naming the inherited "alive" fd: the read end of a pipe whose EOF means
 /// the owner is gone and the server must exit.
 pub const ALIVE_FD_ENV: &str = "FORKSERVER_ALIVE_FD";
+/// Environment variable with the size of the prefork pool of a launched server
+/// ([`Zygote::prefork`]).
+pub const PREFORK_ENV: &str = "FORKSERVER_PREFORK";
 /// Environment variable naming an inherited fd (the read end of a pipe) from which the server
 /// reads its authentication key until EOF (PROTOCOL.md §9.1): the key itself never appears in
 /// argv or the environment.
@@ -84,6 +87,7 @@ pub const KEY_FD_ENV: &str = "FORKSERVER_KEY_FD";
 pub struct Zygote {
     preload: Vec<Box<dyn FnOnce()>>,
     entries: HashMap<String, EntryFn>,
+    prefork: Option<usize>,
 }
 
 impl std::fmt::Debug for Zygote {
@@ -111,6 +115,13 @@ impl Zygote {
     /// Registers an entry point under `name`.
     pub fn entry(mut self, name: &str, f: impl Fn(Call) -> i32 + 'static) -> Self {
         self.entries.insert(name.to_owned(), Box::new(f));
+        self
+    }
+
+    /// Keeps `n` children forked and waiting for a job (see [`Config::prefork`]). Without this
+    /// call the launcher's environment decides (`FORKSERVER_PREFORK=n`), else 0.
+    pub fn prefork(mut self, n: usize) -> Self {
+        self.prefork = Some(n);
         self
     }
 
@@ -144,6 +155,16 @@ impl Zygote {
             Some(fd) => Some(read_key(std::fs::File::from(fd))?),
             None => None,
         };
+        let prefork = match self.prefork {
+            Some(n) => n,
+            None => match std::env::var(PREFORK_ENV) {
+                Ok(v) => v.parse().map_err(|_| {
+                    crate::ServerError::Launch(format!("{PREFORK_ENV}={v:?} is not a count"))
+                })?,
+                Err(_) => 0,
+            },
+        };
+        std::env::remove_var(PREFORK_ENV);
         for f in self.preload {
             f();
         }
@@ -151,6 +172,7 @@ impl Zygote {
             listen: Listen::Fd(listen),
             alive_fd: alive,
             key,
+            prefork,
             ..Config::default()
         };
         Server::bind(config)?.with_entries(self.entries).run()

@@ -588,3 +588,111 @@ fn children_outlive_a_killed_server_unless_asked() {
         }
     }
 }
+
+/// Waits until the server has exactly `n` children and returns them.
+fn wait_for_children(srv: &Server, n: usize) -> Vec<i32> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let kids = srv.children();
+        if kids.len() == n {
+            return kids;
+        }
+        assert!(
+            Instant::now() < until,
+            "server has children {kids:?}, expected {n}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_prefork_pool_serves_spawns_and_refills() {
+    let srv = Server::start(&["--prefork", "2"]);
+    let pool = wait_for_children(&srv, 2);
+    // A pooled child waits holding nothing of the server's: its socket, and 0-2 on /dev/null.
+    for p in &pool {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let fds: Vec<String> = std::fs::read_dir(format!("/proc/{p}/fd"))
+                .unwrap()
+                .map(|e| {
+                    std::fs::read_link(e.unwrap().path())
+                        .unwrap()
+                        .display()
+                        .to_string()
+                })
+                .collect();
+            if fds.len() == 4 {
+                assert_eq!(
+                    fds.iter().filter(|l| *l == "/dev/null").count(),
+                    3,
+                    "{fds:?}"
+                );
+                assert!(fds.iter().any(|l| l.starts_with("socket:")), "{fds:?}");
+                break;
+            }
+            assert!(Instant::now() < until, "pooled child {p} holds {fds:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    // A spawn is served by a pooled child: its pid existed before the request.
+    let (r, w) = pipe();
+    let mut c = srv.connect();
+    let (pid, _) = c
+        .spawn(opts(), sh("ls /proc/$$/fd; exit 3"), bundle(vec![(1, w)]))
+        .unwrap();
+    assert!(
+        pool.contains(&pid),
+        "pid {pid} is not one of the pool {pool:?}"
+    );
+    assert_eq!(c.wait().unwrap().code(), 3);
+    assert_eq!(read_all(r).lines().collect::<Vec<_>>(), ["0", "1", "2"]);
+    // The pool is refilled after the reply.
+    let refilled = wait_for_children(&srv, 2);
+    assert!(refilled.iter().all(|p| *p != pid));
+    // Everything else works through the pool as through fork: signals, deadlines, exec errors.
+    for (script, code) in [("kill -SEGV $$", -11), ("exit 255", 255)] {
+        let mut c = srv.connect();
+        c.spawn(opts(), sh(script), FdBundle::new()).unwrap();
+        assert_eq!(c.wait().unwrap().code(), code);
+    }
+    let mut c = srv.connect();
+    let o = SpawnOptions {
+        deadline_ms: NonZeroU64::new(50),
+        ..opts()
+    };
+    c.spawn(o, sh("sleep 10"), FdBundle::new()).unwrap();
+    assert!(c.wait().unwrap().deadline_expired());
+    let mut c = srv.connect();
+    let o = SpawnOptions {
+        pid_after_exec: true,
+        want_pidfd: true,
+        ..opts()
+    };
+    let e = c
+        .spawn(
+            o,
+            Job::Exec(ExecJob::new("/nonexistent").unwrap()),
+            FdBundle::new(),
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ExecFailed);
+    let mut c = srv.connect();
+    let (_, pidfd) = c
+        .spawn(o, Job::Exec(ExecJob::new("true").unwrap()), FdBundle::new())
+        .unwrap();
+    assert!(pidfd.is_some());
+    assert_eq!(c.wait().unwrap().code(), 0);
+    // Idle again: the pool and nothing else; no fd left behind.
+    wait_for_children(&srv, 2);
+    let until = Instant::now() + Duration::from_secs(5);
+    while srv.fd_count() != srv.idle_fds {
+        assert!(
+            Instant::now() < until,
+            "{} fds, {} when idle",
+            srv.fd_count(),
+            srv.idle_fds
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -255,7 +255,10 @@ impl Group {
 /// `noauth` is a second server launched with `authenticate(false)`: the same 3-fd scenarios
 /// through it show what the per-connection HMAC handshake (the default for launched servers)
 /// costs.
-fn latency_group(client: &Client, noauth: &Client, plan: &Plan) -> Result<Group> {
+///
+/// `prefork` is a third server with a pool of pre-forked children (`FORKSERVER_PREFORK=4`):
+/// the fork is off the critical path there.
+fn latency_group(client: &Client, noauth: &Client, prefork: &Client, plan: &Plan) -> Result<Group> {
     ensure_single_threaded("latency group")?;
     let devnull = File::open("/dev/null")?;
     let mut scenarios = vec![
@@ -279,6 +282,14 @@ fn latency_group(client: &Client, noauth: &Client, plan: &Plan) -> Result<Group>
     scenarios.push(Scenario::new(
         "ours_exit_fds3_noauth",
         ours_exit(noop_call(noauth, 3, &devnull)?),
+    ));
+    scenarios.push(Scenario::new(
+        "ours_pid_fds3_prefork",
+        ours_pid(noop_call(prefork, 3, &devnull)?),
+    ));
+    scenarios.push(Scenario::new(
+        "ours_exit_fds3_prefork",
+        ours_exit(noop_call(prefork, 3, &devnull)?),
     ));
     let r = interleave::run(&mut scenarios, plan.latency_warmup, plan.latency_rounds)?;
     Ok(Group(r))
@@ -560,8 +571,12 @@ fn run(args: &Args) -> Result<()> {
     let noauth = Client::launcher(std::env::current_exe()?)
         .authenticate(false)
         .launch()?;
-    let latency = latency_group(&client, &noauth, &plan)?;
+    let prefork = Client::launcher(std::env::current_exe()?)
+        .env(forkserver_server::PREFORK_ENV, "4")
+        .launch()?;
+    let latency = latency_group(&client, &noauth, &prefork, &plan)?;
     drop(noauth);
+    drop(prefork);
     eprintln!("[3/7] exec: /bin/true through the server vs std::process::Command");
     let exec = exec_group(&client, &plan)?;
     eprintln!("[4/7] client RSS");
@@ -633,6 +648,17 @@ fn ratios(r: &Results) -> Result<Map<String, Value>> {
     put(
         "pid_vs_limit",
         ratio(l.get("ours_pid_fds3")?, l.get("limit_fork_to_pid")?),
+    );
+    put(
+        "pid_prefork_vs_limit",
+        ratio(l.get("ours_pid_fds3_prefork")?, l.get("limit_fork_to_pid")?),
+    );
+    put(
+        "exit_prefork_vs_limit",
+        ratio(
+            l.get("ours_exit_fds3_prefork")?,
+            l.get("limit_fork_exit_wait")?,
+        ),
     );
     put(
         "exit_auth_vs_noauth",
