@@ -17,6 +17,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Error, ProtocolError, Result};
 
+/// How long the server may take to answer the handshake (its own limit is 10 s, §6.3).
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A blocking connection and the frames read from it so far.
 #[derive(Debug)]
 pub(crate) struct Conn {
@@ -47,6 +50,26 @@ impl Conn {
     /// holds it, [`Error::Server`] for an error reply, [`Error::ServerGone`],
     /// [`Error::Protocol`], [`Error::Io`].
     pub(crate) fn handshake(
+        &mut self,
+        key: Option<&[u8]>,
+        request: Option<&Message>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<()> {
+        // A server that accepted (its listen backlog does that for it) but never answers, or a
+        // launched program that is no server at all, must not hang the caller forever.
+        self.sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        let r = self.handshake_inner(key, request, fds);
+        self.sock.set_read_timeout(None)?;
+        r.map_err(|e| match e {
+            Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock => Error::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the forkserver did not answer the handshake in time",
+            )),
+            e => e,
+        })
+    }
+
+    fn handshake_inner(
         &mut self,
         key: Option<&[u8]>,
         request: Option<&Message>,

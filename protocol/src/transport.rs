@@ -130,6 +130,17 @@ impl OutFrame {
         }
     }
 
+    /// Takes back the fds not sent yet (all of them if no byte went out), for a caller that
+    /// gives up on this frame and wants to use them otherwise.
+    pub fn into_unsent_fds(mut self) -> Vec<OwnedFd> {
+        self.fds.split_off(self.fds_sent)
+    }
+
+    /// Whether any byte has gone out yet.
+    pub fn is_started(&self) -> bool {
+        self.pos > 0
+    }
+
     /// Whether every byte and fd has gone out.
     pub fn is_done(&self) -> bool {
         self.pos == self.bytes.len() && self.fds_sent == self.fds.len()
@@ -376,6 +387,10 @@ impl FrameReader {
                 let fds = self.fds.drain(..assigned).map(|(_, fd)| fd).collect();
                 self.buf.drain(..consumed);
                 self.base += consumed as u64;
+                // A big frame must not pin its memory for the rest of the connection.
+                if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
+                    self.buf = Vec::new();
+                }
                 Ok(Some(Frame { message, fds }))
             }
         }

@@ -33,6 +33,10 @@ const FIRST_CONN_ID: u64 = 16;
 const READS_PER_EVENT: usize = 4;
 /// Frames queued for a client that does not read; past this its connection stops being read.
 const MAX_QUEUED_REPLIES: usize = 64;
+/// Largest job handed to a pooled child: it must fit in the socket's send buffer at once.
+const POOL_MAX_FRAME: usize = 64 * 1024;
+/// How long a closing connection may take to flush its last replies before it is dropped.
+const CLOSING_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -79,6 +83,16 @@ struct Child {
     deadline_hit: bool,
 }
 
+/// What became of a job offered to the prefork pool.
+enum Pooled {
+    /// A pooled child has it: its pid and the server's end of its socket (the report channel).
+    Sent(Pid, OwnedFd),
+    /// No pooled child took it: fork for it.
+    Fork(Spawn, FdBundle),
+    /// It went half-way to a pooled child that then failed.
+    Lost(Errno),
+}
+
 /// A bound server, ready to [`Server::run`].
 pub struct Server {
     epoll: Epoll,
@@ -93,6 +107,8 @@ pub struct Server {
     children: HashMap<Pid, Child>,
     deadlines: BinaryHeap<Reverse<(Instant, u64, Pid)>>,
     handshakes: VecDeque<(Instant, u64)>,
+    /// Connections in `Closing`, by the time they are dropped if still unflushed.
+    closing: VecDeque<(Instant, u64)>,
     entries: HashMap<String, EntryFn>,
     config: Config,
     spawned_total: u64,
@@ -181,6 +197,7 @@ impl Server {
             children: HashMap::new(),
             deadlines: BinaryHeap::new(),
             handshakes: VecDeque::new(),
+            closing: VecDeque::new(),
             entries: HashMap::new(),
             config,
             spawned_total: 0,
@@ -268,7 +285,10 @@ impl Server {
 
     fn next_timeout(&self) -> EpollTimeout {
         let mut next: Option<Instant> = self.deadlines.peek().map(|Reverse((t, _, _))| *t);
-        if let Some((t, _)) = self.handshakes.front() {
+        for (t, _) in [self.handshakes.front(), self.closing.front()]
+            .into_iter()
+            .flatten()
+        {
             next = Some(next.map_or(*t, |n| n.min(*t)));
         }
         if let Some(idle) = self.config.idle_timeout {
@@ -551,6 +571,27 @@ impl Server {
                 }
             }
         }
+        while let Some(&(t, id)) = self.closing.front() {
+            if t > now {
+                break;
+            }
+            self.closing.pop_front();
+            if self
+                .conns
+                .get(&id)
+                .is_some_and(|c| c.state == State::Closing)
+            {
+                tracing::debug!(conn = id, "replies not read in time: dropped");
+                self.disconnect(id);
+            }
+        }
+        // Entries of reaped children linger until their time; rebuild when they dominate.
+        if self.deadlines.len() > 64 + 2 * self.children.len() {
+            let children = &self.children;
+            self.deadlines.retain(|Reverse((_, serial, pid))| {
+                children.get(pid).is_some_and(|c| c.serial == *serial)
+            });
+        }
         while let Some(&(t, id)) = self.handshakes.front() {
             let waiting = self
                 .conns
@@ -576,6 +617,15 @@ impl Server {
     fn on_conn_event(&mut self, id: u64, flags: EpollFlags) {
         if flags.contains(EpollFlags::EPOLLOUT) {
             self.flush(id);
+            // Frames that arrived while replies were backed up sit in the reader; epoll will
+            // not report them again. Take them now that the connection takes input again.
+            if self
+                .conns
+                .get(&id)
+                .is_some_and(|c| c.wants_input() && c.reader.buffered() > 0)
+            {
+                self.process_frames(id);
+            }
         }
         // Hang-up and error are reported whatever the interest: a connection that takes no
         // input now would see them again and again. The peer is gone; so is the connection.
@@ -779,44 +829,31 @@ impl Server {
     }
 
     fn spawn(&mut self, id: u64, spawn: Spawn, bundle: FdBundle) {
-        let (options, _, job) = spawn.into_parts();
-        let work = match &job {
-            Job::Exec(e) => Work::Exec(e),
-            Job::Entry(e) => match self.entries.get(e.name()) {
-                Some(entry) => Work::Entry {
-                    entry,
-                    payload: e.payload().to_vec(),
-                },
-                None => {
-                    let msg = format!("no entry point named {:?}", e.name());
-                    return self.fail(id, ErrorReply::new(ErrorCode::UnknownEntry, 0, msg));
-                }
-            },
-        };
-        let die_with_server = self.config.kill_children_with_server;
-        let to_reset = &self.signals_to_reset;
-        let pooled = match self.pool.pop_front() {
-            Some((pid, sock)) => {
-                drop(work);
-                let message = Message::Spawn(
-                    Spawn::new(options, bundle.map().clone(), job.clone())
-                        .expect("a decoded spawn re-encodes"),
-                );
-                let (_, fds) = bundle.into_parts();
-                // The pooled child is blocked reading its socket: this blocking send returns
-                // as soon as it has taken the frame.
-                match forkserver_protocol::send_message(sock.as_fd(), &message, fds) {
-                    Ok(()) => Ok((pid, sock)),
-                    Err(e) => {
-                        tracing::warn!(pid = pid.as_raw(), "pooled child unreachable: {e}");
-                        let _ = kill(pid, Signal::SIGKILL);
-                        Err(Errno::ECHILD)
-                    }
-                }
+        if let Job::Entry(e) = spawn.job() {
+            if !self.entries.contains_key(e.name()) {
+                let msg = format!("no entry point named {:?}", e.name());
+                return self.fail(id, ErrorReply::new(ErrorCode::UnknownEntry, 0, msg));
             }
-            None => spawn::spawn(work, options.session, die_with_server, to_reset, bundle),
+        }
+        let options = *spawn.options();
+        let is_exec = matches!(spawn.job(), Job::Exec(_));
+        let forked = match self.dispatch_to_pool(spawn, bundle) {
+            Pooled::Sent(pid, sock) => Ok((pid, sock)),
+            Pooled::Lost(e) => Err(e),
+            Pooled::Fork(spawn, bundle) => {
+                let work = match spawn.job() {
+                    Job::Exec(e) => Work::Exec(e),
+                    Job::Entry(e) => Work::Entry {
+                        entry: &self.entries[e.name()],
+                        payload: e.payload(),
+                    },
+                };
+                let die_with_server = self.config.kill_children_with_server;
+                let to_reset = &self.signals_to_reset;
+                spawn::spawn(work, options.session, die_with_server, to_reset, bundle)
+            }
         };
-        let (pid, report) = match pooled {
+        let (pid, report) = match forked {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("spawn failed: {e}");
@@ -834,7 +871,7 @@ impl Server {
             let t = Instant::now() + Duration::from_millis(ms.get());
             self.deadlines.push(Reverse((t, serial, pid)));
         }
-        let wait_exec = options.pid_after_exec && matches!(job, Job::Exec(_));
+        let wait_exec = options.pid_after_exec && is_exec;
         if wait_exec {
             let token = TOKEN_REPORT | pid.as_raw() as u64;
             if let Err(e) = self
@@ -871,6 +908,41 @@ impl Server {
         }
     }
 
+    /// Hands the job to a pooled child, if one is waiting and the job fits in its socket's
+    /// buffer at once (the event loop never blocks on a pooled child). Gives the request back,
+    /// fds included, when it cannot: the caller forks instead.
+    fn dispatch_to_pool(&mut self, spawn: Spawn, bundle: FdBundle) -> Pooled {
+        let message = Message::Spawn(spawn);
+        let job_back = |message: Message, bundle| match message {
+            Message::Spawn(spawn) => Pooled::Fork(spawn, bundle),
+            _ => unreachable!("built from a Spawn above"),
+        };
+        if message.encoded_len() > POOL_MAX_FRAME {
+            return job_back(message, bundle);
+        }
+        let Some((pid, sock)) = self.pool.pop_front() else {
+            return job_back(message, bundle);
+        };
+        let (map, fds) = bundle.into_parts();
+        let mut out = OutFrame::new(&message, fds).expect("the fds match the map");
+        match out.send(sock.as_fd()) {
+            Ok(_) => Pooled::Sent(pid, sock),
+            Err(e) => {
+                // Dead (not reaped yet), stopped, or gone wrong: it will not run this job.
+                tracing::warn!(pid = pid.as_raw(), "pooled child unreachable: {e}");
+                let _ = kill(pid, Signal::SIGKILL);
+                if out.is_started() {
+                    // Part of the frame went to that child: its fds cannot all come back.
+                    // (Not expected: the frame fits the socket's buffer.)
+                    return Pooled::Lost(Errno::EIO);
+                }
+                let fds = out.into_unsent_fds();
+                let bundle = FdBundle::from_parts(map, fds).expect("every fd came back");
+                job_back(message, bundle)
+            }
+        }
+    }
+
     /// Forks pooled children up to `--prefork`.
     fn fill_pool(&mut self) {
         while self.pool.len() < self.config.prefork && !self.shutting_down {
@@ -898,16 +970,29 @@ impl Server {
             return;
         };
         let _ = self.epoll.delete(&conn.fd);
-        if let State::Running(pid) | State::Spawning(pid) = conn.state {
-            if let Some(child) = self.children.get_mut(&pid) {
-                child.conn = None;
-                if child.kill_on_disconnect {
-                    tracing::debug!(pid = pid.as_raw(), "client gone: SIGKILL");
-                    let _ = kill(pid, Signal::SIGKILL);
-                }
+        self.detach_child(conn.state);
+        self.touch();
+    }
+
+    /// The connection in `state` ends: its child (if any) is on its own now, or killed if it
+    /// asked to be. Its report pipe goes too: nobody is left to tell how its exec went.
+    fn detach_child(&mut self, state: State) {
+        let (State::Running(pid) | State::Spawning(pid)) = state else {
+            return;
+        };
+        let Some(child) = self.children.get_mut(&pid) else {
+            return;
+        };
+        child.conn = None;
+        if let Some(report) = child.report.take() {
+            if std::mem::take(&mut child.watching_report) {
+                let _ = self.epoll.delete(&report);
             }
         }
-        self.touch();
+        if child.kill_on_disconnect {
+            tracing::debug!(pid = pid.as_raw(), "client gone: SIGKILL");
+            let _ = kill(pid, Signal::SIGKILL);
+        }
     }
 
     fn set_state(&mut self, id: u64, state: State) {
@@ -917,17 +1002,12 @@ impl Server {
         let old = conn.state;
         conn.state = state;
         if state == State::Closing {
-            // The connection's child (if any) is on its own now, or killed if it asked to be.
-            if let State::Running(pid) | State::Spawning(pid) = old {
-                if let Some(c) = self.children.get_mut(&pid) {
-                    c.conn = None;
-                    if c.kill_on_disconnect {
-                        let _ = kill(pid, Signal::SIGKILL);
-                    }
-                }
-            }
             // Nothing more is read: drop what was received, and its fds.
             conn.reader = FrameReader::new();
+            // A peer that does not read its last replies does not keep the connection (or a
+            // shutting-down server) forever.
+            self.closing.push_back((Instant::now() + CLOSING_GRACE, id));
+            self.detach_child(old);
         }
         self.flush(id);
     }

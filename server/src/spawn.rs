@@ -15,7 +15,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use forkserver_protocol::{ExecJob, FdBundle, Session};
@@ -42,7 +42,7 @@ pub(crate) enum Work<'a> {
     Exec(&'a ExecJob),
     Entry {
         entry: &'a EntryFn,
-        payload: Vec<u8>,
+        payload: &'a [u8],
     },
 }
 
@@ -130,6 +130,10 @@ pub(crate) fn prefork(
         None,
         SockFlag::SOCK_CLOEXEC,
     )?;
+    // The server's end never blocks the event loop: a job that does not fit in the socket's
+    // buffer at once is not handed to a pooled child (see `Server::dispatch_to_pool`).
+    let flags = OFlag::from_bits_truncate(nix::fcntl::fcntl(&ours, FcntlArg::F_GETFL)?);
+    nix::fcntl::fcntl(&ours, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     let ours_raw = ours.as_raw_fd();
     let pid = fork_child(die_with_server, || {
         let _ = nix::unistd::close(ours_raw);
@@ -150,17 +154,21 @@ fn pooled_child(
     };
     // SAFETY: `sock` is open and owned by this code alone from here on.
     let sock = unsafe { OwnedFd::from_raw_fd(sock) };
-    let frame =
-        match forkserver_protocol::FrameReader::new().read_frame(std::os::fd::AsFd::as_fd(&sock)) {
-            Ok(f) => f,
-            Err(_) => sys::exit_now(0),
-        };
+    let report = sock.as_raw_fd();
+    let frame = match forkserver_protocol::FrameReader::new().read_frame(sock.as_fd()) {
+        Ok(f) => f,
+        // The server closed our socket before handing us a job: it is gone, or shrank the pool.
+        Err(forkserver_protocol::TransportError::Closed) => sys::exit_now(0),
+        // A job that did not arrive whole: say so on the socket, which is the report channel.
+        Err(forkserver_protocol::TransportError::Io(e)) => report_and_exit(report, STAGE_SETUP, e),
+        Err(_) => report_and_exit(report, STAGE_SETUP, Errno::EPROTO),
+    };
     let forkserver_protocol::Message::Spawn(spawn) = frame.message else {
-        sys::exit_now(FAILED_STATUS)
+        report_and_exit(report, STAGE_SETUP, Errno::EPROTO)
     };
     let (options, map, job) = spawn.into_parts();
     let Ok(bundle) = FdBundle::from_parts(map, frame.fds) else {
-        sys::exit_now(FAILED_STATUS)
+        report_and_exit(report, STAGE_SETUP, Errno::EPROTO)
     };
     let report = sock.into_raw_fd();
     let work = match &job {
@@ -168,7 +176,7 @@ fn pooled_child(
         forkserver_protocol::Job::Entry(e) => match entries.get(e.name()) {
             Some(entry) => Work::Entry {
                 entry,
-                payload: e.payload().to_vec(),
+                payload: e.payload(),
             },
             None => report_and_exit(report, STAGE_SETUP, Errno::ENOENT),
         },
@@ -226,7 +234,7 @@ fn child_main(
             // Setup succeeded: the report pipe's EOF tells the server so.
             // SAFETY: `report` is open and owned by this code alone.
             drop(unsafe { OwnedFd::from_raw_fd(report) });
-            let call = Call::new(payload, targets);
+            let call = Call::new(payload.to_vec(), targets);
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry(call)))
                 .unwrap_or(PANIC_STATUS);
             let _ = std::io::stdout().flush();
@@ -248,24 +256,16 @@ fn reset_signals(to_reset: &[Signal]) -> Result<(), Errno> {
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
 }
 
-/// The signals (1-31) whose disposition is not `SIG_DFL` in this process, found by swapping
-/// in `SIG_DFL` and putting the old action back. Called once, when the server starts, after
-/// which it changes dispositions only through its own setup; a child then resets just these
-/// instead of every signal (a system call each).
+/// The signals (1-31) whose disposition is not `SIG_DFL` in this process, found once, when
+/// the server starts (after which it changes dispositions only through its own setup). A child
+/// then resets just these instead of every signal (a system call each).
 pub(crate) fn non_default_signals() -> Result<Vec<Signal>, Errno> {
-    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     let mut found = Vec::new();
     for sig in Signal::iterator() {
         if sig == Signal::SIGKILL || sig == Signal::SIGSTOP {
             continue;
         }
-        // SAFETY: SIG_DFL installs no handler; the old action, whatever it is, is put back
-        // unchanged at once. The process is single-threaded, so no signal handler of another
-        // thread can observe the moment in between.
-        let old = unsafe { sigaction(sig, &dfl) }?;
-        if !matches!(old.handler(), SigHandler::SigDfl) {
-            // SAFETY: re-installs exactly the action that was installed before.
-            unsafe { sigaction(sig, &old) }?;
+        if !sys::has_default_disposition(sig as i32)? {
             found.push(sig);
         }
     }

@@ -22,9 +22,10 @@ pub(crate) fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
 
 /// `close_range(first, last, 0)`: closes every fd in `first..=last`.
 pub(crate) fn close_range(first: u32, last: u32) -> Result<(), Errno> {
-    // SAFETY: close_range takes integers only. It is called in the forked child just before it
-    // runs the job, where no Rust object refers to the fds it closes (the child only uses
-    // its fd bundle, which lies outside the ranges closed).
+    // SAFETY: close_range takes integers only. It is called in the forked child before it runs
+    // the job; the child abandons every object that owns an fd it closes (server state, and
+    // preloaded state too, as `Zygote::preload` documents) and only uses its fd bundle, which
+    // lies outside the ranges closed.
     let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
     if r < 0 {
         Err(Errno::last())
@@ -103,4 +104,17 @@ pub(crate) fn dup2(old: RawFd, new: RawFd) -> Result<(), Errno> {
     } else {
         Ok(())
     }
+}
+
+/// Whether `signo`'s disposition is `SIG_DFL`, asked without changing it (nix's `sigaction`
+/// always installs a new action).
+pub(crate) fn has_default_disposition(signo: i32) -> Result<bool, Errno> {
+    // SAFETY: a null new action only queries; `old` is a valid out-pointer, zero-initialised
+    // (all-zero is a valid `sigaction`).
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::sigaction(signo, std::ptr::null(), &mut old) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(old.sa_sigaction == libc::SIG_DFL)
 }

@@ -42,8 +42,13 @@ impl Call {
         })
     }
 
-    /// Takes ownership of the fd placed at `target` (it is closed when dropped).
+    /// Takes ownership of the fd placed at `target` (it is closed when dropped). Not for 0, 1
+    /// and 2 (`None`): closing one of those would let the next `open` become stdin, stdout or
+    /// stderr under std's feet; use them through `std::io` or [`Call::fd`].
     pub fn take_fd(&mut self, target: u32) -> Option<OwnedFd> {
+        if target <= 2 {
+            return None;
+        }
         let i = self.targets.iter().position(|&t| t == target)?;
         self.targets.remove(i);
         // SAFETY: `target` was placed from the bundle and is owned by this call alone; it was
@@ -105,8 +110,10 @@ impl Zygote {
     }
 
     /// Runs `f` once in the server before it serves (only when launched as a server). Whatever
-    /// it builds (in statics, typically `OnceLock`) is inherited by every child. It must not
-    /// leave threads running: the server forks, and must be single-threaded.
+    /// it builds in memory (in statics, typically `OnceLock`) is inherited by every child,
+    /// copy-on-write. Not its fds: a child holds only the fds of its request (PROTOCOL.md §6.5),
+    /// so state that needs a file should map or read it in `preload`. It must not leave threads
+    /// running: the server forks, and must be single-threaded.
     pub fn preload(mut self, f: impl FnOnce() + 'static) -> Self {
         self.preload.push(Box::new(f));
         self
@@ -148,6 +155,15 @@ impl Zygote {
     }
 
     fn serve_launched(self) -> Result<(), crate::ServerError> {
+        let named: Vec<_> = [LISTEN_FD_ENV, ALIVE_FD_ENV, KEY_FD_ENV]
+            .iter()
+            .filter_map(std::env::var_os)
+            .collect();
+        if (1..named.len()).any(|i| named[..i].contains(&named[i])) {
+            return Err(crate::ServerError::Launch(
+                "the launch variables name the same fd twice".into(),
+            ));
+        }
         let listen = take_env_fd(LISTEN_FD_ENV)?
             .ok_or_else(|| crate::ServerError::Launch(format!("{LISTEN_FD_ENV} is not set")))?;
         let alive = take_env_fd(ALIVE_FD_ENV)?;

@@ -696,3 +696,49 @@ fn a_prefork_pool_serves_spawns_and_refills() {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+#[test]
+fn pipelined_requests_are_all_answered_to_a_slow_reader() {
+    let srv = Server::start(&[]);
+    let mut c = Conn::raw(&srv.socket);
+    // Far more requests than the server queues replies for, in one write, then a slow start.
+    let mut bytes = Message::Hello(Hello::current()).to_bytes();
+    for _ in 0..2000 {
+        Message::StatusRequest.encode(&mut bytes);
+    }
+    let writer = {
+        let sock = c.sock.try_clone().unwrap();
+        std::thread::spawn(move || {
+            OutFrame::from_raw_parts(bytes, vec![])
+                .send(sock.as_fd())
+                .unwrap();
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // A reply that never comes fails the test instead of hanging it.
+    c.sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(matches!(c.recv().message, Message::HelloOk(_)));
+    for i in 0..2000 {
+        match c.recv().message {
+            Message::Status(_) => {}
+            m => panic!("reply {i}: {m:?}"),
+        }
+    }
+    writer.join().unwrap();
+    drop(c);
+    srv.settle(srv.idle_fds);
+}
+
+#[test]
+fn a_job_too_big_for_the_pool_is_forked() {
+    let srv = Server::start(&["--prefork", "1"]);
+    let pool = wait_for_children(&srv, 1);
+    let mut job = ExecJob::new("/bin/sh").unwrap();
+    job.push_arg("-c").unwrap();
+    job.push_arg("exit ${#BIG}").unwrap();
+    job.push_env("BIG", "x".repeat(100_000)).unwrap();
+    let mut c = srv.connect();
+    let (pid, _) = c.spawn(opts(), Job::Exec(job), FdBundle::new()).unwrap();
+    assert!(!pool.contains(&pid), "a 100 kB job went to the pool");
+    assert_eq!(c.wait().unwrap().code(), (100_000 % 256) as i32);
+}
