@@ -716,7 +716,9 @@ fn pipelined_requests_are_all_answered_to_a_slow_reader() {
     };
     std::thread::sleep(Duration::from_millis(300));
     // A reply that never comes fails the test instead of hanging it.
-    c.sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     assert!(matches!(c.recv().message, Message::HelloOk(_)));
     for i in 0..2000 {
         match c.recv().message {
