@@ -112,6 +112,10 @@ impl Child {
     /// fate is unknown); [`Error::Protocol`], [`Error::Io`].
     pub fn wait(&mut self) -> Result<ExitStatus> {
         drop(self.stdin.take());
+        if matches!(self.state, State::Running(_)) {
+            // While the child runs: the next request's connection, if the client keeps one.
+            self._client.warm_up();
+        }
         loop {
             let frame = match &mut self.state {
                 State::Running(conn) => conn.recv(),

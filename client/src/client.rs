@@ -171,6 +171,20 @@ impl Client {
         }
     }
 
+    /// For a launched client with `warm_connections`: opens a ready connection for the next
+    /// request, if fewer than two are kept. Errors are ignored: the next request connects anew.
+    pub(crate) fn warm_up(&self) {
+        let Inner::Launched(m) = &*self.inner else {
+            return;
+        };
+        let Some((path, key, generation)) = lock(m).spare_wanted() else {
+            return;
+        };
+        if let Ok(conn) = attempt(&path, key.as_deref(), None) {
+            lock(m).put_spare(generation, conn);
+        }
+    }
+
     /// One handshake on a fresh connection.
     pub(crate) fn ping(&self) -> Result<()> {
         self.request(|| Ok((None, ()))).map(drop)
@@ -203,7 +217,7 @@ impl Client {
         &self,
         mut build: impl FnMut() -> Result<(Option<(Message, Vec<OwnedFd>)>, T)>,
     ) -> Result<(Conn, T)> {
-        let (request, extra) = build()?;
+        let (request, mut extra) = build()?;
         match &*self.inner {
             Inner::Path(path, key) => match attempt(path, key.as_deref(), request) {
                 Ok(conn) => Ok((conn, extra)),
@@ -214,7 +228,33 @@ impl Client {
                 Err(Failure::Gone(e) | Failure::Other(e)) => Err(e),
             },
             Inner::Launched(m) => {
-                let (path, key, generation) = lock(m).ensure_running().map_err(Error::Launch)?;
+                let (path, key, generation, spare) = {
+                    let mut managed = lock(m);
+                    let (path, key, generation) =
+                        managed.ensure_running().map_err(Error::Launch)?;
+                    let spare = if request.is_some() {
+                        managed.take_spare()
+                    } else {
+                        None
+                    };
+                    (path, key, generation, spare)
+                };
+                let mut request = request;
+                if let Some(mut conn) = spare {
+                    let Some((message, fds)) = request.take() else {
+                        unreachable!("spares are taken only for requests")
+                    };
+                    // The handshake is done: one round trip. A spare whose server has gone
+                    // refuses the send at once (EPIPE); then the request is made anew below.
+                    match conn.send(&message, fds) {
+                        Ok(()) => return Ok((conn, extra)),
+                        Err(e) => tracing::debug!(error = %e, "spare connection unusable"),
+                    }
+                    // Built anew: the first request's fds (and piped stdio) went with it.
+                    let (again, again_extra) = build()?;
+                    request = again;
+                    extra = again_extra;
+                }
                 match attempt(&path, key.as_deref(), request) {
                     Ok(conn) => return Ok((conn, extra)),
                     Err(Failure::Refused(e)) => {

@@ -69,6 +69,7 @@ pub(crate) struct LaunchSpec {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     authenticate: bool,
+    warm: bool,
 }
 
 impl Launcher {
@@ -80,6 +81,7 @@ impl Launcher {
                 args: Vec::new(),
                 envs: Vec::new(),
                 authenticate: true,
+                warm: false,
             },
         }
     }
@@ -119,6 +121,15 @@ impl Launcher {
         self
     }
 
+    /// Whether the client keeps a connection ready (handshake and authentication done) for its
+    /// next request, opened while a [`crate::Child::wait`] waits. A spawn through a warm
+    /// connection pays one round trip to the server instead of three (Hello, Auth, Spawn).
+    /// Default `false`: a warm connection counts as a connection of the server's.
+    pub fn warm_connections(mut self, on: bool) -> Self {
+        self.spec.warm = on;
+        self
+    }
+
     /// Starts the server and returns a client for it. The server is checked with one
     /// handshake, so a program that does not serve fails here rather than at the first spawn.
     ///
@@ -145,6 +156,9 @@ pub(crate) struct Managed {
     /// Bumped at each relaunch, so that threads that saw the same dead server relaunch once.
     generation: u64,
     retired: Vec<Server>,
+    /// Connections ready for a request (`warm_connections`), with the generation of the server
+    /// they reach.
+    spares: Vec<(u64, crate::conn::Conn)>,
 }
 
 impl Managed {
@@ -155,6 +169,7 @@ impl Managed {
             current,
             generation: 0,
             retired: Vec::new(),
+            spares: Vec::new(),
         })
     }
 
@@ -202,6 +217,26 @@ impl Managed {
             }
         }
         Ok(self.current_with_generation())
+    }
+
+    /// A ready connection to the current server, if one is kept.
+    pub(crate) fn take_spare(&mut self) -> Option<crate::conn::Conn> {
+        let generation = self.generation;
+        self.spares.retain(|(g, _)| *g == generation);
+        self.spares.pop().map(|(_, c)| c)
+    }
+
+    /// Whether a spare connection is wanted now, and where to open it: path, key, generation.
+    pub(crate) fn spare_wanted(&self) -> Option<(PathBuf, Option<Vec<u8>>, u64)> {
+        const MAX_SPARES: usize = 2;
+        (self.spec.warm && self.spares.len() < MAX_SPARES).then(|| self.current_with_generation())
+    }
+
+    /// Keeps a ready connection for the next request.
+    pub(crate) fn put_spare(&mut self, generation: u64, conn: crate::conn::Conn) {
+        if generation == self.generation {
+            self.spares.push((generation, conn));
+        }
     }
 
     /// The current server's pid.

@@ -136,6 +136,7 @@ fn main() {
         ("a_client_dying_after_sending", a_client_dying_after_sending),
         ("status", status),
         ("authentication_is_enforced", authentication_is_enforced),
+        ("warm_connections", warm_connections),
         (
             "the_launched_server_restarts_after_a_kill",
             the_launched_server_restarts_after_a_kill,
@@ -145,6 +146,12 @@ fn main() {
             the_server_exits_with_its_owner,
         ),
     ];
+    // No test may hang the suite: the whole run gets three minutes.
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(180));
+        eprintln!("zygote tests: still running after 180 s, giving up");
+        std::process::exit(102);
+    });
     let filter: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -498,6 +505,43 @@ fn status(client: &Client) {
     assert_eq!(s.protocol_version(), 1);
     assert_eq!(s.server_pid() as u32, client.launched_server_pid().unwrap());
     assert_eq!(s.live_children(), 0);
+}
+
+/// A client that keeps a connection ready: spawns work as before, through a server restart too.
+fn warm_connections(_client: &Client) {
+    let warm = forkserver_client::Launcher::new(std::env::current_exe().unwrap())
+        .warm_connections(true)
+        .launch()
+        .unwrap();
+    for code in [0, 7, 9] {
+        let mut child = warm.call("exit", code.to_string()).spawn().unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(code));
+    }
+    // A wait opened a spare: the server sees it as a connection.
+    let mut child = warm.call("sleep_ms", "100").spawn().unwrap();
+    child.wait().unwrap();
+    let pid = warm.launched_server_pid().unwrap();
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let with_spare = fds(pid);
+    // The server dies with a spare connection open: the next spawn notices and relaunches.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut child = warm
+        .call("exit", "4")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(4));
+    assert_ne!(warm.launched_server_pid().unwrap(), pid);
+    assert!(with_spare > 0);
 }
 
 /// The launched server got a random key through a pipe; without it nothing gets through.

@@ -742,5 +742,5 @@ fn a_job_too_big_for_the_pool_is_forked() {
     let mut c = srv.connect();
     let (pid, _) = c.spawn(opts(), Job::Exec(job), FdBundle::new()).unwrap();
     assert!(!pool.contains(&pid), "a 100 kB job went to the pool");
-    assert_eq!(c.wait().unwrap().code(), (100_000 % 256) as i32);
+    assert_eq!(c.wait().unwrap().code(), 100_000 % 256);
 }

@@ -258,7 +258,16 @@ impl Group {
 ///
 /// `prefork` is a third server with a pool of pre-forked children (`FORKSERVER_PREFORK=4`):
 /// the fork is off the critical path there.
-fn latency_group(client: &Client, noauth: &Client, prefork: &Client, plan: &Plan) -> Result<Group> {
+///
+/// `warm` is a client that keeps an authenticated connection ready (`warm_connections`), to a
+/// server with the same pool: one round trip per spawn instead of three.
+fn latency_group(
+    client: &Client,
+    noauth: &Client,
+    prefork: &Client,
+    warm: &Client,
+    plan: &Plan,
+) -> Result<Group> {
     ensure_single_threaded("latency group")?;
     let devnull = File::open("/dev/null")?;
     let mut scenarios = vec![
@@ -290,6 +299,14 @@ fn latency_group(client: &Client, noauth: &Client, prefork: &Client, plan: &Plan
     scenarios.push(Scenario::new(
         "ours_exit_fds3_prefork",
         ours_exit(noop_call(prefork, 3, &devnull)?),
+    ));
+    scenarios.push(Scenario::new(
+        "ours_pid_fds3_warm_prefork",
+        ours_pid(noop_call(warm, 3, &devnull)?),
+    ));
+    scenarios.push(Scenario::new(
+        "ours_exit_fds3_warm_prefork",
+        ours_exit(noop_call(warm, 3, &devnull)?),
     ));
     let r = interleave::run(&mut scenarios, plan.latency_warmup, plan.latency_rounds)?;
     Ok(Group(r))
@@ -574,9 +591,14 @@ fn run(args: &Args) -> Result<()> {
     let prefork = Client::launcher(std::env::current_exe()?)
         .env(forkserver_server::PREFORK_ENV, "4")
         .launch()?;
-    let latency = latency_group(&client, &noauth, &prefork, &plan)?;
+    let warm = Client::launcher(std::env::current_exe()?)
+        .env(forkserver_server::PREFORK_ENV, "4")
+        .warm_connections(true)
+        .launch()?;
+    let latency = latency_group(&client, &noauth, &prefork, &warm, &plan)?;
     drop(noauth);
     drop(prefork);
+    drop(warm);
     eprintln!("[3/7] exec: /bin/true through the server vs std::process::Command");
     let exec = exec_group(&client, &plan)?;
     eprintln!("[4/7] client RSS");
@@ -652,6 +674,20 @@ fn ratios(r: &Results) -> Result<Map<String, Value>> {
     put(
         "pid_prefork_vs_limit",
         ratio(l.get("ours_pid_fds3_prefork")?, l.get("limit_fork_to_pid")?),
+    );
+    put(
+        "pid_warm_prefork_vs_limit",
+        ratio(
+            l.get("ours_pid_fds3_warm_prefork")?,
+            l.get("limit_fork_to_pid")?,
+        ),
+    );
+    put(
+        "exit_warm_prefork_vs_limit",
+        ratio(
+            l.get("ours_exit_fds3_warm_prefork")?,
+            l.get("limit_fork_exit_wait")?,
+        ),
     );
     put(
         "exit_prefork_vs_limit",
