@@ -585,6 +585,12 @@ impl Server {
                 self.disconnect(id);
             }
         }
+        // A burst leaves these queues with a large capacity: give it back once they drain.
+        for q in [&mut self.closing, &mut self.handshakes] {
+            if q.is_empty() && q.capacity() > 1024 {
+                *q = VecDeque::new();
+            }
+        }
         // Entries of reaped children linger until their time; rebuild when they dominate.
         if self.deadlines.len() > 64 + 2 * self.children.len() {
             let children = &self.children;
