@@ -28,13 +28,31 @@ fn python(args: &[&std::ffi::OsStr]) -> String {
 
 #[test]
 fn the_conformance_runner_passes() {
+    use std::os::unix::fs::PermissionsExt;
     let srv = common::Server::start(&[]);
+    // A second server requires authentication (§9): the runner checks it with the key.
+    let dir = common::scratch_dir("conf-key");
+    let key_file = dir.join("key");
+    let key: Vec<u8> = (0..32u8)
+        .map(|i| i.wrapping_mul(91).wrapping_add(7))
+        .collect();
+    std::fs::write(&key_file, &key).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let keyed = common::Server::start_with_key(&key_file, &key);
     let script = spec().join("conformance/conformance.py");
     let text = python(&[
         script.as_os_str(),
         "--socket".as_ref(),
         srv.socket.as_os_str(),
+        "--auth-socket".as_ref(),
+        keyed.socket.as_os_str(),
+        "--key-file".as_ref(),
+        key_file.as_os_str(),
     ]);
+    assert!(
+        text.contains("PASS auth/right-key"),
+        "the authentication checks ran:\n{text}"
+    );
     let summary = text
         .lines()
         .rev()
@@ -50,6 +68,8 @@ fn the_conformance_runner_passes() {
         "the runner ran only {passed} checks:\n{text}"
     );
     srv.settle(srv.idle_fds);
+    keyed.settle(keyed.idle_fds);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 """Conformance checks of a live forkserver server against spec/PROTOCOL.md and spec/vectors/.
 
     python3 spec/conformance/conformance.py --socket PATH [-k PATTERN] [--slow]
+        [--auth-socket PATH --key-file PATH]
 
 Prints one line per check (`PASS name` / `FAIL name: reason`) and a final `N passed, M failed`;
 exits 1 if any check failed. Standard library only. The server must run without a key and
@@ -858,6 +859,52 @@ def slow_checks():
     check("slow/handshake-timeout: Error(Timeout) after ~10 s (§6.3 MAY)", handshake_timeout)
 
 
+def auth_checks(path, key):
+    """§9 against a server that requires authentication with `key`."""
+    def raw(path):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(TIMEOUT)
+        sock.connect(path)
+        return sock, fc.FrameReader(sock)
+
+    def right_key():
+        child = fc.Client(path, key=key, timeout=TIMEOUT).spawn_exec(["/bin/sh", "-c", "exit 5"])
+        code = child.wait()
+        require(code == 5, f"exit code {code}, expected 5")
+    check("auth/right-key: mutual authentication, then a spawn (§9.2)", right_key)
+
+    def wrong_key():
+        try:
+            fc.Client(path, key=b"not the key, at least sixteen bytes", timeout=TIMEOUT).status()
+        except fc.ServerError as e:
+            require(e.name == "AuthFailed", f"expected AuthFailed, got {e.name}")
+            return
+        raise CheckFailed("a wrong key was accepted")
+    check("auth/wrong-key: Error(AuthFailed), closed (§9.2 step 3)", wrong_key)
+
+    def skipped():
+        sock, reader = raw(path)
+        try:
+            fc.send_frame(sock, fc.encode_hello() + fc.encode_status_request())
+            msg, _ = reader.read()
+            require(msg["type"] == "HelloOk" and msg["auth"] == "hmac-sha256",
+                    f"expected HelloOk(method 1), got {msg}")
+            msg, _ = reader.read()
+            require(msg["type"] == "Error" and msg.get("name") == "AuthRequired",
+                    f"expected Error(AuthRequired), got {msg}")
+        finally:
+            sock.close()
+    check("auth/request-before-Auth: HelloOk(method 1) then Error(AuthRequired) (§6.6)", skipped)
+
+    def no_key_client():
+        try:
+            fc.Client(path, timeout=TIMEOUT).status()
+        except fc.ProtocolError:
+            return
+        raise CheckFailed("a client without a key got through")
+    check("auth/client-without-key-stops-at-HelloOk-method-1", no_key_client)
+
+
 def server_fds(pid):
     """The set of (fd, target) the server holds, or None if /proc does not show them."""
     d = f"/proc/{pid}/fd"
@@ -880,6 +927,8 @@ def main():
     p.add_argument("--socket", required=True, help="the server's socket path")
     p.add_argument("-k", dest="filter", help="run only the checks whose name matches this regex")
     p.add_argument("--slow", action="store_true", help="also run checks that take >10 s")
+    p.add_argument("--auth-socket", help="a second server that requires authentication (§9)")
+    p.add_argument("--key-file", help="the key of --auth-socket's server (raw bytes)")
     args = p.parse_args()
     SOCKET, FILTER = args.socket, args.filter
     valid, invalid, transport = load("valid"), load("invalid"), load("transport")
@@ -898,6 +947,9 @@ def main():
     limit_checks()
     if args.slow:
         slow_checks()
+    if args.auth_socket:
+        with open(args.key_file, "rb") as f:
+            auth_checks(args.auth_socket, f.read())
     check("server/still-answers-after-all-checks", server_status)
 
     def no_fd_leak():
