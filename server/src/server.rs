@@ -26,7 +26,7 @@ use crate::ServerError;
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_SIGNALS: u64 = 1;
 const TOKEN_ALIVE: u64 = 2;
-/// Connection tokens are their ids; report-pipe tokens have this bit set.
+/// Connection tokens are their ids; report-pipe tokens are a spawn's serial with this bit set.
 const TOKEN_REPORT: u64 = 1 << 62;
 const FIRST_CONN_ID: u64 = 16;
 /// recvmsg calls per readiness event: enough to drain a burst, few enough to stay fair.
@@ -249,9 +249,7 @@ impl Server {
                             return Ok(());
                         }
                     }
-                    t if t & TOKEN_REPORT != 0 => {
-                        self.on_report(Pid::from_raw((t & !TOKEN_REPORT) as i32))
-                    }
+                    t if t & TOKEN_REPORT != 0 => self.on_report(t & !TOKEN_REPORT),
                     id => self.on_conn_event(id, flags),
                 }
             }
@@ -524,8 +522,8 @@ impl Server {
     }
 
     /// A `pid_after_exec` child's report pipe is readable: EOF means the exec succeeded.
-    fn on_report(&mut self, pid: Pid) {
-        let Some(child) = self.children.get_mut(&pid) else {
+    fn on_report(&mut self, serial: u64) {
+        let Some((&pid, child)) = self.children.iter_mut().find(|(_, c)| c.serial == serial) else {
             return;
         };
         let Some(report) = child.report.take() else {
@@ -879,7 +877,8 @@ impl Server {
         }
         let wait_exec = options.pid_after_exec && is_exec;
         if wait_exec {
-            let token = TOKEN_REPORT | pid.as_raw() as u64;
+            // Keyed by the spawn's serial, not its pid: a pid can be reused, a serial cannot.
+            let token = TOKEN_REPORT | serial;
             if let Err(e) = self
                 .epoll
                 .add(&report, EpollEvent::new(EpollFlags::EPOLLIN, token))
