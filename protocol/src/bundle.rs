@@ -48,10 +48,13 @@ impl FdBundle {
     /// Pairs a received fd map with the fds that arrived beside it.
     ///
     /// # Errors
-    /// [`BuildError::TooManyFds`] when the counts differ (the fds are closed).
+    /// [`BuildError::FdCountMismatch`] when the counts differ (the fds are closed).
     pub fn from_parts(map: FdMap, fds: Vec<OwnedFd>) -> Result<Self, BuildError> {
         if map.len() != fds.len() {
-            return Err(BuildError::TooManyFds(fds.len()));
+            return Err(BuildError::FdCountMismatch {
+                targets: map.len(),
+                fds: fds.len(),
+            });
         }
         Ok(Self { map, fds })
     }

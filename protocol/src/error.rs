@@ -174,6 +174,13 @@ impl std::error::Error for DecodeError {}
 pub enum BuildError {
     /// More than [`crate::MAX_FDS`] fds in one bundle.
     TooManyFds(usize),
+    /// An fd map and a list of fds of different lengths were paired.
+    FdCountMismatch {
+        /// Entries of the map.
+        targets: usize,
+        /// fds given.
+        fds: usize,
+    },
     /// Two fds of a bundle target the same fd number.
     DuplicateTarget(u32),
     /// A count or length exceeds its limit.
@@ -191,6 +198,9 @@ impl fmt::Display for BuildError {
                     "{n} fds in one bundle, at most {} allowed",
                     crate::MAX_FDS
                 )
+            }
+            Self::FdCountMismatch { targets, fds } => {
+                write!(f, "{fds} fds for an fd map of {targets} targets")
             }
             Self::DuplicateTarget(t) => write!(f, "target fd {t} given twice"),
             Self::LimitExceeded(l) => write!(f, "limit exceeded: {l:?}"),

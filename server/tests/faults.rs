@@ -139,7 +139,11 @@ fn misbehaving_children() {
         0
     );
     // Well before the grandchild's 1.5 s, with room for a loaded machine.
-    assert!(t0.elapsed() < Duration::from_millis(1200), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        t0.elapsed()
+    );
     assert_eq!(read_all(r), "grandchild\n");
     // Changes its own process group / session.
     assert_eq!(run("exec setsid sh -c 'exit 9'", vec![], opts()).code(), 9);

@@ -437,9 +437,9 @@ impl ExecJob {
             BuildError::LimitExceeded(l) => DecodeError::LimitExceeded(l),
             BuildError::InvalidValue(f) => DecodeError::InvalidValue(f),
             // Not produced by the ExecJob setters.
-            BuildError::TooManyFds(_) | BuildError::DuplicateTarget(_) => {
-                DecodeError::InvalidValue(Field::Arg)
-            }
+            BuildError::TooManyFds(_)
+            | BuildError::DuplicateTarget(_)
+            | BuildError::FdCountMismatch { .. } => DecodeError::InvalidValue(Field::Arg),
         };
         let program = r.bytes16(MAX_PATH_LEN, Limit::PathLen)?;
         let mut job = ExecJob::new(program).map_err(invalid)?;
