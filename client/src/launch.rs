@@ -9,6 +9,8 @@
 //! 2. It makes an "alive" pipe and starts the program with `FORKSERVER_LISTEN_FD` (the
 //!    listener's fd number) and `FORKSERVER_ALIVE_FD` (the pipe's read end) in its environment,
 //!    those two fds inherited and no other; stdin `/dev/null`, stdout and stderr inherited.
+//!    Every other fd of the client is made close-on-exec first, so the server inherits no stray
+//!    fd of the client's.
 //!    With authentication on (the default), a third fd, `FORKSERVER_KEY_FD`, is the read end of
 //!    a pipe holding a fresh random 32-byte key, written and closed before the server starts:
 //!    the key never appears in argv or the environment (PROTOCOL.md §9.1).
@@ -462,11 +464,20 @@ fn spawn_server(
         None => cmd.env_remove(KEY_FD_ENV),
     };
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-    // calls are allowed. It calls fcntl(2) (a system call; nix's wrapper neither allocates nor
-    // locks) on the fds it owns, and builds an io::Error from a raw errno, which does not
-    // allocate either.
+    // calls are allowed. It makes two kinds of system call, close_range(2) and fcntl(2) (nix's
+    // wrapper neither allocates nor locks), on fd numbers only, and builds an io::Error from a
+    // raw errno, which does not allocate either.
     unsafe {
         cmd.pre_exec(move || {
+            // This process may hold fds that are not close-on-exec (std's Command passes them
+            // all on): mark every fd from 3 up close-on-exec, so that the server gets exactly
+            // the launch fds. Kernels before 5.11 lack the flag; then this is skipped.
+            let _ = nix::libc::syscall(
+                nix::libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                nix::libc::CLOSE_RANGE_CLOEXEC,
+            );
             for fd in &inherited {
                 fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
             }

@@ -138,6 +138,10 @@ fn main() {
         ("authentication_is_enforced", authentication_is_enforced),
         ("warm_connections", warm_connections),
         (
+            "the_launched_server_inherits_no_stray_fd",
+            the_launched_server_inherits_no_stray_fd,
+        ),
+        (
             "the_launched_server_restarts_after_a_kill",
             the_launched_server_restarts_after_a_kill,
         ),
@@ -505,6 +509,24 @@ fn status(client: &Client) {
     assert_eq!(s.protocol_version(), 1);
     assert_eq!(s.server_pid() as u32, client.launched_server_pid().unwrap());
     assert_eq!(s.live_children(), 0);
+}
+
+/// fds of the client that are not close-on-exec do not reach a server it launches.
+fn the_launched_server_inherits_no_stray_fd(_client: &Client) {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let (r, _w) = nix::unistd::pipe().unwrap();
+    fcntl(&r, FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
+    let stray = std::fs::read_link(format!("/proc/self/fd/{}", r.as_raw_fd())).unwrap();
+    let other = Client::launch(std::env::current_exe().unwrap()).unwrap();
+    let pid = other.launched_server_pid().unwrap();
+    let links: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .collect();
+    assert!(
+        !links.contains(&stray),
+        "the server holds {stray:?}: {links:?}"
+    );
 }
 
 /// A client that keeps a connection ready: spawns work as before, through a server restart too.
