@@ -35,15 +35,7 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use crate::client::Client;
 use crate::error::{Error, Result};
 
-/// Environment variable holding the listening socket's fd number in the server.
-pub const LISTEN_FD_ENV: &str = "FORKSERVER_LISTEN_FD";
-
-/// Environment variable holding the alive pipe's read-end fd number in the server.
-pub const ALIVE_FD_ENV: &str = "FORKSERVER_ALIVE_FD";
-
-/// Environment variable holding the fd number of a pipe's read end from which the server reads
-/// its authentication key until EOF.
-pub const KEY_FD_ENV: &str = "FORKSERVER_KEY_FD";
+pub use forkserver_protocol::launch::{ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV};
 
 /// How long dropping the last [`Client`] waits for launched servers to exit.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);

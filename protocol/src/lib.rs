@@ -35,6 +35,7 @@ mod bundle;
 pub mod codec;
 mod error;
 pub mod fuzzing;
+pub mod launch;
 mod limits;
 #[allow(unsafe_code)]
 pub mod transport;

@@ -57,19 +57,7 @@ impl Call {
     }
 }
 
-/// Environment variable that tells a launched process which inherited fd is its listening
-/// socket (set by `forkserver_client::Client::launch`).
-pub const LISTEN_FD_ENV: &str = "FORKSERVER_LISTEN_FD";
-/// Environment variable naming the inherited "alive" fd: the read end of a pipe whose EOF means
-/// the owner is gone and the server must exit.
-pub const ALIVE_FD_ENV: &str = "FORKSERVER_ALIVE_FD";
-/// Environment variable with the size of the prefork pool of a launched server
-/// ([`Zygote::prefork`]).
-pub const PREFORK_ENV: &str = "FORKSERVER_PREFORK";
-/// Environment variable naming an inherited fd (the read end of a pipe) from which the server
-/// reads its authentication key until EOF (PROTOCOL.md §9.1): the key itself never appears in
-/// argv or the environment.
-pub const KEY_FD_ENV: &str = "FORKSERVER_KEY_FD";
+pub use forkserver_protocol::launch::{ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV};
 
 /// The zygote builder. Call it at the top of `main`, before any thread exists:
 ///
