@@ -196,13 +196,9 @@ impl Client {
             Inner::Launched(m) => lock(m).current_key(),
             Inner::Path(p, key) => (p.clone(), key.clone()),
         };
-        match attempt(&path, key.as_deref(), None) {
-            Ok(_) => Ok(()),
-            Err(Failure::Refused(source) | Failure::Connect(source)) => {
-                Err(Error::Connect { path, source })
-            }
-            Err(Failure::Gone(e) | Failure::Other(e)) => Err(e),
-        }
+        attempt(&path, key.as_deref(), None)
+            .map(drop)
+            .map_err(|f| f.into_error(path))
     }
 
     /// Connects and performs the handshake, with the request made by `build` pipelined behind
@@ -219,14 +215,9 @@ impl Client {
     ) -> Result<(Conn, T)> {
         let (request, mut extra) = build()?;
         match &*self.inner {
-            Inner::Path(path, key) => match attempt(path, key.as_deref(), request) {
-                Ok(conn) => Ok((conn, extra)),
-                Err(Failure::Refused(source) | Failure::Connect(source)) => Err(Error::Connect {
-                    path: path.clone(),
-                    source,
-                }),
-                Err(Failure::Gone(e) | Failure::Other(e)) => Err(e),
-            },
+            Inner::Path(path, key) => attempt(path, key.as_deref(), request)
+                .map(|conn| (conn, extra))
+                .map_err(|f| f.into_error(path.clone())),
             Inner::Launched(m) => {
                 let (path, key, generation, spare) = {
                     let mut managed = lock(m);
@@ -268,13 +259,9 @@ impl Client {
                 }
                 let (path, key, _) = lock(m).relaunch(generation).map_err(Error::Launch)?;
                 let (request, extra) = build()?;
-                match attempt(&path, key.as_deref(), request) {
-                    Ok(conn) => Ok((conn, extra)),
-                    Err(Failure::Refused(source) | Failure::Connect(source)) => {
-                        Err(Error::Connect { path, source })
-                    }
-                    Err(Failure::Gone(e) | Failure::Other(e)) => Err(e),
-                }
+                attempt(&path, key.as_deref(), request)
+                    .map(|conn| (conn, extra))
+                    .map_err(|f| f.into_error(path))
             }
         }
     }
@@ -291,6 +278,16 @@ enum Failure {
     Gone(Error),
     /// Anything else.
     Other(Error),
+}
+
+impl Failure {
+    /// The error the caller sees when no retry is left.
+    fn into_error(self, path: PathBuf) -> Error {
+        match self {
+            Failure::Refused(source) | Failure::Connect(source) => Error::Connect { path, source },
+            Failure::Gone(e) | Failure::Other(e) => e,
+        }
+    }
 }
 
 fn attempt(

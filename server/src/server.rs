@@ -76,8 +76,6 @@ struct Child {
     report: Option<OwnedFd>,
     /// The report pipe is in the epoll set (`pid_after_exec`).
     watching_report: bool,
-    /// An error reply already went out for this child (exec failed with `pid_after_exec`).
-    reported: bool,
     kill_on_disconnect: bool,
     want_pidfd: bool,
     deadline_hit: bool,
@@ -339,12 +337,11 @@ impl Server {
         self.reserve_fd = None;
         if let Some(listener) = &self.listener {
             if let Ok(fd) = accept4(listener, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK) {
-                let reply = ErrorReply::new(
-                    ErrorCode::ResourceExhausted,
-                    e as i32,
-                    "server out of file descriptors",
+                let msg = "server out of file descriptors";
+                refuse(
+                    &fd,
+                    ErrorReply::new(ErrorCode::ResourceExhausted, e as i32, msg),
                 );
-                let _ = OutFrame::new(&reply.into(), vec![]).map(|mut o| o.send(fd.as_fd()));
             }
         }
         self.reserve_fd = open_reserve();
@@ -353,8 +350,7 @@ impl Server {
     fn on_accept(&mut self, fd: OwnedFd) {
         self.touch();
         let refuse = |fd: &OwnedFd, code: ErrorCode, msg: &str| {
-            let reply = ErrorReply::new(code, 0, msg);
-            let _ = OutFrame::new(&reply.into(), vec![]).map(|mut o| o.send(fd.as_fd()));
+            refuse(fd, ErrorReply::new(code, 0, msg));
         };
         match peer_uid(&fd) {
             Ok(uid) if uid == self.uid || self.config.allowed_uids.contains(&uid) => {}
@@ -495,10 +491,8 @@ impl Server {
         if let (true, Some(r)) = (child.watching_report, &child.report) {
             let _ = self.epoll.delete(r);
         }
+        // A child whose connection is gone (or got its exec error already) has nobody to tell.
         let Some(id) = child.conn else { return };
-        if child.reported {
-            return;
-        }
         let spawning = self
             .conns
             .get(&id)
@@ -534,25 +528,26 @@ impl Server {
         let Some(id) = child.conn else { return };
         match read_report(&report) {
             None => {
-                let want = child.want_pidfd;
-                let pidfd = if want { self.pidfd_for(pid) } else { None };
-                self.send_pid(id, pid, pidfd);
-                self.set_state(id, State::Running(pid));
+                let want_pidfd = child.want_pidfd;
+                self.start_running(id, pid, want_pidfd);
                 // Frames that came behind the Spawn were held until now.
                 self.process_frames(id);
             }
             Some(reply) => {
-                child.reported = true;
                 self.send(id, reply, vec![]);
                 self.set_state(id, State::Closing);
             }
         }
     }
 
-    fn pidfd_for(&self, pid: Pid) -> Option<OwnedFd> {
-        crate::sys::pidfd_open(pid)
-            .map_err(|e| tracing::debug!("pidfd_open: {e}"))
-            .ok()
+    /// The child exists (and, with `pid_after_exec`, has exec'd): `Pid`, with a pidfd if one
+    /// was asked for and can be had, and the connection is RUNNING.
+    fn start_running(&mut self, id: u64, pid: Pid, want_pidfd: bool) {
+        let pidfd = want_pidfd
+            .then(|| crate::sys::pidfd_open(pid))
+            .and_then(|r| r.map_err(|e| tracing::debug!("pidfd_open: {e}")).ok());
+        self.send_pid(id, pid, pidfd);
+        self.set_state(id, State::Running(pid));
     }
 
     fn expire(&mut self, now: Instant) {
@@ -893,7 +888,6 @@ impl Server {
                 conn: Some(id),
                 report: Some(report),
                 watching_report: wait_exec,
-                reported: false,
                 kill_on_disconnect: options.kill_on_disconnect,
                 want_pidfd: options.want_pidfd,
                 deadline_hit: false,
@@ -903,13 +897,7 @@ impl Server {
         if wait_exec {
             self.set_state(id, State::Spawning(pid));
         } else {
-            let pidfd = if options.want_pidfd {
-                self.pidfd_for(pid)
-            } else {
-                None
-            };
-            self.send_pid(id, pid, pidfd);
-            self.set_state(id, State::Running(pid));
+            self.start_running(id, pid, options.want_pidfd);
         }
     }
 
@@ -1093,6 +1081,14 @@ fn read_report(fd: &OwnedFd) -> Option<Message> {
         )
         .into()
     })
+}
+
+/// Tells a connection that is not going to be served why, best effort (it is closed next;
+/// nothing waits for a peer that does not read).
+fn refuse(fd: &OwnedFd, reply: ErrorReply) {
+    if let Ok(mut out) = OutFrame::new(&reply.into(), vec![]) {
+        let _ = out.send(fd.as_fd());
+    }
 }
 
 fn open_reserve() -> Option<OwnedFd> {
