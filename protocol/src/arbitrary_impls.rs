@@ -86,6 +86,7 @@ impl<'a> Arbitrary<'a> for SpawnOptions {
             want_pidfd: bool::arbitrary(u)?,
             pid_after_exec: bool::arbitrary(u)?,
             kill_on_disconnect: bool::arbitrary(u)?,
+            keep_connection: bool::arbitrary(u)?,
             deadline_ms: Option::arbitrary(u)?,
         })
     }

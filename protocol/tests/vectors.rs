@@ -125,11 +125,12 @@ fn build_valid() -> Vec<(String, String, Message)> {
             want_pidfd: true,
             pid_after_exec: true,
             kill_on_disconnect: true,
+            keep_connection: false,
             deadline_ms: NonZeroU64::new(30_000),
         };
         add(
             "spawn-exec-full",
-            "exec with every option: new session, pidfd, pid after exec, kill on disconnect, 30 s deadline, cleared env, cwd, a non-UTF-8 argument, fds 0-2",
+            "exec with every option of rev 0.2 (not keep_connection): new session, pidfd, pid after exec, kill on disconnect, 30 s deadline, cleared env, cwd, a non-UTF-8 argument, fds 0-2",
             Message::Spawn(Spawn::new(opts, FdMap::from_targets(vec![0, 1, 2]).unwrap(), Job::Exec(job)).unwrap()),
         );
     }
@@ -144,6 +145,21 @@ fn build_valid() -> Vec<(String, String, Message)> {
                 },
                 FdMap::from_targets(vec![3]).unwrap(),
                 Job::Entry(EntryJob::new("resize", vec![0, 1, 2, 0xff]).unwrap()),
+            )
+            .unwrap(),
+        ),
+    );
+    add(
+        "spawn-entry-keep",
+        "entry point 'noop', empty payload, no fds, KEEP_CONNECTION: the connection returns to READY after the child's Exit",
+        Message::Spawn(
+            Spawn::new(
+                SpawnOptions {
+                    keep_connection: true,
+                    ..SpawnOptions::default()
+                },
+                FdMap::default(),
+                Job::Entry(EntryJob::new("noop", Vec::new()).unwrap()),
             )
             .unwrap(),
         ),
@@ -391,10 +407,10 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
     let echo = body_of(&echo_spawn());
     let spawn = |body: &[u8], nfds: u16| frame(0x10, nfds, body);
     let mut b = echo.clone();
-    b[0] = 0x20;
+    b[0] = 0x40;
     add(
         "spawn-reserved-flag",
-        "Spawn flag bit 5 is reserved",
+        "Spawn flag bit 6 is reserved",
         spawn(&b, 1),
         E::ReservedNotZero,
     );

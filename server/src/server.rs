@@ -77,6 +77,8 @@ struct Child {
     /// The report pipe is in the epoll set (`pid_after_exec`).
     watching_report: bool,
     kill_on_disconnect: bool,
+    /// `KEEP_CONNECTION`: after the final report the connection goes back to `Ready`.
+    keep_connection: bool,
     want_pidfd: bool,
     deadline_hit: bool,
 }
@@ -258,10 +260,7 @@ impl Server {
                 return Ok(());
             }
             if let Some(idle) = self.config.idle_timeout {
-                if self.conns.is_empty()
-                    && self.children.is_empty()
-                    && self.idle_since.elapsed() >= idle
-                {
+                if self.is_idle() && self.idle_since.elapsed() >= idle {
                     tracing::info!("idle for {idle:?}: exiting");
                     self.cleanup();
                     return Ok(());
@@ -288,7 +287,7 @@ impl Server {
             next = Some(next.map_or(*t, |n| n.min(*t)));
         }
         if let Some(idle) = self.config.idle_timeout {
-            if self.conns.is_empty() && self.children.is_empty() {
+            if self.is_idle() {
                 let t = self.idle_since + idle;
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
@@ -301,6 +300,16 @@ impl Server {
                 EpollTimeout::try_from(d).unwrap_or(EpollTimeout::MAX)
             }
         }
+    }
+
+    /// No child, and every connection (if any) idle in READY with nothing left to send: what
+    /// `--idle-timeout` counts. Connections kept for reuse (§6.6) do not keep the server up.
+    fn is_idle(&self) -> bool {
+        self.children.is_empty()
+            && self
+                .conns
+                .values()
+                .all(|c| c.state == State::Ready && c.out.is_empty() && c.reader.buffered() == 0)
     }
 
     fn touch(&mut self) {
@@ -512,7 +521,19 @@ impl Server {
             },
         };
         self.send(id, reply, vec![]);
-        self.set_state(id, State::Closing);
+        self.after_final_report(id, child.keep_connection);
+    }
+
+    /// The child's final report (`Exit`, or its exec/setup failure) is queued: the connection
+    /// closes, or with `KEEP_CONNECTION` goes back to `Ready` for its next request (§6.1).
+    fn after_final_report(&mut self, id: u64, keep: bool) {
+        if keep && !self.shutting_down {
+            self.set_state(id, State::Ready);
+            // Frames that arrived behind the child's run are handled now, as in READY.
+            self.process_frames(id);
+        } else {
+            self.set_state(id, State::Closing);
+        }
     }
 
     /// A `pid_after_exec` child's report pipe is readable: EOF means the exec succeeded.
@@ -534,8 +555,11 @@ impl Server {
                 self.process_frames(id);
             }
             Some(reply) => {
+                // The child is reaped later; nobody waits for its exit status any more.
+                child.conn = None;
+                let keep = child.keep_connection;
                 self.send(id, reply, vec![]);
-                self.set_state(id, State::Closing);
+                self.after_final_report(id, keep);
             }
         }
     }
@@ -889,6 +913,7 @@ impl Server {
                 report: Some(report),
                 watching_report: wait_exec,
                 kill_on_disconnect: options.kill_on_disconnect,
+                keep_connection: options.keep_connection,
                 want_pidfd: options.want_pidfd,
                 deadline_hit: false,
             },

@@ -744,3 +744,102 @@ fn a_job_too_big_for_the_pool_is_forked() {
     assert!(!pool.contains(&pid), "a 100 kB job went to the pool");
     assert_eq!(c.wait().unwrap().code(), 100_000 % 256);
 }
+
+fn keep() -> SpawnOptions {
+    SpawnOptions {
+        keep_connection: true,
+        ..SpawnOptions::default()
+    }
+}
+
+/// §6.1/§6.6 (rev 0.3): with KEEP_CONNECTION the connection is READY again after the child's
+/// final report, for exec and entry outcomes alike, with exec failures included; without it,
+/// or after a Signal that the Exit overtook, it closes.
+#[test]
+fn keep_connection_returns_to_ready_after_the_final_report() {
+    let srv = Server::start(&[]);
+    let fds0 = srv.idle_fds;
+    let mut c = srv.connect();
+    // Several spawns on one connection, each with its own exit code and its own bundle.
+    for code in 0..5 {
+        let (r, w) = pipe();
+        let (pid, _) = c
+            .spawn(
+                keep(),
+                sh(&format!("echo $$; exit {code}")),
+                bundle(vec![(1, w)]),
+            )
+            .unwrap();
+        assert_eq!(c.wait().unwrap().code(), code);
+        assert_eq!(read_all(r), format!("{pid}\n"));
+    }
+    // READY: a status request is answered, and the connection stays.
+    c.send(&Message::StatusRequest, vec![]);
+    match c.recv().message {
+        Message::Status(s) => assert_eq!(s.live_children(), 0),
+        m => panic!("expected Status, got {m:?}"),
+    }
+    // An exec failure (reported after the Pid, then READY) and one under PID_AFTER_EXEC
+    // (reported instead of the Pid, then READY).
+    let missing = Job::Exec(ExecJob::new("/nonexistent/program").unwrap());
+    c.spawn(keep(), missing.clone(), FdBundle::new()).unwrap();
+    assert_eq!(c.wait().unwrap_err().code(), ErrorCode::ExecFailed);
+    let after_exec = SpawnOptions {
+        pid_after_exec: true,
+        ..keep()
+    };
+    let e = c.spawn(after_exec, missing, FdBundle::new()).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ExecFailed);
+    c.spawn(after_exec, bin_true(), FdBundle::new()).unwrap();
+    assert_eq!(c.wait().unwrap().code(), 0);
+    // A Spawn while RUNNING is still refused, and closes.
+    let killed_with_us = SpawnOptions {
+        kill_on_disconnect: true,
+        ..keep()
+    };
+    c.spawn(killed_with_us, sh("sleep 5"), FdBundle::new())
+        .unwrap();
+    c.send(
+        &Message::Spawn(Spawn::new(keep(), FdMap::default(), bin_true()).unwrap()),
+        vec![],
+    );
+    match c.recv().message {
+        Message::Error(e) => assert_eq!(e.code(), ErrorCode::UnexpectedMessage),
+        m => panic!("expected an error, got {m:?}"),
+    }
+    assert!(is_clean_end(&c.try_recv().unwrap_err()));
+
+    // A Signal that the Exit overtakes reaches a READY connection: UnexpectedMessage, closed.
+    let mut d = srv.connect();
+    d.spawn(keep(), sh("exit 7"), FdBundle::new()).unwrap();
+    assert_eq!(d.wait().unwrap().code(), 7);
+    d.send(&Message::Signal(Signal::new(15).unwrap()), vec![]);
+    match d.recv().message {
+        Message::Error(e) => assert_eq!(e.code(), ErrorCode::UnexpectedMessage),
+        m => panic!("expected an error, got {m:?}"),
+    }
+    assert!(is_clean_end(&d.try_recv().unwrap_err()));
+
+    // Without the flag: closed after Exit.
+    let mut e = srv.connect();
+    e.spawn(opts(), bin_true(), FdBundle::new()).unwrap();
+    assert_eq!(e.wait().unwrap().code(), 0);
+    assert!(is_clean_end(&e.try_recv().unwrap_err()));
+    drop((c, d, e));
+    srv.settle(fds0);
+}
+
+/// Connections kept for reuse do not keep an `--idle-timeout` server up; it closes them as it
+/// exits, and the client sees end-of-file.
+#[test]
+fn idle_kept_connections_do_not_block_the_idle_timeout() {
+    let mut srv = Server::start(&["--idle-timeout", "1"]);
+    let mut c = srv.connect();
+    c.spawn(keep(), bin_true(), FdBundle::new()).unwrap();
+    assert_eq!(c.wait().unwrap().code(), 0);
+    let t = Instant::now();
+    let status = srv.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(is_clean_end(&c.try_recv().unwrap_err()));
+}

@@ -426,6 +426,37 @@ def valid_vector_checks(valid):
             c.expect("Status")
     check("valid/status-request: Status, twice, connection stays READY", status_vec)
 
+    def keep_connection():
+        with Raw() as c:
+            for code in (0, 5, 9):
+                c.send(spawn_frame(exec_job(["sh", "-c", f"exit {code}"]), keep_connection=True))
+                c.expect("Pid")
+                msg, _ = c.expect("Exit")
+                require(msg["code"] == code, f"exit code {msg['code']}, expected {code}")
+            c.send(bytes.fromhex(byname["status-request"]["hex"]))
+            c.expect("Status")
+            c.send(spawn_frame(exec_job(["/nonexistent/x"]), keep_connection=True,
+                               pid_after_exec=True))
+            c.expect_error("ExecFailed", then_eof=False)
+            c.send(spawn_frame(exec_job(["true"])))
+            c.expect("Pid")
+            msg, _ = c.expect("Exit")
+            require(msg["code"] == 0, f"exit code {msg['code']}")
+            c.expect_eof()
+    check("keep-connection: KEEP_CONNECTION returns to READY after Exit and ExecFailed; "
+          "several spawns on one connection; closed after a Spawn without it (rev 0.3)",
+          keep_connection)
+
+    def keep_then_signal():
+        with Raw() as c:
+            c.send(spawn_frame(exec_job(["true"]), keep_connection=True))
+            c.expect("Pid")
+            c.expect("Exit")
+            c.send(bytes.fromhex(byname["signal-sigterm"]["hex"]))
+            c.expect_error("UnexpectedMessage")
+    check("keep-connection: a Signal after the Exit reaches READY: Error(UnexpectedMessage), closed",
+          keep_then_signal)
+
     def auth_ready():
         with Raw() as c:
             c.send(bytes.fromhex(byname["auth"]["hex"]))

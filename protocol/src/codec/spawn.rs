@@ -28,9 +28,16 @@ pub mod flags {
     pub const PID_AFTER_EXEC: u32 = 1 << 3;
     /// The server sends `SIGKILL` to the child when the client's connection ends first.
     pub const KILL_ON_DISCONNECT: u32 = 1 << 4;
+    /// After the child's final report the connection returns to READY for another request,
+    /// instead of being closed (PROTOCOL.md §6.1, rev 0.3).
+    pub const KEEP_CONNECTION: u32 = 1 << 5;
     /// Every defined bit; the others are reserved and MUST be zero.
-    pub const ALL: u32 =
-        NEW_SESSION | NEW_PROCESS_GROUP | WANT_PIDFD | PID_AFTER_EXEC | KILL_ON_DISCONNECT;
+    pub const ALL: u32 = NEW_SESSION
+        | NEW_PROCESS_GROUP
+        | WANT_PIDFD
+        | PID_AFTER_EXEC
+        | KILL_ON_DISCONNECT
+        | KEEP_CONNECTION;
 }
 
 /// Which session and process group the child lives in.
@@ -57,6 +64,10 @@ pub struct SpawnOptions {
     pub pid_after_exec: bool,
     /// Kill the child when the connection ends before the child does.
     pub kill_on_disconnect: bool,
+    /// Keep the connection open after the child's final report (`Exit`, or an `Error` with
+    /// code `ExecFailed`/`ChildSetupFailed`): it returns to READY and can carry the next
+    /// request, saving the connection setup and the handshake.
+    pub keep_connection: bool,
     /// Milliseconds after the fork when the server kills the child with `SIGKILL`; `None` for
     /// no deadline (encoded as 0).
     pub deadline_ms: Option<core::num::NonZeroU64>,
@@ -77,6 +88,9 @@ impl SpawnOptions {
         }
         if self.kill_on_disconnect {
             f |= flags::KILL_ON_DISCONNECT;
+        }
+        if self.keep_connection {
+            f |= flags::KEEP_CONNECTION;
         }
         f
     }
@@ -101,6 +115,7 @@ impl SpawnOptions {
             want_pidfd: f & flags::WANT_PIDFD != 0,
             pid_after_exec: f & flags::PID_AFTER_EXEC != 0,
             kill_on_disconnect: f & flags::KILL_ON_DISCONNECT != 0,
+            keep_connection: f & flags::KEEP_CONNECTION != 0,
             deadline_ms: core::num::NonZeroU64::new(deadline_ms),
         })
     }

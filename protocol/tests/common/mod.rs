@@ -72,6 +72,7 @@ pub fn to_json(m: &Message) -> Value {
                 "want_pidfd": o.want_pidfd,
                 "pid_after_exec": o.pid_after_exec,
                 "kill_on_disconnect": o.kill_on_disconnect,
+                "keep_connection": o.keep_connection,
                 "deadline_ms": o.deadline_ms.map_or(0, |d| d.get()),
                 "fd_targets": s.fds().targets(),
                 "job": job,

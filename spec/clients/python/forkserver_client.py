@@ -77,7 +77,8 @@ SERVER_LABEL = b"forkserver auth v1 server"
 
 # Spawn.flags (§5.5.1)
 NEW_SESSION, NEW_PROCESS_GROUP, WANT_PIDFD, PID_AFTER_EXEC, KILL_ON_DISCONNECT = 1, 2, 4, 8, 16
-SPAWN_FLAGS_MASK = 0x1F
+KEEP_CONNECTION = 32                   # rev 0.3
+SPAWN_FLAGS_MASK = 0x3F
 JOB_ENTRY, JOB_EXEC = 1, 2
 # Exit.flags (§5.9)
 DEADLINE_EXPIRED, CORE_DUMPED = 1, 2
@@ -192,12 +193,13 @@ def encode_auth_ok(response):
 
 
 def encode_spawn(job, fd_targets=(), session="inherit", want_pidfd=False, pid_after_exec=False,
-                 kill_on_disconnect=False, deadline_ms=0):
+                 kill_on_disconnect=False, deadline_ms=0, keep_connection=False):
     """job: {"kind": "exec", "program", "args", "env_clear", "env", "cwd"} or
     {"kind": "entry", "name", "payload"} (the decoded form of §10.8, with bytes)."""
     flags = {"inherit": 0, "new_session": NEW_SESSION, "new_process_group": NEW_PROCESS_GROUP}[session]
     flags |= (WANT_PIDFD * bool(want_pidfd) | PID_AFTER_EXEC * bool(pid_after_exec)
-              | KILL_ON_DISCONNECT * bool(kill_on_disconnect))
+              | KILL_ON_DISCONNECT * bool(kill_on_disconnect)
+              | KEEP_CONNECTION * bool(keep_connection))
     body = struct.pack("<IQ", flags, deadline_ms)
     body += b"".join(struct.pack("<I", t) for t in fd_targets)
     if job["kind"] == "entry":
@@ -259,7 +261,8 @@ def encode_message(msg):
         return encode_auth_ok(msg["response"])
     if t == "Spawn":
         return encode_spawn(msg["job"], msg["fd_targets"], msg["session"], msg["want_pidfd"],
-                            msg["pid_after_exec"], msg["kill_on_disconnect"], msg["deadline_ms"])
+                            msg["pid_after_exec"], msg["kill_on_disconnect"], msg["deadline_ms"],
+                            msg.get("keep_connection", False))
     if t == "Signal":
         return encode_signal(msg["signo"])
     if t == "StatusRequest":
@@ -418,6 +421,7 @@ def _spawn(r, nfds):
     return {"session": session, "want_pidfd": bool(flags & WANT_PIDFD),
             "pid_after_exec": bool(flags & PID_AFTER_EXEC),
             "kill_on_disconnect": bool(flags & KILL_ON_DISCONNECT),
+            "keep_connection": bool(flags & KEEP_CONNECTION),
             "deadline_ms": deadline, "fd_targets": targets, "job": job}
 
 
