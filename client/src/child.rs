@@ -34,8 +34,13 @@ pub struct Child {
     pub stdout: Option<File>,
     /// The parent's end of a piped stderr.
     pub stderr: Option<File>,
-    /// Keeps a launched server's alive pipe open.
-    _client: Client,
+    /// Keeps a launched server's alive pipe open; takes the connection back for reuse.
+    client: Client,
+    /// The spawn asked for `KEEP_CONNECTION`: after the final report the connection is READY.
+    keep: bool,
+    /// Requests sent on the connection and not yet answered (`Signal`s). A connection with one
+    /// outstanding is not reused: its answer would never come (PROTOCOL.md §6.6).
+    unanswered: u32,
 }
 
 #[derive(Debug)]
@@ -60,6 +65,7 @@ impl Child {
     pub(crate) fn new(
         client: Client,
         conn: Conn,
+        keep: bool,
         pid: i32,
         pidfd: Option<OwnedFd>,
         [stdin, stdout, stderr]: [Option<File>; 3],
@@ -71,7 +77,9 @@ impl Child {
             stdin,
             stdout,
             stderr,
-            _client: client,
+            client,
+            keep,
+            unanswered: 0,
         }
     }
 
@@ -114,7 +122,7 @@ impl Child {
         drop(self.stdin.take());
         if matches!(self.state, State::Running(_)) {
             // While the child runs: the next request's connection, if the client keeps one.
-            self._client.warm_up();
+            self.client.warm_up();
         }
         loop {
             let frame = match &mut self.state {
@@ -164,7 +172,10 @@ impl Child {
         };
         let request = Signal::new(u32::try_from(signo).map_err(|_| invalid())?)?;
         let sent = match &mut self.state {
-            State::Running(conn) => conn.send(&Message::Signal(request), Vec::new()),
+            State::Running(conn) => {
+                self.unanswered += 1;
+                conn.send(&Message::Signal(request), Vec::new())
+            }
             State::Exited(_) | State::Failed(_) => return Err(Error::AlreadyExited),
             State::Lost => return Err(Error::ServerGone),
         };
@@ -204,6 +215,17 @@ impl Child {
         }
     }
 
+    /// The child's final report arrived: store it, and hand the connection back to the client
+    /// if the server keeps it (`KEEP_CONNECTION`) and no request on it is left unanswered;
+    /// otherwise the server closes it, and so do we.
+    fn finish(&mut self, outcome: State) {
+        if let State::Running(conn) = std::mem::replace(&mut self.state, outcome) {
+            if self.keep && self.unanswered == 0 {
+                self.client.put_idle(conn);
+            }
+        }
+    }
+
     /// The stored outcome of an ended child.
     fn outcome(&self) -> Result<ExitStatus> {
         match &self.state {
@@ -225,18 +247,25 @@ impl Child {
         };
         match message {
             Message::Exit(exit) => {
-                // The server closes the connection after `Exit`; drop our end now.
-                self.state = State::Exited(exit.into());
+                self.finish(State::Exited(exit.into()));
                 Ok(None)
             }
-            Message::Signaled => Ok(Some(Ack::Signaled)),
-            Message::Error(e) if e.code() == ErrorCode::SignalFailed => Ok(Some(Ack::Failed(e))),
+            Message::Signaled => {
+                self.unanswered = self.unanswered.saturating_sub(1);
+                Ok(Some(Ack::Signaled))
+            }
+            Message::Error(e) if e.code() == ErrorCode::SignalFailed => {
+                self.unanswered = self.unanswered.saturating_sub(1);
+                Ok(Some(Ack::Failed(e)))
+            }
             Message::Error(e) => {
                 let err = Error::from(e.clone());
-                self.state = match e.code() {
-                    ErrorCode::ExecFailed | ErrorCode::ChildSetupFailed => State::Failed(e),
-                    _ => State::Lost,
-                };
+                match e.code() {
+                    ErrorCode::ExecFailed | ErrorCode::ChildSetupFailed => {
+                        self.finish(State::Failed(e));
+                    }
+                    _ => self.state = State::Lost,
+                }
                 Err(err)
             }
             other => {

@@ -5,6 +5,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use forkserver_protocol::{Message, Status};
@@ -18,15 +19,40 @@ use crate::launch::{Launcher, Managed};
 /// A handle on a forkserver.
 ///
 /// Cheap to clone (an [`Arc`] inside) and `Send + Sync`: every method can be called from any
-/// number of threads at once. Each request opens its own connection to the server; nothing is
-/// shared between requests but the socket path.
+/// number of threads at once.
+///
+/// **Connections are reused.** A request takes an idle connection to the server if the client
+/// keeps one, or opens (and authenticates) a new one. A child's connection goes back to the
+/// client once its exit status has been read (`KEEP_CONNECTION`, PROTOCOL.md §6.6), so a
+/// steady stream of spawns pays the connection setup once, not per spawn. At most
+/// [`Client::set_max_idle_connections`] (default
+/// [`DEFAULT_MAX_IDLE_CONNECTIONS`](Client::DEFAULT_MAX_IDLE_CONNECTIONS)) are kept; each is one
+/// fd here and one in the server. A kept connection that the server has closed meanwhile is
+/// noticed before it is used, and a new one is opened.
 ///
 /// A client made by [`Client::launch`] owns the server process: the server lives as long as
 /// any clone of the client (or any [`crate::Child`] spawned through it) does, and is started
 /// again by the next request if it has died.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    target: Inner,
+    /// Idle connections, handshake done; each knows the generation of the server it reaches.
+    idle: Mutex<Vec<Conn>>,
+    max_idle: AtomicUsize,
+}
+
+impl Shared {
+    fn new(target: Inner) -> Arc<Self> {
+        Arc::new(Shared {
+            target,
+            idle: Mutex::new(Vec::new()),
+            max_idle: AtomicUsize::new(Client::DEFAULT_MAX_IDLE_CONNECTIONS),
+        })
+    }
 }
 
 enum Inner {
@@ -38,25 +64,31 @@ enum Inner {
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &*self.inner {
+        let idle = self.idle_connections();
+        match &self.inner.target {
             Inner::Path(p, _) => f
                 .debug_struct("Client")
                 .field("path", p)
+                .field("idle_connections", &idle)
                 .finish_non_exhaustive(),
             Inner::Launched(m) => f
                 .debug_struct("Client")
                 .field("launched", &*lock(m))
+                .field("idle_connections", &idle)
                 .finish(),
         }
     }
 }
 
-fn lock(m: &Mutex<Managed>) -> MutexGuard<'_, Managed> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The state stays consistent across a panic (each field is replaced whole).
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Client {
+    /// How many idle connections a client keeps for reuse unless told otherwise.
+    pub const DEFAULT_MAX_IDLE_CONNECTIONS: usize = 8;
+
     /// A client for the server listening at `path`.
     ///
     /// The server is checked eagerly: this connects once and completes a handshake, so a wrong
@@ -68,7 +100,7 @@ impl Client {
     /// [`Error::Protocol`], [`Error::Server`] or [`Error::AuthRequired`] if the handshake fails.
     pub fn connect(path: impl AsRef<Path>) -> Result<Client> {
         let client = Client {
-            inner: Arc::new(Inner::Path(path.as_ref().to_owned(), None)),
+            inner: Shared::new(Inner::Path(path.as_ref().to_owned(), None)),
         };
         client.ping()?;
         Ok(client)
@@ -84,7 +116,7 @@ impl Client {
     /// `AuthFailed` when it refuses our key.
     pub fn connect_with_key(path: impl AsRef<Path>, key: impl Into<Vec<u8>>) -> Result<Client> {
         let client = Client {
-            inner: Arc::new(Inner::Path(path.as_ref().to_owned(), Some(key.into()))),
+            inner: Shared::new(Inner::Path(path.as_ref().to_owned(), Some(key.into()))),
         };
         client.ping()?;
         Ok(client)
@@ -111,7 +143,7 @@ impl Client {
 
     pub(crate) fn from_managed(managed: Managed) -> Client {
         Client {
-            inner: Arc::new(Inner::Launched(Mutex::new(managed))),
+            inner: Shared::new(Inner::Launched(Mutex::new(managed))),
         }
     }
 
@@ -136,7 +168,11 @@ impl Client {
         let (mut conn, ()) =
             self.request(|| Ok((Some((Message::StatusRequest, Vec::new())), ())))?;
         match conn.recv()?.message {
-            Message::Status(s) => Ok(s),
+            Message::Status(s) => {
+                // READY before, READY after: the connection can serve the next request.
+                self.put_idle(conn);
+                Ok(s)
+            }
             Message::Error(e) => Err(e.into()),
             other => Err(Error::unexpected(other.tag(), "Status")),
         }
@@ -145,7 +181,7 @@ impl Client {
     /// The path of the server's socket. For a launched server, the current one's (a relaunch
     /// makes a new one).
     pub fn socket_path(&self) -> PathBuf {
-        match &*self.inner {
+        match &self.inner.target {
             Inner::Path(p, _) => p.clone(),
             Inner::Launched(m) => lock(m).socket_path(),
         }
@@ -154,7 +190,7 @@ impl Client {
     /// The pid of the server process this client launched (the current one); `None` for a
     /// client made by [`Client::connect`].
     pub fn launched_server_pid(&self) -> Option<u32> {
-        match &*self.inner {
+        match &self.inner.target {
             Inner::Path(..) => None,
             Inner::Launched(m) => Some(lock(m).pid()),
         }
@@ -165,34 +201,100 @@ impl Client {
     /// reach the same server through a pipe or a file of mode 0600, never argv or the
     /// environment (PROTOCOL.md §9.1).
     pub fn auth_key(&self) -> Option<Vec<u8>> {
-        match &*self.inner {
+        match &self.inner.target {
             Inner::Path(_, key) => key.clone(),
             Inner::Launched(m) => lock(m).current_key().1,
         }
     }
 
-    /// For a launched client with `warm_connections`: opens a ready connection for the next
-    /// request, if fewer than two are kept. Errors are ignored: the next request connects anew.
-    pub(crate) fn warm_up(&self) {
-        let Inner::Launched(m) = &*self.inner else {
-            return;
+    /// Sets how many idle connections the client keeps for reuse (see [`Client`]); 0 turns
+    /// reuse off: every request then opens, authenticates and closes its own connection.
+    /// Applies to all clones of this client; connections kept beyond the new limit are closed.
+    pub fn set_max_idle_connections(&self, max: usize) {
+        self.inner.max_idle.store(max, Ordering::Relaxed);
+        let surplus: Vec<Conn> = {
+            let mut idle = lock(&self.inner.idle);
+            let keep = idle.len().min(max);
+            idle.drain(keep..).collect()
         };
-        let Some((path, key, generation)) = lock(m).spare_wanted() else {
-            return;
-        };
-        if let Ok(conn) = attempt(&path, key.as_deref(), None) {
-            lock(m).put_spare(generation, conn);
+        drop(surplus);
+    }
+
+    /// The number of idle connections kept for reuse right now.
+    pub fn idle_connections(&self) -> usize {
+        lock(&self.inner.idle).len()
+    }
+
+    /// Closes the idle connections kept for reuse, e.g. so that a server with an idle timeout
+    /// sees no client, or before counting this process's fds. Later requests open new ones.
+    pub fn close_idle_connections(&self) {
+        let idle = std::mem::take(&mut *lock(&self.inner.idle));
+        drop(idle);
+    }
+
+    /// Whether spawns ask the server to keep their connection for reuse.
+    pub(crate) fn reuses_connections(&self) -> bool {
+        self.inner.max_idle.load(Ordering::Relaxed) > 0
+    }
+
+    /// Takes back a connection that is READY (handshake done, no request outstanding), if
+    /// fewer than the maximum are kept; closes it otherwise.
+    pub(crate) fn put_idle(&self, conn: Conn) {
+        let max = self.inner.max_idle.load(Ordering::Relaxed);
+        let mut idle = lock(&self.inner.idle);
+        if idle.len() < max {
+            idle.push(conn);
         }
     }
 
-    /// One handshake on a fresh connection.
+    /// An idle connection to the server of `generation` that is still open and has nothing
+    /// pending, if one is kept. Stale ones (an older server, closed by the server) are closed.
+    fn take_idle(&self, generation: u64) -> Option<Conn> {
+        let mut stale = Vec::new();
+        let found = {
+            let mut idle = lock(&self.inner.idle);
+            loop {
+                match idle.pop() {
+                    Some(conn) if conn.generation == generation && conn.is_idle_and_open() => {
+                        break Some(conn)
+                    }
+                    Some(conn) => stale.push(conn),
+                    None => break None,
+                }
+            }
+        };
+        drop(stale);
+        found
+    }
+
+    /// For a launched client with `warm_connections`: opens a ready connection for the next
+    /// request if none is kept. Errors are ignored: the next request connects anew.
+    pub(crate) fn warm_up(&self) {
+        let Inner::Launched(m) = &self.inner.target else {
+            return;
+        };
+        if !self.reuses_connections() || self.idle_connections() > 0 {
+            return;
+        }
+        let Some((path, key, generation)) = lock(m).warm_target() else {
+            return;
+        };
+        if let Ok(mut conn) = attempt(&path, key.as_deref(), None) {
+            conn.generation = generation;
+            self.put_idle(conn);
+        }
+    }
+
+    /// One handshake on a fresh connection, which is then kept for reuse.
     pub(crate) fn ping(&self) -> Result<()> {
-        self.request(|| Ok((None, ()))).map(drop)
+        let (conn, ()) = self.request(|| Ok((None, ())))?;
+        self.put_idle(conn);
+        Ok(())
     }
 
     /// One handshake with the server just launched, without relaunching it if it fails.
     pub(crate) fn ping_launched(&self) -> Result<()> {
-        let (path, key) = match &*self.inner {
+        let (path, key) = match &self.inner.target {
             Inner::Launched(m) => lock(m).current_key(),
             Inner::Path(p, key) => (p.clone(), key.clone()),
         };
@@ -213,40 +315,47 @@ impl Client {
         &self,
         mut build: impl FnMut() -> Result<(Option<(Message, Vec<OwnedFd>)>, T)>,
     ) -> Result<(Conn, T)> {
-        let (request, mut extra) = build()?;
-        match &*self.inner {
-            Inner::Path(path, key) => attempt(path, key.as_deref(), request)
+        let (mut request, mut extra) = build()?;
+        // For a launched server: relaunched first if it has died.
+        let launched = match &self.inner.target {
+            Inner::Path(..) => None,
+            Inner::Launched(m) => Some(lock(m).ensure_running().map_err(Error::Launch)?),
+        };
+        let generation = launched.as_ref().map_or(0, |(.., g)| *g);
+        if request.is_some() {
+            if let Some(mut conn) = self.take_idle(generation) {
+                let Some((message, fds)) = request.take() else {
+                    unreachable!("checked above")
+                };
+                // The handshake is done: one round trip. A connection whose server has gone
+                // refuses the send at once (EPIPE): nothing was delivered, and the request is
+                // made anew below, on a new connection.
+                match conn.send(&message, fds) {
+                    Ok(()) => return Ok((conn, extra)),
+                    Err(e) => tracing::debug!(error = %e, "kept connection unusable"),
+                }
+                self.close_idle_connections();
+                // Built anew: the first request's fds (and piped stdio) went with it.
+                let (again, again_extra) = build()?;
+                request = again;
+                extra = again_extra;
+            }
+        }
+        let fresh = |path: &Path, key: Option<&[u8]>, request, generation| {
+            attempt(path, key, request).map(|mut conn| {
+                conn.generation = generation;
+                conn
+            })
+        };
+        match &self.inner.target {
+            Inner::Path(path, key) => fresh(path, key.as_deref(), request, generation)
                 .map(|conn| (conn, extra))
                 .map_err(|f| f.into_error(path.clone())),
             Inner::Launched(m) => {
-                let (path, key, generation, spare) = {
-                    let mut managed = lock(m);
-                    let (path, key, generation) =
-                        managed.ensure_running().map_err(Error::Launch)?;
-                    let spare = if request.is_some() {
-                        managed.take_spare()
-                    } else {
-                        None
-                    };
-                    (path, key, generation, spare)
+                let Some((path, key, generation)) = launched else {
+                    unreachable!("set above for a launched server")
                 };
-                let mut request = request;
-                if let Some(mut conn) = spare {
-                    let Some((message, fds)) = request.take() else {
-                        unreachable!("spares are taken only for requests")
-                    };
-                    // The handshake is done: one round trip. A spare whose server has gone
-                    // refuses the send at once (EPIPE); then the request is made anew below.
-                    match conn.send(&message, fds) {
-                        Ok(()) => return Ok((conn, extra)),
-                        Err(e) => tracing::debug!(error = %e, "spare connection unusable"),
-                    }
-                    // Built anew: the first request's fds (and piped stdio) went with it.
-                    let (again, again_extra) = build()?;
-                    request = again;
-                    extra = again_extra;
-                }
-                match attempt(&path, key.as_deref(), request) {
+                match fresh(&path, key.as_deref(), request, generation) {
                     Ok(conn) => return Ok((conn, extra)),
                     Err(Failure::Refused(e)) => {
                         tracing::warn!(error = %e, "forkserver not listening; relaunching");
@@ -257,9 +366,10 @@ impl Client {
                     Err(Failure::Connect(source)) => return Err(Error::Connect { path, source }),
                     Err(Failure::Other(e)) => return Err(e),
                 }
-                let (path, key, _) = lock(m).relaunch(generation).map_err(Error::Launch)?;
+                let (path, key, generation) =
+                    lock(m).relaunch(generation).map_err(Error::Launch)?;
                 let (request, extra) = build()?;
-                attempt(&path, key.as_deref(), request)
+                fresh(&path, key.as_deref(), request, generation)
                     .map(|conn| (conn, extra))
                     .map_err(|f| f.into_error(path))
             }

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use forkserver_protocol::{
-    EntryJob, ExecJob, FdBundle, Job, Message, Session, Spawn, SpawnOptions, MAX_FDS,
+    EntryJob, ErrorCode, ExecJob, FdBundle, Job, Message, Session, Spawn, SpawnOptions, MAX_FDS,
 };
 
 use crate::child::Child;
@@ -97,19 +97,43 @@ impl Request {
 
     /// Validates, connects, sends, and reads the `Pid` reply.
     fn spawn(&self, client: &Client, job: Job, default_inherit: bool) -> Result<Child> {
+        let options = SpawnOptions {
+            keep_connection: client.reuses_connections(),
+            ..self.options
+        };
         let (mut conn, parents) = client.request(|| {
             let (bundle, parents) = self.bundle(default_inherit)?;
             let (map, fds) = bundle.into_parts();
-            let spawn = Spawn::new(self.options, map, job.clone())?;
+            let spawn = Spawn::new(options, map, job.clone())?;
             Ok((Some((Message::Spawn(spawn), fds)), parents))
         })?;
         let frame = conn.recv()?;
         match frame.message {
             Message::Pid(pid) => {
                 let pidfd = frame.fds.into_iter().next();
-                Ok(Child::new(client.clone(), conn, pid.pid(), pidfd, parents))
+                let keep = options.keep_connection;
+                Ok(Child::new(
+                    client.clone(),
+                    conn,
+                    keep,
+                    pid.pid(),
+                    pidfd,
+                    parents,
+                ))
             }
-            Message::Error(e) => Err(e.into()),
+            Message::Error(e) => {
+                // An exec failure under `wait_for_exec` is the child's final report: the
+                // connection is READY again (`KEEP_CONNECTION`). Other errors close it.
+                if options.keep_connection
+                    && matches!(
+                        e.code(),
+                        ErrorCode::ExecFailed | ErrorCode::ChildSetupFailed
+                    )
+                {
+                    client.put_idle(conn);
+                }
+                Err(e.into())
+            }
             other => Err(Error::unexpected(other.tag(), "Pid")),
         }
     }

@@ -14,6 +14,8 @@ use forkserver_protocol::{
 };
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{recv, MsgFlags};
+use std::os::fd::AsRawFd;
 
 use crate::error::{Error, ProtocolError, Result};
 
@@ -25,6 +27,9 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 pub(crate) struct Conn {
     sock: UnixStream,
     reader: FrameReader,
+    /// Which launch of the server this connection reaches (see `Managed`); 0 for a server at
+    /// a path.
+    pub(crate) generation: u64,
 }
 
 impl Conn {
@@ -37,6 +42,7 @@ impl Conn {
         Self {
             sock,
             reader: FrameReader::new(),
+            generation: 0,
         }
     }
 
@@ -171,6 +177,24 @@ impl Conn {
                 .recv(self.sock.as_fd())
                 .map_err(Error::from_transport)?;
         }
+    }
+
+    /// For a kept connection (PROTOCOL.md §6.6): nothing buffered, and the socket has neither
+    /// data nor end-of-file pending (a server that timed it out, shut down or died has closed
+    /// it, or queued an `Error` on it).
+    pub(crate) fn is_idle_and_open(&self) -> bool {
+        if self.reader.buffered() != 0 || self.reader.pending_fds() != 0 {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        matches!(
+            recv(
+                self.sock.as_raw_fd(),
+                &mut byte,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+            ),
+            Err(Errno::EAGAIN)
+        )
     }
 
     /// The socket, for callers that want to poll it.

@@ -115,10 +115,11 @@ impl Launcher {
         self
     }
 
-    /// Whether the client keeps a connection ready (handshake and authentication done) for its
-    /// next request, opened while a [`crate::Child::wait`] waits. A spawn through a warm
-    /// connection pays one round trip to the server instead of three (Hello, Auth, Spawn).
-    /// Default `false`: a warm connection counts as a connection of the server's.
+    /// Whether the client also opens a connection ahead of need (handshake and authentication
+    /// done) while a [`crate::Child::wait`] waits and no idle connection is kept. Connections
+    /// are reused anyway (see [`Client`]); this covers the first spawns and bursts from more
+    /// threads than there are idle connections. Default `false`: a warm connection counts as
+    /// a connection of the server's.
     pub fn warm_connections(mut self, on: bool) -> Self {
         self.spec.warm = on;
         self
@@ -150,9 +151,6 @@ pub(crate) struct Managed {
     /// Bumped at each relaunch, so that threads that saw the same dead server relaunch once.
     generation: u64,
     retired: Vec<Server>,
-    /// Connections ready for a request (`warm_connections`), with the generation of the server
-    /// they reach.
-    spares: Vec<(u64, crate::conn::Conn)>,
 }
 
 impl Managed {
@@ -163,7 +161,6 @@ impl Managed {
             current,
             generation: 0,
             retired: Vec::new(),
-            spares: Vec::new(),
         })
     }
 
@@ -213,24 +210,10 @@ impl Managed {
         Ok(self.current_with_generation())
     }
 
-    /// A ready connection to the current server, if one is kept.
-    pub(crate) fn take_spare(&mut self) -> Option<crate::conn::Conn> {
-        let generation = self.generation;
-        self.spares.retain(|(g, _)| *g == generation);
-        self.spares.pop().map(|(_, c)| c)
-    }
-
-    /// Whether a spare connection is wanted now, and where to open it: path, key, generation.
-    pub(crate) fn spare_wanted(&self) -> Option<(PathBuf, Option<Vec<u8>>, u64)> {
-        const MAX_SPARES: usize = 2;
-        (self.spec.warm && self.spares.len() < MAX_SPARES).then(|| self.current_with_generation())
-    }
-
-    /// Keeps a ready connection for the next request.
-    pub(crate) fn put_spare(&mut self, generation: u64, conn: crate::conn::Conn) {
-        if generation == self.generation {
-            self.spares.push((generation, conn));
-        }
+    /// With `warm_connections`: where to open a connection ahead of need (path, key,
+    /// generation).
+    pub(crate) fn warm_target(&self) -> Option<(PathBuf, Option<Vec<u8>>, u64)> {
+        self.spec.warm.then(|| self.current_with_generation())
     }
 
     /// The current server's pid.

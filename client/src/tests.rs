@@ -90,6 +90,114 @@ fn serve_ping(accept: &mut dyn FnMut() -> Peer) {
     assert!(p.at_eof());
 }
 
+/// A client that opens a connection per request (no reuse), so that each scripted `accept`
+/// of the fake server sees one request; the check's connection is closed at once.
+fn one_connection_per_request(path: &std::path::Path) -> Client {
+    let client = Client::connect(path).unwrap();
+    client.set_max_idle_connections(0);
+    client
+}
+
+fn read_spawn(p: &mut Peer) -> forkserver_protocol::Spawn {
+    match p.read().message {
+        Message::Spawn(s) => s,
+        m => panic!("expected Spawn, got {m:?}"),
+    }
+}
+
+#[test]
+fn connections_are_reused_after_the_final_report() {
+    let (path, server) = fake_server(|accept| {
+        // The check's connection is kept, and carries every spawn that follows while its
+        // requests are all answered.
+        let mut p = accept();
+        p.handshake();
+        for (i, code) in [0, 3].into_iter().enumerate() {
+            let spawn = read_spawn(&mut p);
+            assert!(spawn.options().keep_connection, "spawn {i}");
+            p.send(pid(100 + i as i32, false), vec![]);
+            p.send(exit(code), vec![]);
+        }
+        // An exec failure in place of the Pid (wait_for_exec) is a final report too.
+        read_spawn(&mut p);
+        p.send(
+            Message::Error(ErrorReply::new(ErrorCode::ExecFailed, 2, "execve")),
+            vec![],
+        );
+        // READY again: a status request, answered.
+        assert_eq!(p.read().message, Message::StatusRequest);
+        p.send(
+            Message::Status(Status::new(1, 1, 0, 1, 3, "fake").unwrap()),
+            vec![],
+        );
+        // A Signal that the Exit overtakes: the client must not reuse this connection.
+        read_spawn(&mut p);
+        p.send(pid(200, false), vec![]);
+        assert!(matches!(p.read().message, Message::Signal(_)));
+        p.send(exit(1), vec![]);
+        assert!(p.at_eof());
+        // So the next spawn comes on a new connection; and after an UnknownEntry error (not a
+        // final report) that one is not reused either.
+        let mut q = accept();
+        q.handshake();
+        read_spawn(&mut q);
+        q.send(
+            Message::Error(ErrorReply::new(ErrorCode::UnknownEntry, 0, "no")),
+            vec![],
+        );
+        assert!(q.at_eof());
+        // A kept connection that the server closes is noticed before it is used: after a
+        // spawn, this end closes; the client's next request connects anew.
+        let mut r = accept();
+        r.handshake();
+        read_spawn(&mut r);
+        r.send(pid(300, false), vec![]);
+        r.send(exit(0), vec![]);
+        drop(r);
+        let mut t = accept();
+        t.handshake();
+        read_spawn(&mut t);
+        t.send(pid(301, false), vec![]);
+        t.send(exit(4), vec![]);
+    });
+    let client = Client::connect(&path).unwrap();
+    assert_eq!(client.idle_connections(), 1);
+    for (i, code) in [0, 3].into_iter().enumerate() {
+        let mut child = client.call("e", "").spawn().unwrap();
+        assert_eq!(child.pid(), 100 + i as i32);
+        assert_eq!(client.idle_connections(), 0);
+        assert_eq!(child.wait().unwrap().code(), Some(code));
+        assert_eq!(client.idle_connections(), 1);
+    }
+    let err = client.command("/nonexistent").spawn().unwrap_err();
+    assert!(matches!(err, Error::Server { .. }), "{err:?}");
+    assert_eq!(client.idle_connections(), 1);
+    assert_eq!(client.status().unwrap().spawned_total(), 3);
+    assert_eq!(client.idle_connections(), 1);
+
+    let mut child = client.call("e", "").spawn().unwrap();
+    assert!(matches!(child.signal(15), Err(Error::AlreadyExited)));
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    assert_eq!(client.idle_connections(), 0);
+    assert!(client.call("nope", "").spawn().is_err());
+    assert_eq!(client.idle_connections(), 0);
+
+    let mut child = client.call("e", "").spawn().unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(client.idle_connections(), 1);
+    // Let the fake close its end before the next request looks at the kept connection.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut child = client.call("e", "").spawn().unwrap();
+    assert_eq!(child.pid(), 301);
+    assert_eq!(child.wait().unwrap().code(), Some(4));
+    server.join().unwrap();
+
+    // Reuse off: kept connections are closed.
+    assert_eq!(client.idle_connections(), 1);
+    client.set_max_idle_connections(0);
+    assert_eq!(client.idle_connections(), 0);
+}
+
 #[test]
 fn spawn_sends_job_and_fds_then_wait_reads_exit() {
     let (path, server) = fake_server(|accept| {
@@ -123,7 +231,7 @@ fn spawn_sends_job_and_fds_then_wait_reads_exit() {
         p.send(pid(4242, true), vec![fake_pidfd]);
         p.send(exit(-9), vec![]);
     });
-    let client = Client::connect(&path).unwrap();
+    let client = one_connection_per_request(&path);
     let extra: OwnedFd = File::open("/dev/null").unwrap().into();
     let mut child = client
         .command("prog")
@@ -158,7 +266,7 @@ fn too_many_fds_are_refused_before_connecting() {
         let mut p = accept();
         assert!(p.at_eof());
     });
-    let client = Client::connect(&path).unwrap();
+    let client = one_connection_per_request(&path);
     let mut call = client.call("work", Vec::new());
     for t in 0..257 {
         call.fd(t, File::open("/dev/null").unwrap());
@@ -188,7 +296,7 @@ fn exec_failure_fails_spawn() {
             vec![],
         );
     });
-    let client = Client::connect(&path).unwrap();
+    let client = one_connection_per_request(&path);
     let err = client.command("missing").spawn().unwrap_err();
     assert!(err.is_exec_failure(), "{err:?}");
     assert_eq!(err.errno(), Some(nix::libc::ENOENT));
@@ -211,7 +319,7 @@ fn exec_failure_after_pid_is_reported_by_wait() {
             vec![],
         );
     });
-    let client = Client::connect(&path).unwrap();
+    let client = one_connection_per_request(&path);
     let mut child = client.command("x").wait_for_exec(false).spawn().unwrap();
     for _ in 0..2 {
         let err = child.wait().unwrap_err();
@@ -250,7 +358,7 @@ fn signal_is_acknowledged_and_kill_after_exit_is_ok() {
         assert!(matches!(p.read().message, Message::Signal(_)));
         p.send(exit(3), vec![]);
     });
-    let client = Client::connect(&path).unwrap();
+    let client = one_connection_per_request(&path);
     let mut child = client.call("work", *b"pl").spawn().unwrap();
     assert!(matches!(child.signal(0), Err(Error::InvalidRequest(_))));
     assert!(matches!(child.signal(65), Err(Error::InvalidRequest(_))));
@@ -284,7 +392,7 @@ fn piped_stdio_reaches_the_child_fds() {
         drop(stdout);
         p.send(exit(0), vec![]);
     });
-    let client = Client::connect(&path).unwrap();
+    let client = one_connection_per_request(&path);
     let mut child = client
         .command("cat")
         .stdin(Stdio::piped())
@@ -317,7 +425,7 @@ fn try_wait_does_not_block() {
         go_rx.recv().unwrap();
         p.send(exit(1), vec![]);
     });
-    let client = Client::connect(&path).unwrap();
+    let client = one_connection_per_request(&path);
     let mut child = client.call("work", Vec::new()).spawn().unwrap();
     assert!(child.connection_fd().is_some());
     assert_eq!(child.try_wait().unwrap(), None);
@@ -359,7 +467,7 @@ fn status_auth_and_server_gone() {
             vec![],
         );
     });
-    let client = Client::connect(&path).unwrap();
+    let client = one_connection_per_request(&path);
     let s = client.status().unwrap();
     assert_eq!((s.server_pid(), s.live_children()), (77, 2));
     assert_eq!(s.server_version(), "fake 0.0");
@@ -396,7 +504,7 @@ fn many_threads_share_one_client() {
             h.join().unwrap();
         }
     });
-    let client = Client::connect(&path).unwrap();
+    let client = one_connection_per_request(&path);
     let handles: Vec<_> = (0..N as u8)
         .map(|i| {
             let client = client.clone();

@@ -137,6 +137,7 @@ fn main() {
         ("status", status),
         ("authentication_is_enforced", authentication_is_enforced),
         ("warm_connections", warm_connections),
+        ("connections_are_reused", connections_are_reused),
         (
             "the_launched_server_inherits_no_stray_fd",
             the_launched_server_inherits_no_stray_fd,
@@ -198,6 +199,9 @@ fn settled(client: &Client, expect: Option<usize>) -> usize {
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         let pid = client.launched_server_pid().expect("a launched server");
+        // The connections kept for reuse are not the server's business here: one is counted,
+        // the one `status` takes (and keeps again).
+        client.close_idle_connections();
         let status = client.status().expect("status");
         // Hold one connection open while counting: an answered Hello proves it was accepted.
         let sock = std::os::unix::net::UnixStream::connect(client.socket_path()).unwrap();
@@ -509,6 +513,43 @@ fn status(client: &Client) {
     assert_eq!(s.protocol_version(), 1);
     assert_eq!(s.server_pid() as u32, client.launched_server_pid().unwrap());
     assert_eq!(s.live_children(), 0);
+}
+
+/// One connection serves a stream of spawns (`KEEP_CONNECTION`): exits, exec failures and
+/// status requests leave it READY; the server never sees more than the one connection.
+fn connections_are_reused(client: &Client) {
+    // Settled: only the connection `status` holds (connections closed just before may still
+    // be counted until the server has seen their end).
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        client.close_idle_connections();
+        if client.status().unwrap().connections() == 1 {
+            break;
+        }
+        assert!(Instant::now() < until, "the server kept other connections");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // From here on no connection is closed: the counts are exact. (fds are checked by the
+    // harness after the test.)
+    for code in 0..30 {
+        let mut child = client.call("exit", code.to_string()).spawn().unwrap();
+        // The child's connection, and the one `status` takes (and keeps after the first time).
+        assert_eq!(client.status().unwrap().connections(), 2);
+        assert_eq!(child.wait().unwrap().code(), Some(code));
+        assert_eq!(client.idle_connections(), 2);
+    }
+    let err = client.command("/nonexistent/program").spawn().unwrap_err();
+    assert!(err.is_exec_failure(), "{err:?}");
+    assert_eq!(err.errno(), Some(nix::libc::ENOENT));
+    assert_eq!(client.idle_connections(), 2);
+    assert_eq!(client.status().unwrap().connections(), 2);
+    // Reuse off: the connection of each spawn is closed after its exit, as in rev 0.2.
+    client.set_max_idle_connections(0);
+    assert_eq!(client.idle_connections(), 0);
+    let mut child = client.call("exit", "5").spawn().unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(5));
+    assert_eq!(client.idle_connections(), 0);
+    client.set_max_idle_connections(Client::DEFAULT_MAX_IDLE_CONNECTIONS);
 }
 
 /// fds of the client that are not close-on-exec do not reach a server it launches.

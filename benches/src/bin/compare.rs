@@ -252,20 +252,23 @@ impl Group {
 /// Group 1 and 2: the limit (`fork` in this small process) and ours through the client, with
 /// 0, 3, 64 and 256 fds in the bundle.
 ///
-/// `noauth` is a second server launched with `authenticate(false)`: the same 3-fd scenarios
-/// through it show what the per-connection HMAC handshake (the default for launched servers)
-/// costs.
+/// `client` is the library's default: its connections are reused (`KEEP_CONNECTION`), so in
+/// a stream of spawns each one is a single round trip on an authenticated connection.
 ///
-/// `prefork` is a third server with a pool of pre-forked children (`FORKSERVER_PREFORK=4`):
-/// the fork is off the critical path there.
+/// `cold` is a second client of the same server with reuse off (`set_max_idle_connections(0)`):
+/// every spawn connects, says Hello, authenticates (two round trips, PROTOCOL.md §9) and sends
+/// its request, as the first spawn of a process (and every spawn before rev 0.3) does.
 ///
-/// `warm` is a client that keeps an authenticated connection ready (`warm_connections`), to a
-/// server with the same pool: one round trip per spawn instead of three.
+/// `cold_noauth` is a client, reuse off, of a server launched with `authenticate(false)`: what
+/// the per-connection HMAC handshake costs.
+///
+/// `prefork` is a client (reuse on) of a server with a pool of pre-forked children
+/// (`FORKSERVER_PREFORK=4`): the fork is off the critical path there.
 fn latency_group(
     client: &Client,
-    noauth: &Client,
+    cold: &Client,
+    cold_noauth: &Client,
     prefork: &Client,
-    warm: &Client,
     plan: &Plan,
 ) -> Result<Group> {
     ensure_single_threaded("latency group")?;
@@ -284,14 +287,16 @@ fn latency_group(
             ours_exit(noop_call(client, n, &devnull)?),
         ));
     }
-    scenarios.push(Scenario::new(
-        "ours_pid_fds3_noauth",
-        ours_pid(noop_call(noauth, 3, &devnull)?),
-    ));
-    scenarios.push(Scenario::new(
-        "ours_exit_fds3_noauth",
-        ours_exit(noop_call(noauth, 3, &devnull)?),
-    ));
+    for (suffix, c) in [("cold", cold), ("cold_noauth", cold_noauth)] {
+        scenarios.push(Scenario::new(
+            format!("ours_pid_fds3_{suffix}"),
+            ours_pid(noop_call(c, 3, &devnull)?),
+        ));
+        scenarios.push(Scenario::new(
+            format!("ours_exit_fds3_{suffix}"),
+            ours_exit(noop_call(c, 3, &devnull)?),
+        ));
+    }
     scenarios.push(Scenario::new(
         "ours_pid_fds3_prefork",
         ours_pid(noop_call(prefork, 3, &devnull)?),
@@ -299,14 +304,6 @@ fn latency_group(
     scenarios.push(Scenario::new(
         "ours_exit_fds3_prefork",
         ours_exit(noop_call(prefork, 3, &devnull)?),
-    ));
-    scenarios.push(Scenario::new(
-        "ours_pid_fds3_warm_prefork",
-        ours_pid(noop_call(warm, 3, &devnull)?),
-    ));
-    scenarios.push(Scenario::new(
-        "ours_exit_fds3_warm_prefork",
-        ours_exit(noop_call(warm, 3, &devnull)?),
     ));
     let r = interleave::run(&mut scenarios, plan.latency_warmup, plan.latency_rounds)?;
     Ok(Group(r))
@@ -585,20 +582,22 @@ fn run(args: &Args) -> Result<()> {
     let harness_rss_kib = procfs::vm_rss_kib("self").unwrap_or(0);
 
     eprintln!("[1-2/7] latency: fork limit vs ours, 0/3/64/256 fds");
-    let noauth = Client::launcher(std::env::current_exe()?)
+    let cold = Client::connect_with_key(
+        client.socket_path(),
+        client.auth_key().ok_or("the launched server has no key")?,
+    )?;
+    cold.set_max_idle_connections(0);
+    let cold_noauth = Client::launcher(std::env::current_exe()?)
         .authenticate(false)
         .launch()?;
+    cold_noauth.set_max_idle_connections(0);
     let prefork = Client::launcher(std::env::current_exe()?)
         .env(forkserver_server::PREFORK_ENV, "4")
         .launch()?;
-    let warm = Client::launcher(std::env::current_exe()?)
-        .env(forkserver_server::PREFORK_ENV, "4")
-        .warm_connections(true)
-        .launch()?;
-    let latency = latency_group(&client, &noauth, &prefork, &warm, &plan)?;
-    drop(noauth);
+    let latency = latency_group(&client, &cold, &cold_noauth, &prefork, &plan)?;
+    drop(cold);
+    drop(cold_noauth);
     drop(prefork);
-    drop(warm);
     eprintln!("[3/7] exec: /bin/true through the server vs std::process::Command");
     let exec = exec_group(&client, &plan)?;
     eprintln!("[4/7] client RSS");
@@ -676,18 +675,15 @@ fn ratios(r: &Results) -> Result<Map<String, Value>> {
         ratio(l.get("ours_pid_fds3_prefork")?, l.get("limit_fork_to_pid")?),
     );
     put(
-        "pid_warm_prefork_vs_limit",
+        "exit_cold_vs_limit",
         ratio(
-            l.get("ours_pid_fds3_warm_prefork")?,
-            l.get("limit_fork_to_pid")?,
+            l.get("ours_exit_fds3_cold")?,
+            l.get("limit_fork_exit_wait")?,
         ),
     );
     put(
-        "exit_warm_prefork_vs_limit",
-        ratio(
-            l.get("ours_exit_fds3_warm_prefork")?,
-            l.get("limit_fork_exit_wait")?,
-        ),
+        "pid_cold_vs_limit",
+        ratio(l.get("ours_pid_fds3_cold")?, l.get("limit_fork_to_pid")?),
     );
     put(
         "exit_prefork_vs_limit",
@@ -697,8 +693,15 @@ fn ratios(r: &Results) -> Result<Map<String, Value>> {
         ),
     );
     put(
-        "exit_auth_vs_noauth",
-        ratio(l.get("ours_exit_fds3")?, l.get("ours_exit_fds3_noauth")?),
+        "exit_cold_auth_vs_noauth",
+        ratio(
+            l.get("ours_exit_fds3_cold")?,
+            l.get("ours_exit_fds3_cold_noauth")?,
+        ),
+    );
+    put(
+        "exit_reused_vs_cold",
+        ratio(l.get("ours_exit_fds3")?, l.get("ours_exit_fds3_cold")?),
     );
     put(
         "fds256_vs_fds3",
