@@ -210,13 +210,18 @@ pub struct Frame {
 /// Reassembles frames and their fds from a stream socket, one `recvmsg` at a time.
 #[derive(Debug)]
 pub struct FrameReader {
+    /// Received bytes in `buf[..len]`; the rest is zeroed room for the next `recvmsg`, kept
+    /// between calls so that a read writes only the bytes it receives (no per-read memset:
+    /// in a server that forks, every page written after a fork is a copy-on-write fault).
     buf: Vec<u8>,
+    len: usize,
     /// Stream offset of `buf[0]`.
     base: u64,
     /// Received fds not yet handed out, each with the stream offset of the last byte of the
     /// `recvmsg` that brought it.
     fds: VecDeque<(u64, OwnedFd)>,
-    cmsg_space: usize,
+    /// The control buffer of `recvmsg`, zeroed before each call.
+    cmsg: Vec<u8>,
     eof: bool,
 }
 
@@ -246,16 +251,17 @@ impl FrameReader {
     pub fn with_fd_capacity(nfds: usize) -> Self {
         Self {
             buf: Vec::new(),
+            len: 0,
             base: 0,
             fds: VecDeque::new(),
-            cmsg_space: cmsg_space_for(nfds),
+            cmsg: vec![0; cmsg_space_for(nfds)],
             eof: false,
         }
     }
 
     /// Bytes received and not yet decoded.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.len
     }
 
     /// fds received and not yet handed out with a frame.
@@ -281,15 +287,20 @@ impl FrameReader {
     /// [`TransportError::ControlTruncated`], or [`TransportError::TooManyFds`] when a peer
     /// piles up fds that no frame announced.
     pub fn recv(&mut self, sock: BorrowedFd<'_>) -> Result<usize, TransportError> {
-        let old_len = self.buf.len();
-        self.buf.resize(old_len + READ_CHUNK, 0);
-        let mut cmsg = vec![0u8; self.cmsg_space];
+        let old_len = self.len;
+        if self.buf.len() < old_len + READ_CHUNK {
+            self.buf.resize(old_len + READ_CHUNK, 0);
+        }
+        self.cmsg.fill(0);
+        let cmsg = &mut self.cmsg;
         let result = loop {
-            let mut iov = [IoSliceMut::new(&mut self.buf[old_len..])];
+            let mut iov = [IoSliceMut::new(
+                &mut self.buf[old_len..old_len + READ_CHUNK],
+            )];
             match recvmsg::<UnixAddr>(
                 sock.as_raw_fd(),
                 &mut iov,
-                Some(&mut cmsg),
+                Some(cmsg),
                 MsgFlags::MSG_CMSG_CLOEXEC,
             ) {
                 Err(Errno::EINTR) => continue,
@@ -312,16 +323,13 @@ impl FrameReader {
         };
         let (n, truncated, raw) = match result {
             Ok(r) => r,
-            Err(e) => {
-                self.buf.truncate(old_len);
-                return Err(TransportError::Io(e));
-            }
+            Err(e) => return Err(TransportError::Io(e)),
         };
-        self.buf.truncate(old_len + n);
+        self.len = old_len + n;
         if truncated {
             // The kernel installed the fds that fit and dropped the rest: find and close those
             // it installed, from the control buffer itself.
-            drop(owned_fds(scm_rights_in(&cmsg)));
+            drop(owned_fds(scm_rights_in(&self.cmsg)));
             return Err(self.fail(TransportError::ControlTruncated));
         }
         let owned = owned_fds(raw);
@@ -331,7 +339,7 @@ impl FrameReader {
             drop(owned);
             return Ok(0);
         }
-        let last = self.base + self.buf.len() as u64 - 1;
+        let last = self.base + self.len as u64 - 1;
         self.fds.extend(owned.into_iter().map(|fd| (last, fd)));
         if self.fds.len() > MAX_FDS + SCM_MAX_FD {
             let n = self.fds.len();
@@ -347,15 +355,16 @@ impl FrameReader {
     /// disagree with the header, [`TransportError::Closed`]/[`TransportError::ClosedMidFrame`]
     /// once the peer has closed and no frame remains. Every held fd is closed on error.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, TransportError> {
-        let decoded = match decode(&self.buf) {
+        let received = &self.buf[..self.len];
+        let decoded = match decode(received) {
             Ok(d) => d,
             Err(e) => return Err(self.fail(TransportError::Decode(e))),
         };
         match decoded {
             Decoded::Incomplete { .. } => {
                 // fds already assigned to this unfinished frame may not exceed its nfds.
-                if let Ok(Some(h)) = Header::parse(&self.buf[..self.buf.len().min(HEADER_LEN)]) {
-                    let end = self.base + self.buf.len() as u64;
+                if let Ok(Some(h)) = Header::parse(&received[..received.len().min(HEADER_LEN)]) {
+                    let end = self.base + self.len as u64;
                     let assigned = self.fds.iter().take_while(|(o, _)| *o < end).count();
                     if assigned > usize::from(h.nfds) {
                         return Err(self.fail(TransportError::FdMismatch {
@@ -365,7 +374,7 @@ impl FrameReader {
                     }
                 }
                 if self.eof {
-                    let e = if self.buf.is_empty() {
+                    let e = if self.len == 0 {
                         TransportError::Closed
                     } else {
                         TransportError::ClosedMidFrame
@@ -385,10 +394,11 @@ impl FrameReader {
                     }));
                 }
                 let fds = self.fds.drain(..assigned).map(|(_, fd)| fd).collect();
-                self.buf.drain(..consumed);
+                self.buf.copy_within(consumed..self.len, 0);
+                self.len -= consumed;
                 self.base += consumed as u64;
                 // A big frame must not pin its memory for the rest of the connection.
-                if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
+                if self.len == 0 && self.buf.len() > 4 * READ_CHUNK {
                     self.buf = Vec::new();
                 }
                 Ok(Some(Frame { message, fds }))
