@@ -81,16 +81,18 @@ struct Child {
     keep_connection: bool,
     want_pidfd: bool,
     deadline_hit: bool,
+    /// A failure the server saw itself: a pooled child that could not be handed its job.
+    /// Reported in place of the child's exit, like a failure it reported itself.
+    failure: Option<Message>,
 }
 
 /// What became of a job offered to the prefork pool.
 enum Pooled {
-    /// A pooled child has it: its pid and the server's end of its socket (the report channel).
-    Sent(Pid, OwnedFd),
-    /// No pooled child took it: fork for it.
+    /// A pooled child will run it: its pid, the server's end of its socket (the report
+    /// channel), and the job's frame, sent to it once the client has its `Pid`.
+    Taken(Pid, OwnedFd, OutFrame),
+    /// No pooled child can take it: fork for it.
     Fork(Spawn, FdBundle),
-    /// It went half-way to a pooled child that then failed.
-    Lost(Errno),
 }
 
 /// A bound server, ready to [`Server::run`].
@@ -496,7 +498,9 @@ impl Server {
             return;
         };
         tracing::debug!(pid = pid.as_raw(), code, "child reaped");
-        let failure = child.report.as_ref().and_then(read_report);
+        let failure = child
+            .failure
+            .or_else(|| child.report.as_ref().and_then(read_report));
         if let (true, Some(r)) = (child.watching_report, &child.report) {
             let _ = self.epoll.delete(r);
         }
@@ -547,7 +551,7 @@ impl Server {
         child.watching_report = false;
         let _ = self.epoll.delete(&report);
         let Some(id) = child.conn else { return };
-        match read_report(&report) {
+        match child.failure.take().or_else(|| read_report(&report)) {
             None => {
                 let want_pidfd = child.want_pidfd;
                 self.start_running(id, pid, want_pidfd);
@@ -860,9 +864,12 @@ impl Server {
         }
         let options = *spawn.options();
         let is_exec = matches!(spawn.job(), Job::Exec(_));
-        let forked = match self.dispatch_to_pool(spawn, bundle) {
-            Pooled::Sent(pid, sock) => Ok((pid, sock)),
-            Pooled::Lost(e) => Err(e),
+        let mut handoff = None;
+        let forked = match self.take_pooled(spawn, bundle) {
+            Pooled::Taken(pid, sock, job) => {
+                handoff = Some(job);
+                Ok((pid, sock))
+            }
             Pooled::Fork(spawn, bundle) => {
                 let work = match spawn.job() {
                     Job::Exec(e) => Work::Exec(e),
@@ -916,6 +923,7 @@ impl Server {
                 keep_connection: options.keep_connection,
                 want_pidfd: options.want_pidfd,
                 deadline_hit: false,
+                failure: None,
             },
         );
         tracing::debug!(conn = id, pid = pid.as_raw(), "spawned");
@@ -924,41 +932,48 @@ impl Server {
         } else {
             self.start_running(id, pid, options.want_pidfd);
         }
+        // A pooled child gets its job after the client got its Pid: the client's wake-up comes
+        // first, and the child's start follows at once.
+        if let Some(job) = handoff {
+            self.hand_off(pid, job);
+        }
     }
 
-    /// Hands the job to a pooled child, if one is waiting and the job fits in its socket's
-    /// buffer at once (the event loop never blocks on a pooled child). Gives the request back,
-    /// fds included, when it cannot: the caller forks instead.
-    fn dispatch_to_pool(&mut self, spawn: Spawn, bundle: FdBundle) -> Pooled {
+    /// Sends a pooled child its job. If that fails (the child died or was stopped meanwhile:
+    /// not expected, the frame fits the socket's buffer) the child is killed, and its connection
+    /// gets `ChildSetupFailed` in place of its exit: the job never started.
+    fn hand_off(&mut self, pid: Pid, mut job: OutFrame) {
+        let Some(child) = self.children.get_mut(&pid) else {
+            return;
+        };
+        let Some(sock) = &child.report else { return };
+        if let Err(e) = job.send(sock.as_fd()) {
+            tracing::warn!(pid = pid.as_raw(), "pooled child unreachable: {e}");
+            let _ = kill(pid, Signal::SIGKILL);
+            let errno = match e {
+                TransportError::Io(e) => e as i32,
+                _ => Errno::EIO as i32,
+            };
+            let msg = format!("the pooled child did not take its job: {e}");
+            child.failure = Some(ErrorReply::new(ErrorCode::ChildSetupFailed, errno, msg).into());
+        }
+    }
+
+    /// Takes a pooled child for the job, if one is waiting and the job fits in its socket's
+    /// buffer at once (the event loop never blocks on a pooled child), with the job's frame to
+    /// send it. Gives the request back, fds included, when it cannot: the caller forks instead.
+    fn take_pooled(&mut self, spawn: Spawn, bundle: FdBundle) -> Pooled {
         let message = Message::Spawn(spawn);
-        let job_back = |message: Message, bundle| match message {
-            Message::Spawn(spawn) => Pooled::Fork(spawn, bundle),
-            _ => unreachable!("built from a Spawn above"),
+        let fits = message.encoded_len() <= POOL_MAX_FRAME;
+        let Some((pid, sock)) = fits.then(|| self.pool.pop_front()).flatten() else {
+            let Message::Spawn(spawn) = message else {
+                unreachable!("built from a Spawn above")
+            };
+            return Pooled::Fork(spawn, bundle);
         };
-        if message.encoded_len() > POOL_MAX_FRAME {
-            return job_back(message, bundle);
-        }
-        let Some((pid, sock)) = self.pool.pop_front() else {
-            return job_back(message, bundle);
-        };
-        let (map, fds) = bundle.into_parts();
-        let mut out = OutFrame::new(&message, fds).expect("the fds match the map");
-        match out.send(sock.as_fd()) {
-            Ok(_) => Pooled::Sent(pid, sock),
-            Err(e) => {
-                // Dead (not reaped yet), stopped, or gone wrong: it will not run this job.
-                tracing::warn!(pid = pid.as_raw(), "pooled child unreachable: {e}");
-                let _ = kill(pid, Signal::SIGKILL);
-                if out.is_started() {
-                    // Part of the frame went to that child: its fds cannot all come back.
-                    // (Not expected: the frame fits the socket's buffer.)
-                    return Pooled::Lost(Errno::EIO);
-                }
-                let fds = out.into_unsent_fds();
-                let bundle = FdBundle::from_parts(map, fds).expect("every fd came back");
-                job_back(message, bundle)
-            }
-        }
+        let (_, fds) = bundle.into_parts();
+        let job = OutFrame::new(&message, fds).expect("the fds match the map");
+        Pooled::Taken(pid, sock, job)
     }
 
     /// Forks pooled children up to `--prefork`.

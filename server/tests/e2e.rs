@@ -843,3 +843,57 @@ fn idle_kept_connections_do_not_block_the_idle_timeout() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert!(is_clean_end(&c.try_recv().unwrap_err()));
 }
+
+/// A pooled child that dies before its job reaches it: the client has its Pid already (it is
+/// sent before the job is handed over), so the job's failure comes as `ChildSetupFailed`, and
+/// the server stays up with no fd left behind. The server is stopped while the request arrives
+/// and the pooled child is killed, so that it sees the request before the child's SIGCHLD.
+#[test]
+fn a_pooled_child_dead_before_its_job_is_a_setup_failure() {
+    use nix::sys::signal::{kill, Signal as Sig};
+    use nix::unistd::Pid as NixPid;
+    let srv = Server::start(&["--prefork", "1"]);
+    let pooled = wait_for_children(&srv, 1)[0];
+    let server = NixPid::from_raw(srv.pid());
+    let mut c = srv.connect();
+    kill(server, Sig::SIGSTOP).unwrap();
+    let (frame, _fds) = spawn_frame(opts(), bin_true(), FdBundle::new());
+    send_raw_all(c.sock.as_fd(), &frame, &[]).unwrap();
+    kill(NixPid::from_raw(pooled), Sig::SIGKILL).unwrap();
+    // The pooled child is a zombie (its socket closed) before the server runs again.
+    let until = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(format!("/proc/{pooled}/stat"))
+        .unwrap()
+        .contains(") Z ")
+    {
+        assert!(Instant::now() < until, "the pooled child did not die");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    kill(server, Sig::SIGCONT).unwrap();
+    match c.recv().message {
+        Message::Pid(p) => {
+            assert_eq!(p.pid(), pooled);
+            let e = c.wait().unwrap_err();
+            assert_eq!(e.code(), ErrorCode::ChildSetupFailed, "{e:?}");
+        }
+        // The server saw the SIGCHLD first after all and forked for the job.
+        Message::Exit(e) => panic!("Exit before Pid: {e:?}"),
+        m => panic!("unexpected {m:?}"),
+    }
+    // Still serving, through the refilled pool.
+    let mut d = srv.connect();
+    d.spawn(opts(), sh("exit 6"), FdBundle::new()).unwrap();
+    assert_eq!(d.wait().unwrap().code(), 6);
+    drop((c, d));
+    wait_for_children(&srv, 1);
+    let until = Instant::now() + Duration::from_secs(5);
+    while srv.fd_count() != srv.idle_fds {
+        assert!(
+            Instant::now() < until,
+            "{} fds, {} when idle",
+            srv.fd_count(),
+            srv.idle_fds
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
