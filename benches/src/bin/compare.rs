@@ -25,7 +25,7 @@ use forkserver_client::{Call, Client, Stdio};
 use serde_json::{json, Map, Value};
 
 const USAGE: &str = "\
-usage: compare [--quick] [--json FILE] [--svg DIR] [--profile-loop N [--fds K]]
+usage: compare [--quick] [--json FILE] [--svg DIR] [--profile-loop N [--fds K] [--threads T]]
 
   --quick           fewer iterations and smaller client RSS (256 MiB, 1 GiB): under a minute
   --json FILE       write every summary and the ratios as JSON to FILE
@@ -33,6 +33,7 @@ usage: compare [--quick] [--json FILE] [--svg DIR] [--profile-loop N [--fds K]]
   --profile-loop N  only run N noop spawns (spawn+wait) and print the server's pid
                     (for strace/perf; nothing is measured)
   --fds K           fds in the bundle of --profile-loop (default 3)
+  --threads T       client threads of --profile-loop, sharing one Client (default 1)
 ";
 
 /// Fd counts of the bundle in the latency group.
@@ -50,6 +51,7 @@ struct Args {
     svg: Option<PathBuf>,
     profile_loop: Option<usize>,
     profile_fds: Option<u32>,
+    profile_threads: Option<usize>,
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
@@ -68,6 +70,11 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--fds" => {
                 let v = value("--fds")?;
                 args.profile_fds = Some(v.parse().map_err(|_| format!("bad count {v:?}"))?);
+            }
+            "--threads" => {
+                let v = value("--threads")?;
+                let t = v.parse().ok().filter(|&t| t > 0);
+                args.profile_threads = Some(t.ok_or_else(|| format!("bad count {v:?}"))?);
             }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -163,7 +170,11 @@ fn main() -> ExitCode {
         }
     };
     let result = match args.profile_loop {
-        Some(n) => profile_loop(n, args.profile_fds.unwrap_or(3)),
+        Some(n) => profile_loop(
+            n,
+            args.profile_fds.unwrap_or(3),
+            args.profile_threads.unwrap_or(1),
+        ),
         None => run(&args),
     };
     match result {
@@ -417,6 +428,8 @@ fn cpython_group(client: &Client, plan: &Plan) -> Result<Option<(Group, String)>
 /// One throughput figure.
 #[derive(Debug, Clone, Copy)]
 struct Throughput {
+    /// Ours (`false`), or the limit (`true`): each thread forks this process itself.
+    limit: bool,
     threads: usize,
     spawns: u64,
     elapsed: Duration,
@@ -431,16 +444,40 @@ impl Throughput {
 /// `threads` threads sharing `client`, each spawning `noop` and waiting, until `slice` has
 /// passed.
 fn throughput_slice(client: &Client, threads: usize, slice: Duration) -> Result<(u64, Duration)> {
+    slice_of(threads, slice, || {
+        let mut call = client.call("noop", Vec::new());
+        move || check(call.spawn()?.wait()?)
+    })
+}
+
+/// The limit's counterpart of [`throughput_slice`]: each thread forks this (small) process,
+/// the child calls `_exit(0)`, the thread reaps it.
+fn limit_throughput_slice(threads: usize, slice: Duration) -> Result<(u64, Duration)> {
+    slice_of(threads, slice, || {
+        || {
+            direct::fork_exit_wait()?;
+            Ok(())
+        }
+    })
+}
+
+/// `threads` threads, each running the operation `make` gives it until `slice` has passed:
+/// how many ran, in how long.
+fn slice_of<F, Op>(threads: usize, slice: Duration, make: F) -> Result<(u64, Duration)>
+where
+    F: Fn() -> Op + Sync,
+    Op: FnMut() -> Result<()>,
+{
     let start = Instant::now();
     let deadline = start + slice;
     let counts: Vec<Result<u64>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| -> Result<u64> {
-                    let mut call = client.call("noop", Vec::new());
+                    let mut op = make();
                     let mut n = 0;
                     while Instant::now() < deadline {
-                        check(call.spawn()?.wait()?)?;
+                        op()?;
                         n += 1;
                     }
                     Ok(n)
@@ -462,12 +499,15 @@ fn throughput_slice(client: &Client, threads: usize, slice: Duration) -> Result<
 
 /// Group 6: spawns per second to exit code with 1, 2 and 4 client threads, in rotated rounds.
 fn throughput_group(client: &Client, plan: &Plan) -> Result<Vec<Throughput>> {
-    let mut acc: Vec<Throughput> = THREADS
-        .iter()
-        .map(|&threads| Throughput {
-            threads,
-            spawns: 0,
-            elapsed: Duration::ZERO,
+    let mut acc: Vec<Throughput> = [false, true]
+        .into_iter()
+        .flat_map(|limit| {
+            THREADS.iter().map(move |&threads| Throughput {
+                limit,
+                threads,
+                spawns: 0,
+                elapsed: Duration::ZERO,
+            })
         })
         .collect();
     // Warm-up: one short slice at the largest thread count.
@@ -476,10 +516,15 @@ fn throughput_group(client: &Client, plan: &Plan) -> Result<Vec<Throughput>> {
         THREADS[THREADS.len() - 1],
         Duration::from_millis(100),
     )?;
+    let n = acc.len();
     for round in 0..plan.throughput_rounds {
-        for j in 0..acc.len() {
-            let t = &mut acc[(round + j) % THREADS.len()];
-            let (n, d) = throughput_slice(client, t.threads, plan.throughput_slice)?;
+        for j in 0..n {
+            let t = &mut acc[(round + j) % n];
+            let (n, d) = if t.limit {
+                limit_throughput_slice(t.threads, plan.throughput_slice)?
+            } else {
+                throughput_slice(client, t.threads, plan.throughput_slice)?
+            };
             t.spawns += n;
             t.elapsed += d;
         }
@@ -535,17 +580,32 @@ fn footprint_after(client: &Client, pid: u32, target: u64) -> Result<Footprint> 
 }
 
 /// `--profile-loop N [--fds K]`: N spawns and nothing else, for `strace -ff` or `perf stat`.
-fn profile_loop(n: usize, fds: u32) -> Result<()> {
+fn profile_loop(n: usize, fds: u32, threads: usize) -> Result<()> {
     raise_nofile_limit();
     let client = Client::launch(std::env::current_exe()?)?;
     let pid = client.launched_server_pid().ok_or("no server pid")?;
     eprintln!("server pid {pid}");
     let devnull = File::open("/dev/null")?;
-    let mut call = noop_call(&client, fds, &devnull)?;
     let start = Instant::now();
-    for _ in 0..n {
-        check(call.spawn()?.wait()?)?;
-    }
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (client, devnull) = (&client, &devnull);
+                s.spawn(move || -> Result<()> {
+                    let mut call = noop_call(client, fds, devnull)?;
+                    for _ in (t..n).step_by(threads) {
+                        check(call.spawn()?.wait()?)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
+            .collect()
+    });
+    results.into_iter().collect::<Result<Vec<()>>>()?;
     let d = start.elapsed();
     eprintln!(
         "{n} spawns in {:.3} s ({} each)",
@@ -747,15 +807,20 @@ fn ratios(r: &Results) -> Result<Map<String, Value>> {
             large.group.get("ours_exit_fds0")?,
         ),
     );
-    let tp = |n: usize| {
+    let tp = |limit: bool, n: usize| {
         r.throughput
             .iter()
-            .find(|t| t.threads == n)
+            .find(|t| t.threads == n && t.limit == limit)
             .map(Throughput::per_second)
     };
-    put("threads2_spawns_per_s", tp(2));
-    put("threads1_spawns_per_s", tp(1));
-    put("threads4_spawns_per_s", tp(4));
+    put("threads2_spawns_per_s", tp(false, 2));
+    put("threads1_spawns_per_s", tp(false, 1));
+    put("threads4_spawns_per_s", tp(false, 4));
+    put("limit_threads2_spawns_per_s", tp(true, 2));
+    put(
+        "threads2_vs_limit",
+        tp(false, 2).zip(tp(true, 2)).map(|(a, b)| a / b),
+    );
     m.insert("rss_largest".into(), Value::from(fmt_bytes(large.bytes)));
     m.insert(
         "notes".into(),
@@ -788,6 +853,7 @@ fn to_json(r: &Results, plan: &Plan, ratios: Map<String, Value>) -> Value {
         .iter()
         .map(|t| {
             json!({
+                "kind": if t.limit { "limit_fork_exit_wait" } else { "ours_noop" },
                 "threads": t.threads,
                 "spawns": t.spawns,
                 "seconds": t.elapsed.as_secs_f64(),
@@ -907,10 +973,14 @@ fn print_tables(r: &Results, ratios: &Map<String, Value>) {
         ),
         None => println!("\n## 5. CPython: skipped (no python3)"),
     }
-    println!("\n## 6. throughput: noop spawn+wait, threads sharing one Client\n");
+    println!(
+        "\n## 6. throughput: ours (noop spawn+wait, threads sharing one Client) and the limit \
+         (each thread: fork+_exit+waitpid)\n"
+    );
     for t in &r.throughput {
         println!(
-            "{} thread(s): {:>8.0} spawns/s ({} in {:.2} s)",
+            "{:<5} {} thread(s): {:>8.0} spawns/s ({} in {:.2} s)",
+            if t.limit { "limit" } else { "ours" },
             t.threads,
             t.per_second(),
             t.spawns,
