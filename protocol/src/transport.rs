@@ -269,6 +269,10 @@ impl FrameReader {
         self.fds.len()
     }
 
+    /// The most bytes one [`FrameReader::recv`] asks for. A call that returns fewer found the
+    /// socket drained at that moment (a level-triggered poller will report any later data).
+    pub const RECV_MAX: usize = READ_CHUNK;
+
     /// Whether the peer has closed its sending side.
     pub fn is_eof(&self) -> bool {
         self.eof

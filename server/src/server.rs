@@ -408,6 +408,9 @@ impl Server {
 
     fn read_signals(&mut self) -> Result<(), ServerError> {
         let mut reap = false;
+        // One signal per readiness event: the signalfd is level-triggered in epoll, so a
+        // second pending signal (SIGTERM beside SIGCHLD) wakes the next turn, and the common
+        // case spends no read on EAGAIN.
         loop {
             match self.signals.read_signal() {
                 Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
@@ -415,10 +418,11 @@ impl Server {
                     Ok(Signal::SIGTERM) => self.begin_shutdown(),
                     _ => {}
                 },
-                Ok(None) | Err(Errno::EAGAIN) => break,
-                Err(Errno::EINTR) => {}
+                Ok(None) | Err(Errno::EAGAIN) => {}
+                Err(Errno::EINTR) => continue,
                 Err(e) => return Err(ServerError::Sys("signalfd read".into(), e)),
             }
+            break;
         }
         if reap {
             self.reap();
@@ -680,6 +684,10 @@ impl Server {
                 return;
             };
             match conn.reader.recv(conn.fd.as_fd()) {
+                // A short read drained the socket: handle what came and go back to epoll
+                // (level-triggered, so later data is reported) rather than spend a recvmsg
+                // on EAGAIN.
+                Ok(n) if n < FrameReader::RECV_MAX => break,
                 Ok(_) => {}
                 Err(TransportError::Io(Errno::EAGAIN)) => return,
                 Err(e) => return self.transport_error(id, e),
