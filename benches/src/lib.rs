@@ -16,6 +16,7 @@ pub mod cpython;
 pub mod direct;
 pub mod interleave;
 pub mod procfs;
+pub mod small_client;
 pub mod stats;
 pub mod svg;
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use forkserver_benches::ballast::{fmt_bytes, Ballast};
 use forkserver_benches::cpython::CPython;
 use forkserver_benches::interleave::{self, Scenario};
+use forkserver_benches::small_client::SmallClient;
 use forkserver_benches::stats::{duration_ns, fmt_ns, ratio, Summary};
 use forkserver_benches::svg::{Chart, Series};
 use forkserver_benches::{direct, procfs, Result};
@@ -52,6 +53,8 @@ struct Args {
     profile_loop: Option<usize>,
     profile_fds: Option<u32>,
     profile_threads: Option<usize>,
+    /// Internal: run as the small client of the RSS group (`small_client::serve`).
+    small_client: Option<PathBuf>,
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
@@ -76,6 +79,7 @@ fn parse_args() -> std::result::Result<Args, String> {
                 let t = v.parse().ok().filter(|&t| t > 0);
                 args.profile_threads = Some(t.ok_or_else(|| format!("bad count {v:?}"))?);
             }
+            "--small-client" => args.small_client = Some(value("--small-client")?.into()),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -169,13 +173,14 @@ fn main() -> ExitCode {
             };
         }
     };
-    let result = match args.profile_loop {
-        Some(n) => profile_loop(
+    let result = match (&args.small_client, args.profile_loop) {
+        (Some(socket), _) => forkserver_benches::small_client::serve(socket),
+        (None, Some(n)) => profile_loop(
             n,
             args.profile_fds.unwrap_or(3),
             args.profile_threads.unwrap_or(1),
         ),
-        None => run(&args),
+        (None, None) => run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -379,6 +384,9 @@ struct RssStep {
 /// `posix_spawn`, i.e. `CLONE_VM|CLONE_VFORK`, and copies no page tables); free.
 fn rss_group(client: &Client, plan: &Plan) -> Result<Vec<RssStep>> {
     let devnull = File::open("/dev/null")?;
+    // A second client process that stays small, through the same server, interleaved.
+    let key = client.auth_key().ok_or("the launched server has no key")?;
+    let mut small = SmallClient::start(&std::env::current_exe()?, &client.socket_path(), &key)?;
     let mut steps = Vec::new();
     for &bytes in &plan.rss_sizes {
         ensure_single_threaded("rss group")?;
@@ -388,6 +396,7 @@ fn rss_group(client: &Client, plan: &Plan) -> Result<Vec<RssStep>> {
         let mut scenarios = vec![
             Scenario::new("direct_fork_exit_wait", direct::fork_exit_wait),
             Scenario::new("ours_exit_fds0", ours_exit(noop_call(client, 0, &devnull)?)),
+            Scenario::batch("ours_exit_fds0_small_client", |out| small.batch(1, out)),
             Scenario::new("std_command_true", std_command_true),
         ];
         let r = interleave::run(&mut scenarios, plan.rss_warmup, plan.rss_rounds)?;
@@ -786,8 +795,19 @@ fn ratios(r: &Results) -> Result<Map<String, Value>> {
     );
     let small = r.rss.first().ok_or("no rss step")?;
     let large = r.rss.last().ok_or("no rss step")?;
+    // Ours from the big harness against ours from the small helper process, interleaved in
+    // the same group (same minutes, same machine state).
     put(
         "rss8g_vs_small",
+        ratio(
+            large.group.get("ours_exit_fds0")?,
+            large.group.get("ours_exit_fds0_small_client")?,
+        ),
+    );
+    // The same against the harness itself before its ballast: groups minutes apart, so this
+    // one also carries the drift of the machine between them.
+    put(
+        "rss8g_vs_unballasted",
         ratio(
             large.group.get("ours_exit_fds0")?,
             small.group.get("ours_exit_fds0")?,
@@ -827,8 +847,10 @@ fn ratios(r: &Results) -> Result<Map<String, Value>> {
         Value::from(
             "medians; exit_vs_limit and pid_vs_limit use the 3-fd bundle (targets 0-2 on \
              /dev/null); cpython_vs_ours uses ours with 0 fds from the same interleaved group; \
-             rss8g_* use the largest client size measured (rss_largest) against the \
-             unballasted client in the same group",
+             rss8g_vs_small: ours from the harness at the largest client size measured \
+             (rss_largest) / ours from a small helper client process, interleaved in the \
+             same group; rss8g_vs_unballasted and direct_fork_8g_vs_small compare with the \
+             group of the unballasted harness, run earlier",
         ),
     );
     Ok(m)
@@ -931,13 +953,14 @@ fn print_tables(r: &Results, ratios: &Map<String, Value>) {
     );
     println!("\n## 4. client RSS (spawn+wait; direct fork copies the client's page tables)\n");
     println!(
-        "{:<10} {:>10} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        "{:<10} {:>10} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
         "ballast",
         "VmRSS MiB",
         "fork med",
         "fork p99",
         "ours med",
         "ours p99",
+        "small med",
         "std med",
         "std p99"
     );
@@ -948,19 +971,21 @@ fn print_tables(r: &Results, ratios: &Map<String, Value>) {
                 fmt_ns(if p99 { x.p99_ns } else { x.median_ns })
             })
         };
-        let (f, o, st) = (
+        let (f, o, sm, st) = (
             g("direct_fork_exit_wait"),
             g("ours_exit_fds0"),
+            g("ours_exit_fds0_small_client"),
             g("std_command_true"),
         );
         println!(
-            "{:<10} {:>10} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            "{:<10} {:>10} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
             fmt_bytes(s.bytes),
             s.client_rss_kib / 1024,
             cell(f, false),
             cell(f, true),
             cell(o, false),
             cell(o, true),
+            cell(sm, false),
             cell(st, false),
             cell(st, true)
         );
