@@ -20,6 +20,9 @@ use crate::exit_status::ExitStatus;
 /// [`Child::wait`] works from any thread of this process, and the child is not this process's
 /// child in the `waitpid` sense.
 ///
+/// Once the exit (or the child's failure) has been read, the connection goes back to the
+/// client for reuse, unless a [`Child::signal`] request on it is still unanswered.
+///
 /// Dropping a `Child` that has not been waited for closes the connection; the child runs on
 /// (unless it was spawned with `kill_on_disconnect(true)`). A `Child` keeps a launched server
 /// alive while it exists.

@@ -18,8 +18,9 @@
 //! * [`Command`] (exec jobs, shaped like [`std::process::Command`]) and [`Call`] (entry-point
 //!   jobs of a zygote server) gather the job, options and fds; `spawn` checks everything the
 //!   wire forbids *before* connecting, then sends one `Spawn` request.
-//! * [`Child`]: the answer. Each child has its own connection, over which the server reports
-//!   its exit ([`ExitStatus`]) and acknowledges signals.
+//! * [`Child`]: the answer. Each running child has its own connection, over which the server
+//!   reports its exit ([`ExitStatus`]) and acknowledges signals; once the exit is read the
+//!   connection goes back to the [`Client`] for the next request (PROTOCOL.md §6.6).
 //!
 //! Messages, the codec and fd passing are the `forkserver-protocol` crate's; this crate adds
 //! connections, the launch convention, and std-like types.
