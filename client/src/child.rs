@@ -104,7 +104,8 @@ impl Child {
     }
 
     /// The connection's socket while the outcome is pending, for event loops: it becomes
-    /// readable when [`Child::try_wait`] may have news.
+    /// readable when [`Child::try_wait`] may have news. Once the outcome is read the connection
+    /// may serve another request of the client: take it out of a poller before then.
     pub fn connection_fd(&self) -> Option<BorrowedFd<'_>> {
         match &self.state {
             State::Running(conn) => Some(conn.as_fd()),

@@ -41,15 +41,37 @@ pub struct Client {
 struct Shared {
     target: Inner,
     /// Idle connections, handshake done; each knows the generation of the server it reaches.
-    idle: Mutex<Vec<Conn>>,
+    idle: Mutex<Pool>,
     max_idle: AtomicUsize,
+}
+
+/// The idle connections, and the process they belong to: after a `fork()` the child must not
+/// share its parent's connections (their frames would interleave), so it drops its copies.
+struct Pool {
+    owner: u32,
+    conns: Vec<Conn>,
+}
+
+impl Pool {
+    /// The connections, emptied first if this is not the process that made them.
+    fn conns(&mut self) -> &mut Vec<Conn> {
+        let me = std::process::id();
+        if self.owner != me {
+            self.owner = me;
+            self.conns.clear();
+        }
+        &mut self.conns
+    }
 }
 
 impl Shared {
     fn new(target: Inner) -> Arc<Self> {
         Arc::new(Shared {
             target,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Pool {
+                owner: std::process::id(),
+                conns: Vec::new(),
+            }),
             max_idle: AtomicUsize::new(Client::DEFAULT_MAX_IDLE_CONNECTIONS),
         })
     }
@@ -213,7 +235,8 @@ impl Client {
     pub fn set_max_idle_connections(&self, max: usize) {
         self.inner.max_idle.store(max, Ordering::Relaxed);
         let surplus: Vec<Conn> = {
-            let mut idle = lock(&self.inner.idle);
+            let mut pool = lock(&self.inner.idle);
+            let idle = pool.conns();
             let keep = idle.len().min(max);
             idle.drain(keep..).collect()
         };
@@ -222,13 +245,13 @@ impl Client {
 
     /// The number of idle connections kept for reuse right now.
     pub fn idle_connections(&self) -> usize {
-        lock(&self.inner.idle).len()
+        lock(&self.inner.idle).conns().len()
     }
 
     /// Closes the idle connections kept for reuse, e.g. so that a server with an idle timeout
     /// sees no client, or before counting this process's fds. Later requests open new ones.
     pub fn close_idle_connections(&self) {
-        let idle = std::mem::take(&mut *lock(&self.inner.idle));
+        let idle = std::mem::take(lock(&self.inner.idle).conns());
         drop(idle);
     }
 
@@ -241,27 +264,36 @@ impl Client {
     /// fewer than the maximum are kept; closes it otherwise.
     pub(crate) fn put_idle(&self, conn: Conn) {
         let max = self.inner.max_idle.load(Ordering::Relaxed);
-        let mut idle = lock(&self.inner.idle);
+        let mut pool = lock(&self.inner.idle);
+        let idle = pool.conns();
         if idle.len() < max {
             idle.push(conn);
         }
     }
 
     /// An idle connection to the server of `generation` that is still open and has nothing
-    /// pending, if one is kept. Stale ones (an older server, closed by the server) are closed.
+    /// pending, if one is kept. Stale ones (an older server, closed by the server) are closed;
+    /// those to a newer server (another thread relaunched it meanwhile) are left alone.
     fn take_idle(&self, generation: u64) -> Option<Conn> {
         let mut stale = Vec::new();
         let found = {
-            let mut idle = lock(&self.inner.idle);
-            loop {
-                match idle.pop() {
-                    Some(conn) if conn.generation == generation && conn.is_idle_and_open() => {
-                        break Some(conn)
-                    }
-                    Some(conn) => stale.push(conn),
-                    None => break None,
+            let mut pool = lock(&self.inner.idle);
+            let idle = pool.conns();
+            let mut found = None;
+            let mut i = idle.len();
+            while i > 0 {
+                i -= 1;
+                if idle[i].generation > generation {
+                    continue;
                 }
+                let conn = idle.swap_remove(i);
+                if conn.generation == generation && conn.is_idle_and_open() {
+                    found = Some(conn);
+                    break;
+                }
+                stale.push(conn);
             }
+            found
         };
         drop(stale);
         found
@@ -303,14 +335,17 @@ impl Client {
             .map_err(|f| f.into_error(path))
     }
 
-    /// Connects and performs the handshake, with the request made by `build` pipelined behind
-    /// `Hello`; the reply is left for the caller, with the extra value `build` returned.
+    /// Sends the request made by `build` on a kept connection, or on a new one behind `Hello`
+    /// (and the authentication); the reply is left for the caller, with the extra value
+    /// `build` returned.
     ///
-    /// `build` runs before connecting, so that invalid requests never reach the socket. For a
-    /// launched server it runs once more if the first attempt found the server dead: connect
-    /// refused (`ECONNREFUSED`, `ENOENT`), or the connection closed before the request could
-    /// be answered (a server exiting between our check and our connect). The server is then
-    /// relaunched and the request made anew (its fds were consumed by the first attempt).
+    /// `build` runs before any connection is used, so that invalid requests never reach the
+    /// socket. It runs again (the first request's fds went with it) each time a request was
+    /// not delivered: a kept connection that refused the send (its server gone), and, for a
+    /// launched server, a first attempt that found the server dead: connect refused
+    /// (`ECONNREFUSED`, `ENOENT`), or the connection closed before the request could be
+    /// answered (a server exiting between our check and our connect); the server is then
+    /// relaunched. So at most three times.
     pub(crate) fn request<T>(
         &self,
         mut build: impl FnMut() -> Result<(Option<(Message, Vec<OwnedFd>)>, T)>,

@@ -97,8 +97,30 @@ impl Request {
 
     /// Validates, connects, sends, and reads the `Pid` reply.
     fn spawn(&self, client: &Client, job: Job, default_inherit: bool) -> Result<Child> {
+        let keep = client.reuses_connections();
+        match self.spawn_once(client, job.clone(), default_inherit, keep) {
+            // Our frame is valid (the codec cannot encode an invalid one): a server that calls
+            // it malformed predates KEEP_CONNECTION (protocol rev 0.3) and refuses the flag as
+            // reserved. Nothing was spawned; reuse goes off for this client and the request is
+            // made again without the flag.
+            Err(Error::Server { code, .. }) if keep && code == ErrorCode::Malformed => {
+                tracing::warn!("the server refused KEEP_CONNECTION (rev < 0.3): reuse off");
+                client.set_max_idle_connections(0);
+                self.spawn_once(client, job, default_inherit, false)
+            }
+            other => other,
+        }
+    }
+
+    fn spawn_once(
+        &self,
+        client: &Client,
+        job: Job,
+        default_inherit: bool,
+        keep: bool,
+    ) -> Result<Child> {
         let options = SpawnOptions {
-            keep_connection: client.reuses_connections(),
+            keep_connection: keep,
             ..self.options
         };
         let (mut conn, parents) = client.request(|| {

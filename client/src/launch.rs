@@ -119,7 +119,8 @@ impl Launcher {
     /// done) while a [`crate::Child::wait`] waits and no idle connection is kept. Connections
     /// are reused anyway (see [`Client`]); this covers the first spawns and bursts from more
     /// threads than there are idle connections. Default `false`: a warm connection counts as
-    /// a connection of the server's.
+    /// a connection of the server's. Without effect once reuse is off
+    /// ([`Client::set_max_idle_connections`]`(0)`).
     pub fn warm_connections(mut self, on: bool) -> Self {
         self.spec.warm = on;
         self

@@ -105,6 +105,71 @@ fn read_spawn(p: &mut Peer) -> forkserver_protocol::Spawn {
     }
 }
 
+/// A server of protocol rev 0.2 refuses KEEP_CONNECTION as a reserved bit (Malformed): the
+/// client turns reuse off and makes the request again without it, on a new connection.
+#[test]
+fn a_server_without_keep_connection_gets_requests_without_it() {
+    let (path, server) = fake_server(|accept| {
+        let mut p = accept();
+        p.handshake();
+        assert!(read_spawn(&mut p).options().keep_connection);
+        p.send(
+            Message::Error(ErrorReply::new(
+                ErrorCode::Malformed,
+                0,
+                "reserved bits set (ReservedNotZero)",
+            )),
+            vec![],
+        );
+        drop(p);
+        for pid_ in [7, 8] {
+            let mut q = accept();
+            q.handshake();
+            assert!(!read_spawn(&mut q).options().keep_connection);
+            q.send(pid(pid_, false), vec![]);
+            q.send(exit(0), vec![]);
+            assert!(q.at_eof());
+        }
+    });
+    let client = Client::connect(&path).unwrap();
+    for expected in [7, 8] {
+        let mut child = client.call("e", "").spawn().unwrap();
+        assert_eq!(child.pid(), expected);
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+        assert_eq!(client.idle_connections(), 0);
+    }
+    server.join().unwrap();
+}
+
+/// After `fork()` the child process does not use its parent's kept connections.
+#[test]
+#[allow(unsafe_code)]
+fn a_forked_child_does_not_share_kept_connections() {
+    let (path, server) = fake_server(|accept| {
+        let mut p = accept();
+        p.handshake();
+        assert!(p.at_eof());
+    });
+    let client = Client::connect(&path).unwrap();
+    assert_eq!(client.idle_connections(), 1);
+    // SAFETY: the child only reads the pool's length (its lock is free: no other thread uses
+    // this client) and leaves with `_exit`.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => {
+            let n = client.idle_connections();
+            // SAFETY: `_exit` ends the child without running any of the parent's destructors.
+            unsafe { nix::libc::_exit(n as i32) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let status = nix::sys::wait::waitpid(child, None).unwrap();
+            assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+        }
+    }
+    assert_eq!(client.idle_connections(), 1);
+    drop(client);
+    server.join().unwrap();
+}
+
 #[test]
 fn connections_are_reused_after_the_final_report() {
     let (path, server) = fake_server(|accept| {

@@ -210,9 +210,10 @@ pub struct Frame {
 /// Reassembles frames and their fds from a stream socket, one `recvmsg` at a time.
 #[derive(Debug)]
 pub struct FrameReader {
-    /// Received bytes in `buf[..len]`; the rest is zeroed room for the next `recvmsg`, kept
-    /// between calls so that a read writes only the bytes it receives (no per-read memset:
-    /// in a server that forks, every page written after a fork is a copy-on-write fault).
+    /// Received bytes in `buf[..len]`; the rest is initialised room for the next `recvmsg`
+    /// (zeroed when it grew, stale bytes after consumed frames moved down), kept between calls
+    /// so that a read writes only the bytes it receives (no per-read memset: in a server that
+    /// forks, every page written after a fork is a copy-on-write fault).
     buf: Vec<u8>,
     len: usize,
     /// Stream offset of `buf[0]`.
@@ -269,8 +270,9 @@ impl FrameReader {
         self.fds.len()
     }
 
-    /// The most bytes one [`FrameReader::recv`] asks for. A call that returns fewer found the
-    /// socket drained at that moment (a level-triggered poller will report any later data).
+    /// The most bytes one [`FrameReader::recv`] asks for. A call that returns fewer usually
+    /// found the socket drained, but not always: a Unix stream `recvmsg` also stops after a
+    /// chunk that carried fds. A level-triggered poller reports whatever is left.
     pub const RECV_MAX: usize = READ_CHUNK;
 
     /// Whether the peer has closed its sending side.

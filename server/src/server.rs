@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::signal::{kill, SigHandler, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{accept4, SockFlag};
+use nix::sys::socket::{accept4, MsgFlags, SockFlag};
 use nix::unistd::Pid;
 
 use crate::config::{bind_listener, peer_uid, Config};
@@ -57,9 +57,17 @@ struct Conn {
     out: VecDeque<OutFrame>,
     state: State,
     interest: EpollFlags,
+    /// When the connection last entered `Ready`: the longest idle one is closed first when
+    /// room is needed for a new connection.
+    ready_since: Instant,
 }
 
 impl Conn {
+    /// READY with nothing received or queued: a connection a client keeps for reuse (§6.6).
+    fn is_idle(&self) -> bool {
+        self.state == State::Ready && self.out.is_empty() && self.reader.buffered() == 0
+    }
+
     /// Whether the connection takes more input now: not once it is closing, not while its
     /// Spawn waits for the exec (frames behind it wait for its Pid, §6.1), and not while its
     /// replies pile up unread (backpressure).
@@ -262,7 +270,7 @@ impl Server {
                 return Ok(());
             }
             if let Some(idle) = self.config.idle_timeout {
-                if self.is_idle() && self.idle_since.elapsed() >= idle {
+                if self.is_idle() && self.idle_since.elapsed() >= idle && !self.events_waiting() {
                     tracing::info!("idle for {idle:?}: exiting");
                     self.cleanup();
                     return Ok(());
@@ -304,14 +312,17 @@ impl Server {
         }
     }
 
+    /// Whether epoll has an event ready now (level-triggered: it stays reported). Checked just
+    /// before an idle exit, so that a request that came in since the last wait is served.
+    fn events_waiting(&self) -> bool {
+        let mut ev = [EpollEvent::empty()];
+        matches!(self.epoll.wait(&mut ev, EpollTimeout::ZERO), Ok(n) if n > 0)
+    }
+
     /// No child, and every connection (if any) idle in READY with nothing left to send: what
     /// `--idle-timeout` counts. Connections kept for reuse (§6.6) do not keep the server up.
     fn is_idle(&self) -> bool {
-        self.children.is_empty()
-            && self
-                .conns
-                .values()
-                .all(|c| c.state == State::Ready && c.out.is_empty() && c.reader.buffered() == 0)
+        self.children.is_empty() && self.conns.values().all(Conn::is_idle)
     }
 
     fn touch(&mut self) {
@@ -329,6 +340,9 @@ impl Server {
                 Ok(fd) => self.on_accept(fd),
                 Err(Errno::EAGAIN) => return,
                 Err(Errno::EINTR | Errno::ECONNABORTED) => {}
+                Err(e @ (Errno::EMFILE | Errno::ENFILE)) if self.evict_idle_connection() => {
+                    tracing::debug!("accept: {e}; closed an idle connection to make room");
+                }
                 Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
                     tracing::warn!("accept: {e}");
                     self.refuse_one(e);
@@ -379,7 +393,7 @@ impl Server {
             refuse(&fd, ErrorCode::ShuttingDown, "server is shutting down");
             return;
         }
-        if self.conns.len() >= self.config.max_connections {
+        if self.conns.len() >= self.config.max_connections && !self.evict_idle_connection() {
             refuse(&fd, ErrorCode::ResourceExhausted, "too many connections");
             return;
         }
@@ -400,8 +414,33 @@ impl Server {
                 out: VecDeque::new(),
                 state: State::AwaitHello,
                 interest,
+                ready_since: Instant::now(),
             },
         );
+    }
+
+    /// Closes the connection that has been idle in READY the longest, if there is one, to make
+    /// room for a new one: connections that clients keep for reuse (§6.6) must not lock others
+    /// out. Nothing is sent; the client sees end-of-file before it reuses it. Returns whether
+    /// one was closed.
+    fn evict_idle_connection(&mut self) -> bool {
+        let oldest = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.is_idle())
+            .min_by_key(|(_, c)| c.ready_since)
+            .map(|(id, _)| *id);
+        match oldest {
+            Some(id) => {
+                tracing::debug!(
+                    conn = id,
+                    "closing the longest idle connection to make room"
+                );
+                self.disconnect(id);
+                true
+            }
+            None => false,
+        }
     }
 
     // ----- signals and children -------------------------------------------------------------
@@ -684,8 +723,9 @@ impl Server {
                 return;
             };
             match conn.reader.recv(conn.fd.as_fd()) {
-                // A short read drained the socket: handle what came and go back to epoll
-                // (level-triggered, so later data is reported) rather than spend a recvmsg
+                // A short read: most likely the socket is drained (or the read stopped at a
+                // chunk that carried fds). Handle what came and go back to epoll, which is
+                // level-triggered and reports whatever is left, rather than spend a recvmsg
                 // on EAGAIN.
                 Ok(n) if n < FrameReader::RECV_MAX => break,
                 Ok(_) => {}
@@ -947,9 +987,10 @@ impl Server {
         }
     }
 
-    /// Sends a pooled child its job. If that fails (the child died or was stopped meanwhile:
-    /// not expected, the frame fits the socket's buffer) the child is killed, and its connection
-    /// gets `ChildSetupFailed` in place of its exit: the job never started.
+    /// Sends a pooled child its job. If that fails (the child died between the check in
+    /// `take_live_pooled` and now; a full buffer is not expected, the frame fits it) the child
+    /// is killed, and its connection gets `ChildSetupFailed` in place of its exit: the job
+    /// never started.
     fn hand_off(&mut self, pid: Pid, mut job: OutFrame) {
         let Some(child) = self.children.get_mut(&pid) else {
             return;
@@ -973,7 +1014,7 @@ impl Server {
     fn take_pooled(&mut self, spawn: Spawn, bundle: FdBundle) -> Pooled {
         let message = Message::Spawn(spawn);
         let fits = message.encoded_len() <= POOL_MAX_FRAME;
-        let Some((pid, sock)) = fits.then(|| self.pool.pop_front()).flatten() else {
+        let Some((pid, sock)) = fits.then(|| self.take_live_pooled()).flatten() else {
             let Message::Spawn(spawn) = message else {
                 unreachable!("built from a Spawn above")
             };
@@ -982,6 +1023,25 @@ impl Server {
         let (_, fds) = bundle.into_parts();
         let job = OutFrame::new(&message, fds).expect("the fds match the map");
         Pooled::Taken(pid, sock, job)
+    }
+
+    /// The first pooled child whose end of the socket is still open. One that died (its SIGCHLD
+    /// not read yet: its end is closed, or it wrote to it) is killed and left for `reap`, so
+    /// that its request goes to another child or is forked, never lost: once its Pid is sent,
+    /// a request cannot move any more.
+    fn take_live_pooled(&mut self) -> Option<(Pid, OwnedFd)> {
+        while let Some((pid, sock)) = self.pool.pop_front() {
+            let mut byte = [0u8; 1];
+            let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+            match nix::sys::socket::recv(sock.as_raw_fd(), &mut byte, flags) {
+                Err(Errno::EAGAIN) => return Some((pid, sock)),
+                other => {
+                    tracing::warn!(pid = pid.as_raw(), "pooled child gone: {other:?}");
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+            }
+        }
+        None
     }
 
     /// Forks pooled children up to `--prefork`.
@@ -1042,6 +1102,9 @@ impl Server {
         };
         let old = conn.state;
         conn.state = state;
+        if state == State::Ready {
+            conn.ready_since = Instant::now();
+        }
         if state == State::Closing {
             // Nothing more is read: drop what was received, and its fds.
             conn.reader = FrameReader::new();

@@ -131,7 +131,7 @@ pub(crate) fn prefork(
         SockFlag::SOCK_CLOEXEC,
     )?;
     // The server's end never blocks the event loop: a job that does not fit in the socket's
-    // buffer at once is not handed to a pooled child (see `Server::dispatch_to_pool`).
+    // buffer at once is not handed to a pooled child (see `Server::take_pooled`).
     let flags = OFlag::from_bits_truncate(nix::fcntl::fcntl(&ours, FcntlArg::F_GETFL)?);
     nix::fcntl::fcntl(&ours, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     let ours_raw = ours.as_raw_fd();

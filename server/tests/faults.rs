@@ -248,20 +248,68 @@ fn fd_exhaustion_then_recovery() {
             .count()
     };
     // Idle count: measured with one accepted connection open (its handshake done), less one.
-    let probe = Conn::connect(&socket);
+    let mut probe = Conn::connect(&socket);
+    probe.wait_sole_connection();
     let idle = fds_of() - 1;
     drop(probe);
-    // Fill the table with idle connections until accept fails: the refused client gets a
-    // clear error (the server frees a reserve fd to accept and answer it).
-    let mut held = Vec::new();
-    let refusal = loop {
+    // Connections idle in READY (kept for reuse, §6.6) make room: at EMFILE the server closes
+    // the longest idle one and accepts the newcomer. 40 connections through a table of 24.
+    let mut idle_conns: Vec<Conn> = (0..40)
+        .map(|_| {
+            let mut c = Conn::raw(&socket);
+            c.send(&Message::Hello(Hello::current()), vec![]);
+            match c.try_recv().map(|f| f.message) {
+                Ok(Message::HelloOk(_)) => c,
+                other => panic!("a newcomer was not served: {other:?}"),
+            }
+        })
+        .collect();
+    // The first ones were closed (end-of-file, nothing sent); the last one still works.
+    assert!(is_clean_end(&idle_conns[0].try_recv().unwrap_err()));
+    assert_eq!(idle_conns.last_mut().unwrap().status().live_children(), 0);
+    drop(idle_conns);
+    let until = Instant::now() + Duration::from_secs(5);
+    while fds_of() != idle {
+        assert!(
+            Instant::now() < until,
+            "server holds {} fds, {idle} when idle",
+            fds_of()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Connections that are not idle (here: mid-handshake, a partial Hello) cannot be closed
+    // for room: once the table is full the refused client gets a clear error (the server
+    // frees a reserve fd to accept and answer it). Any connection may be the refused one
+    // (the listen backlog holds several), so all are polled.
+    let mut held: Vec<Conn> = Vec::new();
+    let hello = Message::Hello(Hello::current()).to_bytes();
+    let refused = |c: &mut Conn| -> Option<ErrorReply> {
+        c.sock.set_nonblocking(true).unwrap();
+        let r = c.reader.recv(c.sock.as_fd());
+        c.sock.set_nonblocking(false).unwrap();
+        match r {
+            Ok(_) => match c.reader.next_frame() {
+                Ok(Some(Frame {
+                    message: Message::Error(e),
+                    ..
+                })) => Some(e),
+                other => panic!("{other:?}"),
+            },
+            Err(TransportError::Io(nix::errno::Errno::EAGAIN)) => None,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let refusal = 'fill: loop {
         assert!(held.len() < 40, "the server never ran out of fds");
-        let mut c = Conn::raw(&socket);
-        c.send(&Message::Hello(Hello::current()), vec![]);
-        match c.try_recv().map(|f| f.message) {
-            Ok(Message::HelloOk(_)) => held.push(c),
-            Ok(Message::Error(e)) => break e,
-            other => panic!("{other:?}"),
+        let c = Conn::raw(&socket);
+        send_raw_all(c.sock.as_fd(), &hello[..4], &[]).unwrap();
+        held.push(c);
+        std::thread::sleep(Duration::from_millis(10));
+        for i in 0..held.len() {
+            if let Some(e) = refused(&mut held[i]) {
+                held.remove(i);
+                break 'fill e;
+            }
         }
     };
     assert_eq!(refusal.code(), ErrorCode::ResourceExhausted);
@@ -269,6 +317,8 @@ fn fd_exhaustion_then_recovery() {
     held.pop();
     held.pop();
     let mut c = held.pop().unwrap();
+    send_raw_all(c.sock.as_fd(), &hello[4..], &[]).unwrap();
+    assert!(matches!(c.recv().message, Message::HelloOk(_)));
     let files: Vec<OwnedFd> = (0..8)
         .map(|_| std::fs::File::open("/dev/null").unwrap().into())
         .collect();

@@ -56,10 +56,13 @@ impl Server {
         }
         // Measure the idle fd count with exactly one connection open (a completed handshake
         // proves it was accepted), then subtract it.
-        let probe = match key {
+        let mut probe = match key {
             Some(k) => Conn::connect_with_key(&socket, k),
             None => Conn::connect(&socket),
         };
+        // Connections of the readiness check above may still be open in the server (it sees
+        // their end in a later turn): wait until the probe is the only one.
+        probe.wait_sole_connection();
         let mut srv = Server {
             child,
             dir,
@@ -328,6 +331,15 @@ impl Conn {
                 Ok(f) => frames.push(f),
                 Err(e) => return (frames, e),
             }
+        }
+    }
+
+    /// Waits (up to 10 s) until the server reports this as its only connection.
+    pub fn wait_sole_connection(&mut self) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while self.status().connections() != 1 {
+            assert!(Instant::now() < until, "other connections stay open");
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
