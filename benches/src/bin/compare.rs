@@ -39,6 +39,9 @@ usage: compare [--quick] [--json FILE] [--svg DIR] [--profile-loop N [--fds K] [
 
 /// Fd counts of the bundle in the latency group.
 const FD_COUNTS: [u32; 4] = [0, 3, 64, 256];
+/// Pause after writing the client-RSS group's ballast, before measuring (see `rss_group`).
+const RSS_COOL_DOWN: Duration = Duration::from_secs(1);
+
 /// Client thread counts of the throughput group.
 const THREADS: [usize; 3] = [1, 2, 4];
 const MIB: usize = 1 << 20;
@@ -393,13 +396,33 @@ fn rss_group(client: &Client, plan: &Plan) -> Result<Vec<RssStep>> {
         eprintln!("  client RSS +{}: touching...", fmt_bytes(bytes));
         let ballast = Ballast::new(bytes);
         let client_rss_kib = procfs::vm_rss_kib("self").unwrap_or(0);
+        // Writing the ballast took this process seconds of CPU, and the scheduler holds that
+        // against its next wake-ups (load tracking decays over tens of ms): let it decay, or
+        // the figures below would show the CPU history of the process, not its size.
+        std::thread::sleep(RSS_COOL_DOWN);
+        // Ours from this big process, ours from the small helper, and std, interleaved.
         let mut scenarios = vec![
-            Scenario::new("direct_fork_exit_wait", direct::fork_exit_wait),
             Scenario::new("ours_exit_fds0", ours_exit(noop_call(client, 0, &devnull)?)),
             Scenario::batch("ours_exit_fds0_small_client", |out| small.batch(1, out)),
             Scenario::new("std_command_true", std_command_true),
         ];
-        let r = interleave::run(&mut scenarios, plan.rss_warmup, plan.rss_rounds)?;
+        let mut r = interleave::run(&mut scenarios, plan.rss_warmup, plan.rss_rounds)?;
+        drop(scenarios);
+        // Then the direct fork, which burns a lot of CPU in this process at every call (page
+        // tables copied), interleaved with ours once more: what a client that also forks
+        // directly sees.
+        let mut scenarios = vec![
+            Scenario::new("direct_fork_exit_wait", direct::fork_exit_wait),
+            Scenario::new(
+                "ours_exit_fds0_amid_direct_forks",
+                ours_exit(noop_call(client, 0, &devnull)?),
+            ),
+        ];
+        r.extend(interleave::run(
+            &mut scenarios,
+            plan.rss_warmup,
+            plan.rss_rounds,
+        )?);
         steps.push(RssStep {
             bytes,
             client_rss_kib,
@@ -804,6 +827,15 @@ fn ratios(r: &Results) -> Result<Map<String, Value>> {
             large.group.get("ours_exit_fds0_small_client")?,
         ),
     );
+    // Ours from the big harness while it also forks itself directly (its CPU history weighs on
+    // its wake-ups) against the small client.
+    put(
+        "rss8g_amid_direct_forks_vs_small",
+        ratio(
+            large.group.get("ours_exit_fds0_amid_direct_forks")?,
+            large.group.get("ours_exit_fds0_small_client")?,
+        ),
+    );
     // The same against the harness itself before its ballast: groups minutes apart, so this
     // one also carries the drift of the machine between them.
     put(
@@ -849,7 +881,8 @@ fn ratios(r: &Results) -> Result<Map<String, Value>> {
              /dev/null); cpython_vs_ours uses ours with 0 fds from the same interleaved group; \
              rss8g_vs_small: ours from the harness at the largest client size measured \
              (rss_largest) / ours from a small helper client process, interleaved in the \
-             same group; rss8g_vs_unballasted and direct_fork_8g_vs_small compare with the \
+             same group, after a 1 s pause once the ballast is written; \
+             rss8g_amid_direct_forks_vs_small: ours interleaved with the direct forks instead; rss8g_vs_unballasted and direct_fork_8g_vs_small compare with the \
              group of the unballasted harness, run earlier",
         ),
     );
@@ -953,7 +986,7 @@ fn print_tables(r: &Results, ratios: &Map<String, Value>) {
     );
     println!("\n## 4. client RSS (spawn+wait; direct fork copies the client's page tables)\n");
     println!(
-        "{:<10} {:>10} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        "{:<10} {:>10} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
         "ballast",
         "VmRSS MiB",
         "fork med",
@@ -961,6 +994,7 @@ fn print_tables(r: &Results, ratios: &Map<String, Value>) {
         "ours med",
         "ours p99",
         "small med",
+        "amid fork",
         "std med",
         "std p99"
     );
@@ -971,14 +1005,15 @@ fn print_tables(r: &Results, ratios: &Map<String, Value>) {
                 fmt_ns(if p99 { x.p99_ns } else { x.median_ns })
             })
         };
-        let (f, o, sm, st) = (
+        let (f, o, sm, am, st) = (
             g("direct_fork_exit_wait"),
             g("ours_exit_fds0"),
             g("ours_exit_fds0_small_client"),
+            g("ours_exit_fds0_amid_direct_forks"),
             g("std_command_true"),
         );
         println!(
-            "{:<10} {:>10} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            "{:<10} {:>10} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
             fmt_bytes(s.bytes),
             s.client_rss_kib / 1024,
             cell(f, false),
@@ -986,6 +1021,7 @@ fn print_tables(r: &Results, ratios: &Map<String, Value>) {
             cell(o, false),
             cell(o, true),
             cell(sm, false),
+            cell(am, false),
             cell(st, false),
             cell(st, true)
         );
