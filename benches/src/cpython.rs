@@ -2,11 +2,11 @@
 //! process that times `Process(target=noop).start()` + `join()` in batches on request, so that
 //! its batches interleave with ours.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::driven::Driven;
 use crate::Result;
 
 /// The script. Standalone, `python3 script.py N` warms the forkserver and prints the median,
@@ -68,9 +68,7 @@ if __name__ == "__main__":
 /// A running driven `python3` with a warm forkserver.
 #[derive(Debug)]
 pub struct CPython {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    driven: Driven,
     script: PathBuf,
     version: String,
 }
@@ -93,7 +91,7 @@ impl CPython {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn();
-        let mut child = match spawned {
+        let child = match spawned {
             Ok(c) => c,
             Err(e) => {
                 let _ = std::fs::remove_file(&script);
@@ -103,16 +101,12 @@ impl CPython {
                 return Err(e.into());
             }
         };
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().ok_or("python3 stdout")?);
         let mut py = CPython {
-            child,
-            stdin,
-            stdout,
+            driven: Driven::new(child, "python3")?,
             script,
             version: String::new(),
         };
-        let ready = py.line()?;
+        let ready = py.driven.line()?;
         py.version = ready
             .get("python")
             .and_then(|v| v.as_str())
@@ -131,35 +125,14 @@ impl CPython {
     /// # Errors
     /// Python failing or answering something other than a list of `n` numbers.
     pub fn batch(&mut self, n: usize, out: &mut Vec<Duration>) -> Result<()> {
-        let stdin = self.stdin.as_mut().ok_or("python3 stdin closed")?;
-        writeln!(stdin, "{n}")?;
-        stdin.flush()?;
-        let v = self.line()?;
-        let list = v.as_array().ok_or("python3: expected a list")?;
-        if list.len() != n {
-            return Err(format!("python3: {} samples for {n}", list.len()).into());
-        }
-        for x in list {
-            let ns = x.as_u64().ok_or("python3: a sample is not an integer")?;
-            out.push(Duration::from_nanos(ns));
-        }
-        Ok(())
-    }
-
-    fn line(&mut self) -> Result<serde_json::Value> {
-        let mut s = String::new();
-        if self.stdout.read_line(&mut s)? == 0 {
-            return Err("python3 exited early".into());
-        }
-        Ok(serde_json::from_str(&s)?)
+        self.driven.batch(n, out)
     }
 }
 
 impl Drop for CPython {
     fn drop(&mut self) {
-        // EOF on stdin ends the script (and its forkserver, which sees its parent go).
-        self.stdin = None;
-        let _ = self.child.wait();
+        // Python has read the script long ago; `driven` then closes its stdin, which ends the
+        // script (and its forkserver, which sees its parent go), and waits for it.
         let _ = std::fs::remove_file(&self.script);
     }
 }

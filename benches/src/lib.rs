@@ -14,6 +14,7 @@
 pub mod ballast;
 pub mod cpython;
 pub mod direct;
+pub mod driven;
 pub mod interleave;
 pub mod procfs;
 pub mod small_client;

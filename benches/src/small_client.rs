@@ -8,13 +8,14 @@
 //! PROTOCOL.md §9.1), answers `{"ready": true}`, then for each line `N` runs N `noop` spawns
 //! with 0 fds, spawn + wait, and prints their latencies (ns) as a JSON list. EOF ends it.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use forkserver_client::Client;
 
+use crate::driven::Driven;
 use crate::Result;
 
 /// The helper's side: serves batch requests from stdin until EOF.
@@ -51,9 +52,7 @@ pub fn serve(socket: &Path) -> Result<()> {
 /// The harness's handle on a running helper.
 #[derive(Debug)]
 pub struct SmallClient {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    driven: Driven,
 }
 
 impl SmallClient {
@@ -62,28 +61,21 @@ impl SmallClient {
     /// # Errors
     /// Starting the process, or a first line other than the `ready` line.
     pub fn start(exe: &Path, socket: &Path, key: &[u8]) -> Result<SmallClient> {
-        let mut child = Command::new(exe)
+        let child = Command::new(exe)
             .arg("--small-client")
             .arg(socket)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
-        let mut stdin = child.stdin.take().ok_or("small client stdin")?;
-        let stdout = BufReader::new(child.stdout.take().ok_or("small client stdout")?);
+        let mut driven = Driven::new(child, "small client")?;
         let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        writeln!(stdin, "{hex}")?;
-        stdin.flush()?;
-        let mut helper = SmallClient {
-            child,
-            stdin: Some(stdin),
-            stdout,
-        };
-        let ready = helper.line()?;
+        driven.send_line(&hex)?;
+        let ready = driven.line()?;
         if ready.get("ready").and_then(|v| v.as_bool()) != Some(true) {
             return Err(format!("small client: unexpected first line {ready}").into());
         }
-        Ok(helper)
+        Ok(SmallClient { driven })
     }
 
     /// Runs `n` spawns in the helper and appends their latencies to `out`.
@@ -91,36 +83,7 @@ impl SmallClient {
     /// # Errors
     /// The helper failing or answering something other than a list of `n` numbers.
     pub fn batch(&mut self, n: usize, out: &mut Vec<Duration>) -> Result<()> {
-        let stdin = self.stdin.as_mut().ok_or("small client stdin closed")?;
-        writeln!(stdin, "{n}")?;
-        stdin.flush()?;
-        let v = self.line()?;
-        let list = v.as_array().ok_or("small client: expected a list")?;
-        if list.len() != n {
-            return Err(format!("small client: {} samples for {n}", list.len()).into());
-        }
-        for x in list {
-            let ns = x
-                .as_u64()
-                .ok_or("small client: a sample is not an integer")?;
-            out.push(Duration::from_nanos(ns));
-        }
-        Ok(())
-    }
-
-    fn line(&mut self) -> Result<serde_json::Value> {
-        let mut s = String::new();
-        if self.stdout.read_line(&mut s)? == 0 {
-            return Err("small client exited early".into());
-        }
-        Ok(serde_json::from_str(&s)?)
-    }
-}
-
-impl Drop for SmallClient {
-    fn drop(&mut self) {
-        self.stdin = None;
-        let _ = self.child.wait();
+        self.driven.batch(n, out)
     }
 }
 

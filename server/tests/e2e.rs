@@ -685,16 +685,7 @@ fn a_prefork_pool_serves_spawns_and_refills() {
     assert_eq!(c.wait().unwrap().code(), 0);
     // Idle again: the pool and nothing else; no fd left behind.
     wait_for_children(&srv, 2);
-    let until = Instant::now() + Duration::from_secs(5);
-    while srv.fd_count() != srv.idle_fds {
-        assert!(
-            Instant::now() < until,
-            "{} fds, {} when idle",
-            srv.fd_count(),
-            srv.idle_fds
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    srv.wait_fds(srv.idle_fds);
 }
 
 #[test]
@@ -883,14 +874,5 @@ fn a_dead_pooled_child_is_skipped() {
     assert_eq!(d.wait().unwrap().code(), 6);
     drop((c, d));
     wait_for_children(&srv, 1);
-    let until = Instant::now() + Duration::from_secs(5);
-    while srv.fd_count() != srv.idle_fds {
-        assert!(
-            Instant::now() < until,
-            "{} fds, {} when idle",
-            srv.fd_count(),
-            srv.idle_fds
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    srv.wait_fds(srv.idle_fds);
 }

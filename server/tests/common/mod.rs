@@ -90,6 +90,19 @@ impl Server {
         children_of(self.pid())
     }
 
+    /// Waits (up to 5 s) until the server holds `fds` fds, whatever its children.
+    pub fn wait_fds(&self, fds: usize) {
+        let until = Instant::now() + Duration::from_secs(5);
+        while self.fd_count() != fds {
+            assert!(
+                Instant::now() < until,
+                "{} fds, expected {fds}",
+                self.fd_count()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Waits until the server's fd count and child list return to `fds` and empty.
     pub fn settle(&self, fds: usize) {
         let until = Instant::now() + Duration::from_secs(10);
