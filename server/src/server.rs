@@ -129,6 +129,12 @@ pub struct Server {
     signals_to_reset: Vec<Signal>,
     /// Pooled children waiting for a job (`--prefork`), with the server's end of their socket.
     pool: VecDeque<(Pid, OwnedFd)>,
+    /// The shared report socket (a datagram socketpair): children without a report pipe of
+    /// their own write their failure here (`spawn::Report::Shared`); the server reads it.
+    report_rx: OwnedFd,
+    report_tx: OwnedFd,
+    /// Reports read from the shared socket for children not reaped yet, by spawn serial.
+    shared_reports: HashMap<u64, Message>,
 }
 
 impl std::fmt::Debug for Server {
@@ -194,6 +200,13 @@ impl Server {
                 .map_err(sys("epoll_ctl"))?;
         }
         let reserve_fd = open_reserve();
+        let (report_rx, report_tx) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Datagram,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )
+        .map_err(sys("socketpair"))?;
         tracing::info!(socket = ?socket_path, "forkserver listening");
         Ok(Server {
             epoll,
@@ -216,6 +229,9 @@ impl Server {
             uid: nix::unistd::getuid().as_raw(),
             signals_to_reset,
             pool: VecDeque::new(),
+            report_rx,
+            report_tx,
+            shared_reports: HashMap::new(),
         })
     }
 
@@ -541,9 +557,16 @@ impl Server {
             return;
         };
         tracing::debug!(pid = pid.as_raw(), code, "child reaped");
-        let failure = child
-            .failure
-            .or_else(|| child.report.as_ref().and_then(read_report));
+        let serial = child.serial;
+        let failure = match (child.failure, &child.report) {
+            (Some(f), _) => Some(f),
+            (None, Some(report)) => read_report(report),
+            (None, None) if code == spawn::FAILED_STATUS => self.shared_report(serial),
+            (None, None) => None,
+        };
+        if !self.shared_reports.is_empty() {
+            self.shared_reports.remove(&serial);
+        }
         if let (true, Some(r)) = (child.watching_report, &child.report) {
             let _ = self.epoll.delete(r);
         }
@@ -581,6 +604,33 @@ impl Server {
         } else {
             self.set_state(id, State::Closing);
         }
+    }
+
+    /// The failure report of the child of spawn `serial` on the shared report socket, if it
+    /// wrote one. Reads every report waiting there; those of other live children are kept for
+    /// their own exit (a child writes its report before it exits, so it is there by the time
+    /// the child is reaped).
+    fn shared_report(&mut self, serial: u64) -> Option<Message> {
+        let mut buf = [0u8; spawn::SHARED_REPORT_LEN];
+        loop {
+            let flags = MsgFlags::MSG_DONTWAIT;
+            match nix::sys::socket::recv(self.report_rx.as_raw_fd(), &mut buf, flags) {
+                Ok(spawn::SHARED_REPORT_LEN) => {
+                    let mut s = [0u8; 8];
+                    s.copy_from_slice(&buf[..8]);
+                    let s = u64::from_le_bytes(s);
+                    let errno = i32::from_le_bytes([buf[9], buf[10], buf[11], buf[12]]);
+                    if s == serial || self.children.values().any(|c| c.serial == s) {
+                        self.shared_reports
+                            .insert(s, failure_message(buf[8], errno));
+                    }
+                }
+                Ok(n) => tracing::error!("bug: a shared report of {n} bytes"),
+                Err(Errno::EINTR) => {}
+                Err(_) => break,
+            }
+        }
+        self.shared_reports.remove(&serial)
     }
 
     /// A `pid_after_exec` child's report pipe is readable: EOF means the exec succeeded.
@@ -912,11 +962,16 @@ impl Server {
         }
         let options = *spawn.options();
         let is_exec = matches!(spawn.job(), Job::Exec(_));
+        let wait_exec = options.pid_after_exec && is_exec;
+        let serial = self.spawned_total + 1;
+        // Only a `pid_after_exec` exec job needs a report pipe of its own (its EOF is the
+        // exec's success); others report a failure on the shared socket.
+        let shared = (!wait_exec).then(|| (self.report_tx.as_raw_fd(), serial));
         let mut handoff = None;
         let forked = match self.take_pooled(spawn, bundle) {
             Pooled::Taken(pid, sock, job) => {
                 handoff = Some(job);
-                Ok((pid, sock))
+                Ok((pid, Some(sock)))
             }
             Pooled::Fork(spawn, bundle) => {
                 let work = match spawn.job() {
@@ -928,7 +983,14 @@ impl Server {
                 };
                 let die_with_server = self.config.kill_children_with_server;
                 let to_reset = &self.signals_to_reset;
-                spawn::spawn(work, options.session, die_with_server, to_reset, bundle)
+                spawn::spawn(
+                    work,
+                    options.session,
+                    die_with_server,
+                    to_reset,
+                    bundle,
+                    shared,
+                )
             }
         };
         let (pid, report) = match forked {
@@ -942,20 +1004,18 @@ impl Server {
                 return self.fail(id, ErrorReply::new(code, e as i32, format!("fork: {e}")));
             }
         };
-        self.spawned_total += 1;
+        self.spawned_total = serial;
         self.touch();
-        let serial = self.spawned_total;
         if let Some(ms) = options.deadline_ms {
             let t = Instant::now() + Duration::from_millis(ms.get());
             self.deadlines.push(Reverse((t, serial, pid)));
         }
-        let wait_exec = options.pid_after_exec && is_exec;
-        if wait_exec {
+        if let (true, Some(report)) = (wait_exec, &report) {
             // Keyed by the spawn's serial, not its pid: a pid can be reused, a serial cannot.
             let token = TOKEN_REPORT | serial;
             if let Err(e) = self
                 .epoll
-                .add(&report, EpollEvent::new(EpollFlags::EPOLLIN, token))
+                .add(report, EpollEvent::new(EpollFlags::EPOLLIN, token))
             {
                 tracing::warn!("epoll_ctl: {e}");
             }
@@ -965,7 +1025,7 @@ impl Server {
             Child {
                 serial,
                 conn: Some(id),
-                report: Some(report),
+                report,
                 watching_report: wait_exec,
                 kill_on_disconnect: options.kill_on_disconnect,
                 keep_connection: options.keep_connection,
@@ -1181,8 +1241,13 @@ fn read_report(fd: &OwnedFd) -> Option<Message> {
         return None;
     }
     let errno = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    Some(failure_message(buf[0], errno))
+}
+
+/// The reply for a child's failure report: its stage and errno.
+fn failure_message(stage: u8, errno: i32) -> Message {
     let desc = Errno::from_raw(errno).desc();
-    Some(if buf[0] == STAGE_EXEC {
+    if stage == STAGE_EXEC {
         ErrorReply::new(ErrorCode::ExecFailed, errno, format!("execve: {desc}")).into()
     } else {
         ErrorReply::new(
@@ -1191,7 +1256,7 @@ fn read_report(fd: &OwnedFd) -> Option<Message> {
             format!("child setup: {desc}"),
         )
         .into()
-    })
+    }
 }
 
 /// Tells a connection that is not going to be served why, best effort (it is closed next;

@@ -9,9 +9,13 @@
 //!    server (listener, connections, epoll, signalfd, other requests' fds) is closed;
 //! 4. the job runs: `execve`, or the entry point, whose return value is the exit status.
 //!
-//! A failure in steps 1-4 is written to the report pipe (close-on-exec, so `execve` succeeding
-//! closes it: EOF means success) as 5 bytes, `stage: u8` and `errno: i32` little-endian, and
-//! the child exits with status 127.
+//! A failure in steps 1-4 is reported to the server, and the child exits with status 127. The
+//! report goes either to the child's own report pipe (close-on-exec, so `execve` succeeding
+//! closes it: EOF means success), as 5 bytes, `stage: u8` and `errno: i32` little-endian; or,
+//! when the server needs no news of success (entry jobs, exec jobs without `pid_after_exec`),
+//! as one datagram on the server's shared report socket: the spawn's serial (`u64`), then the
+//! same 5 bytes. The shared socket costs no system call and no fd per spawn; the server reads
+//! it only for a child that exits with status 127.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::Write;
@@ -33,7 +37,33 @@ pub(crate) const STAGE_SETUP: u8 = 1;
 /// Stage byte of a child's failure report: `execve` failed.
 pub(crate) const STAGE_EXEC: u8 = 2;
 /// Exit status of a child whose setup or exec failed (as shells use for "not found").
-const FAILED_STATUS: i32 = 127;
+pub(crate) const FAILED_STATUS: i32 = 127;
+/// Length of a datagram on the shared report socket: serial, stage, errno.
+pub(crate) const SHARED_REPORT_LEN: usize = 13;
+
+/// Where a child reports a failure before its job runs.
+#[derive(Clone, Copy)]
+pub(crate) enum Report {
+    /// Its own pipe (or a pooled child's socket): 5 bytes; EOF tells success.
+    Own(RawFd),
+    /// The server's shared report socket (a datagram socket), with the spawn's serial.
+    Shared(RawFd, u64),
+}
+
+impl Report {
+    fn fd(self) -> RawFd {
+        match self {
+            Report::Own(fd) | Report::Shared(fd, _) => fd,
+        }
+    }
+
+    fn with_fd(self, fd: RawFd) -> Report {
+        match self {
+            Report::Own(_) => Report::Own(fd),
+            Report::Shared(_, serial) => Report::Shared(fd, serial),
+        }
+    }
+}
 /// Exit status of an entry point that panicked (as Rust's runtime uses).
 pub(crate) const PANIC_STATUS: i32 = 101;
 
@@ -46,8 +76,10 @@ pub(crate) enum Work<'a> {
     },
 }
 
-/// Forks a child that runs `work` with `bundle`. Returns the child's pid and the read end of
-/// its report pipe; the bundle's fds are closed in the server.
+/// Forks a child that runs `work` with `bundle`. With `shared` (the shared report socket and
+/// the spawn's serial) the child reports a failure there; without, on a report pipe of its
+/// own, whose read end is returned with the child's pid. The bundle's fds are closed in the
+/// server.
 ///
 /// # Errors
 /// `pipe2` or `fork` failing (EAGAIN, ENOMEM, EMFILE).
@@ -57,15 +89,28 @@ pub(crate) fn spawn(
     die_with_server: bool,
     to_reset: &[Signal],
     bundle: FdBundle,
-) -> Result<(Pid, OwnedFd), Errno> {
+    shared: Option<(RawFd, u64)>,
+) -> Result<(Pid, Option<OwnedFd>), Errno> {
+    if let Some((fd, serial)) = shared {
+        let pid = fork_child(die_with_server, move || {
+            child_main(work, session, to_reset, bundle, Report::Shared(fd, serial))
+        })?;
+        return Ok((pid, None));
+    }
     let (report_rd, report_wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let report_rd_raw = report_rd.as_raw_fd();
     let pid = fork_child(die_with_server, move || {
         // The child's copy of the read end; the server keeps its own (`report_rd`).
         let _ = nix::unistd::close(report_rd_raw);
-        child_main(work, session, to_reset, bundle, report_wr)
+        child_main(
+            work,
+            session,
+            to_reset,
+            bundle,
+            Report::Own(report_wr.into_raw_fd()),
+        )
     })?;
-    Ok((pid, report_rd))
+    Ok((pid, Some(report_rd)))
 }
 
 /// Forks a child that runs `in_child` (which never returns), and returns its pid. In the
@@ -154,7 +199,7 @@ fn pooled_child(
     };
     // SAFETY: `sock` is open and owned by this code alone from here on.
     let sock = unsafe { OwnedFd::from_raw_fd(sock) };
-    let report = sock.as_raw_fd();
+    let report = Report::Own(sock.as_raw_fd());
     let frame = match forkserver_protocol::FrameReader::new().read_frame(sock.as_fd()) {
         Ok(f) => f,
         // The server closed our socket before handing us a job: it is gone, or shrank the pool.
@@ -170,7 +215,7 @@ fn pooled_child(
     let Ok(bundle) = FdBundle::from_parts(map, frame.fds) else {
         report_and_exit(report, STAGE_SETUP, Errno::EPROTO)
     };
-    let report = sock.into_raw_fd();
+    let report = Report::Own(sock.into_raw_fd());
     let work = match &job {
         forkserver_protocol::Job::Exec(e) => Work::Exec(e),
         forkserver_protocol::Job::Entry(e) => match entries.get(e.name()) {
@@ -181,19 +226,31 @@ fn pooled_child(
             None => report_and_exit(report, STAGE_SETUP, Errno::ENOENT),
         },
     };
-    // SAFETY: `report` is the socket, owned by this code alone.
-    child_main(work, options.session, to_reset, bundle, unsafe {
-        OwnedFd::from_raw_fd(report)
-    })
+    child_main(work, options.session, to_reset, bundle, report)
 }
 
-fn report_and_exit(report: RawFd, stage: u8, errno: Errno) -> ! {
-    let mut msg = [0u8; 5];
-    msg[0] = stage;
-    msg[1..].copy_from_slice(&(errno as i32).to_le_bytes());
-    // SAFETY: `report` is the child's report pipe, open until the child exits.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(report) };
-    let _ = nix::unistd::write(fd, &msg);
+fn report_and_exit(report: Report, stage: u8, errno: Errno) -> ! {
+    let mut msg = [0u8; SHARED_REPORT_LEN];
+    msg[8] = stage;
+    msg[9..].copy_from_slice(&(errno as i32).to_le_bytes());
+    // SAFETY: the report fd is open (the child's pipe, or its copy of the shared socket) until
+    // the child exits.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(report.fd()) };
+    match report {
+        Report::Own(_) => {
+            let _ = nix::unistd::write(fd, &msg[8..]);
+        }
+        Report::Shared(_, serial) => {
+            msg[..8].copy_from_slice(&serial.to_le_bytes());
+            // Never blocks: if the server's queue is full the report is lost, and the server
+            // reports status 127 as an exit instead of a setup failure.
+            let _ = nix::sys::socket::send(
+                fd.as_raw_fd(),
+                &msg,
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            );
+        }
+    }
     sys::exit_now(FAILED_STATUS)
 }
 
@@ -202,9 +259,8 @@ fn child_main(
     session: Session,
     to_reset: &[Signal],
     bundle: FdBundle,
-    report: OwnedFd,
+    report: Report,
 ) -> ! {
-    let report = report.into_raw_fd();
     if let Err(e) = reset_signals(to_reset) {
         report_and_exit(report, STAGE_SETUP, e);
     }
@@ -216,9 +272,9 @@ fn child_main(
     if let Err(e) = r {
         report_and_exit(report, STAGE_SETUP, e);
     }
-    let (report, targets) = match place_fds(bundle, report) {
-        Ok(r) => r,
-        Err((report, e)) => report_and_exit(report, STAGE_SETUP, e),
+    let (report, targets) = match place_fds(bundle, report.fd()) {
+        Ok((fd, targets)) => (report.with_fd(fd), targets),
+        Err((fd, e)) => report_and_exit(report.with_fd(fd), STAGE_SETUP, e),
     };
     match work {
         Work::Exec(job) => {
@@ -231,9 +287,10 @@ fn child_main(
             report_and_exit(report, STAGE_EXEC, e)
         }
         Work::Entry { entry, payload } => {
-            // Setup succeeded: the report pipe's EOF tells the server so.
-            // SAFETY: `report` is open and owned by this code alone.
-            drop(unsafe { OwnedFd::from_raw_fd(report) });
+            // Setup succeeded (an own report pipe's EOF tells the server so); the job holds
+            // nothing of the server's.
+            // SAFETY: the report fd is open and owned by this code alone.
+            drop(unsafe { OwnedFd::from_raw_fd(report.fd()) });
             let call = Call::new(payload.to_vec(), targets);
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry(call)))
                 .unwrap_or(PANIC_STATUS);

@@ -876,3 +876,39 @@ fn a_dead_pooled_child_is_skipped() {
     wait_for_children(&srv, 1);
     srv.wait_fds(srv.idle_fds);
 }
+
+/// Children without a report pipe of their own (exec jobs without `pid_after_exec`, entry
+/// jobs) report a failure on the server's shared report socket, tagged with their spawn: many
+/// at once, mixed with children that exit with 127 on their own, each connection gets its own
+/// outcome.
+#[test]
+fn failure_reports_on_the_shared_socket_reach_their_own_connection() {
+    let srv = Server::start(&[]);
+    let fds0 = srv.idle_fds;
+    let missing = |i: usize| Job::Exec(ExecJob::new(format!("/nonexistent/{i}")).unwrap());
+    let mut conns: Vec<(bool, Conn)> = (0..24)
+        .map(|i| {
+            let fails = i % 2 == 0;
+            let job = if fails {
+                missing(i)
+            } else {
+                sh("sleep 0.05; exit 127")
+            };
+            let mut c = srv.connect();
+            c.spawn(opts(), job, FdBundle::new()).unwrap();
+            (fails, c)
+        })
+        .collect();
+    for (fails, c) in &mut conns {
+        match c.wait() {
+            Err(e) if *fails => {
+                assert_eq!(e.code(), ErrorCode::ExecFailed);
+                assert_eq!(e.errno(), nix::libc::ENOENT);
+            }
+            Ok(exit) if !*fails => assert_eq!(exit.code(), 127),
+            other => panic!("fails: {fails}, got {other:?}"),
+        }
+    }
+    drop(conns);
+    srv.settle(fds0);
+}
