@@ -58,16 +58,20 @@ struct Tally {
     by_code: std::collections::BTreeMap<i32, usize>,
     pidfds: usize,
     tagged: usize,
+    /// Spawns made on a connection kept from an earlier spawn (`KEEP_CONNECTION`).
+    reused: usize,
 }
 
 /// One spawn, checked. `live` maps the pid of every child between its `Pid` and its `Exit` to
-/// who spawned it.
+/// who spawned it. `kept` is the connection an earlier spawn of this thread kept (READY), if
+/// any; half the spawns ask to keep theirs.
 fn one_spawn(
     srv: &Server,
     rng: &mut Rng,
     who: (usize, usize),
     live: &Mutex<HashMap<i32, (usize, usize)>>,
     tally: &mut Tally,
+    kept: &mut Option<Conn>,
 ) {
     // The bundle: n fds at distinct random targets in 0..64; when n > 0, fd 0 of the bundle is
     // the tag pipe at a target in 3..=9.
@@ -133,14 +137,24 @@ fn one_spawn(
         },
         want_pidfd: rng.below(2) == 0,
         kill_on_disconnect: rng.below(2) == 0,
+        keep_connection: rng.below(2) == 0,
         ..SpawnOptions::default()
     };
     tally.fds_sent += b.len();
 
-    let mut c = Conn::connect(&srv.socket);
-    c.sock
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    let mut c = match kept.take() {
+        Some(c) => {
+            tally.reused += 1;
+            c
+        }
+        None => {
+            let c = Conn::connect(&srv.socket);
+            c.sock
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            c
+        }
+    };
     let (pid, pidfd) = c
         .spawn(options, job, b)
         .unwrap_or_else(|e| panic!("{who:?}: spawn refused: {e:?}"));
@@ -157,14 +171,19 @@ fn one_spawn(
     live.lock().unwrap().remove(&pid);
     assert_eq!(exit.code(), want, "{who:?} (pid {pid})");
     assert!(!exit.deadline_expired());
-    // Exactly once: nothing follows the Exit but the end of the connection.
-    let (more, end) = c.read_to_end(Duration::from_secs(10));
-    assert!(
-        more.is_empty(),
-        "{who:?}: frames after Exit: {:?}",
-        more.iter().map(|f| &f.message).collect::<Vec<_>>()
-    );
-    assert!(is_clean_end(&end), "{who:?}: {end:?}");
+    if options.keep_connection {
+        // READY again: the next spawn of this thread goes on this connection.
+        *kept = Some(c);
+    } else {
+        // Exactly once: nothing follows the Exit but the end of the connection.
+        let (more, end) = c.read_to_end(Duration::from_secs(10));
+        assert!(
+            more.is_empty(),
+            "{who:?}: frames after Exit: {:?}",
+            more.iter().map(|f| &f.message).collect::<Vec<_>>()
+        );
+        assert!(is_clean_end(&end), "{who:?}: {end:?}");
+    }
     if let Some(fd) = pidfd {
         // A pidfd of an exited process reads as readable.
         let mut p = [nix::poll::PollFd::new(
@@ -199,14 +218,17 @@ fn run(srv: &Server, threads: usize, per_thread: usize, seed: u64) -> Tally {
             s.spawn(move || {
                 let mut rng = Rng::new(seed ^ (t as u64 + 1).wrapping_mul(0x1000_0001));
                 let mut tally = Tally::default();
+                let mut kept = None;
                 for i in 0..per_thread {
-                    one_spawn(srv, &mut rng, (t, i), live, &mut tally);
+                    one_spawn(srv, &mut rng, (t, i), live, &mut tally, &mut kept);
                 }
+                drop(kept);
                 let mut tot = total.lock().unwrap();
                 tot.spawns += tally.spawns;
                 tot.fds_sent += tally.fds_sent;
                 tot.pidfds += tally.pidfds;
                 tot.tagged += tally.tagged;
+                tot.reused += tally.reused;
                 for (k, v) in tally.by_code {
                     *tot.by_code.entry(k).or_default() += v;
                 }
@@ -255,12 +277,14 @@ fn soak() {
     let signals: Vec<(i32, usize)> = tally.by_code.range(..0).map(|(k, n)| (-k, *n)).collect();
     eprintln!(
         "soak: {threads} threads x {per_thread} spawns = {} spawns in {:.2?} ({:.0} spawns/s), \
-         seed {seed}; {} fds sent, {} pidfds, {} children identified by their pipe; {exits} \
+         seed {seed}; {} on a kept connection; {} fds sent, {} pidfds, {} children identified \
+         by their pipe; {exits} \
          exits with {} distinct statuses, killed by (signal, count) {signals:?}; server fds {} -> {} (idle {fds0}); VmRSS {rss0} -> {rss1} KiB \
          (tolerance {RSS_TOLERANCE_KIB} KiB)",
         tally.spawns,
         elapsed,
         tally.spawns as f64 / elapsed.as_secs_f64(),
+        tally.reused,
         tally.fds_sent,
         tally.pidfds,
         tally.tagged,
