@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use forkserver_protocol::{Message, Status};
+use forkserver_protocol::{ErrorCode, Message, Status};
 use nix::libc;
 
 use crate::command::{Call, Command};
@@ -187,16 +187,31 @@ impl Client {
     /// [`Error::Connect`], [`Error::Launch`] (relaunch failed), [`Error::ServerGone`],
     /// [`Error::Server`], [`Error::Protocol`], [`Error::AuthRequired`], [`Error::Io`].
     pub fn status(&self) -> Result<Status> {
-        let (mut conn, ()) =
-            self.request(|| Ok((Some((Message::StatusRequest, Vec::new())), ())))?;
-        match conn.recv()?.message {
-            Message::Status(s) => {
-                // READY before, READY after: the connection can serve the next request.
-                self.put_idle(conn);
-                Ok(s)
+        let mut may_reuse = true;
+        loop {
+            let request = || Ok((Some((Message::StatusRequest, Vec::new())), ()));
+            let (mut conn, ()) = self.request(may_reuse, request)?;
+            match conn.recv()?.message {
+                Message::Status(s) => {
+                    // READY before, READY after: the connection can serve the next request.
+                    self.put_idle(conn);
+                    return Ok(s);
+                }
+                // A kept connection the server closed on its own as the request went out
+                // (PROTOCOL.md §6.6): asked again on a new connection, once.
+                Message::Error(e)
+                    if conn.reused
+                        && may_reuse
+                        && matches!(
+                            e.code(),
+                            ErrorCode::ResourceExhausted | ErrorCode::ShuttingDown
+                        ) =>
+                {
+                    may_reuse = false;
+                }
+                Message::Error(e) => return Err(e.into()),
+                other => return Err(Error::unexpected(other.tag(), "Status")),
             }
-            Message::Error(e) => Err(e.into()),
-            other => Err(Error::unexpected(other.tag(), "Status")),
         }
     }
 
@@ -286,8 +301,9 @@ impl Client {
                 if idle[i].generation > generation {
                     continue;
                 }
-                let conn = idle.swap_remove(i);
+                let mut conn = idle.swap_remove(i);
                 if conn.generation == generation && conn.is_idle_and_open() {
+                    conn.reused = true;
                     found = Some(conn);
                     break;
                 }
@@ -319,7 +335,7 @@ impl Client {
 
     /// One handshake on a fresh connection, which is then kept for reuse.
     pub(crate) fn ping(&self) -> Result<()> {
-        let (conn, ()) = self.request(|| Ok((None, ())))?;
+        let (conn, ()) = self.request(false, || Ok((None, ())))?;
         self.put_idle(conn);
         Ok(())
     }
@@ -335,9 +351,9 @@ impl Client {
             .map_err(|f| f.into_error(path))
     }
 
-    /// Sends the request made by `build` on a kept connection, or on a new one behind `Hello`
-    /// (and the authentication); the reply is left for the caller, with the extra value
-    /// `build` returned.
+    /// Sends the request made by `build` on a kept connection (if `may_reuse`), or on a new one
+    /// behind `Hello` (and the authentication); the reply is left for the caller, with the
+    /// extra value `build` returned.
     ///
     /// `build` runs before any connection is used, so that invalid requests never reach the
     /// socket. It runs again (the first request's fds went with it) each time a request was
@@ -348,6 +364,7 @@ impl Client {
     /// relaunched. So at most three times.
     pub(crate) fn request<T>(
         &self,
+        may_reuse: bool,
         mut build: impl FnMut() -> Result<(Option<(Message, Vec<OwnedFd>)>, T)>,
     ) -> Result<(Conn, T)> {
         let (mut request, mut extra) = build()?;
@@ -357,7 +374,7 @@ impl Client {
             Inner::Launched(m) => Some(lock(m).ensure_running().map_err(Error::Launch)?),
         };
         let generation = launched.as_ref().map_or(0, |(.., g)| *g);
-        if request.is_some() {
+        if request.is_some() && may_reuse {
             if let Some(mut conn) = self.take_idle(generation) {
                 let Some((message, fds)) = request.take() else {
                     unreachable!("checked above")

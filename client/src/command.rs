@@ -98,15 +98,17 @@ impl Request {
     /// Validates, connects, sends, and reads the `Pid` reply.
     fn spawn(&self, client: &Client, job: Job, default_inherit: bool) -> Result<Child> {
         let keep = client.reuses_connections();
-        match self.spawn_once(client, job.clone(), default_inherit, keep) {
+        match self.spawn_once(client, &job, default_inherit, keep) {
             // Our frame is valid (the codec cannot encode an invalid one): a server that calls
-            // it malformed predates KEEP_CONNECTION (protocol rev 0.3) and refuses the flag as
-            // reserved. Nothing was spawned; reuse goes off for this client and the request is
-            // made again without the flag.
-            Err(Error::Server { code, .. }) if keep && code == ErrorCode::Malformed => {
+            // a reserved field not zero predates KEEP_CONNECTION (protocol rev 0.3). Nothing
+            // was spawned; reuse goes off for this client and the request is made again
+            // without the flag.
+            Err(Error::Server { code, message, .. })
+                if keep && code == ErrorCode::Malformed && message.contains("reserved") =>
+            {
                 tracing::warn!("the server refused KEEP_CONNECTION (rev < 0.3): reuse off");
                 client.set_max_idle_connections(0);
-                self.spawn_once(client, job, default_inherit, false)
+                self.spawn_once(client, &job, default_inherit, false)
             }
             other => other,
         }
@@ -115,7 +117,7 @@ impl Request {
     fn spawn_once(
         &self,
         client: &Client,
-        job: Job,
+        job: &Job,
         default_inherit: bool,
         keep: bool,
     ) -> Result<Child> {
@@ -123,40 +125,49 @@ impl Request {
             keep_connection: keep,
             ..self.options
         };
-        let (mut conn, parents) = client.request(|| {
-            let (bundle, parents) = self.bundle(default_inherit)?;
-            let (map, fds) = bundle.into_parts();
-            let spawn = Spawn::new(options, map, job.clone())?;
-            Ok((Some((Message::Spawn(spawn), fds)), parents))
-        })?;
-        let frame = conn.recv()?;
-        match frame.message {
-            Message::Pid(pid) => {
-                let pidfd = frame.fds.into_iter().next();
-                let keep = options.keep_connection;
-                Ok(Child::new(
-                    client.clone(),
-                    conn,
-                    keep,
-                    pid.pid(),
-                    pidfd,
-                    parents,
-                ))
-            }
-            Message::Error(e) => {
+        let mut may_reuse = true;
+        loop {
+            let (mut conn, parents) = client.request(may_reuse, || {
+                let (bundle, parents) = self.bundle(default_inherit)?;
+                let (map, fds) = bundle.into_parts();
+                let spawn = Spawn::new(options, map, job.clone())?;
+                Ok((Some((Message::Spawn(spawn), fds)), parents))
+            })?;
+            let frame = conn.recv()?;
+            let e = match frame.message {
+                Message::Pid(pid) => {
+                    let pidfd = frame.fds.into_iter().next();
+                    return Ok(Child::new(
+                        client.clone(),
+                        conn,
+                        keep,
+                        pid.pid(),
+                        pidfd,
+                        parents,
+                    ));
+                }
+                Message::Error(e) => e,
+                other => return Err(Error::unexpected(other.tag(), "Pid")),
+            };
+            match e.code() {
+                // A kept connection the server closed on its own (to make room, or exiting)
+                // just as our request went out: it says so first, and did not act on the
+                // request (PROTOCOL.md §6.6). Made again on a new connection, once.
+                ErrorCode::ResourceExhausted | ErrorCode::ShuttingDown
+                    if conn.reused && may_reuse =>
+                {
+                    tracing::debug!("kept connection closed by the server: {e}");
+                    may_reuse = false;
+                    continue;
+                }
                 // An exec failure under `wait_for_exec` is the child's final report: the
                 // connection is READY again (`KEEP_CONNECTION`). Other errors close it.
-                if options.keep_connection
-                    && matches!(
-                        e.code(),
-                        ErrorCode::ExecFailed | ErrorCode::ChildSetupFailed
-                    )
-                {
+                ErrorCode::ExecFailed | ErrorCode::ChildSetupFailed if keep => {
                     client.put_idle(conn);
                 }
-                Err(e.into())
+                _ => {}
             }
-            other => Err(Error::unexpected(other.tag(), "Pid")),
+            return Err(e.into());
         }
     }
 }

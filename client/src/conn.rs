@@ -30,6 +30,8 @@ pub(crate) struct Conn {
     /// Which launch of the server this connection reaches (see `Managed`); 0 for a server at
     /// a path.
     pub(crate) generation: u64,
+    /// Taken from the client's kept connections (not opened for this request).
+    pub(crate) reused: bool,
 }
 
 impl Conn {
@@ -43,6 +45,7 @@ impl Conn {
             sock,
             reader: FrameReader::new(),
             generation: 0,
+            reused: false,
         }
     }
 

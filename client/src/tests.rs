@@ -141,6 +141,35 @@ fn a_server_without_keep_connection_gets_requests_without_it() {
     server.join().unwrap();
 }
 
+/// A kept connection that the server closes on its own just as a request goes out on it:
+/// the server says so (`ResourceExhausted`, or `ShuttingDown`) without acting on the request,
+/// and the client makes it again on a new connection.
+#[test]
+fn a_request_crossing_the_close_of_a_kept_connection_is_made_again() {
+    let (path, server) = fake_server(|accept| {
+        let mut p = accept();
+        p.handshake();
+        // The client's Spawn arrives; the server closes the connection unread, saying why.
+        std::thread::sleep(Duration::from_millis(50));
+        p.send(
+            Message::Error(ErrorReply::new(ErrorCode::ResourceExhausted, 0, "room")),
+            vec![],
+        );
+        drop(p);
+        let mut q = accept();
+        q.handshake();
+        assert!(read_spawn(&mut q).options().keep_connection);
+        q.send(pid(9, false), vec![]);
+        q.send(exit(0), vec![]);
+    });
+    let client = Client::connect(&path).unwrap();
+    assert_eq!(client.idle_connections(), 1);
+    let mut child = client.call("e", "").spawn().unwrap();
+    assert_eq!(child.pid(), 9);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    server.join().unwrap();
+}
+
 /// After `fork()` the child process does not use its parent's kept connections.
 #[test]
 #[allow(unsafe_code)]

@@ -288,6 +288,7 @@ impl Server {
             if let Some(idle) = self.config.idle_timeout {
                 if self.is_idle() && self.idle_since.elapsed() >= idle && !self.events_waiting() {
                     tracing::info!("idle for {idle:?}: exiting");
+                    self.say_goodbye();
                     self.cleanup();
                     return Ok(());
                 }
@@ -356,7 +357,8 @@ impl Server {
                 Ok(fd) => self.on_accept(fd),
                 Err(Errno::EAGAIN) => return,
                 Err(Errno::EINTR | Errno::ECONNABORTED) => {}
-                Err(e @ (Errno::EMFILE | Errno::ENFILE)) if self.evict_idle_connection() => {
+                // Only a per-process limit: closing one of ours frees nothing system-wide.
+                Err(e @ Errno::EMFILE) if self.evict_idle_connection() => {
                     tracing::debug!("accept: {e}; closed an idle connection to make room");
                 }
                 Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
@@ -437,25 +439,36 @@ impl Server {
 
     /// Closes the connection that has been idle in READY the longest, if there is one, to make
     /// room for a new one: connections that clients keep for reuse (§6.6) must not lock others
-    /// out. Nothing is sent; the client sees end-of-file before it reuses it. Returns whether
-    /// one was closed.
+    /// out. One whose client has sent something the server has not read yet is not idle. The
+    /// closed connection gets `Error(ResourceExhausted)` first: a client that sent a request on
+    /// it meanwhile reads that as its reply, and knows the request was not acted on (§6.6).
+    /// Returns whether one was closed.
     fn evict_idle_connection(&mut self) -> bool {
         let oldest = self
             .conns
             .iter()
-            .filter(|(_, c)| c.is_idle())
+            .filter(|(_, c)| c.is_idle() && !has_unread_input(&c.fd))
             .min_by_key(|(_, c)| c.ready_since)
             .map(|(id, _)| *id);
-        match oldest {
-            Some(id) => {
-                tracing::debug!(
-                    conn = id,
-                    "closing the longest idle connection to make room"
-                );
-                self.disconnect(id);
-                true
-            }
-            None => false,
+        let Some(id) = oldest else { return false };
+        tracing::debug!(
+            conn = id,
+            "closing the longest idle connection to make room"
+        );
+        if let Some(c) = self.conns.get(&id) {
+            let msg = "idle connection closed to make room for another";
+            refuse(&c.fd, ErrorReply::new(ErrorCode::ResourceExhausted, 0, msg));
+        }
+        self.disconnect(id);
+        true
+    }
+
+    /// Before an idle exit: every connection (all idle in READY) gets `Error(ShuttingDown)`,
+    /// so that a client whose request crossed the exit knows it was not acted on (§6.6).
+    fn say_goodbye(&mut self) {
+        for c in self.conns.values() {
+            let msg = "idle timeout: the server exits";
+            refuse(&c.fd, ErrorReply::new(ErrorCode::ShuttingDown, 0, msg));
         }
     }
 
@@ -1261,6 +1274,16 @@ fn failure_message(stage: u8, errno: i32) -> Message {
 
 /// Tells a connection that is not going to be served why, best effort (it is closed next;
 /// nothing waits for a peer that does not read).
+/// Whether the peer has sent bytes (or fds) that have not been read yet, or closed its end.
+fn has_unread_input(fd: &OwnedFd) -> bool {
+    let mut byte = [0u8; 1];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    !matches!(
+        nix::sys::socket::recv(fd.as_raw_fd(), &mut byte, flags),
+        Err(Errno::EAGAIN)
+    )
+}
+
 fn refuse(fd: &OwnedFd, reply: ErrorReply) {
     if let Ok(mut out) = OutFrame::new(&reply.into(), vec![]) {
         let _ = out.send(fd.as_fd());

@@ -242,8 +242,9 @@ fn report_and_exit(report: Report, stage: u8, errno: Errno) -> ! {
         }
         Report::Shared(_, serial) => {
             msg[..8].copy_from_slice(&serial.to_le_bytes());
-            // Never blocks: if the server's queue is full the report is lost, and the server
-            // reports status 127 as an exit instead of a setup failure.
+            // Never blocks: if the shared socket's buffer is full (a few hundred reports of
+            // children not reaped yet) the report is lost, and the server reports status 127
+            // as an exit instead of a setup failure.
             let _ = nix::sys::socket::send(
                 fd.as_raw_fd(),
                 &msg,

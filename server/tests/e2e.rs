@@ -821,7 +821,7 @@ fn keep_connection_returns_to_ready_after_the_final_report() {
 }
 
 /// Connections kept for reuse do not keep an `--idle-timeout` server up; it closes them as it
-/// exits, and the client sees end-of-file.
+/// exits, after an `Error(ShuttingDown)`.
 #[test]
 fn idle_kept_connections_do_not_block_the_idle_timeout() {
     let mut srv = Server::start(&["--idle-timeout", "1"]);
@@ -832,6 +832,11 @@ fn idle_kept_connections_do_not_block_the_idle_timeout() {
     let status = srv.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // It said why before closing: a request sent meanwhile was not acted on (§6.6).
+    match c.recv().message {
+        Message::Error(e) => assert_eq!(e.code(), ErrorCode::ShuttingDown),
+        m => panic!("expected Error(ShuttingDown), got {m:?}"),
+    }
     assert!(is_clean_end(&c.try_recv().unwrap_err()));
 }
 

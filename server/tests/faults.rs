@@ -275,7 +275,12 @@ fn fd_exhaustion_then_recovery() {
             }
         })
         .collect();
-    // The first ones were closed (end-of-file, nothing sent); the last one still works.
+    // The first ones were closed, after an Error that says why (a request sent meanwhile was
+    // not acted on, §6.6); the last one still works.
+    match idle_conns[0].recv().message {
+        Message::Error(e) => assert_eq!(e.code(), ErrorCode::ResourceExhausted),
+        m => panic!("expected Error(ResourceExhausted), got {m:?}"),
+    }
     assert!(is_clean_end(&idle_conns[0].try_recv().unwrap_err()));
     assert_eq!(idle_conns.last_mut().unwrap().status().live_children(), 0);
     drop(idle_conns);
