@@ -152,6 +152,9 @@ pub(crate) struct Managed {
     /// Bumped at each relaunch, so that threads that saw the same dead server relaunch once.
     generation: u64,
     retired: Vec<Server>,
+    /// The process that launched the servers: a child forked from it (without exec) that
+    /// drops its copy must not stop them or remove their sockets.
+    owner: u32,
 }
 
 impl Managed {
@@ -162,6 +165,7 @@ impl Managed {
             current,
             generation: 0,
             retired: Vec::new(),
+            owner: std::process::id(),
         })
     }
 
@@ -241,6 +245,10 @@ impl Managed {
 
 impl Drop for Managed {
     fn drop(&mut self) {
+        if std::process::id() != self.owner {
+            // A forked copy: its fds close with it; the servers are the launcher's.
+            return;
+        }
         let deadline = Instant::now() + SHUTDOWN_WAIT;
         let servers = std::iter::once(&mut self.current).chain(self.retired.iter_mut());
         for s in servers {

@@ -139,6 +139,10 @@ fn main() {
         ("warm_connections", warm_connections),
         ("connections_are_reused", connections_are_reused),
         (
+            "a_forked_copy_of_the_client_leaves_the_server_alone",
+            a_forked_copy_of_the_client_leaves_the_server_alone,
+        ),
+        (
             "the_launched_server_inherits_no_stray_fd",
             the_launched_server_inherits_no_stray_fd,
         ),
@@ -550,6 +554,35 @@ fn connections_are_reused(client: &Client) {
     assert_eq!(child.wait().unwrap().code(), Some(5));
     assert_eq!(client.idle_connections(), 0);
     client.set_max_idle_connections(Client::DEFAULT_MAX_IDLE_CONNECTIONS);
+}
+
+/// A child forked (without exec) from the process that launched a server, dropping its copy
+/// of the client, neither stops the server nor removes its socket.
+fn a_forked_copy_of_the_client_leaves_the_server_alone(_client: &Client) {
+    let other = Client::launch(std::env::current_exe().unwrap()).unwrap();
+    let socket = other.socket_path();
+    // SAFETY: the child drops the client (closing its fds, nothing else: the launcher's drop
+    // does nothing in another process) and leaves with `_exit`.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => {
+            drop(other);
+            // SAFETY: ends the child without running the parent's destructors or atexit.
+            unsafe { nix::libc::_exit(0) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let status = nix::sys::wait::waitpid(child, None).unwrap();
+            assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+        }
+    }
+    assert!(socket.exists(), "the forked copy removed {socket:?}");
+    let pid = other.launched_server_pid().unwrap();
+    let mut child = other.call("exit", "4").spawn().unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(4));
+    assert_eq!(
+        other.launched_server_pid().unwrap(),
+        pid,
+        "the server was relaunched"
+    );
 }
 
 /// fds of the client that are not close-on-exec do not reach a server it launches.
