@@ -24,7 +24,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use forkserver_protocol::{ExecJob, FdBundle, Session};
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
+use nix::fcntl::{fcntl, open, FcntlArg, FdFlag, OFlag};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::Mode;
 use nix::unistd::{fork, ForkResult, Pid};
@@ -339,10 +339,10 @@ fn place_fds(bundle: FdBundle, report: RawFd) -> Result<(RawFd, Vec<u32>), (RawF
     // Release ownership: from here on these numbers are managed by hand, and no destructor may
     // close them later (a target may reuse one of their numbers).
     let mut srcs: Vec<RawFd> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
-    // 1. Any source (or the report pipe) sitting on a target number would be overwritten by
-    //    the dup2 onto that target before its own turn: move it to a number that is no target.
-    //    A duplicate that lands on a free target number is left there as a placeholder (the
-    //    dup2 onto that target replaces it) and the search goes on above it.
+    // 1. The report fd, if it sits on a target number, would be overwritten: move it to a
+    //    number that is no target. (`move_off_targets` leaves a duplicate that lands on a free
+    //    target number there as a placeholder, replaced by the dup2 onto that target later, and
+    //    searches on above it.)
     let move_off_targets = |fd: RawFd| -> Result<RawFd, Errno> {
         let mut from = 0;
         loop {
@@ -360,14 +360,41 @@ fn place_fds(bundle: FdBundle, report: RawFd) -> Result<(RawFd, Vec<u32>), (RawF
     } else {
         report
     };
-    for s in srcs.iter_mut() {
-        if is_target(*s) {
-            *s = move_off_targets(*s).map_err(|e| (report, e))?;
+    // 2. dup2 each source onto its target (close-on-exec cleared there), in an order that never
+    //    overwrites a source not placed yet: a target whose number holds another unplaced
+    //    source waits until that source is placed. Only a cycle (a on b's target, b on a's)
+    //    blocks every remaining source; one of it is then moved to a number that is no target.
+    //    With the usual layout (sources received just above the targets) nothing moves: one
+    //    system call per fd.
+    let n = srcs.len();
+    let mut placed = vec![false; n];
+    let mut left = n;
+    while left > 0 {
+        let mut progress = false;
+        for i in 0..n {
+            if placed[i] {
+                continue;
+            }
+            let t = targets[i] as RawFd;
+            let on_t = (0..n).find(|&j| !placed[j] && srcs[j] == t);
+            match on_t {
+                Some(j) if j != i => continue,
+                // Already at its target: only close-on-exec to clear.
+                Some(_) => {
+                    // SAFETY: `t` is open (it is source i) and owned by this code.
+                    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(t) };
+                    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| (report, e))?;
+                }
+                None => sys::dup2(srcs[i], t).map_err(|e| (report, e))?,
+            }
+            placed[i] = true;
+            left -= 1;
+            progress = true;
         }
-    }
-    // 2. dup2 each source onto its target; the new fd has close-on-exec cleared.
-    for (&src, &t) in srcs.iter().zip(&targets) {
-        sys::dup2(src, t as RawFd).map_err(|e| (report, e))?;
+        if !progress {
+            let i = (0..n).find(|&i| !placed[i]).expect("some source is left");
+            srcs[i] = move_off_targets(srcs[i]).map_err(|e| (report, e))?;
+        }
     }
     // 3. Close everything but the targets and the report pipe.
     let mut keep: Vec<u32> = targets.clone();

@@ -917,3 +917,54 @@ fn failure_reports_on_the_shared_socket_reach_their_own_connection() {
     drop(conns);
     srv.settle(fds0);
 }
+
+/// Targets that form cycles with the numbers the server receives the fds at (the bundle is
+/// installed at the server's lowest free fd numbers, read from /proc before sending; the
+/// targets are those numbers reversed: 2-cycles, and one fd that arrives on its own target):
+/// every target holds the file sent for it.
+#[test]
+fn fd_targets_in_cycles_are_placed_right() {
+    let srv = Server::start(&[]);
+    let fds0 = srv.idle_fds;
+    let (out_r, out_w) = pipe();
+    // Distinct inodes: a fresh pipe's read end each.
+    let originals: Vec<OwnedFd> = (0..41).map(|_| nix::unistd::pipe().unwrap().0).collect();
+    let mut c = srv.connect();
+    // The numbers the 42 fds (out_w first) will get in the server.
+    let used: std::collections::HashSet<u32> = std::fs::read_dir(format!("/proc/{}/fd", srv.pid()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    let free: Vec<u32> = (0..).filter(|n| !used.contains(n)).take(42).collect();
+    let target = |i: usize| free[41 - i];
+    let mut b = FdBundle::new();
+    b.push(1, out_w).unwrap();
+    for (i, fd) in originals.iter().enumerate() {
+        b.push(target(i), fd.try_clone().unwrap()).unwrap();
+    }
+    c.spawn(
+        opts(),
+        sh("stat -L -c '%n %d %i' /proc/self/fd/* 2>/dev/null; exit 0"),
+        b,
+    )
+    .unwrap();
+    assert_eq!(c.wait().unwrap().code(), 0);
+    let out = read_all(out_r);
+    let seen: std::collections::HashMap<u32, (u64, u64)> = out
+        .lines()
+        .map(|line| {
+            let mut it = line.split_whitespace();
+            let fd = it.next().unwrap().trim_start_matches("/proc/self/fd/");
+            let dev = it.next().unwrap().parse().unwrap();
+            let ino = it.next().unwrap().parse().unwrap();
+            (fd.parse().unwrap(), (dev, ino))
+        })
+        .collect();
+    for (i, fd) in originals.iter().enumerate() {
+        let st = fstat(fd.as_fd()).unwrap();
+        let t = target(i);
+        assert_eq!(seen.get(&t), Some(&(st.st_dev, st.st_ino)), "target {t}");
+    }
+    drop(originals);
+    srv.settle(fds0);
+}
