@@ -652,26 +652,29 @@ fn fake_launched_server() {
         };
         std::thread::spawn(move || {
             p.handshake();
-            let Ok(frame) = p.reader.read_frame(p.sock.as_fd()) else {
-                return; // a ping
-            };
-            match frame.message {
-                Message::StatusRequest => {
-                    let me = std::process::id() as i32;
-                    p.send(
-                        Message::Status(Status::new(1, me, 0, 1, 0, "fake").unwrap()),
-                        vec![],
-                    );
-                }
-                Message::Spawn(s) => match s.job() {
-                    Job::Entry(e) if e.name() == "die" => std::process::exit(1),
-                    Job::Entry(e) => {
-                        p.send(pid(99, false), vec![]);
-                        p.send(exit(i32::from(e.payload()[0])), vec![]);
+            // READY until the client closes, or a spawn without KEEP_CONNECTION has ended.
+            while let Ok(frame) = p.reader.read_frame(p.sock.as_fd()) {
+                match frame.message {
+                    Message::StatusRequest => {
+                        let me = std::process::id() as i32;
+                        p.send(
+                            Message::Status(Status::new(1, me, 0, 1, 0, "fake").unwrap()),
+                            vec![],
+                        );
                     }
-                    Job::Exec(_) => panic!("exec"),
-                },
-                other => panic!("{other:?}"),
+                    Message::Spawn(s) => match s.job() {
+                        Job::Entry(e) if e.name() == "die" => std::process::exit(1),
+                        Job::Entry(e) => {
+                            p.send(pid(99, false), vec![]);
+                            p.send(exit(i32::from(e.payload()[0])), vec![]);
+                            if !s.options().keep_connection {
+                                return;
+                            }
+                        }
+                        Job::Exec(_) => panic!("exec"),
+                    },
+                    other => panic!("{other:?}"),
+                }
             }
         });
     }
