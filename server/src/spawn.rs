@@ -368,6 +368,10 @@ fn place_fds(bundle: FdBundle, report: RawFd) -> Result<(RawFd, Vec<u32>), (RawF
     //    system call per fd.
     let n = srcs.len();
     let mut placed = vec![false; n];
+    // Which unplaced source holds a number: a lookup, so that many cycles (a client chooses the
+    // targets) cost O(n) per pass, not O(n^2).
+    let mut holder: std::collections::HashMap<RawFd, usize> =
+        srcs.iter().enumerate().map(|(i, &s)| (s, i)).collect();
     let mut left = n;
     while left > 0 {
         let mut progress = false;
@@ -376,8 +380,7 @@ fn place_fds(bundle: FdBundle, report: RawFd) -> Result<(RawFd, Vec<u32>), (RawF
                 continue;
             }
             let t = targets[i] as RawFd;
-            let on_t = (0..n).find(|&j| !placed[j] && srcs[j] == t);
-            match on_t {
+            match holder.get(&t).copied() {
                 Some(j) if j != i => continue,
                 // Already at its target: only close-on-exec to clear.
                 Some(_) => {
@@ -388,12 +391,15 @@ fn place_fds(bundle: FdBundle, report: RawFd) -> Result<(RawFd, Vec<u32>), (RawF
                 None => sys::dup2(srcs[i], t).map_err(|e| (report, e))?,
             }
             placed[i] = true;
+            holder.remove(&srcs[i]);
             left -= 1;
             progress = true;
         }
         if !progress {
             let i = (0..n).find(|&i| !placed[i]).expect("some source is left");
+            holder.remove(&srcs[i]);
             srcs[i] = move_off_targets(srcs[i]).map_err(|e| (report, e))?;
+            holder.insert(srcs[i], i);
         }
     }
     // 3. Close everything but the targets and the report pipe.

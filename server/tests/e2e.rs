@@ -17,6 +17,19 @@ fn opts() -> SpawnOptions {
     SpawnOptions::default()
 }
 
+/// A child's fds as `stat -L -c '%n %d %i' /proc/self/fd/*` printed them: fd → (dev, inode).
+fn fd_identities(out: &str) -> std::collections::HashMap<u32, (u64, u64)> {
+    out.lines()
+        .map(|line| {
+            let mut it = line.split_whitespace();
+            let fd = it.next().unwrap().trim_start_matches("/proc/self/fd/");
+            let dev = it.next().unwrap().parse().unwrap();
+            let ino = it.next().unwrap().parse().unwrap();
+            (fd.parse().unwrap(), (dev, ino))
+        })
+        .collect()
+}
+
 #[test]
 fn exit_codes_and_signals() {
     let srv = Server::start(&[]);
@@ -78,20 +91,7 @@ fn a_256_fd_bundle_arrives_at_its_targets() {
     )
     .unwrap();
     assert_eq!(c.wait().unwrap().code(), 0);
-    let out = read_all(out_r);
-    let mut seen = std::collections::HashMap::new();
-    for line in out.lines() {
-        let mut it = line.split_whitespace();
-        let fd: u32 = it
-            .next()
-            .unwrap()
-            .trim_start_matches("/proc/self/fd/")
-            .parse()
-            .unwrap();
-        let dev: u64 = it.next().unwrap().parse().unwrap();
-        let ino: u64 = it.next().unwrap().parse().unwrap();
-        seen.insert(fd, (dev, ino));
-    }
+    let seen = fd_identities(&read_all(out_r));
     for (i, fd) in originals.iter().enumerate() {
         let st = fstat(fd.as_fd()).unwrap();
         assert_eq!(
@@ -949,17 +949,7 @@ fn fd_targets_in_cycles_are_placed_right() {
     )
     .unwrap();
     assert_eq!(c.wait().unwrap().code(), 0);
-    let out = read_all(out_r);
-    let seen: std::collections::HashMap<u32, (u64, u64)> = out
-        .lines()
-        .map(|line| {
-            let mut it = line.split_whitespace();
-            let fd = it.next().unwrap().trim_start_matches("/proc/self/fd/");
-            let dev = it.next().unwrap().parse().unwrap();
-            let ino = it.next().unwrap().parse().unwrap();
-            (fd.parse().unwrap(), (dev, ino))
-        })
-        .collect();
+    let seen = fd_identities(&read_all(out_r));
     for (i, fd) in originals.iter().enumerate() {
         let st = fstat(fd.as_fd()).unwrap();
         let t = target(i);

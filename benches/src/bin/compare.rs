@@ -754,51 +754,44 @@ fn ratios(r: &Results) -> Result<Map<String, Value>> {
     let mut put = |k: &str, v: Option<f64>| {
         m.insert(k.to_owned(), v.map_or(Value::Null, Value::from));
     };
-    put(
-        "exit_vs_limit",
-        ratio(l.get("ours_exit_fds3")?, l.get("limit_fork_exit_wait")?),
-    );
-    put(
-        "pid_vs_limit",
-        ratio(l.get("ours_pid_fds3")?, l.get("limit_fork_to_pid")?),
-    );
-    put(
-        "pid_prefork_vs_limit",
-        ratio(l.get("ours_pid_fds3_prefork")?, l.get("limit_fork_to_pid")?),
-    );
-    put(
-        "exit_cold_vs_limit",
-        ratio(
-            l.get("ours_exit_fds3_cold")?,
-            l.get("limit_fork_exit_wait")?,
+    // Within the latency group: (key, numerator, denominator).
+    for (key, num, den) in [
+        ("exit_vs_limit", "ours_exit_fds3", "limit_fork_exit_wait"),
+        ("pid_vs_limit", "ours_pid_fds3", "limit_fork_to_pid"),
+        (
+            "pid_prefork_vs_limit",
+            "ours_pid_fds3_prefork",
+            "limit_fork_to_pid",
         ),
-    );
-    put(
-        "pid_cold_vs_limit",
-        ratio(l.get("ours_pid_fds3_cold")?, l.get("limit_fork_to_pid")?),
-    );
-    put(
-        "exit_prefork_vs_limit",
-        ratio(
-            l.get("ours_exit_fds3_prefork")?,
-            l.get("limit_fork_exit_wait")?,
+        (
+            "exit_cold_vs_limit",
+            "ours_exit_fds3_cold",
+            "limit_fork_exit_wait",
         ),
-    );
-    put(
-        "exit_cold_auth_vs_noauth",
-        ratio(
-            l.get("ours_exit_fds3_cold")?,
-            l.get("ours_exit_fds3_cold_noauth")?,
+        (
+            "pid_cold_vs_limit",
+            "ours_pid_fds3_cold",
+            "limit_fork_to_pid",
         ),
-    );
-    put(
-        "exit_reused_vs_cold",
-        ratio(l.get("ours_exit_fds3")?, l.get("ours_exit_fds3_cold")?),
-    );
-    put(
-        "fds256_vs_fds3",
-        ratio(l.get("ours_exit_fds256")?, l.get("ours_exit_fds3")?),
-    );
+        (
+            "exit_prefork_vs_limit",
+            "ours_exit_fds3_prefork",
+            "limit_fork_exit_wait",
+        ),
+        (
+            "exit_cold_auth_vs_noauth",
+            "ours_exit_fds3_cold",
+            "ours_exit_fds3_cold_noauth",
+        ),
+        (
+            "exit_reused_vs_cold",
+            "ours_exit_fds3",
+            "ours_exit_fds3_cold",
+        ),
+        ("fds256_vs_fds3", "ours_exit_fds256", "ours_exit_fds3"),
+    ] {
+        put(key, ratio(l.get(num)?, l.get(den)?));
+    }
     put(
         "exec_ours_vs_std",
         ratio(
