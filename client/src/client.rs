@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use forkserver_protocol::{ErrorCode, Message, Status};
+use forkserver_protocol::{Message, Status};
 use nix::libc;
 
 use crate::command::{Call, Command};
@@ -199,14 +199,7 @@ impl Client {
                 }
                 // A kept connection the server closed on its own as the request went out
                 // (PROTOCOL.md §6.6): asked again on a new connection, once.
-                Message::Error(e)
-                    if conn.reused
-                        && may_reuse
-                        && matches!(
-                            e.code(),
-                            ErrorCode::ResourceExhausted | ErrorCode::ShuttingDown
-                        ) =>
-                {
+                Message::Error(e) if may_reuse && conn.closed_without_acting(&e) => {
                     may_reuse = false;
                 }
                 Message::Error(e) => return Err(e.into()),

@@ -149,23 +149,22 @@ impl Request {
                 Message::Error(e) => e,
                 other => return Err(Error::unexpected(other.tag(), "Pid")),
             };
-            match e.code() {
-                // A kept connection the server closed on its own (to make room, or exiting)
-                // just as our request went out: it says so first, and did not act on the
-                // request (PROTOCOL.md §6.6). Made again on a new connection, once.
-                ErrorCode::ResourceExhausted | ErrorCode::ShuttingDown
-                    if conn.reused && may_reuse =>
-                {
-                    tracing::debug!("kept connection closed by the server: {e}");
-                    may_reuse = false;
-                    continue;
-                }
-                // An exec failure under `wait_for_exec` is the child's final report: the
-                // connection is READY again (`KEEP_CONNECTION`). Other errors close it.
-                ErrorCode::ExecFailed | ErrorCode::ChildSetupFailed if keep => {
-                    client.put_idle(conn);
-                }
-                _ => {}
+            // A kept connection the server closed on its own (to make room, or exiting) just as
+            // our request went out: made again on a new connection, once.
+            if may_reuse && conn.closed_without_acting(&e) {
+                tracing::debug!("kept connection closed by the server: {e}");
+                may_reuse = false;
+                continue;
+            }
+            // An exec failure under `wait_for_exec` is the child's final report: the connection
+            // is READY again (`KEEP_CONNECTION`). Other errors close it.
+            if keep
+                && matches!(
+                    e.code(),
+                    ErrorCode::ExecFailed | ErrorCode::ChildSetupFailed
+                )
+            {
+                client.put_idle(conn);
             }
             return Err(e.into());
         }

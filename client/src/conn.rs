@@ -200,6 +200,18 @@ impl Conn {
         )
     }
 
+    /// Whether `reply`, read on this connection in answer to a request, says the server closed
+    /// the kept connection on its own as the request went out, without acting on it
+    /// (PROTOCOL.md §6.6): the request may be made again on a new connection.
+    pub(crate) fn closed_without_acting(&self, reply: &forkserver_protocol::ErrorReply) -> bool {
+        use forkserver_protocol::ErrorCode;
+        self.reused
+            && matches!(
+                reply.code(),
+                ErrorCode::ResourceExhausted | ErrorCode::ShuttingDown
+            )
+    }
+
     /// The socket, for callers that want to poll it.
     pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()

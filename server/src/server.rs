@@ -577,9 +577,7 @@ impl Server {
             (None, None) if code == spawn::FAILED_STATUS => self.shared_report(serial),
             (None, None) => None,
         };
-        if !self.shared_reports.is_empty() {
-            self.shared_reports.remove(&serial);
-        }
+        self.shared_reports.remove(&serial);
         if let (true, Some(r)) = (child.watching_report, &child.report) {
             let _ = self.epoll.delete(r);
         }
@@ -632,10 +630,8 @@ impl Server {
                     let mut s = [0u8; 8];
                     s.copy_from_slice(&buf[..8]);
                     let s = u64::from_le_bytes(s);
-                    let errno = i32::from_le_bytes([buf[9], buf[10], buf[11], buf[12]]);
                     if s == serial || self.children.values().any(|c| c.serial == s) {
-                        self.shared_reports
-                            .insert(s, failure_message(buf[8], errno));
+                        self.shared_reports.insert(s, failure_message(&buf[8..]));
                     }
                 }
                 Ok(n) => tracing::error!("bug: a shared report of {n} bytes"),
@@ -1253,14 +1249,14 @@ fn read_report(fd: &OwnedFd) -> Option<Message> {
     if got < buf.len() {
         return None;
     }
-    let errno = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
-    Some(failure_message(buf[0], errno))
+    Some(failure_message(&buf))
 }
 
-/// The reply for a child's failure report: its stage and errno.
-fn failure_message(stage: u8, errno: i32) -> Message {
+/// The reply for a child's failure report: 5 bytes, its stage and errno (`i32` LE).
+fn failure_message(report: &[u8]) -> Message {
+    let errno = i32::from_le_bytes([report[1], report[2], report[3], report[4]]);
     let desc = Errno::from_raw(errno).desc();
-    if stage == STAGE_EXEC {
+    if report[0] == STAGE_EXEC {
         ErrorReply::new(ErrorCode::ExecFailed, errno, format!("execve: {desc}")).into()
     } else {
         ErrorReply::new(
