@@ -58,14 +58,3 @@ pub enum ServerError {
     #[error("launch: {0}")]
     Launch(String),
 }
-
-/// Installs a `tracing` subscriber writing to stderr, filtered by `RUST_LOG` (default `warn`).
-/// Does nothing if one is already installed.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}

@@ -131,11 +131,11 @@ impl Zygote {
         if !Self::is_requested() {
             return;
         }
-        crate::init_logging();
         let code = match self.serve_launched() {
             Ok(()) => 0,
             Err(e) => {
-                tracing::error!("forkserver: {e}");
+                // No tracing subscriber may be installed (that is the application's choice).
+                eprintln!("forkserver: {e}");
                 1
             }
         };

@@ -6,14 +6,15 @@
 //! forkserver status [--socket PATH]
 //! ```
 
-mod cli;
+mod legacy_client;
+use legacy_client as cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use forkserver_server::{default_socket_path, init_logging, Config, Listen, Server};
+use forkserver_server::{default_socket_path, Config, Listen, Server};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -182,4 +183,14 @@ fn load_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
         ));
     }
     forkserver_server::read_key(file).map_err(|e| e.to_string())
+}
+
+/// Installs a `tracing` subscriber writing to stderr, filtered by `RUST_LOG` (default `warn`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
