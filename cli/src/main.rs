@@ -2,19 +2,28 @@
 //!
 //! ```text
 //! forkserver serve [--socket PATH | --abstract NAME] [--idle-timeout SECS] [--allow-uid UID]...
-//! forkserver run [--socket PATH] [--fd N]... -- CMD [ARGS...]
-//! forkserver status [--socket PATH]
+//!                  [--key-file PATH] [--kill-children-with-server] [--prefork N]
+//! forkserver run [--socket PATH] [--key-file PATH] [--server-uid UID] [--fd N]...
+//!                [--deadline SECS] -- CMD [ARGS...]
+//! forkserver status [--socket PATH] [--key-file PATH] [--server-uid UID]
 //! ```
+//!
+//! `run` and `status` are clients of the `forkserver-client` crate: they verify the server
+//! (socket directory, `SO_PEERCRED`, the key) before sending anything (PROTOCOL.md §9.3).
 
-mod legacy_client;
-use legacy_client as cli;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use forkserver_protocol::MAX_TARGET_FD;
 use forkserver_server::{default_socket_path, Config, Listen, Server};
+
+/// The longest time any `SECS` option takes: ten years, far below what `Instant` and the
+/// wire's millisecond deadlines can hold.
+const MAX_SECS: u64 = 10 * 365 * 24 * 3600;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -27,20 +36,37 @@ struct Cli {
     command: Command,
 }
 
+/// Where the server is and whom to trust there (`run`, `status`).
+#[derive(Args, Debug)]
+struct ClientArgs {
+    /// Socket path of the server [default: as for `serve`].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Authenticate with the key in this file (PROTOCOL.md §9), and require the server to
+    /// prove it holds it too. The file must be ours and private.
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
+    /// The uid the server must run as [default: ours]. Its socket directory must belong to
+    /// that uid and be writable by nobody else.
+    #[arg(long, value_name = "UID")]
+    server_uid: Option<u32>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server in the foreground until SIGTERM (or the idle timeout).
     Serve {
         /// Socket path [default: $XDG_RUNTIME_DIR/forkserver.sock, else a private 0700
-        /// directory under the temp dir].
+        /// directory under the temp dir]. Its directory must be ours and closed to group and
+        /// others (readable by others with --allow-uid).
         #[arg(long, conflicts_with = "abstract_name")]
         socket: Option<PathBuf>,
         /// Listen on a Linux abstract socket instead of a file. Any local user can reach it;
         /// only the peer-uid check guards it.
         #[arg(long = "abstract", value_name = "NAME")]
         abstract_name: Option<String>,
-        /// Exit after this many seconds with no connection and no child.
-        #[arg(long, value_name = "SECS")]
+        /// Exit after this many seconds with no connection and no child (at most ten years).
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
         idle_timeout: Option<u64>,
         /// Also accept clients running as this uid (repeatable). By default only the server's
         /// own uid is accepted.
@@ -63,33 +89,40 @@ enum Command {
     /// with its status (128+N when killed by signal N). Starts a server on the default socket
     /// when none answers (it exits after 60 s idle).
     Run {
-        /// Socket path of the server [default: as for `serve`].
-        #[arg(long)]
-        socket: Option<PathBuf>,
+        #[command(flatten)]
+        target: ClientArgs,
         /// Also pass this fd of ours to the command, at the same number (repeatable).
-        #[arg(long = "fd", value_name = "N")]
+        #[arg(long = "fd", value_name = "N", value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_TARGET_FD)))]
         fds: Vec<u32>,
-        /// Kill the command after this many seconds.
-        #[arg(long, value_name = "SECS")]
-        deadline: Option<f64>,
+        /// Kill the command after this many seconds (a decimal number above 0, at most ten
+        /// years).
+        #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+        deadline: Option<Duration>,
         /// The command and its arguments.
         #[arg(required = true, last = true)]
         command: Vec<std::ffi::OsString>,
     },
     /// Print the server's status.
     Status {
-        /// Socket path of the server [default: as for `serve`].
-        #[arg(long)]
-        socket: Option<PathBuf>,
+        #[command(flatten)]
+        target: ClientArgs,
     },
+}
+
+/// A positive, finite number of seconds of at most [`MAX_SECS`].
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !secs.is_finite() || secs <= 0.0 || secs > MAX_SECS as f64 {
+        return Err(format!("must be above 0 and at most {MAX_SECS} seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn main() -> ExitCode {
     // `forkserver` launched by a client library hands us our socket in the environment.
     forkserver_server::Zygote::new().serve_if_requested();
     init_logging();
-    let cli = Cli::parse();
-    match cli.command {
+    match Cli::parse().command {
         Command::Serve {
             socket,
             abstract_name,
@@ -101,10 +134,7 @@ fn main() -> ExitCode {
         } => {
             let key = match key_file.as_deref().map(load_key).transpose() {
                 Ok(k) => k,
-                Err(e) => {
-                    eprintln!("forkserver: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(e) => return fail(&e, ExitCode::FAILURE),
             };
             let listen = match (socket, abstract_name) {
                 (_, Some(name)) => Listen::Abstract(name.into_bytes()),
@@ -122,32 +152,27 @@ fn main() -> ExitCode {
             };
             match Server::bind(config).and_then(Server::run) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("forkserver: {e}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => fail(&e, ExitCode::FAILURE),
             }
         }
         Command::Run {
-            socket,
+            target,
             fds,
             deadline,
             command,
         } => {
-            let auto_start = socket.is_none();
-            let socket = socket.unwrap_or_else(default_socket_path);
-            let deadline = deadline.map(Duration::from_secs_f64);
-            match cli::run(&socket, auto_start, &fds, deadline, &command) {
+            let target = match resolve(target) {
+                Ok(t) => t,
+                Err(e) => return fail(&e, ExitCode::from(125)),
+            };
+            match run::run(&target, &fds, deadline, &command) {
                 Ok(code) => ExitCode::from(code),
-                Err(e) => {
-                    eprintln!("forkserver: {e}");
-                    ExitCode::from(e.exit_code())
-                }
+                Err(e) => fail(&e, ExitCode::from(e.exit_code())),
             }
         }
-        Command::Status { socket } => {
-            let socket = socket.unwrap_or_else(default_socket_path);
-            match cli::status(&socket) {
+        Command::Status { target } => {
+            let status = resolve(target).and_then(|t| run::status(&t).map_err(|e| e.to_string()));
+            match status {
                 Ok(s) => {
                     println!("server:          {}", s.server_version());
                     println!("protocol:        {}", s.protocol_version());
@@ -157,13 +182,28 @@ fn main() -> ExitCode {
                     println!("spawned (total): {}", s.spawned_total());
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("forkserver: {e}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => fail(&e, ExitCode::FAILURE),
             }
         }
     }
+}
+
+fn fail(e: &dyn std::fmt::Display, code: ExitCode) -> ExitCode {
+    eprintln!("forkserver: {e}");
+    code
+}
+
+/// The client's target from its flags: the default socket (started on demand by `run`) when
+/// none is named, and the key read from its file.
+fn resolve(args: ClientArgs) -> Result<run::Target, String> {
+    let key = args.key_file.as_deref().map(load_key).transpose()?;
+    Ok(run::Target {
+        auto_start: args.socket.is_none(),
+        socket: args.socket.unwrap_or_else(default_socket_path),
+        key_file: args.key_file,
+        key,
+        server_uid: args.server_uid,
+    })
 }
 
 /// Reads a key file, refusing one that others could read.

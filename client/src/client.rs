@@ -12,7 +12,8 @@ use forkserver_protocol::{Message, Status};
 use nix::libc;
 
 use crate::command::{Call, Command};
-use crate::conn::Conn;
+use crate::conn::{Conn, ConnectError};
+use crate::connector::Connector;
 use crate::error::{Error, Result};
 use crate::launch::{Launcher, Managed};
 
@@ -78,8 +79,9 @@ impl Shared {
 }
 
 enum Inner {
-    /// A server someone else runs, and the key to authenticate with, if any.
-    Path(PathBuf, Option<Vec<u8>>),
+    /// A server someone else runs, the key to authenticate with, if any, and the uid the
+    /// server must run as.
+    Path(PathBuf, Option<Vec<u8>>, u32),
     /// A server this client launched.
     Launched(Mutex<Managed>),
 }
@@ -88,7 +90,7 @@ impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let idle = self.idle_connections();
         match &self.inner.target {
-            Inner::Path(p, _) => f
+            Inner::Path(p, ..) => f
                 .debug_struct("Client")
                 .field("path", p)
                 .field("idle_connections", &idle)
@@ -111,21 +113,22 @@ impl Client {
     /// How many idle connections a client keeps for reuse unless told otherwise.
     pub const DEFAULT_MAX_IDLE_CONNECTIONS: usize = 8;
 
-    /// A client for the server listening at `path`.
+    /// A client for the server listening at `path`, which must run as this process's
+    /// effective uid (see [`Connector`] for another uid, a key, or both).
     ///
-    /// The server is checked eagerly: this connects once and completes a handshake, so a wrong
-    /// path or a socket that does not speak the protocol fails here. Later requests each open a
-    /// new connection; if the server has gone away by then they fail with [`Error::Connect`].
+    /// Before anything is sent on a connection, the server is verified (PROTOCOL.md §9.3):
+    /// the socket's directory must be owned by the server's uid and closed to group and
+    /// others, and the process listening must run as that uid (`SO_PEERCRED`). The server is
+    /// checked eagerly: this connects once and completes a handshake, so a wrong path or a
+    /// socket that does not speak the protocol fails here. The connection is then kept for
+    /// the first request.
     ///
     /// # Errors
-    /// [`Error::Connect`] if nothing listens at `path`; [`Error::ServerGone`],
-    /// [`Error::Protocol`], [`Error::Server`] or [`Error::AuthRequired`] if the handshake fails.
+    /// [`Error::Connect`] if nothing listens at `path`; [`Error::Untrusted`] if the socket
+    /// fails the checks; [`Error::ServerGone`], [`Error::Protocol`], [`Error::Server`] or
+    /// [`Error::AuthRequired`] if the handshake fails.
     pub fn connect(path: impl AsRef<Path>) -> Result<Client> {
-        let client = Client {
-            inner: Shared::new(Inner::Path(path.as_ref().to_owned(), None)),
-        };
-        client.ping()?;
-        Ok(client)
+        Connector::new(path).connect()
     }
 
     /// A client for the server listening at `path` that requires the authentication step
@@ -137,8 +140,18 @@ impl Client {
     /// no authentication or answers our challenge wrongly, and [`Error::Server`] with
     /// `AuthFailed` when it refuses our key.
     pub fn connect_with_key(path: impl AsRef<Path>, key: impl Into<Vec<u8>>) -> Result<Client> {
+        Connector::new(path).key(key).connect()
+    }
+
+    /// A [`Connector`] for the server at `path`: to set the key and the server's uid.
+    pub fn connector(path: impl AsRef<Path>) -> Connector {
+        Connector::new(path)
+    }
+
+    /// A client for a server at a path, with its handshake checked.
+    pub(crate) fn for_path(path: PathBuf, key: Option<Vec<u8>>, server_uid: u32) -> Result<Client> {
         let client = Client {
-            inner: Shared::new(Inner::Path(path.as_ref().to_owned(), Some(key.into()))),
+            inner: Shared::new(Inner::Path(path, key, server_uid)),
         };
         client.ping()?;
         Ok(client)
@@ -212,7 +225,7 @@ impl Client {
     /// makes a new one).
     pub fn socket_path(&self) -> PathBuf {
         match &self.inner.target {
-            Inner::Path(p, _) => p.clone(),
+            Inner::Path(p, ..) => p.clone(),
             Inner::Launched(m) => lock(m).socket_path(),
         }
     }
@@ -232,7 +245,7 @@ impl Client {
     /// environment (PROTOCOL.md §9.1).
     pub fn auth_key(&self) -> Option<Vec<u8>> {
         match &self.inner.target {
-            Inner::Path(_, key) => key.clone(),
+            Inner::Path(_, key, _) => key.clone(),
             Inner::Launched(m) => lock(m).current_key().1,
         }
     }
@@ -320,7 +333,7 @@ impl Client {
         let Some((path, key, generation)) = lock(m).warm_target() else {
             return;
         };
-        if let Ok(mut conn) = attempt(&path, key.as_deref(), None) {
+        if let Ok(mut conn) = attempt(&path, own_uid(), key.as_deref(), None) {
             conn.generation = generation;
             self.put_idle(conn);
         }
@@ -335,11 +348,14 @@ impl Client {
 
     /// One handshake with the server just launched, without relaunching it if it fails.
     pub(crate) fn ping_launched(&self) -> Result<()> {
-        let (path, key) = match &self.inner.target {
-            Inner::Launched(m) => lock(m).current_key(),
-            Inner::Path(p, key) => (p.clone(), key.clone()),
+        let (path, key, uid) = match &self.inner.target {
+            Inner::Launched(m) => {
+                let (path, key) = lock(m).current_key();
+                (path, key, own_uid())
+            }
+            Inner::Path(p, key, uid) => (p.clone(), key.clone(), *uid),
         };
-        attempt(&path, key.as_deref(), None)
+        attempt(&path, uid, key.as_deref(), None)
             .map(drop)
             .map_err(|f| f.into_error(path))
     }
@@ -386,21 +402,21 @@ impl Client {
                 extra = again_extra;
             }
         }
-        let fresh = |path: &Path, key: Option<&[u8]>, request, generation| {
-            attempt(path, key, request).map(|mut conn| {
+        let fresh = |path: &Path, uid, key: Option<&[u8]>, request, generation| {
+            attempt(path, uid, key, request).map(|mut conn| {
                 conn.generation = generation;
                 conn
             })
         };
         match &self.inner.target {
-            Inner::Path(path, key) => fresh(path, key.as_deref(), request, generation)
+            Inner::Path(path, key, uid) => fresh(path, *uid, key.as_deref(), request, generation)
                 .map(|conn| (conn, extra))
                 .map_err(|f| f.into_error(path.clone())),
             Inner::Launched(m) => {
                 let Some((path, key, generation)) = launched else {
                     unreachable!("set above for a launched server")
                 };
-                match fresh(&path, key.as_deref(), request, generation) {
+                match fresh(&path, own_uid(), key.as_deref(), request, generation) {
                     Ok(conn) => return Ok((conn, extra)),
                     Err(Failure::Refused(e)) => {
                         tracing::warn!(error = %e, "forkserver not listening; relaunching");
@@ -409,12 +425,13 @@ impl Client {
                         tracing::warn!(error = %e, "forkserver gone before replying; relaunching");
                     }
                     Err(Failure::Connect(source)) => return Err(Error::Connect { path, source }),
+                    Err(f @ Failure::Untrusted(_)) => return Err(f.into_error(path)),
                     Err(Failure::Other(e)) => return Err(e),
                 }
                 let (path, key, generation) =
                     lock(m).relaunch(generation).map_err(Error::Launch)?;
                 let (request, extra) = build()?;
-                fresh(&path, key.as_deref(), request, generation)
+                fresh(&path, own_uid(), key.as_deref(), request, generation)
                     .map(|conn| (conn, extra))
                     .map_err(|f| f.into_error(path))
             }
@@ -422,8 +439,16 @@ impl Client {
     }
 }
 
+/// This process's effective uid: the uid a launched server runs as, and the default for one
+/// at a path.
+pub(crate) fn own_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
 /// How one connection attempt failed.
 enum Failure {
+    /// The socket failed the checks made before anything is sent.
+    Untrusted(String),
     /// Nobody listens at the path (`ECONNREFUSED`, `ENOENT`).
     Refused(io::Error),
     /// `connect` failed otherwise.
@@ -440,6 +465,7 @@ impl Failure {
     fn into_error(self, path: PathBuf) -> Error {
         match self {
             Failure::Refused(source) | Failure::Connect(source) => Error::Connect { path, source },
+            Failure::Untrusted(reason) => Error::Untrusted { path, reason },
             Failure::Gone(e) | Failure::Other(e) => e,
         }
     }
@@ -447,15 +473,22 @@ impl Failure {
 
 fn attempt(
     path: &Path,
+    server_uid: u32,
     key: Option<&[u8]>,
     request: Option<(Message, Vec<OwnedFd>)>,
 ) -> std::result::Result<Conn, Failure> {
-    let mut conn = Conn::connect(path).map_err(|e| {
-        if matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::ENOENT)) {
+    let mut conn = Conn::connect(path, server_uid).map_err(|e| match e {
+        ConnectError::Io(e)
+            if matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::ENOENT)) =>
+        {
             Failure::Refused(e)
-        } else {
-            Failure::Connect(e)
         }
+        ConnectError::Io(e) => Failure::Connect(e),
+        ConnectError::Untrusted(e) => Failure::Untrusted(e.to_string()),
+        ConnectError::PeerUid { uid, expected } => Failure::Untrusted(format!(
+            "the process listening on it runs as uid {uid}, not uid {expected} (name the \
+             server's uid explicitly to trust it)"
+        )),
     })?;
     // Within the handshake, "closed" means our request was not read, or not answered at
     // all: the server sends `HelloOk` before it acts on a request, and queued replies are

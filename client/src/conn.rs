@@ -9,18 +9,31 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
+use forkserver_protocol::socket_dir::{self, DirError, Sharing, SocketDir};
 use forkserver_protocol::{
     auth, send_message, Auth, AuthMethod, Frame, FrameReader, Hello, Message, PROTOCOL_VERSION,
 };
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{recv, MsgFlags};
+use nix::sys::socket::sockopt::PeerCredentials;
+use nix::sys::socket::{getsockopt, recv, MsgFlags};
 use std::os::fd::AsRawFd;
 
 use crate::error::{Error, ProtocolError, Result};
 
 /// How long the server may take to answer the handshake (its own limit is 10 s, §6.3).
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why [`Conn::connect`] failed.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// `connect(2)` (or reaching the directory) failed.
+    Io(io::Error),
+    /// The socket's directory failed its check.
+    Untrusted(DirError),
+    /// The listening process runs as another uid than the one expected.
+    PeerUid { uid: u32, expected: u32 },
+}
 
 /// A blocking connection and the frames read from it so far.
 #[derive(Debug)]
@@ -35,9 +48,39 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Connects to the socket at `path`; no byte is sent yet.
-    pub(crate) fn connect(path: &Path) -> io::Result<Self> {
-        UnixStream::connect(path).map(Self::new)
+    /// Connects to the socket at `path` and checks, before any byte is sent, that it is the
+    /// server of uid `server_uid` (PROTOCOL.md §9.3): the socket's directory is owned by that
+    /// uid and closed to others (readable by others only when `server_uid` is not ours, as
+    /// others must reach it then), and the peer's `SO_PEERCRED` uid is `server_uid`. The
+    /// connection goes through the directory that was checked (`SocketDir::entry`).
+    ///
+    /// # Errors
+    /// [`ConnectError::Io`] when nothing can be reached (a missing directory is `NotFound`),
+    /// [`ConnectError::Untrusted`] when a check fails.
+    pub(crate) fn connect(path: &Path, server_uid: u32) -> std::result::Result<Self, ConnectError> {
+        let (dir, name) = socket_dir::split(path).map_err(ConnectError::Untrusted)?;
+        let sharing = if server_uid == nix::unistd::geteuid().as_raw() {
+            Sharing::Private
+        } else {
+            Sharing::Readable
+        };
+        let dir = match SocketDir::open(dir, server_uid, sharing) {
+            Ok(dir) => dir,
+            // Nothing there yet: no server (the caller may start one).
+            Err(DirError::Io { errno, .. }) if errno == Errno::ENOENT => {
+                return Err(ConnectError::Io(io::Error::from_raw_os_error(errno as i32)))
+            }
+            Err(e) => return Err(ConnectError::Untrusted(e)),
+        };
+        let sock = UnixStream::connect(dir.entry(name)).map_err(ConnectError::Io)?;
+        let cred = getsockopt(&sock, PeerCredentials).map_err(|e| ConnectError::Io(e.into()))?;
+        if cred.uid() != server_uid {
+            return Err(ConnectError::PeerUid {
+                uid: cred.uid(),
+                expected: server_uid,
+            });
+        }
+        Ok(Self::new(sock))
     }
 
     pub(crate) fn new(sock: UnixStream) -> Self {

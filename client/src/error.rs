@@ -23,6 +23,16 @@ pub enum Error {
         /// Why `connect(2)` failed.
         source: io::Error,
     },
+    /// The socket at `path` is not to be trusted: its directory is not private to the server's
+    /// uid, or the process listening on it runs as another uid (PROTOCOL.md §9.3). Nothing
+    /// was sent to it.
+    #[error("refusing the forkserver at {}: {reason}", path.display())]
+    Untrusted {
+        /// The socket path.
+        path: PathBuf,
+        /// What the check found.
+        reason: String,
+    },
     /// The server closed the connection, or died, while a reply was awaited.
     #[error("the forkserver closed the connection")]
     ServerGone,

@@ -19,10 +19,10 @@
 //! 4. The client removes the directory; the server never does.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::{DirBuilder, Permissions};
+use std::fs::DirBuilder;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -357,17 +357,30 @@ fn make_socket_dir() -> io::Result<(PathBuf, UnixListener)> {
 fn bind_in(base: &Path) -> io::Result<(PathBuf, UnixListener)> {
     let dir = create_private_dir(base)?;
     let sock = dir.join("sock");
-    let bound = UnixListener::bind(&sock).and_then(|l| {
-        std::fs::set_permissions(&sock, Permissions::from_mode(0o600))?;
-        Ok(l)
-    });
-    match bound {
+    match bind_private(&sock) {
         Ok(l) => Ok((dir, l)),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
             Err(e)
         }
     }
+}
+
+/// A listener at `path` whose file is created with mode 0600: bind(2) gives the file the
+/// socket's own mode (less the umask), set on the descriptor first. No chmod by path, and no
+/// umask change, which would race other threads (PROTOCOL.md §9.3).
+fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType};
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    nix::sys::stat::fchmod(&sock, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+    bind(sock.as_raw_fd(), &nix::sys::socket::UnixAddr::new(path)?)?;
+    listen(&sock, Backlog::MAXCONN)?;
+    Ok(UnixListener::from(sock))
 }
 
 fn create_private_dir(base: &Path) -> io::Result<PathBuf> {

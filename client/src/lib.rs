@@ -67,6 +67,7 @@ mod child;
 mod client;
 mod command;
 mod conn;
+mod connector;
 mod error;
 mod exit_status;
 #[allow(unsafe_code)]
@@ -76,8 +77,11 @@ mod stdio;
 pub use child::Child;
 pub use client::Client;
 pub use command::{Call, Command};
+pub use connector::Connector;
 pub use error::{Error, ProtocolError, Result};
 pub use exit_status::ExitStatus;
+/// The server's error codes and status report, from the protocol crate.
+pub use forkserver_protocol::{ErrorCode, Status};
 pub use launch::{Launcher, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV};
 pub use stdio::Stdio;
 

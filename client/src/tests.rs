@@ -69,7 +69,10 @@ where
         N.fetch_add(1, Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).unwrap();
+    // Private, as a socket directory must be (PROTOCOL.md §9.3).
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&dir)
+        .unwrap();
     let path = dir.join("sock");
     let listener = UnixListener::bind(&path).unwrap();
     let handle = std::thread::spawn(move || {

@@ -37,6 +37,7 @@ mod error;
 pub mod fuzzing;
 pub mod launch;
 mod limits;
+pub mod socket_dir;
 #[allow(unsafe_code)]
 pub mod transport;
 

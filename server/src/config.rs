@@ -1,21 +1,21 @@
 //! Server configuration and the listening socket.
 
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use nix::sys::socket::{
-    bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
-};
-
-use crate::ServerError;
+pub use forkserver_protocol::socket_dir::default_socket_path;
 
 /// Where the server listens.
 #[derive(Debug)]
 pub enum Listen {
-    /// A socket file at this path, created with mode `0600`. A stale socket file (nobody
-    /// answers) is replaced; a live one is an error.
+    /// A socket file at this path, created with mode `0600`, in a directory that must be
+    /// owned by the server's uid and closed to group and others (readable by others when
+    /// `allowed_uids` is set), checked on an open descriptor of the directory
+    /// ([`forkserver_protocol::socket_dir`]). The per-user fallback directory of
+    /// [`default_socket_path`] is created (`0700`) if missing. A stale socket file (nobody
+    /// answers) is replaced; a live one is an error. The file is removed when the server
+    /// ends, or fails to start after binding.
     Path(PathBuf),
     /// A Linux abstract socket (no file, no permissions: any local user can connect, so the
     /// peer uid check is all that guards it). Only when asked for explicitly.
@@ -64,115 +64,4 @@ impl Default for Config {
             prefork: 0,
         }
     }
-}
-
-/// The default socket: `$XDG_RUNTIME_DIR/forkserver.sock` when that directory exists (it is
-/// private to the user by the XDG spec), else `<tmp>/forkserver-<uid>/forkserver.sock`, in a
-/// `0700` directory that the server creates and checks.
-pub fn default_socket_path() -> PathBuf {
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
-        let dir = PathBuf::from(dir);
-        if dir.is_absolute() && dir.is_dir() {
-            return dir.join("forkserver.sock");
-        }
-    }
-    std::env::temp_dir()
-        .join(format!("forkserver-{}", nix::unistd::getuid()))
-        .join("forkserver.sock")
-}
-
-/// Makes sure `dir` is a directory owned by us with mode `0700`, creating it if missing.
-///
-/// # Errors
-/// [`ServerError::Insecure`] when it exists with another owner or looser permissions.
-pub fn ensure_private_dir(dir: &Path) -> Result<(), ServerError> {
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(ServerError::Io(format!("creating {}", dir.display()), e)),
-    }
-    let meta = std::fs::symlink_metadata(dir)
-        .map_err(|e| ServerError::Io(format!("checking {}", dir.display()), e))?;
-    if !meta.is_dir()
-        || meta.uid() != nix::unistd::getuid().as_raw()
-        || meta.permissions().mode() & 0o077 != 0
-    {
-        return Err(ServerError::Insecure(dir.to_owned()));
-    }
-    Ok(())
-}
-
-pub(crate) fn bind_listener(what: Listen) -> Result<(OwnedFd, Option<PathBuf>), ServerError> {
-    let sys = |what: &str| {
-        let what = what.to_owned();
-        move |e: nix::errno::Errno| ServerError::Sys(what, e)
-    };
-    match what {
-        Listen::Fd(fd) => {
-            let flags =
-                nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(sys("F_GETFL"))?;
-            let flags =
-                nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-            nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(sys("F_SETFL"))?;
-            Ok((fd, None))
-        }
-        Listen::Abstract(name) => {
-            let sock = new_socket()?;
-            let addr = UnixAddr::new_abstract(&name).map_err(sys("abstract address"))?;
-            bind(std::os::fd::AsRawFd::as_raw_fd(&sock), &addr).map_err(sys("bind"))?;
-            listen(&sock, Backlog::MAXCONN).map_err(sys("listen"))?;
-            Ok((sock, None))
-        }
-        Listen::Path(path) => {
-            if let Some(dir) = path.parent() {
-                if path == default_socket_path() && std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-                    ensure_private_dir(dir)?;
-                }
-            }
-            remove_stale(&path)?;
-            let sock = new_socket()?;
-            let addr = UnixAddr::new(&path).map_err(sys("socket path"))?;
-            // Create the file 0600 from the start: no window in which others could connect.
-            let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-            let r = bind(std::os::fd::AsRawFd::as_raw_fd(&sock), &addr);
-            nix::sys::stat::umask(old);
-            r.map_err(|e| ServerError::Sys(format!("bind {}", path.display()), e))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| ServerError::Io(format!("chmod {}", path.display()), e))?;
-            listen(&sock, Backlog::MAXCONN).map_err(sys("listen"))?;
-            Ok((sock, Some(path)))
-        }
-    }
-}
-
-fn new_socket() -> Result<OwnedFd, ServerError> {
-    socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )
-    .map_err(|e| ServerError::Sys("socket".into(), e))
-}
-
-/// Removes a socket file nobody answers on; refuses to touch a live one or a non-socket.
-fn remove_stale(path: &Path) -> Result<(), ServerError> {
-    use std::os::unix::fs::FileTypeExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return Ok(());
-    };
-    if !meta.file_type().is_socket() {
-        return Err(ServerError::InUse(path.to_owned()));
-    }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(ServerError::InUse(path.to_owned()));
-    }
-    std::fs::remove_file(path)
-        .map_err(|e| ServerError::Io(format!("removing stale {}", path.display()), e))
-}
-
-/// The uid of the peer of a connected Unix socket (`SO_PEERCRED`).
-pub(crate) fn peer_uid(fd: impl AsFd) -> Result<u32, nix::errno::Errno> {
-    let cred = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::PeerCredentials)?;
-    Ok(cred.uid())
 }

@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 mod config;
+mod listen;
 #[allow(unsafe_code)] // SIG_IGN for SIGINT and SIGPIPE
 mod server;
 #[allow(unsafe_code)]
@@ -27,7 +28,8 @@ mod sys;
 #[allow(unsafe_code)]
 mod zygote;
 
-pub use config::{default_socket_path, ensure_private_dir, Config, Listen};
+pub use config::{default_socket_path, Config, Listen};
+pub use forkserver_protocol::socket_dir::DirError;
 pub use server::Server;
 pub use zygote::{
     read_key, Call, EntryFn, Zygote, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV,
@@ -48,9 +50,10 @@ pub enum ServerError {
     /// Another server answers on the socket path (or the path is not a socket).
     #[error("{0} is in use")]
     InUse(PathBuf),
-    /// The socket directory is not private to this user (owner or mode).
-    #[error("{0} is not a directory owned by this user with mode 0700")]
-    Insecure(PathBuf),
+    /// The socket directory is not fit to hold the socket (owner, mode, a foreign symbolic
+    /// link; PROTOCOL.md §9.3).
+    #[error("{0}")]
+    Insecure(#[from] DirError),
     /// The process has more than one thread: forking it would be unsafe.
     #[error("the server must be single-threaded, this process has {0} threads")]
     Threads(usize),

@@ -4,7 +4,6 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use forkserver_protocol::{
@@ -18,7 +17,8 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{accept4, MsgFlags, SockFlag};
 use nix::unistd::Pid;
 
-use crate::config::{bind_listener, peer_uid, Config};
+use crate::config::Config;
+use crate::listen::{bind_listener, peer_uid, BoundPath};
 use crate::spawn::{self, Work, STAGE_EXEC};
 use crate::zygote::EntryFn;
 use crate::ServerError;
@@ -107,7 +107,7 @@ enum Pooled {
 pub struct Server {
     epoll: Epoll,
     listener: Option<OwnedFd>,
-    socket_path: Option<PathBuf>,
+    socket_path: Option<BoundPath>,
     signals: SignalFd,
     alive: Option<OwnedFd>,
     /// Kept open so that `accept` can still take (and refuse) a connection at EMFILE.
@@ -166,7 +166,8 @@ impl Server {
             return Err(ServerError::Threads(threads));
         }
         let listen = std::mem::replace(&mut config.listen, crate::Listen::Abstract(Vec::new()));
-        let (listener, socket_path) = bind_listener(listen)?;
+        let shared = !config.allowed_uids.is_empty();
+        let (listener, socket_path) = bind_listener(listen, shared)?;
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
         mask.add(Signal::SIGTERM);
@@ -207,7 +208,7 @@ impl Server {
             SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         )
         .map_err(sys("socketpair"))?;
-        tracing::info!(socket = ?socket_path, "forkserver listening");
+        tracing::info!(socket = ?socket_path.as_ref().map(BoundPath::path), "forkserver listening");
         Ok(Server {
             epoll,
             listener: Some(listener),
@@ -243,7 +244,7 @@ impl Server {
 
     /// The socket file, when listening on a path.
     pub fn socket_path(&self) -> Option<&std::path::Path> {
-        self.socket_path.as_deref()
+        self.socket_path.as_ref().map(BoundPath::path)
     }
 
     /// Serves until `SIGTERM` (then: stop accepting, finish the running children, exit), EOF
@@ -297,11 +298,8 @@ impl Server {
     }
 
     fn cleanup(&mut self) {
-        if let Some(p) = self.socket_path.take() {
-            if self.listener.is_some() {
-                let _ = std::fs::remove_file(p);
-            }
-        }
+        // Dropping it removes the socket file.
+        self.socket_path = None;
         self.listener = None;
     }
 
@@ -508,9 +506,8 @@ impl Server {
         self.pool.clear();
         if let Some(l) = self.listener.take() {
             let _ = self.epoll.delete(&l);
-            if let Some(p) = &self.socket_path {
-                let _ = std::fs::remove_file(p);
-            }
+            // Dropping it removes the socket file: new clients find nobody.
+            self.socket_path = None;
         }
         let idle: Vec<u64> = self
             .conns
