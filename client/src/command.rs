@@ -19,7 +19,20 @@ use forkserver_protocol::{
 use crate::child::Child;
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::exit_status::ExitStatus;
+use crate::output::Output;
 use crate::stdio::{Stdio, Stream};
+
+/// The stdio of a child where none was set.
+#[derive(Debug, Clone, Copy)]
+enum Defaults {
+    /// Nothing: the server gives `/dev/null` ([`Call`]).
+    None,
+    /// This process's own fds 0-2 ([`Command::spawn`]).
+    Inherit,
+    /// stdin `/dev/null`, stdout and stderr piped ([`Command::output`]).
+    Output,
+}
 
 /// What [`Command`] and [`Call`] have in common: options, stdio and extra fds.
 #[derive(Debug, Default)]
@@ -48,13 +61,20 @@ impl Request {
         }
     }
 
-    /// The default stdio for `stream` when none was set: with `default_inherit`, inherit,
-    /// unless an extra fd takes that target.
-    fn default_for(&self, stream: Stream, default_inherit: bool) -> Option<Stdio> {
+    /// The default stdio for `stream` when none was set, unless an extra fd takes that target.
+    fn default_for(&self, stream: Stream, defaults: Defaults) -> Option<Stdio> {
         let t = stream.target();
         let unset = self.stdio[t as usize].is_none();
         let taken = self.fds.iter().any(|(x, _)| *x == t);
-        (default_inherit && unset && !taken).then(Stdio::inherit)
+        if !unset || taken {
+            return None;
+        }
+        match (defaults, stream) {
+            (Defaults::None, _) => None,
+            (Defaults::Inherit, _) => Some(Stdio::inherit()),
+            (Defaults::Output, Stream::Stdin) => Some(Stdio::null()),
+            (Defaults::Output, _) => Some(Stdio::piped()),
+        }
     }
 
     /// Builds the fds to send: duplicates of the given ones, new pipes, `/dev/null`. Returns
@@ -63,11 +83,11 @@ impl Request {
     /// # Errors
     /// [`Error::TooManyFds`], [`Error::InvalidRequest`] for a duplicate or too-large target,
     /// [`Error::Io`] if an fd cannot be made.
-    fn bundle(&self, default_inherit: bool) -> Result<(FdBundle, [Option<File>; 3])> {
+    fn bundle(&self, defaults: Defaults) -> Result<(FdBundle, [Option<File>; 3])> {
         if let Some(errno) = self.deferred_errno {
             return Err(std::io::Error::from_raw_os_error(errno).into());
         }
-        let defaults = Stream::ALL.map(|s| self.default_for(s, default_inherit));
+        let defaults = Stream::ALL.map(|s| self.default_for(s, defaults));
         let stdio_count = (0..3)
             .filter(|&i| self.stdio[i].is_some() || defaults[i].is_some())
             .count();
@@ -96,9 +116,9 @@ impl Request {
     }
 
     /// Validates, connects, sends, and reads the `Pid` reply.
-    fn spawn(&self, client: &Client, job: Job, default_inherit: bool) -> Result<Child> {
+    fn spawn(&self, client: &Client, job: Job, defaults: Defaults) -> Result<Child> {
         let keep = client.reuses_connections();
-        match self.spawn_once(client, &job, default_inherit, keep) {
+        match self.spawn_once(client, &job, defaults, keep) {
             // Our frame is valid (the codec cannot encode an invalid one): a server that calls
             // a reserved field not zero predates KEEP_CONNECTION (protocol rev 0.3). Nothing
             // was spawned; reuse goes off for this client and the request is made again
@@ -108,7 +128,7 @@ impl Request {
             {
                 tracing::warn!("the server refused KEEP_CONNECTION (rev < 0.3): reuse off");
                 client.set_max_idle_connections(0);
-                self.spawn_once(client, &job, default_inherit, false)
+                self.spawn_once(client, &job, defaults, false)
             }
             other => other,
         }
@@ -118,7 +138,7 @@ impl Request {
         &self,
         client: &Client,
         job: &Job,
-        default_inherit: bool,
+        defaults: Defaults,
         keep: bool,
     ) -> Result<Child> {
         let options = SpawnOptions {
@@ -128,7 +148,7 @@ impl Request {
         let mut may_reuse = true;
         loop {
             let (mut conn, parents) = client.request(may_reuse, || {
-                let (bundle, parents) = self.bundle(default_inherit)?;
+                let (bundle, parents) = self.bundle(defaults)?;
                 let (map, fds) = bundle.into_parts();
                 let spawn = Spawn::new(options, map, job.clone())?;
                 Ok((Some((Message::Spawn(spawn), fds)), parents))
@@ -388,7 +408,39 @@ impl Command {
     /// (e.g. `ExecFailed` with the `execve` errno, `ForkFailed`, `ChildSetupFailed`).
     pub fn spawn(&mut self) -> Result<Child> {
         let job = self.job()?;
-        self.req.spawn(&self.client, Job::Exec(job), true)
+        self.req
+            .spawn(&self.client, Job::Exec(job), Defaults::Inherit)
+    }
+
+    /// Runs the command and collects its output, as [`std::process::Command::output`]: stdout
+    /// and stderr are piped unless set otherwise, stdin is `/dev/null` unless set.
+    ///
+    /// # Errors
+    /// As [`Command::spawn`] and [`Child::wait`], and [`Error::Io`] reading the pipes.
+    pub fn output(&mut self) -> Result<Output> {
+        let job = self.job()?;
+        self.req
+            .spawn(&self.client, Job::Exec(job), Defaults::Output)?
+            .wait_with_output()
+    }
+
+    /// Runs the command and waits for it, as [`std::process::Command::status`]; stdio is
+    /// inherited unless set.
+    ///
+    /// # Errors
+    /// As [`Command::spawn`] and [`Child::wait`].
+    pub fn status(&mut self) -> Result<ExitStatus> {
+        self.spawn()?.wait()
+    }
+
+    /// The program, as given to [`Client::command`].
+    pub fn get_program(&self) -> &OsStr {
+        OsStr::from_bytes(&self.program)
+    }
+
+    /// The arguments after the program, in order.
+    pub fn get_args(&self) -> impl ExactSizeIterator<Item = &OsStr> {
+        self.args.iter().map(|a| OsStr::from_bytes(a))
     }
 
     fn job(&self) -> Result<ExecJob> {
@@ -459,7 +511,8 @@ impl Call {
     /// does not know.
     pub fn spawn(&mut self) -> Result<Child> {
         let job = EntryJob::new(self.name.clone(), self.payload.clone())?;
-        self.req.spawn(&self.client, Job::Entry(job), false)
+        self.req
+            .spawn(&self.client, Job::Entry(job), Defaults::None)
     }
 }
 
@@ -485,9 +538,9 @@ mod tests {
     fn default_stdio_yields_to_explicit_fd() {
         let mut req = Request::default();
         req.fds.push((1, null()));
-        let (bundle, _) = req.bundle(true).unwrap();
+        let (bundle, _) = req.bundle(Defaults::Inherit).unwrap();
         assert_eq!(bundle.map().targets(), &[0, 2, 1]);
-        let (bundle, _) = req.bundle(false).unwrap();
+        let (bundle, _) = req.bundle(Defaults::None).unwrap();
         assert_eq!(bundle.map().targets(), &[1]);
     }
 
@@ -497,7 +550,7 @@ mod tests {
         req.set_stdio(Stream::Stdout, Stdio::null());
         req.fds.push((1, null()));
         assert!(matches!(
-            req.bundle(false),
+            req.bundle(Defaults::None),
             Err(Error::InvalidRequest(
                 forkserver_protocol::BuildError::DuplicateTarget(1)
             ))
@@ -510,7 +563,10 @@ mod tests {
         for t in 3..3 + 254 {
             req.fds.push((t, null()));
         }
-        assert!(req.bundle(false).is_ok());
-        assert!(matches!(req.bundle(true), Err(Error::TooManyFds(257))));
+        assert!(req.bundle(Defaults::None).is_ok());
+        assert!(matches!(
+            req.bundle(Defaults::Inherit),
+            Err(Error::TooManyFds(257))
+        ));
     }
 }

@@ -17,7 +17,7 @@ use forkserver_protocol::Exit;
 /// let killed = ExitStatus::from(Exit::new(-9, false, false).unwrap());
 /// assert_eq!(killed.code(), None);
 /// assert_eq!(killed.signal(), Some(9));
-/// assert_eq!(killed.to_string(), "signal 9 (SIGKILL)");
+/// assert_eq!(killed.to_string(), "signal: 9 (SIGKILL)");
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ExitStatus {
@@ -80,13 +80,13 @@ impl From<Exit> for ExitStatus {
 }
 
 impl fmt::Display for ExitStatus {
-    /// `exit status 3`, `signal 9 (SIGKILL)`, with ` (core dumped)` and
+    /// As std's: `exit status: 3`, `signal: 9 (SIGKILL)`, with ` (core dumped)` and
     /// ` (deadline expired)` appended when they apply.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.signal() {
-            None => write!(f, "exit status {}", self.code)?,
+            None => write!(f, "exit status: {}", self.code)?,
             Some(sig) => {
-                write!(f, "signal {sig}")?;
+                write!(f, "signal: {sig}")?;
                 if let Ok(s) = nix::sys::signal::Signal::try_from(sig) {
                     write!(f, " ({})", s.as_str())?;
                 }
@@ -117,7 +117,8 @@ mod tests {
         assert_eq!(s.signal(), None);
         assert_eq!(s.raw_code(), 3);
         assert!(!s.success());
-        assert_eq!(s.to_string(), "exit status 3");
+        assert_eq!(s.to_string(), "exit status: 3");
+        assert_eq!(s.to_string(), s.to_std().to_string());
         assert_eq!(s.to_std().code(), Some(3));
         assert!(status(0, false, false).success());
         assert_eq!(status(255, false, false).code(), Some(255));
@@ -133,16 +134,17 @@ mod tests {
         assert!(!s.success());
         assert!(s.deadline_expired());
         assert!(!s.core_dumped());
-        assert_eq!(s.to_string(), "signal 9 (SIGKILL) (deadline expired)");
+        assert_eq!(s.to_string(), "signal: 9 (SIGKILL) (deadline expired)");
         assert_eq!(s.to_std().signal(), Some(9));
 
         let core = status(-11, false, true);
         assert!(core.core_dumped());
-        assert_eq!(core.to_string(), "signal 11 (SIGSEGV) (core dumped)");
+        assert_eq!(core.to_string(), "signal: 11 (SIGSEGV) (core dumped)");
+        assert_eq!(core.to_string(), core.to_std().to_string());
         assert!(core.to_std().core_dumped());
 
         // A real-time signal has no name in nix.
-        assert_eq!(status(-40, false, false).to_string(), "signal 40");
+        assert_eq!(status(-40, false, false).to_string(), "signal: 40");
         assert_eq!(status(-64, false, false).signal(), Some(64));
     }
 }

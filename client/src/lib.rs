@@ -72,6 +72,7 @@ mod error;
 mod exit_status;
 #[allow(unsafe_code)]
 mod launch;
+mod output;
 mod stdio;
 
 pub use child::Child;
@@ -83,6 +84,7 @@ pub use exit_status::ExitStatus;
 /// The server's error codes and status report, from the protocol crate.
 pub use forkserver_protocol::{ErrorCode, Status};
 pub use launch::{Launcher, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV};
+pub use output::Output;
 pub use stdio::Stdio;
 
 #[cfg(test)]

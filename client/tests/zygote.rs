@@ -115,6 +115,10 @@ fn main() {
         ),
         ("stdout_through_a_pipe", stdout_through_a_pipe),
         (
+            "std_parity_output_status_getters",
+            std_parity_output_status_getters,
+        ),
+        (
             "a_256_fd_bundle_at_its_targets",
             a_256_fd_bundle_at_its_targets,
         ),
@@ -298,6 +302,56 @@ fn a_panicking_entry_exits_non_zero(client: &Client) {
         .unwrap();
     assert_eq!(st.code(), Some(101));
     assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+fn std_parity_output_status_getters(client: &Client) {
+    // output(): stdout and stderr collected at once (more than a pipe holds on each, so a
+    // reader of one at a time would deadlock), stdin /dev/null.
+    let script =
+        "head -c 200000 /dev/zero | tr '\\0' o; head -c 150000 /dev/zero | tr '\\0' e >&2; \
+                  cat; exit 3";
+    let mut cmd = client.command("sh");
+    cmd.args(["-c", script]);
+    assert_eq!(cmd.get_program(), "sh");
+    assert_eq!(cmd.get_args().collect::<Vec<_>>(), ["-c", script]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(out.status.to_string(), "exit status: 3");
+    assert_eq!(out.stdout.len(), 200_000);
+    assert!(out.stdout.iter().all(|&b| b == b'o'));
+    assert_eq!(out.stderr.len(), 150_000);
+    // An explicit setting wins over output()'s defaults.
+    let out = client
+        .command("sh")
+        .args(["-c", "echo kept; echo err >&2"])
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        (out.stdout.as_slice(), out.stderr.len()),
+        (&b"kept\n"[..], 0)
+    );
+    // status(): stdio inherited.
+    let st = client
+        .command("sh")
+        .args(["-c", "kill -9 $$"])
+        .status()
+        .unwrap();
+    assert_eq!(st.to_string(), "signal: 9 (SIGKILL)");
+    assert_eq!(st.to_string(), st.to_std().to_string());
+    // wait_with_output() closes a piped stdin first; id() is the pid.
+    let mut child = client
+        .command("cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(child.id() as i32, child.pid());
+    child.stdin.as_mut().unwrap().write_all(b"echoed").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"echoed");
+    settled(client, None);
 }
 
 fn stdout_through_a_pipe(client: &Client) {
