@@ -127,7 +127,10 @@ impl Child {
     }
 
     /// The connection's socket while the outcome is pending, for event loops: it becomes
-    /// readable when [`Child::try_wait`] may have news. Once the outcome is read the connection
+    /// readable when [`Child::try_wait`] may have news. Call [`Child::try_wait`] *before*
+    /// polling it, each time: frames already read from the socket (an `Exit` that arrived
+    /// with the answer to a [`Child::signal`]) are buffered here and will not make it
+    /// readable again. Once the outcome is read the connection
     /// may serve another request of the client: take it out of a poller before then.
     pub fn connection_fd(&self) -> Option<BorrowedFd<'_>> {
         match &self.state {

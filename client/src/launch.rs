@@ -130,10 +130,21 @@ impl Launcher {
     /// handshake, so a program that does not serve fails here rather than at the first spawn.
     ///
     /// # Errors
-    /// [`Error::Launch`] if the socket directory cannot be made, the program cannot be
+    /// [`Error::Launch`] if this process is itself a launched server that did not serve
+    /// (`FORKSERVER_LISTEN_FD` set: a `main` without `serve_if_requested`), the socket
+    /// directory cannot be made, the program cannot be
     /// started, or it does not answer a handshake on the socket (then the [`Error`] of the
     /// handshake is the `io::Error`'s inner error); [`Error::AuthRequired`] if it demands a key.
     pub fn launch(self) -> Result<Client> {
+        // A program launched as a server that did not serve would launch another copy of
+        // itself, which would do the same, without end.
+        if std::env::var_os(LISTEN_FD_ENV).is_some() {
+            return Err(Error::Launch(io::Error::other(format!(
+                "this process was launched as a forkserver ({LISTEN_FD_ENV} is set) but did \
+                 not serve: call `Zygote::new()...serve_if_requested()` first thing in `main`, \
+                 before any `Client::launch`"
+            ))));
+        }
         let managed = Managed::new(self.spec).map_err(Error::Launch)?;
         let client = Client::from_managed(managed);
         match client.ping_launched() {
@@ -502,6 +513,33 @@ mod tests {
         let sock = std::fs::metadata(dir.join("sock")).unwrap();
         assert_eq!(sock.mode() & 0o777, 0o600);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Run in a child process by the test below, with `FORKSERVER_LISTEN_FD` set.
+    #[test]
+    fn launch_from_a_launched_server_role() {
+        if std::env::var_os("FS_TEST_LAUNCH_ROLE").is_none() {
+            return;
+        }
+        let err = Launcher::new("/bin/true").launch().unwrap_err();
+        assert!(err.to_string().contains("serve_if_requested"), "{err}");
+        println!("ROLE-OK");
+    }
+
+    #[test]
+    fn a_launched_server_that_does_not_serve_is_told_and_launches_nothing() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "launch::tests::launch_from_a_launched_server_role",
+            ])
+            .args(["--nocapture", "--test-threads", "1"])
+            .env("FS_TEST_LAUNCH_ROLE", "1")
+            .env(LISTEN_FD_ENV, "3")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains("ROLE-OK"), "{text}");
     }
 
     #[test]
