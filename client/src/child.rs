@@ -9,8 +9,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use forkserver_protocol::{ErrorCode, ErrorReply, Frame, Message, Signal};
 
-use crate::client::Client;
+use std::sync::Arc;
+
 use crate::conn::Conn;
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::exit_status::ExitStatus;
 use crate::output::{read2, Output};
@@ -39,7 +41,7 @@ pub struct Child {
     /// The parent's end of a piped stderr.
     pub stderr: Option<File>,
     /// Keeps a launched server's alive pipe open; takes the connection back for reuse.
-    client: Client,
+    client: Arc<Engine>,
     /// The spawn asked for `KEEP_CONNECTION`: after the final report the connection is READY.
     keep: bool,
     /// Requests sent on the connection and not yet answered (`Signal`s). A connection with one
@@ -67,7 +69,7 @@ enum Ack {
 
 impl Child {
     pub(crate) fn new(
-        client: Client,
+        client: Arc<Engine>,
         conn: Conn,
         keep: bool,
         pid: i32,

@@ -7,7 +7,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use forkserver_protocol::socket_dir::{self, DirError, Sharing, SocketDir};
 use forkserver_protocol::{
@@ -259,4 +259,73 @@ impl Conn {
     pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
     }
+}
+
+/// This process's effective uid: the uid a launched server runs as, and the default for one
+/// at a path.
+pub(crate) fn own_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// How one connection attempt failed.
+pub(crate) enum Failure {
+    /// The socket failed the checks made before anything is sent.
+    Untrusted(String),
+    /// Nobody listens at the path (`ECONNREFUSED`, `ENOENT`).
+    Refused(io::Error),
+    /// `connect` failed otherwise.
+    Connect(io::Error),
+    /// The server closed before answering the handshake or taking the request; the request
+    /// was not acted on.
+    Gone(Error),
+    /// Anything else.
+    Other(Error),
+}
+
+impl Failure {
+    /// The error the caller sees when no retry is left.
+    pub(crate) fn into_error(self, path: PathBuf) -> Error {
+        match self {
+            Failure::Refused(source) | Failure::Connect(source) => Error::Connect { path, source },
+            Failure::Untrusted(reason) => Error::Untrusted { path, reason },
+            Failure::Gone(e) | Failure::Other(e) => e,
+        }
+    }
+}
+
+pub(crate) fn attempt(
+    path: &Path,
+    server_uid: u32,
+    key: Option<&[u8]>,
+    request: Option<(Message, Vec<OwnedFd>)>,
+) -> std::result::Result<Conn, Failure> {
+    let mut conn = Conn::connect(path, server_uid).map_err(|e| match e {
+        ConnectError::Io(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(nix::libc::ECONNREFUSED | nix::libc::ENOENT)
+            ) =>
+        {
+            Failure::Refused(e)
+        }
+        ConnectError::Io(e) => Failure::Connect(e),
+        ConnectError::Untrusted(e) => Failure::Untrusted(e.to_string()),
+        ConnectError::PeerUid { uid, expected } => Failure::Untrusted(format!(
+            "the process listening on it runs as uid {uid}, not uid {expected} (name the \
+             server's uid explicitly to trust it)"
+        )),
+    })?;
+    // Within the handshake, "closed" means our request was not read, or not answered at
+    // all: the server sends `HelloOk` before it acts on a request, and queued replies are
+    // read before the end of the stream.
+    let (message, fds) = match request {
+        Some((m, fds)) => (Some(m), fds),
+        None => (None, Vec::new()),
+    };
+    conn.handshake(key, message.as_ref(), fds)
+        .map_err(|e| match e {
+            Error::ServerGone => Failure::Gone(e),
+            e => Failure::Other(e),
+        })?;
+    Ok(conn)
 }

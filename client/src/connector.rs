@@ -1,9 +1,49 @@
-//! [`Connector`]: how to reach, and whom to trust at, a server someone else runs.
+//! [`Client::connect`] and [`Connector`]: how to reach, and whom to trust at, a server someone
+//! else runs.
 
 use std::path::{Path, PathBuf};
 
-use crate::client::{own_uid, Client};
+use crate::client::Client;
+use crate::conn::own_uid;
+use crate::engine::Engine;
 use crate::error::Result;
+
+impl Client {
+    /// A client for the server listening at `path`, which must run as this process's
+    /// effective uid (see [`Connector`] for another uid, a key, or both).
+    ///
+    /// Before anything is sent on a connection, the server is verified (PROTOCOL.md §9.3):
+    /// the socket's directory must be owned by the server's uid and closed to group and
+    /// others, and the process listening must run as that uid (`SO_PEERCRED`). The server is
+    /// checked eagerly: this connects once and completes a handshake, so a wrong path or a
+    /// socket that does not speak the protocol fails here. The connection is then kept for
+    /// the first request.
+    ///
+    /// # Errors
+    /// [`crate::Error::Connect`] if nothing listens at `path`; [`crate::Error::Untrusted`] if
+    /// the socket fails the checks; [`crate::Error::ServerGone`], [`crate::Error::Protocol`],
+    /// [`crate::Error::Server`] or [`crate::Error::AuthRequired`] if the handshake fails.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Client> {
+        Connector::new(path).connect()
+    }
+
+    /// A client for the server listening at `path` that requires the authentication step
+    /// (PROTOCOL.md §9) with `key`: every connection proves to the server that it holds the
+    /// key, and checks that the server holds it too before sending anything else.
+    ///
+    /// # Errors
+    /// As [`Client::connect`], plus [`crate::Error::ServerNotAuthenticated`] when the server
+    /// offers no authentication or answers our challenge wrongly, and [`crate::Error::Server`]
+    /// with `AuthFailed` when it refuses our key.
+    pub fn connect_with_key(path: impl AsRef<Path>, key: impl Into<Vec<u8>>) -> Result<Client> {
+        Connector::new(path).key(key).connect()
+    }
+
+    /// A [`Connector`] for the server at `path`: to set the key and the server's uid.
+    pub fn connector(path: impl AsRef<Path>) -> Connector {
+        Connector::new(path)
+    }
+}
 
 /// Options for a [`Client`] of a server at a socket path: the authentication key and the uid
 /// the server must run as. Made by [`Client::connector`].
@@ -55,6 +95,8 @@ impl Connector {
     /// # Errors
     /// As [`Client::connect`] and [`Client::connect_with_key`].
     pub fn connect(self) -> Result<Client> {
-        Client::for_path(self.path, self.key, self.server_uid)
+        let engine = Engine::for_path(self.path, self.key, self.server_uid);
+        engine.ping()?;
+        Ok(Client::from_engine(engine))
     }
 }

@@ -63,15 +63,20 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+// First: its `request_setters!` macro serves `command`.
+#[macro_use]
+mod request;
 mod child;
 mod client;
 mod command;
 mod conn;
 mod connector;
+mod engine;
 mod error;
 mod exit_status;
-#[allow(unsafe_code)]
 mod launch;
+#[allow(unsafe_code)] // pre_exec: close-on-exec on the client's fds before exec
+mod managed;
 mod output;
 mod stdio;
 

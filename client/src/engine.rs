@@ -1,0 +1,359 @@
+//! The connection engine behind [`crate::Client`], [`crate::Command`], [`crate::Call`] and
+//! [`crate::Child`]: where the server is (a path, or a process this client launched), the idle
+//! connections kept for reuse, and the one loop that opens, verifies, authenticates and
+//! retries (PROTOCOL.md §6.6, §9.3).
+
+use std::fmt;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use forkserver_protocol::{Frame, Message, Status};
+
+use crate::conn::{attempt, own_uid, Conn, Failure};
+use crate::error::{Error, Result};
+use crate::managed::Managed;
+
+/// How many idle connections are kept for reuse unless told otherwise.
+pub(crate) const DEFAULT_MAX_IDLE: usize = 8;
+
+/// One server as this process reaches it, shared by a client's clones and everything they
+/// spawned.
+pub(crate) struct Engine {
+    target: Target,
+    /// Idle connections, handshake done; each knows the generation of the server it reaches.
+    idle: Mutex<Pool>,
+    max_idle: AtomicUsize,
+}
+
+/// The idle connections, and the process they belong to: after a `fork()` the child must not
+/// share its parent's connections (their frames would interleave), so it drops its copies.
+struct Pool {
+    owner: u32,
+    conns: Vec<Conn>,
+}
+
+impl Pool {
+    /// The connections, emptied first if this is not the process that made them.
+    fn conns(&mut self) -> &mut Vec<Conn> {
+        let me = std::process::id();
+        if self.owner != me {
+            self.owner = me;
+            self.conns.clear();
+        }
+        &mut self.conns
+    }
+}
+
+enum Target {
+    /// A server someone else runs, the key to authenticate with, if any, and the uid the
+    /// server must run as.
+    Path(PathBuf, Option<Vec<u8>>, u32),
+    /// A server this client launched.
+    Launched(Mutex<Managed>),
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let idle = self.idle_connections();
+        match &self.target {
+            Target::Path(p, ..) => f
+                .debug_struct("Client")
+                .field("path", p)
+                .field("idle_connections", &idle)
+                .finish_non_exhaustive(),
+            Target::Launched(m) => f
+                .debug_struct("Client")
+                .field("launched", &*lock(m))
+                .field("idle_connections", &idle)
+                .finish(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The state stays consistent across a panic (each field is replaced whole).
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Engine {
+    fn new(target: Target) -> Self {
+        Engine {
+            target,
+            idle: Mutex::new(Pool {
+                owner: std::process::id(),
+                conns: Vec::new(),
+            }),
+            max_idle: AtomicUsize::new(DEFAULT_MAX_IDLE),
+        }
+    }
+
+    /// For a server at `path` that must run as `server_uid`.
+    pub(crate) fn for_path(path: PathBuf, key: Option<Vec<u8>>, server_uid: u32) -> Self {
+        Self::new(Target::Path(path, key, server_uid))
+    }
+
+    /// For a server this process launched.
+    pub(crate) fn launched(managed: Managed) -> Self {
+        Self::new(Target::Launched(Mutex::new(managed)))
+    }
+
+    /// The server's status: its pid, live children, connections, total spawns, version.
+    ///
+    /// # Errors
+    /// [`Error::Connect`], [`Error::Launch`] (relaunch failed), [`Error::ServerGone`],
+    /// [`Error::Server`], [`Error::Protocol`], [`Error::AuthRequired`], [`Error::Io`].
+    pub(crate) fn status(&self) -> Result<Status> {
+        let request = || Ok((Some((Message::StatusRequest, Vec::new())), ()));
+        let (conn, frame, ()) = self.exchange(request)?;
+        match frame.message {
+            Message::Status(s) => {
+                // READY before, READY after: the connection can serve the next request.
+                self.put_idle(conn);
+                Ok(s)
+            }
+            Message::Error(e) => Err(e.into()),
+            other => Err(Error::unexpected(other.tag(), "Status")),
+        }
+    }
+
+    /// Makes the request `build` builds ([`Engine::request`]) and reads the first frame of the
+    /// reply. A kept connection that the server closed on its own as the request went out
+    /// (its `Error` says it did not act on it, PROTOCOL.md §6.6) is given up, and the request
+    /// made again on a new connection, once: the one retry loop of every request.
+    pub(crate) fn exchange<T>(
+        &self,
+        mut build: impl FnMut() -> Result<(Option<(Message, Vec<OwnedFd>)>, T)>,
+    ) -> Result<(Conn, Frame, T)> {
+        let mut may_reuse = true;
+        loop {
+            let (mut conn, extra) = self.request(may_reuse, &mut build)?;
+            let frame = conn.recv()?;
+            match &frame.message {
+                Message::Error(e) if may_reuse && conn.closed_without_acting(e) => {
+                    tracing::debug!("kept connection closed by the server: {e}");
+                    may_reuse = false;
+                }
+                _ => return Ok((conn, frame, extra)),
+            }
+        }
+    }
+
+    /// The path of the server's socket. For a launched server, the current one's (a relaunch
+    /// makes a new one).
+    pub(crate) fn socket_path(&self) -> PathBuf {
+        match &self.target {
+            Target::Path(p, ..) => p.clone(),
+            Target::Launched(m) => lock(m).socket_path(),
+        }
+    }
+
+    /// The pid of the server process this client launched (the current one); `None` for a
+    /// client made by [`crate::Client::connect`].
+    pub(crate) fn launched_server_pid(&self) -> Option<u32> {
+        match &self.target {
+            Target::Path(..) => None,
+            Target::Launched(m) => Some(lock(m).pid()),
+        }
+    }
+
+    /// The key connections authenticate with: the one given to [`crate::Client::connect_with_key`],
+    /// or the one a launched server was given. Hand it to another process of yours that must
+    /// reach the same server through a pipe or a file of mode 0600, never argv or the
+    /// environment (PROTOCOL.md §9.1).
+    pub(crate) fn auth_key(&self) -> Option<Vec<u8>> {
+        match &self.target {
+            Target::Path(_, key, _) => key.clone(),
+            Target::Launched(m) => lock(m).current_key().1,
+        }
+    }
+
+    /// Sets how many idle connections the client keeps for reuse (see [`crate::Client`]); 0 turns
+    /// reuse off: every request then opens, authenticates and closes its own connection.
+    /// Applies to all clones of this client; connections kept beyond the new limit are closed.
+    pub(crate) fn set_max_idle_connections(&self, max: usize) {
+        self.max_idle.store(max, Ordering::Relaxed);
+        let surplus: Vec<Conn> = {
+            let mut pool = lock(&self.idle);
+            let idle = pool.conns();
+            let keep = idle.len().min(max);
+            idle.drain(keep..).collect()
+        };
+        drop(surplus);
+    }
+
+    /// The number of idle connections kept for reuse right now.
+    pub(crate) fn idle_connections(&self) -> usize {
+        lock(&self.idle).conns().len()
+    }
+
+    /// Closes the idle connections kept for reuse, e.g. so that a server with an idle timeout
+    /// sees no client, or before counting this process's fds. Later requests open new ones.
+    pub(crate) fn close_idle_connections(&self) {
+        let idle = std::mem::take(lock(&self.idle).conns());
+        drop(idle);
+    }
+
+    /// Whether spawns ask the server to keep their connection for reuse.
+    pub(crate) fn reuses_connections(&self) -> bool {
+        self.max_idle.load(Ordering::Relaxed) > 0
+    }
+
+    /// Takes back a connection that is READY (handshake done, no request outstanding), if
+    /// fewer than the maximum are kept; closes it otherwise.
+    pub(crate) fn put_idle(&self, conn: Conn) {
+        let max = self.max_idle.load(Ordering::Relaxed);
+        let mut pool = lock(&self.idle);
+        let idle = pool.conns();
+        if idle.len() < max {
+            idle.push(conn);
+        }
+    }
+
+    /// An idle connection to the server of `generation` that is still open and has nothing
+    /// pending, if one is kept. Stale ones (an older server, closed by the server) are closed;
+    /// those to a newer server (another thread relaunched it meanwhile) are left alone.
+    fn take_idle(&self, generation: u64) -> Option<Conn> {
+        let mut stale = Vec::new();
+        let found = {
+            let mut pool = lock(&self.idle);
+            let idle = pool.conns();
+            let mut found = None;
+            let mut i = idle.len();
+            while i > 0 {
+                i -= 1;
+                if idle[i].generation > generation {
+                    continue;
+                }
+                let mut conn = idle.swap_remove(i);
+                if conn.generation == generation && conn.is_idle_and_open() {
+                    conn.reused = true;
+                    found = Some(conn);
+                    break;
+                }
+                stale.push(conn);
+            }
+            found
+        };
+        drop(stale);
+        found
+    }
+
+    /// For a launched client with `warm_connections`: opens a ready connection for the next
+    /// request if none is kept. Errors are ignored: the next request connects anew.
+    pub(crate) fn warm_up(&self) {
+        let Target::Launched(m) = &self.target else {
+            return;
+        };
+        if !self.reuses_connections() || self.idle_connections() > 0 {
+            return;
+        }
+        let Some((path, key, generation)) = lock(m).warm_target() else {
+            return;
+        };
+        if let Ok(mut conn) = attempt(&path, own_uid(), key.as_deref(), None) {
+            conn.generation = generation;
+            self.put_idle(conn);
+        }
+    }
+
+    /// One handshake on a fresh connection, which is then kept for reuse.
+    pub(crate) fn ping(&self) -> Result<()> {
+        let (conn, ()) = self.request(false, || Ok((None, ())))?;
+        self.put_idle(conn);
+        Ok(())
+    }
+
+    /// One handshake with the server just launched, without relaunching it if it fails.
+    pub(crate) fn ping_launched(&self) -> Result<()> {
+        let (path, key, uid) = match &self.target {
+            Target::Launched(m) => {
+                let (path, key) = lock(m).current_key();
+                (path, key, own_uid())
+            }
+            Target::Path(p, key, uid) => (p.clone(), key.clone(), *uid),
+        };
+        attempt(&path, uid, key.as_deref(), None)
+            .map(drop)
+            .map_err(|f| f.into_error(path))
+    }
+
+    /// Sends the request made by `build` on a kept connection (if `may_reuse`), or on a new one
+    /// behind `Hello` (and the authentication); the reply is left for the caller, with the
+    /// extra value `build` returned.
+    ///
+    /// `build` runs before any connection is used, so that invalid requests never reach the
+    /// socket. It runs again (the first request's fds went with it) each time a request was
+    /// not delivered: a kept connection that refused the send (its server gone), and, for a
+    /// launched server, a first attempt that found the server dead: connect refused
+    /// (`ECONNREFUSED`, `ENOENT`), or the connection closed before the request could be
+    /// answered (a server exiting between our check and our connect); the server is then
+    /// relaunched. So at most three times.
+    fn request<T>(
+        &self,
+        may_reuse: bool,
+        mut build: impl FnMut() -> Result<(Option<(Message, Vec<OwnedFd>)>, T)>,
+    ) -> Result<(Conn, T)> {
+        let (mut request, mut extra) = build()?;
+        // For a launched server: relaunched first if it has died.
+        let launched = match &self.target {
+            Target::Path(..) => None,
+            Target::Launched(m) => Some(lock(m).ensure_running().map_err(Error::Launch)?),
+        };
+        let generation = launched.as_ref().map_or(0, |(.., g)| *g);
+        if request.is_some() && may_reuse {
+            if let Some(mut conn) = self.take_idle(generation) {
+                let Some((message, fds)) = request.take() else {
+                    unreachable!("checked above")
+                };
+                // The handshake is done: one round trip. A connection whose server has gone
+                // refuses the send at once (EPIPE): nothing was delivered, and the request is
+                // made anew below, on a new connection.
+                match conn.send(&message, fds) {
+                    Ok(()) => return Ok((conn, extra)),
+                    Err(e) => tracing::debug!(error = %e, "kept connection unusable"),
+                }
+                self.close_idle_connections();
+                // Built anew: the first request's fds (and piped stdio) went with it.
+                let (again, again_extra) = build()?;
+                request = again;
+                extra = again_extra;
+            }
+        }
+        let fresh = |path: &Path, uid, key: Option<&[u8]>, request, generation| {
+            attempt(path, uid, key, request).map(|mut conn| {
+                conn.generation = generation;
+                conn
+            })
+        };
+        match &self.target {
+            Target::Path(path, key, uid) => fresh(path, *uid, key.as_deref(), request, generation)
+                .map(|conn| (conn, extra))
+                .map_err(|f| f.into_error(path.clone())),
+            Target::Launched(m) => {
+                let Some((path, key, generation)) = launched else {
+                    unreachable!("set above for a launched server")
+                };
+                match fresh(&path, own_uid(), key.as_deref(), request, generation) {
+                    Ok(conn) => return Ok((conn, extra)),
+                    Err(Failure::Refused(e)) => {
+                        tracing::warn!(error = %e, "forkserver not listening; relaunching");
+                    }
+                    Err(Failure::Gone(e)) => {
+                        tracing::warn!(error = %e, "forkserver gone before replying; relaunching");
+                    }
+                    Err(Failure::Connect(source)) => return Err(Error::Connect { path, source }),
+                    Err(f @ Failure::Untrusted(_)) => return Err(f.into_error(path)),
+                    Err(Failure::Other(e)) => return Err(e),
+                }
+                let (path, key, generation) =
+                    lock(m).relaunch(generation).map_err(Error::Launch)?;
+                let (request, extra) = build()?;
+                fresh(&path, own_uid(), key.as_deref(), request, generation)
+                    .map(|conn| (conn, extra))
+                    .map_err(|f| f.into_error(path))
+            }
+        }
+    }
+}

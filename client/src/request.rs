@@ -1,0 +1,315 @@
+//! What [`crate::Command`] and [`crate::Call`] have in common: a [`Request`] gathers options,
+//! stdio and extra fds; at `spawn` it becomes an [`FdBundle`] and a [`Spawn`] message, every
+//! rule the wire imposes checked before a connection is opened.
+
+use std::fs::File;
+use std::num::NonZeroU64;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use forkserver_protocol::{ErrorCode, FdBundle, Job, Message, Spawn, SpawnOptions, MAX_FDS};
+
+use crate::child::Child;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::stdio::{Stdio, Stream};
+
+/// The stdio of a child where none was set.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Defaults {
+    /// Nothing: the server gives `/dev/null` ([`Call`]).
+    None,
+    /// This process's own fds 0-2 ([`Command::spawn`]).
+    Inherit,
+    /// stdin `/dev/null`, stdout and stderr piped ([`Command::output`]).
+    Output,
+}
+
+/// What [`Command`] and [`Call`] have in common: options, stdio and extra fds.
+#[derive(Debug, Default)]
+pub(crate) struct Request {
+    pub(crate) options: SpawnOptions,
+    /// Explicit stdin, stdout, stderr.
+    stdio: [Option<Stdio>; 3],
+    /// Extra fds with their targets, in the order given.
+    pub(crate) fds: Vec<(u32, OwnedFd)>,
+    /// The OS error of a failed `fd_borrowed` duplication, reported by `spawn`.
+    deferred_errno: Option<i32>,
+}
+
+impl Request {
+    pub(crate) fn set_stdio(&mut self, stream: Stream, stdio: Stdio) {
+        self.stdio[stream.target() as usize] = Some(stdio);
+    }
+
+    pub(crate) fn fd_borrowed(&mut self, target: u32, fd: BorrowedFd<'_>) {
+        match fd.try_clone_to_owned() {
+            Ok(own) => self.fds.push((target, own)),
+            Err(e) => {
+                self.deferred_errno
+                    .get_or_insert(e.raw_os_error().unwrap_or(nix::libc::EBADF));
+            }
+        }
+    }
+
+    /// The default stdio for `stream` when none was set, unless an extra fd takes that target.
+    fn default_for(&self, stream: Stream, defaults: Defaults) -> Option<Stdio> {
+        let t = stream.target();
+        let unset = self.stdio[t as usize].is_none();
+        let taken = self.fds.iter().any(|(x, _)| *x == t);
+        if !unset || taken {
+            return None;
+        }
+        match (defaults, stream) {
+            (Defaults::None, _) => None,
+            (Defaults::Inherit, _) => Some(Stdio::inherit()),
+            (Defaults::Output, Stream::Stdin) => Some(Stdio::null()),
+            (Defaults::Output, _) => Some(Stdio::piped()),
+        }
+    }
+
+    /// Builds the fds to send: duplicates of the given ones, new pipes, `/dev/null`. Returns
+    /// the bundle and the parent's ends of the pipes (stdin, stdout, stderr).
+    ///
+    /// # Errors
+    /// [`Error::TooManyFds`], [`Error::InvalidRequest`] for a duplicate or too-large target,
+    /// [`Error::Io`] if an fd cannot be made.
+    fn bundle(&self, defaults: Defaults) -> Result<(FdBundle, [Option<File>; 3])> {
+        if let Some(errno) = self.deferred_errno {
+            return Err(std::io::Error::from_raw_os_error(errno).into());
+        }
+        let defaults = Stream::ALL.map(|s| self.default_for(s, defaults));
+        let stdio_count = (0..3)
+            .filter(|&i| self.stdio[i].is_some() || defaults[i].is_some())
+            .count();
+        let total = stdio_count + self.fds.len();
+        // PROTOCOL.md §3: at most MAX_FDS fds per request; refuse before making any fd.
+        if total > MAX_FDS {
+            return Err(Error::TooManyFds(total));
+        }
+        let mut bundle = FdBundle::new();
+        let mut parents: [Option<File>; 3] = [None, None, None];
+        for stream in Stream::ALL {
+            let i = stream.target() as usize;
+            let Some(choice) = self.stdio[i].as_ref().or(defaults[i].as_ref()) else {
+                continue;
+            };
+            let (child_end, parent_end) = choice.materialize(stream)?;
+            if let Some(fd) = child_end {
+                bundle.push(stream.target(), fd)?;
+            }
+            parents[i] = parent_end;
+        }
+        for (target, fd) in &self.fds {
+            bundle.push(*target, fd.try_clone()?)?;
+        }
+        Ok((bundle, parents))
+    }
+
+    /// Validates, connects, sends, and reads the `Pid` reply.
+    pub(crate) fn spawn(
+        &self,
+        client: &Arc<Engine>,
+        job: Job,
+        defaults: Defaults,
+    ) -> Result<Child> {
+        let keep = client.reuses_connections();
+        match self.spawn_once(client, &job, defaults, keep) {
+            // Our frame is valid (the codec cannot encode an invalid one): a server that calls
+            // a reserved field not zero predates KEEP_CONNECTION (protocol rev 0.3). Nothing
+            // was spawned; reuse goes off for this client and the request is made again
+            // without the flag.
+            Err(Error::Server { code, message, .. })
+                if keep && code == ErrorCode::Malformed && message.contains("reserved") =>
+            {
+                tracing::warn!("the server refused KEEP_CONNECTION (rev < 0.3): reuse off");
+                client.set_max_idle_connections(0);
+                self.spawn_once(client, &job, defaults, false)
+            }
+            other => other,
+        }
+    }
+
+    fn spawn_once(
+        &self,
+        client: &Arc<Engine>,
+        job: &Job,
+        defaults: Defaults,
+        keep: bool,
+    ) -> Result<Child> {
+        let options = SpawnOptions {
+            keep_connection: keep,
+            ..self.options
+        };
+        let (conn, frame, parents) = client.exchange(|| {
+            let (bundle, parents) = self.bundle(defaults)?;
+            let (map, fds) = bundle.into_parts();
+            let spawn = Spawn::new(options, map, job.clone())?;
+            Ok((Some((Message::Spawn(spawn), fds)), parents))
+        })?;
+        let e = match frame.message {
+            Message::Pid(pid) => {
+                let pidfd = frame.fds.into_iter().next();
+                return Ok(Child::new(
+                    client.clone(),
+                    conn,
+                    keep,
+                    pid.pid(),
+                    pidfd,
+                    parents,
+                ));
+            }
+            Message::Error(e) => e,
+            other => return Err(Error::unexpected(other.tag(), "Pid")),
+        };
+        // An exec failure under `wait_for_exec` is the child's final report: the connection
+        // is READY again (`KEEP_CONNECTION`). Other errors close it.
+        if keep
+            && matches!(
+                e.code(),
+                ErrorCode::ExecFailed | ErrorCode::ChildSetupFailed
+            )
+        {
+            client.put_idle(conn);
+        }
+        Err(e.into())
+    }
+}
+
+pub(crate) fn deadline_ms(d: Duration) -> Option<NonZeroU64> {
+    // Rounded up to whole milliseconds, at least 1 (0 would mean "no deadline" on the wire).
+    let ms = d.as_nanos().div_ceil(1_000_000).max(1);
+    NonZeroU64::new(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+/// The setters shared by [`Command`] and [`Call`], with their docs.
+macro_rules! request_setters {
+    () => {
+        /// Puts `fd` at fd number `target` in the child. The builder keeps `fd` and sends a
+        /// duplicate with each spawn; dropping the builder closes it. A target of 0, 1 or 2
+        /// replaces the default stdio (an explicit `stdin`/`stdout`/`stderr` for the same
+        /// target is an error at spawn).
+        pub fn fd(&mut self, target: u32, fd: impl Into<OwnedFd>) -> &mut Self {
+            self.req.fds.push((target, fd.into()));
+            self
+        }
+
+        /// As [`Self::fd`], with a duplicate of a borrowed fd made now. If duplicating fails,
+        /// `spawn` reports the error.
+        pub fn fd_borrowed(&mut self, target: u32, fd: BorrowedFd<'_>) -> &mut Self {
+            self.req.fd_borrowed(target, fd);
+            self
+        }
+
+        /// The child's standard input (fd 0).
+        pub fn stdin(&mut self, stdio: impl Into<Stdio>) -> &mut Self {
+            self.req.set_stdio(Stream::Stdin, stdio.into());
+            self
+        }
+
+        /// The child's standard output (fd 1).
+        pub fn stdout(&mut self, stdio: impl Into<Stdio>) -> &mut Self {
+            self.req.set_stdio(Stream::Stdout, stdio.into());
+            self
+        }
+
+        /// The child's standard error (fd 2).
+        pub fn stderr(&mut self, stdio: impl Into<Stdio>) -> &mut Self {
+            self.req.set_stdio(Stream::Stderr, stdio.into());
+            self
+        }
+
+        /// The child calls `setsid()`: a new session and process group. Replaces
+        /// [`Self::process_group`].
+        pub fn new_session(&mut self) -> &mut Self {
+            self.req.options.session = Session::NewSession;
+            self
+        }
+
+        /// The child calls `setpgid(0, 0)`: a new process group in the server's session.
+        /// Replaces [`Self::new_session`].
+        pub fn process_group(&mut self) -> &mut Self {
+            self.req.options.session = Session::NewProcessGroup;
+            self
+        }
+
+        /// The server kills the child with `SIGKILL` once `deadline` has passed since the fork
+        /// (rounded up to whole milliseconds). The exit status then reports
+        /// [`crate::ExitStatus::deadline_expired`].
+        pub fn deadline(&mut self, deadline: Duration) -> &mut Self {
+            self.req.options.deadline_ms = deadline_ms(deadline);
+            self
+        }
+
+        /// Whether the server kills the child (`SIGKILL`) when this connection ends before the
+        /// child does: when the [`Child`] is dropped un-waited, or this process dies. Default
+        /// `false`: the child runs on.
+        pub fn kill_on_disconnect(&mut self, kill: bool) -> &mut Self {
+            self.req.options.kill_on_disconnect = kill;
+            self
+        }
+
+        /// Whether to ask for a pidfd of the child ([`Child::pidfd`]). Default `false`. A
+        /// server on a kernel without pidfds may answer without one.
+        pub fn pidfd(&mut self, want: bool) -> &mut Self {
+            self.req.options.want_pidfd = want;
+            self
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_rounds_up() {
+        let ms = |d| deadline_ms(d).map(NonZeroU64::get);
+        assert_eq!(ms(Duration::ZERO), Some(1));
+        assert_eq!(ms(Duration::from_nanos(1)), Some(1));
+        assert_eq!(ms(Duration::from_millis(5)), Some(5));
+        assert_eq!(ms(Duration::from_micros(5001)), Some(6));
+        assert_eq!(ms(Duration::MAX), Some(u64::MAX));
+    }
+
+    fn null() -> OwnedFd {
+        File::open("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn default_stdio_yields_to_explicit_fd() {
+        let mut req = Request::default();
+        req.fds.push((1, null()));
+        let (bundle, _) = req.bundle(Defaults::Inherit).unwrap();
+        assert_eq!(bundle.map().targets(), &[0, 2, 1]);
+        let (bundle, _) = req.bundle(Defaults::None).unwrap();
+        assert_eq!(bundle.map().targets(), &[1]);
+    }
+
+    #[test]
+    fn explicit_stdio_and_fd_on_same_target_is_an_error() {
+        let mut req = Request::default();
+        req.set_stdio(Stream::Stdout, Stdio::null());
+        req.fds.push((1, null()));
+        assert!(matches!(
+            req.bundle(Defaults::None),
+            Err(Error::InvalidRequest(
+                forkserver_protocol::BuildError::DuplicateTarget(1)
+            ))
+        ));
+    }
+
+    #[test]
+    fn too_many_fds_counts_stdio() {
+        let mut req = Request::default();
+        for t in 3..3 + 254 {
+            req.fds.push((t, null()));
+        }
+        assert!(req.bundle(Defaults::None).is_ok());
+        assert!(matches!(
+            req.bundle(Defaults::Inherit),
+            Err(Error::TooManyFds(257))
+        ));
+    }
+}
