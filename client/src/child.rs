@@ -1,8 +1,11 @@
 //! [`Child`]: a child the server forked, seen through its connection.
 //!
-//! After `Pid`, the connection carries (PROTOCOL.md §6): `Exit` (then the server closes), or an
+//! After `Pid`, the connection carries (PROTOCOL.md §6): the child's final report, `Exit` or an
 //! `Error` with code `ExecFailed`/`ChildSetupFailed` in its place; and, for each `Signal` the
-//! client sends, `Signaled` or a non-fatal `Error` with code `SignalFailed`.
+//! client sends, `Signaled` or a non-fatal `Error` with code `SignalFailed`. After the final
+//! report the server keeps the connection (`KEEP_CONNECTION`, which this crate asks for) and it
+//! goes back to the client's engine for the next request, unless a `Signal` on it is still
+//! unanswered (§6.6); otherwise the server closes it.
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
