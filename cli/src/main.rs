@@ -73,7 +73,8 @@ enum Command {
         #[arg(long = "allow-uid", value_name = "UID")]
         allow_uid: Vec<u32>,
         /// Require the HMAC authentication step (PROTOCOL.md §9) with the key in this file
-        /// (16 to 1024 raw bytes; the file must not be readable by group or others).
+        /// (16 to 1024 raw bytes; the file must be owned by the server's uid and not
+        /// accessible to group or others).
         #[arg(long, value_name = "PATH")]
         key_file: Option<PathBuf>,
         /// Children die (SIGKILL) when the server dies, instead of running on, reparented.
@@ -206,23 +207,9 @@ fn resolve(args: ClientArgs) -> Result<run::Target, String> {
     })
 }
 
-/// Reads a key file, refusing one that others could read.
+/// Reads a key file, refusing one that is not ours or that others could read.
 fn load_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mode = file
-        .metadata()
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{}: the key file must not be accessible to group or others (mode {:o})",
-            path.display(),
-            mode & 0o777
-        ));
-    }
-    forkserver_server::read_key(file).map_err(|e| e.to_string())
+    forkserver_server::read_key_file(path).map_err(|e| e.to_string())
 }
 
 /// Installs a `tracing` subscriber writing to stderr, filtered by `RUST_LOG` (default `warn`).

@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 mod config;
+mod key;
 mod listen;
 #[allow(unsafe_code)] // SIG_IGN for SIGINT and SIGPIPE
 mod server;
@@ -30,10 +31,9 @@ mod zygote;
 
 pub use config::{default_socket_path, Config, Listen};
 pub use forkserver_protocol::socket_dir::DirError;
+pub use key::{read_key, read_key_file};
 pub use server::Server;
-pub use zygote::{
-    read_key, Call, EntryFn, Zygote, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV,
-};
+pub use zygote::{Call, EntryFn, Zygote, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV};
 
 use std::path::PathBuf;
 
@@ -57,6 +57,23 @@ pub enum ServerError {
     /// The process has more than one thread: forking it would be unsafe.
     #[error("the server must be single-threaded, this process has {0} threads")]
     Threads(usize),
+    /// The key file is not owned by the server's effective uid, or grants access to group or
+    /// others.
+    #[error(
+        "{}: the key file must be owned by uid {euid} and closed to group and others, \
+         it is owned by uid {owner} with mode {mode:o}",
+        path.display()
+    )]
+    InsecureKeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Its permission bits.
+        mode: u32,
+        /// The server's effective uid.
+        euid: u32,
+    },
     /// The launch environment (`FORKSERVER_LISTEN_FD`, `FORKSERVER_ALIVE_FD`) is wrong.
     #[error("launch: {0}")]
     Launch(String),

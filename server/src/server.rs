@@ -125,8 +125,9 @@ pub struct Server {
     shutting_down: bool,
     idle_since: Instant,
     uid: u32,
-    /// Signals whose disposition the children must put back to the default.
-    signals_to_reset: Vec<Signal>,
+    /// Signals whose disposition the children must put back to the default (bit `n - 1` for
+    /// signal `n`, 1..=64).
+    signals_to_reset: u64,
     /// Pooled children waiting for a job (`--prefork`), with the server's end of their socket.
     pool: VecDeque<(Pid, OwnedFd)>,
     /// The shared report socket (a datagram socketpair): children without a report pipe of
@@ -178,7 +179,7 @@ impl Server {
             nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn).map_err(sys("signal"))?;
         }
         // From here on the server changes no disposition: these are what children reset.
-        let signals_to_reset = spawn::non_default_signals().map_err(sys("sigaction"))?;
+        let signals_to_reset = crate::sys::non_default_signals().map_err(sys("rt_sigaction"))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(sys("signalfd"))?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(sys("epoll_create"))?;
@@ -988,14 +989,14 @@ impl Server {
                     },
                 };
                 let die_with_server = self.config.kill_children_with_server;
-                let to_reset = &self.signals_to_reset;
                 spawn::spawn(
                     work,
                     options.session,
                     die_with_server,
-                    to_reset,
+                    self.signals_to_reset,
                     bundle,
                     shared,
+                    self.config.key.as_deref_mut(),
                 )
             }
         };
@@ -1114,7 +1115,8 @@ impl Server {
     fn fill_pool(&mut self) {
         while self.pool.len() < self.config.prefork && !self.shutting_down {
             let die = self.config.kill_children_with_server;
-            match spawn::prefork(&self.entries, die, &self.signals_to_reset) {
+            let key = self.config.key.as_deref_mut();
+            match spawn::prefork(&self.entries, die, self.signals_to_reset, key) {
                 Ok(p) => self.pool.push_back(p),
                 Err(e) => {
                     tracing::warn!("prefork: {e}");

@@ -25,7 +25,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use forkserver_protocol::{ExecJob, FdBundle, Session};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, open, FcntlArg, FdFlag, OFlag};
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::stat::Mode;
 use nix::unistd::{fork, ForkResult, Pid};
 
@@ -79,7 +79,8 @@ pub(crate) enum Work<'a> {
 /// Forks a child that runs `work` with `bundle`. With `shared` (the shared report socket and
 /// the spawn's serial) the child reports a failure there; without, on a report pipe of its
 /// own, whose read end is returned with the child's pid. The bundle's fds are closed in the
-/// server.
+/// server. `key` (the authentication key) is zeroed in an entry job's child, which runs the
+/// server's code; an exec job's child loses it at `execve` and is spared the page copy.
 ///
 /// # Errors
 /// `pipe2` or `fork` failing (EAGAIN, ENOMEM, EMFILE).
@@ -87,19 +88,21 @@ pub(crate) fn spawn(
     work: Work<'_>,
     session: Session,
     die_with_server: bool,
-    to_reset: &[Signal],
+    to_reset: u64,
     bundle: FdBundle,
     shared: Option<(RawFd, u64)>,
+    key: Option<&mut [u8]>,
 ) -> Result<(Pid, Option<OwnedFd>), Errno> {
+    let key = key.filter(|_| matches!(work, Work::Entry { .. }));
     if let Some((fd, serial)) = shared {
-        let pid = fork_child(die_with_server, move || {
+        let pid = fork_child(die_with_server, key, move || {
             child_main(work, session, to_reset, bundle, Report::Shared(fd, serial))
         })?;
         return Ok((pid, None));
     }
     let (report_rd, report_wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let report_rd_raw = report_rd.as_raw_fd();
-    let pid = fork_child(die_with_server, move || {
+    let pid = fork_child(die_with_server, key, move || {
         // The child's copy of the read end; the server keeps its own (`report_rd`).
         let _ = nix::unistd::close(report_rd_raw);
         child_main(
@@ -119,10 +122,12 @@ pub(crate) fn spawn(
 /// Every signal is blocked across the fork: one sent to the child before it has reset the
 /// dispositions it inherited (SIG_IGN for SIGINT and SIGPIPE) stays pending instead of being
 /// discarded, and is delivered once the child unblocks, with the default action. With
-/// `die_with_server` the child gets `PR_SET_PDEATHSIG(SIGKILL)`. A panic in the child ends it
-/// (status 127); it never unwinds back into the server's code.
+/// `die_with_server` the child gets `PR_SET_PDEATHSIG(SIGKILL)`. The child first overwrites
+/// its copy of `secret` with zeros (it writes to its own pages; the server's copy is intact).
+/// A panic in the child ends it (status 127); it never unwinds back into the server's code.
 fn fork_child(
     die_with_server: bool,
+    secret: Option<&mut [u8]>,
     in_child: impl FnOnce() -> std::convert::Infallible,
 ) -> Result<Pid, Errno> {
     let server = die_with_server.then(nix::unistd::getpid);
@@ -141,6 +146,11 @@ fn fork_child(
     match forked? {
         ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {
+            if let Some(secret) = secret {
+                secret.fill(0);
+                // The zeros must reach memory although nothing reads them back.
+                std::hint::black_box(secret);
+            }
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
                 if let Some(server) = server {
                     // SIGKILL when the server dies. If it died between fork and here, the
@@ -162,11 +172,13 @@ fn fork_child(
 /// there for one `Spawn` frame with its fds, then becomes that job's child exactly as
 /// [`spawn`] would have made it, the socket serving as its report pipe (close-on-exec, so
 /// `execve` closes it). Returns its pid and the server's end of the socketpair. EOF instead of a
-/// job (the server is gone) ends it quietly.
+/// job (the server is gone) ends it quietly. The child zeroes its copy of `key` at once: it may
+/// wait long, and run an entry job, with no use for it.
 pub(crate) fn prefork(
     entries: &std::collections::HashMap<String, EntryFn>,
     die_with_server: bool,
-    to_reset: &[Signal],
+    to_reset: u64,
+    key: Option<&mut [u8]>,
 ) -> Result<(Pid, OwnedFd), Errno> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     let (ours, theirs) = socketpair(
@@ -180,7 +192,7 @@ pub(crate) fn prefork(
     let flags = OFlag::from_bits_truncate(nix::fcntl::fcntl(&ours, FcntlArg::F_GETFL)?);
     nix::fcntl::fcntl(&ours, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     let ours_raw = ours.as_raw_fd();
-    let pid = fork_child(die_with_server, || {
+    let pid = fork_child(die_with_server, key, || {
         let _ = nix::unistd::close(ours_raw);
         match pooled_child(entries, to_reset, theirs) {}
     })?;
@@ -189,7 +201,7 @@ pub(crate) fn prefork(
 
 fn pooled_child(
     entries: &std::collections::HashMap<String, EntryFn>,
-    to_reset: &[Signal],
+    to_reset: u64,
     sock: OwnedFd,
 ) -> std::convert::Infallible {
     // Hygiene first: nothing of the server's survives while this child waits.
@@ -258,7 +270,7 @@ fn report_and_exit(report: Report, stage: u8, errno: Errno) -> ! {
 fn child_main(
     work: Work<'_>,
     session: Session,
-    to_reset: &[Signal],
+    to_reset: u64,
     bundle: FdBundle,
     report: Report,
 ) -> ! {
@@ -302,32 +314,17 @@ fn child_main(
     }
 }
 
-/// Puts back `SIG_DFL` on every signal the server had not at its default (see
-/// [`non_default_signals`]), then empties the signal mask.
-fn reset_signals(to_reset: &[Signal]) -> Result<(), Errno> {
-    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    for &sig in to_reset {
-        // SAFETY: installing SIG_DFL installs no handler code, so no Rust code can run
-        // asynchronously because of it.
-        unsafe { sigaction(sig, &dfl) }?;
+/// Puts back `SIG_DFL` on every signal in `to_reset` (bit `n - 1` for signal `n`: the
+/// signals not at their default in the server, see [`sys::non_default_signals`]), then empties
+/// the signal mask.
+fn reset_signals(to_reset: u64) -> Result<(), Errno> {
+    let mut left = to_reset;
+    while left != 0 {
+        let signo = left.trailing_zeros() as i32 + 1;
+        sys::set_default_disposition(signo)?;
+        left &= left - 1;
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
-}
-
-/// The signals (1-31) whose disposition is not `SIG_DFL` in this process, found once, when
-/// the server starts (after which it changes dispositions only through its own setup). A child
-/// then resets just these instead of every signal (a system call each).
-pub(crate) fn non_default_signals() -> Result<Vec<Signal>, Errno> {
-    let mut found = Vec::new();
-    for sig in Signal::iterator() {
-        if sig == Signal::SIGKILL || sig == Signal::SIGSTOP {
-            continue;
-        }
-        if !sys::has_default_disposition(sig as i32)? {
-            found.push(sig);
-        }
-    }
-    Ok(found)
 }
 
 /// Places every fd of the bundle at its target, opens `/dev/null` on unmapped 0-2, closes every

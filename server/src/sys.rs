@@ -1,6 +1,8 @@
 //! The system calls nix 0.32 does not wrap: `pidfd_open(2)`, `close_range(2)`, `_exit(2)`, and
 //! `kill(2)` and `waitpid(2)` with real-time signals (nix's `Signal` has no variant for those:
-//! its `waitpid` fails with `EINVAL` after reaping a child killed by one, losing the status). Each is one line of `libc`, kept here so the rest of the crate has no FFI.
+//! its `waitpid` fails with `EINVAL` after reaping a child killed by one, losing the status),
+//! and `rt_sigaction(2)` on every signal 1..=64 (glibc's `sigaction` refuses 32 and 33). Each is
+//! one line of `libc`, kept here so the rest of the crate has no FFI.
 #![allow(unsafe_code)]
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -106,15 +108,59 @@ pub(crate) fn dup2(old: RawFd, new: RawFd) -> Result<(), Errno> {
     }
 }
 
-/// Whether `signo`'s disposition is `SIG_DFL`, asked without changing it (nix's `sigaction`
-/// always installs a new action).
-pub(crate) fn has_default_disposition(signo: i32) -> Result<bool, Errno> {
-    // SAFETY: a null new action only queries; `old` is a valid out-pointer, zero-initialised
-    // (all-zero is a valid `sigaction`).
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::sigaction(signo, std::ptr::null(), &mut old) };
+/// The kernel's `struct sigaction` for `rt_sigaction(2)` (x86-64, arm64, riscv64 and the other
+/// architectures with `SA_RESTORER` in this order): handler, flags, restorer, a 64-bit mask.
+/// glibc's `sigaction` cannot be used: it refuses signals 32 and 33, which it reserves.
+#[repr(C)]
+#[derive(Default)]
+struct KernelSigaction {
+    handler: libc::c_ulong,
+    flags: libc::c_ulong,
+    restorer: libc::c_ulong,
+    mask: u64,
+}
+
+/// Size of the kernel's signal set: 64 signals (`_NSIG`), one bit each.
+const KERNEL_SIGSET_SIZE: usize = 8;
+
+fn rt_sigaction(
+    signo: i32,
+    new: Option<&KernelSigaction>,
+    old: Option<&mut KernelSigaction>,
+) -> Result<(), Errno> {
+    let new = new.map_or(std::ptr::null(), |n| n as *const KernelSigaction);
+    let old = old.map_or(std::ptr::null_mut(), |o| o as *mut KernelSigaction);
+    // SAFETY: `new` is null or points to a valid kernel sigaction, `old` is null or a valid
+    // out-pointer to one, both alive for the call. The only action ever installed is SIG_DFL
+    // (see `set_default_disposition`), so no handler code can run because of this call.
+    let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, signo, new, old, KERNEL_SIGSET_SIZE) };
     if r < 0 {
-        return Err(Errno::last());
+        Err(Errno::last())
+    } else {
+        Ok(())
     }
-    Ok(old.sa_sigaction == libc::SIG_DFL)
+}
+
+/// The signals 1..=64 (`SIGKILL` and `SIGSTOP` aside) whose disposition is not `SIG_DFL`, as a
+/// set with bit `n - 1` for signal `n`. Asked of the kernel, without changing anything, so
+/// that glibc's reserved 32 and 33 and the real-time signals are seen too.
+pub(crate) fn non_default_signals() -> Result<u64, Errno> {
+    let mut set = 0u64;
+    for signo in 1..=64 {
+        if signo == libc::SIGKILL || signo == libc::SIGSTOP {
+            continue;
+        }
+        let mut old = KernelSigaction::default();
+        rt_sigaction(signo, None, Some(&mut old))?;
+        if old.handler != libc::SIG_DFL as libc::c_ulong {
+            set |= 1 << (signo - 1);
+        }
+    }
+    Ok(set)
+}
+
+/// Puts `SIG_DFL` back on `signo` (any of 1..=64, 32 and 33 included).
+pub(crate) fn set_default_disposition(signo: i32) -> Result<(), Errno> {
+    // All zero: SIG_DFL, no flags, empty mask.
+    rt_sigaction(signo, Some(&KernelSigaction::default()), None)
 }

@@ -156,7 +156,7 @@ impl Zygote {
             .ok_or_else(|| crate::ServerError::Launch(format!("{LISTEN_FD_ENV} is not set")))?;
         let alive = take_env_fd(ALIVE_FD_ENV)?;
         let key = match take_env_fd(KEY_FD_ENV)? {
-            Some(fd) => Some(read_key(std::fs::File::from(fd))?),
+            Some(fd) => Some(crate::read_key(std::fs::File::from(fd))?),
             None => None,
         };
         let prefork = match self.prefork {
@@ -181,25 +181,6 @@ impl Zygote {
         };
         Server::bind(config)?.with_entries(self.entries).run()
     }
-}
-
-/// Reads a key until EOF: at least 16 and at most 1024 bytes.
-///
-/// # Errors
-/// [`crate::ServerError::Launch`] when it cannot be read or has a bad length.
-pub fn read_key(from: impl std::io::Read) -> Result<Vec<u8>, crate::ServerError> {
-    let mut key = Vec::new();
-    use std::io::Read;
-    from.take(1025)
-        .read_to_end(&mut key)
-        .map_err(|e| crate::ServerError::Launch(format!("reading the key: {e}")))?;
-    if !(16..=1024).contains(&key.len()) {
-        return Err(crate::ServerError::Launch(format!(
-            "the key must be 16 to 1024 bytes, got {}",
-            key.len()
-        )));
-    }
-    Ok(key)
 }
 
 /// Takes the fd named by environment variable `var`: removes the variable (children must not

@@ -42,16 +42,26 @@ impl Server {
     }
 
     fn start_inner(extra: &[&str], key: Option<&[u8]>) -> Server {
+        Self::start_prepared(extra, key, |_| {})
+    }
+
+    /// As [`Server::start`] (or [`Server::start_with_key`] with `key`), with `prepare` applied
+    /// to the server's `Command` first (a `pre_exec`, say).
+    pub fn start_prepared(
+        extra: &[&str],
+        key: Option<&[u8]>,
+        prepare: impl FnOnce(&mut Command),
+    ) -> Server {
         let dir = scratch_dir("srv");
         let socket = dir.join("sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_forkserver"))
-            .arg("serve")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_forkserver"));
+        cmd.arg("serve")
             .arg("--socket")
             .arg(&socket)
             .args(extra)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stdin(Stdio::null());
+        prepare(&mut cmd);
+        let child = cmd.spawn().unwrap();
         let until = Instant::now() + Duration::from_secs(10);
         while UnixStream::connect(&socket).is_err() {
             assert!(Instant::now() < until, "server did not come up");
