@@ -50,6 +50,9 @@ pub struct Child {
     /// Requests sent on the connection and not yet answered (`Signal`s). A connection with one
     /// outstanding is not reused: its answer would never come (PROTOCOL.md §6.6).
     unanswered: u32,
+    /// Keep the connection in `parked` at the final report ([`Child::defer_release`]).
+    defer: bool,
+    parked: Option<Conn>,
 }
 
 #[derive(Debug)]
@@ -89,6 +92,8 @@ impl Child {
             client,
             keep,
             unanswered: 0,
+            defer: false,
+            parked: None,
         }
     }
 
@@ -200,27 +205,7 @@ impl Child {
     /// connection stays usable); [`Error::InvalidRequest`] for a number outside 1..=64;
     /// [`Error::ServerGone`], [`Error::Protocol`], [`Error::Io`].
     pub fn signal(&mut self, signo: i32) -> Result<()> {
-        let invalid = || {
-            Error::InvalidRequest(forkserver_protocol::BuildError::InvalidValue(
-                forkserver_protocol::Field::Signal,
-            ))
-        };
-        let request = Signal::new(u32::try_from(signo).map_err(|_| invalid())?)?;
-        let sent = match &mut self.state {
-            State::Running(conn) => {
-                self.unanswered += 1;
-                conn.send(&Message::Signal(request), Vec::new())
-            }
-            State::Exited(_) | State::Failed(_) => return Err(Error::AlreadyExited),
-            State::Lost => return Err(Error::ServerGone),
-        };
-        if let Err(e) = sent {
-            // The server may have sent `Exit` and closed just before: read what is there.
-            if !matches!(e, Error::ServerGone) {
-                self.state = State::Lost;
-                return Err(e);
-            }
-        }
+        self.send_signal(signo)?;
         loop {
             let frame = match &mut self.state {
                 State::Running(conn) => conn.recv(),
@@ -235,6 +220,94 @@ impl Child {
                     return Err(Error::AlreadyExited)
                 }
                 Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends the `Signal` request; its answer is read later (in order: answers come in the
+    /// order of the requests).
+    pub(crate) fn send_signal(&mut self, signo: i32) -> Result<()> {
+        let invalid = || {
+            Error::InvalidRequest(forkserver_protocol::BuildError::InvalidValue(
+                forkserver_protocol::Field::Signal,
+            ))
+        };
+        let request = Signal::new(u32::try_from(signo).map_err(|_| invalid())?)?;
+        let sent = match &mut self.state {
+            State::Running(conn) => {
+                self.unanswered += 1;
+                conn.send(&Message::Signal(request), Vec::new())
+            }
+            State::Exited(_) | State::Failed(_) => return Err(Error::AlreadyExited),
+            State::Lost => return Err(Error::ServerGone),
+        };
+        match sent {
+            // The server may have sent `Exit` and closed just before: what is there is read
+            // next.
+            Ok(()) | Err(Error::ServerGone) => Ok(()),
+            Err(e) => {
+                self.state = State::Lost;
+                Err(e)
+            }
+        }
+    }
+
+    #[cfg(feature = "tokio")]
+    /// Reads, without blocking, every frame that has arrived and applies it; returns the
+    /// answers to `Signal` requests among them, in order. Stops at the final report, which
+    /// the state then holds ([`Child::stored_outcome`]).
+    ///
+    /// # Errors
+    /// A broken connection or a frame out of place (the state is then `Lost`).
+    pub(crate) fn pump(&mut self) -> Result<Vec<std::result::Result<(), ErrorReply>>> {
+        let mut acks = Vec::new();
+        loop {
+            let frame = match &mut self.state {
+                State::Running(conn) => match conn.try_recv() {
+                    Ok(Some(frame)) => Ok(frame),
+                    Ok(None) => return Ok(acks),
+                    Err(e) => Err(e),
+                },
+                _ => return Ok(acks),
+            };
+            match self.on_frame(frame) {
+                Ok(Some(Ack::Signaled)) => acks.push(Ok(())),
+                Ok(Some(Ack::Failed(e))) => acks.push(Err(e)),
+                Ok(None) => {}
+                // The final report as an error: stored, not a failure of the read.
+                Err(_) if matches!(self.state, State::Failed(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    #[cfg(feature = "tokio")]
+    /// The outcome if the final report has arrived (or the connection is lost); `None` while
+    /// the child runs.
+    pub(crate) fn stored_outcome(&self) -> Option<Result<ExitStatus>> {
+        (!matches!(self.state, State::Running(_))).then(|| self.outcome())
+    }
+
+    #[cfg(feature = "tokio")]
+    /// Whether the connection is still open and waiting for news.
+    pub(crate) fn is_running(&self) -> bool {
+        matches!(self.state, State::Running(_))
+    }
+
+    #[cfg(feature = "tokio")]
+    /// Keeps the connection here at the final report instead of giving it back to the
+    /// client at once; [`Child::release`] gives it back later (after the async layer has
+    /// taken it out of its reactor).
+    pub(crate) fn defer_release(&mut self) {
+        self.defer = true;
+    }
+
+    #[cfg(feature = "tokio")]
+    /// Gives a kept connection back to the client (see [`Child::defer_release`]).
+    pub(crate) fn release(&mut self) {
+        if let Some(conn) = self.parked.take() {
+            if self.unanswered == 0 {
+                self.client.put_idle(conn);
             }
         }
     }
@@ -255,7 +328,9 @@ impl Child {
     /// otherwise the server closes it, and so do we.
     fn finish(&mut self, outcome: State) {
         if let State::Running(conn) = std::mem::replace(&mut self.state, outcome) {
-            if self.keep && self.unanswered == 0 {
+            if self.keep && self.defer {
+                self.parked = Some(conn);
+            } else if self.keep && self.unanswered == 0 {
                 self.client.put_idle(conn);
             }
         }

@@ -163,10 +163,14 @@ impl Command {
     /// # Errors
     /// As [`Command::spawn`] and [`Child::wait`], and [`Error::Io`] reading the pipes.
     pub fn output(&mut self) -> Result<Output> {
+        self.spawn_for_output()?.wait_with_output()
+    }
+
+    /// Spawns with [`Command::output`]'s stdio defaults.
+    pub(crate) fn spawn_for_output(&mut self) -> Result<Child> {
         let job = self.job()?;
         self.req
-            .spawn(&self.client, Job::Exec(job), Defaults::Output)?
-            .wait_with_output()
+            .spawn(&self.client, Job::Exec(job), Defaults::Output)
     }
 
     /// Runs the command and waits for it, as [`std::process::Command::status`]; stdio is

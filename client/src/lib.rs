@@ -66,6 +66,9 @@
 // First: its `request_setters!` macro serves `command`.
 #[macro_use]
 mod request;
+#[cfg(feature = "tokio")]
+#[allow(unsafe_code)] // registering the connection with tokio's reactor
+mod async_child;
 mod child;
 mod client;
 mod command;
@@ -80,6 +83,8 @@ mod managed;
 mod output;
 mod stdio;
 
+#[cfg(feature = "tokio")]
+pub use async_child::AsyncChild;
 pub use child::Child;
 pub use client::Client;
 pub use command::{Call, Command};
