@@ -14,6 +14,11 @@
 //!    With authentication on (the default), a third fd, `FORKSERVER_KEY_FD`, is the read end of
 //!    a pipe holding a fresh random 32-byte key, written and closed before the server starts:
 //!    the key never appears in argv or the environment (PROTOCOL.md §9.1).
+//!    A *ready* pipe's write end goes along as `FORKSERVER_READY_FD` (and, with
+//!    [`Launcher::kill_children_with_server`], `FORKSERVER_KILL_CHILDREN=1`). The client waits
+//!    (at most [`Launcher::ready_timeout`]) until the server, its preloads done, writes
+//!    `ready\n` on it; a server that cannot serve writes its reason instead, which becomes the
+//!    launch error. A server not ready in time is killed and reaped.
 //! 3. The client keeps the pipe's write end open while it lives. When the client process exits
 //!    (or drops its last [`crate::Client`]), the server reads EOF and exits.
 //! 4. The client removes the directory; the server never does.
@@ -66,6 +71,27 @@ pub struct Launcher {
 }
 
 impl Launcher {
+    /// How long a launched server may take to become ready unless told otherwise: its
+    /// preloads run first, and may load models or tables.
+    pub const DEFAULT_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+    /// How long the server may take to say it serves (its `preload`s run before that; PROTOCOL.md
+    /// §9.4: the server writes on a ready pipe, so nothing is guessed from a handshake timeout).
+    /// A server not ready in time is killed and reaped, and [`Launcher::launch`] (or the
+    /// relaunch of a request) fails. Default [`Launcher::DEFAULT_READY_TIMEOUT`].
+    pub fn ready_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.spec.ready_timeout = timeout;
+        self
+    }
+
+    /// Whether the server's children die with it (`PR_SET_PDEATHSIG(SIGKILL)`, as
+    /// `forkserver serve --kill-children-with-server`) instead of running on, reparented.
+    /// Default `false`.
+    pub fn kill_children_with_server(mut self, on: bool) -> Self {
+        self.spec.kill_children = on;
+        self
+    }
+
     /// A launcher for `program` (a path, or a name searched in `PATH`).
     pub fn new(program: impl AsRef<OsStr>) -> Self {
         Self {
@@ -75,6 +101,8 @@ impl Launcher {
                 envs: Vec::new(),
                 authenticate: true,
                 warm: false,
+                ready_timeout: Self::DEFAULT_READY_TIMEOUT,
+                kill_children: false,
             },
         }
     }
@@ -131,8 +159,10 @@ impl Launcher {
     /// # Errors
     /// [`Error::Launch`] if this process is itself a launched server that did not serve
     /// (`FORKSERVER_LISTEN_FD` set: a `main` without `serve_if_requested`), the socket
-    /// directory cannot be made, the program cannot be
-    /// started, or it does not answer a handshake on the socket (then the [`Error`] of the
+    /// directory cannot be made, the program cannot be started, it refuses to serve (its
+    /// reason is in the error, e.g. "the server must be single-threaded"), exits before it
+    /// is ready, or is not ready within [`Launcher::ready_timeout`] (it is then killed and
+    /// reaped), or it does not answer a handshake on the socket (then the [`Error`] of the
     /// handshake is the `io::Error`'s inner error); [`Error::AuthRequired`] if it demands a key.
     pub fn launch(self) -> Result<Client> {
         // A program launched as a server that did not serve would launch another copy of

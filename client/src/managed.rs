@@ -14,7 +14,9 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use forkserver_protocol::launch::{ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV};
+use forkserver_protocol::launch::{
+    ALIVE_FD_ENV, KEY_FD_ENV, KILL_CHILDREN_ENV, LISTEN_FD_ENV, MAX_REASON_LEN, READY, READY_FD_ENV,
+};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 
 /// How long dropping the last client waits for launched servers to exit.
@@ -28,6 +30,10 @@ pub(crate) struct LaunchSpec {
     pub(crate) envs: Vec<(OsString, OsString)>,
     pub(crate) authenticate: bool,
     pub(crate) warm: bool,
+    /// How long the server may take to say it is ready (its preloads run before).
+    pub(crate) ready_timeout: Duration,
+    /// Its children die with it (`PR_SET_PDEATHSIG`).
+    pub(crate) kill_children: bool,
 }
 
 /// The server this client launched, and older ones not yet reaped.
@@ -165,7 +171,19 @@ impl Server {
             true => Some(forkserver_protocol::auth::random_challenge()?.to_vec()),
             false => None,
         };
-        match spawn_server(spec, listener, key.as_deref()) {
+        let started =
+            spawn_server(spec, listener, key.as_deref()).and_then(|(mut p, alive, ready)| {
+                match wait_ready(&mut p, ready, spec.ready_timeout) {
+                    Ok(()) => Ok((p, alive)),
+                    Err(e) => {
+                        // Never left behind: killed (if still there) and reaped.
+                        let _ = p.kill();
+                        let _ = p.wait();
+                        Err(e)
+                    }
+                }
+            });
+        match started {
             Ok((process, alive)) => {
                 tracing::debug!(pid = process.id(), sock = %sock.display(), "forkserver launched");
                 Ok(Self {
@@ -316,15 +334,81 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
 /// Starts the server program with the listener and the alive pipe's read end; returns the
 /// process and the pipe's write end. Our copies of the listener and read end are closed on
 /// return.
+/// Waits until the server says it serves (PROTOCOL.md §9.4: [`READY`] on the ready pipe), for
+/// at most `timeout`.
+///
+/// # Errors
+/// The reason the server wrote, an exit before it was ready, or `TimedOut`.
+fn wait_ready(
+    process: &mut std::process::Child,
+    ready: OwnedFd,
+    timeout: Duration,
+) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::io::Read;
+    let deadline = Instant::now() + timeout;
+    let mut said = Vec::new();
+    let mut pipe = std::fs::File::from(ready);
+    loop {
+        if said == READY {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the server did not become ready within {timeout:?} (a slow preload? see \
+                     Launcher::ready_timeout); it was killed"
+                ),
+            ));
+        }
+        let ms = PollTimeout::try_from(left.as_millis().max(1).min(60_000) as i32)
+            .unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(
+            std::os::fd::AsFd::as_fd(&pipe),
+            PollFlags::POLLIN,
+        )];
+        match poll(&mut fds, ms) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let mut chunk = [0u8; 512];
+        match pipe.read(&mut chunk) {
+            Ok(0) if said.is_empty() => {
+                let status = process.wait()?;
+                return Err(io::Error::other(format!(
+                    "the server exited before it was ready ({status}); does its main call \
+                     Zygote::serve_if_requested first?"
+                )));
+            }
+            Ok(0) => {
+                let reason = String::from_utf8_lossy(&said);
+                return Err(io::Error::other(format!(
+                    "the server refused to start: {reason}"
+                )));
+            }
+            Ok(n) if said.len() < MAX_REASON_LEN => said.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn spawn_server(
     spec: &LaunchSpec,
     listener: UnixListener,
     key: Option<&[u8]>,
-) -> io::Result<(std::process::Child, OwnedFd)> {
+) -> io::Result<(std::process::Child, OwnedFd, OwnedFd)> {
     let listen_fd = above_stdio(OwnedFd::from(listener))?;
     let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let read_end = above_stdio(read_end)?;
-    let mut inherited = vec![listen_fd, read_end];
+    let (ready_read, ready_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let ready_write = above_stdio(ready_write)?;
+    let mut inherited = vec![listen_fd, read_end, ready_write];
     let mut key_env = None;
     if let Some(key) = key {
         // The key goes through a pipe: written whole (it is far below the pipe's capacity) and
@@ -341,7 +425,11 @@ fn spawn_server(
         .envs(spec.envs.iter().map(|(k, v)| (k, v)))
         .env(LISTEN_FD_ENV, inherited[0].as_raw_fd().to_string())
         .env(ALIVE_FD_ENV, inherited[1].as_raw_fd().to_string())
+        .env(READY_FD_ENV, inherited[2].as_raw_fd().to_string())
         .stdin(Stdio::null());
+    if spec.kill_children {
+        cmd.env(KILL_CHILDREN_ENV, "1");
+    }
     match &key_env {
         Some(fd) => cmd.env(KEY_FD_ENV, fd),
         None => cmd.env_remove(KEY_FD_ENV),
@@ -371,7 +459,7 @@ fn spawn_server(
     // Dropping the command closes our copies of the listener and the read end (the closure
     // owns them), so the server holds the only ones.
     drop(cmd);
-    Ok((process, write_end))
+    Ok((process, write_end, ready_read))
 }
 
 #[cfg(test)]

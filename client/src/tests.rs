@@ -648,6 +648,12 @@ fn fake_launched_server() {
         let _ = alive.read(&mut [0u8; 1]);
         std::process::exit(0);
     });
+    // Ready (PROTOCOL.md §9.4).
+    if let Ok(ready) = std::env::var(forkserver_protocol::launch::READY_FD_ENV) {
+        // SAFETY: as above, the launch convention's fd, wrapped once.
+        let mut ready = unsafe { File::from_raw_fd(ready.parse().unwrap()) };
+        ready.write_all(forkserver_protocol::launch::READY).unwrap();
+    }
     for sock in listener.incoming() {
         let mut p = Peer {
             sock: sock.unwrap(),
@@ -751,12 +757,31 @@ fn launch_of_a_program_that_does_not_serve() {
     let Error::Launch(io) = &err else {
         panic!("{err:?}")
     };
-    // The handshake's error inside: the server closed, or had already closed its listener.
+    // It exited without saying it was ready (PROTOCOL.md §9.4).
     assert!(
-        matches!(
-            io.get_ref().and_then(|e| e.downcast_ref::<Error>()),
-            Some(Error::ServerGone | Error::Connect { .. })
-        ),
-        "{err:?}"
+        io.to_string().contains("exited before it was ready"),
+        "{err}"
     );
+}
+
+#[test]
+fn a_server_not_ready_in_time_is_killed_and_reaped() {
+    let t = std::time::Instant::now();
+    let err = Client::launcher("sleep")
+        .arg("30")
+        .ready_timeout(Duration::from_millis(300))
+        .launch()
+        .unwrap_err();
+    let Error::Launch(io) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(io.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    // No `sleep 30` of ours left, running or zombie.
+    let me = std::process::id();
+    let kids = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).unwrap();
+    for kid in kids.split_whitespace() {
+        let comm = std::fs::read_to_string(format!("/proc/{kid}/comm")).unwrap_or_default();
+        assert_ne!(comm.trim(), "sleep", "a launched sleep is left: {kid}");
+    }
 }

@@ -82,8 +82,16 @@ fn sleep_ms(call: Call) -> i32 {
 type Test = (&'static str, fn(&Client));
 
 fn main() {
+    // A launched server that must refuse: a second thread before it serves.
+    if std::env::var_os("ZYGOTE_TEST_THREAD").is_some() {
+        std::thread::spawn(|| std::thread::sleep(Duration::from_secs(60)));
+    }
     Zygote::new()
         .preload(|| {
+            // A slow preload (models, tables...), when a test asks for one.
+            if let Ok(ms) = std::env::var("ZYGOTE_TEST_PRELOAD_MS") {
+                std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
+            }
             let _ = STATE.set(Preloaded {
                 built_by: std::process::id(),
                 table: (0..1_000_000).collect(),
@@ -149,6 +157,15 @@ fn main() {
         (
             "the_launched_server_inherits_no_stray_fd",
             the_launched_server_inherits_no_stray_fd,
+        ),
+        ("a_slow_preload_is_waited_for", a_slow_preload_is_waited_for),
+        (
+            "the_server_refusal_reaches_the_client",
+            the_server_refusal_reaches_the_client,
+        ),
+        (
+            "launched_children_die_with_the_server_when_asked",
+            launched_children_die_with_the_server_when_asked,
         ),
         (
             "the_launched_server_restarts_after_a_kill",
@@ -771,6 +788,54 @@ fn the_launched_server_restarts_after_a_kill(client: &Client) {
     assert_ne!(old, new);
     // The orphaned child was reparented and ends on its own; let it finish.
     std::thread::sleep(Duration::from_millis(400));
+}
+
+/// Longer than a handshake timeout (10 s): readiness is said by the server, not guessed.
+fn a_slow_preload_is_waited_for(_client: &Client) {
+    let t = Instant::now();
+    let slow = Client::launcher(std::env::current_exe().unwrap())
+        .env("ZYGOTE_TEST_PRELOAD_MS", "11000")
+        .launch()
+        .unwrap();
+    assert!(t.elapsed() >= Duration::from_secs(11));
+    let st = slow.call("exit", "5").spawn().unwrap().wait().unwrap();
+    assert_eq!(st.code(), Some(5));
+}
+
+fn the_server_refusal_reaches_the_client(_client: &Client) {
+    let err = Client::launcher(std::env::current_exe().unwrap())
+        .env("ZYGOTE_TEST_THREAD", "1")
+        .launch()
+        .unwrap_err();
+    assert!(matches!(err, Error::Launch(_)), "{err:?}");
+    assert!(err.to_string().contains("single-threaded"), "{err}");
+}
+
+fn launched_children_die_with_the_server_when_asked(_client: &Client) {
+    let own = Client::launcher(std::env::current_exe().unwrap())
+        .kill_children_with_server(true)
+        .launch()
+        .unwrap();
+    let child = own.command("sleep").arg("30").spawn().unwrap();
+    let pid = child.pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(own.launched_server_pid().unwrap() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    // Dead: gone, or a zombie of whoever adopted it.
+    let running = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+    };
+    while running(pid) {
+        assert!(Instant::now() < until, "child {pid} outlived its server");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(child);
 }
 
 /// A separate process launches its own server, reports the server's pid and exits.

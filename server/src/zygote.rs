@@ -58,6 +58,7 @@ impl Call {
 }
 
 pub use forkserver_protocol::launch::{ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV};
+use forkserver_protocol::launch::{KILL_CHILDREN_ENV, MAX_REASON_LEN, READY, READY_FD_ENV};
 
 /// The zygote builder. Call it at the top of `main`, before any thread exists:
 ///
@@ -131,27 +132,36 @@ impl Zygote {
         if !Self::is_requested() {
             return;
         }
-        let code = match self.serve_launched() {
+        let named: Vec<_> = [LISTEN_FD_ENV, ALIVE_FD_ENV, KEY_FD_ENV, READY_FD_ENV]
+            .iter()
+            .filter_map(std::env::var_os)
+            .collect();
+        if (1..named.len()).any(|i| named[..i].contains(&named[i])) {
+            eprintln!("forkserver: launch: the launch variables name the same fd twice");
+            std::process::exit(1);
+        }
+        // Taken first, so that every failure below can be reported on it.
+        let mut ready = take_env_fd(READY_FD_ENV)
+            .ok()
+            .flatten()
+            .map(std::fs::File::from);
+        let code = match self.serve_launched(&mut ready) {
             Ok(()) => 0,
             Err(e) => {
                 // No tracing subscriber may be installed (that is the application's choice).
                 eprintln!("forkserver: {e}");
+                if let Some(mut r) = ready.take() {
+                    let reason = e.to_string();
+                    let end = reason.len().min(MAX_REASON_LEN);
+                    let _ = std::io::Write::write_all(&mut r, &reason.as_bytes()[..end]);
+                }
                 1
             }
         };
         std::process::exit(code);
     }
 
-    fn serve_launched(self) -> Result<(), crate::ServerError> {
-        let named: Vec<_> = [LISTEN_FD_ENV, ALIVE_FD_ENV, KEY_FD_ENV]
-            .iter()
-            .filter_map(std::env::var_os)
-            .collect();
-        if (1..named.len()).any(|i| named[..i].contains(&named[i])) {
-            return Err(crate::ServerError::Launch(
-                "the launch variables name the same fd twice".into(),
-            ));
-        }
+    fn serve_launched(self, ready: &mut Option<std::fs::File>) -> Result<(), crate::ServerError> {
         let listen = take_env_fd(LISTEN_FD_ENV)?
             .ok_or_else(|| crate::ServerError::Launch(format!("{LISTEN_FD_ENV} is not set")))?;
         let alive = take_env_fd(ALIVE_FD_ENV)?;
@@ -172,14 +182,24 @@ impl Zygote {
         for f in self.preload {
             f();
         }
+        let kill_children_with_server =
+            std::env::var_os(KILL_CHILDREN_ENV).is_some_and(|v| v == "1");
+        std::env::remove_var(KILL_CHILDREN_ENV);
         let config = Config {
             listen: Listen::Fd(listen),
             alive_fd: alive,
             key,
             prefork,
+            kill_children_with_server,
             ..Config::default()
         };
-        Server::bind(config)?.with_entries(self.entries).run()
+        let server = Server::bind(config)?.with_entries(self.entries);
+        // Preloads done, listener and event loop set up: ready. Written and closed (children
+        // must not hold it: it is close-on-exec, and dropped here before the first fork).
+        if let Some(mut r) = ready.take() {
+            let _ = std::io::Write::write_all(&mut r, READY);
+        }
+        server.run()
     }
 }
 
