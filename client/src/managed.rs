@@ -363,7 +363,7 @@ fn wait_ready(
                 ),
             ));
         }
-        let ms = PollTimeout::try_from(left.as_millis().max(1).min(60_000) as i32)
+        let ms = PollTimeout::try_from(left.as_millis().clamp(1, 60_000) as i32)
             .unwrap_or(PollTimeout::MAX);
         let mut fds = [PollFd::new(
             std::os::fd::AsFd::as_fd(&pipe),
