@@ -29,16 +29,21 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
 
 impl Server {
     pub fn start(extra: &[&str]) -> Server {
-        Self::start_inner(extra, None)
+        Self::start_inner(extra, None, &[])
+    }
+
+    /// A server started with these environment variables set (test hooks).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_inner(extra, None, env)
     }
 
     /// A server that requires authentication with the key in `key_file` (which holds `key`).
     pub fn start_with_key(key_file: &Path, key: &[u8]) -> Server {
         let args = ["--key-file", key_file.to_str().unwrap()];
-        Self::start_inner(&args, Some(key))
+        Self::start_inner(&args, Some(key), &[])
     }
 
-    fn start_inner(extra: &[&str], key: Option<&[u8]>) -> Server {
+    fn start_inner(extra: &[&str], key: Option<&[u8]>, env: &[(&str, &str)]) -> Server {
         let dir = scratch_dir("srv");
         let socket = dir.join("sock");
         let child = Command::new(env!("CARGO_BIN_EXE_forkserver"))
@@ -46,6 +51,7 @@ impl Server {
             .arg("--socket")
             .arg(&socket)
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
