@@ -27,7 +27,10 @@ mod sys;
 #[allow(unsafe_code)]
 mod zygote;
 
-pub use config::{default_socket_path, ensure_private_dir, Config, Listen};
+pub use config::{
+    default_socket_path, ensure_private_dir, Config, Listen, DEFAULT_MAX_CHILDREN,
+    DEFAULT_SHUTDOWN_TIMEOUT, MAX_PREFORK,
+};
 pub use server::Server;
 pub use zygote::{
     read_key, Call, EntryFn, Zygote, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV,
@@ -57,4 +60,7 @@ pub enum ServerError {
     /// The launch environment (`FORKSERVER_LISTEN_FD`, `FORKSERVER_ALIVE_FD`) is wrong.
     #[error("launch: {0}")]
     Launch(String),
+    /// A setting of the [`Config`] is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
 }

@@ -145,6 +145,8 @@ pub struct Server {
     shared_reports: HashMap<u64, Message>,
     /// [`TEST_STOP_AFTER_PID_ENV`] was set.
     stop_after_pooled_pid: bool,
+    /// Shutting down: when the children left are killed (`Config::shutdown_timeout`).
+    shutdown_deadline: Option<Instant>,
 }
 
 impl std::fmt::Debug for Server {
@@ -166,9 +168,10 @@ impl Server {
     /// are ignored; `SIGCHLD` and `SIGTERM` are blocked and read from a signalfd.
     ///
     /// # Errors
-    /// The socket cannot be bound (in use, insecure directory, permissions) or a system call
-    /// of the setup fails.
+    /// A limit of the config is out of range ([`Config::validate`]), the socket cannot be
+    /// bound (in use, insecure directory, permissions) or a system call of the setup fails.
     pub fn bind(mut config: Config) -> Result<Server, ServerError> {
+        config.validate()?;
         let threads = std::fs::read_dir("/proc/self/task")
             .map(|d| d.count())
             .unwrap_or(1);
@@ -244,6 +247,7 @@ impl Server {
             shared_reports: HashMap::new(),
             stop_after_pooled_pid: std::env::var_os(TEST_STOP_AFTER_PID_ENV)
                 .is_some_and(|v| v == "1"),
+            shutdown_deadline: None,
         })
     }
 
@@ -258,7 +262,8 @@ impl Server {
         self.socket_path.as_deref()
     }
 
-    /// Serves until `SIGTERM` (then: stop accepting, finish the running children, exit), EOF
+    /// Serves until `SIGTERM` (then: stop accepting, let the running children finish, or kill
+    /// them at `Config::shutdown_timeout`, exit), EOF
     /// on the alive fd (exit at once; children run on), or the idle timeout.
     ///
     /// # Errors
@@ -324,6 +329,9 @@ impl Server {
             .flatten()
         {
             next = Some(next.map_or(*t, |n| n.min(*t)));
+        }
+        if let Some(t) = self.shutdown_deadline {
+            next = Some(next.map_or(t, |n| n.min(t)));
         }
         if let Some(idle) = self.config.idle_timeout {
             if self.is_idle() {
@@ -516,6 +524,11 @@ impl Server {
         }
         tracing::info!("SIGTERM: no longer accepting; exiting once running children end");
         self.shutting_down = true;
+        // A timeout too far away to be an Instant is no timeout.
+        self.shutdown_deadline = self
+            .config
+            .shutdown_timeout
+            .and_then(|d| Instant::now().checked_add(d));
         // Pooled children read EOF and exit.
         self.pool.clear();
         if let Some(l) = self.listener.take() {
@@ -682,6 +695,19 @@ impl Server {
         }
     }
 
+    /// The shutdown timeout passed: `SIGKILL` to every child not reaped yet. They are reaped
+    /// as usual, their clients get `Exit` (-9), and the server exits once they are gone.
+    fn kill_remaining_children(&mut self) {
+        if !self.children.is_empty() {
+            let n = self.children.len();
+            tracing::warn!("shutdown timeout: SIGKILL to the {n} children left");
+        }
+        // Not reaped yet (reaping happens on this thread): the pids are still theirs.
+        for pid in self.children.keys() {
+            let _ = kill(*pid, Signal::SIGKILL);
+        }
+    }
+
     /// The child exists (and, with `pid_after_exec`, has exec'd): `Pid`, with a pidfd if one
     /// was asked for and can be had, and the connection is RUNNING.
     fn start_running(&mut self, id: u64, pid: Pid, want_pidfd: bool) {
@@ -693,6 +719,10 @@ impl Server {
     }
 
     fn expire(&mut self, now: Instant) {
+        if self.shutdown_deadline.is_some_and(|t| t <= now) {
+            self.shutdown_deadline = None;
+            self.kill_remaining_children();
+        }
         while let Some(Reverse((t, serial, pid))) = self.deadlines.peek().copied() {
             if t > now {
                 break;
@@ -980,6 +1010,12 @@ impl Server {
                 let msg = format!("no entry point named {:?}", e.name());
                 return self.fail(id, ErrorReply::new(ErrorCode::UnknownEntry, 0, msg));
             }
+        }
+        // Pooled children waiting for a job are not in `children`: they do not count.
+        if self.children.len() >= self.config.max_children {
+            let max = self.config.max_children;
+            let msg = format!("too many children: the server runs its limit of {max}");
+            return self.fail(id, ErrorReply::new(ErrorCode::ResourceExhausted, 0, msg));
         }
         let options = *spawn.options();
         let is_exec = matches!(spawn.job(), Job::Exec(_));
