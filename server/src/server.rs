@@ -262,9 +262,9 @@ impl Server {
         self.socket_path.as_deref()
     }
 
-    /// Serves until `SIGTERM` (then: stop accepting, let the running children finish, or kill
-    /// them at `Config::shutdown_timeout`, exit), EOF
-    /// on the alive fd (exit at once; children run on), or the idle timeout.
+    /// Serves until `SIGTERM` (then: stop accepting, let the running children finish, kill
+    /// those left at `Config::shutdown_timeout`, exit), EOF on the alive fd (exit at once;
+    /// children run on), or the idle timeout.
     ///
     /// # Errors
     /// Only a failing `epoll_wait` or signalfd read ends the loop with an error; every error a
