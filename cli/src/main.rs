@@ -3,6 +3,7 @@
 //! ```text
 //! forkserver serve [--socket PATH | --abstract NAME] [--idle-timeout SECS] [--allow-uid UID]...
 //!                  [--key-file PATH] [--kill-children-with-server] [--prefork N]
+//!                  [--max-children N] [--shutdown-timeout SECS]
 //! forkserver run [--socket PATH] [--key-file PATH] [--server-uid UID] [--fd N]...
 //!                [--deadline SECS] -- CMD [ARGS...]
 //! forkserver status [--socket PATH] [--key-file PATH] [--server-uid UID]
@@ -19,7 +20,13 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use forkserver_protocol::MAX_TARGET_FD;
-use forkserver_server::{default_socket_path, Config, Listen, Server};
+use forkserver_server::{
+    default_socket_path, Config, Listen, Server, DEFAULT_MAX_CHILDREN, DEFAULT_SHUTDOWN_TIMEOUT,
+    MAX_PREFORK,
+};
+
+/// The longest `--shutdown-timeout`: a year.
+const MAX_SHUTDOWN_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
 
 /// The longest time any `SECS` option takes: ten years, far below what `Instant` and the
 /// wire's millisecond deadlines can hold.
@@ -83,8 +90,20 @@ enum Command {
         /// Keep N children forked and waiting for a job, so that a request does not wait for
         /// fork() (a replacement is forked after the reply). Worth it when spawn latency
         /// matters more than N idle processes.
-        #[arg(long, value_name = "N", default_value_t = 0)]
-        prefork: usize,
+        /// At most 64.
+        #[arg(long, value_name = "N", default_value_t = 0,
+              value_parser = clap::value_parser!(u16).range(0..=MAX_PREFORK as i64))]
+        prefork: u16,
+        /// Most children running at once; a spawn beyond it is refused (ResourceExhausted).
+        /// Pooled children waiting for a job do not count.
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CHILDREN as u32,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        max_children: u32,
+        /// After SIGTERM, wait this long for the running children, then SIGKILL those left
+        /// (their clients get Exit -9) and exit.
+        #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT.as_secs(),
+              value_parser = clap::value_parser!(u64).range(0..=MAX_SHUTDOWN_TIMEOUT_SECS))]
+        shutdown_timeout: u64,
     },
     /// Run a command through the server with this terminal's stdin, stdout and stderr, and exit
     /// with its status (128+N when killed by signal N). Starts a server on the default socket
@@ -132,6 +151,8 @@ fn main() -> ExitCode {
             key_file,
             kill_children_with_server,
             prefork,
+            max_children,
+            shutdown_timeout,
         } => {
             let key = match key_file.as_deref().map(load_key).transpose() {
                 Ok(k) => k,
@@ -148,7 +169,9 @@ fn main() -> ExitCode {
                 allowed_uids: allow_uid,
                 key,
                 kill_children_with_server,
-                prefork,
+                prefork: prefork.into(),
+                max_children: max_children as usize,
+                shutdown_timeout: Some(Duration::from_secs(shutdown_timeout)),
                 ..Config::default()
             };
             match Server::bind(config).and_then(Server::run) {

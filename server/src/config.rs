@@ -6,6 +6,15 @@ use std::time::Duration;
 
 pub use forkserver_protocol::socket_dir::default_socket_path;
 
+use crate::ServerError;
+
+/// The largest prefork pool (`Config::prefork`): each pooled child is an idle process.
+pub const MAX_PREFORK: usize = 64;
+/// The default of [`Config::max_children`].
+pub const DEFAULT_MAX_CHILDREN: usize = 4096;
+/// The default of [`Config::shutdown_timeout`].
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where the server listens.
 #[derive(Debug)]
 pub enum Listen {
@@ -47,7 +56,16 @@ pub struct Config {
     pub kill_children_with_server: bool,
     /// Children kept forked and waiting for a job (Android's USAP pool): a request takes one,
     /// so the fork is off its critical path, and a replacement is forked after the reply.
+    /// At most [`MAX_PREFORK`].
     pub prefork: usize,
+    /// Most children running at once (at least 1). A `Spawn` beyond it is answered
+    /// `ResourceExhausted`. Pooled children still waiting for a job do not count; children
+    /// whose client is gone do, until they are reaped.
+    pub max_children: usize,
+    /// How long a `SIGTERM`ed server waits for its running children: at the timeout it sends
+    /// `SIGKILL` to those left (their clients get `Exit` with code -9, as for any death by
+    /// signal), reaps them and exits. `None`: wait for them however long they run.
+    pub shutdown_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -62,6 +80,58 @@ impl Default for Config {
             key: None,
             kill_children_with_server: false,
             prefork: 0,
+            max_children: DEFAULT_MAX_CHILDREN,
+            shutdown_timeout: Some(DEFAULT_SHUTDOWN_TIMEOUT),
+        }
+    }
+}
+
+impl Config {
+    /// Checks the limits: `prefork` at most [`MAX_PREFORK`], `max_children` at least 1.
+    ///
+    /// # Errors
+    /// [`ServerError::InvalidConfig`] naming the setting that is out of range.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        if self.prefork > MAX_PREFORK {
+            return Err(ServerError::InvalidConfig(format!(
+                "prefork {} is more than {MAX_PREFORK}",
+                self.prefork
+            )));
+        }
+        if self.max_children == 0 {
+            return Err(ServerError::InvalidConfig(
+                "max_children must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_validated() {
+        assert!(Config::default().validate().is_ok());
+        let max = Config {
+            prefork: MAX_PREFORK,
+            max_children: 1,
+            ..Config::default()
+        };
+        assert!(max.validate().is_ok());
+        for bad in [
+            Config {
+                prefork: MAX_PREFORK + 1,
+                ..Config::default()
+            },
+            Config {
+                max_children: 0,
+                ..Config::default()
+            },
+        ] {
+            let e = bad.validate().unwrap_err();
+            assert!(matches!(e, ServerError::InvalidConfig(_)), "{e}");
         }
     }
 }

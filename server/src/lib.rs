@@ -29,7 +29,10 @@ mod sys;
 #[allow(unsafe_code)]
 mod zygote;
 
-pub use config::{default_socket_path, Config, Listen};
+pub use config::{
+    default_socket_path, Config, Listen, DEFAULT_MAX_CHILDREN, DEFAULT_SHUTDOWN_TIMEOUT,
+    MAX_PREFORK,
+};
 pub use forkserver_protocol::socket_dir::DirError;
 pub use key::{read_key, read_key_file};
 pub use server::Server;
@@ -77,4 +80,7 @@ pub enum ServerError {
     /// The launch environment (`FORKSERVER_LISTEN_FD`, `FORKSERVER_ALIVE_FD`) is wrong.
     #[error("launch: {0}")]
     Launch(String),
+    /// A setting of the [`Config`] is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
 }

@@ -37,6 +37,10 @@ const MAX_QUEUED_REPLIES: usize = 64;
 const POOL_MAX_FRAME: usize = 64 * 1024;
 /// How long a closing connection may take to flush its last replies before it is dropped.
 const CLOSING_GRACE: Duration = Duration::from_secs(2);
+/// Test hook, read once at [`Server::bind`]: with `1`, the server stops itself (`SIGSTOP`) right
+/// after it has sent the `Pid` of a job handed to a pooled child, so that a test can kill it
+/// at exactly that point. Not for production use.
+const TEST_STOP_AFTER_PID_ENV: &str = "FORKSERVER_TEST_STOP_AFTER_PID";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -96,9 +100,13 @@ struct Child {
 
 /// What became of a job offered to the prefork pool.
 enum Pooled {
-    /// A pooled child will run it: its pid, the server's end of its socket (the report
-    /// channel), and the job's frame, sent to it once the client has its `Pid`.
-    Taken(Pid, OwnedFd, OutFrame),
+    /// A pooled child holds it: the job's frame and fds are in its socket's receive queue, so
+    /// it runs even if the server dies now. Its pid, and the server's end of its socket (the
+    /// report channel).
+    Taken(Pid, OwnedFd),
+    /// The frame went out in part only (not expected: it fits the socket's buffer): the child
+    /// is killed, and the failure is reported in place of its exit.
+    Broken(Pid, OwnedFd, Message),
     /// No pooled child can take it: fork for it.
     Fork(Spawn, FdBundle),
 }
@@ -136,6 +144,10 @@ pub struct Server {
     report_tx: OwnedFd,
     /// Reports read from the shared socket for children not reaped yet, by spawn serial.
     shared_reports: HashMap<u64, Message>,
+    /// [`TEST_STOP_AFTER_PID_ENV`] was set.
+    stop_after_pooled_pid: bool,
+    /// Shutting down: when the children left are killed (`Config::shutdown_timeout`).
+    shutdown_deadline: Option<Instant>,
 }
 
 impl std::fmt::Debug for Server {
@@ -157,9 +169,10 @@ impl Server {
     /// are ignored; `SIGCHLD` and `SIGTERM` are blocked and read from a signalfd.
     ///
     /// # Errors
-    /// The socket cannot be bound (in use, insecure directory, permissions) or a system call
-    /// of the setup fails.
+    /// A limit of the config is out of range ([`Config::validate`]), the socket cannot be
+    /// bound (in use, insecure directory, permissions) or a system call of the setup fails.
     pub fn bind(mut config: Config) -> Result<Server, ServerError> {
+        config.validate()?;
         let threads = std::fs::read_dir("/proc/self/task")
             .map(|d| d.count())
             .unwrap_or(1);
@@ -234,6 +247,9 @@ impl Server {
             report_rx,
             report_tx,
             shared_reports: HashMap::new(),
+            stop_after_pooled_pid: std::env::var_os(TEST_STOP_AFTER_PID_ENV)
+                .is_some_and(|v| v == "1"),
+            shutdown_deadline: None,
         })
     }
 
@@ -248,8 +264,9 @@ impl Server {
         self.socket_path.as_ref().map(BoundPath::path)
     }
 
-    /// Serves until `SIGTERM` (then: stop accepting, finish the running children, exit), EOF
-    /// on the alive fd (exit at once; children run on), or the idle timeout.
+    /// Serves until `SIGTERM` (then: stop accepting, let the running children finish, kill
+    /// those left at `Config::shutdown_timeout`, exit), EOF on the alive fd (exit at once;
+    /// children run on), or the idle timeout.
     ///
     /// # Errors
     /// Only a failing `epoll_wait` or signalfd read ends the loop with an error; every error a
@@ -311,6 +328,9 @@ impl Server {
             .flatten()
         {
             next = Some(next.map_or(*t, |n| n.min(*t)));
+        }
+        if let Some(t) = self.shutdown_deadline {
+            next = Some(next.map_or(t, |n| n.min(t)));
         }
         if let Some(idle) = self.config.idle_timeout {
             if self.is_idle() {
@@ -503,6 +523,11 @@ impl Server {
         }
         tracing::info!("SIGTERM: no longer accepting; exiting once running children end");
         self.shutting_down = true;
+        // A timeout too far away to be an Instant is no timeout.
+        self.shutdown_deadline = self
+            .config
+            .shutdown_timeout
+            .and_then(|d| Instant::now().checked_add(d));
         // Pooled children read EOF and exit.
         self.pool.clear();
         if let Some(l) = self.listener.take() {
@@ -668,6 +693,19 @@ impl Server {
         }
     }
 
+    /// The shutdown timeout passed: `SIGKILL` to every child not reaped yet. They are reaped
+    /// as usual, their clients get `Exit` (-9), and the server exits once they are gone.
+    fn kill_remaining_children(&mut self) {
+        if !self.children.is_empty() {
+            let n = self.children.len();
+            tracing::warn!("shutdown timeout: SIGKILL to the {n} children left");
+        }
+        // Not reaped yet (reaping happens on this thread): the pids are still theirs.
+        for pid in self.children.keys() {
+            let _ = kill(*pid, Signal::SIGKILL);
+        }
+    }
+
     /// The child exists (and, with `pid_after_exec`, has exec'd): `Pid`, with a pidfd if one
     /// was asked for and can be had, and the connection is RUNNING.
     fn start_running(&mut self, id: u64, pid: Pid, want_pidfd: bool) {
@@ -679,6 +717,10 @@ impl Server {
     }
 
     fn expire(&mut self, now: Instant) {
+        if self.shutdown_deadline.is_some_and(|t| t <= now) {
+            self.shutdown_deadline = None;
+            self.kill_remaining_children();
+        }
         while let Some(Reverse((t, serial, pid))) = self.deadlines.peek().copied() {
             if t > now {
                 break;
@@ -967,6 +1009,12 @@ impl Server {
                 return self.fail(id, ErrorReply::new(ErrorCode::UnknownEntry, 0, msg));
             }
         }
+        // Pooled children waiting for a job are not in `children`: they do not count.
+        if self.children.len() >= self.config.max_children {
+            let max = self.config.max_children;
+            let msg = format!("too many children: the server runs its limit of {max}");
+            return self.fail(id, ErrorReply::new(ErrorCode::ResourceExhausted, 0, msg));
+        }
         let options = *spawn.options();
         let is_exec = matches!(spawn.job(), Job::Exec(_));
         let wait_exec = options.pid_after_exec && is_exec;
@@ -974,13 +1022,16 @@ impl Server {
         // Only a `pid_after_exec` exec job needs a report pipe of its own (its EOF is the
         // exec's success); others report a failure on the shared socket.
         let shared = (!wait_exec).then(|| (self.report_tx.as_raw_fd(), serial));
-        let mut handoff = None;
+        let mut pooled = true;
+        let mut failure = None;
         let forked = match self.take_pooled(spawn, bundle) {
-            Pooled::Taken(pid, sock, job) => {
-                handoff = Some(job);
+            Pooled::Taken(pid, sock) => Ok((pid, Some(sock))),
+            Pooled::Broken(pid, sock, reply) => {
+                failure = Some(reply);
                 Ok((pid, Some(sock)))
             }
             Pooled::Fork(spawn, bundle) => {
+                pooled = false;
                 let work = match spawn.job() {
                     Job::Exec(e) => Work::Exec(e),
                     Job::Entry(e) => Work::Entry {
@@ -1038,7 +1089,7 @@ impl Server {
                 keep_connection: options.keep_connection,
                 want_pidfd: options.want_pidfd,
                 deadline_hit: false,
-                failure: None,
+                failure,
             },
         );
         tracing::debug!(conn = id, pid = pid.as_raw(), "spawned");
@@ -1046,56 +1097,53 @@ impl Server {
             self.set_state(id, State::Spawning(pid));
         } else {
             self.start_running(id, pid, options.want_pidfd);
-        }
-        // A pooled child gets its job after the client got its Pid: the client's wake-up comes
-        // first, and the child's start follows at once.
-        if let Some(job) = handoff {
-            self.hand_off(pid, job);
-        }
-    }
-
-    /// Sends a pooled child its job. If that fails (the child died between the check in
-    /// `take_live_pooled` and now; a full buffer is not expected, the frame fits it) the child
-    /// is killed, and its connection gets `ChildSetupFailed` in place of its exit: the job
-    /// never started.
-    fn hand_off(&mut self, pid: Pid, mut job: OutFrame) {
-        let Some(child) = self.children.get_mut(&pid) else {
-            return;
-        };
-        let Some(sock) = &child.report else { return };
-        if let Err(e) = job.send(sock.as_fd()) {
-            tracing::warn!(pid = pid.as_raw(), "pooled child unreachable: {e}");
-            let _ = kill(pid, Signal::SIGKILL);
-            let errno = match e {
-                TransportError::Io(e) => e as i32,
-                _ => Errno::EIO as i32,
-            };
-            let msg = format!("the pooled child did not take its job: {e}");
-            child.failure = Some(ErrorReply::new(ErrorCode::ChildSetupFailed, errno, msg).into());
+            if pooled && self.stop_after_pooled_pid {
+                tracing::warn!("{TEST_STOP_AFTER_PID_ENV}: stopping after the Pid");
+                let _ = nix::sys::signal::raise(Signal::SIGSTOP);
+            }
         }
     }
 
-    /// Takes a pooled child for the job, if one is waiting and the job fits in its socket's
-    /// buffer at once (the event loop never blocks on a pooled child), with the job's frame to
-    /// send it. Gives the request back, fds included, when it cannot: the caller forks instead.
+    /// Hands the job to a pooled child, if one is waiting and the job fits in its socket's
+    /// buffer at once (the event loop never blocks on a pooled child). The whole frame, fds
+    /// included, is in the child's socket before this returns, and so before the `Pid` goes
+    /// out (§6.4): a client never holds the pid of a job that a dying server did not pass on.
+    /// A child that cannot take it (it died since `take_live_pooled` looked) is killed and the
+    /// next one is tried; the request comes back, fds included, when none can: the caller
+    /// forks instead.
     fn take_pooled(&mut self, spawn: Spawn, bundle: FdBundle) -> Pooled {
         let message = Message::Spawn(spawn);
         let fits = message.encoded_len() <= POOL_MAX_FRAME;
-        let Some((pid, sock)) = fits.then(|| self.take_live_pooled()).flatten() else {
-            let Message::Spawn(spawn) = message else {
-                unreachable!("built from a Spawn above")
+        let (map, mut fds) = bundle.into_parts();
+        while let Some((pid, sock)) = fits.then(|| self.take_live_pooled()).flatten() {
+            let mut job = OutFrame::new(&message, fds).expect("the fds match the map");
+            let e = match job.send(sock.as_fd()) {
+                Ok(_) => return Pooled::Taken(pid, sock),
+                Err(e) => e,
             };
-            return Pooled::Fork(spawn, bundle);
+            tracing::warn!(pid = pid.as_raw(), "pooled child did not take its job: {e}");
+            let _ = kill(pid, Signal::SIGKILL);
+            if job.is_started() {
+                let errno = match e {
+                    TransportError::Io(e) => e as i32,
+                    _ => Errno::EIO as i32,
+                };
+                let msg = format!("the pooled child did not take its job: {e}");
+                let reply = ErrorReply::new(ErrorCode::ChildSetupFailed, errno, msg).into();
+                return Pooled::Broken(pid, sock, reply);
+            }
+            fds = job.into_unsent_fds();
+        }
+        let Message::Spawn(spawn) = message else {
+            unreachable!("built from a Spawn above")
         };
-        let (_, fds) = bundle.into_parts();
-        let job = OutFrame::new(&message, fds).expect("the fds match the map");
-        Pooled::Taken(pid, sock, job)
+        let bundle = FdBundle::from_parts(map, fds).expect("the fds came with this map");
+        Pooled::Fork(spawn, bundle)
     }
 
     /// The first pooled child whose end of the socket is still open. One that died (its SIGCHLD
     /// not read yet: its end is closed, or it wrote to it) is killed and left for `reap`, so
-    /// that its request goes to another child or is forked, never lost: once its Pid is sent,
-    /// a request cannot move any more.
+    /// that its request goes to another child or is forked, never lost.
     fn take_live_pooled(&mut self) -> Option<(Pid, OwnedFd)> {
         while let Some((pid, sock)) = self.pool.pop_front() {
             let mut byte = [0u8; 1];

@@ -32,17 +32,24 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
 
 impl Server {
     pub fn start(extra: &[&str]) -> Server {
-        Self::start_inner(extra, None)
+        Self::start_inner(extra, None, &[])
+    }
+
+    /// A server started with these environment variables set (test hooks).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_inner(extra, None, env)
     }
 
     /// A server that requires authentication with the key in `key_file` (which holds `key`).
     pub fn start_with_key(key_file: &Path, key: &[u8]) -> Server {
         let args = ["--key-file", key_file.to_str().unwrap()];
-        Self::start_inner(&args, Some(key))
+        Self::start_inner(&args, Some(key), &[])
     }
 
-    fn start_inner(extra: &[&str], key: Option<&[u8]>) -> Server {
-        Self::start_prepared(extra, key, |_| {})
+    fn start_inner(extra: &[&str], key: Option<&[u8]>, env: &[(&str, &str)]) -> Server {
+        Self::start_prepared(extra, key, |cmd| {
+            cmd.envs(env.iter().copied());
+        })
     }
 
     /// As [`Server::start`] (or [`Server::start_with_key`] with `key`), with `prepare` applied
