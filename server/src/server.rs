@@ -529,7 +529,10 @@ impl Server {
             .shutdown_timeout
             .and_then(|d| Instant::now().checked_add(d));
         // Pooled children read EOF and exit.
-        self.pool.clear();
+        // They read the end of their socket and exit.
+        for (pid, _) in self.pool.drain(..) {
+            spawn::wake_pooled(pid);
+        }
         if let Some(l) = self.listener.take() {
             let _ = self.epoll.delete(&l);
             // Dropping it removes the socket file: new clients find nobody.
@@ -1095,11 +1098,19 @@ impl Server {
         tracing::debug!(conn = id, pid = pid.as_raw(), "spawned");
         if wait_exec {
             self.set_state(id, State::Spawning(pid));
+            if pooled {
+                // Its Pid comes after the exec: it runs now.
+                spawn::wake_pooled(pid);
+            }
         } else {
             self.start_running(id, pid, options.want_pidfd);
             if pooled && self.stop_after_pooled_pid {
                 tracing::warn!("{TEST_STOP_AFTER_PID_ENV}: stopping after the Pid");
                 let _ = nix::sys::signal::raise(Signal::SIGSTOP);
+            }
+            if pooled {
+                // The job is in its socket, the client has its Pid: now the child may run.
+                spawn::wake_pooled(pid);
             }
         }
     }

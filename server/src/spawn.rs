@@ -192,17 +192,34 @@ pub(crate) fn prefork(
     let flags = OFlag::from_bits_truncate(nix::fcntl::fcntl(&ours, FcntlArg::F_GETFL)?);
     nix::fcntl::fcntl(&ours, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     let ours_raw = ours.as_raw_fd();
+    let server = nix::unistd::getpid();
     let pid = fork_child(die_with_server, key, || {
         let _ = nix::unistd::close(ours_raw);
-        match pooled_child(entries, to_reset, theirs) {}
+        match pooled_child(entries, to_reset, theirs, server, die_with_server) {}
     })?;
     Ok((pid, ours))
+}
+
+/// The signal that wakes a pooled child to read its job ([`wake_pooled`]); also its
+/// parent-death signal while it waits, so that a job handed off just before the server died
+/// is still run. Blocked in the child while it waits; its default action is to ignore it, so
+/// one still pending when the job unblocks signals is harmless.
+const WAKE: Signal = Signal::SIGCHLD;
+
+/// Wakes a pooled child once its job is in its socket and the client has the `Pid`: the
+/// child does not read the socket (and so is not woken by the job) before this, so the
+/// client's wake-up comes first (PROTOCOL.md §6.4). Also used to let a pooled child read the
+/// end of its socket when the server lets it go.
+pub(crate) fn wake_pooled(pid: Pid) {
+    let _ = nix::sys::signal::kill(pid, WAKE);
 }
 
 fn pooled_child(
     entries: &std::collections::HashMap<String, EntryFn>,
     to_reset: u64,
     sock: OwnedFd,
+    server: Pid,
+    die_with_server: bool,
 ) -> std::convert::Infallible {
     // Hygiene first: nothing of the server's survives while this child waits.
     let sock = match place_fds(FdBundle::new(), sock.into_raw_fd()) {
@@ -212,6 +229,13 @@ fn pooled_child(
     // SAFETY: `sock` is open and owned by this code alone from here on.
     let sock = unsafe { OwnedFd::from_raw_fd(sock) };
     let report = Report::Own(sock.as_raw_fd());
+    // Sleep until woken (after the job and the client's `Pid`), or until the server dies
+    // (then read what it handed off, if anything). With `die_with_server` its death is a
+    // SIGKILL instead, set by `fork_child`.
+    let watch = !die_with_server && nix::sys::prctl::set_pdeathsig(WAKE).is_ok();
+    if !watch || nix::unistd::getppid() == server {
+        let _ = SigSet::from(WAKE).wait();
+    }
     let frame = match forkserver_protocol::FrameReader::new().read_frame(sock.as_fd()) {
         Ok(f) => f,
         // The server closed our socket before handing us a job: it is gone, or shrank the pool.
@@ -223,6 +247,10 @@ fn pooled_child(
     let forkserver_protocol::Message::Spawn(spawn) = frame.message else {
         report_and_exit(report, STAGE_SETUP, Errno::EPROTO)
     };
+    if watch {
+        // The job runs whatever happens to the server from here, as a forked one would.
+        let _ = nix::sys::prctl::set_pdeathsig(None);
+    }
     let (options, map, job) = spawn.into_parts();
     let Ok(bundle) = FdBundle::from_parts(map, frame.fds) else {
         report_and_exit(report, STAGE_SETUP, Errno::EPROTO)
