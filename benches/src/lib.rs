@@ -9,6 +9,7 @@
 //!   [--svg DIR]`. What it measures and why is in `benches/BENCHMARKS.md`.
 //!
 //! The modules here are the harness's building blocks.
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
 pub mod ballast;

@@ -60,6 +60,7 @@
 //! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

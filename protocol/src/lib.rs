@@ -25,6 +25,7 @@
 //! * [`FdBundle`]: the owned fds of a spawn request with their target numbers.
 //!
 //! The limits ([`MAX_FDS`], [`MAX_BODY_LEN`], ...) are the spec's; see `spec/PROTOCOL.md` §3.
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -9,6 +9,7 @@
 //! serves the entry point `noop`, which returns 0 at once. Scenarios of a group run interleaved
 //! (round-robin) after a warm-up; each reports median, p90 and p99. What each group measures
 //! and why is in `benches/BENCHMARKS.md`.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::fs::File;
 use std::path::PathBuf;
