@@ -30,6 +30,9 @@ use nix::sys::stat::Mode;
 use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::sys;
+use fds::{Op, Placement};
+
+mod fds;
 use crate::zygote::{Call, EntryFn};
 
 /// Stage byte of a child's failure report: setting the child up failed.
@@ -359,74 +362,39 @@ fn reset_signals(to_reset: u64) -> Result<(), Errno> {
 /// other fd but the report pipe. Returns the report pipe's (possibly new) number and the targets.
 fn place_fds(bundle: FdBundle, report: RawFd) -> Result<(RawFd, Vec<u32>), (RawFd, Errno)> {
     let (map, fds) = bundle.into_parts();
-    let targets = map.targets().to_vec();
-    let is_target = |fd: RawFd| targets.contains(&(fd as u32));
     // Release ownership: from here on these numbers are managed by hand, and no destructor may
     // close them later (a target may reuse one of their numbers).
-    let mut srcs: Vec<RawFd> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
-    // 1. The report fd, if it sits on a target number, would be overwritten: move it to a
-    //    number that is no target. (`move_off_targets` leaves a duplicate that lands on a free
-    //    target number there as a placeholder, replaced by the dup2 onto that target later, and
-    //    searches on above it.)
-    let move_off_targets = |fd: RawFd| -> Result<RawFd, Errno> {
-        let mut from = 0;
-        loop {
-            // SAFETY: `fd` is open in this process; borrowing it for the fcntl call is sound.
-            let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-            let d = fcntl(b, FcntlArg::F_DUPFD_CLOEXEC(from))?;
-            if !is_target(d) {
-                return Ok(d);
+    let srcs: Vec<RawFd> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
+    let mut plan = Placement::new(srcs, map.targets().to_vec(), report);
+    while let Some(op) = plan.next_op() {
+        let report = plan.report();
+        match op {
+            Op::Dup2 { from, to } => sys::dup2(from, to).map_err(|e| (report, e))?,
+            Op::ClearCloexec(fd) => {
+                // SAFETY: `fd` is open (a bundle fd at its target) and owned by this code.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| (report, e))?;
             }
-            from = d + 1;
-        }
-    };
-    let report = if is_target(report) {
-        move_off_targets(report).map_err(|e| (report, e))?
-    } else {
-        report
-    };
-    // 2. dup2 each source onto its target (close-on-exec cleared there), in an order that never
-    //    overwrites a source not placed yet: a target whose number holds another unplaced
-    //    source waits until that source is placed. Only a cycle (a on b's target, b on a's)
-    //    blocks every remaining source; one of it is then moved to a number that is no target.
-    //    With the usual layout (sources received just above the targets) nothing moves: one
-    //    system call per fd.
-    let n = srcs.len();
-    let mut placed = vec![false; n];
-    // Which unplaced source holds a number: a lookup, so that many cycles (a client chooses the
-    // targets) cost O(n) per pass, not O(n^2).
-    let mut holder: std::collections::HashMap<RawFd, usize> =
-        srcs.iter().enumerate().map(|(i, &s)| (s, i)).collect();
-    let mut left = n;
-    while left > 0 {
-        let mut progress = false;
-        for i in 0..n {
-            if placed[i] {
-                continue;
+            Op::MoveOff(fd) => {
+                // The lowest free number from `from` up that is no target; a duplicate that
+                // lands on a (free) target stays there as a placeholder, replaced by the dup2
+                // onto that target later.
+                let mut from = 0;
+                let new = loop {
+                    // SAFETY: `fd` is open in this process; borrowed for the fcntl call only.
+                    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                    let d = fcntl(b, FcntlArg::F_DUPFD_CLOEXEC(from)).map_err(|e| (report, e))?;
+                    if !plan.is_target(d) {
+                        break d;
+                    }
+                    from = d + 1;
+                };
+                plan.moved(fd, new);
             }
-            let t = targets[i] as RawFd;
-            match holder.get(&t).copied() {
-                Some(j) if j != i => continue,
-                // Already at its target: only close-on-exec to clear.
-                Some(_) => {
-                    // SAFETY: `t` is open (it is source i) and owned by this code.
-                    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(t) };
-                    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| (report, e))?;
-                }
-                None => sys::dup2(srcs[i], t).map_err(|e| (report, e))?,
-            }
-            placed[i] = true;
-            holder.remove(&srcs[i]);
-            left -= 1;
-            progress = true;
-        }
-        if !progress {
-            let i = (0..n).find(|&i| !placed[i]).expect("some source is left");
-            holder.remove(&srcs[i]);
-            srcs[i] = move_off_targets(srcs[i]).map_err(|e| (report, e))?;
-            holder.insert(srcs[i], i);
         }
     }
+    let report = plan.report();
+    let targets = plan.targets().to_vec();
     // 3. Close everything but the targets and the report pipe.
     let mut keep: Vec<u32> = targets.clone();
     keep.push(report as u32);
