@@ -24,6 +24,8 @@ mod key;
 mod listen;
 #[allow(unsafe_code)] // SIG_IGN for SIGINT and SIGPIPE
 mod server;
+#[allow(dead_code)] // wired into the event loop next
+mod session;
 #[allow(unsafe_code)]
 mod spawn;
 mod sys;
