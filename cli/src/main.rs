@@ -53,6 +53,10 @@ enum Command {
         /// Children die (SIGKILL) when the server dies, instead of running on, reparented.
         #[arg(long)]
         kill_children_with_server: bool,
+        /// Close a connection that has not completed its handshake, or has held part of a frame,
+        /// for this many seconds (PROTOCOL.md §6.3).
+        #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+        handshake_timeout: f64,
         /// Keep N children forked and waiting for a job, so that a request does not wait for
         /// fork() (a replacement is forked after the reply). Worth it when spawn latency
         /// matters more than N idle processes.
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
             key_file,
             kill_children_with_server,
             prefork,
+            handshake_timeout,
         } => {
             let key = match key_file.as_deref().map(load_key).transpose() {
                 Ok(k) => k,
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
                 key,
                 kill_children_with_server,
                 prefork,
+                handshake_timeout: Duration::from_secs_f64(handshake_timeout.clamp(0.001, 1e9)),
                 ..Config::default()
             };
             match Server::bind(config).and_then(Server::run) {

@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 mod config;
+mod quota;
 #[allow(unsafe_code)] // SIG_IGN for SIGINT and SIGPIPE
 mod server;
 #[allow(unsafe_code)]
