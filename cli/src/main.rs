@@ -88,6 +88,10 @@ enum Command {
         /// Children die (SIGKILL) when the server dies, instead of running on, reparented.
         #[arg(long)]
         kill_children_with_server: bool,
+        /// Close a connection that has not completed its handshake, or has held part of a frame,
+        /// for this many seconds (PROTOCOL.md §6.3).
+        #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+        handshake_timeout: Duration,
         /// Keep N children forked and waiting for a job, so that a request does not wait for
         /// fork() (a replacement is forked after the reply). Worth it when spawn latency
         /// matters more than N idle processes.
@@ -154,6 +158,7 @@ fn main() -> ExitCode {
             prefork,
             max_children,
             shutdown_timeout,
+            handshake_timeout,
         } => {
             let key = match key_file.as_deref().map(load_key).transpose() {
                 Ok(k) => k,
@@ -173,6 +178,7 @@ fn main() -> ExitCode {
                 prefork: prefork.into(),
                 max_children: max_children as usize,
                 shutdown_timeout: Some(Duration::from_secs(shutdown_timeout)),
+                handshake_timeout,
                 ..Config::default()
             };
             match Server::bind(config).and_then(Server::run) {

@@ -295,6 +295,14 @@ fn predict(bytes: &[u8], attached: usize) -> Option<Vec<Rep>> {
     let mut pos = 0;
     loop {
         let rest = &bytes[pos..];
+        // §6.3: before the handshake, a header announcing more than a handshake frame is
+        // refused at once.
+        if let (St::AwaitHello, Ok(Some(h))) = (st, Header::parse(&rest[..rest.len().min(8)])) {
+            if h.frame_len() > MAX_HANDSHAKE_FRAME_LEN {
+                out.push(Rep::Err(ErrorCode::UnexpectedMessage));
+                return Some(out);
+            }
+        }
         match decode(rest) {
             Err(e) => {
                 out.push(Rep::Err(ErrorReply::from(e).code()));
@@ -727,6 +735,15 @@ fn one_past_every_bound() {
             let mut bytes = if after_hello { hello_bytes() } else { vec![] };
             bytes.extend(&frame);
             let p = predict(&bytes, attached).unwrap();
+            // §6.3: before Hello, a valid header announcing more than a handshake frame is
+            // refused as such, whatever its body.
+            let header = Header::parse(&frame[..frame.len().min(HEADER_LEN)]);
+            let long = matches!(header, Ok(Some(h)) if h.frame_len() > MAX_HANDSHAKE_FRAME_LEN);
+            let wire = if long && !after_hello {
+                ErrorCode::UnexpectedMessage
+            } else {
+                wire
+            };
             assert_eq!(
                 p.last(),
                 Some(&Rep::Err(wire)),
@@ -1183,29 +1200,28 @@ fn silent_floods() {
             expect_eof(r);
         });
     }
-    // Past the connection limit (1024 by default): the excess is refused with
-    // ResourceExhausted and closed (§6.1, "Refusals outside the table"), the rest are served.
-    // The victim is paused: at the limit it would be refused too, by design.
-    b.case_alone("1100 connections (limit 1024)", |srv| {
+    // Past the handshake quota (256 by default, §6.3): as each new connection comes, the
+    // oldest silent one is closed with ResourceExhausted. The victim is paused: its handshake
+    // would be one of the oldest by the end.
+    b.case_alone("1100 silent connections (handshake quota 256)", |srv| {
         let socks: Vec<UnixStream> = (0..1100)
             .map(|_| UnixStream::connect(&srv.socket).unwrap())
             .collect();
-        // Connections are accepted in the order they were made: the first 1024 are held
-        // (silent, in AWAIT_HELLO), the rest refused.
-        for (i, s) in socks[1024..].iter().enumerate() {
+        // Connections are accepted in the order they were made: the last 256 are held
+        // (silent, in AWAIT_HELLO), the older ones closed.
+        for (i, s) in socks[..1100 - 256].iter().enumerate() {
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             let mut reader = FrameReader::new();
             match reader.read_frame(s.as_fd()) {
                 Ok(f) => assert_eq!(
                     rep(&f.message),
                     Rep::Err(ErrorCode::ResourceExhausted),
-                    "connection {}",
-                    1024 + i
+                    "connection {i}"
                 ),
-                Err(e) => panic!("connection {}: {e}", 1024 + i),
+                Err(e) => panic!("connection {i}: {e}"),
             }
         }
-        assert!(srv.fd_count() >= srv.idle_fds + 1024);
+        srv.wait_fds(srv.idle_fds + 256);
         drop(socks);
     });
     b.finish();

@@ -50,4 +50,4 @@ pub use codec::{
 };
 pub use error::{BuildError, DecodeError, Field, Limit};
 pub use limits::*;
-pub use transport::{send_message, Frame, FrameReader, OutFrame, TransportError};
+pub use transport::{send_message, Frame, FrameReader, OutFrame, ReadLimits, TransportError};

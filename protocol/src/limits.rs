@@ -55,5 +55,10 @@ pub const CHALLENGE_LEN: usize = 32;
 /// Length of an authentication response (an HMAC-SHA256 tag), in bytes.
 pub const MAC_LEN: usize = 32;
 
+/// Largest frame a client sends before its connection is READY: `Auth` (a response and a
+/// challenge; `Hello` is 16 bytes). Before the handshake a server refuses a longer frame at its
+/// header, so a peer without the key cannot make it buffer more (PROTOCOL.md §6.3).
+pub const MAX_HANDSHAKE_FRAME_LEN: usize = HEADER_LEN + MAC_LEN + CHALLENGE_LEN;
+
 /// Highest signal number a signal request or an exit code may name (`SIGRTMAX` on Linux).
 pub const MAX_SIGNAL: u32 = 64;

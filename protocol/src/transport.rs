@@ -21,7 +21,7 @@ use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, Ms
 
 use crate::codec::{decode, Decoded, Header, Message};
 use crate::error::DecodeError;
-use crate::{HEADER_LEN, MAX_FDS, SCM_MAX_FD};
+use crate::{HEADER_LEN, MAX_FDS, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN, SCM_MAX_FD};
 
 /// What went wrong moving frames over the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +47,16 @@ pub enum TransportError {
     },
     /// More than [`MAX_FDS`] fds given for one frame (caught before anything is sent).
     TooManyFds(usize),
+    /// A header announces a frame longer than the reader's [`ReadLimits::max_frame`]. Refused
+    /// at the header; every fd held has been closed.
+    FrameTooLong {
+        /// The frame length the header announces (header included).
+        len: usize,
+        /// The most the reader accepts now.
+        max: usize,
+    },
+    /// fds arrived while the reader accepts none ([`ReadLimits::fds`]). They have been closed.
+    UnexpectedFds(usize),
 }
 
 impl TransportError {
@@ -72,6 +82,13 @@ impl std::fmt::Display for TransportError {
                 write!(f, "frame announces {expected} fds but {received} arrived")
             }
             Self::TooManyFds(n) => write!(f, "{n} fds for one frame, at most {MAX_FDS} allowed"),
+            Self::FrameTooLong { len, max } => {
+                write!(
+                    f,
+                    "a frame of {len} bytes announced, at most {max} accepted now"
+                )
+            }
+            Self::UnexpectedFds(n) => write!(f, "{n} fds received where none are accepted"),
         }
     }
 }
@@ -207,6 +224,45 @@ pub struct Frame {
     pub fds: Vec<OwnedFd>,
 }
 
+/// What a [`FrameReader`] accepts now. A server narrows it for a connection that has not
+/// completed its handshake (PROTOCOL.md §6.3, §9.3), and widens it to [`ReadLimits::FULL`] once
+/// the connection is READY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// Longest frame accepted, header included: a header announcing a longer one is refused
+    /// as soon as it is complete, before any of its body is buffered.
+    pub max_frame: usize,
+    /// Most bytes asked of one `recvmsg` (at most [`FrameReader::RECV_MAX`]).
+    pub max_read: usize,
+    /// Whether fds are accepted at all: when not, fds that arrive are closed at once and
+    /// [`TransportError::UnexpectedFds`] is returned.
+    pub fds: bool,
+}
+
+impl ReadLimits {
+    /// Everything the protocol allows: a READY connection.
+    pub const FULL: ReadLimits = ReadLimits {
+        max_frame: MAX_FRAME_LEN,
+        max_read: READ_CHUNK,
+        fds: true,
+    };
+    /// Before the handshake on a server without a key: the frame at the head must be
+    /// handshake-sized; requests pipelined behind `Hello` (and their fds) are read as usual.
+    pub const HANDSHAKE: ReadLimits = ReadLimits {
+        max_frame: MAX_HANDSHAKE_FRAME_LEN,
+        max_read: READ_CHUNK,
+        fds: true,
+    };
+    /// Before authentication (a server with a key): handshake-sized frames, read at most one
+    /// frame's worth at a time (so at most twice [`MAX_HANDSHAKE_FRAME_LEN`] bytes are held),
+    /// and no fd (§9.2: a client sends none before the check has passed).
+    pub const PRE_AUTH: ReadLimits = ReadLimits {
+        max_frame: MAX_HANDSHAKE_FRAME_LEN,
+        max_read: MAX_HANDSHAKE_FRAME_LEN,
+        fds: false,
+    };
+}
+
 /// Reassembles frames and their fds from a stream socket, one `recvmsg` at a time.
 #[derive(Debug)]
 pub struct FrameReader {
@@ -224,6 +280,7 @@ pub struct FrameReader {
     /// The control buffer of `recvmsg`, zeroed before each call.
     cmsg: Vec<u8>,
     eof: bool,
+    limits: ReadLimits,
 }
 
 impl Default for FrameReader {
@@ -257,7 +314,19 @@ impl FrameReader {
             fds: VecDeque::new(),
             cmsg: vec![0; cmsg_space_for(nfds)],
             eof: false,
+            limits: ReadLimits::FULL,
         }
+    }
+
+    /// Changes what this reader accepts from now on (the frame being received included).
+    pub fn set_limits(&mut self, limits: ReadLimits) {
+        self.limits = limits;
+    }
+
+    /// Whether part of a frame has been received: bytes or fds held, the frame incomplete
+    /// (or complete frames not taken yet).
+    pub fn holds_partial_frame(&self) -> bool {
+        self.len > 0 || !self.fds.is_empty()
     }
 
     /// Bytes received and not yet decoded.
@@ -294,15 +363,14 @@ impl FrameReader {
     /// piles up fds that no frame announced.
     pub fn recv(&mut self, sock: BorrowedFd<'_>) -> Result<usize, TransportError> {
         let old_len = self.len;
-        if self.buf.len() < old_len + READ_CHUNK {
-            self.buf.resize(old_len + READ_CHUNK, 0);
+        let ask = self.limits.max_read.clamp(1, READ_CHUNK);
+        if self.buf.len() < old_len + ask {
+            self.buf.resize(old_len + ask, 0);
         }
         self.cmsg.fill(0);
         let cmsg = &mut self.cmsg;
         let result = loop {
-            let mut iov = [IoSliceMut::new(
-                &mut self.buf[old_len..old_len + READ_CHUNK],
-            )];
+            let mut iov = [IoSliceMut::new(&mut self.buf[old_len..old_len + ask])];
             match recvmsg::<UnixAddr>(
                 sock.as_raw_fd(),
                 &mut iov,
@@ -339,6 +407,11 @@ impl FrameReader {
             return Err(self.fail(TransportError::ControlTruncated));
         }
         let owned = owned_fds(raw);
+        if !self.limits.fds && !owned.is_empty() {
+            let n = owned.len();
+            drop(owned);
+            return Err(self.fail(TransportError::UnexpectedFds(n)));
+        }
         if n == 0 {
             self.eof = true;
             // fds without data cannot happen on a stream socket; close any all the same.
@@ -362,6 +435,15 @@ impl FrameReader {
     /// once the peer has closed and no frame remains. Every held fd is closed on error.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, TransportError> {
         let received = &self.buf[..self.len];
+        if self.limits.max_frame < MAX_FRAME_LEN {
+            // Refused at the header: the body of a frame too long for now is never buffered.
+            if let Ok(Some(h)) = Header::parse(&received[..received.len().min(HEADER_LEN)]) {
+                if h.frame_len() > self.limits.max_frame {
+                    let (len, max) = (h.frame_len(), self.limits.max_frame);
+                    return Err(self.fail(TransportError::FrameTooLong { len, max }));
+                }
+            }
+        }
         let decoded = match decode(received) {
             Ok(d) => d,
             Err(e) => return Err(self.fail(TransportError::Decode(e))),

@@ -42,12 +42,16 @@ pub struct Config {
     pub alive_fd: Option<OwnedFd>,
     /// Exit after this long with no connection and no child.
     pub idle_timeout: Option<Duration>,
-    /// Close connections that have not completed the handshake after this long (§6.3).
+    /// Close connections that have not completed the handshake after this long, and those
+    /// that hold part of a frame for this long (§6.3).
     pub handshake_timeout: Duration,
     /// Peer uids allowed besides the server's own.
     pub allowed_uids: Vec<u32>,
     /// Most connections served at once; more are answered `ResourceExhausted` and closed.
     pub max_connections: usize,
+    /// Most connections in the handshake at once (counted in `max_connections` too); when a
+    /// new one comes, the oldest that has sent nothing (else the oldest) is closed (§6.3).
+    pub max_handshakes: usize,
     /// The shared key of the authentication step (PROTOCOL.md §9): when set, no request is
     /// read from a client before it has proven it holds the key.
     pub key: Option<Vec<u8>>,
@@ -77,6 +81,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             allowed_uids: Vec::new(),
             max_connections: 1024,
+            max_handshakes: 256,
             key: None,
             kill_children_with_server: false,
             prefork: 0,

@@ -22,6 +22,7 @@
 mod config;
 mod key;
 mod listen;
+mod quota;
 #[allow(unsafe_code)] // SIG_IGN for SIGINT and SIGPIPE
 mod server;
 #[allow(dead_code)] // wired into the event loop next

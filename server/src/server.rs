@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use forkserver_protocol::{
     auth, AuthMethod, AuthOk, ErrorCode, ErrorReply, Exit, FdBundle, Frame, FrameReader, HelloOk,
-    Job, Message, OutFrame, Pid as PidReply, Spawn, Status, TransportError, PROTOCOL_VERSION,
+    Job, Message, OutFrame, Pid as PidReply, ReadLimits, Spawn, Status, TransportError,
+    PROTOCOL_VERSION,
 };
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -19,6 +20,7 @@ use nix::unistd::Pid;
 
 use crate::config::Config;
 use crate::listen::{bind_listener, peer_uid, BoundPath};
+use crate::quota::{Handshakes, PartialFrames};
 use crate::spawn::{self, Work, STAGE_EXEC};
 use crate::zygote::EntryFn;
 use crate::ServerError;
@@ -64,6 +66,8 @@ struct Conn {
     /// When the connection last entered `Ready`: the longest idle one is closed first when
     /// room is needed for a new connection.
     ready_since: Instant,
+    /// The serial of the timer armed when the reader started holding a partial frame (§6.3).
+    partial: Option<u64>,
 }
 
 impl Conn {
@@ -75,6 +79,13 @@ impl Conn {
     /// Whether the connection takes more input now: not once it is closing, not while its
     /// Spawn waits for the exec (frames behind it wait for its Pid, §6.1), and not while its
     /// replies pile up unread (backpressure).
+    /// In AWAIT_HELLO with nothing received, read or not: what a handshake quota closes first.
+    fn is_silent(&self) -> bool {
+        self.state == State::AwaitHello
+            && !self.reader.holds_partial_frame()
+            && !has_unread_input(&self.fd)
+    }
+
     fn wants_input(&self) -> bool {
         !matches!(self.state, State::Closing | State::Spawning(_))
             && self.out.len() < MAX_QUEUED_REPLIES
@@ -124,7 +135,10 @@ pub struct Server {
     next_conn: u64,
     children: HashMap<Pid, Child>,
     deadlines: BinaryHeap<Reverse<(Instant, u64, Pid)>>,
-    handshakes: VecDeque<(Instant, u64)>,
+    /// Connections in the handshake: their quota and deadlines (§6.3).
+    handshakes: Handshakes,
+    /// Deadlines of frames received in part (§6.3).
+    partials: PartialFrames,
     /// Connections in `Closing`, by the time they are dropped if still unflushed.
     closing: VecDeque<(Instant, u64)>,
     entries: HashMap<String, EntryFn>,
@@ -214,6 +228,13 @@ impl Server {
                 .add(a, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_ALIVE))
                 .map_err(sys("epoll_ctl"))?;
         }
+        match crate::quota::raise_fd_limit() {
+            Ok((soft, hard)) if soft < hard => {
+                tracing::debug!("RLIMIT_NOFILE soft limit raised from {soft} to {hard}");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("RLIMIT_NOFILE: {e}"),
+        }
         let reserve_fd = open_reserve();
         let (report_rx, report_tx) = nix::sys::socket::socketpair(
             nix::sys::socket::AddressFamily::Unix,
@@ -234,7 +255,8 @@ impl Server {
             next_conn: FIRST_CONN_ID,
             children: HashMap::new(),
             deadlines: BinaryHeap::new(),
-            handshakes: VecDeque::new(),
+            handshakes: Handshakes::new(config.max_handshakes, config.handshake_timeout),
+            partials: PartialFrames::new(config.handshake_timeout),
             closing: VecDeque::new(),
             entries: HashMap::new(),
             config,
@@ -323,11 +345,16 @@ impl Server {
 
     fn next_timeout(&self) -> EpollTimeout {
         let mut next: Option<Instant> = self.deadlines.peek().map(|Reverse((t, _, _))| *t);
-        for (t, _) in [self.handshakes.front(), self.closing.front()]
-            .into_iter()
-            .flatten()
+        let closing = self.closing.front().map(|(t, _)| *t);
+        for t in [
+            self.handshakes.next_deadline(),
+            self.partials.next_deadline(),
+            closing,
+        ]
+        .into_iter()
+        .flatten()
         {
-            next = Some(next.map_or(*t, |n| n.min(*t)));
+            next = Some(next.map_or(t, |n| n.min(t)));
         }
         if let Some(t) = self.shutdown_deadline {
             next = Some(next.map_or(t, |n| n.min(t)));
@@ -430,6 +457,11 @@ impl Server {
             refuse(&fd, ErrorCode::ShuttingDown, "server is shutting down");
             return;
         }
+        let conns = &self.conns;
+        let silent = |id| conns.get(&id).is_some_and(Conn::is_silent);
+        if let Some(old) = self.handshakes.make_room(silent) {
+            self.evict_handshake(old);
+        }
         if self.conns.len() >= self.config.max_connections && !self.evict_idle_connection() {
             refuse(&fd, ErrorCode::ResourceExhausted, "too many connections");
             return;
@@ -441,17 +473,24 @@ impl Server {
             tracing::warn!("epoll_ctl: {e}");
             return;
         }
-        self.handshakes
-            .push_back((Instant::now() + self.config.handshake_timeout, id));
+        let now = Instant::now();
+        self.handshakes.start(id, now);
+        let mut reader = FrameReader::new();
+        // §6.3, §9.3: small frames only before the handshake; no fds before authentication.
+        reader.set_limits(match self.config.key {
+            Some(_) => ReadLimits::PRE_AUTH,
+            None => ReadLimits::HANDSHAKE,
+        });
         self.conns.insert(
             id,
             Conn {
                 fd,
-                reader: FrameReader::new(),
+                reader,
                 out: VecDeque::new(),
                 state: State::AwaitHello,
                 interest,
-                ready_since: Instant::now(),
+                ready_since: now,
+                partial: None,
             },
         );
     }
@@ -480,6 +519,17 @@ impl Server {
         }
         self.disconnect(id);
         true
+    }
+
+    /// The handshake quota is full: closes connection `id` (still in the handshake) to make
+    /// room for a new one, after `Error(ResourceExhausted)` (§6.3).
+    fn evict_handshake(&mut self, id: u64) {
+        tracing::debug!(conn = id, "handshake quota full: closing an old handshake");
+        if let Some(c) = self.conns.get(&id) {
+            let msg = "too many connections in the handshake: the oldest are closed";
+            refuse(&c.fd, ErrorReply::new(ErrorCode::ResourceExhausted, 0, msg));
+        }
+        self.disconnect(id);
     }
 
     /// Before an idle exit: every connection (all idle in READY) gets `Error(ShuttingDown)`,
@@ -751,11 +801,9 @@ impl Server {
                 self.disconnect(id);
             }
         }
-        // A burst leaves these queues with a large capacity: give it back once they drain.
-        for q in [&mut self.closing, &mut self.handshakes] {
-            if q.is_empty() && q.capacity() > 1024 {
-                *q = VecDeque::new();
-            }
+        // A burst leaves this queue with a large capacity: give it back once it drains.
+        if self.closing.is_empty() && self.closing.capacity() > 1024 {
+            self.closing = VecDeque::new();
         }
         // Entries of reaped children linger until their time; rebuild when they dominate.
         if self.deadlines.len() > 64 + 2 * self.children.len() {
@@ -764,23 +812,39 @@ impl Server {
                 children.get(pid).is_some_and(|c| c.serial == *serial)
             });
         }
-        while let Some(&(t, id)) = self.handshakes.front() {
-            let waiting = self
-                .conns
-                .get(&id)
-                .is_some_and(|c| matches!(c.state, State::AwaitHello | State::AwaitAuth(_)));
-            if !waiting {
-                self.handshakes.pop_front();
-                continue;
-            }
-            if t > now {
-                break;
-            }
-            self.handshakes.pop_front();
+        while let Some(id) = self.handshakes.expired(now) {
             self.fail(
                 id,
                 ErrorReply::new(ErrorCode::Timeout, 0, "handshake not completed in time"),
             );
+        }
+        while let Some((id, serial)) = self.partials.expired(now) {
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            if c.partial != Some(serial) {
+                continue;
+            }
+            c.partial = None;
+            // Only a frame the server is reading: one held behind a Spawn, or behind unread
+            // replies, waits for the server, and gets a new timer when reading resumes.
+            if c.wants_input() && c.reader.holds_partial_frame() {
+                let msg = "frame not completed in time";
+                self.fail(id, ErrorReply::new(ErrorCode::Timeout, 0, msg));
+            }
+        }
+    }
+
+    /// After the frames received were handled: a connection left holding part of a frame gets
+    /// a timer, one per frame (§6.3).
+    fn watch_partial_frame(&mut self, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if !c.reader.holds_partial_frame() {
+            c.partial = None;
+        } else if c.partial.is_none() {
+            c.partial = Some(self.partials.arm(id, Instant::now()));
         }
     }
 
@@ -849,8 +913,15 @@ impl Server {
                 return false;
             }
             match conn.reader.next_frame() {
-                Ok(Some(frame)) => self.on_frame(id, frame),
-                Ok(None) => return true,
+                Ok(Some(frame)) => {
+                    // The next frame, if one has started, gets a timer of its own.
+                    conn.partial = None;
+                    self.on_frame(id, frame)
+                }
+                Ok(None) => {
+                    self.watch_partial_frame(id);
+                    return true;
+                }
                 Err(e) => {
                     self.transport_error(id, e);
                     return false;
@@ -874,6 +945,20 @@ impl Server {
             }
             TransportError::TooManyFds(_) => {
                 self.fail(id, ErrorReply::new(ErrorCode::TooManyFds, 0, e.to_string()))
+            }
+            // §6.3, §9.3: what only the handshake may send was exceeded: the reply the state
+            // gives any frame but the one it expects.
+            TransportError::FrameTooLong { .. } | TransportError::UnexpectedFds(_) => {
+                let code = match self.conns.get(&id).map(|c| c.state) {
+                    Some(State::AwaitAuth(_)) => ErrorCode::AuthRequired,
+                    _ if self.config.key.is_some()
+                        && matches!(e, TransportError::UnexpectedFds(_)) =>
+                    {
+                        ErrorCode::AuthRequired
+                    }
+                    _ => ErrorCode::UnexpectedMessage,
+                };
+                self.fail(id, ErrorReply::new(code, 0, e.to_string()))
             }
             // Our control buffer holds the 253 fds one sendmsg can carry: truncation means the
             // kernel could not install them, i.e. this process is out of fds (EMFILE).
@@ -1197,6 +1282,7 @@ impl Server {
         let Some(conn) = self.conns.remove(&id) else {
             return;
         };
+        self.handshakes.finish(id);
         let _ = self.epoll.delete(&conn.fd);
         self.detach_child(conn.state);
         self.touch();
@@ -1231,6 +1317,10 @@ impl Server {
         conn.state = state;
         if state == State::Ready {
             conn.ready_since = Instant::now();
+            conn.reader.set_limits(ReadLimits::FULL);
+        }
+        if !matches!(state, State::AwaitHello | State::AwaitAuth(_)) {
+            self.handshakes.finish(id);
         }
         if state == State::Closing {
             // Nothing more is read: drop what was received, and its fds.

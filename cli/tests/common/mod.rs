@@ -42,7 +42,13 @@ impl Server {
 
     /// A server that requires authentication with the key in `key_file` (which holds `key`).
     pub fn start_with_key(key_file: &Path, key: &[u8]) -> Server {
-        let args = ["--key-file", key_file.to_str().unwrap()];
+        Self::start_with_key_and(key_file, key, &[])
+    }
+
+    /// As [`Server::start_with_key`], with more arguments for `serve`.
+    pub fn start_with_key_and(key_file: &Path, key: &[u8], extra: &[&str]) -> Server {
+        let mut args = vec!["--key-file", key_file.to_str().unwrap()];
+        args.extend_from_slice(extra);
         Self::start_inner(&args, Some(key), &[])
     }
 
