@@ -25,7 +25,6 @@ mod listen;
 mod quota;
 #[allow(unsafe_code)] // SIG_IGN for SIGINT and SIGPIPE
 mod server;
-#[allow(dead_code)] // wired into the event loop next
 mod session;
 #[allow(unsafe_code)]
 mod spawn;

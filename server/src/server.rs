@@ -7,9 +7,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use forkserver_protocol::{
-    auth, AuthMethod, AuthOk, ErrorCode, ErrorReply, Exit, FdBundle, Frame, FrameReader, HelloOk,
-    Job, Message, OutFrame, Pid as PidReply, ReadLimits, Spawn, Status, TransportError,
-    PROTOCOL_VERSION,
+    auth, ErrorCode, ErrorReply, Exit, FdBundle, Frame, FrameReader, Job, Message, OutFrame,
+    Pid as PidReply, ReadLimits, Spawn, Status, TransportError, PROTOCOL_VERSION,
 };
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -21,6 +20,7 @@ use nix::unistd::Pid;
 use crate::config::Config;
 use crate::listen::{bind_listener, peer_uid, BoundPath};
 use crate::quota::{Handshakes, PartialFrames};
+use crate::session::{Action, Env, Session, State};
 use crate::spawn::{self, Work, STAGE_EXEC};
 use crate::zygote::EntryFn;
 use crate::ServerError;
@@ -44,24 +44,15 @@ const CLOSING_GRACE: Duration = Duration::from_secs(2);
 /// at exactly that point. Not for production use.
 const TEST_STOP_AFTER_PID_ENV: &str = "FORKSERVER_TEST_STOP_AFTER_PID";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    AwaitHello,
-    /// A key is configured: waiting for `Auth` answering this challenge.
-    AwaitAuth([u8; forkserver_protocol::CHALLENGE_LEN]),
-    Ready,
-    /// Spawned with `pid_after_exec`: waiting for the exec to succeed or fail.
-    Spawning(Pid),
-    Running(Pid),
-    /// Finished: flush the queued replies, then close.
-    Closing,
-}
-
 struct Conn {
     fd: OwnedFd,
     reader: FrameReader,
     out: VecDeque<OutFrame>,
-    state: State,
+    /// The §6.1 state machine (sans-IO).
+    session: Session,
+    /// The state whose side effects (read limits, quotas, timers) are in force: the event
+    /// loop catches up with the session in `sync`.
+    applied: State,
     interest: EpollFlags,
     /// When the connection last entered `Ready`: the longest idle one is closed first when
     /// room is needed for a new connection.
@@ -71,9 +62,13 @@ struct Conn {
 }
 
 impl Conn {
+    fn state(&self) -> State {
+        self.session.state()
+    }
+
     /// READY with nothing received or queued: a connection a client keeps for reuse (§6.6).
     fn is_idle(&self) -> bool {
-        self.state == State::Ready && self.out.is_empty() && self.reader.buffered() == 0
+        self.state() == State::Ready && self.out.is_empty() && self.reader.buffered() == 0
     }
 
     /// Whether the connection takes more input now: not once it is closing, not while its
@@ -81,13 +76,13 @@ impl Conn {
     /// replies pile up unread (backpressure).
     /// In AWAIT_HELLO with nothing received, read or not: what a handshake quota closes first.
     fn is_silent(&self) -> bool {
-        self.state == State::AwaitHello
+        self.state() == State::AwaitHello
             && !self.reader.holds_partial_frame()
             && !has_unread_input(&self.fd)
     }
 
     fn wants_input(&self) -> bool {
-        !matches!(self.state, State::Closing | State::Spawning(_))
+        !matches!(self.state(), State::Closing | State::Spawning(_))
             && self.out.len() < MAX_QUEUED_REPLIES
     }
 }
@@ -487,7 +482,8 @@ impl Server {
                 fd,
                 reader,
                 out: VecDeque::new(),
-                state: State::AwaitHello,
+                session: Session::new(),
+                applied: State::AwaitHello,
                 interest,
                 ready_since: now,
                 partial: None,
@@ -593,7 +589,7 @@ impl Server {
             .iter()
             .filter(|(_, c)| {
                 matches!(
-                    c.state,
+                    c.state(),
                     State::AwaitHello | State::AwaitAuth(_) | State::Ready
                 )
             })
@@ -662,7 +658,7 @@ impl Server {
         let spawning = self
             .conns
             .get(&id)
-            .is_some_and(|c| c.state == State::Spawning(pid));
+            .is_some_and(|c| c.state() == State::Spawning(pid));
         if spawning && failure.is_none() {
             // It ended before its report pipe's EOF was seen: the Pid still comes first (§6.1),
             // without a pidfd (the pid is reaped and may be reused already).
@@ -685,11 +681,11 @@ impl Server {
     /// closes, or with `KEEP_CONNECTION` goes back to `Ready` for its next request (§6.1).
     fn after_final_report(&mut self, id: u64, keep: bool) {
         if keep && !self.shutting_down {
-            self.set_state(id, State::Ready);
+            self.transition(id, |s| s.final_report(true));
             // Frames that arrived behind the child's run are handled now, as in READY.
             self.process_frames(id);
         } else {
-            self.set_state(id, State::Closing);
+            self.transition(id, |s| s.final_report(false));
         }
     }
 
@@ -766,7 +762,10 @@ impl Server {
             .then(|| crate::sys::pidfd_open(pid))
             .and_then(|r| r.map_err(|e| tracing::debug!("pidfd_open: {e}")).ok());
         self.send_pid(id, pid, pidfd);
-        self.set_state(id, State::Running(pid));
+        self.transition(id, |s| match s.state() {
+            State::Spawning(p) if p == pid => s.exec_done(pid),
+            _ => s.spawned(pid, false),
+        });
     }
 
     fn expire(&mut self, now: Instant) {
@@ -795,7 +794,7 @@ impl Server {
             if self
                 .conns
                 .get(&id)
-                .is_some_and(|c| c.state == State::Closing)
+                .is_some_and(|c| c.state() == State::Closing)
             {
                 tracing::debug!(conn = id, "replies not read in time: dropped");
                 self.disconnect(id);
@@ -949,7 +948,7 @@ impl Server {
             // §6.3, §9.3: what only the handshake may send was exceeded: the reply the state
             // gives any frame but the one it expects.
             TransportError::FrameTooLong { .. } | TransportError::UnexpectedFds(_) => {
-                let code = match self.conns.get(&id).map(|c| c.state) {
+                let code = match self.conns.get(&id).map(Conn::state) {
                     Some(State::AwaitAuth(_)) => ErrorCode::AuthRequired,
                     _ if self.config.key.is_some()
                         && matches!(e, TransportError::UnexpectedFds(_)) =>
@@ -977,126 +976,66 @@ impl Server {
     /// Sends a fatal error and closes once it is flushed.
     fn fail(&mut self, id: u64, reply: ErrorReply) {
         self.send(id, reply.into(), vec![]);
-        self.set_state(id, State::Closing);
+        self.transition(id, Session::close);
     }
 
+    /// One frame through the session, then what it decided.
     fn on_frame(&mut self, id: u64, frame: Frame) {
-        let Some(conn) = self.conns.get(&id) else {
+        let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let state = conn.state;
-        let Frame { message, fds } = frame;
-        match (state, message) {
-            (State::AwaitHello, Message::Hello(h)) => {
-                match h.negotiate(PROTOCOL_VERSION, PROTOCOL_VERSION) {
-                    Some(v) if self.config.key.is_some() => {
-                        // §9.1: with a key, nothing but Auth is read until it checks out.
-                        let challenge = match auth::random_challenge() {
-                            Ok(c) => c,
-                            Err(e) => {
-                                let msg = format!("no random challenge: {e}");
-                                return self.fail(id, ErrorReply::new(ErrorCode::Internal, 0, msg));
-                            }
-                        };
-                        let auth = AuthMethod::HmacSha256 { challenge };
-                        let ok = HelloOk::new(v, auth).expect("version is non-zero");
-                        self.send(id, Message::HelloOk(ok), vec![]);
-                        self.set_state(id, State::AwaitAuth(challenge));
+        let entries = &self.entries;
+        let mut challenge = auth::random_challenge;
+        let mut env = Env {
+            key: self.config.key.as_deref(),
+            challenge: &mut challenge,
+            has_entry: &|name| entries.contains_key(name),
+        };
+        conn.session.handle_frame(frame, &mut env);
+        self.run_actions(id);
+    }
+
+    /// Carries out the session's decisions, in order, then catches up with its state.
+    fn run_actions(&mut self, id: u64) {
+        while let Some(action) = self
+            .conns
+            .get_mut(&id)
+            .and_then(|c| c.session.poll_action())
+        {
+            match action {
+                Action::Send(m) => self.send(id, m, vec![]),
+                // The session is `Closing` already: the error goes out, then the connection ends.
+                Action::Close(reply) => self.send(id, reply.into(), vec![]),
+                Action::Status => {
+                    let status = self.status();
+                    self.send(id, Message::Status(status), vec![]);
+                }
+                Action::Spawn(spawn, bundle) => self.spawn(id, spawn, bundle),
+                Action::Signal(pid, signo) => {
+                    let result = crate::sys::kill(pid, signo);
+                    if let Some(conn) = self.conns.get_mut(&id) {
+                        conn.session.signaled(result);
                     }
-                    Some(v) => {
-                        let ok = HelloOk::new(v, AuthMethod::None).expect("version is non-zero");
-                        self.send(id, Message::HelloOk(ok), vec![]);
-                        self.set_state(id, State::Ready);
-                    }
-                    None => self.fail(
-                        id,
-                        ErrorReply::new(
-                            ErrorCode::UnsupportedVersion,
-                            0,
-                            format!(
-                                "server speaks versions {PROTOCOL_VERSION}..={PROTOCOL_VERSION}"
-                            ),
-                        ),
-                    ),
                 }
             }
-            (State::AwaitAuth(challenge), Message::Auth(a)) => {
-                let key = self.config.key.as_deref().unwrap_or_default();
-                if auth::verify_client(key, &challenge, &a.response) {
-                    let response = auth::server_response(key, &a.challenge);
-                    self.send(id, Message::AuthOk(AuthOk { response }), vec![]);
-                    self.set_state(id, State::Ready);
-                } else {
-                    tracing::warn!(conn = id, "authentication failed");
-                    self.fail(id, ErrorReply::new(ErrorCode::AuthFailed, 0, "wrong key"));
-                }
-            }
-            (State::AwaitAuth(_), m) => self.fail(
-                id,
-                ErrorReply::new(
-                    ErrorCode::AuthRequired,
-                    0,
-                    format!("expected Auth, got {:?}", m.tag()),
-                ),
-            ),
-            (State::Ready | State::Running(_), Message::StatusRequest) => {
-                let status = Status::new(
-                    PROTOCOL_VERSION,
-                    std::process::id() as i32,
-                    self.children.len() as u32,
-                    self.conns.len() as u32,
-                    self.spawned_total,
-                    concat!("forkserver ", env!("CARGO_PKG_VERSION")),
-                )
-                .expect("status fields are valid");
-                self.send(id, Message::Status(status), vec![]);
-            }
-            (State::Ready, Message::Spawn(spawn)) => {
-                match forkserver_protocol::FdBundle::from_parts(spawn.fds().clone(), fds) {
-                    Ok(bundle) => self.spawn(id, spawn, bundle),
-                    Err(_) => self.fail(
-                        id,
-                        ErrorReply::new(ErrorCode::FdMismatch, 0, "fd count mismatch"),
-                    ),
-                }
-            }
-            (State::Running(pid), Message::Signal(s)) => {
-                // The pid is still ours: a child leaves `Running` in the same turn it is reaped.
-                let reply = match crate::sys::kill(pid, s.signo() as i32) {
-                    Ok(()) => Message::Signaled,
-                    Err(e) => {
-                        ErrorReply::new(ErrorCode::SignalFailed, e as i32, format!("kill: {e}"))
-                            .into()
-                    }
-                };
-                self.send(id, reply, vec![]);
-            }
-            (State::AwaitHello, m) => self.fail(
-                id,
-                ErrorReply::new(
-                    ErrorCode::UnexpectedMessage,
-                    0,
-                    format!("expected Hello, got {:?}", m.tag()),
-                ),
-            ),
-            (_, m) => self.fail(
-                id,
-                ErrorReply::new(
-                    ErrorCode::UnexpectedMessage,
-                    0,
-                    format!("{:?} is not allowed in state {state:?}", m.tag()),
-                ),
-            ),
         }
+        self.sync(id);
+    }
+
+    /// The server's status report (§5.11).
+    fn status(&self) -> Status {
+        Status::new(
+            PROTOCOL_VERSION,
+            std::process::id() as i32,
+            self.children.len() as u32,
+            self.conns.len() as u32,
+            self.spawned_total,
+            concat!("forkserver ", env!("CARGO_PKG_VERSION")),
+        )
+        .expect("status fields are valid")
     }
 
     fn spawn(&mut self, id: u64, spawn: Spawn, bundle: FdBundle) {
-        if let Job::Entry(e) = spawn.job() {
-            if !self.entries.contains_key(e.name()) {
-                let msg = format!("no entry point named {:?}", e.name());
-                return self.fail(id, ErrorReply::new(ErrorCode::UnknownEntry, 0, msg));
-            }
-        }
         // Pooled children waiting for a job are not in `children`: they do not count.
         if self.children.len() >= self.config.max_children {
             let max = self.config.max_children;
@@ -1182,7 +1121,7 @@ impl Server {
         );
         tracing::debug!(conn = id, pid = pid.as_raw(), "spawned");
         if wait_exec {
-            self.set_state(id, State::Spawning(pid));
+            self.transition(id, |s| s.spawned(pid, true));
             if pooled {
                 // Its Pid comes after the exec: it runs now.
                 spawn::wake_pooled(pid);
@@ -1284,7 +1223,12 @@ impl Server {
         };
         self.handshakes.finish(id);
         let _ = self.epoll.delete(&conn.fd);
-        self.detach_child(conn.state);
+        // The child of the state in force: the session may have moved on (to `Closing`, with
+        // its last error) in the same step.
+        self.detach_child(conn.applied);
+        if conn.state() != conn.applied {
+            self.detach_child(conn.state());
+        }
         self.touch();
     }
 
@@ -1309,17 +1253,31 @@ impl Server {
         }
     }
 
-    fn set_state(&mut self, id: u64, state: State) {
+    /// Feeds an outcome of the event loop to the session, then catches up with its state.
+    fn transition(&mut self, id: u64, f: impl FnOnce(&mut Session)) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            f(&mut conn.session);
+        }
+        self.run_actions(id);
+    }
+
+    /// Puts the side effects of the session's state in force, once per change: READY's read
+    /// limits and idle clock, the end of the handshake quota's hold, and `Closing`'s grace
+    /// timer and detached child.
+    fn sync(&mut self, id: u64) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let old = conn.state;
-        conn.state = state;
+        let (old, state) = (conn.applied, conn.state());
+        if old == state {
+            return self.flush(id);
+        }
+        conn.applied = state;
         if state == State::Ready {
             conn.ready_since = Instant::now();
             conn.reader.set_limits(ReadLimits::FULL);
         }
-        if !matches!(state, State::AwaitHello | State::AwaitAuth(_)) {
+        if !state.in_handshake() {
             self.handshakes.finish(id);
         }
         if state == State::Closing {
@@ -1360,7 +1318,7 @@ impl Server {
                 }
             }
         }
-        if conn.out.is_empty() && conn.state == State::Closing {
+        if conn.out.is_empty() && conn.state() == State::Closing {
             return self.disconnect(id);
         }
         // Level-triggered: ask for writability only while replies wait, and for input (and

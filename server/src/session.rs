@@ -64,7 +64,7 @@ pub(crate) struct Env<'a> {
     /// The authentication key (§9), if the server has one.
     pub key: Option<&'a [u8]>,
     /// A fresh random challenge (§9.2).
-    pub challenge: &'a mut dyn FnMut() -> Result<[u8; CHALLENGE_LEN], Errno>,
+    pub challenge: &'a mut dyn FnMut() -> std::io::Result<[u8; CHALLENGE_LEN]>,
     /// Whether an entry point of this name is registered (§5.5.2).
     pub has_entry: &'a dyn Fn(&str) -> bool,
 }
@@ -367,7 +367,7 @@ mod tests {
     #[test]
     fn no_challenge_is_an_internal_error() {
         let mut s = Session::new();
-        let mut challenge = || Err(Errno::EIO);
+        let mut challenge = || Err(std::io::Error::from(Errno::EIO));
         let mut env = Env {
             key: Some(KEY),
             challenge: &mut challenge,
