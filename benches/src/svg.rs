@@ -1,18 +1,26 @@
-//! Hand-written SVG line charts: enough for latency against fd count and against client RSS,
-//! with no plotting dependency.
+//! SVG line charts drawn with `plotters` (its SVG backend only): enough for latency against fd
+//! count and against client RSS. Text is emitted as SVG `<text>`, so no font is needed to render.
 
-use std::fmt::Write;
+use std::ops::Range;
+
+use plotters::coord::ranged1d::{AsRangedCoord, DefaultFormatting, KeyPointHint, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use crate::Result;
 
 /// One line of a chart.
 #[derive(Clone, Debug)]
 pub struct Series {
     /// Legend text.
     pub name: String,
-    /// An SVG color.
+    /// A color as `#rrggbb`.
     pub color: &'static str,
     /// Points `(x, y)`, drawn in the order given.
     pub points: Vec<(f64, f64)>,
-    /// Dashed line (for baselines).
+    /// Dashed line without point markers (for baselines).
     pub dashed: bool,
 }
 
@@ -25,36 +33,17 @@ pub struct Chart {
     pub x_label: String,
     /// Y-axis label.
     pub y_label: String,
-    /// X ticks: value and label.
+    /// X ticks: value and label (the only x ticks drawn).
     pub x_ticks: Vec<(f64, String)>,
-    /// Logarithmic y axis (decades), for values spanning orders of magnitude.
+    /// Logarithmic y axis (whole decades), for values spanning orders of magnitude.
     pub log_y: bool,
     /// The lines.
     pub series: Vec<Series>,
 }
 
-const W: f64 = 760.0;
-const H: f64 = 460.0;
-const LEFT: f64 = 80.0;
-const RIGHT: f64 = 230.0;
-const TOP: f64 = 50.0;
-const BOTTOM: f64 = 60.0;
-
-/// A "nice" tick step (1, 2 or 5 times a power of ten) giving about `n` ticks up to `max`.
-fn nice_step(max: f64, n: f64) -> f64 {
-    let raw = (max / n).max(f64::MIN_POSITIVE);
-    let mag = 10f64.powf(raw.log10().floor());
-    let f = raw / mag;
-    mag * if f <= 1.0 {
-        1.0
-    } else if f <= 2.0 {
-        2.0
-    } else if f <= 5.0 {
-        5.0
-    } else {
-        10.0
-    }
-}
+const SIZE: (u32, u32) = (900, 460);
+/// Room right of the plot for the legend, so that it never hides a line.
+const LEGEND_WIDTH: u32 = 220;
 
 /// A tick label without needless decimals.
 fn label(v: f64) -> String {
@@ -66,15 +55,47 @@ fn label(v: f64) -> String {
     }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+/// `#rrggbb` to a color.
+fn rgb(hex: &str) -> Result<RGBColor> {
+    let h = hex
+        .strip_prefix('#')
+        .filter(|h| h.len() == 6)
+        .ok_or_else(|| format!("color {hex:?}: expected #rrggbb"))?;
+    let c = |i: usize| u8::from_str_radix(&h[i..i + 2], 16);
+    Ok(RGBColor(c(0)?, c(2)?, c(4)?))
+}
+
+/// A linear f64 axis whose only ticks are the given ones (plotters' `WithKeyPoints` has no
+/// default label formatting, which the mesh wants even with a custom formatter).
+struct TickedAxis {
+    inner: RangedCoordf64,
+    ticks: Vec<f64>,
+}
+
+impl Ranged for TickedAxis {
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        self.inner.map(value, limit)
+    }
+
+    fn key_points<H: KeyPointHint>(&self, hint: H) -> Vec<f64> {
+        if hint.weight().allow_light_points() {
+            Vec::new()
+        } else {
+            self.ticks.clone()
+        }
+    }
+
+    fn range(&self) -> Range<f64> {
+        self.inner.range()
+    }
 }
 
 impl Chart {
     /// The chart as a standalone SVG document.
-    pub fn render(&self) -> String {
+    pub fn render(&self) -> Result<String> {
         let pts = self.series.iter().flat_map(|s| s.points.iter());
         let (mut x0, mut x1) = (f64::INFINITY, f64::NEG_INFINITY);
         let (mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY);
@@ -91,132 +112,98 @@ impl Chart {
             x1 = x1.max(*x);
         }
         if !x0.is_finite() || !y0.is_finite() {
-            return String::from(r#"<svg xmlns="http://www.w3.org/2000/svg"/>"#);
+            return Err(format!("chart {:?}: no points", self.title).into());
         }
         if x1 <= x0 {
             x1 = x0 + 1.0;
         }
-        // Y range and ticks.
-        let (ylo, yhi, yticks): (f64, f64, Vec<f64>) = if self.log_y {
-            let lo = y0.log10().floor();
-            let hi = y1.log10().ceil().max(lo + 1.0);
-            let ticks = (lo as i32..=hi as i32).map(|e| 10f64.powi(e)).collect();
-            (lo, hi, ticks)
-        } else {
-            let step = nice_step(y1 * 1.1, 5.0);
-            let hi = (y1 * 1.1 / step).ceil() * step;
-            let ticks = (0..=((hi / step).round() as usize))
-                .map(|i| i as f64 * step)
-                .collect();
-            (0.0, hi, ticks)
-        };
-        let pw = W - LEFT - RIGHT;
-        let ph = H - TOP - BOTTOM;
-        let sx = |x: f64| LEFT + (x - x0) / (x1 - x0) * pw;
-        let sy = |y: f64| {
-            let v = if self.log_y {
-                y.max(f64::MIN_POSITIVE).log10()
+        let mut out = String::new();
+        {
+            let root = SVGBackend::with_string(&mut out, SIZE).into_drawing_area();
+            root.fill(&WHITE)?;
+            let (plot, legend) = root.split_horizontally(SIZE.0 - LEGEND_WIDTH);
+            if self.log_y {
+                let lo = 10f64.powf(y0.log10().floor());
+                let hi = 10f64.powf(y1.log10().ceil()).max(lo * 10.0);
+                // Widened a hair: plotters finds the first decade with `ln(lo) / ln(10)`, which
+                // rounds up past -1 for 0.1 and would drop that tick.
+                self.draw(&plot, x0..x1, (lo * 0.999_999..hi * 1.000_001).log_scale())?;
             } else {
-                y
-            };
-            TOP + ph - (v - ylo) / (yhi - ylo) * ph
-        };
-
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-        );
-        let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="24" font-size="15" font-weight="bold">{}</text>"#,
-            LEFT,
-            escape(&self.title)
-        );
-        // Grid and y ticks.
-        for &t in &yticks {
-            let y = sy(t);
-            let _ = writeln!(
-                s,
-                r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-                LEFT + pw,
-                LEFT - 6.0,
-                y + 4.0,
-                label(t)
-            );
-        }
-        for (t, l) in &self.x_ticks {
-            let x = sx(*t);
-            let _ = writeln!(
-                s,
-                r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
-                TOP + ph,
-                TOP + ph + 18.0,
-                escape(l)
-            );
-        }
-        // Axes and labels.
-        let _ = writeln!(
-            s,
-            r#"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            LEFT + pw / 2.0,
-            H - 16.0,
-            escape(&self.x_label)
-        );
-        let _ = writeln!(
-            s,
-            r#"<text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
-            TOP + ph / 2.0,
-            escape(&self.y_label)
-        );
-        // Lines, points, legend.
-        for (i, series) in self.series.iter().enumerate() {
-            let path: Vec<String> = series
-                .points
-                .iter()
-                .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
-                .collect();
-            let dash = if series.dashed {
-                r#" stroke-dasharray="6 4""#
-            } else {
-                ""
-            };
-            let _ = writeln!(
-                s,
-                r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2"{dash}/>"#,
-                path.join(" "),
-                series.color
-            );
-            if !series.dashed {
-                for &(x, y) in &series.points {
-                    let _ = writeln!(
-                        s,
-                        r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{}"/>"#,
-                        sx(x),
-                        sy(y),
-                        series.color
-                    );
-                }
+                let hi = if y1 > 0.0 { y1 * 1.1 } else { 1.0 };
+                self.draw(&plot, x0..x1, 0.0..hi)?;
             }
-            let ly = TOP + 10.0 + i as f64 * 20.0;
-            let lx = LEFT + pw + 14.0;
-            let _ = writeln!(
-                s,
-                r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{}" stroke-width="2"{dash}/><text x="{}" y="{}">{}</text>"#,
-                lx + 24.0,
-                series.color,
-                lx + 30.0,
-                ly + 4.0,
-                escape(&series.name)
-            );
+            self.legend(&legend)?;
+            root.present()?;
         }
-        s.push_str("</svg>\n");
-        s
+        Ok(out)
+    }
+
+    fn draw<Y>(&self, root: &DrawingArea<SVGBackend<'_>, Shift>, x: Range<f64>, y: Y) -> Result<()>
+    where
+        Y: AsRangedCoord<Value = f64>,
+        Y::CoordDescType: ValueFormatter<f64>,
+    {
+        let x = TickedAxis {
+            inner: x.into(),
+            ticks: self.x_ticks.iter().map(|t| t.0).collect(),
+        };
+        let mut chart = ChartBuilder::on(root)
+            .caption(&self.title, ("sans-serif", 18))
+            .margin(12)
+            .margin_right(24)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x, y)?;
+        let x_label = |v: &f64| {
+            self.x_ticks
+                .iter()
+                .find(|t| t.0 == *v)
+                .map_or_else(|| label(*v), |t| t.1.clone())
+        };
+        chart
+            .configure_mesh()
+            .x_desc(&self.x_label)
+            .y_desc(&self.y_label)
+            .x_label_formatter(&x_label)
+            .y_label_formatter(&|v| label(*v))
+            // Light lines: the sub-decades of a log axis only.
+            .y_max_light_lines(if self.log_y { 9 } else { 0 })
+            .bold_line_style(RGBColor(0xd0, 0xd0, 0xd0))
+            .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 14))
+            .draw()?;
+        for s in &self.series {
+            let color = rgb(s.color)?;
+            let style = color.stroke_width(2);
+            if s.dashed {
+                chart.draw_series(DashedLineSeries::new(s.points.iter().copied(), 8, 5, style))?;
+            } else {
+                chart
+                    .draw_series(LineSeries::new(s.points.iter().copied(), style).point_size(3))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The legend, in its own area right of the plot (the plot's own series labels would be
+    /// drawn over the lines, or clipped if put outside the plotting area).
+    fn legend(&self, area: &DrawingArea<SVGBackend<'_>, Shift>) -> Result<()> {
+        let font =
+            TextStyle::from(("sans-serif", 13).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+        for (i, s) in self.series.iter().enumerate() {
+            let y = 52 + 22 * i as i32;
+            let style = rgb(s.color)?.stroke_width(2);
+            if s.dashed {
+                area.draw(&PathElement::new([(0, y), (9, y)], style))?;
+                area.draw(&PathElement::new([(15, y), (24, y)], style))?;
+            } else {
+                area.draw(&PathElement::new([(0, y), (24, y)], style))?;
+                area.draw(&Circle::new((12, y), 3, style))?;
+            }
+            area.draw(&Text::new(s.name.as_str(), (32, y), font.clone()))?;
+        }
+        Ok(())
     }
 }
 
@@ -224,34 +211,82 @@ impl Chart {
 mod tests {
     use super::*;
 
+    /// The contents of the `<text>` elements.
+    fn texts(svg: &str) -> Vec<&str> {
+        svg.split("<text")
+            .skip(1)
+            .filter_map(|t| t.split_once('>')?.1.split_once("</text>"))
+            .map(|(t, _)| t.trim())
+            .collect()
+    }
+
     #[test]
     fn renders_both_scales() {
         for log_y in [false, true] {
             let c = Chart {
                 title: "t <x>".into(),
-                x_label: "x".into(),
-                y_label: "y".into(),
-                x_ticks: vec![(0.0, "0".into()), (8.0, "8".into())],
+                x_label: "fds".into(),
+                y_label: "µs".into(),
+                x_ticks: vec![(0.0, "zero".into()), (8.0, "8 GiB".into())],
                 log_y,
-                series: vec![Series {
-                    name: "a".into(),
-                    color: "red",
-                    points: vec![(0.0, 0.5), (4.0, 180.0), (8.0, 340.0)],
-                    dashed: false,
-                }],
+                series: vec![
+                    Series {
+                        name: "solid".into(),
+                        color: "#d62728",
+                        points: vec![(0.0, 0.5), (4.0, 180.0), (8.0, 340.0)],
+                        dashed: false,
+                    },
+                    Series {
+                        name: "base & line".into(),
+                        color: "#1f77b4",
+                        points: vec![(0.0, 20.0), (8.0, 20.0)],
+                        dashed: true,
+                    },
+                ],
             };
-            let svg = c.render();
-            assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
-            assert!(svg.contains("t &lt;x&gt;"));
-            assert_eq!(svg.matches("<circle").count(), 3);
+            let svg = c.render().unwrap();
+            assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+            let texts = texts(&svg);
+            for text in [
+                "t &lt;x&gt;",
+                "fds",
+                "µs",
+                "zero",
+                "8 GiB",
+                "solid",
+                "base &amp; line",
+            ] {
+                assert!(texts.contains(&text), "{text}: {texts:?}");
+            }
+            // The solid line is one polyline; the dashed one is several short ones.
+            assert!(svg.matches("<polyline").count() >= 3, "{svg}");
+            assert!(svg.contains("#D62728") || svg.contains("#d62728"), "{svg}");
+            // Three points and the solid line's legend marker.
+            assert_eq!(svg.matches("<circle").count(), 4, "{svg}");
+            if log_y {
+                assert!(
+                    texts.contains(&"100") && texts.contains(&"0.1"),
+                    "{texts:?}"
+                );
+            }
         }
     }
 
     #[test]
-    fn steps_and_labels() {
-        assert_eq!(nice_step(100.0, 5.0), 20.0);
-        assert_eq!(nice_step(7.0, 5.0), 2.0);
+    fn labels_and_colors() {
         assert_eq!(label(20.0), "20");
         assert_eq!(label(0.25), "0.25");
+        assert_eq!(rgb("#1f77b4").unwrap(), RGBColor(0x1f, 0x77, 0xb4));
+        assert!(rgb("red").is_err());
+        assert!(Chart {
+            title: "empty".into(),
+            x_label: String::new(),
+            y_label: String::new(),
+            x_ticks: vec![],
+            log_y: false,
+            series: vec![],
+        }
+        .render()
+        .is_err());
     }
 }

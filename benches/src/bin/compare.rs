@@ -729,7 +729,7 @@ fn run(args: &Args) -> Result<()> {
         std::fs::create_dir_all(dir)?;
         for (name, chart) in charts(&results)? {
             let path = dir.join(name);
-            std::fs::write(&path, chart.render())?;
+            std::fs::write(&path, chart.render()?)?;
             eprintln!("wrote {}", path.display());
         }
     }
