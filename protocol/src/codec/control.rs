@@ -3,6 +3,7 @@
 
 use bytes::BufMut;
 
+use super::messages::Body;
 use super::wire::Reader;
 use crate::error::{BuildError, DecodeError, Field};
 use crate::MAX_SIGNAL;
@@ -27,12 +28,14 @@ impl Signal {
     pub fn signo(&self) -> u32 {
         self.signo
     }
+}
 
-    pub(crate) fn encode(&self, out: &mut impl BufMut) {
+impl Body for Signal {
+    fn encode(&self, out: &mut impl BufMut) {
         out.put_u32_le(self.signo);
     }
 
-    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    fn decode(r: &mut Reader<'_>, _nfds: u16) -> Result<Self, DecodeError> {
         // §5.6: 1 <= signo <= 64.
         Self::new(r.u32()?).map_err(|_| DecodeError::InvalidValue(Field::Signal))
     }
@@ -65,16 +68,22 @@ impl Pid {
     pub fn has_pidfd(&self) -> bool {
         self.pidfd
     }
+}
 
-    pub(crate) fn encode(&self, out: &mut impl BufMut) {
+impl Body for Pid {
+    fn encode(&self, out: &mut impl BufMut) {
         out.put_u32_le(self.pid as u32);
     }
 
-    pub(crate) fn decode(r: &mut Reader<'_>, nfds: u16) -> Result<Self, DecodeError> {
+    fn decode(r: &mut Reader<'_>, nfds: u16) -> Result<Self, DecodeError> {
         let pid = r.u32()?;
         // §5.8: 1 <= pid <= 2^31 - 1.
         let pid = i32::try_from(pid).map_err(|_| DecodeError::InvalidValue(Field::Pid))?;
         Self::new(pid, nfds == 1).map_err(|_| DecodeError::InvalidValue(Field::Pid))
+    }
+
+    fn fd_count(&self) -> usize {
+        usize::from(self.has_pidfd())
     }
 }
 
@@ -125,8 +134,10 @@ impl Exit {
     pub fn core_dumped(&self) -> bool {
         self.core_dumped
     }
+}
 
-    pub(crate) fn encode(&self, out: &mut impl BufMut) {
+impl Body for Exit {
+    fn encode(&self, out: &mut impl BufMut) {
         out.put_i32_le(self.code);
         let mut f = 0;
         if self.deadline_expired {
@@ -139,7 +150,7 @@ impl Exit {
         out.put_slice(&[0; 3]);
     }
 
-    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    fn decode(r: &mut Reader<'_>, _nfds: u16) -> Result<Self, DecodeError> {
         let code = r.i32()?;
         let f = r.u8()?;
         r.reserved::<3>()?;

@@ -2,6 +2,7 @@
 
 use bytes::BufMut;
 
+use super::messages::Body;
 use super::wire::{put_bytes16, Reader};
 use crate::error::{DecodeError, Field, Limit};
 use crate::MAX_ERROR_MESSAGE_LEN;
@@ -127,15 +128,17 @@ impl ErrorReply {
     pub(crate) fn body_len(&self) -> usize {
         8 + 2 + self.message.len()
     }
+}
 
-    pub(crate) fn encode(&self, out: &mut impl BufMut) {
+impl Body for ErrorReply {
+    fn encode(&self, out: &mut impl BufMut) {
         out.put_u16_le(self.code as u16);
         out.put_u16_le(0);
         out.put_i32_le(self.errno);
         put_bytes16(out, self.message.as_bytes());
     }
 
-    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    fn decode(r: &mut Reader<'_>, _nfds: u16) -> Result<Self, DecodeError> {
         let code = r.u16()?;
         // §7: codes outside the table are reserved.
         let code = ErrorCode::from_u16(code).ok_or(DecodeError::UnknownErrorCode(code))?;

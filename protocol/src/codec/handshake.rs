@@ -2,6 +2,7 @@
 
 use bytes::BufMut;
 
+use super::messages::Body;
 use super::wire::Reader;
 use crate::error::{BuildError, DecodeError, Field};
 use crate::{CHALLENGE_LEN, MAC_LEN, MAGIC};
@@ -53,14 +54,16 @@ impl Hello {
         let v = self.max_version.min(server_max);
         (v >= self.min_version && v >= server_min).then_some(v)
     }
+}
 
-    pub(crate) fn encode(&self, out: &mut impl BufMut) {
+impl Body for Hello {
+    fn encode(&self, out: &mut impl BufMut) {
         out.put_slice(&MAGIC);
         out.put_u16_le(self.min_version);
         out.put_u16_le(self.max_version);
     }
 
-    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    fn decode(r: &mut Reader<'_>, _nfds: u16) -> Result<Self, DecodeError> {
         // §5.1: the body starts with the magic "FKSV".
         if r.array::<4>()? != MAGIC {
             return Err(DecodeError::BadMagic);
@@ -118,8 +121,10 @@ impl HelloOk {
             AuthMethod::HmacSha256 { .. } => 4 + CHALLENGE_LEN,
         }
     }
+}
 
-    pub(crate) fn encode(&self, out: &mut impl BufMut) {
+impl Body for HelloOk {
+    fn encode(&self, out: &mut impl BufMut) {
         out.put_u16_le(self.version);
         match &self.auth {
             AuthMethod::None => {
@@ -134,7 +139,7 @@ impl HelloOk {
         }
     }
 
-    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    fn decode(r: &mut Reader<'_>, _nfds: u16) -> Result<Self, DecodeError> {
         let version = r.u16()?;
         if version == 0 {
             return Err(DecodeError::InvalidValue(Field::Version));
@@ -162,13 +167,13 @@ pub struct Auth {
     pub challenge: [u8; CHALLENGE_LEN],
 }
 
-impl Auth {
-    pub(crate) fn encode(&self, out: &mut impl BufMut) {
+impl Body for Auth {
+    fn encode(&self, out: &mut impl BufMut) {
         out.put_slice(&self.response);
         out.put_slice(&self.challenge);
     }
 
-    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    fn decode(r: &mut Reader<'_>, _nfds: u16) -> Result<Self, DecodeError> {
         Ok(Self {
             response: r.array()?,
             challenge: r.array()?,
@@ -183,12 +188,12 @@ pub struct AuthOk {
     pub response: [u8; MAC_LEN],
 }
 
-impl AuthOk {
-    pub(crate) fn encode(&self, out: &mut impl BufMut) {
+impl Body for AuthOk {
+    fn encode(&self, out: &mut impl BufMut) {
         out.put_slice(&self.response);
     }
 
-    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    fn decode(r: &mut Reader<'_>, _nfds: u16) -> Result<Self, DecodeError> {
         Ok(Self {
             response: r.array()?,
         })

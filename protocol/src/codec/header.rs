@@ -9,93 +9,9 @@
 
 use bytes::BufMut;
 
+use super::Tag;
 use crate::error::DecodeError;
 use crate::{HEADER_LEN, MAX_BODY_LEN, MAX_FDS};
-
-/// The message types of protocol version 1 (PROTOCOL.md §5). Every other tag value is reserved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Tag {
-    /// Client → server: opens the connection and offers a version range.
-    Hello = 0x01,
-    /// Server → client: the chosen version and the authentication method.
-    HelloOk = 0x02,
-    /// Client → server: the answer to the server's challenge, and a challenge back.
-    Auth = 0x03,
-    /// Server → client: the answer to the client's challenge.
-    AuthOk = 0x04,
-    /// Client → server: fork a child.
-    Spawn = 0x10,
-    /// Client → server: send a signal to the child of this connection.
-    Signal = 0x11,
-    /// Client → server: ask for the server's status.
-    StatusRequest = 0x12,
-    /// Server → client: the child's pid (and maybe a pidfd).
-    Pid = 0x20,
-    /// Server → client: the child's signed exit code.
-    Exit = 0x21,
-    /// Server → client: a signal request was carried out.
-    Signaled = 0x22,
-    /// Server → client: the server's status.
-    Status = 0x23,
-    /// Server → client: a request failed.
-    Error = 0x2F,
-}
-
-impl Tag {
-    /// Every tag, in numeric order.
-    pub const ALL: [Tag; 12] = [
-        Tag::Hello,
-        Tag::HelloOk,
-        Tag::Auth,
-        Tag::AuthOk,
-        Tag::Spawn,
-        Tag::Signal,
-        Tag::StatusRequest,
-        Tag::Pid,
-        Tag::Exit,
-        Tag::Signaled,
-        Tag::Status,
-        Tag::Error,
-    ];
-
-    /// The tag for a byte, if it names a message of this version.
-    pub fn from_u8(b: u8) -> Option<Tag> {
-        Tag::ALL.into_iter().find(|t| *t as u8 == b)
-    }
-
-    /// Most fds a frame of this type may carry (PROTOCOL.md §4.2).
-    pub fn max_fds(self) -> u16 {
-        match self {
-            Tag::Spawn => MAX_FDS as u16,
-            Tag::Pid => 1,
-            _ => 0,
-        }
-    }
-
-    /// The body length of fixed-size messages; `None` for variable-size ones.
-    pub fn fixed_body_len(self) -> Option<u32> {
-        match self {
-            Tag::Hello => Some(8),
-            Tag::Auth => Some(64),
-            Tag::AuthOk => Some(32),
-            Tag::Signal => Some(4),
-            Tag::StatusRequest => Some(0),
-            Tag::Pid => Some(4),
-            Tag::Exit => Some(8),
-            Tag::Signaled => Some(0),
-            Tag::HelloOk | Tag::Spawn | Tag::Status | Tag::Error => None,
-        }
-    }
-
-    /// True for messages a client sends, false for those a server sends.
-    pub fn is_from_client(self) -> bool {
-        matches!(
-            self,
-            Tag::Hello | Tag::Auth | Tag::Spawn | Tag::Signal | Tag::StatusRequest
-        )
-    }
-}
 
 /// A validated frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

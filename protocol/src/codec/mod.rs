@@ -5,6 +5,7 @@ mod control;
 mod error_reply;
 mod handshake;
 mod header;
+mod messages;
 mod spawn;
 mod status;
 mod wire;
@@ -14,7 +15,8 @@ use bytes::BufMut;
 pub use control::{exit_flags, Exit, Pid, Signal};
 pub use error_reply::{ErrorCode, ErrorReply};
 pub use handshake::{Auth, AuthMethod, AuthOk, Hello, HelloOk};
-pub use header::{Header, Tag};
+pub use header::Header;
+pub use messages::{Message, Tag};
 pub use spawn::{
     flags as spawn_flags, EntryJob, ExecJob, FdMap, Job, Session, Spawn, SpawnOptions,
 };
@@ -22,36 +24,6 @@ pub use status::Status;
 
 use crate::error::DecodeError;
 use crate::HEADER_LEN;
-use wire::Reader;
-
-/// Every message of protocol version 1.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Message {
-    /// 0x01, client → server.
-    Hello(Hello),
-    /// 0x02, server → client.
-    HelloOk(HelloOk),
-    /// 0x03, client → server.
-    Auth(Auth),
-    /// 0x04, server → client.
-    AuthOk(AuthOk),
-    /// 0x10, client → server; carries `fds().len()` fds.
-    Spawn(Spawn),
-    /// 0x11, client → server.
-    Signal(Signal),
-    /// 0x12, client → server.
-    StatusRequest,
-    /// 0x20, server → client; carries a pidfd when `has_pidfd()`.
-    Pid(Pid),
-    /// 0x21, server → client.
-    Exit(Exit),
-    /// 0x22, server → client.
-    Signaled,
-    /// 0x23, server → client.
-    Status(Status),
-    /// 0x2F, server → client.
-    Error(ErrorReply),
-}
 
 impl From<ErrorReply> for Message {
     fn from(e: ErrorReply) -> Self {
@@ -60,48 +32,6 @@ impl From<ErrorReply> for Message {
 }
 
 impl Message {
-    /// The message's tag.
-    pub fn tag(&self) -> Tag {
-        match self {
-            Message::Hello(_) => Tag::Hello,
-            Message::HelloOk(_) => Tag::HelloOk,
-            Message::Auth(_) => Tag::Auth,
-            Message::AuthOk(_) => Tag::AuthOk,
-            Message::Spawn(_) => Tag::Spawn,
-            Message::Signal(_) => Tag::Signal,
-            Message::StatusRequest => Tag::StatusRequest,
-            Message::Pid(_) => Tag::Pid,
-            Message::Exit(_) => Tag::Exit,
-            Message::Signaled => Tag::Signaled,
-            Message::Status(_) => Tag::Status,
-            Message::Error(_) => Tag::Error,
-        }
-    }
-
-    /// How many fds travel with this message's frame (the header's `nfds`).
-    pub fn fd_count(&self) -> usize {
-        match self {
-            Message::Spawn(s) => s.fds().len(),
-            Message::Pid(p) => usize::from(p.has_pidfd()),
-            _ => 0,
-        }
-    }
-
-    fn body_len(&self) -> usize {
-        match self {
-            Message::Hello(_) => 8,
-            Message::HelloOk(m) => m.body_len(),
-            Message::Auth(_) => 64,
-            Message::AuthOk(_) => 32,
-            Message::Spawn(m) => m.body_len(),
-            Message::Signal(_) | Message::Pid(_) => 4,
-            Message::StatusRequest | Message::Signaled => 0,
-            Message::Exit(_) => 8,
-            Message::Status(m) => m.body_len(),
-            Message::Error(m) => m.body_len(),
-        }
-    }
-
     /// Length of the encoded frame, header included.
     pub fn encoded_len(&self) -> usize {
         HEADER_LEN + self.body_len()
@@ -116,19 +46,7 @@ impl Message {
             body_len: self.body_len() as u32,
         };
         header.encode(out);
-        match self {
-            Message::Hello(m) => m.encode(out),
-            Message::HelloOk(m) => m.encode(out),
-            Message::Auth(m) => m.encode(out),
-            Message::AuthOk(m) => m.encode(out),
-            Message::Spawn(m) => m.encode(out),
-            Message::Signal(m) => m.encode(out),
-            Message::Pid(m) => m.encode(out),
-            Message::Exit(m) => m.encode(out),
-            Message::Status(m) => m.encode(out),
-            Message::Error(m) => m.encode(out),
-            Message::StatusRequest | Message::Signaled => {}
-        }
+        self.encode_body(out);
     }
 
     /// The encoded frame as a new vector.
@@ -193,7 +111,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
             needed: frame_len - buf.len(),
         });
     };
-    let message = decode_body(header, body)?;
+    let message = Message::decode_body(header, body)?;
     Ok(Decoded::Frame {
         message,
         consumed: frame_len,
@@ -211,24 +129,4 @@ pub fn decode_exact(buf: &[u8]) -> Result<Message, DecodeError> {
         Decoded::Frame { .. } => Err(DecodeError::TrailingBytes),
         Decoded::Incomplete { .. } => Err(DecodeError::Truncated),
     }
-}
-
-fn decode_body(header: Header, body: &[u8]) -> Result<Message, DecodeError> {
-    let mut r = Reader::new(body);
-    let m = match header.tag {
-        Tag::Hello => Message::Hello(Hello::decode(&mut r)?),
-        Tag::HelloOk => Message::HelloOk(HelloOk::decode(&mut r)?),
-        Tag::Auth => Message::Auth(Auth::decode(&mut r)?),
-        Tag::AuthOk => Message::AuthOk(AuthOk::decode(&mut r)?),
-        Tag::Spawn => Message::Spawn(Spawn::decode(&mut r, header.nfds)?),
-        Tag::Signal => Message::Signal(Signal::decode(&mut r)?),
-        Tag::StatusRequest => Message::StatusRequest,
-        Tag::Pid => Message::Pid(Pid::decode(&mut r, header.nfds)?),
-        Tag::Exit => Message::Exit(Exit::decode(&mut r)?),
-        Tag::Signaled => Message::Signaled,
-        Tag::Status => Message::Status(Status::decode(&mut r)?),
-        Tag::Error => Message::Error(ErrorReply::decode(&mut r)?),
-    };
-    r.finish()?;
-    Ok(m)
 }

@@ -9,6 +9,7 @@
 
 use bytes::BufMut;
 
+use super::messages::Body;
 use super::wire::{put_bytes16, put_bytes32, Reader};
 use crate::error::{BuildError, DecodeError, Field, Limit};
 use crate::{
@@ -558,8 +559,10 @@ impl Spawn {
     pub(crate) fn body_len(&self) -> usize {
         4 + 8 + 4 * self.fds.len() + self.job.body_len()
     }
+}
 
-    pub(crate) fn encode(&self, out: &mut impl BufMut) {
+impl Body for Spawn {
+    fn encode(&self, out: &mut impl BufMut) {
         out.put_u32_le(self.options.flags());
         out.put_u64_le(self.options.deadline_ms.map_or(0, |d| d.get()));
         for t in self.fds.targets() {
@@ -577,7 +580,7 @@ impl Spawn {
         }
     }
 
-    pub(crate) fn decode(r: &mut Reader<'_>, nfds: u16) -> Result<Self, DecodeError> {
+    fn decode(r: &mut Reader<'_>, nfds: u16) -> Result<Self, DecodeError> {
         let f = r.u32()?;
         let deadline = r.u64()?;
         let options = SpawnOptions::from_wire(f, deadline)?;
@@ -588,5 +591,9 @@ impl Spawn {
             _ => return Err(DecodeError::InvalidValue(Field::JobKind)),
         };
         Ok(Self { options, fds, job })
+    }
+
+    fn fd_count(&self) -> usize {
+        self.fds.len()
     }
 }

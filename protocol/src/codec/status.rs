@@ -2,6 +2,7 @@
 
 use bytes::BufMut;
 
+use super::messages::Body;
 use super::wire::{put_bytes16, Reader};
 use crate::error::{BuildError, DecodeError, Field, Limit};
 use crate::MAX_VERSION_STRING_LEN;
@@ -82,8 +83,10 @@ impl Status {
     pub(crate) fn body_len(&self) -> usize {
         24 + 2 + self.server_version.len()
     }
+}
 
-    pub(crate) fn encode(&self, out: &mut impl BufMut) {
+impl Body for Status {
+    fn encode(&self, out: &mut impl BufMut) {
         out.put_u16_le(self.protocol_version);
         out.put_u16_le(0);
         out.put_u32_le(self.server_pid as u32);
@@ -93,7 +96,7 @@ impl Status {
         put_bytes16(out, self.server_version.as_bytes());
     }
 
-    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    fn decode(r: &mut Reader<'_>, _nfds: u16) -> Result<Self, DecodeError> {
         let protocol_version = r.u16()?;
         r.reserved::<2>()?;
         let server_pid = r.u32()?;
