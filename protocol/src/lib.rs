@@ -15,13 +15,13 @@
 //!  └────────────────┘   (≤ 253 fds per call, §4.3)        └────────────────┘
 //! ```
 //!
-//! * [`codec`]: every message of `spec/PROTOCOL.md` as a type whose constructor enforces the
-//!   spec's rules, so [`Message::encode`] cannot fail; and [`decode`], incremental and total:
-//!   a frame and the bytes it used, [`Decoded::Incomplete`], or a [`DecodeError`]. It does no
-//!   I/O and holds no `unsafe`.
-//! * [`transport`]: [`OutFrame`] and [`FrameReader`] carry frames and up to 256 fds over a
-//!   stream socket (`MSG_CMSG_CLOEXEC`, `MSG_CTRUNC` and fd-count checks, every received fd closed
-//!   on error).
+//! * The codec (`codec/`): every message of `spec/PROTOCOL.md` as a type whose constructor
+//!   enforces the spec's rules, so [`Message::encode`] cannot fail; and [`decode`], incremental
+//!   and total: a frame and the bytes it used, [`Decoded::Incomplete`], or a [`DecodeError`].
+//!   It does no I/O and holds no `unsafe`. Each item has one path: the crate root.
+//! * The transport (`transport.rs`): [`OutFrame`] and [`FrameReader`] carry frames and up to
+//!   256 fds over a stream socket (`MSG_CMSG_CLOEXEC`, `MSG_CTRUNC` and fd-count checks, every
+//!   received fd closed on error).
 //! * [`FdBundle`]: the owned fds of a spawn request with their target numbers.
 //!
 //! The limits ([`MAX_FDS`], [`MAX_BODY_LEN`], ...) are the spec's; see `spec/PROTOCOL.md` §3.
@@ -33,14 +33,14 @@
 mod arbitrary_impls;
 pub mod auth;
 mod bundle;
-pub mod codec;
+mod codec;
 mod error;
 pub mod fuzzing;
 pub mod launch;
 mod limits;
 pub mod socket_dir;
 #[allow(unsafe_code)]
-pub mod transport;
+mod transport;
 
 pub use bundle::FdBundle;
 pub use codec::{

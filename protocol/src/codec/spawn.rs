@@ -516,7 +516,7 @@ impl Job {
 }
 
 /// `Spawn` (0x10): a validated spawn request. The fds themselves travel beside the frame
-/// (see [`crate::transport`]); this message carries their target numbers.
+/// (see [`crate::OutFrame`]); this message carries their target numbers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Spawn {
     options: SpawnOptions,
