@@ -82,6 +82,7 @@ mod launch;
 #[allow(unsafe_code)] // pre_exec: close-on-exec on the client's fds before exec
 mod managed;
 mod output;
+mod pipes;
 mod stdio;
 
 #[cfg(feature = "tokio")]
@@ -96,6 +97,7 @@ pub use exit_status::ExitStatus;
 pub use forkserver_protocol::{ErrorCode, Status};
 pub use launch::{Launcher, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV};
 pub use output::Output;
+pub use pipes::{ChildStderr, ChildStdin, ChildStdout};
 pub use stdio::Stdio;
 
 #[cfg(test)]
