@@ -128,7 +128,9 @@ impl Job {
 /// (see [`crate::OutFrame`]); this message carries their target numbers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Spawn {
-    options: SpawnOptions,
+    /// Boxed: the groups make the options a few hundred bytes, which would make every
+    /// [`crate::Message`] that large.
+    options: Box<SpawnOptions>,
     fds: FdMap,
     job: Job,
 }
@@ -140,7 +142,11 @@ impl Spawn {
     /// or a uid or gid of `u32::MAX`. Every other rule is enforced by the parts' constructors.
     pub fn new(options: SpawnOptions, fds: FdMap, job: Job) -> Result<Self, BuildError> {
         options.check()?;
-        let s = Self { options, fds, job };
+        let s = Self {
+            options: Box::new(options),
+            fds,
+            job,
+        };
         let len = s.body_len();
         if len > MAX_BODY_LEN {
             return Err(BuildError::limit(Limit::Body, len));
@@ -165,7 +171,7 @@ impl Spawn {
 
     /// Takes the request apart.
     pub fn into_parts(self) -> (SpawnOptions, FdMap, Job) {
-        (self.options, self.fds, self.job)
+        (*self.options, self.fds, self.job)
     }
 
     pub(crate) fn body_len(&self) -> usize {
@@ -213,7 +219,11 @@ impl Body for Spawn {
             2 => Job::Exec(ExecJob::decode(r, removes)?),
             _ => return Err(DecodeError::InvalidValue(Field::JobKind)),
         };
-        Ok(Self { options, fds, job })
+        Ok(Self {
+            options: Box::new(options),
+            fds,
+            job,
+        })
     }
 
     fn fd_count(&self) -> usize {
