@@ -29,6 +29,7 @@ mod session;
 #[allow(unsafe_code)]
 mod spawn;
 mod sys;
+mod timers;
 #[allow(unsafe_code)]
 mod zygote;
 
