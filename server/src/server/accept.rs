@@ -79,7 +79,10 @@ impl Server {
         let id = self.next_conn;
         self.next_conn += 1;
         let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
-        if let Err(e) = self.epoll.add(&fd, EpollEvent::new(interest, id)) {
+        if let Err(e) = self
+            .epoll
+            .add(&fd, EpollEvent::new(interest, Token::Conn(id).to_u64()))
+        {
             tracing::warn!("epoll_ctl: {e}");
             return;
         }

@@ -272,7 +272,7 @@ impl Server {
         }
         if let (true, Some(report)) = (wait_exec, &report) {
             // Keyed by the spawn's serial, not its pid: a pid can be reused, a serial cannot.
-            let token = TOKEN_REPORT | serial;
+            let token = Token::Report(serial).to_u64();
             if let Err(e) = self
                 .epoll
                 .add(report, EpollEvent::new(EpollFlags::EPOLLIN, token))

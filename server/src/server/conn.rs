@@ -365,7 +365,7 @@ impl Server {
         }
         if want != conn.interest {
             conn.interest = want;
-            let mut ev = EpollEvent::new(want, id);
+            let mut ev = EpollEvent::new(want, Token::Conn(id).to_u64());
             if let Err(e) = self.epoll.modify(&conn.fd, &mut ev) {
                 tracing::warn!("epoll_ctl: {e}");
             }

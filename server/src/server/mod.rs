@@ -35,11 +35,45 @@ use children::Child;
 use conn::Conn;
 use pool::Pooled;
 
-const TOKEN_LISTENER: u64 = 0;
-const TOKEN_SIGNALS: u64 = 1;
-const TOKEN_ALIVE: u64 = 2;
-/// Connection tokens are their ids; report-pipe tokens are a spawn's serial with this bit set.
-const TOKEN_REPORT: u64 = 1 << 62;
+/// What an epoll event is about: the `u64` registered with each fd, typed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Token {
+    Listener,
+    /// The signalfd (`SIGCHLD`, `SIGTERM`).
+    Signals,
+    /// The owner's alive pipe.
+    Alive,
+    /// The report pipe of the child of this spawn serial (`pid_after_exec`).
+    Report(u64),
+    /// A connection, by id.
+    Conn(u64),
+}
+
+impl Token {
+    /// Report tokens carry this bit; connection ids start above the fixed tokens.
+    const REPORT_BIT: u64 = 1 << 62;
+
+    fn to_u64(self) -> u64 {
+        match self {
+            Token::Listener => 0,
+            Token::Signals => 1,
+            Token::Alive => 2,
+            Token::Report(serial) => Self::REPORT_BIT | serial,
+            Token::Conn(id) => id,
+        }
+    }
+
+    fn from_u64(v: u64) -> Token {
+        match v {
+            0 => Token::Listener,
+            1 => Token::Signals,
+            2 => Token::Alive,
+            v if v & Self::REPORT_BIT != 0 => Token::Report(v & !Self::REPORT_BIT),
+            id => Token::Conn(id),
+        }
+    }
+}
+
 const FIRST_CONN_ID: u64 = 16;
 /// recvmsg calls per readiness event: enough to drain a burst, few enough to stay fair.
 const READS_PER_EVENT: usize = 4;
@@ -140,19 +174,22 @@ impl Server {
         epoll
             .add(
                 &listener,
-                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTENER),
+                EpollEvent::new(EpollFlags::EPOLLIN, Token::Listener.to_u64()),
             )
             .map_err(sys("epoll_ctl"))?;
         epoll
             .add(
                 &signals,
-                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNALS),
+                EpollEvent::new(EpollFlags::EPOLLIN, Token::Signals.to_u64()),
             )
             .map_err(sys("epoll_ctl"))?;
         let alive = config.alive_fd.take();
         if let Some(a) = &alive {
             epoll
-                .add(a, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_ALIVE))
+                .add(
+                    a,
+                    EpollEvent::new(EpollFlags::EPOLLIN, Token::Alive.to_u64()),
+                )
                 .map_err(sys("epoll_ctl"))?;
         }
         match crate::quota::raise_fd_limit() {
@@ -230,18 +267,18 @@ impl Server {
             };
             for ev in &events[..n] {
                 let flags = ev.events();
-                match ev.data() {
-                    TOKEN_LISTENER => self.accept_all(),
-                    TOKEN_SIGNALS => self.read_signals()?,
-                    TOKEN_ALIVE => {
+                match Token::from_u64(ev.data()) {
+                    Token::Listener => self.accept_all(),
+                    Token::Signals => self.read_signals()?,
+                    Token::Alive => {
                         if self.alive_closed() {
                             tracing::info!("owner gone (alive fd closed): exiting");
                             self.cleanup();
                             return Ok(());
                         }
                     }
-                    t if t & TOKEN_REPORT != 0 => self.on_report(t & !TOKEN_REPORT),
-                    id => self.on_conn_event(id, flags),
+                    Token::Report(serial) => self.on_report(serial),
+                    Token::Conn(id) => self.on_conn_event(id, flags),
                 }
             }
             self.expire(Instant::now());
