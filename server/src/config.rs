@@ -120,6 +120,26 @@ impl Config {
     }
 }
 
+impl std::fmt::Debug for Config {
+    /// Every setting but the key, which is shown only as present or absent.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("alive_fd", &self.alive_fd)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("allowed_uids", &self.allowed_uids)
+            .field("max_connections", &self.max_connections)
+            .field("max_handshakes", &self.max_handshakes)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("kill_children_with_server", &self.kill_children_with_server)
+            .field("prefork", &self.prefork)
+            .field("max_children", &self.max_children)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,25 +166,5 @@ mod tests {
             let e = bad.validate().unwrap_err();
             assert!(matches!(e, ServerError::InvalidConfig(_)), "{e}");
         }
-    }
-}
-
-impl std::fmt::Debug for Config {
-    /// Every setting but the key, which is shown only as present or absent.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("listen", &self.listen)
-            .field("alive_fd", &self.alive_fd)
-            .field("idle_timeout", &self.idle_timeout)
-            .field("handshake_timeout", &self.handshake_timeout)
-            .field("allowed_uids", &self.allowed_uids)
-            .field("max_connections", &self.max_connections)
-            .field("max_handshakes", &self.max_handshakes)
-            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
-            .field("kill_children_with_server", &self.kill_children_with_server)
-            .field("prefork", &self.prefork)
-            .field("max_children", &self.max_children)
-            .field("shutdown_timeout", &self.shutdown_timeout)
-            .finish()
     }
 }
