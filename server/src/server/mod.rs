@@ -28,7 +28,9 @@ use crate::ServerError;
 mod accept;
 mod children;
 mod conn;
+mod lifecycle;
 mod pool;
+mod timeouts;
 
 use accept::{has_unread_input, open_reserve};
 use children::Child;
@@ -304,24 +306,6 @@ impl Server {
         self.listener = None;
     }
 
-    fn next_timeout(&self) -> EpollTimeout {
-        let mut next = self.timers.next();
-        if let Some(idle) = self.config.idle_timeout {
-            if self.is_idle() {
-                let t = self.idle_since + idle;
-                next = Some(next.map_or(t, |n| n.min(t)));
-            }
-        }
-        match next {
-            None => EpollTimeout::NONE,
-            Some(t) => {
-                // Round up to whole milliseconds so the timer has passed when we wake.
-                let d = t.saturating_duration_since(Instant::now()) + Duration::from_micros(999);
-                EpollTimeout::try_from(d).unwrap_or(EpollTimeout::MAX)
-            }
-        }
-    }
-
     /// Whether epoll has an event ready now (level-triggered: it stays reported). Checked just
     /// before an idle exit, so that a request that came in since the last wait is served.
     fn events_waiting(&self) -> bool {
@@ -342,147 +326,6 @@ impl Server {
     // ----- accepting ------------------------------------------------------------------------
 
     // ----- signals and children -------------------------------------------------------------
-
-    fn read_signals(&mut self) -> Result<(), ServerError> {
-        let mut reap = false;
-        // One signal per readiness event: the signalfd is level-triggered in epoll, so a
-        // second pending signal (SIGTERM beside SIGCHLD) wakes the next turn, and the common
-        // case spends no read on EAGAIN.
-        loop {
-            match self.signals.read_signal() {
-                Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
-                    Ok(Signal::SIGCHLD) => reap = true,
-                    Ok(Signal::SIGTERM) => self.begin_shutdown(),
-                    _ => {}
-                },
-                Ok(None) | Err(Errno::EAGAIN) => {}
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(ServerError::Sys("signalfd read".into(), e)),
-            }
-            break;
-        }
-        if reap {
-            self.reap();
-        }
-        Ok(())
-    }
-
-    fn begin_shutdown(&mut self) {
-        if self.shutting_down {
-            return;
-        }
-        tracing::info!("SIGTERM: no longer accepting; exiting once running children end");
-        self.shutting_down = true;
-        // A timeout too far away to be an Instant is no timeout.
-        if let Some(t) = self
-            .config
-            .shutdown_timeout
-            .and_then(|d| Instant::now().checked_add(d))
-        {
-            self.timers.set(t, Timer::Shutdown);
-        }
-        // Pooled children read the end of their socket and exit.
-        for (pid, _) in self.pool.drain(..) {
-            spawn::wake_pooled(pid);
-        }
-        if let Some(l) = self.listener.take() {
-            let _ = self.epoll.delete(&l);
-            // Dropping it removes the socket file: new clients find nobody.
-            self.socket_path = None;
-        }
-        let idle: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                matches!(
-                    c.state(),
-                    State::AwaitHello | State::AwaitAuth(_) | State::Ready
-                )
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in idle {
-            self.fail(
-                id,
-                ErrorReply::new(ErrorCode::ShuttingDown, 0, "server is shutting down"),
-            );
-        }
-    }
-
-    fn alive_closed(&mut self) -> bool {
-        let Some(a) = &self.alive else { return false };
-        let mut buf = [0u8; 64];
-        match nix::unistd::read(a, &mut buf) {
-            Ok(0) => true,
-            Ok(_) | Err(Errno::EAGAIN | Errno::EINTR) => false,
-            Err(_) => true,
-        }
-    }
-
-    fn expire(&mut self, now: Instant) {
-        while let Some((key, timer)) = self.timers.pop_expired(now) {
-            match timer {
-                Timer::Shutdown => self.kill_remaining_children(),
-                Timer::Deadline { serial, pid } => {
-                    let Some(c) = self.children.get_mut(&pid) else {
-                        continue;
-                    };
-                    if c.serial == serial && !c.deadline_hit {
-                        c.deadline_hit = true;
-                        tracing::info!(pid = pid.as_raw(), "deadline expired: SIGKILL");
-                        let _ = kill(pid, Signal::SIGKILL);
-                    }
-                }
-                Timer::Handshake(id) => {
-                    if self.handshakes.contains(id) {
-                        self.handshakes.finish(id);
-                        let msg = "handshake not completed in time";
-                        self.fail(id, ErrorReply::new(ErrorCode::Timeout, 0, msg));
-                    }
-                }
-                Timer::PartialFrame(id) => {
-                    let Some(c) = self.conns.get_mut(&id) else {
-                        continue;
-                    };
-                    if c.partial != Some(key) {
-                        continue;
-                    }
-                    c.partial = None;
-                    // Only a frame the server is reading: one held behind a Spawn, or behind
-                    // unread replies, waits for the server, and gets a new timer when reading
-                    // resumes.
-                    if c.wants_input() && c.reader.holds_partial_frame() {
-                        let msg = "frame not completed in time";
-                        self.fail(id, ErrorReply::new(ErrorCode::Timeout, 0, msg));
-                    }
-                }
-                Timer::Closing(id) => {
-                    if self
-                        .conns
-                        .get(&id)
-                        .is_some_and(|c| c.state() == State::Closing)
-                    {
-                        tracing::debug!(conn = id, "replies not read in time: dropped");
-                        self.disconnect(id);
-                    }
-                }
-            }
-        }
-        // Timers of reaped children and closed connections linger until their time.
-        let (children, conns, handshakes) = (&self.children, &self.conns, &self.handshakes);
-        self.timers.prune(
-            children.len() + 2 * conns.len() + 1,
-            |key, timer| match *timer {
-                Timer::Deadline { serial, pid } => {
-                    children.get(&pid).is_some_and(|c| c.serial == serial)
-                }
-                Timer::Handshake(id) => handshakes.contains(id),
-                Timer::PartialFrame(id) => conns.get(&id).is_some_and(|c| c.partial == Some(key)),
-                Timer::Closing(id) => conns.contains_key(&id),
-                Timer::Shutdown => true,
-            },
-        );
-    }
 
     // ----- connections ----------------------------------------------------------------------
 }
