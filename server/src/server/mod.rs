@@ -11,18 +11,18 @@ use forkserver_protocol::{
 };
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::signal::{kill, SigHandler, SigSet, Signal};
+use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{accept4, MsgFlags, SockFlag};
 use nix::unistd::Pid;
 
 use crate::config::Config;
+use crate::entry::EntryFn;
 use crate::listen::{bind_listener, peer_uid, BoundPath};
 use crate::quota::Handshakes;
 use crate::session::{Action, Env, Session, State};
 use crate::spawn::{self, Work, STAGE_EXEC};
 use crate::timers::{Timer, TimerTable};
-use crate::zygote::EntryFn;
 use crate::ServerError;
 
 mod accept;
@@ -163,11 +163,8 @@ impl Server {
         mask.add(Signal::SIGCHLD);
         mask.add(Signal::SIGTERM);
         mask.thread_block().map_err(sys("sigprocmask"))?;
-        // SAFETY: SIG_IGN installs no handler code.
-        unsafe {
-            nix::sys::signal::signal(Signal::SIGINT, SigHandler::SigIgn).map_err(sys("signal"))?;
-            nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn).map_err(sys("signal"))?;
-        }
+        crate::sys::ignore(Signal::SIGINT).map_err(sys("signal"))?;
+        crate::sys::ignore(Signal::SIGPIPE).map_err(sys("signal"))?;
         // From here on the server changes no disposition: these are what children reset.
         let signals_to_reset = crate::sys::non_default_signals().map_err(sys("rt_sigaction"))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)

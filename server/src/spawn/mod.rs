@@ -33,7 +33,7 @@ use crate::sys;
 use fds::{Op, Placement};
 
 mod fds;
-use crate::zygote::{Call, EntryFn};
+use crate::entry::{Call, EntryFn};
 
 /// Stage byte of a child's failure report: setting the child up failed.
 pub(crate) const STAGE_SETUP: u8 = 1;
