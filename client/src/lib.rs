@@ -79,9 +79,10 @@ mod engine;
 mod error;
 mod exit_status;
 mod launch;
-#[allow(unsafe_code)] // pre_exec: close-on-exec on the client's fds before exec
 mod managed;
 mod output;
+#[allow(unsafe_code)] // pre_exec: close-on-exec on the client's fds before exec
+mod server_process;
 mod stdio;
 
 #[cfg(feature = "tokio")]
