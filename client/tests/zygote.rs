@@ -145,6 +145,10 @@ fn main() {
         ),
         ("signal_kill_and_try_wait", signal_kill_and_try_wait),
         ("deadline", deadline),
+        (
+            "an_event_loop_calls_try_wait_before_polling",
+            an_event_loop_calls_try_wait_before_polling,
+        ),
         ("a_client_dying_after_sending", a_client_dying_after_sending),
         ("status", status),
         ("authentication_is_enforced", authentication_is_enforced),
@@ -517,6 +521,34 @@ fn signal_kill_and_try_wait(client: &Client) {
         Some(9),
         "wait is idempotent"
     );
+}
+
+/// The documented pattern for event loops (`Child::connection_fd`): `try_wait` first, then poll.
+/// A kill whose acknowledgement and `Exit` arrive in one read leaves the `Exit` buffered: the
+/// socket is then not readable again, and only `try_wait` sees it.
+fn an_event_loop_calls_try_wait_before_polling(client: &Client) {
+    for _ in 0..20 {
+        let mut child = client.command("sleep").arg("10").spawn().unwrap();
+        child.kill().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            let fd = child.connection_fd().expect("running, so a connection");
+            let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+            let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(5000u16)).unwrap();
+            assert_eq!(
+                n, 1,
+                "not readable, and try_wait had nothing: the loop would hang"
+            );
+        };
+        assert_eq!(status.signal(), Some(9));
+        assert!(
+            child.connection_fd().is_none(),
+            "no connection once the status is known"
+        );
+    }
 }
 
 fn deadline(client: &Client) {
