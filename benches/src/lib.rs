@@ -3,7 +3,7 @@
 //! * `benches/codec.rs`: criterion benches of the codec, encode and decode of a typical spawn
 //!   request and of a maximal one (256 fds, a long argv):
 //!   `cargo bench -p forkserver-benches --bench codec`.
-//! * `src/bin/compare.rs`: the comparative harness, forkserver against `fork()` in the caller,
+//! * `src/bin/compare/`: the comparative harness, forkserver against `fork()` in the caller,
 //!   `std::process::Command` and CPython's `multiprocessing` forkserver:
 //!   `cargo run --release -p forkserver-benches --bin compare -- [--quick] [--json FILE]
 //!   [--svg DIR]`. What it measures and why is in `benches/BENCHMARKS.md`.

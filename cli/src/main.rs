@@ -169,18 +169,16 @@ fn main() -> ExitCode {
                 (Some(p), None) => Listen::Path(p),
                 (None, None) => Listen::Path(default_socket_path()),
             };
-            let config = Config {
-                listen,
-                idle_timeout: idle_timeout.map(Duration::from_secs),
-                allowed_uids: allow_uid,
-                key,
-                kill_children_with_server,
-                prefork: prefork.into(),
-                max_children: max_children as usize,
-                shutdown_timeout: Some(Duration::from_secs(shutdown_timeout)),
-                handshake_timeout,
-                ..Config::default()
-            };
+            let mut config = Config::default();
+            config.listen = listen;
+            config.idle_timeout = idle_timeout.map(Duration::from_secs);
+            config.allowed_uids = allow_uid;
+            config.key = key;
+            config.kill_children_with_server = kill_children_with_server;
+            config.prefork = prefork.into();
+            config.max_children = max_children as usize;
+            config.shutdown_timeout = Some(Duration::from_secs(shutdown_timeout));
+            config.handshake_timeout = handshake_timeout;
             match Server::bind(config).and_then(Server::run) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e, ExitCode::FAILURE),

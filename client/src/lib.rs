@@ -79,10 +79,11 @@ mod engine;
 mod error;
 mod exit_status;
 mod launch;
-#[allow(unsafe_code)] // pre_exec: close-on-exec on the client's fds before exec
 mod managed;
 mod output;
 mod pipes;
+#[allow(unsafe_code)] // pre_exec: close-on-exec on the client's fds before exec
+mod server_process;
 mod stdio;
 
 #[cfg(feature = "tokio")]

@@ -168,6 +168,10 @@ fn main() {
         ("uid_gid_groups_as_root", uid_gid_groups_as_root),
         ("setup_errors_name_the_cause", setup_errors_name_the_cause),
         ("deadline", deadline),
+        (
+            "an_event_loop_calls_try_wait_before_polling",
+            an_event_loop_calls_try_wait_before_polling,
+        ),
         ("a_client_dying_after_sending", a_client_dying_after_sending),
         ("status", status),
         ("authentication_is_enforced", authentication_is_enforced),
@@ -736,6 +740,34 @@ fn signal_kill_and_try_wait(client: &Client) {
     );
 }
 
+/// The documented pattern for event loops (`Child::connection_fd`): `try_wait` first, then poll.
+/// A kill whose acknowledgement and `Exit` arrive in one read leaves the `Exit` buffered: the
+/// socket is then not readable again, and only `try_wait` sees it.
+fn an_event_loop_calls_try_wait_before_polling(client: &Client) {
+    for _ in 0..20 {
+        let mut child = client.command("sleep").arg("10").spawn().unwrap();
+        child.kill().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            let fd = child.connection_fd().expect("running, so a connection");
+            let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+            let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(5000u16)).unwrap();
+            assert_eq!(
+                n, 1,
+                "not readable, and try_wait had nothing: the loop would hang"
+            );
+        };
+        assert_eq!(status.signal(), Some(9));
+        assert!(
+            child.connection_fd().is_none(),
+            "no connection once the status is known"
+        );
+    }
+}
+
 fn deadline(client: &Client) {
     let st = client
         .call("sleep_ms", "10000")
@@ -969,13 +1001,13 @@ fn authentication_is_enforced(client: &Client) {
     let (_r2, w2) = nix::unistd::pipe().unwrap();
     send_message(sock.as_fd(), &Message::Spawn(spawn), vec![w2]).unwrap();
     let mut reader = FrameReader::new();
-    // The server answers Hello first, unless the spawn's fd arrived in the same read: fds
-    // before authentication are refused at once (PROTOCOL.md §6.3), before HelloOk.
-    let mut next = reader.read_frame(sock.as_fd()).unwrap().message;
-    if matches!(next, Message::HelloOk(_)) {
-        next = reader.read_frame(sock.as_fd()).unwrap().message;
+    // The fd is refused on arrival (PROTOCOL.md §6.3), after the Hello's reply if the server
+    // read the Hello alone.
+    let mut m = reader.read_frame(sock.as_fd()).unwrap().message;
+    if matches!(m, Message::HelloOk(_)) {
+        m = reader.read_frame(sock.as_fd()).unwrap().message;
     }
-    match next {
+    match m {
         Message::Error(e) => assert_eq!(e.code(), ErrorCode::AuthRequired),
         m => panic!("expected AuthRequired, got {m:?}"),
     }

@@ -33,8 +33,16 @@ pub enum Listen {
     Fd(OwnedFd),
 }
 
-/// Server settings. [`Config::default`] listens on [`default_socket_path`].
-#[derive(Debug)]
+/// Server settings. [`Config::default`] listens on [`default_socket_path`]; set the fields
+/// you need on it (the struct is `#[non_exhaustive]`: settings may be added).
+///
+/// ```
+/// let mut config = forkserver_server::Config::default();
+/// config.prefork = 4;
+/// config.idle_timeout = Some(std::time::Duration::from_secs(60));
+/// assert!(config.validate().is_ok());
+/// ```
+#[non_exhaustive]
 pub struct Config {
     /// Where to listen.
     pub listen: Listen,
@@ -109,6 +117,26 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Debug for Config {
+    /// Every setting but the key, which is shown only as present or absent.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("alive_fd", &self.alive_fd)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("allowed_uids", &self.allowed_uids)
+            .field("max_connections", &self.max_connections)
+            .field("max_handshakes", &self.max_handshakes)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("kill_children_with_server", &self.kill_children_with_server)
+            .field("prefork", &self.prefork)
+            .field("max_children", &self.max_children)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
     }
 }
 

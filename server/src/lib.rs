@@ -20,26 +20,27 @@
 #![warn(missing_docs)]
 
 mod config;
+mod entry;
 mod key;
+mod launch;
 mod listen;
 mod quota;
-#[allow(unsafe_code)] // SIG_IGN for SIGINT and SIGPIPE
 mod server;
 mod session;
-#[allow(unsafe_code)]
+#[allow(unsafe_code)] // fork and the child's fd handling (moving into `sys`)
 mod spawn;
 mod sys;
-#[allow(unsafe_code)]
-mod zygote;
+mod timers;
 
 pub use config::{
     default_socket_path, Config, Listen, DEFAULT_MAX_CHILDREN, DEFAULT_SHUTDOWN_TIMEOUT,
     MAX_PREFORK,
 };
+pub use entry::{Call, EntryFn};
 pub use forkserver_protocol::socket_dir::DirError;
 pub use key::{read_key, read_key_file};
+pub use launch::{Zygote, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV};
 pub use server::Server;
-pub use zygote::{Call, EntryFn, Zygote, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV};
 
 use std::path::PathBuf;
 

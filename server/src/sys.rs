@@ -2,10 +2,12 @@
 //! `kill(2)` and `waitpid(2)` with real-time signals (nix's `Signal` has no variant for those:
 //! its `waitpid` fails with `EINVAL` after reaping a child killed by one, losing the status),
 //! and `rt_sigaction(2)` on every signal 1..=64 (glibc's `sigaction` refuses 32 and 33). Each is
-//! one line of `libc`, kept here so the rest of the crate has no FFI.
+//! one line of `libc`, kept here so the rest of the crate has no FFI. Also the few places
+//! where the crate asserts what the type system cannot see (an fd number it owns, a signal
+//! disposition without handler code): the rest of the crate holds no `unsafe`.
 #![allow(unsafe_code)]
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::libc;
@@ -163,4 +165,43 @@ pub(crate) fn non_default_signals() -> Result<u64, Errno> {
 pub(crate) fn set_default_disposition(signo: i32) -> Result<(), Errno> {
     // All zero: SIG_DFL, no flags, empty mask.
     rt_sigaction(signo, Some(&KernelSigaction::default()), None)
+}
+
+/// Ignores `sig` (`SIG_IGN`).
+///
+/// # Errors
+/// `sigaction(2)` failing.
+pub(crate) fn ignore(sig: nix::sys::signal::Signal) -> Result<(), Errno> {
+    use nix::sys::signal::{signal, SigHandler};
+    // SAFETY: SIG_IGN installs no handler code.
+    unsafe { signal(sig, SigHandler::SigIgn) }.map(drop)
+}
+
+/// Takes ownership of an fd this process inherited (the launch convention, PROTOCOL.md §9.4,
+/// names it in the environment), after checking it is open. The caller is the one place that
+/// knows the number.
+///
+/// # Errors
+/// `EBADF` if it is not open.
+pub(crate) fn take_inherited_fd(fd: RawFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: F_GETFD reads a flag of the fd table entry, whatever it is; it fails with EBADF
+    // if `fd` is not open.
+    Errno::result(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: open (checked above), and nothing else in this process owns it (see the doc).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// An fd the child placed from its request's bundle (PROTOCOL.md §6.5), borrowed for an entry
+/// point: it stays open while the `Call` that knows its number lives.
+pub(crate) fn placed_fd<'a>(target: u32) -> BorrowedFd<'a> {
+    // SAFETY: the child placed `target` before calling the entry point; only
+    // `take_placed_fd` (which removes the number from the `Call`) closes it.
+    unsafe { BorrowedFd::borrow_raw(target as RawFd) }
+}
+
+/// An fd the child placed from its request's bundle, owned from now on by the caller (which
+/// forgets its number).
+pub(crate) fn take_placed_fd(target: u32) -> OwnedFd {
+    // SAFETY: placed by the child and owned by the `Call` alone, which gives up its number.
+    unsafe { OwnedFd::from_raw_fd(target as RawFd) }
 }

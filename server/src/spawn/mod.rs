@@ -38,7 +38,7 @@ use fds::{Op, Placement};
 
 mod fds;
 mod identity;
-use crate::zygote::{Call, EntryFn};
+use crate::entry::{Call, EntryFn};
 #[allow(unused_imports)]
 // `failure_reply` and `Context` wait for the event loop (see identity.rs).
 pub(crate) use identity::{failure_reply, Context, Identity, Stage};

@@ -1,61 +1,13 @@
-//! Zygote mode: the application's own binary is the server, and children run registered Rust
-//! entry points with the state built by `preload` already in memory (shared copy-on-write).
+//! Launched servers (PROTOCOL.md §9.4) and zygote mode: the application's own binary is the
+//! server, and children run registered Rust entry points ([`crate::entry`]) with the state
+//! built by `preload` already in memory (shared copy-on-write).
 
 use std::collections::HashMap;
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 
 use crate::config::{Config, Listen};
+use crate::entry::{Call, EntryFn};
 use crate::server::Server;
-
-/// An entry point: gets the call (payload and fds) and returns the exit status (0-255; other
-/// values are truncated to their low 8 bits, as `exit(3)` does).
-pub type EntryFn = Box<dyn Fn(Call) -> i32>;
-
-/// What an entry point receives in the child.
-#[derive(Debug)]
-pub struct Call {
-    payload: Vec<u8>,
-    targets: Vec<u32>,
-}
-
-impl Call {
-    pub(crate) fn new(payload: Vec<u8>, targets: Vec<u32>) -> Self {
-        Self { payload, targets }
-    }
-
-    /// The payload bytes of the request.
-    pub fn payload(&self) -> &[u8] {
-        &self.payload
-    }
-
-    /// The fd numbers the bundle placed in this process, in request order.
-    pub fn fd_numbers(&self) -> &[u32] {
-        &self.targets
-    }
-
-    /// The fd placed at `target`, if the request mapped one there.
-    pub fn fd(&self, target: u32) -> Option<BorrowedFd<'_>> {
-        self.targets.contains(&target).then(|| {
-            // SAFETY: the child set up `target` from the bundle before calling the entry point,
-            // and it stays open at least as long as this `Call` (only `take_fd` closes it).
-            unsafe { BorrowedFd::borrow_raw(target as RawFd) }
-        })
-    }
-
-    /// Takes ownership of the fd placed at `target` (it is closed when dropped). Not for 0, 1
-    /// and 2 (`None`): closing one of those would let the next `open` become stdin, stdout or
-    /// stderr under std's feet; use them through `std::io` or [`Call::fd`].
-    pub fn take_fd(&mut self, target: u32) -> Option<OwnedFd> {
-        if target <= 2 {
-            return None;
-        }
-        let i = self.targets.iter().position(|&t| t == target)?;
-        self.targets.remove(i);
-        // SAFETY: `target` was placed from the bundle and is owned by this call alone; it was
-        // just removed from `targets`, so no other handle to it can be made.
-        Some(unsafe { OwnedFd::from_raw_fd(target as RawFd) })
-    }
-}
 
 pub use forkserver_protocol::launch::{ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV};
 use forkserver_protocol::launch::{KILL_CHILDREN_ENV, MAX_REASON_LEN, READY, READY_FD_ENV};
@@ -215,12 +167,9 @@ pub(crate) fn take_env_fd(var: &str) -> Result<Option<OwnedFd>, crate::ServerErr
     if fd < 3 {
         return Err(bad());
     }
-    // SAFETY: borrowed only for the F_GETFD probe, which fails with EBADF if `fd` is not open.
-    let probe = unsafe { BorrowedFd::borrow_raw(fd) };
-    nix::fcntl::fcntl(probe, nix::fcntl::FcntlArg::F_GETFD).map_err(|_| bad())?;
-    // SAFETY: the launcher handed this fd to us (named in the environment, checked open above);
-    // nothing else in this process knows of it, so this becomes its only owner.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The launcher handed this fd to us (named in the environment); nothing else in this
+    // process knows of it, so this becomes its only owner.
+    let owned = crate::sys::take_inherited_fd(fd).map_err(|_| bad())?;
     nix::fcntl::fcntl(
         &owned,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),

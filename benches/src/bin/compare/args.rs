@@ -1,0 +1,59 @@
+//! The command line: `--quick`, `--json FILE`, `--svg DIR`, `--profile-loop N`, `--fds K`,
+//! `--threads T` (and the internal `--small-client`).
+
+use std::path::PathBuf;
+
+pub(crate) const USAGE: &str = "\
+usage: compare [--quick] [--json FILE] [--svg DIR] [--profile-loop N [--fds K] [--threads T]]
+
+  --quick           fewer iterations and smaller client RSS (256 MiB, 1 GiB): under a minute
+  --json FILE       write every summary and the ratios as JSON to FILE
+  --svg DIR         write latency_vs_fds.svg and latency_vs_rss.svg into DIR
+  --profile-loop N  only run N noop spawns (spawn+wait) and print the server's pid
+                    (for strace/perf; nothing is measured)
+  --fds K           fds in the bundle of --profile-loop (default 3)
+  --threads T       client threads of --profile-loop, sharing one Client (default 1)
+";
+
+/// Command-line options.
+#[derive(Debug, Default)]
+pub(crate) struct Args {
+    pub(crate) quick: bool,
+    pub(crate) json: Option<PathBuf>,
+    pub(crate) svg: Option<PathBuf>,
+    pub(crate) profile_loop: Option<usize>,
+    pub(crate) profile_fds: Option<u32>,
+    pub(crate) profile_threads: Option<usize>,
+    /// Internal: run as the small client of the RSS group (`small_client::serve`).
+    pub(crate) small_client: Option<PathBuf>,
+}
+
+pub(crate) fn parse_args() -> std::result::Result<Args, String> {
+    let mut args = Args::default();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--quick" => args.quick = true,
+            "--json" => args.json = Some(value("--json")?.into()),
+            "--svg" => args.svg = Some(value("--svg")?.into()),
+            "--profile-loop" => {
+                let v = value("--profile-loop")?;
+                args.profile_loop = Some(v.parse().map_err(|_| format!("bad count {v:?}"))?);
+            }
+            "--fds" => {
+                let v = value("--fds")?;
+                args.profile_fds = Some(v.parse().map_err(|_| format!("bad count {v:?}"))?);
+            }
+            "--threads" => {
+                let v = value("--threads")?;
+                let t = v.parse().ok().filter(|&t| t > 0);
+                args.profile_threads = Some(t.ok_or_else(|| format!("bad count {v:?}"))?);
+            }
+            "--small-client" => args.small_client = Some(value("--small-client")?.into()),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(args)
+}

@@ -1,0 +1,229 @@
+//! Frames and their fds over an `AF_UNIX` stream socket: the only module of this crate that does
+//! I/O (PROTOCOL.md §4.3).
+//!
+//! Sending: a frame's fds are attached, at most [`SCM_MAX_FD`] per `sendmsg`, to bytes of that
+//! frame. A frame with more than 253 fds goes out as several `sendmsg` calls: every call but the
+//! last carries one byte of the frame and the next 253 fds; the last carries the rest of the frame
+//! and the remaining fds. So all fds of a frame have arrived once its last byte has.
+//!
+//! Receiving: `recvmsg` with `MSG_CMSG_CLOEXEC` and room for 253 fds. The fds of one `recvmsg`
+//! belong to the frame holding the last byte that call returned (Linux never returns the fds of
+//! two `sendmsg` calls at once). When a frame is complete, the fds assigned to it must number
+//! exactly its header's `nfds`; otherwise, or on `MSG_CTRUNC`, every fd received is closed and an
+//! error is returned.
+
+use std::collections::VecDeque;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
+
+use crate::codec::{decode, Decoded, Header, Message};
+use crate::error::DecodeError;
+use crate::{HEADER_LEN, MAX_FDS, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN, SCM_MAX_FD};
+
+/// What went wrong moving frames over the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// `sendmsg`/`recvmsg` failed (`EAGAIN` on a non-blocking socket included).
+    Io(Errno),
+    /// The peer closed the connection between frames.
+    Closed,
+    /// The peer closed the connection in the middle of a frame.
+    ClosedMidFrame,
+    /// The bytes are not a valid frame.
+    Decode(DecodeError),
+    /// The control buffer was too small (`MSG_CTRUNC`): some fds were lost. The ones that did
+    /// arrive have been closed.
+    ControlTruncated,
+    /// The fds assigned to a frame do not number its header's `nfds`. They have been closed.
+    FdMismatch {
+        /// `nfds` from the header.
+        expected: usize,
+        /// fds that arrived for the frame.
+        received: usize,
+    },
+    /// More than [`MAX_FDS`] fds given for one frame (caught before anything is sent).
+    TooManyFds(usize),
+    /// A header announces a frame longer than the reader's [`ReadLimits::max_frame`]. Refused
+    /// at the header; every fd held has been closed.
+    FrameTooLong {
+        /// The frame length the header announces (header included).
+        len: usize,
+        /// The most the reader accepts now.
+        max: usize,
+    },
+    /// fds arrived while the reader accepts none ([`ReadLimits::fds`]). They have been closed.
+    UnexpectedFds(usize),
+}
+
+impl TransportError {
+    /// True for `EAGAIN`/`EWOULDBLOCK`: try again when the socket is ready.
+    pub fn is_would_block(&self) -> bool {
+        matches!(self, TransportError::Io(Errno::EAGAIN))
+    }
+}
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "socket error: {e}"),
+            Self::Closed => f.write_str("connection closed by peer"),
+            Self::ClosedMidFrame => {
+                f.write_str("connection closed by peer in the middle of a frame")
+            }
+            Self::Decode(e) => write!(f, "malformed frame: {e}"),
+            Self::ControlTruncated => {
+                f.write_str("control message truncated (MSG_CTRUNC); fds lost")
+            }
+            Self::FdMismatch { expected, received } => {
+                write!(f, "frame announces {expected} fds but {received} arrived")
+            }
+            Self::TooManyFds(n) => write!(f, "{n} fds for one frame, at most {MAX_FDS} allowed"),
+            Self::FrameTooLong { len, max } => {
+                write!(
+                    f,
+                    "a frame of {len} bytes announced, at most {max} accepted now"
+                )
+            }
+            Self::UnexpectedFds(n) => write!(f, "{n} fds received where none are accepted"),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+impl From<DecodeError> for TransportError {
+    fn from(e: DecodeError) -> Self {
+        TransportError::Decode(e)
+    }
+}
+
+impl From<Errno> for TransportError {
+    fn from(e: Errno) -> Self {
+        TransportError::Io(e)
+    }
+}
+
+/// A frame being sent, possibly over several calls on a non-blocking socket.
+#[derive(Debug)]
+pub struct OutFrame {
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    pos: usize,
+    fds_sent: usize,
+}
+
+impl OutFrame {
+    /// Encodes `message` for sending with `fds`, which are closed once sent (or when this is
+    /// dropped).
+    ///
+    /// # Errors
+    /// [`TransportError::FdMismatch`] when `fds.len()` is not `message.fd_count()`.
+    pub fn new(message: &Message, fds: Vec<OwnedFd>) -> Result<Self, TransportError> {
+        if fds.len() != message.fd_count() {
+            return Err(TransportError::FdMismatch {
+                expected: message.fd_count(),
+                received: fds.len(),
+            });
+        }
+        Ok(Self::from_raw_parts(message.to_bytes(), fds))
+    }
+
+    /// A frame from bytes already encoded, sent with `fds` as §4.3 says. For tests and tools
+    /// that must send invalid frames; `bytes` must be at least `ceil(fds.len() / 253)` long.
+    ///
+    /// # Panics
+    /// If `bytes` is too short to carry the fds (a caller bug).
+    pub fn from_raw_parts(bytes: Vec<u8>, fds: Vec<OwnedFd>) -> Self {
+        assert!(bytes.len() >= fds.len().div_ceil(SCM_MAX_FD));
+        Self {
+            bytes,
+            fds,
+            pos: 0,
+            fds_sent: 0,
+        }
+    }
+
+    /// Takes back the fds not sent yet (all of them if no byte went out), for a caller that
+    /// gives up on this frame and wants to use them otherwise.
+    pub fn into_unsent_fds(mut self) -> Vec<OwnedFd> {
+        self.fds.split_off(self.fds_sent)
+    }
+
+    /// Whether any byte has gone out yet.
+    pub fn is_started(&self) -> bool {
+        self.pos > 0
+    }
+
+    /// Whether every byte and fd has gone out.
+    pub fn is_done(&self) -> bool {
+        self.pos == self.bytes.len() && self.fds_sent == self.fds.len()
+    }
+
+    /// Sends as much as the socket takes. Returns `Ok(true)` once the whole frame is sent.
+    ///
+    /// # Errors
+    /// [`TransportError::Io`] from `sendmsg` (`EAGAIN` included: call again when writable;
+    /// `EPIPE` when the peer is gone: no `SIGPIPE` is raised).
+    pub fn send(&mut self, sock: BorrowedFd<'_>) -> Result<bool, TransportError> {
+        while !self.is_done() {
+            let fd_end = (self.fds_sent + SCM_MAX_FD).min(self.fds.len());
+            let chunk: Vec<RawFd> = self.fds[self.fds_sent..fd_end]
+                .iter()
+                .map(AsRawFd::as_raw_fd)
+                .collect();
+            // §4.3: while fds remain for later calls, this call carries a single byte.
+            let data_end = if fd_end < self.fds.len() {
+                self.pos + 1
+            } else {
+                self.bytes.len()
+            };
+            let iov = [IoSlice::new(&self.bytes[self.pos..data_end])];
+            let cmsg = [ControlMessage::ScmRights(&chunk)];
+            let cmsgs: &[ControlMessage<'_>] = if chunk.is_empty() { &[] } else { &cmsg };
+            match sendmsg::<UnixAddr>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+                Ok(n) => {
+                    self.pos += n;
+                    if n > 0 {
+                        self.fds_sent = fd_end;
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(TransportError::Io(e)),
+            }
+        }
+        // The fds are in the peer's queue now; close our copies.
+        self.fds.clear();
+        Ok(true)
+    }
+}
+
+/// Sends `message` with `fds` on a blocking socket.
+///
+/// # Errors
+/// As [`OutFrame::new`] and [`OutFrame::send`].
+pub fn send_message(
+    sock: BorrowedFd<'_>,
+    message: &Message,
+    fds: Vec<OwnedFd>,
+) -> Result<(), TransportError> {
+    let mut out = OutFrame::new(message, fds)?;
+    out.send(sock)?;
+    Ok(())
+}
+
+/// A received frame: the message and the fds that travelled with it, in order.
+#[derive(Debug)]
+pub struct Frame {
+    /// The message.
+    pub message: Message,
+    /// Its fds (`message.fd_count()` of them), close-on-exec.
+    pub fds: Vec<OwnedFd>,
+}
+
+mod reader;
+
+pub use reader::{FrameReader, ReadLimits};

@@ -1,0 +1,322 @@
+//! Children: forking for a request, their reports (exec done, setup failures), reaping and
+//! the final report to their connection.
+
+use super::*;
+
+pub(super) struct Child {
+    /// Unique per spawn, so a stale deadline cannot hit a later child that reuses the pid.
+    pub(super) serial: u64,
+    pub(super) conn: Option<u64>,
+    pub(super) report: Option<OwnedFd>,
+    /// The report pipe is in the epoll set (`pid_after_exec`).
+    pub(super) watching_report: bool,
+    pub(super) kill_on_disconnect: bool,
+    /// `KEEP_CONNECTION`: after the final report the connection goes back to `Ready`.
+    pub(super) keep_connection: bool,
+    pub(super) want_pidfd: bool,
+    pub(super) deadline_hit: bool,
+    /// A failure the server saw itself: a pooled child that could not be handed its job.
+    /// Reported in place of the child's exit, like a failure it reported itself.
+    pub(super) failure: Option<Message>,
+}
+
+/// Reads a child's failure report, if it wrote one (5 bytes: stage, errno).
+pub(super) fn read_report(fd: &OwnedFd) -> Option<Message> {
+    let mut buf = [0u8; 5];
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::unistd::read(fd, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    if got < buf.len() {
+        return None;
+    }
+    Some(failure_message(&buf))
+}
+
+/// The reply for a child's failure report: 5 bytes, its stage and errno (`i32` LE).
+pub(super) fn failure_message(report: &[u8]) -> Message {
+    let errno = i32::from_le_bytes([report[1], report[2], report[3], report[4]]);
+    let desc = Errno::from_raw(errno).desc();
+    if report[0] == STAGE_EXEC {
+        ErrorReply::new(ErrorCode::ExecFailed, errno, format!("execve: {desc}")).into()
+    } else {
+        ErrorReply::new(
+            ErrorCode::ChildSetupFailed,
+            errno,
+            format!("child setup: {desc}"),
+        )
+        .into()
+    }
+}
+
+impl Server {
+    /// Reaps every child that has ended: no zombie outlives the loop turn that saw SIGCHLD.
+    pub(super) fn reap(&mut self) {
+        loop {
+            match crate::sys::reap_one() {
+                Ok(Some(r)) => self.on_child_exit(r.pid, r.code, r.core_dumped),
+                Ok(None) | Err(Errno::ECHILD) => return,
+                Err(e) => {
+                    tracing::error!("waitpid: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_child_exit(&mut self, pid: Pid, code: i32, core: bool) {
+        self.touch();
+        if let Some(i) = self.pool.iter().position(|(p, _)| *p == pid) {
+            tracing::warn!(
+                pid = pid.as_raw(),
+                code,
+                "a pooled child died before its job"
+            );
+            self.pool.remove(i);
+            return;
+        }
+        let Some(child) = self.children.remove(&pid) else {
+            return;
+        };
+        tracing::debug!(pid = pid.as_raw(), code, "child reaped");
+        let serial = child.serial;
+        let failure = match (child.failure, &child.report) {
+            (Some(f), _) => Some(f),
+            (None, Some(report)) => read_report(report),
+            (None, None) if code == spawn::FAILED_STATUS => self.shared_report(serial),
+            (None, None) => None,
+        };
+        self.shared_reports.remove(&serial);
+        if let (true, Some(r)) = (child.watching_report, &child.report) {
+            let _ = self.epoll.delete(r);
+        }
+        // A child whose connection is gone (or got its exec error already) has nobody to tell.
+        let Some(id) = child.conn else { return };
+        let spawning = self
+            .conns
+            .get(&id)
+            .is_some_and(|c| c.state() == State::Spawning(pid));
+        if spawning && failure.is_none() {
+            // It ended before its report pipe's EOF was seen: the Pid still comes first (§6.1),
+            // without a pidfd (the pid is reaped and may be reused already).
+            self.send_pid(id, pid, None);
+        }
+        let reply = match failure {
+            Some(reply) => reply,
+            None => match Exit::new(code, child.deadline_hit, core) {
+                Ok(exit) => Message::Exit(exit),
+                Err(_) => {
+                    ErrorReply::new(ErrorCode::Internal, 0, format!("exit code {code}")).into()
+                }
+            },
+        };
+        self.send(id, reply, vec![]);
+        self.after_final_report(id, child.keep_connection);
+    }
+
+    /// The child's final report (`Exit`, or its exec/setup failure) is queued: the connection
+    /// closes, or with `KEEP_CONNECTION` goes back to `Ready` for its next request (§6.1).
+    pub(super) fn after_final_report(&mut self, id: u64, keep: bool) {
+        if keep && !self.shutting_down {
+            self.transition(id, |s| s.final_report(true));
+            // Frames that arrived behind the child's run are handled now, as in READY.
+            self.process_frames(id);
+        } else {
+            self.transition(id, |s| s.final_report(false));
+        }
+    }
+
+    /// The failure report of the child of spawn `serial` on the shared report socket, if it
+    /// wrote one. Reads every report waiting there; those of other live children are kept for
+    /// their own exit (a child writes its report before it exits, so it is there by the time
+    /// the child is reaped).
+    pub(super) fn shared_report(&mut self, serial: u64) -> Option<Message> {
+        let mut buf = [0u8; spawn::SHARED_REPORT_LEN];
+        loop {
+            let flags = MsgFlags::MSG_DONTWAIT;
+            match nix::sys::socket::recv(self.report_rx.as_raw_fd(), &mut buf, flags) {
+                Ok(spawn::SHARED_REPORT_LEN) => {
+                    let mut s = [0u8; 8];
+                    s.copy_from_slice(&buf[..8]);
+                    let s = u64::from_le_bytes(s);
+                    if s == serial || self.children.values().any(|c| c.serial == s) {
+                        self.shared_reports.insert(s, failure_message(&buf[8..]));
+                    }
+                }
+                Ok(n) => tracing::error!("bug: a shared report of {n} bytes"),
+                Err(Errno::EINTR) => {}
+                Err(_) => break,
+            }
+        }
+        self.shared_reports.remove(&serial)
+    }
+
+    /// A `pid_after_exec` child's report pipe is readable: EOF means the exec succeeded.
+    pub(super) fn on_report(&mut self, serial: u64) {
+        let Some((&pid, child)) = self.children.iter_mut().find(|(_, c)| c.serial == serial) else {
+            return;
+        };
+        let Some(report) = child.report.take() else {
+            return;
+        };
+        child.watching_report = false;
+        let _ = self.epoll.delete(&report);
+        let Some(id) = child.conn else { return };
+        match child.failure.take().or_else(|| read_report(&report)) {
+            None => {
+                let want_pidfd = child.want_pidfd;
+                self.start_running(id, pid, want_pidfd);
+                // Frames that came behind the Spawn were held until now.
+                self.process_frames(id);
+            }
+            Some(reply) => {
+                // The child is reaped later; nobody waits for its exit status any more.
+                child.conn = None;
+                let keep = child.keep_connection;
+                self.send(id, reply, vec![]);
+                self.after_final_report(id, keep);
+            }
+        }
+    }
+
+    /// The shutdown timeout passed: `SIGKILL` to every child not reaped yet. They are reaped
+    /// as usual, their clients get `Exit` (-9), and the server exits once they are gone.
+    pub(super) fn kill_remaining_children(&mut self) {
+        if !self.children.is_empty() {
+            let n = self.children.len();
+            tracing::warn!("shutdown timeout: SIGKILL to the {n} children left");
+        }
+        // Not reaped yet (reaping happens on this thread): the pids are still theirs.
+        for pid in self.children.keys() {
+            let _ = kill(*pid, Signal::SIGKILL);
+        }
+    }
+
+    /// The child exists (and, with `pid_after_exec`, has exec'd): `Pid`, with a pidfd if one
+    /// was asked for and can be had, and the connection is RUNNING.
+    pub(super) fn start_running(&mut self, id: u64, pid: Pid, want_pidfd: bool) {
+        let pidfd = want_pidfd
+            .then(|| crate::sys::pidfd_open(pid))
+            .and_then(|r| r.map_err(|e| tracing::debug!("pidfd_open: {e}")).ok());
+        self.send_pid(id, pid, pidfd);
+        self.transition(id, |s| match s.state() {
+            State::Spawning(p) if p == pid => s.exec_done(pid),
+            _ => s.spawned(pid, false),
+        });
+    }
+
+    pub(super) fn spawn(&mut self, id: u64, spawn: Spawn, bundle: FdBundle) {
+        // Pooled children waiting for a job are not in `children`: they do not count.
+        if self.children.len() >= self.config.max_children {
+            let max = self.config.max_children;
+            let msg = format!("too many children: the server runs its limit of {max}");
+            return self.fail(id, ErrorReply::new(ErrorCode::ResourceExhausted, 0, msg));
+        }
+        let options = *spawn.options();
+        let is_exec = matches!(spawn.job(), Job::Exec(_));
+        let wait_exec = options.pid_after_exec && is_exec;
+        let serial = self.spawned_total + 1;
+        // Only a `pid_after_exec` exec job needs a report pipe of its own (its EOF is the
+        // exec's success); others report a failure on the shared socket.
+        let shared = (!wait_exec).then(|| (self.report_tx.as_raw_fd(), serial));
+        let mut pooled = true;
+        let mut failure = None;
+        let forked = match self.take_pooled(spawn, bundle) {
+            Pooled::Taken(pid, sock) => Ok((pid, Some(sock))),
+            Pooled::Broken(pid, sock, reply) => {
+                failure = Some(reply);
+                Ok((pid, Some(sock)))
+            }
+            Pooled::Fork(spawn, bundle) => {
+                pooled = false;
+                let work = match spawn.job() {
+                    Job::Exec(e) => Work::Exec(e),
+                    Job::Entry(e) => Work::Entry {
+                        entry: &self.entries[e.name()],
+                        payload: e.payload(),
+                    },
+                };
+                let die_with_server = self.config.kill_children_with_server;
+                spawn::spawn(
+                    work,
+                    options.session,
+                    die_with_server,
+                    self.signals_to_reset,
+                    bundle,
+                    shared,
+                    self.config.key.as_deref_mut(),
+                )
+            }
+        };
+        let (pid, report) = match forked {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("spawn failed: {e}");
+                let code = match e {
+                    Errno::EMFILE | Errno::ENFILE => ErrorCode::ResourceExhausted,
+                    _ => ErrorCode::ForkFailed,
+                };
+                return self.fail(id, ErrorReply::new(code, e as i32, format!("fork: {e}")));
+            }
+        };
+        self.spawned_total = serial;
+        self.touch();
+        if let Some(ms) = options.deadline_ms {
+            let t = Instant::now() + Duration::from_millis(ms.get());
+            self.timers.set(t, Timer::Deadline { serial, pid });
+        }
+        if let (true, Some(report)) = (wait_exec, &report) {
+            // Keyed by the spawn's serial, not its pid: a pid can be reused, a serial cannot.
+            let token = Token::Report(serial).to_u64();
+            if let Err(e) = self
+                .epoll
+                .add(report, EpollEvent::new(EpollFlags::EPOLLIN, token))
+            {
+                tracing::warn!("epoll_ctl: {e}");
+            }
+        }
+        self.children.insert(
+            pid,
+            Child {
+                serial,
+                conn: Some(id),
+                report,
+                watching_report: wait_exec,
+                kill_on_disconnect: options.kill_on_disconnect,
+                keep_connection: options.keep_connection,
+                want_pidfd: options.want_pidfd,
+                deadline_hit: false,
+                failure,
+            },
+        );
+        tracing::debug!(conn = id, pid = pid.as_raw(), "spawned");
+        if wait_exec {
+            self.transition(id, |s| s.spawned(pid, true));
+            if pooled {
+                // Its Pid comes after the exec: it runs now.
+                spawn::wake_pooled(pid);
+            }
+        } else {
+            self.start_running(id, pid, options.want_pidfd);
+            if pooled && self.stop_after_pooled_pid {
+                tracing::warn!("{TEST_STOP_AFTER_PID_ENV}: stopping after the Pid");
+                let _ = nix::sys::signal::raise(Signal::SIGSTOP);
+            }
+            if pooled {
+                // The job is in its socket, the client has its Pid: now the child may run.
+                spawn::wake_pooled(pid);
+            }
+        }
+    }
+
+    pub(super) fn send_pid(&mut self, id: u64, pid: Pid, pidfd: Option<OwnedFd>) {
+        let reply =
+            PidReply::new(pid.as_raw(), pidfd.is_some()).expect("fork returns a positive pid");
+        self.send(id, Message::Pid(reply), pidfd.into_iter().collect());
+    }
+}

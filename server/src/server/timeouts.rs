@@ -1,0 +1,89 @@
+//! The event loop's side of the timer table: how long to sleep, and what an expired timer
+//! does.
+
+use super::*;
+
+impl Server {
+    pub(super) fn next_timeout(&self) -> EpollTimeout {
+        let mut next = self.timers.next();
+        if let Some(idle) = self.config.idle_timeout {
+            if self.is_idle() {
+                let t = self.idle_since + idle;
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        match next {
+            None => EpollTimeout::NONE,
+            Some(t) => {
+                // Round up to whole milliseconds so the timer has passed when we wake.
+                let d = t.saturating_duration_since(Instant::now()) + Duration::from_micros(999);
+                EpollTimeout::try_from(d).unwrap_or(EpollTimeout::MAX)
+            }
+        }
+    }
+
+    pub(super) fn expire(&mut self, now: Instant) {
+        while let Some((key, timer)) = self.timers.pop_expired(now) {
+            match timer {
+                Timer::Shutdown => self.kill_remaining_children(),
+                Timer::Deadline { serial, pid } => {
+                    let Some(c) = self.children.get_mut(&pid) else {
+                        continue;
+                    };
+                    if c.serial == serial && !c.deadline_hit {
+                        c.deadline_hit = true;
+                        tracing::info!(pid = pid.as_raw(), "deadline expired: SIGKILL");
+                        let _ = kill(pid, Signal::SIGKILL);
+                    }
+                }
+                Timer::Handshake(id) => {
+                    if self.handshakes.contains(id) {
+                        self.handshakes.finish(id);
+                        let msg = "handshake not completed in time";
+                        self.fail(id, ErrorReply::new(ErrorCode::Timeout, 0, msg));
+                    }
+                }
+                Timer::PartialFrame(id) => {
+                    let Some(c) = self.conns.get_mut(&id) else {
+                        continue;
+                    };
+                    if c.partial != Some(key) {
+                        continue;
+                    }
+                    c.partial = None;
+                    // Only a frame the server is reading: one held behind a Spawn, or behind
+                    // unread replies, waits for the server, and gets a new timer when reading
+                    // resumes.
+                    if c.wants_input() && c.reader.holds_partial_frame() {
+                        let msg = "frame not completed in time";
+                        self.fail(id, ErrorReply::new(ErrorCode::Timeout, 0, msg));
+                    }
+                }
+                Timer::Closing(id) => {
+                    if self
+                        .conns
+                        .get(&id)
+                        .is_some_and(|c| c.state() == State::Closing)
+                    {
+                        tracing::debug!(conn = id, "replies not read in time: dropped");
+                        self.disconnect(id);
+                    }
+                }
+            }
+        }
+        // Timers of reaped children and closed connections linger until their time.
+        let (children, conns, handshakes) = (&self.children, &self.conns, &self.handshakes);
+        self.timers.prune(
+            children.len() + 2 * conns.len() + 1,
+            |key, timer| match *timer {
+                Timer::Deadline { serial, pid } => {
+                    children.get(&pid).is_some_and(|c| c.serial == serial)
+                }
+                Timer::Handshake(id) => handshakes.contains(id),
+                Timer::PartialFrame(id) => conns.get(&id).is_some_and(|c| c.partial == Some(key)),
+                Timer::Closing(id) => conns.contains_key(&id),
+                Timer::Shutdown => true,
+            },
+        );
+    }
+}
