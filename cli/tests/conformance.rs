@@ -48,11 +48,6 @@ fn the_conformance_runner_passes() {
         keyed.socket.as_os_str(),
         "--key-file".as_ref(),
         key_file.as_os_str(),
-        // The uid/gid/groups checks (rev 0.5) need the event loop to hand the request's
-        // options to the forked child (`spawn::spawn(work, &options, ..)` in server.rs); until
-        // then only pooled children (--prefork) apply credentials. Remove this flag with that
-        // change.
-        "--skip-credentials".as_ref(),
     ]);
     assert!(
         text.contains("PASS auth/right-key"),

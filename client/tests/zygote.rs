@@ -632,18 +632,22 @@ fn env_remove_and_get_envs(client: &Client) {
     );
 }
 
-/// uid, gid and groups through a server launched with pooled children (`FORKSERVER_PREFORK`):
-/// pooled children take the whole request; a forked child gets the credentials once the event
-/// loop hands the request's options to `spawn::spawn` (see the branch's notes).
-fn uid_gid_groups_as_root(_client: &Client) {
+/// uid, gid and groups, in forked children and (through a second server launched with
+/// `FORKSERVER_PREFORK`) in pooled ones, which decode the request themselves.
+fn uid_gid_groups_as_root(client: &Client) {
     if !nix::unistd::geteuid().is_root() {
         println!("uid_gid_groups_as_root: skipped, not root");
         return;
     }
-    let client = Client::launcher(std::env::current_exe().unwrap())
+    uid_gid_groups_through(client);
+    let pooled = Client::launcher(std::env::current_exe().unwrap())
         .env(forkserver_server::PREFORK_ENV, "4")
         .launch()
         .expect("launch with prefork");
+    uid_gid_groups_through(&pooled);
+}
+
+fn uid_gid_groups_through(client: &Client) {
     let ids_of = |cmd: &mut forkserver_client::Command| {
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "{out:?}");
@@ -672,7 +676,23 @@ fn uid_gid_groups_as_root(_client: &Client) {
         let e = e.unwrap_err();
         assert_eq!(e.server_code(), Some(ErrorCode::ChildSetupFailed), "{e}");
         assert_eq!(e.errno(), Some(nix::errno::Errno::EACCES as i32), "{e}");
+        assert!(
+            e.to_string()
+                .contains(r#"chdir("/root"): Permission denied"#),
+            "{e}"
+        );
     }
+    // The ids are named when a call fails: a group the server's session lacks.
+    let e = sh()
+        .uid(65534)
+        .process_group(i32::MAX - 1)
+        .output()
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("setpgid(0, {})", i32::MAX - 1)),
+        "{e}"
+    );
     // Entry jobs too.
     let mut child = client
         .call("ids", vec![])
@@ -717,6 +737,21 @@ fn setup_errors_name_the_cause(client: &Client) {
         .unwrap_err();
     assert_eq!(e.server_code(), Some(ErrorCode::ChildSetupFailed), "{e}");
     assert_eq!(e.errno(), Some(nix::errno::Errno::ENOENT as i32), "{e}");
+    assert!(
+        e.to_string()
+            .contains(r#"chdir("/no/such/dir"): No such file or directory (ENOENT)"#),
+        "{e}"
+    );
+    // Without waiting for the exec, the failure comes with the exit (the shared report).
+    let e = client
+        .command("true")
+        .current_dir("/no/such/dir")
+        .wait_for_exec(false)
+        .spawn()
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    assert!(e.to_string().contains(r#"chdir("/no/such/dir")"#), "{e}");
 }
 
 fn signal_kill_and_try_wait(client: &Client) {

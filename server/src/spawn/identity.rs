@@ -41,9 +41,6 @@ impl From<Stage> for u8 {
     }
 }
 
-// The event loop reads reports with its own `failure_message` until it keeps a `Context` per
-// child and calls `failure_reply` (server.rs is being split up; see the branch's report).
-#[allow(dead_code)]
 impl Stage {
     fn from_byte(b: u8) -> Self {
         match b {
@@ -63,16 +60,6 @@ impl Stage {
 pub(crate) struct Identity {
     pub(crate) session: Session,
     pub(crate) credentials: Credentials,
-}
-
-impl From<Session> for Identity {
-    /// A session alone: the child keeps the server's credentials.
-    fn from(session: Session) -> Self {
-        Self {
-            session,
-            credentials: Credentials::default(),
-        }
-    }
 }
 
 impl From<&SpawnOptions> for Identity {
@@ -160,14 +147,12 @@ pub(crate) fn child_env(
 
 /// What the server remembers of a request to name a failed step: the working directory and
 /// the ids asked for.
-#[allow(dead_code)] // See `Stage::from_byte`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Context {
     cwd: Option<Vec<u8>>,
     identity: Identity,
 }
 
-#[allow(dead_code)] // See `Stage::from_byte`.
 impl Context {
     pub(crate) fn of(spawn: &Spawn) -> Self {
         let cwd = match spawn.job() {
@@ -184,7 +169,6 @@ impl Context {
 /// The reply for a child's failure report (`stage`, `errno` as an `i32` LE), naming the call
 /// that failed and, with the request's [`Context`], the value it was given: e.g.
 /// `chdir("/no/such"): No such file or directory (ENOENT)`.
-#[allow(dead_code)] // See `Stage::from_byte`.
 pub(crate) fn failure_reply(report: &[u8; 5], ctx: Option<&Context>) -> Message {
     let errno = i32::from_le_bytes([report[1], report[2], report[3], report[4]]);
     let e = Errno::from_raw(errno);

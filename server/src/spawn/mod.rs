@@ -26,7 +26,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-use forkserver_protocol::{ExecJob, FdBundle};
+use forkserver_protocol::{ExecJob, FdBundle, SpawnOptions};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, open, FcntlArg, FdFlag, OFlag};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
@@ -39,8 +39,6 @@ use fds::{Op, Placement};
 mod fds;
 mod identity;
 use crate::entry::{Call, EntryFn};
-#[allow(unused_imports)]
-// `failure_reply` and `Context` wait for the event loop (see identity.rs).
 pub(crate) use identity::{failure_reply, Context, Identity, Stage};
 
 /// Stage byte of a child's failure report: setting the child up failed (signals, fds).
@@ -88,8 +86,7 @@ pub(crate) enum Work<'a> {
 }
 
 /// Forks a child that runs `work` with `bundle`, in the session or group and with the
-/// credentials of `identity` (a [`forkserver_protocol::Session`] alone keeps the server's
-/// credentials: pass the request's `&SpawnOptions` so that they apply). With `shared` (the shared report socket and
+/// credentials the request's `options` ask for. With `shared` (the shared report socket and
 /// the spawn's serial) the child reports a failure there; without, on a report pipe of its
 /// own, whose read end is returned with the child's pid. The bundle's fds are closed in the
 /// server. `key` (the authentication key) is zeroed in an entry job's child, which runs the
@@ -99,14 +96,14 @@ pub(crate) enum Work<'a> {
 /// `pipe2` or `fork` failing (EAGAIN, ENOMEM, EMFILE).
 pub(crate) fn spawn(
     work: Work<'_>,
-    identity: impl Into<Identity>,
+    options: &SpawnOptions,
     die_with_server: bool,
     to_reset: u64,
     bundle: FdBundle,
     shared: Option<(RawFd, u64)>,
     key: Option<&mut [u8]>,
 ) -> Result<(Pid, Option<OwnedFd>), Errno> {
-    let identity = identity.into();
+    let identity = Identity::from(options);
     let key = key.filter(|_| matches!(work, Work::Entry { .. }));
     if let Some((fd, serial)) = shared {
         let pid = fork_child(die_with_server, key, move || {
