@@ -24,6 +24,7 @@ use crate::command::{Call, Command};
 use crate::error::{Error, Result};
 use crate::exit_status::ExitStatus;
 use crate::output::Output;
+use crate::pipes::{ChildStderr, ChildStdin, ChildStdout};
 
 /// A child process forked by the server, for async code: [`crate::Child`] on tokio.
 ///
@@ -126,9 +127,9 @@ impl AsyncChild {
         Ok(Self {
             pid: child.pid(),
             io,
-            stdin: sender(child.stdin.take())?,
-            stdout: receiver(child.stdout.take())?,
-            stderr: receiver(child.stderr.take())?,
+            stdin: sender(child.stdin.take().map(ChildStdin::into_file))?,
+            stdout: receiver(child.stdout.take().map(ChildStdout::into_file))?,
+            stderr: receiver(child.stderr.take().map(ChildStderr::into_file))?,
             shared: Mutex::new(Shared {
                 child,
                 sent: 0,

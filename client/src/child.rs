@@ -19,6 +19,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::exit_status::ExitStatus;
 use crate::output::{read2, Output};
+use crate::pipes::{ChildStderr, ChildStdin, ChildStdout};
 
 /// A child process forked by the server, like [`std::process::Child`].
 ///
@@ -38,11 +39,11 @@ pub struct Child {
     pidfd: Option<OwnedFd>,
     state: State,
     /// The parent's end of a piped stdin ([`crate::Stdio::piped`]).
-    pub stdin: Option<File>,
+    pub stdin: Option<ChildStdin>,
     /// The parent's end of a piped stdout.
-    pub stdout: Option<File>,
+    pub stdout: Option<ChildStdout>,
     /// The parent's end of a piped stderr.
-    pub stderr: Option<File>,
+    pub stderr: Option<ChildStderr>,
     /// Keeps a launched server's alive pipe open; takes the connection back for reuse.
     client: Arc<Engine>,
     /// The spawn asked for `KEEP_CONNECTION`: after the final report the connection is READY.
@@ -86,9 +87,9 @@ impl Child {
             pid,
             pidfd,
             state: State::Running(conn),
-            stdin,
-            stdout,
-            stderr,
+            stdin: stdin.map(ChildStdin::new),
+            stdout: stdout.map(ChildStdout::new),
+            stderr: stderr.map(ChildStderr::new),
             client,
             keep,
             unanswered: 0,
@@ -115,7 +116,10 @@ impl Child {
     /// As [`Child::wait`], and [`Error::Io`] reading the pipes.
     pub fn wait_with_output(mut self) -> Result<Output> {
         drop(self.stdin.take());
-        let (stdout, stderr) = read2(self.stdout.take(), self.stderr.take())?;
+        let (stdout, stderr) = read2(
+            self.stdout.take().map(ChildStdout::into_file),
+            self.stderr.take().map(ChildStderr::into_file),
+        )?;
         let status = self.wait()?;
         Ok(Output {
             status,

@@ -49,6 +49,8 @@ pub struct Command {
     args: Vec<Vec<u8>>,
     env_clear: bool,
     env: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Names to remove from the server's environment (sent unless `env_clear`).
+    env_remove: Vec<Vec<u8>>,
     cwd: Option<Vec<u8>>,
     req: Request,
 }
@@ -64,6 +66,7 @@ impl Command {
             args: Vec::new(),
             env_clear: false,
             env: Vec::new(),
+            env_remove: Vec::new(),
             cwd: None,
             req,
         }
@@ -111,6 +114,19 @@ impl Command {
     {
         for (k, v) in vars {
             self.env(k, v);
+        }
+        self
+    }
+
+    /// Removes `key` from the child's environment, as [`std::process::Command::env_remove`]:
+    /// from the server's environment the child inherits, and any value set here before. A
+    /// later [`Command::env`] for the same key sets it again. Needs a server of protocol
+    /// rev 0.5 (unless [`Command::env_clear`] makes it moot).
+    pub fn env_remove(&mut self, key: impl AsRef<OsStr>) -> &mut Self {
+        let key = key.as_ref().as_bytes();
+        self.env.retain(|(k, _)| k != key);
+        if !self.env_remove.iter().any(|k| k == key) {
+            self.env_remove.push(key.to_vec());
         }
         self
     }
@@ -192,6 +208,25 @@ impl Command {
         self.args.iter().map(|a| OsStr::from_bytes(a))
     }
 
+    /// The environment changes made with [`Command::env`] (`Some(value)`) and
+    /// [`Command::env_remove`] (`None`), one per key, sorted by key, as
+    /// [`std::process::Command::get_envs`].
+    pub fn get_envs(&self) -> impl Iterator<Item = (&OsStr, Option<&OsStr>)> {
+        let mut m = std::collections::BTreeMap::new();
+        for k in &self.env_remove {
+            m.insert(OsStr::from_bytes(k), None);
+        }
+        for (k, v) in &self.env {
+            m.insert(OsStr::from_bytes(k), Some(OsStr::from_bytes(v)));
+        }
+        m.into_iter()
+    }
+
+    /// The working directory set with [`Command::current_dir`], if any.
+    pub fn get_current_dir(&self) -> Option<&Path> {
+        self.cwd.as_deref().map(|c| Path::new(OsStr::from_bytes(c)))
+    }
+
     fn job(&self) -> Result<ExecJob> {
         let mut job = ExecJob::new(self.program.clone())?;
         if let Some(arg0) = &self.arg0 {
@@ -201,6 +236,12 @@ impl Command {
             job.push_arg(a.clone())?;
         }
         job.set_env_clear(self.env_clear);
+        // With env_clear nothing is inherited, so there is nothing to remove (§5.5.3).
+        if !self.env_clear {
+            for k in &self.env_remove {
+                job.push_env_remove(k.clone())?;
+            }
+        }
         for (k, v) in &self.env {
             job.push_env(k.clone(), v.clone())?;
         }

@@ -81,6 +81,7 @@ mod exit_status;
 mod launch;
 mod managed;
 mod output;
+mod pipes;
 #[allow(unsafe_code)] // pre_exec: close-on-exec on the client's fds before exec
 mod server_process;
 mod stdio;
@@ -97,6 +98,7 @@ pub use exit_status::ExitStatus;
 pub use forkserver_protocol::{ErrorCode, Status};
 pub use launch::{Launcher, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV};
 pub use output::Output;
+pub use pipes::{ChildStderr, ChildStdin, ChildStdout};
 pub use stdio::Stdio;
 
 #[cfg(test)]

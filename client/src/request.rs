@@ -8,7 +8,9 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use forkserver_protocol::{ErrorCode, FdBundle, Job, Message, Spawn, SpawnOptions, MAX_FDS};
+use forkserver_protocol::{
+    ErrorCode, FdBundle, Groups, Job, Message, Session, Spawn, SpawnOptions, MAX_FDS,
+};
 
 use crate::child::Child;
 use crate::engine::Engine;
@@ -36,6 +38,8 @@ pub(crate) struct Request {
     pub(crate) fds: Vec<(u32, OwnedFd)>,
     /// The OS error of a failed `fd_borrowed` duplication, reported by `spawn`.
     deferred_errno: Option<i32>,
+    /// Supplementary groups (checked against `MAX_GROUPS` at spawn).
+    pub(crate) groups: Option<Vec<u32>>,
 }
 
 impl Request {
@@ -119,9 +123,14 @@ impl Request {
             // Our frame is valid (the codec cannot encode an invalid one): a server that calls
             // a reserved field not zero predates KEEP_CONNECTION (protocol rev 0.3). Nothing
             // was spawned; reuse goes off for this client and the request is made again
-            // without the flag.
+            // without the flag. Unless the request uses rev 0.5 (ids, process group,
+            // environment removals): then the refusal may be of those, which are never
+            // dropped (PROTOCOL.md §8), and the caller gets it.
             Err(Error::Server { code, message, .. })
-                if keep && code == ErrorCode::Malformed && message.contains("reserved") =>
+                if keep
+                    && !self.uses_rev05(&job)
+                    && code == ErrorCode::Malformed
+                    && message.contains("reserved") =>
             {
                 tracing::warn!("the server refused KEEP_CONNECTION (rev < 0.3): reuse off");
                 client.set_max_idle_connections(0);
@@ -131,6 +140,16 @@ impl Request {
         }
     }
 
+    /// Whether the request needs a server of protocol rev 0.5 or later.
+    fn uses_rev05(&self, job: &Job) -> bool {
+        let c = &self.options.credentials;
+        c.uid.is_some()
+            || c.gid.is_some()
+            || self.groups.is_some()
+            || matches!(self.options.session, Session::JoinProcessGroup(_))
+            || matches!(job, Job::Exec(e) if !e.env_remove().is_empty())
+    }
+
     fn spawn_once(
         &self,
         client: &Arc<Engine>,
@@ -138,11 +157,14 @@ impl Request {
         defaults: Defaults,
         keep: bool,
     ) -> Result<Child> {
-        let options = SpawnOptions {
+        let mut options = SpawnOptions {
             keep_connection: keep,
             ..self.options
         };
         let (conn, frame, parents) = client.exchange(|| {
+            if let Some(g) = &self.groups {
+                options.credentials.groups = Some(Groups::new(g)?);
+            }
             let (bundle, parents) = self.bundle(defaults)?;
             let (map, fds) = bundle.into_parts();
             let spawn = Spawn::new(options, map, job.clone())?;
@@ -227,10 +249,42 @@ macro_rules! request_setters {
             self
         }
 
-        /// The child calls `setpgid(0, 0)`: a new process group in the server's session.
-        /// Replaces [`Self::new_session`].
-        pub fn process_group(&mut self) -> &mut Self {
-            self.req.options.session = Session::NewProcessGroup;
+        /// The child calls `setpgid(0, pgid)`, as std's `CommandExt::process_group`: 0 makes
+        /// a new process group (whose id is the child's pid) in the server's session; another
+        /// value joins that existing group, which must be in the server's session (the child
+        /// fails with `ChildSetupFailed`, `EPERM`, otherwise). A negative `pgid` fails at
+        /// spawn with [`crate::Error::InvalidRequest`]. Replaces [`Self::new_session`].
+        /// Joining a group needs a server of protocol rev 0.5.
+        pub fn process_group(&mut self, pgid: i32) -> &mut Self {
+            self.req.options.session = match pgid {
+                0 => Session::NewProcessGroup,
+                // A negative pgid reads as above MAX_PGID: `Spawn::new` refuses it.
+                p => Session::JoinProcessGroup(p as u32),
+            };
+            self
+        }
+
+        /// The child calls `setuid(id)` before its job runs (after `setgroups` and `setgid`),
+        /// as std's `CommandExt::uid`. Without [`Self::groups`] the child first drops its
+        /// supplementary groups, when it may. A server without the privilege fails the child
+        /// with `ChildSetupFailed` (`EPERM`); the server applies no policy of its own. Needs a
+        /// server of protocol rev 0.5.
+        pub fn uid(&mut self, id: u32) -> &mut Self {
+            self.req.options.credentials.uid = Some(id);
+            self
+        }
+
+        /// The child calls `setgid(id)` before its job runs, as std's `CommandExt::gid`.
+        pub fn gid(&mut self, id: u32) -> &mut Self {
+            self.req.options.credentials.gid = Some(id);
+            self
+        }
+
+        /// The child calls `setgroups(groups)` before `setgid`/`setuid` (std's unstable
+        /// `CommandExt::groups`); an empty slice drops every supplementary group. At most
+        /// [`forkserver_protocol::MAX_GROUPS`], checked at spawn.
+        pub fn groups(&mut self, groups: &[u32]) -> &mut Self {
+            self.req.groups = Some(groups.to_vec());
             self
         }
 

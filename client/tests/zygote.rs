@@ -72,6 +72,24 @@ fn fstat_all(call: Call) -> i32 {
     0
 }
 
+/// Reports its uid, gid and supplementary groups: `uid gid g1,g2,...`.
+fn ids(call: Call) -> i32 {
+    let groups: Vec<String> = nix::unistd::getgroups()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_raw().to_string())
+        .collect();
+    writeln!(
+        out(&call),
+        "{} {} {}",
+        nix::unistd::getuid(),
+        nix::unistd::getgid(),
+        groups.join(",")
+    )
+    .unwrap();
+    0
+}
+
 fn sleep_ms(call: Call) -> i32 {
     let ms: u64 = String::from_utf8_lossy(call.payload()).parse().unwrap();
     std::thread::sleep(Duration::from_millis(ms));
@@ -102,6 +120,7 @@ fn main() {
         .entry("panics", panics)
         .entry("fstat_all", fstat_all)
         .entry("sleep_ms", sleep_ms)
+        .entry("ids", ids)
         .serve_if_requested();
 
     // Roles for helper processes of the tests below.
@@ -144,6 +163,10 @@ fn main() {
             exec_errors_and_unknown_entries,
         ),
         ("signal_kill_and_try_wait", signal_kill_and_try_wait),
+        ("process_group_new_and_joined", process_group_new_and_joined),
+        ("env_remove_and_get_envs", env_remove_and_get_envs),
+        ("uid_gid_groups_as_root", uid_gid_groups_as_root),
+        ("setup_errors_name_the_cause", setup_errors_name_the_cause),
         ("deadline", deadline),
         (
             "an_event_loop_calls_try_wait_before_polling",
@@ -264,7 +287,7 @@ fn settled(client: &Client, expect: Option<usize>) -> usize {
     }
 }
 
-fn read_to_string(mut f: std::fs::File) -> String {
+fn read_to_string(mut f: impl Read) -> String {
     let mut s = String::new();
     f.read_to_string(&mut s).unwrap();
     s
@@ -500,6 +523,235 @@ fn exec_errors_and_unknown_entries(client: &Client) {
         Err(e) => assert_eq!(e.server_code(), Some(ErrorCode::UnknownEntry), "{e}"),
         Ok(_) => panic!("unknown entry spawned"),
     }
+}
+
+/// The process group of `pid`, from `/proc/<pid>/stat` (field 5, after the command in
+/// parentheses).
+fn pgrp(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(2).unwrap().parse().unwrap()
+}
+
+fn process_group_new_and_joined(client: &Client) {
+    let server = client.launched_server_pid().unwrap() as i32;
+    let mut leader = client
+        .command("sleep")
+        .arg("10")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    assert_eq!(
+        pgrp(leader.pid()),
+        leader.pid(),
+        "process_group(0): a new group"
+    );
+    let mut member = client
+        .command("sleep")
+        .arg("10")
+        .process_group(leader.pid())
+        .spawn()
+        .unwrap();
+    assert_eq!(
+        pgrp(member.pid()),
+        leader.pid(),
+        "joined the leader's group"
+    );
+    let mut plain = client.command("sleep").arg("10").spawn().unwrap();
+    assert_eq!(
+        pgrp(plain.pid()),
+        pgrp(server),
+        "no setting: the server's group"
+    );
+    for c in [&mut leader, &mut member, &mut plain] {
+        c.kill().unwrap();
+        assert_eq!(c.wait().unwrap().signal(), Some(9));
+    }
+    // A group that does not exist (in the server's session): the kernel says EPERM.
+    let e = client
+        .command("true")
+        .process_group(i32::MAX - 1)
+        .spawn()
+        .unwrap_err();
+    assert_eq!(e.server_code(), Some(ErrorCode::ChildSetupFailed), "{e}");
+    assert_eq!(e.errno(), Some(nix::errno::Errno::EPERM as i32), "{e}");
+    // Negative: refused before sending, naming the field.
+    let e = client
+        .command("true")
+        .process_group(-5)
+        .spawn()
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidRequest(_)), "{e}");
+    assert!(e.to_string().contains("process group"), "{e}");
+}
+
+fn env_remove_and_get_envs(client: &Client) {
+    let env_of = |cmd: &mut forkserver_client::Command| {
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The launched server inherited this process's environment, PATH included.
+    assert!(std::env::var_os("PATH").is_some());
+    let all = env_of(&mut client.command("/usr/bin/env"));
+    assert!(all.lines().any(|l| l.starts_with("PATH=")), "{all}");
+    let mut cmd = client.command("/usr/bin/env");
+    cmd.env("GONE", "x")
+        .env_remove("PATH")
+        .env_remove("GONE")
+        .env_remove("BACK")
+        .env("BACK", "again")
+        .env("KEPT", "1");
+    let envs: Vec<_> = cmd.get_envs().collect();
+    assert_eq!(
+        envs,
+        [
+            ("BACK".as_ref(), Some("again".as_ref())),
+            ("GONE".as_ref(), None),
+            ("KEPT".as_ref(), Some("1".as_ref())),
+            ("PATH".as_ref(), None),
+        ]
+    );
+    let got = env_of(&mut cmd);
+    let keys: Vec<&str> = got.lines().map(|l| l.split('=').next().unwrap()).collect();
+    assert!(!keys.contains(&"PATH") && !keys.contains(&"GONE"), "{got}");
+    assert!(got.lines().any(|l| l == "BACK=again"), "{got}");
+    assert!(got.lines().any(|l| l == "KEPT=1"), "{got}");
+    assert_eq!(keys.len(), all.lines().count() - 1 + 2, "{got}");
+    // With env_clear there is nothing to remove, and nothing is sent for it.
+    let got = env_of(
+        client
+            .command("/usr/bin/env")
+            .env_clear()
+            .env_remove("PATH"),
+    );
+    assert_eq!(got, "");
+    assert_eq!(
+        client.command("x").current_dir("/tmp").get_current_dir(),
+        Some(std::path::Path::new("/tmp"))
+    );
+}
+
+/// uid, gid and groups, in forked children and (through a second server launched with
+/// `FORKSERVER_PREFORK`) in pooled ones, which decode the request themselves.
+fn uid_gid_groups_as_root(client: &Client) {
+    if !nix::unistd::geteuid().is_root() {
+        println!("uid_gid_groups_as_root: skipped, not root");
+        return;
+    }
+    uid_gid_groups_through(client);
+    let pooled = Client::launcher(std::env::current_exe().unwrap())
+        .env(forkserver_server::PREFORK_ENV, "4")
+        .launch()
+        .expect("launch with prefork");
+    uid_gid_groups_through(&pooled);
+}
+
+fn uid_gid_groups_through(client: &Client) {
+    let ids_of = |cmd: &mut forkserver_client::Command| {
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let sh = || {
+        let mut c = client.command("/bin/sh");
+        c.arg("-c").arg("echo $(id -u) $(id -g) $(id -G)");
+        c
+    };
+    assert_eq!(
+        ids_of(sh().uid(65534).gid(65533).groups(&[100, 65532])),
+        "65534 65533 65533 100 65532\n",
+        "id -G: the gid, then the groups"
+    );
+    // uid alone: root's groups are dropped, the gid stays.
+    assert_eq!(ids_of(sh().uid(65534)), "65534 0 0\n");
+    // gid and groups alone: still root.
+    assert_eq!(ids_of(sh().gid(7).groups(&[])), "0 7 7\n");
+    // The chdir happens as the new user: root's home is closed to it.
+    let e = sh().uid(65534).current_dir("/root").output();
+    if std::fs::metadata("/root").is_ok_and(|m| {
+        use std::os::unix::fs::PermissionsExt;
+        m.permissions().mode() & 0o001 == 0
+    }) {
+        let e = e.unwrap_err();
+        assert_eq!(e.server_code(), Some(ErrorCode::ChildSetupFailed), "{e}");
+        assert_eq!(e.errno(), Some(nix::errno::Errno::EACCES as i32), "{e}");
+        assert!(
+            e.to_string()
+                .contains(r#"chdir("/root"): Permission denied"#),
+            "{e}"
+        );
+    }
+    // The ids are named when a call fails: a group the server's session lacks.
+    let e = sh()
+        .uid(65534)
+        .process_group(i32::MAX - 1)
+        .output()
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("setpgid(0, {})", i32::MAX - 1)),
+        "{e}"
+    );
+    // Entry jobs too.
+    let mut child = client
+        .call("ids", vec![])
+        .stdout(Stdio::piped())
+        .uid(65534)
+        .gid(65534)
+        .groups(&[1, 2, 3])
+        .spawn()
+        .unwrap();
+    let text = read_to_string(child.stdout.take().unwrap());
+    assert!(child.wait().unwrap().success());
+    assert_eq!(text, "65534 65534 1,2,3\n");
+    // Over the bound: refused before sending.
+    let e = sh().groups(&[1; 65]).spawn().unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("65 supplementary groups, at most 64"),
+        "{e}"
+    );
+}
+
+fn setup_errors_name_the_cause(client: &Client) {
+    let e = client.command("true").arg("a\0b").spawn().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        r#"invalid request: argument 1 holds a NUL byte: "a\x00b""#
+    );
+    let e = client
+        .command("true")
+        .arg("x".repeat(131_072))
+        .spawn()
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("131072 bytes in one argument"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("at most 131071"), "{e}");
+    let e = client
+        .command("true")
+        .current_dir("/no/such/dir")
+        .spawn()
+        .unwrap_err();
+    assert_eq!(e.server_code(), Some(ErrorCode::ChildSetupFailed), "{e}");
+    assert_eq!(e.errno(), Some(nix::errno::Errno::ENOENT as i32), "{e}");
+    assert!(
+        e.to_string()
+            .contains(r#"chdir("/no/such/dir"): No such file or directory (ENOENT)"#),
+        "{e}"
+    );
+    // Without waiting for the exec, the failure comes with the exit (the shared report).
+    let e = client
+        .command("true")
+        .current_dir("/no/such/dir")
+        .wait_for_exec(false)
+        .spawn()
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    assert!(e.to_string().contains(r#"chdir("/no/such/dir")"#), "{e}");
 }
 
 fn signal_kill_and_try_wait(client: &Client) {

@@ -5,7 +5,7 @@
 use arbitrary::{Arbitrary, Result, Unstructured};
 
 use crate::codec::*;
-use crate::{CHALLENGE_LEN, MAX_FDS, MAX_SIGNAL, MAX_TARGET_FD};
+use crate::{CHALLENGE_LEN, MAX_FDS, MAX_GROUPS, MAX_PGID, MAX_SIGNAL, MAX_TARGET_FD};
 
 fn bytes_without(u: &mut Unstructured<'_>, max: usize, banned: &[u8]) -> Result<Vec<u8>> {
     let len = u.int_in_range(0..=max)?;
@@ -67,6 +67,10 @@ impl<'a> Arbitrary<'a> for Job {
             let k = nonempty(bytes_without(u, 16, &[0, b'='])?);
             job.push_env(k, bytes_without(u, 32, &[0])?).map_err(fail)?;
         }
+        for _ in 0..u.int_in_range(0..=3)? {
+            let k = nonempty(bytes_without(u, 16, &[0, b'='])?);
+            job.push_env_remove(k).map_err(fail)?;
+        }
         if bool::arbitrary(u)? {
             job.set_cwd(Some(nonempty(bytes_without(u, 64, &[0])?)))
                 .map_err(fail)?;
@@ -77,12 +81,35 @@ impl<'a> Arbitrary<'a> for Job {
 
 impl<'a> Arbitrary<'a> for SpawnOptions {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        let id = |u: &mut Unstructured<'a>| u.int_in_range(0..=u32::MAX - 1);
+        let groups = if bool::arbitrary(u)? {
+            let n = u.int_in_range(0..=MAX_GROUPS)?;
+            let gids = (0..n).map(|_| id(u)).collect::<Result<Vec<_>>>()?;
+            Some(Groups::new(&gids).map_err(|_| arbitrary::Error::IncorrectFormat)?)
+        } else {
+            None
+        };
+        let credentials = Credentials {
+            uid: if bool::arbitrary(u)? {
+                Some(id(u)?)
+            } else {
+                None
+            },
+            gid: if bool::arbitrary(u)? {
+                Some(id(u)?)
+            } else {
+                None
+            },
+            groups,
+        };
         Ok(SpawnOptions {
-            session: *u.choose(&[
-                Session::Inherit,
-                Session::NewProcessGroup,
-                Session::NewSession,
-            ])?,
+            session: match u.int_in_range(0..=3u8)? {
+                0 => Session::Inherit,
+                1 => Session::NewProcessGroup,
+                2 => Session::NewSession,
+                _ => Session::JoinProcessGroup(u.int_in_range(1..=MAX_PGID)?),
+            },
+            credentials,
             want_pidfd: bool::arbitrary(u)?,
             pid_after_exec: bool::arbitrary(u)?,
             kill_on_disconnect: bool::arbitrary(u)?,

@@ -28,6 +28,99 @@ pub enum Limit {
     VersionString,
     /// [`crate::MAX_TARGET_FD`]: a target fd number.
     TargetFd,
+    /// [`crate::MAX_GROUPS`]: supplementary groups of a spawn.
+    Groups,
+}
+
+impl Limit {
+    /// The limit's value (PROTOCOL.md §3).
+    pub fn max(&self) -> usize {
+        match self {
+            Self::Body => crate::MAX_BODY_LEN,
+            Self::Fds => crate::MAX_FDS,
+            Self::Args => crate::MAX_ARGS,
+            Self::Env => crate::MAX_ENV,
+            Self::ArgLen => crate::MAX_ARG_LEN,
+            Self::PathLen => crate::MAX_PATH_LEN,
+            Self::EntryName => crate::MAX_ENTRY_NAME_LEN,
+            Self::ErrorMessage => crate::MAX_ERROR_MESSAGE_LEN,
+            Self::VersionString => crate::MAX_VERSION_STRING_LEN,
+            Self::TargetFd => crate::MAX_TARGET_FD as usize,
+            Self::Groups => crate::MAX_GROUPS,
+        }
+    }
+
+    /// What the limit counts, as a plural noun phrase ("arguments").
+    pub fn counts(&self) -> &'static str {
+        match self {
+            Self::Body => "body bytes",
+            Self::Fds => "fds",
+            Self::Args => "arguments",
+            Self::Env => "environment entries (or removals)",
+            Self::ArgLen => "bytes in one argument or KEY=VALUE string",
+            Self::PathLen => "bytes in a path",
+            Self::EntryName => "bytes in an entry-point name",
+            Self::ErrorMessage => "bytes in an error message",
+            Self::VersionString => "bytes in a version string",
+            Self::TargetFd => "as a target fd number",
+            Self::Groups => "supplementary groups",
+        }
+    }
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "at most {} {}", self.max(), self.counts())
+    }
+}
+
+/// The start of a byte string, kept in an error so that its message can show the value: at
+/// most [`Snippet::CAP`] bytes, shown escaped, with `...` when cut. `Copy`, so errors stay so.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Snippet {
+    bytes: [u8; Snippet::CAP],
+    len: u8,
+    cut: bool,
+}
+
+impl Snippet {
+    /// How many bytes a snippet keeps.
+    pub const CAP: usize = 40;
+
+    /// The first [`Snippet::CAP`] bytes of `b`.
+    pub fn new(b: &[u8]) -> Self {
+        let n = b.len().min(Self::CAP);
+        let mut bytes = [0u8; Self::CAP];
+        bytes[..n].copy_from_slice(&b[..n]);
+        Self {
+            bytes,
+            len: n as u8,
+            cut: b.len() > n,
+        }
+    }
+
+    /// The bytes kept.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// Whether the value was longer than what is kept.
+    pub fn is_cut(&self) -> bool {
+        self.cut
+    }
+}
+
+impl fmt::Display for Snippet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{}", self.as_bytes().escape_ascii())?;
+        f.write_str(if self.cut { "...\"" } else { "\"" })
+    }
+}
+
+impl fmt::Debug for Snippet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 /// A field whose value broke a rule of the spec; named by [`DecodeError::InvalidValue`] and
@@ -67,6 +160,51 @@ pub enum Field {
     ExitCode,
     /// A text field (error message, version string) that is not UTF-8.
     Utf8,
+    /// `Spawn.uid`: `(uid_t) -1`, which is not a user id.
+    Uid,
+    /// `Spawn.gid` or a supplementary group: `(gid_t) -1`, which is not a group id.
+    Gid,
+    /// `Spawn.pgid`: zero or above `i32::MAX`.
+    Pgid,
+    /// An exec job's environment removals: the list is empty while `ENV_REMOVE` is set, or a
+    /// name is empty or holds `=` or NUL.
+    EnvRemove,
+}
+
+impl Field {
+    /// The field, as a noun phrase for messages.
+    pub fn noun(&self) -> &'static str {
+        match self {
+            Self::VersionRange => "the version range",
+            Self::Version => "the protocol version",
+            Self::AuthMethod => "the authentication method",
+            Self::SpawnFlags => "the spawn flags",
+            Self::JobKind => "the job kind",
+            Self::EntryName => "the entry-point name",
+            Self::Program => "the program",
+            Self::Arg => "argument",
+            Self::EnvKey => "environment key",
+            Self::EnvValue => "environment value",
+            Self::Cwd => "the working directory",
+            Self::Bool => "a boolean",
+            Self::Signal => "the signal number",
+            Self::Pid => "the pid",
+            Self::ExitCode => "the exit code",
+            Self::Utf8 => "a text field",
+            Self::Uid => "the uid",
+            Self::Gid => "a gid",
+            Self::Pgid => "the process group",
+            Self::EnvRemove => "environment removal",
+        }
+    }
+
+    /// Whether the field is one of a list, so that a message names its index.
+    fn indexed(&self) -> bool {
+        matches!(
+            self,
+            Self::Arg | Self::EnvKey | Self::EnvValue | Self::EnvRemove
+        )
+    }
 }
 
 /// Why bytes received from a peer are not a valid frame. Every variant is final: more bytes
@@ -157,8 +295,8 @@ impl fmt::Display for DecodeError {
             Self::Truncated => f.write_str("a field runs past the end of the body"),
             Self::TrailingBytes => f.write_str("bytes left over after the last field"),
             Self::BadMagic => f.write_str("hello does not start with the magic FKSV"),
-            Self::LimitExceeded(l) => write!(f, "limit exceeded: {l:?}"),
-            Self::InvalidValue(field) => write!(f, "invalid value in field {field:?}"),
+            Self::LimitExceeded(l) => write!(f, "limit exceeded: {l}"),
+            Self::InvalidValue(field) => write!(f, "invalid value in {}", field.noun()),
             Self::DuplicateTarget(t) => write!(f, "target fd {t} appears twice in the fd map"),
             Self::UnknownErrorCode(c) => write!(f, "unknown error code {c}"),
         }
@@ -184,9 +322,29 @@ pub enum BuildError {
     /// Two fds of a bundle target the same fd number.
     DuplicateTarget(u32),
     /// A count or length exceeds its limit.
-    LimitExceeded(Limit),
+    LimitExceeded {
+        /// Which limit.
+        limit: Limit,
+        /// The count, length or number asked for.
+        value: usize,
+    },
     /// A field holds a value the spec does not allow.
     InvalidValue(Field),
+    /// A byte string holds a NUL byte, which its field forbids.
+    Nul {
+        /// The field.
+        field: Field,
+        /// Its position in its list (argv index, environment entry), for list fields.
+        index: usize,
+        /// The start of the value.
+        value: Snippet,
+    },
+}
+
+impl BuildError {
+    pub(crate) fn limit(limit: Limit, value: usize) -> Self {
+        Self::LimitExceeded { limit, value }
+    }
 }
 
 impl fmt::Display for BuildError {
@@ -203,8 +361,21 @@ impl fmt::Display for BuildError {
                 write!(f, "{fds} fds for an fd map of {targets} targets")
             }
             Self::DuplicateTarget(t) => write!(f, "target fd {t} given twice"),
-            Self::LimitExceeded(l) => write!(f, "limit exceeded: {l:?}"),
-            Self::InvalidValue(field) => write!(f, "invalid value in field {field:?}"),
+            Self::LimitExceeded { limit, value } => {
+                write!(f, "limit exceeded: {value} {}, {limit}", limit.counts())
+            }
+            Self::InvalidValue(field) => write!(f, "invalid value in {}", field.noun()),
+            Self::Nul {
+                field,
+                index,
+                value,
+            } => {
+                f.write_str(field.noun())?;
+                if field.indexed() {
+                    write!(f, " {index}")?;
+                }
+                write!(f, " holds a NUL byte: {value}")
+            }
         }
     }
 }

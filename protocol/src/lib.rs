@@ -44,10 +44,10 @@ mod transport;
 
 pub use bundle::FdBundle;
 pub use codec::{
-    decode, decode_exact, exit_flags, spawn_flags, Auth, AuthMethod, AuthOk, Decoded, EntryJob,
-    ErrorCode, ErrorReply, ExecJob, Exit, FdMap, Header, Hello, HelloOk, Job, Message, Pid,
-    Session, Signal, Spawn, SpawnOptions, Status, Tag,
+    decode, decode_exact, exit_flags, spawn_flags, Auth, AuthMethod, AuthOk, Credentials, Decoded,
+    EntryJob, ErrorCode, ErrorReply, ExecJob, Exit, FdMap, Groups, Header, Hello, HelloOk, Job,
+    Message, Pid, Session, Signal, Spawn, SpawnOptions, Status, Tag,
 };
-pub use error::{BuildError, DecodeError, Field, Limit};
+pub use error::{BuildError, DecodeError, Field, Limit, Snippet};
 pub use limits::*;
 pub use transport::{send_message, Frame, FrameReader, OutFrame, ReadLimits, TransportError};

@@ -40,6 +40,13 @@ pub const MAX_ARG_LEN: usize = 131_071;
 /// Longest program path and working directory, in bytes: `PATH_MAX` (4096) less the NUL.
 pub const MAX_PATH_LEN: usize = 4095;
 
+/// Most supplementary groups a spawn request may set (PROTOCOL.md §3): far more than an
+/// account normally has, small enough that a request stays small and every size can be tested.
+pub const MAX_GROUPS: usize = 64;
+
+/// Largest process-group id a spawn request may join: `pid_t` is a positive `i32`.
+pub const MAX_PGID: u32 = i32::MAX as u32;
+
 /// Longest entry-point name, in bytes.
 pub const MAX_ENTRY_NAME_LEN: usize = 255;
 

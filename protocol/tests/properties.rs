@@ -130,7 +130,10 @@ fn duplicate_and_out_of_range_targets_are_refused() {
     );
     assert_eq!(
         FdMap::from_targets(vec![MAX_TARGET_FD + 1]),
-        Err(BuildError::LimitExceeded(Limit::TargetFd))
+        Err(BuildError::LimitExceeded {
+            limit: Limit::TargetFd,
+            value: MAX_TARGET_FD as usize + 1
+        })
     );
 }
 
@@ -174,10 +177,103 @@ fn oversized_requests_are_refused_by_the_constructor() {
     for _ in 0..9 {
         job.push_arg(vec![b'a'; MAX_ARG_LEN]).unwrap();
     }
-    assert_eq!(
-        Spawn::new(SpawnOptions::default(), FdMap::new(), Job::Exec(job)),
-        Err(BuildError::LimitExceeded(Limit::Body))
+    let e = Spawn::new(SpawnOptions::default(), FdMap::new(), Job::Exec(job)).unwrap_err();
+    assert!(
+        matches!(e, BuildError::LimitExceeded { limit: Limit::Body, value } if value > MAX_BODY_LEN),
+        "{e:?}"
     );
+}
+
+#[test]
+fn build_errors_name_the_cause_and_the_value() {
+    let mut job = ExecJob::new("/bin/echo").unwrap();
+    job.push_arg("ok").unwrap();
+    let e = job.push_arg(b"a\0b".to_vec()).unwrap_err();
+    assert_eq!(e.to_string(), r#"argument 2 holds a NUL byte: "a\x00b""#);
+    let long = [vec![b'x'; 50], vec![0]].concat();
+    let e = job.push_arg(long).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            r#"argument 2 holds a NUL byte: "{}...""#,
+            "x".repeat(Snippet::CAP)
+        )
+    );
+    let e = job.push_env("K", b"v\0".to_vec()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        r#"environment value 0 holds a NUL byte: "v\x00""#
+    );
+    let e = ExecJob::new(b"/bin/t\0rue".to_vec()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        r#"the program holds a NUL byte: "/bin/t\x00rue""#
+    );
+    let e = job.set_cwd(Some(b"/t\0p".to_vec())).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        r#"the working directory holds a NUL byte: "/t\x00p""#
+    );
+    let e = job.push_arg(vec![b'a'; MAX_ARG_LEN + 1]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "limit exceeded: 131072 bytes in one argument or KEY=VALUE string, \
+         at most 131071 bytes in one argument or KEY=VALUE string"
+    );
+    let e = Groups::new(&[7; MAX_GROUPS + 1]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "limit exceeded: 65 supplementary groups, at most 64 supplementary groups"
+    );
+    let e = FdMap::from_targets(vec![MAX_TARGET_FD + 1]).unwrap_err();
+    assert!(e.to_string().contains("1048576"), "{e}");
+    assert!(e.to_string().contains("1048575"), "{e}");
+    let e = job.push_env_remove("A=B").unwrap_err();
+    assert_eq!(e.to_string(), "invalid value in environment removal");
+}
+
+#[test]
+fn rev05_options_are_checked_by_the_constructor() {
+    let spawn = |options| {
+        Spawn::new(
+            options,
+            FdMap::new(),
+            Job::Entry(EntryJob::new("x", vec![]).unwrap()),
+        )
+    };
+    for (pgid, ok) in [
+        (0, false),
+        (1, true),
+        (MAX_PGID, true),
+        (MAX_PGID + 1, false),
+    ] {
+        let o = SpawnOptions {
+            session: Session::JoinProcessGroup(pgid),
+            ..SpawnOptions::default()
+        };
+        assert_eq!(spawn(o).is_ok(), ok, "pgid {pgid}");
+    }
+    let o = SpawnOptions {
+        credentials: Credentials {
+            uid: Some(u32::MAX),
+            ..Credentials::default()
+        },
+        ..SpawnOptions::default()
+    };
+    assert_eq!(spawn(o), Err(BuildError::InvalidValue(Field::Uid)));
+    let o = SpawnOptions {
+        credentials: Credentials {
+            gid: Some(u32::MAX),
+            ..Credentials::default()
+        },
+        ..SpawnOptions::default()
+    };
+    assert_eq!(spawn(o), Err(BuildError::InvalidValue(Field::Gid)));
+    assert_eq!(
+        Groups::new(&[1, u32::MAX]),
+        Err(BuildError::InvalidValue(Field::Gid))
+    );
+    assert_eq!(Groups::new(&[1, 2]).unwrap().as_slice(), &[1, 2]);
 }
 
 #[test]

@@ -127,6 +127,7 @@ fn build_valid() -> Vec<(String, String, Message)> {
             kill_on_disconnect: true,
             keep_connection: false,
             deadline_ms: NonZeroU64::new(30_000),
+            credentials: Credentials::default(),
         };
         add(
             "spawn-exec-full",
@@ -158,6 +159,90 @@ fn build_valid() -> Vec<(String, String, Message)> {
                     keep_connection: true,
                     ..SpawnOptions::default()
                 },
+                FdMap::default(),
+                Job::Entry(EntryJob::new("noop", Vec::new()).unwrap()),
+            )
+            .unwrap(),
+        ),
+    );
+    // Rev 0.5: credentials, joining a process group, environment removals.
+    let with = |options: SpawnOptions, job: Job| {
+        Message::Spawn(Spawn::new(options, FdMap::from_targets(vec![1]).unwrap(), job).unwrap())
+    };
+    let echo_job = || {
+        let mut job = ExecJob::new("/bin/echo").unwrap();
+        job.push_arg("hi").unwrap();
+        job
+    };
+    let creds = |uid, gid, groups: Option<&[u32]>| SpawnOptions {
+        credentials: Credentials {
+            uid,
+            gid,
+            groups: groups.map(|g| Groups::new(g).unwrap()),
+        },
+        ..SpawnOptions::default()
+    };
+    add(
+        "spawn-uid",
+        "rev 0.5: echo as uid 1000 (SET_UID, the uid after the targets)",
+        with(creds(Some(1000), None, None), Job::Exec(echo_job())),
+    );
+    add(
+        "spawn-gid",
+        "rev 0.5: echo as gid 100 (SET_GID)",
+        with(creds(None, Some(100), None), Job::Exec(echo_job())),
+    );
+    add(
+        "spawn-groups",
+        "rev 0.5: echo with supplementary groups 10 and 20 (SET_GROUPS)",
+        with(creds(None, None, Some(&[10, 20])), Job::Exec(echo_job())),
+    );
+    add(
+        "spawn-groups-empty",
+        "rev 0.5: echo with no supplementary groups at all (SET_GROUPS, ngroups = 0)",
+        with(creds(None, None, Some(&[])), Job::Exec(echo_job())),
+    );
+    add(
+        "spawn-join-pgid",
+        "rev 0.5: echo joining process group 4242 (JOIN_PROCESS_GROUP)",
+        with(
+            SpawnOptions {
+                session: Session::JoinProcessGroup(4242),
+                ..SpawnOptions::default()
+            },
+            Job::Exec(echo_job()),
+        ),
+    );
+    {
+        let mut job = echo_job();
+        job.push_env_remove("HOME").unwrap();
+        add(
+            "spawn-env-remove",
+            "rev 0.5: echo without HOME in the inherited environment (ENV_REMOVE)",
+            with(SpawnOptions::default(), Job::Exec(job)),
+        );
+    }
+    {
+        let mut job = echo_job();
+        job.push_env("LANG", "C").unwrap();
+        job.push_env_remove("HOME").unwrap();
+        job.push_env_remove("TERM").unwrap();
+        let options = SpawnOptions {
+            session: Session::JoinProcessGroup(77),
+            ..creds(Some(1000), Some(1000), Some(&[1000, 27]))
+        };
+        add(
+            "spawn-rev05-all",
+            "rev 0.5: uid, gid, groups, process group and environment removals together",
+            with(options, Job::Exec(job)),
+        );
+    }
+    add(
+        "spawn-entry-uid",
+        "rev 0.5: entry point 'noop' run as uid 65534, gid 65534, no groups",
+        Message::Spawn(
+            Spawn::new(
+                creds(Some(65534), Some(65534), Some(&[])),
                 FdMap::default(),
                 Job::Entry(EntryJob::new("noop", Vec::new()).unwrap()),
             )
@@ -407,13 +492,132 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
     let echo = body_of(&echo_spawn());
     let spawn = |body: &[u8], nfds: u16| frame(0x10, nfds, body);
     let mut b = echo.clone();
-    b[0] = 0x40;
+    b[3] = 0x80;
     add(
         "spawn-reserved-flag",
-        "Spawn flag bit 6 is reserved",
+        "Spawn flag bit 31 is reserved (bits 6-10 are defined since rev 0.5, bit 5 since 0.3)",
         spawn(&b, 1),
         E::ReservedNotZero,
     );
+    let mut b = echo.clone();
+    b[1] = 0x08;
+    add(
+        "spawn-reserved-flag-11",
+        "Spawn flag bit 11, the lowest reserved bit",
+        spawn(&b, 1),
+        E::ReservedNotZero,
+    );
+    // Rev 0.5: the optional fields after the targets (echo: the target at 12..16, the job from
+    // 16), the removals in the exec body.
+    let opt = |flags: u32, fields: &[u8]| {
+        let mut b = echo[..16].to_vec();
+        b[..4].copy_from_slice(&flags.to_le_bytes());
+        b.extend_from_slice(fields);
+        b.extend_from_slice(&echo[16..]);
+        spawn(&b, 1)
+    };
+    let le = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    assert!(decode_exact(&opt(spawn_flags::SET_UID, &le(&[0]))).is_ok());
+    add(
+        "spawn-join-and-session",
+        "JOIN_PROCESS_GROUP together with NEW_SESSION",
+        opt(
+            spawn_flags::JOIN_PROCESS_GROUP | spawn_flags::NEW_SESSION,
+            &le(&[5]),
+        ),
+        E::InvalidValue(Field::SpawnFlags),
+    );
+    add(
+        "spawn-join-and-group",
+        "JOIN_PROCESS_GROUP together with NEW_PROCESS_GROUP",
+        opt(
+            spawn_flags::JOIN_PROCESS_GROUP | spawn_flags::NEW_PROCESS_GROUP,
+            &le(&[5]),
+        ),
+        E::InvalidValue(Field::SpawnFlags),
+    );
+    add(
+        "spawn-uid-minus-1",
+        "uid 0xffffffff, (uid_t) -1, is not a uid",
+        opt(spawn_flags::SET_UID, &le(&[u32::MAX])),
+        E::InvalidValue(Field::Uid),
+    );
+    add(
+        "spawn-gid-minus-1",
+        "gid 0xffffffff, (gid_t) -1, is not a gid",
+        opt(spawn_flags::SET_GID, &le(&[u32::MAX])),
+        E::InvalidValue(Field::Gid),
+    );
+    add(
+        "spawn-group-minus-1",
+        "a supplementary group of 0xffffffff",
+        opt(
+            spawn_flags::SET_GROUPS,
+            &[&[2, 0][..], &le(&[10, u32::MAX])].concat(),
+        ),
+        E::InvalidValue(Field::Gid),
+    );
+    {
+        let mut f = ((MAX_GROUPS + 1) as u16).to_le_bytes().to_vec();
+        f.extend_from_slice(&le(&vec![10; MAX_GROUPS + 1]));
+        add(
+            "spawn-groups-65",
+            "65 supplementary groups, one over the limit (checked before the gids are read)",
+            opt(spawn_flags::SET_GROUPS, &f),
+            E::LimitExceeded(Limit::Groups),
+        );
+    }
+    {
+        let mut b = echo[..16].to_vec();
+        b[..4].copy_from_slice(&spawn_flags::SET_GROUPS.to_le_bytes());
+        b.extend_from_slice(&[3, 0]);
+        b.extend_from_slice(&le(&[10, 20]));
+        add(
+            "spawn-groups-truncated",
+            "ngroups = 3 but the body ends after 2 gids",
+            spawn(&b, 1),
+            E::Truncated,
+        );
+    }
+    add(
+        "spawn-pgid-0",
+        "JOIN_PROCESS_GROUP with pgid 0 (a new group is NEW_PROCESS_GROUP)",
+        opt(spawn_flags::JOIN_PROCESS_GROUP, &le(&[0])),
+        E::InvalidValue(Field::Pgid),
+    );
+    add(
+        "spawn-pgid-2-31",
+        "JOIN_PROCESS_GROUP with pgid 2^31, above pid_t",
+        opt(spawn_flags::JOIN_PROCESS_GROUP, &le(&[1 << 31])),
+        E::InvalidValue(Field::Pgid),
+    );
+    {
+        let mut b = echo[..16].to_vec();
+        b[..4].copy_from_slice(&(spawn_flags::SET_UID | spawn_flags::SET_GID).to_le_bytes());
+        b.extend_from_slice(&le(&[1000]));
+        add(
+            "spawn-gid-missing",
+            "SET_UID and SET_GID set, the body ends after the uid",
+            spawn(&b, 1),
+            E::Truncated,
+        );
+    }
+    add(
+        "spawn-uid-flag-without-field",
+        "SET_UID set but no uid sent: the job's first bytes are read as the uid, and the next as job_kind 0x62",
+        opt(spawn_flags::SET_UID, &[]),
+        E::InvalidValue(Field::JobKind),
+    );
+    {
+        let mut b = body_of(&entry_spawn(0));
+        b[1] = (spawn_flags::ENV_REMOVE >> 8) as u8;
+        add(
+            "spawn-entry-env-remove",
+            "ENV_REMOVE on an entry job",
+            spawn(&b, 0),
+            E::InvalidValue(Field::SpawnFlags),
+        );
+    }
     let mut b = echo.clone();
     b[0] = 0x03;
     add(
@@ -569,6 +773,73 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
         spawn(&exec_body(t, &[t], 0, &[], b"/t\0p"), 0),
         E::InvalidValue(Field::Cwd),
     );
+    // Rev 0.5: ENV_REMOVE: the removals between the environment and the cwd.
+    let removing = |count: u16, names: &[&[u8]]| {
+        let mut b = exec_body(t, &[t], 0, &[], b"");
+        b[..4].copy_from_slice(&spawn_flags::ENV_REMOVE.to_le_bytes());
+        let cwd_at = b.len() - 2;
+        let mut r = count.to_le_bytes().to_vec();
+        for n in names {
+            r.extend_from_slice(&(n.len() as u32).to_le_bytes());
+            r.extend_from_slice(n);
+        }
+        b.splice(cwd_at..cwd_at, r);
+        spawn(&b, 0)
+    };
+    assert!(decode_exact(&removing(1, &[b"HOME"])).is_ok());
+    add(
+        "exec-env-remove-0",
+        "ENV_REMOVE with an empty list (the flag without its field)",
+        removing(0, &[]),
+        E::InvalidValue(Field::EnvRemove),
+    );
+    add(
+        "exec-env-remove-4097",
+        "4097 names to remove (checked before any is read)",
+        removing((MAX_ENV + 1) as u16, &[]),
+        E::LimitExceeded(Limit::Env),
+    );
+    add(
+        "exec-env-remove-equals",
+        "'=' in a name to remove",
+        removing(1, &[b"A=B"]),
+        E::InvalidValue(Field::EnvRemove),
+    );
+    add(
+        "exec-env-remove-empty-name",
+        "an empty name to remove",
+        removing(1, &[b""]),
+        E::InvalidValue(Field::EnvRemove),
+    );
+    add(
+        "exec-env-remove-nul",
+        "NUL in a name to remove",
+        removing(1, &[b"HO\0ME"]),
+        E::InvalidValue(Field::EnvRemove),
+    );
+    {
+        let mut b = exec_body(t, &[t], 0, &[], b"");
+        b[..4].copy_from_slice(&spawn_flags::ENV_REMOVE.to_le_bytes());
+        b.truncate(b.len() - 2);
+        b.extend_from_slice(&1u16.to_le_bytes());
+        b.extend_from_slice(&((MAX_ARG_LEN + 1) as u32).to_le_bytes());
+        add(
+            "exec-env-remove-too-long",
+            "a name of 131072 bytes to remove (checked before the bytes arrive)",
+            spawn(&b, 0),
+            E::LimitExceeded(Limit::ArgLen),
+        );
+    }
+    {
+        let mut b = exec_body(t, &[t], 0, &[], b"");
+        b[..4].copy_from_slice(&spawn_flags::ENV_REMOVE.to_le_bytes());
+        add(
+            "exec-env-remove-missing",
+            "ENV_REMOVE set but the body ends where the removals should start (cwd_len read as the count)",
+            spawn(&b, 0),
+            E::InvalidValue(Field::EnvRemove),
+        );
+    }
     {
         let mut b = vec![0u8; 12];
         b.push(1);

@@ -2,7 +2,7 @@
 """Conformance checks of a live forkserver server against spec/PROTOCOL.md and spec/vectors/.
 
     python3 spec/conformance/conformance.py --socket PATH [-k PATTERN] [--slow]
-        [--auth-socket PATH --key-file PATH]
+        [--auth-socket PATH --key-file PATH] [--skip-credentials]
 
 Prints one line per check (`PASS name` / `FAIL name: reason`) and a final `N passed, M failed`;
 exits 1 if any check failed. Standard library only. The server must run without a key and
@@ -959,6 +959,66 @@ def server_fds(pid):
     return out
 
 
+def identity_checks(credentials=True):
+    """Rev 0.5: joining a process group, environment removals, uid/gid/groups (§5.5.1, §6.5)."""
+    def join_group():
+        server = proc_stat(server_status()["server_pid"])
+        leader = fc.Client(SOCKET, timeout=TIMEOUT).spawn_exec(
+            ["sleep", "30"], new_process_group=True, kill_on_disconnect=True,
+            pid_after_exec=True)                 # its group exists once it has exec'd
+        try:
+            code, out, child = run_child(["cat", "/proc/self/stat"], pgid=leader.pid)
+            pid, pgrp, sid = parse_stat(out.decode())
+            require((pgrp, sid) == (leader.pid, server[2]),
+                    f"pgrp/sid {pgrp}/{sid}, expected {leader.pid}/{server[2]}")
+        finally:
+            leader.close()                       # KILL_ON_DISCONNECT ends it
+    check("spawn/join-process-group: setpgid(0, pgid) (rev 0.5)", join_group)
+
+    def join_missing_group():
+        with Raw() as c:
+            c.send(spawn_frame(exec_job(["/bin/true"]), pid_after_exec=True,
+                               session="join_process_group", pgid=0x7FFFFFFF))
+            msg = c.expect_error("ChildSetupFailed")
+            require(msg["errno"] == 1, f"errno {msg['errno']}, expected EPERM")
+    check("spawn/join-missing-group: Error(ChildSetupFailed, EPERM) (rev 0.5)", join_missing_group)
+
+    def env_remove():
+        code, out, _ = run_child(["/usr/bin/env"], env=[("FSX", "1"), ("FSY", "2")],
+                                 env_remove=["PATH", "FSY", "FS_NOT_SET"])
+        lines = out.decode().splitlines()
+        require(not any(line.startswith("PATH=") for line in lines), f"PATH still set: {lines}")
+        require("FSX=1" in lines and "FSY=2" in lines,
+                f"entries apply after the removals: {lines}")
+    check("spawn/env-remove: names removed from the server's environment, entries after "
+          "(rev 0.5)", env_remove)
+
+    if not credentials:
+        return
+    ids = ["sh", "-c", "echo $(id -u) $(id -g) $(id -G)"]
+    if os.geteuid() == 0:
+        def as_other():
+            code, out, _ = run_child(ids, program="/bin/sh", uid=65534, gid=65533,
+                                     groups=[100, 65532])
+            require(out == b"65534 65533 65533 100 65532\n", f"id printed {out!r}")
+            code, out, _ = run_child(ids, program="/bin/sh", uid=65534)
+            require(out == b"65534 0 0\n", f"uid alone keeps no group of root: {out!r}")
+        check("spawn/credentials: setgroups, setgid, setuid; a uid alone drops the groups "
+              "(rev 0.5)", as_other)
+    else:
+        def refused():
+            with Raw() as c:
+                c.send(spawn_frame(exec_job(["/bin/true"]), pid_after_exec=True,
+                                   uid=os.getuid() + 1))
+                msg = c.expect_error("ChildSetupFailed")
+                require(msg["errno"] == 1, f"errno {msg['errno']}, expected EPERM")
+            code, out, _ = run_child(ids, program="/bin/sh", uid=os.getuid(), gid=os.getgid())
+            require(out.split()[:2] == [str(os.getuid()).encode(), str(os.getgid()).encode()],
+                    f"own ids: {out!r}")
+        check("spawn/credentials-unprivileged: another uid is ChildSetupFailed(EPERM), one's "
+              "own ids are fine (rev 0.5)", refused)
+
+
 def main():
     global SOCKET, FILTER
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -967,6 +1027,8 @@ def main():
     p.add_argument("--slow", action="store_true", help="also run checks that take >10 s")
     p.add_argument("--auth-socket", help="a second server that requires authentication (§9)")
     p.add_argument("--key-file", help="the key of --auth-socket's server (raw bytes)")
+    p.add_argument("--skip-credentials", action="store_true",
+                   help="skip the uid/gid/groups checks (rev 0.5)")
     args = p.parse_args()
     SOCKET, FILTER = args.socket, args.filter
     valid, invalid, transport = load("valid"), load("invalid"), load("transport")
@@ -982,6 +1044,7 @@ def main():
     bundle_checks()
     exit_checks()
     behaviour_checks()
+    identity_checks(not args.skip_credentials)
     limit_checks()
     if args.slow:
         slow_checks()

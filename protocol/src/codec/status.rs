@@ -38,7 +38,10 @@ impl Status {
             return Err(BuildError::InvalidValue(Field::Pid));
         }
         if server_version.len() > MAX_VERSION_STRING_LEN {
-            return Err(BuildError::LimitExceeded(Limit::VersionString));
+            return Err(BuildError::limit(
+                Limit::VersionString,
+                server_version.len(),
+            ));
         }
         Ok(Self {
             protocol_version,
@@ -116,7 +119,7 @@ impl Body for Status {
             v,
         )
         .map_err(|e| match e {
-            BuildError::LimitExceeded(l) => DecodeError::LimitExceeded(l),
+            BuildError::LimitExceeded { limit, .. } => DecodeError::LimitExceeded(limit),
             BuildError::InvalidValue(f) => DecodeError::InvalidValue(f),
             _ => DecodeError::InvalidValue(Field::Version),
         })

@@ -62,12 +62,19 @@ pub fn to_json(m: &Message) -> Value {
                     "cwd": e.cwd().map(bstr),
                 }),
             };
-            json!({
+            let mut job = job;
+            if let Job::Exec(e) = s.job() {
+                if !e.env_remove().is_empty() {
+                    job["env_remove"] = e.env_remove().iter().map(|n| bstr(n)).collect();
+                }
+            }
+            let mut v = json!({
                 "type": "Spawn",
                 "session": match o.session {
                     Session::Inherit => "inherit",
                     Session::NewProcessGroup => "new_process_group",
                     Session::NewSession => "new_session",
+                    Session::JoinProcessGroup(_) => "join_process_group",
                 },
                 "want_pidfd": o.want_pidfd,
                 "pid_after_exec": o.pid_after_exec,
@@ -76,7 +83,22 @@ pub fn to_json(m: &Message) -> Value {
                 "deadline_ms": o.deadline_ms.map_or(0, |d| d.get()),
                 "fd_targets": s.fds().targets(),
                 "job": job,
-            })
+            });
+            // Rev 0.5 keys, present only when set, so that older vectors keep their form.
+            if let Session::JoinProcessGroup(pgid) = o.session {
+                v["pgid"] = json!(pgid);
+            }
+            let c = &o.credentials;
+            if let Some(uid) = c.uid {
+                v["uid"] = json!(uid);
+            }
+            if let Some(gid) = c.gid {
+                v["gid"] = json!(gid);
+            }
+            if let Some(g) = &c.groups {
+                v["groups"] = json!(g.as_slice());
+            }
+            v
         }
         Message::Signal(s) => json!({"type": "Signal", "signo": s.signo()}),
         Message::StatusRequest => json!({"type": "StatusRequest"}),

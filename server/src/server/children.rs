@@ -18,10 +18,12 @@ pub(super) struct Child {
     /// A failure the server saw itself: a pooled child that could not be handed its job.
     /// Reported in place of the child's exit, like a failure it reported itself.
     pub(super) failure: Option<Message>,
+    /// What the request asked for (cwd, ids, group), to name them in a setup failure.
+    pub(super) context: spawn::Context,
 }
 
 /// Reads a child's failure report, if it wrote one (5 bytes: stage, errno).
-pub(super) fn read_report(fd: &OwnedFd) -> Option<Message> {
+pub(super) fn read_report(fd: &OwnedFd, ctx: &spawn::Context) -> Option<Message> {
     let mut buf = [0u8; 5];
     let mut got = 0;
     while got < buf.len() {
@@ -35,23 +37,7 @@ pub(super) fn read_report(fd: &OwnedFd) -> Option<Message> {
     if got < buf.len() {
         return None;
     }
-    Some(failure_message(&buf))
-}
-
-/// The reply for a child's failure report: 5 bytes, its stage and errno (`i32` LE).
-pub(super) fn failure_message(report: &[u8]) -> Message {
-    let errno = i32::from_le_bytes([report[1], report[2], report[3], report[4]]);
-    let desc = Errno::from_raw(errno).desc();
-    if report[0] == STAGE_EXEC {
-        ErrorReply::new(ErrorCode::ExecFailed, errno, format!("execve: {desc}")).into()
-    } else {
-        ErrorReply::new(
-            ErrorCode::ChildSetupFailed,
-            errno,
-            format!("child setup: {desc}"),
-        )
-        .into()
-    }
+    Some(spawn::failure_reply(&buf, Some(ctx)))
 }
 
 impl Server {
@@ -87,8 +73,10 @@ impl Server {
         let serial = child.serial;
         let failure = match (child.failure, &child.report) {
             (Some(f), _) => Some(f),
-            (None, Some(report)) => read_report(report),
-            (None, None) if code == spawn::FAILED_STATUS => self.shared_report(serial),
+            (None, Some(report)) => read_report(report, &child.context),
+            (None, None) if code == spawn::FAILED_STATUS => {
+                self.shared_report(serial, &child.context)
+            }
             (None, None) => None,
         };
         self.shared_reports.remove(&serial);
@@ -135,7 +123,7 @@ impl Server {
     /// wrote one. Reads every report waiting there; those of other live children are kept for
     /// their own exit (a child writes its report before it exits, so it is there by the time
     /// the child is reaped).
-    pub(super) fn shared_report(&mut self, serial: u64) -> Option<Message> {
+    pub(super) fn shared_report(&mut self, serial: u64, ctx: &spawn::Context) -> Option<Message> {
         let mut buf = [0u8; spawn::SHARED_REPORT_LEN];
         loop {
             let flags = MsgFlags::MSG_DONTWAIT;
@@ -144,8 +132,19 @@ impl Server {
                     let mut s = [0u8; 8];
                     s.copy_from_slice(&buf[..8]);
                     let s = u64::from_le_bytes(s);
-                    if s == serial || self.children.values().any(|c| c.serial == s) {
-                        self.shared_reports.insert(s, failure_message(&buf[8..]));
+                    let ctx = match s == serial {
+                        true => Some(ctx),
+                        false => self
+                            .children
+                            .values()
+                            .find(|c| c.serial == s)
+                            .map(|c| &c.context),
+                    };
+                    if let Some(ctx) = ctx {
+                        let mut report = [0u8; 5];
+                        report.copy_from_slice(&buf[8..]);
+                        let reply = spawn::failure_reply(&report, Some(ctx));
+                        self.shared_reports.insert(s, reply);
                     }
                 }
                 Ok(n) => tracing::error!("bug: a shared report of {n} bytes"),
@@ -167,7 +166,11 @@ impl Server {
         child.watching_report = false;
         let _ = self.epoll.delete(&report);
         let Some(id) = child.conn else { return };
-        match child.failure.take().or_else(|| read_report(&report)) {
+        match child
+            .failure
+            .take()
+            .or_else(|| read_report(&report, &child.context))
+        {
             None => {
                 let want_pidfd = child.want_pidfd;
                 self.start_running(id, pid, want_pidfd);
@@ -218,6 +221,7 @@ impl Server {
             return self.fail(id, ErrorReply::new(ErrorCode::ResourceExhausted, 0, msg));
         }
         let options = *spawn.options();
+        let context = spawn::Context::of(&spawn);
         let is_exec = matches!(spawn.job(), Job::Exec(_));
         let wait_exec = options.pid_after_exec && is_exec;
         let serial = self.spawned_total + 1;
@@ -244,7 +248,7 @@ impl Server {
                 let die_with_server = self.config.kill_children_with_server;
                 spawn::spawn(
                     work,
-                    options.session,
+                    &options,
                     die_with_server,
                     self.signals_to_reset,
                     bundle,
@@ -292,6 +296,7 @@ impl Server {
                 want_pidfd: options.want_pidfd,
                 deadline_hit: false,
                 failure,
+                context,
             },
         );
         tracing::debug!(conn = id, pid = pid.as_raw(), "spawned");

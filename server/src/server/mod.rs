@@ -21,7 +21,7 @@ use crate::entry::EntryFn;
 use crate::listen::{bind_listener, peer_uid, BoundPath};
 use crate::quota::Handshakes;
 use crate::session::{Action, Env, Session, State};
-use crate::spawn::{self, Work, STAGE_EXEC};
+use crate::spawn::{self, Work};
 use crate::timers::{Timer, TimerTable};
 use crate::ServerError;
 

@@ -3,26 +3,30 @@
 //!
 //! In the child, before the job runs:
 //! 1. signal dispositions go back to `SIG_DFL` and the signal mask is emptied;
-//! 2. `setsid()` or `setpgid(0, 0)` as requested;
+//! 2. `setsid()`, `setpgid(0, 0)` or `setpgid(0, pgid)` as requested;
 //! 3. every fd of the bundle is placed at its target (close-on-exec cleared only there), fds
 //!    0-2 that the bundle does not map are opened on `/dev/null`, and every other fd of the
 //!    server (listener, connections, epoll, signalfd, other requests' fds) is closed;
-//! 4. the job runs: `execve`, or the entry point, whose return value is the exit status.
+//! 4. the credentials, last because they may drop privilege: `setgroups`, `setgid`, `setuid`
+//!    (`identity.rs`);
+//! 5. the job runs: `chdir` and `execve` (the environment built in `identity.rs` too), or the
+//!    entry point, whose return value is the exit status.
 //!
-//! A failure in steps 1-4 is reported to the server, and the child exits with status 127. The
+//! A failure in steps 1-5 is reported to the server, and the child exits with status 127. The
 //! report goes either to the child's own report pipe (close-on-exec, so `execve` succeeding
-//! closes it: EOF means success), as 5 bytes, `stage: u8` and `errno: i32` little-endian; or,
+//! closes it: EOF means success), as 5 bytes, `stage: u8` (which call failed, [`Stage`]) and
+//! `errno: i32` little-endian; or,
 //! when the server needs no news of success (entry jobs, exec jobs without `pid_after_exec`),
 //! as one datagram on the server's shared report socket: the spawn's serial (`u64`), then the
 //! same 5 bytes. The shared socket costs no system call and no fd per spawn; the server reads
 //! it only for a child that exits with status 127.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CString, OsStr};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-use forkserver_protocol::{ExecJob, FdBundle, Session};
+use forkserver_protocol::{ExecJob, FdBundle, SpawnOptions};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, open, FcntlArg, FdFlag, OFlag};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
@@ -33,12 +37,14 @@ use crate::sys;
 use fds::{Op, Placement};
 
 mod fds;
+mod identity;
 use crate::entry::{Call, EntryFn};
+pub(crate) use identity::{failure_reply, Context, Identity, Stage};
 
-/// Stage byte of a child's failure report: setting the child up failed.
-pub(crate) const STAGE_SETUP: u8 = 1;
+/// Stage byte of a child's failure report: setting the child up failed (signals, fds).
+pub(crate) const STAGE_SETUP: u8 = Stage::Setup as u8;
 /// Stage byte of a child's failure report: `execve` failed.
-pub(crate) const STAGE_EXEC: u8 = 2;
+pub(crate) const STAGE_EXEC: u8 = Stage::Exec as u8;
 /// Exit status of a child whose setup or exec failed (as shells use for "not found").
 pub(crate) const FAILED_STATUS: i32 = 127;
 /// Length of a datagram on the shared report socket: serial, stage, errno.
@@ -79,7 +85,8 @@ pub(crate) enum Work<'a> {
     },
 }
 
-/// Forks a child that runs `work` with `bundle`. With `shared` (the shared report socket and
+/// Forks a child that runs `work` with `bundle`, in the session or group and with the
+/// credentials the request's `options` ask for. With `shared` (the shared report socket and
 /// the spawn's serial) the child reports a failure there; without, on a report pipe of its
 /// own, whose read end is returned with the child's pid. The bundle's fds are closed in the
 /// server. `key` (the authentication key) is zeroed in an entry job's child, which runs the
@@ -89,17 +96,18 @@ pub(crate) enum Work<'a> {
 /// `pipe2` or `fork` failing (EAGAIN, ENOMEM, EMFILE).
 pub(crate) fn spawn(
     work: Work<'_>,
-    session: Session,
+    options: &SpawnOptions,
     die_with_server: bool,
     to_reset: u64,
     bundle: FdBundle,
     shared: Option<(RawFd, u64)>,
     key: Option<&mut [u8]>,
 ) -> Result<(Pid, Option<OwnedFd>), Errno> {
+    let identity = Identity::from(options);
     let key = key.filter(|_| matches!(work, Work::Entry { .. }));
     if let Some((fd, serial)) = shared {
         let pid = fork_child(die_with_server, key, move || {
-            child_main(work, session, to_reset, bundle, Report::Shared(fd, serial))
+            child_main(work, identity, to_reset, bundle, Report::Shared(fd, serial))
         })?;
         return Ok((pid, None));
     }
@@ -110,7 +118,7 @@ pub(crate) fn spawn(
         let _ = nix::unistd::close(report_rd_raw);
         child_main(
             work,
-            session,
+            identity,
             to_reset,
             bundle,
             Report::Own(report_wr.into_raw_fd()),
@@ -269,10 +277,11 @@ fn pooled_child(
             None => report_and_exit(report, STAGE_SETUP, Errno::ENOENT),
         },
     };
-    child_main(work, options.session, to_reset, bundle, report)
+    child_main(work, Identity::from(&options), to_reset, bundle, report)
 }
 
-fn report_and_exit(report: Report, stage: u8, errno: Errno) -> ! {
+fn report_and_exit(report: Report, stage: impl Into<u8>, errno: Errno) -> ! {
+    let stage = stage.into();
     let mut msg = [0u8; SHARED_REPORT_LEN];
     msg[8] = stage;
     msg[9..].copy_from_slice(&(errno as i32).to_le_bytes());
@@ -300,7 +309,7 @@ fn report_and_exit(report: Report, stage: u8, errno: Errno) -> ! {
 
 fn child_main(
     work: Work<'_>,
-    session: Session,
+    identity: Identity,
     to_reset: u64,
     bundle: FdBundle,
     report: Report,
@@ -308,23 +317,23 @@ fn child_main(
     if let Err(e) = reset_signals(to_reset) {
         report_and_exit(report, STAGE_SETUP, e);
     }
-    let r = match session {
-        Session::Inherit => Ok(()),
-        Session::NewProcessGroup => nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)),
-        Session::NewSession => nix::unistd::setsid().map(drop),
-    };
-    if let Err(e) = r {
-        report_and_exit(report, STAGE_SETUP, e);
+    // PROTOCOL.md §6.5 step 2: the session or process group.
+    if let Err(e) = identity.join_session() {
+        report_and_exit(report, Stage::Session, e);
     }
     let (report, targets) = match place_fds(bundle, report.fd()) {
         Ok((fd, targets)) => (report.with_fd(fd), targets),
         Err((fd, e)) => report_and_exit(report.with_fd(fd), STAGE_SETUP, e),
     };
+    // Step 4: groups, gid, uid, after everything that may need the server's privilege.
+    if let Err((stage, e)) = identity.take_credentials() {
+        report_and_exit(report, stage, e);
+    }
     match work {
         Work::Exec(job) => {
             if let Some(cwd) = job.cwd() {
                 if let Err(e) = nix::unistd::chdir(OsStr::from_bytes(cwd)) {
-                    report_and_exit(report, STAGE_SETUP, e);
+                    report_and_exit(report, Stage::Chdir, e);
                 }
             }
             let e = exec(job);
@@ -443,16 +452,8 @@ fn exec(job: &ExecJob) -> Errno {
     // The protocol guarantees no NUL inside any of these strings.
     let cstr = |b: &[u8]| CString::new(b).unwrap_or_default();
     let argv: Vec<CString> = job.args().iter().map(|a| cstr(a)).collect();
-    let mut env: Vec<(OsString, OsString)> = if job.env_clear() {
-        Vec::new()
-    } else {
-        std::env::vars_os().collect()
-    };
-    for (k, v) in job.env() {
-        let k = OsStr::from_bytes(k);
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.to_owned(), OsStr::from_bytes(v).to_owned()));
-    }
+    let inherited = (!job.env_clear()).then(std::env::vars_os);
+    let env = identity::child_env(inherited.into_iter().flatten(), job);
     let envp: Vec<CString> = env
         .iter()
         .map(|(k, v)| {

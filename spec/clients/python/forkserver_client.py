@@ -46,6 +46,7 @@ SCM_MAX_FD = 253
 MAX_TARGET_FD = (1 << 20) - 1
 MAX_ARGS = 4096
 MAX_ENV = 4096
+MAX_GROUPS = 64                        # rev 0.5, supplementary groups of a spawn
 MAX_ARG_LEN = 131071
 MAX_PATH_LEN = 4095
 MAX_ENTRY_NAME_LEN = 255
@@ -78,7 +79,9 @@ SERVER_LABEL = b"forkserver auth v1 server"
 # Spawn.flags (§5.5.1)
 NEW_SESSION, NEW_PROCESS_GROUP, WANT_PIDFD, PID_AFTER_EXEC, KILL_ON_DISCONNECT = 1, 2, 4, 8, 16
 KEEP_CONNECTION = 32                   # rev 0.3
-SPAWN_FLAGS_MASK = 0x3F
+SET_UID, SET_GID, SET_GROUPS, JOIN_PROCESS_GROUP, ENV_REMOVE = 64, 128, 256, 512, 1024  # rev 0.5
+SPAWN_FLAGS_MASK = 0x7FF
+SESSION_FLAGS = NEW_SESSION | NEW_PROCESS_GROUP | JOIN_PROCESS_GROUP
 JOB_ENTRY, JOB_EXEC = 1, 2
 # Exit.flags (§5.9)
 DEADLINE_EXPIRED, CORE_DUMPED = 1, 2
@@ -193,15 +196,30 @@ def encode_auth_ok(response):
 
 
 def encode_spawn(job, fd_targets=(), session="inherit", want_pidfd=False, pid_after_exec=False,
-                 kill_on_disconnect=False, deadline_ms=0, keep_connection=False):
-    """job: {"kind": "exec", "program", "args", "env_clear", "env", "cwd"} or
-    {"kind": "entry", "name", "payload"} (the decoded form of §10.8, with bytes)."""
-    flags = {"inherit": 0, "new_session": NEW_SESSION, "new_process_group": NEW_PROCESS_GROUP}[session]
+                 kill_on_disconnect=False, deadline_ms=0, keep_connection=False, uid=None,
+                 gid=None, groups=None, pgid=None):
+    """job: {"kind": "exec", "program", "args", "env_clear", "env", "cwd"[, "env_remove"]} or
+    {"kind": "entry", "name", "payload"} (the decoded form of §10.8, with bytes). session
+    "join_process_group" takes pgid; uid, gid, groups (a list) are set when not None (rev 0.5)."""
+    flags = {"inherit": 0, "new_session": NEW_SESSION, "new_process_group": NEW_PROCESS_GROUP,
+             "join_process_group": JOIN_PROCESS_GROUP}[session]
+    removals = (job.get("env_remove") or []) if job["kind"] == "exec" else []
     flags |= (WANT_PIDFD * bool(want_pidfd) | PID_AFTER_EXEC * bool(pid_after_exec)
               | KILL_ON_DISCONNECT * bool(kill_on_disconnect)
-              | KEEP_CONNECTION * bool(keep_connection))
+              | KEEP_CONNECTION * bool(keep_connection)
+              | SET_UID * (uid is not None) | SET_GID * (gid is not None)
+              | SET_GROUPS * (groups is not None) | ENV_REMOVE * bool(removals))
     body = struct.pack("<IQ", flags, deadline_ms)
     body += b"".join(struct.pack("<I", t) for t in fd_targets)
+    # The optional fields of rev 0.5, in the order of their bits (§5.5.1).
+    if uid is not None:
+        body += struct.pack("<I", uid)
+    if gid is not None:
+        body += struct.pack("<I", gid)
+    if groups is not None:
+        body += struct.pack("<H", len(groups)) + b"".join(struct.pack("<I", g) for g in groups)
+    if session == "join_process_group":
+        body += struct.pack("<I", pgid)
     if job["kind"] == "entry":
         body += bytes([JOB_ENTRY]) + _bytes16(_b(job["name"])) + _bytes32(_b(job["payload"]))
     else:
@@ -210,6 +228,8 @@ def encode_spawn(job, fd_targets=(), session="inherit", want_pidfd=False, pid_af
         env = job.get("env") or []
         body += struct.pack("<BH", 1 if job.get("env_clear") else 0, len(env))
         body += b"".join(_bytes32(_b(k)) + _bytes32(_b(v)) for k, v in env)
+        if removals:
+            body += struct.pack("<H", len(removals)) + b"".join(_bytes32(_b(n)) for n in removals)
         body += _bytes16(_b(job.get("cwd") or b""))
     return _frame(SPAWN, body, len(fd_targets))
 
@@ -262,7 +282,8 @@ def encode_message(msg):
     if t == "Spawn":
         return encode_spawn(msg["job"], msg["fd_targets"], msg["session"], msg["want_pidfd"],
                             msg["pid_after_exec"], msg["kill_on_disconnect"], msg["deadline_ms"],
-                            msg.get("keep_connection", False))
+                            msg.get("keep_connection", False), msg.get("uid"), msg.get("gid"),
+                            msg.get("groups"), msg.get("pgid"))
     if t == "Signal":
         return encode_signal(msg["signo"])
     if t == "StatusRequest":
@@ -397,8 +418,8 @@ def _spawn(r, nfds):
     flags, deadline = r.u32(), r.u64()
     if flags & ~SPAWN_FLAGS_MASK:
         raise DecodeError("ReservedNotZero", f"Spawn.flags 0x{flags:x}")
-    if flags & NEW_SESSION and flags & NEW_PROCESS_GROUP:
-        raise DecodeError("InvalidValue", "SpawnFlags: NEW_SESSION with NEW_PROCESS_GROUP")
+    if bin(flags & SESSION_FLAGS).count("1") > 1:
+        raise DecodeError("InvalidValue", "SpawnFlags: more than one session bit")
     if len(r.data) - r.pos < 4 * nfds:
         raise DecodeError("Truncated", "fd map")
     targets = []
@@ -409,20 +430,46 @@ def _spawn(r, nfds):
         if t in targets:
             raise DecodeError("DuplicateTarget", f"target {t}")
         targets.append(t)
+    extra = {}                                  # rev 0.5 fields, keys only when set (§10.8)
+
+    def an_id(what):
+        v = r.u32()
+        if v == 0xFFFFFFFF:
+            raise DecodeError("InvalidValue", f"{what} (uid_t/gid_t) -1")
+        return v
+    if flags & SET_UID:
+        extra["uid"] = an_id("Uid")
+    if flags & SET_GID:
+        extra["gid"] = an_id("Gid")
+    if flags & SET_GROUPS:
+        n = r.u16()
+        if n > MAX_GROUPS:
+            raise DecodeError("LimitExceeded", f"Groups {n}")
+        if len(r.data) - r.pos < 4 * n:
+            raise DecodeError("Truncated", "groups")
+        extra["groups"] = [an_id("Gid") for _ in range(n)]
+    if flags & JOIN_PROCESS_GROUP:
+        pgid = r.u32()
+        if not 1 <= pgid <= 0x7FFFFFFF:
+            raise DecodeError("InvalidValue", f"Pgid {pgid}")
+        extra["pgid"] = pgid
     kind = r.u8()
+    if kind == JOB_ENTRY and flags & ENV_REMOVE:
+        raise DecodeError("InvalidValue", "SpawnFlags: ENV_REMOVE on an entry job")
     if kind == JOB_ENTRY:
         job = _entry_job(r)
     elif kind == JOB_EXEC:
-        job = _exec_job(r)
+        job = _exec_job(r, bool(flags & ENV_REMOVE))
     else:
         raise DecodeError("InvalidValue", f"JobKind {kind}")
     session = ("new_session" if flags & NEW_SESSION else
-               "new_process_group" if flags & NEW_PROCESS_GROUP else "inherit")
+               "new_process_group" if flags & NEW_PROCESS_GROUP else
+               "join_process_group" if flags & JOIN_PROCESS_GROUP else "inherit")
     return {"session": session, "want_pidfd": bool(flags & WANT_PIDFD),
             "pid_after_exec": bool(flags & PID_AFTER_EXEC),
             "kill_on_disconnect": bool(flags & KILL_ON_DISCONNECT),
             "keep_connection": bool(flags & KEEP_CONNECTION),
-            "deadline_ms": deadline, "fd_targets": targets, "job": job}
+            "deadline_ms": deadline, "fd_targets": targets, "job": job, **extra}
 
 
 def _entry_job(r):
@@ -442,7 +489,7 @@ def _entry_job(r):
     return {"kind": "entry", "name": name, "payload": r.take(n, "payload")}
 
 
-def _exec_job(r):
+def _exec_job(r, removes=False):
     n = r.u16()
     if n > MAX_PATH_LEN:
         raise DecodeError("LimitExceeded", f"PathLen {n}")
@@ -488,14 +535,32 @@ def _exec_job(r):
         if len(key) + 1 + len(value) > MAX_ARG_LEN:
             raise DecodeError("LimitExceeded", "ArgLen KEY=VALUE")
         env.append((key, value))
+    removals = []
+    if removes:                                 # rev 0.5, ENV_REMOVE (§5.5.3)
+        count = r.u16()
+        if count == 0:
+            raise DecodeError("InvalidValue", "EnvRemove: ENV_REMOVE with no names")
+        if count > MAX_ENV:
+            raise DecodeError("LimitExceeded", f"Env removals {count}")
+        for _ in range(count):
+            n = r.u32()
+            if n > MAX_ARG_LEN:
+                raise DecodeError("LimitExceeded", f"ArgLen removal {n}")
+            name = r.take(n, "name to remove")
+            if not name or b"=" in name or b"\0" in name:
+                raise DecodeError("InvalidValue", "EnvRemove: empty, '=' or NUL")
+            removals.append(name)
     n = r.u16()
     if n > MAX_PATH_LEN:
         raise DecodeError("LimitExceeded", f"PathLen cwd {n}")
     cwd = r.take(n, "cwd")
     if b"\0" in cwd:
         raise DecodeError("InvalidValue", "Cwd with NUL")
-    return {"kind": "exec", "program": program, "args": args, "env_clear": bool(env_clear),
-            "env": env, "cwd": cwd or None}
+    job = {"kind": "exec", "program": program, "args": args, "env_clear": bool(env_clear),
+           "env": env, "cwd": cwd or None}
+    if removals:
+        job["env_remove"] = removals
+    return job
 
 
 def _signal(r, nfds):
@@ -803,31 +868,35 @@ class Client:
 
     def spawn_exec(self, argv, env=None, env_clear=False, cwd=None, fds=None, program=None,
                    new_session=False, new_process_group=False, deadline_ms=0, want_pidfd=False,
-                   pid_after_exec=False, kill_on_disconnect=False):
+                   pid_after_exec=False, kill_on_disconnect=False, env_remove=(), **ids):
         """Run argv[0] (or program) with argv. env: dict or list of (key, value) applied on top of
-        the server's environment (or an empty one with env_clear). fds: {target: fd}."""
+        the server's environment (or an empty one with env_clear), after env_remove (names taken
+        out of the server's environment). fds: {target: fd}. ids: uid, gid, groups, pgid (rev
+        0.5; pgid joins that process group)."""
         env = list(env.items()) if isinstance(env, dict) else list(env or [])
         job = {"kind": "exec", "program": _b(program if program is not None else argv[0]),
                "args": [_b(a) for a in argv], "env_clear": env_clear,
-               "env": [(_b(k), _b(v)) for k, v in env], "cwd": _b(cwd) if cwd else None}
+               "env": [(_b(k), _b(v)) for k, v in env], "cwd": _b(cwd) if cwd else None,
+               "env_remove": [_b(n) for n in env_remove]}
         return self._spawn(job, fds, new_session, new_process_group, deadline_ms, want_pidfd,
-                           pid_after_exec, kill_on_disconnect)
+                           pid_after_exec, kill_on_disconnect, **ids)
 
     def spawn_entry(self, name, payload=b"", fds=None, new_session=False, new_process_group=False,
-                    deadline_ms=0, want_pidfd=False, kill_on_disconnect=False):
+                    deadline_ms=0, want_pidfd=False, kill_on_disconnect=False, **ids):
         job = {"kind": "entry", "name": name, "payload": _b(payload)}
         return self._spawn(job, fds, new_session, new_process_group, deadline_ms, want_pidfd,
-                           False, kill_on_disconnect)
+                           False, kill_on_disconnect, **ids)
 
     def _spawn(self, job, fds, new_session, new_process_group, deadline_ms, want_pidfd,
-               pid_after_exec, kill_on_disconnect):
+               pid_after_exec, kill_on_disconnect, uid=None, gid=None, groups=None, pgid=None):
         fds = dict(fds or {})
         if len(fds) > MAX_FDS:
             raise ValueError(f"{len(fds)} fds: at most {MAX_FDS} per spawn")
         session = ("new_session" if new_session else
-                   "new_process_group" if new_process_group else "inherit")
+                   "new_process_group" if new_process_group or pgid == 0 else
+                   "join_process_group" if pgid is not None else "inherit")
         frame = encode_spawn(job, list(fds), session, want_pidfd, pid_after_exec,
-                             kill_on_disconnect, deadline_ms)
+                             kill_on_disconnect, deadline_ms, False, uid, gid, groups, pgid)
         try:
             decode_frame(frame)                # refuse locally what the server must refuse
         except DecodeError as e:
