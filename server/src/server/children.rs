@@ -22,9 +22,9 @@ pub(super) struct Child {
     pub(super) context: spawn::Context,
 }
 
-/// Reads a child's failure report, if it wrote one (5 bytes: stage, errno).
+/// Reads a child's failure report, if it wrote one (`spawn::REPORT_LEN` bytes: stage, errno).
 pub(super) fn read_report(fd: &OwnedFd, ctx: &spawn::Context) -> Option<Message> {
-    let mut buf = [0u8; 5];
+    let mut buf = [0u8; spawn::REPORT_LEN];
     let mut got = 0;
     while got < buf.len() {
         match nix::unistd::read(fd, &mut buf[got..]) {
@@ -129,9 +129,7 @@ impl Server {
             let flags = MsgFlags::MSG_DONTWAIT;
             match nix::sys::socket::recv(self.report_rx.as_raw_fd(), &mut buf, flags) {
                 Ok(spawn::SHARED_REPORT_LEN) => {
-                    let mut s = [0u8; 8];
-                    s.copy_from_slice(&buf[..8]);
-                    let s = u64::from_le_bytes(s);
+                    let (s, report) = spawn::decode_shared(&buf);
                     let ctx = match s == serial {
                         true => Some(ctx),
                         false => self
@@ -141,8 +139,6 @@ impl Server {
                             .map(|c| &c.context),
                     };
                     if let Some(ctx) = ctx {
-                        let mut report = [0u8; 5];
-                        report.copy_from_slice(&buf[8..]);
                         let reply = spawn::failure_reply(&report, Some(ctx));
                         self.shared_reports.insert(s, reply);
                     }

@@ -5,55 +5,12 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
-use forkserver_protocol::{
-    Credentials, ErrorCode, ErrorReply, ExecJob, Job, Message, Session, Spawn, SpawnOptions,
-};
+use forkserver_protocol::{Credentials, ExecJob, Job, Session, Spawn, SpawnOptions};
 use nix::errno::Errno;
 use nix::unistd::{Gid, Pid, Uid};
 
+use super::report::Stage;
 use crate::sys;
-
-/// Which call of the child's setup failed: the first byte of a failure report. The server
-/// reads any stage but [`Stage::Exec`] as `ChildSetupFailed`; the stage only names the call in
-/// the message ([`failure_reply`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum Stage {
-    /// Signals, fd placement, a pooled child's job: no single call to name.
-    Setup = 1,
-    /// `execve` (after the `PATH` search): `ExecFailed`.
-    Exec = 2,
-    /// `chdir` to the requested working directory.
-    Chdir = 3,
-    /// `setsid` or `setpgid`.
-    Session = 4,
-    /// `setgroups`.
-    Groups = 5,
-    /// `setgid`.
-    Gid = 6,
-    /// `setuid`.
-    Uid = 7,
-}
-
-impl From<Stage> for u8 {
-    fn from(s: Stage) -> u8 {
-        s as u8
-    }
-}
-
-impl Stage {
-    fn from_byte(b: u8) -> Self {
-        match b {
-            2 => Self::Exec,
-            3 => Self::Chdir,
-            4 => Self::Session,
-            5 => Self::Groups,
-            6 => Self::Gid,
-            7 => Self::Uid,
-            _ => Self::Setup,
-        }
-    }
-}
 
 /// The session or process group and the credentials a child takes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -149,8 +106,8 @@ pub(crate) fn child_env(
 /// the ids asked for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Context {
-    cwd: Option<Vec<u8>>,
-    identity: Identity,
+    pub(super) cwd: Option<Vec<u8>>,
+    pub(super) identity: Identity,
 }
 
 impl Context {
@@ -166,121 +123,9 @@ impl Context {
     }
 }
 
-/// The reply for a child's failure report (`stage`, `errno` as an `i32` LE), naming the call
-/// that failed and, with the request's [`Context`], the value it was given: e.g.
-/// `chdir("/no/such"): No such file or directory (ENOENT)`.
-pub(crate) fn failure_reply(report: &[u8; 5], ctx: Option<&Context>) -> Message {
-    let errno = i32::from_le_bytes([report[1], report[2], report[3], report[4]]);
-    let e = Errno::from_raw(errno);
-    let why = format!("{} ({e:?})", e.desc());
-    let stage = Stage::from_byte(report[0]);
-    let c = ctx.map(|c| &c.identity.credentials);
-    let call = match stage {
-        Stage::Exec => {
-            return ErrorReply::new(ErrorCode::ExecFailed, errno, format!("execve: {why}")).into()
-        }
-        Stage::Setup => "child setup".to_owned(),
-        Stage::Chdir => match ctx.and_then(|c| c.cwd.as_deref()) {
-            Some(cwd) => format!("chdir(\"{}\")", cwd.escape_ascii()),
-            None => "chdir".to_owned(),
-        },
-        Stage::Session => match ctx.map(|c| c.identity.session) {
-            Some(Session::NewSession) => "setsid()".to_owned(),
-            Some(Session::NewProcessGroup) => "setpgid(0, 0)".to_owned(),
-            Some(Session::JoinProcessGroup(pgid)) => format!("setpgid(0, {pgid})"),
-            _ => "setsid/setpgid".to_owned(),
-        },
-        Stage::Groups => match c.map(|c| c.groups) {
-            Some(Some(g)) => format!("setgroups({:?})", g.as_slice()),
-            Some(None) => "setgroups([]) (dropping the groups for setuid)".to_owned(),
-            None => "setgroups".to_owned(),
-        },
-        Stage::Gid => match c.and_then(|c| c.gid) {
-            Some(gid) => format!("setgid({gid})"),
-            None => "setgid".to_owned(),
-        },
-        Stage::Uid => match c.and_then(|c| c.uid) {
-            Some(uid) => format!("setuid({uid})"),
-            None => "setuid".to_owned(),
-        },
-    };
-    ErrorReply::new(ErrorCode::ChildSetupFailed, errno, format!("{call}: {why}")).into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use forkserver_protocol::{FdMap, Groups};
-
-    fn report(stage: Stage, errno: Errno) -> [u8; 5] {
-        let mut r = [stage as u8, 0, 0, 0, 0];
-        r[1..].copy_from_slice(&(errno as i32).to_le_bytes());
-        r
-    }
-
-    fn message(m: Message) -> (ErrorCode, i32, String) {
-        let Message::Error(e) = m else {
-            panic!("not an error: {m:?}")
-        };
-        (e.code(), e.errno(), e.message().to_owned())
-    }
-
-    fn context(options: SpawnOptions, cwd: Option<&[u8]>) -> Context {
-        let mut job = ExecJob::new("/bin/true").unwrap();
-        job.set_cwd(cwd.map(<[u8]>::to_vec)).unwrap();
-        Context::of(&Spawn::new(options, FdMap::new(), Job::Exec(job)).unwrap())
-    }
-
-    #[test]
-    fn a_failed_chdir_names_the_call_and_the_path() {
-        let ctx = context(SpawnOptions::default(), Some(b"/no/such\xffdir"));
-        let (code, errno, msg) = message(failure_reply(
-            &report(Stage::Chdir, Errno::ENOENT),
-            Some(&ctx),
-        ));
-        assert_eq!(code, ErrorCode::ChildSetupFailed);
-        assert_eq!(errno, Errno::ENOENT as i32);
-        assert_eq!(
-            msg,
-            r#"chdir("/no/such\xffdir"): No such file or directory (ENOENT)"#
-        );
-        let (_, _, msg) = message(failure_reply(&report(Stage::Chdir, Errno::ENOENT), None));
-        assert_eq!(msg, "chdir: No such file or directory (ENOENT)");
-    }
-
-    #[test]
-    fn failed_credentials_name_the_call_and_the_id() {
-        let options = SpawnOptions {
-            session: Session::JoinProcessGroup(4242),
-            credentials: Credentials {
-                uid: Some(1000),
-                gid: Some(100),
-                groups: Some(Groups::new(&[10, 20]).unwrap()),
-            },
-            ..SpawnOptions::default()
-        };
-        let ctx = context(options, None);
-        let msg = |stage| message(failure_reply(&report(stage, Errno::EPERM), Some(&ctx))).2;
-        assert_eq!(
-            msg(Stage::Uid),
-            "setuid(1000): Operation not permitted (EPERM)"
-        );
-        assert_eq!(
-            msg(Stage::Gid),
-            "setgid(100): Operation not permitted (EPERM)"
-        );
-        assert_eq!(
-            msg(Stage::Groups),
-            "setgroups([10, 20]): Operation not permitted (EPERM)"
-        );
-        assert_eq!(
-            msg(Stage::Session),
-            "setpgid(0, 4242): Operation not permitted (EPERM)"
-        );
-        let (code, _, msg) = message(failure_reply(&report(Stage::Exec, Errno::ENOENT), None));
-        assert_eq!(code, ErrorCode::ExecFailed);
-        assert_eq!(msg, "execve: No such file or directory (ENOENT)");
-    }
 
     #[test]
     fn removals_apply_to_the_inherited_environment_before_the_entries() {

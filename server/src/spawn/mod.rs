@@ -28,51 +28,25 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use forkserver_protocol::{ExecJob, FdBundle, SpawnOptions};
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, open, FcntlArg, FdFlag, OFlag};
+use nix::fcntl::{FcntlArg, OFlag};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use nix::sys::stat::Mode;
 use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::sys;
-use fds::{Op, Placement};
+use place::place_fds;
 
 mod fds;
 mod identity;
+mod place;
+mod report;
 use crate::entry::{Call, EntryFn};
-pub(crate) use identity::{failure_reply, Context, Identity, Stage};
+pub(crate) use identity::{Context, Identity};
+use report::report_and_exit;
+pub(crate) use report::{
+    decode_shared, failure_reply, Report, Stage, FAILED_STATUS, REPORT_LEN, SHARED_REPORT_LEN,
+    STAGE_EXEC, STAGE_SETUP,
+};
 
-/// Stage byte of a child's failure report: setting the child up failed (signals, fds).
-pub(crate) const STAGE_SETUP: u8 = Stage::Setup as u8;
-/// Stage byte of a child's failure report: `execve` failed.
-pub(crate) const STAGE_EXEC: u8 = Stage::Exec as u8;
-/// Exit status of a child whose setup or exec failed (as shells use for "not found").
-pub(crate) const FAILED_STATUS: i32 = 127;
-/// Length of a datagram on the shared report socket: serial, stage, errno.
-pub(crate) const SHARED_REPORT_LEN: usize = 13;
-
-/// Where a child reports a failure before its job runs.
-#[derive(Clone, Copy)]
-pub(crate) enum Report {
-    /// Its own pipe (or a pooled child's socket): 5 bytes; EOF tells success.
-    Own(RawFd),
-    /// The server's shared report socket (a datagram socket), with the spawn's serial.
-    Shared(RawFd, u64),
-}
-
-impl Report {
-    fn fd(self) -> RawFd {
-        match self {
-            Report::Own(fd) | Report::Shared(fd, _) => fd,
-        }
-    }
-
-    fn with_fd(self, fd: RawFd) -> Report {
-        match self {
-            Report::Own(_) => Report::Own(fd),
-            Report::Shared(_, serial) => Report::Shared(fd, serial),
-        }
-    }
-}
 /// Exit status of an entry point that panicked (as Rust's runtime uses).
 pub(crate) const PANIC_STATUS: i32 = 101;
 
@@ -280,33 +254,6 @@ fn pooled_child(
     child_main(work, Identity::from(&options), to_reset, bundle, report)
 }
 
-fn report_and_exit(report: Report, stage: impl Into<u8>, errno: Errno) -> ! {
-    let stage = stage.into();
-    let mut msg = [0u8; SHARED_REPORT_LEN];
-    msg[8] = stage;
-    msg[9..].copy_from_slice(&(errno as i32).to_le_bytes());
-    // SAFETY: the report fd is open (the child's pipe, or its copy of the shared socket) until
-    // the child exits.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(report.fd()) };
-    match report {
-        Report::Own(_) => {
-            let _ = nix::unistd::write(fd, &msg[8..]);
-        }
-        Report::Shared(_, serial) => {
-            msg[..8].copy_from_slice(&serial.to_le_bytes());
-            // Never blocks: if the shared socket's buffer is full (a few hundred reports of
-            // children not reaped yet) the report is lost, and the server reports status 127
-            // as an exit instead of a setup failure.
-            let _ = nix::sys::socket::send(
-                fd.as_raw_fd(),
-                &msg,
-                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-            );
-        }
-    }
-    sys::exit_now(FAILED_STATUS)
-}
-
 fn child_main(
     work: Work<'_>,
     identity: Identity,
@@ -365,86 +312,6 @@ fn reset_signals(to_reset: u64) -> Result<(), Errno> {
         left &= left - 1;
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
-}
-
-/// Places every fd of the bundle at its target, opens `/dev/null` on unmapped 0-2, closes every
-/// other fd but the report pipe. Returns the report pipe's (possibly new) number and the targets.
-fn place_fds(bundle: FdBundle, report: RawFd) -> Result<(RawFd, Vec<u32>), (RawFd, Errno)> {
-    let (map, fds) = bundle.into_parts();
-    // Release ownership: from here on these numbers are managed by hand, and no destructor may
-    // close them later (a target may reuse one of their numbers).
-    let srcs: Vec<RawFd> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
-    let mut plan = Placement::new(srcs, map.targets().to_vec(), report);
-    while let Some(op) = plan.next_op() {
-        let report = plan.report();
-        match op {
-            Op::Dup2 { from, to } => sys::dup2(from, to).map_err(|e| (report, e))?,
-            Op::ClearCloexec(fd) => {
-                // SAFETY: `fd` is open (a bundle fd at its target) and owned by this code.
-                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| (report, e))?;
-            }
-            Op::MoveOff(fd) => {
-                // The lowest free number from `from` up that is no target; a duplicate that
-                // lands on a (free) target stays there as a placeholder, replaced by the dup2
-                // onto that target later.
-                let mut from = 0;
-                let new = loop {
-                    // SAFETY: `fd` is open in this process; borrowed for the fcntl call only.
-                    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                    let d = fcntl(b, FcntlArg::F_DUPFD_CLOEXEC(from)).map_err(|e| (report, e))?;
-                    if !plan.is_target(d) {
-                        break d;
-                    }
-                    from = d + 1;
-                };
-                plan.moved(fd, new);
-            }
-        }
-    }
-    let report = plan.report();
-    let targets = plan.targets().to_vec();
-    // 3. Close everything but the targets and the report pipe.
-    let mut keep: Vec<u32> = targets.clone();
-    keep.push(report as u32);
-    keep.sort_unstable();
-    let mut next = 0u32;
-    for &k in &keep {
-        if k > next {
-            close_all(next, k - 1).map_err(|e| (report, e))?;
-        }
-        next = k + 1;
-    }
-    close_all(next, u32::MAX).map_err(|e| (report, e))?;
-    // 4. Unmapped stdio goes to /dev/null, so the job's first open() cannot become its stdout.
-    for std_fd in 0..=2u32 {
-        if targets.contains(&std_fd) {
-            continue;
-        }
-        let null = open("/dev/null", OFlag::O_RDWR, Mode::empty()).map_err(|e| (report, e))?;
-        if null.as_raw_fd() as u32 != std_fd {
-            sys::dup2(null.as_raw_fd(), std_fd as RawFd).map_err(|e| (report, e))?;
-        } else {
-            let _ = null.into_raw_fd();
-        }
-    }
-    Ok((report, targets))
-}
-
-fn close_all(first: u32, last: u32) -> Result<(), Errno> {
-    match sys::close_range(first, last) {
-        Err(Errno::ENOSYS) => {
-            // Kernels before 5.9: close one by one up to the fd limit.
-            let (soft, _) =
-                nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
-            let end = last.min(soft.min(u64::from(u32::MAX)) as u32);
-            for fd in first..=end {
-                let _ = nix::unistd::close(fd as RawFd);
-            }
-            Ok(())
-        }
-        r => r,
-    }
 }
 
 /// Builds argv and envp and execs; returns only on failure, with the errno to report.

@@ -1,0 +1,274 @@
+//! The child's failure report, one codec for both ends: the child writes which call of its
+//! setup failed and the errno ([`report_and_exit`]); the server reads it back and turns it into
+//! the `Error` the client gets ([`decode`], [`decode_shared`], [`failure_reply`]).
+//!
+//! On the child's own report pipe (or a pooled child's socket) a report is 5 bytes: the
+//! [`Stage`] and the errno as an `i32`, little-endian; end-of-file with nothing written means
+//! the exec succeeded. On the server's shared report socket (a datagram socket) it is one
+//! datagram of [`SHARED_REPORT_LEN`] bytes: the spawn's serial (`u64`, little-endian), then the
+//! same 5 bytes.
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use forkserver_protocol::{ErrorCode, ErrorReply, Message, Session};
+use nix::errno::Errno;
+
+use super::identity::Context;
+use crate::sys;
+
+/// Length of a report on a child's own pipe: stage, errno.
+pub(crate) const REPORT_LEN: usize = 5;
+
+/// Stage byte of a child's failure report: setting the child up failed (signals, fds).
+pub(crate) const STAGE_SETUP: u8 = Stage::Setup as u8;
+/// Stage byte of a child's failure report: `execve` failed.
+pub(crate) const STAGE_EXEC: u8 = Stage::Exec as u8;
+/// Exit status of a child whose setup or exec failed (as shells use for "not found").
+pub(crate) const FAILED_STATUS: i32 = 127;
+/// Length of a datagram on the shared report socket: serial, stage, errno.
+pub(crate) const SHARED_REPORT_LEN: usize = 13;
+
+/// Where a child reports a failure before its job runs.
+#[derive(Clone, Copy)]
+pub(crate) enum Report {
+    /// Its own pipe (or a pooled child's socket): 5 bytes; EOF tells success.
+    Own(RawFd),
+    /// The server's shared report socket (a datagram socket), with the spawn's serial.
+    Shared(RawFd, u64),
+}
+
+impl Report {
+    pub(crate) fn fd(self) -> RawFd {
+        match self {
+            Report::Own(fd) | Report::Shared(fd, _) => fd,
+        }
+    }
+
+    pub(crate) fn with_fd(self, fd: RawFd) -> Report {
+        match self {
+            Report::Own(_) => Report::Own(fd),
+            Report::Shared(_, serial) => Report::Shared(fd, serial),
+        }
+    }
+}
+
+/// Which call of the child's setup failed: the first byte of a failure report. The server
+/// reads any stage but [`Stage::Exec`] as `ChildSetupFailed`; the stage only names the call in
+/// the message ([`failure_reply`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Stage {
+    /// Signals, fd placement, a pooled child's job: no single call to name.
+    Setup = 1,
+    /// `execve` (after the `PATH` search): `ExecFailed`.
+    Exec = 2,
+    /// `chdir` to the requested working directory.
+    Chdir = 3,
+    /// `setsid` or `setpgid`.
+    Session = 4,
+    /// `setgroups`.
+    Groups = 5,
+    /// `setgid`.
+    Gid = 6,
+    /// `setuid`.
+    Uid = 7,
+}
+
+impl From<Stage> for u8 {
+    fn from(s: Stage) -> u8 {
+        s as u8
+    }
+}
+
+impl Stage {
+    fn from_byte(b: u8) -> Self {
+        match b {
+            2 => Self::Exec,
+            3 => Self::Chdir,
+            4 => Self::Session,
+            5 => Self::Groups,
+            6 => Self::Gid,
+            7 => Self::Uid,
+            _ => Self::Setup,
+        }
+    }
+}
+
+/// The 5 bytes of a report.
+pub(crate) fn encode(stage: u8, errno: Errno) -> [u8; REPORT_LEN] {
+    let mut r = [stage, 0, 0, 0, 0];
+    r[1..].copy_from_slice(&(errno as i32).to_le_bytes());
+    r
+}
+
+/// A datagram of the shared report socket: the spawn's serial, then the report.
+pub(crate) fn encode_shared(serial: u64, stage: u8, errno: Errno) -> [u8; SHARED_REPORT_LEN] {
+    let mut d = [0u8; SHARED_REPORT_LEN];
+    d[..8].copy_from_slice(&serial.to_le_bytes());
+    d[8..].copy_from_slice(&encode(stage, errno));
+    d
+}
+
+/// The serial and the report of a shared datagram.
+pub(crate) fn decode_shared(d: &[u8; SHARED_REPORT_LEN]) -> (u64, [u8; REPORT_LEN]) {
+    let mut serial = [0u8; 8];
+    serial.copy_from_slice(&d[..8]);
+    let mut report = [0u8; REPORT_LEN];
+    report.copy_from_slice(&d[8..]);
+    (u64::from_le_bytes(serial), report)
+}
+
+pub(crate) fn report_and_exit(report: Report, stage: impl Into<u8>, errno: Errno) -> ! {
+    let stage = stage.into();
+    // SAFETY: the report fd is open (the child's pipe, or its copy of the shared socket) until
+    // the child exits.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(report.fd()) };
+    match report {
+        Report::Own(_) => {
+            let _ = nix::unistd::write(fd, &encode(stage, errno));
+        }
+        Report::Shared(_, serial) => {
+            let msg = encode_shared(serial, stage, errno);
+            // Never blocks: if the shared socket's buffer is full (a few hundred reports of
+            // children not reaped yet) the report is lost, and the server reports status 127
+            // as an exit instead of a setup failure.
+            let _ = nix::sys::socket::send(
+                fd.as_raw_fd(),
+                &msg,
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            );
+        }
+    }
+    sys::exit_now(FAILED_STATUS)
+}
+
+/// The reply for a child's failure report (`stage`, `errno` as an `i32` LE), naming the call
+/// that failed and, with the request's [`Context`], the value it was given: e.g.
+/// `chdir("/no/such"): No such file or directory (ENOENT)`.
+pub(crate) fn failure_reply(report: &[u8; 5], ctx: Option<&Context>) -> Message {
+    let errno = i32::from_le_bytes([report[1], report[2], report[3], report[4]]);
+    let e = Errno::from_raw(errno);
+    let why = format!("{} ({e:?})", e.desc());
+    let stage = Stage::from_byte(report[0]);
+    let c = ctx.map(|c| &c.identity.credentials);
+    let call = match stage {
+        Stage::Exec => {
+            return ErrorReply::new(ErrorCode::ExecFailed, errno, format!("execve: {why}")).into()
+        }
+        Stage::Setup => "child setup".to_owned(),
+        Stage::Chdir => match ctx.and_then(|c| c.cwd.as_deref()) {
+            Some(cwd) => format!("chdir(\"{}\")", cwd.escape_ascii()),
+            None => "chdir".to_owned(),
+        },
+        Stage::Session => match ctx.map(|c| c.identity.session) {
+            Some(Session::NewSession) => "setsid()".to_owned(),
+            Some(Session::NewProcessGroup) => "setpgid(0, 0)".to_owned(),
+            Some(Session::JoinProcessGroup(pgid)) => format!("setpgid(0, {pgid})"),
+            _ => "setsid/setpgid".to_owned(),
+        },
+        Stage::Groups => match c.map(|c| c.groups) {
+            Some(Some(g)) => format!("setgroups({:?})", g.as_slice()),
+            Some(None) => "setgroups([]) (dropping the groups for setuid)".to_owned(),
+            None => "setgroups".to_owned(),
+        },
+        Stage::Gid => match c.and_then(|c| c.gid) {
+            Some(gid) => format!("setgid({gid})"),
+            None => "setgid".to_owned(),
+        },
+        Stage::Uid => match c.and_then(|c| c.uid) {
+            Some(uid) => format!("setuid({uid})"),
+            None => "setuid".to_owned(),
+        },
+    };
+    ErrorReply::new(ErrorCode::ChildSetupFailed, errno, format!("{call}: {why}")).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use forkserver_protocol::{Credentials, ExecJob, FdMap, Groups, Job, Spawn, SpawnOptions};
+
+    #[test]
+    fn reports_round_trip_on_both_channels() {
+        let r = encode(Stage::Chdir as u8, Errno::ENOENT);
+        assert_eq!(r, [3, 2, 0, 0, 0]);
+        let d = encode_shared(0x0102_0304_0506_0708, Stage::Uid as u8, Errno::EPERM);
+        assert_eq!(
+            decode_shared(&d),
+            (0x0102_0304_0506_0708, encode(7, Errno::EPERM))
+        );
+        // An unknown stage byte is a setup failure, never a panic.
+        let Message::Error(e) = failure_reply(&[200, 1, 0, 0, 0], None) else {
+            panic!()
+        };
+        assert_eq!(e.code(), ErrorCode::ChildSetupFailed);
+    }
+
+    fn report(stage: Stage, errno: Errno) -> [u8; 5] {
+        encode(stage as u8, errno)
+    }
+
+    fn message(m: Message) -> (ErrorCode, i32, String) {
+        let Message::Error(e) = m else {
+            panic!("not an error: {m:?}")
+        };
+        (e.code(), e.errno(), e.message().to_owned())
+    }
+
+    fn context(options: SpawnOptions, cwd: Option<&[u8]>) -> Context {
+        let mut job = ExecJob::new("/bin/true").unwrap();
+        job.set_cwd(cwd.map(<[u8]>::to_vec)).unwrap();
+        Context::of(&Spawn::new(options, FdMap::new(), Job::Exec(job)).unwrap())
+    }
+
+    #[test]
+    fn a_failed_chdir_names_the_call_and_the_path() {
+        let ctx = context(SpawnOptions::default(), Some(b"/no/such\xffdir"));
+        let (code, errno, msg) = message(failure_reply(
+            &report(Stage::Chdir, Errno::ENOENT),
+            Some(&ctx),
+        ));
+        assert_eq!(code, ErrorCode::ChildSetupFailed);
+        assert_eq!(errno, Errno::ENOENT as i32);
+        assert_eq!(
+            msg,
+            r#"chdir("/no/such\xffdir"): No such file or directory (ENOENT)"#
+        );
+        let (_, _, msg) = message(failure_reply(&report(Stage::Chdir, Errno::ENOENT), None));
+        assert_eq!(msg, "chdir: No such file or directory (ENOENT)");
+    }
+
+    #[test]
+    fn failed_credentials_name_the_call_and_the_id() {
+        let options = SpawnOptions {
+            session: Session::JoinProcessGroup(4242),
+            credentials: Credentials {
+                uid: Some(1000),
+                gid: Some(100),
+                groups: Some(Groups::new(&[10, 20]).unwrap()),
+            },
+            ..SpawnOptions::default()
+        };
+        let ctx = context(options, None);
+        let msg = |stage| message(failure_reply(&report(stage, Errno::EPERM), Some(&ctx))).2;
+        assert_eq!(
+            msg(Stage::Uid),
+            "setuid(1000): Operation not permitted (EPERM)"
+        );
+        assert_eq!(
+            msg(Stage::Gid),
+            "setgid(100): Operation not permitted (EPERM)"
+        );
+        assert_eq!(
+            msg(Stage::Groups),
+            "setgroups([10, 20]): Operation not permitted (EPERM)"
+        );
+        assert_eq!(
+            msg(Stage::Session),
+            "setpgid(0, 4242): Operation not permitted (EPERM)"
+        );
+        let (code, _, msg) = message(failure_reply(&report(Stage::Exec, Errno::ENOENT), None));
+        assert_eq!(code, ErrorCode::ExecFailed);
+        assert_eq!(msg, "execve: No such file or directory (ENOENT)");
+    }
+}
