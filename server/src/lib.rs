@@ -27,7 +27,6 @@ mod listen;
 mod quota;
 mod server;
 mod session;
-#[allow(unsafe_code)] // fork and the child's fd handling (moving into `sys`)
 mod spawn;
 mod sys;
 mod timers;

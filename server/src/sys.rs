@@ -202,6 +202,52 @@ pub(crate) fn placed_fd<'a>(target: u32) -> BorrowedFd<'a> {
 /// An fd the child placed from its request's bundle, owned from now on by the caller (which
 /// forgets its number).
 pub(crate) fn take_placed_fd(target: u32) -> OwnedFd {
-    // SAFETY: placed by the child and owned by the `Call` alone, which gives up its number.
-    unsafe { OwnedFd::from_raw_fd(target as RawFd) }
+    own_fd(target as RawFd)
+}
+
+/// Ownership of an fd number the child manages by hand (its report fd, its pooled socket once
+/// placed): the caller holds the only copy of the number and hands it over.
+pub(crate) fn own_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: open, and owned by the caller alone, which gives up the number (see the doc).
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// `fork(2)` of the server. Sound only because the server is single-threaded (checked in
+/// `Server::bind`): the child is a complete copy of the process and may run any code,
+/// allocation included, until it exits.
+///
+/// # Errors
+/// `EAGAIN` (`RLIMIT_NPROC`), `ENOMEM`.
+pub(crate) fn fork() -> Result<nix::unistd::ForkResult, Errno> {
+    // SAFETY: single-threaded, see above.
+    unsafe { nix::unistd::fork() }
+}
+
+/// Clears close-on-exec on fd number `fd` (a bundle fd already at its target).
+///
+/// # Errors
+/// `EBADF`.
+pub(crate) fn clear_cloexec(fd: RawFd) -> Result<(), Errno> {
+    // SAFETY: fcntl on a number touches no memory; a closed one fails with EBADF.
+    Errno::result(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }).map(drop)
+}
+
+/// A close-on-exec duplicate of fd number `fd` at the lowest free number from `min` up
+/// (`F_DUPFD_CLOEXEC`); the caller manages the new number by hand.
+///
+/// # Errors
+/// `EBADF`, `EMFILE`, `EINVAL`.
+pub(crate) fn dup_from(fd: RawFd, min: RawFd) -> Result<RawFd, Errno> {
+    // SAFETY: fcntl on a number touches no memory; a closed one fails with EBADF.
+    Errno::result(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) })
+}
+
+/// `write(2)` of `buf` to fd number `fd` (a child's report pipe), once.
+///
+/// # Errors
+/// As `write(2)`.
+pub(crate) fn write_fd(fd: RawFd, buf: &[u8]) -> Result<usize, Errno> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes; the fd is a number.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    Errno::result(n).map(|n| n as usize)
 }

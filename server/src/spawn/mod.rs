@@ -23,14 +23,14 @@
 
 use std::ffi::{CString, OsStr};
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use forkserver_protocol::{ExecJob, FdBundle, SpawnOptions};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::unistd::{ForkResult, Pid};
 
 use crate::sys;
 use place::place_fds;
@@ -122,9 +122,8 @@ fn fork_child(
         Some(&SigSet::all()),
         Some(&mut old_mask),
     )?;
-    // SAFETY: the server is single-threaded (checked at startup), so the child is a complete
-    // copy of the process and may run any code, allocation included, until it exits.
-    let forked = unsafe { fork() };
+    // The server is single-threaded: the child may run any code (see `sys::fork`).
+    let forked = sys::fork();
     if !matches!(forked, Ok(ForkResult::Child)) {
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None)?;
     }
@@ -211,8 +210,8 @@ fn pooled_child(
         Ok((s, _)) => s,
         Err(_) => sys::exit_now(FAILED_STATUS),
     };
-    // SAFETY: `sock` is open and owned by this code alone from here on.
-    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    // Open, and owned by this code alone from here on.
+    let sock = sys::own_fd(sock);
     let report = Report::Own(sock.as_raw_fd());
     // Sleep until woken (after the job and the client's `Pid`), or until the server dies
     // (then read what it handed off, if anything). With `die_with_server` its death is a
@@ -289,8 +288,8 @@ fn child_main(
         Work::Entry { entry, payload } => {
             // Setup succeeded (an own report pipe's EOF tells the server so); the job holds
             // nothing of the server's.
-            // SAFETY: the report fd is open and owned by this code alone.
-            drop(unsafe { OwnedFd::from_raw_fd(report.fd()) });
+            // The report fd is open and owned by this code alone.
+            drop(sys::own_fd(report.fd()));
             let call = Call::new(payload.to_vec(), targets);
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry(call)))
                 .unwrap_or(PANIC_STATUS);

@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 
 use forkserver_protocol::FdBundle;
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, open, FcntlArg, FdFlag, OFlag};
+use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
 
 use super::fds::{Op, Placement};
@@ -27,20 +27,14 @@ pub(super) fn place_fds(
         let report = plan.report();
         match op {
             Op::Dup2 { from, to } => sys::dup2(from, to).map_err(|e| (report, e))?,
-            Op::ClearCloexec(fd) => {
-                // SAFETY: `fd` is open (a bundle fd at its target) and owned by this code.
-                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| (report, e))?;
-            }
+            Op::ClearCloexec(fd) => sys::clear_cloexec(fd).map_err(|e| (report, e))?,
             Op::MoveOff(fd) => {
                 // The lowest free number from `from` up that is no target; a duplicate that
                 // lands on a (free) target stays there as a placeholder, replaced by the dup2
                 // onto that target later.
                 let mut from = 0;
                 let new = loop {
-                    // SAFETY: `fd` is open in this process; borrowed for the fcntl call only.
-                    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                    let d = fcntl(b, FcntlArg::F_DUPFD_CLOEXEC(from)).map_err(|e| (report, e))?;
+                    let d = sys::dup_from(fd, from).map_err(|e| (report, e))?;
                     if !plan.is_target(d) {
                         break d;
                     }

@@ -8,7 +8,7 @@
 //! datagram of [`SHARED_REPORT_LEN`] bytes: the spawn's serial (`u64`, little-endian), then the
 //! same 5 bytes.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 
 use forkserver_protocol::{ErrorCode, ErrorReply, Message, Session};
 use nix::errno::Errno;
@@ -120,23 +120,19 @@ pub(crate) fn decode_shared(d: &[u8; SHARED_REPORT_LEN]) -> (u64, [u8; REPORT_LE
 
 pub(crate) fn report_and_exit(report: Report, stage: impl Into<u8>, errno: Errno) -> ! {
     let stage = stage.into();
-    // SAFETY: the report fd is open (the child's pipe, or its copy of the shared socket) until
-    // the child exits.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(report.fd()) };
+    // The report fd is open (the child's pipe, or its copy of the shared socket) until the
+    // child exits.
+    let fd = report.fd();
     match report {
         Report::Own(_) => {
-            let _ = nix::unistd::write(fd, &encode(stage, errno));
+            let _ = sys::write_fd(fd, &encode(stage, errno));
         }
         Report::Shared(_, serial) => {
             let msg = encode_shared(serial, stage, errno);
             // Never blocks: if the shared socket's buffer is full (a few hundred reports of
             // children not reaped yet) the report is lost, and the server reports status 127
             // as an exit instead of a setup failure.
-            let _ = nix::sys::socket::send(
-                fd.as_raw_fd(),
-                &msg,
-                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-            );
+            let _ = nix::sys::socket::send(fd, &msg, nix::sys::socket::MsgFlags::MSG_DONTWAIT);
         }
     }
     sys::exit_now(FAILED_STATUS)
