@@ -18,7 +18,6 @@ use crate::conn::Conn;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::exit_status::ExitStatus;
-use crate::output::{read2, Output};
 use crate::pipes::{ChildStderr, ChildStdin, ChildStdout};
 
 /// A child process forked by the server, like [`std::process::Child`].
@@ -106,26 +105,6 @@ impl Child {
     /// The child's pid as std's [`std::process::Child::id`] gives it.
     pub fn id(&self) -> u32 {
         self.pid as u32
-    }
-
-    /// Waits for the child and collects what it wrote to piped stdout and stderr, reading
-    /// both at once, as [`std::process::Child::wait_with_output`]. A piped stdin is closed
-    /// first.
-    ///
-    /// # Errors
-    /// As [`Child::wait`], and [`Error::Io`] reading the pipes.
-    pub fn wait_with_output(mut self) -> Result<Output> {
-        drop(self.stdin.take());
-        let (stdout, stderr) = read2(
-            self.stdout.take().map(ChildStdout::into_file),
-            self.stderr.take().map(ChildStderr::into_file),
-        )?;
-        let status = self.wait()?;
-        Ok(Output {
-            status,
-            stdout,
-            stderr,
-        })
     }
 
     /// The child's pidfd, if one was asked for with `pidfd(true)` and the server sent one.

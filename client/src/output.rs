@@ -7,7 +7,10 @@ use std::os::fd::AsFd;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use crate::child::Child;
+use crate::error::Result;
 use crate::exit_status::ExitStatus;
+use crate::pipes::{ChildStderr, ChildStdout};
 
 /// The output of a finished child: [`crate::Command::output`], [`crate::Child::wait_with_output`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,5 +64,27 @@ pub(crate) fn read2(out: Option<File>, err: Option<File>) -> io::Result<(Vec<u8>
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+impl Child {
+    /// Waits for the child and collects what it wrote to piped stdout and stderr, reading
+    /// both at once, as [`std::process::Child::wait_with_output`]. A piped stdin is closed
+    /// first.
+    ///
+    /// # Errors
+    /// As [`Child::wait`], and [`Error::Io`] reading the pipes.
+    pub fn wait_with_output(mut self) -> Result<Output> {
+        drop(self.stdin.take());
+        let (stdout, stderr) = read2(
+            self.stdout.take().map(ChildStdout::into_file),
+            self.stderr.take().map(ChildStderr::into_file),
+        )?;
+        let status = self.wait()?;
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
     }
 }
