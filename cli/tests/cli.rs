@@ -29,6 +29,14 @@ fn run_on(socket: &Path, extra: &[&str], cmd: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `forkserver ARGS` with `XDG_RUNTIME_DIR` set to `xdg`.
+fn with_xdg(args: &[&str], xdg: &Path) -> Output {
+    forkserver(args)
+        .env("XDG_RUNTIME_DIR", xdg)
+        .output()
+        .unwrap()
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -302,10 +310,7 @@ fn the_default_socket_directory_is_checked_xdg_included() {
     let xdg = base.join("run");
     std::fs::create_dir(&xdg).unwrap();
     std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let o = forkserver(&["serve"])
-        .env("XDG_RUNTIME_DIR", &xdg)
-        .output()
-        .unwrap();
+    let o = with_xdg(&["serve"], &xdg);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("unsafe permissions"), "{}", stderr(&o));
     assert!(
@@ -313,28 +318,19 @@ fn the_default_socket_directory_is_checked_xdg_included() {
         "{}",
         stderr(&o)
     );
-    let o = forkserver(&["run", "--", "true"])
-        .env("XDG_RUNTIME_DIR", &xdg)
-        .output()
-        .unwrap();
+    let o = with_xdg(&["run", "--", "true"], &xdg);
     assert_eq!(o.status.code(), Some(125));
     assert!(stderr(&o).contains("unsafe permissions"), "{}", stderr(&o));
     // A missing XDG_RUNTIME_DIR is an error too, not a silent fallback.
     let missing = base.join("missing");
-    let o = forkserver(&["serve"])
-        .env("XDG_RUNTIME_DIR", &missing)
-        .output()
-        .unwrap();
+    let o = with_xdg(&["serve"], &missing);
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains(&*missing.to_string_lossy()),
         "{}",
         stderr(&o)
     );
-    let o = forkserver(&["run", "--", "true"])
-        .env("XDG_RUNTIME_DIR", &missing)
-        .output()
-        .unwrap();
+    let o = with_xdg(&["run", "--", "true"], &missing);
     assert_eq!(o.status.code(), Some(125));
     assert!(
         stderr(&o).contains(&*missing.to_string_lossy()),
@@ -343,15 +339,9 @@ fn the_default_socket_directory_is_checked_xdg_included() {
     );
     // A private one works: `run` starts a server there and runs the command through it.
     std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let o = forkserver(&["run", "--", "sh", "-c", "exit 4"])
-        .env("XDG_RUNTIME_DIR", &xdg)
-        .output()
-        .unwrap();
+    let o = with_xdg(&["run", "--", "sh", "-c", "exit 4"], &xdg);
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
-    let o = forkserver(&["status"])
-        .env("XDG_RUNTIME_DIR", &xdg)
-        .output()
-        .unwrap();
+    let o = with_xdg(&["status"], &xdg);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
     let pid: i32 = text

@@ -594,26 +594,10 @@ fn children_outlive_a_killed_server_unless_asked() {
     }
 }
 
-/// Waits until the server has exactly `n` children and returns them.
-fn wait_for_children(srv: &Server, n: usize) -> Vec<i32> {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let kids = srv.children();
-        if kids.len() == n {
-            return kids;
-        }
-        assert!(
-            Instant::now() < until,
-            "server has children {kids:?}, expected {n}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn a_prefork_pool_serves_spawns_and_refills() {
     let srv = Server::start(&["--prefork", "2"]);
-    let pool = wait_for_children(&srv, 2);
+    let pool = srv.wait_children(2);
     // A pooled child waits holding nothing of the server's: its socket, and 0-2 on /dev/null.
     for p in &pool {
         let until = Instant::now() + Duration::from_secs(5);
@@ -653,7 +637,7 @@ fn a_prefork_pool_serves_spawns_and_refills() {
     assert_eq!(c.wait().unwrap().code(), 3);
     assert_eq!(read_all(r).lines().collect::<Vec<_>>(), ["0", "1", "2"]);
     // The pool is refilled after the reply.
-    let refilled = wait_for_children(&srv, 2);
+    let refilled = srv.wait_children(2);
     assert!(refilled.iter().all(|p| *p != pid));
     // Everything else works through the pool as through fork: signals, deadlines, exec errors.
     for (script, code) in [("kill -SEGV $$", -11), ("exit 255", 255)] {
@@ -689,7 +673,7 @@ fn a_prefork_pool_serves_spawns_and_refills() {
     assert!(pidfd.is_some());
     assert_eq!(c.wait().unwrap().code(), 0);
     // Idle again: the pool and nothing else; no fd left behind.
-    wait_for_children(&srv, 2);
+    srv.wait_children(2);
     srv.wait_fds(srv.idle_fds);
 }
 
@@ -730,7 +714,7 @@ fn pipelined_requests_are_all_answered_to_a_slow_reader() {
 #[test]
 fn a_job_too_big_for_the_pool_is_forked() {
     let srv = Server::start(&["--prefork", "1"]);
-    let pool = wait_for_children(&srv, 1);
+    let pool = srv.wait_children(1);
     let mut job = ExecJob::new("/bin/sh").unwrap();
     job.push_arg("-c").unwrap();
     job.push_arg("exit ${#BIG}").unwrap();
@@ -854,7 +838,7 @@ fn a_dead_pooled_child_is_skipped() {
     use nix::sys::signal::{kill, Signal as Sig};
     use nix::unistd::Pid as NixPid;
     let srv = Server::start(&["--prefork", "1"]);
-    let pooled = wait_for_children(&srv, 1)[0];
+    let pooled = srv.wait_children(1)[0];
     let server = NixPid::from_raw(srv.pid());
     let mut c = srv.connect();
     kill(server, Sig::SIGSTOP).unwrap();
@@ -883,7 +867,7 @@ fn a_dead_pooled_child_is_skipped() {
     d.spawn(opts(), sh("exit 6"), FdBundle::new()).unwrap();
     assert_eq!(d.wait().unwrap().code(), 6);
     drop((c, d));
-    wait_for_children(&srv, 1);
+    srv.wait_children(1);
     srv.wait_fds(srv.idle_fds);
 }
 

@@ -23,19 +23,6 @@ fn cloexec_pipe() -> (std::fs::File, OwnedFd) {
     (std::fs::File::from(r), w)
 }
 
-/// The server's children once there are `n` of them (the prefork pool filling up).
-fn wait_for_children(srv: &Server, n: usize) -> Vec<i32> {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let kids = srv.children();
-        if kids.len() == n {
-            return kids;
-        }
-        assert!(Instant::now() < until, "children {kids:?}, expected {n}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// The state letter of `/proc/<pid>/stat` (`T` when stopped).
 fn proc_state(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -63,7 +50,7 @@ fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
 fn a_pooled_job_whose_pid_was_sent_runs_even_if_the_server_dies() {
     let hook = [("FORKSERVER_TEST_STOP_AFTER_PID", "1")];
     let srv = Server::start_with_env(&["--prefork", "2"], &hook);
-    let pool = wait_for_children(&srv, 2);
+    let pool = srv.wait_children(2);
     let (r, w) = cloexec_pipe();
     let mut c = srv.connect();
     let (pid, _) = c
@@ -90,7 +77,7 @@ fn a_pooled_job_whose_pid_was_sent_runs_even_if_the_server_dies() {
 #[test]
 fn max_children_refuses_a_spawn_beyond_the_limit() {
     let srv = Server::start(&["--max-children", "2", "--prefork", "1"]);
-    wait_for_children(&srv, 1);
+    srv.wait_children(1);
     // Two children that run until their stdin closes.
     let mut running = Vec::new();
     for _ in 0..2 {

@@ -129,6 +129,23 @@ impl Server {
         }
     }
 
+    /// Waits until the server has exactly `n` children (the prefork pool filling up, say) and
+    /// returns them.
+    pub fn wait_children(&self, n: usize) -> Vec<i32> {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let kids = self.children();
+            if kids.len() == n {
+                return kids;
+            }
+            assert!(
+                Instant::now() < until,
+                "server has children {kids:?}, expected {n}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Waits until the server's fd count and child list return to `fds` and empty.
     pub fn settle(&self, fds: usize) {
         let until = Instant::now() + Duration::from_secs(10);
