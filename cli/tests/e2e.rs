@@ -947,3 +947,34 @@ fn fd_targets_in_cycles_are_placed_right() {
     drop(originals);
     srv.settle(fds0);
 }
+
+/// A client that stops reading right after its Spawn: the server forks, its `Pid` finds the
+/// peer gone (`EPIPE`), and the child (with `kill_on_disconnect`) must be killed like any child
+/// whose client went away, not left running with a connection that no longer exists.
+#[test]
+fn a_client_gone_before_its_pid_still_has_its_child_killed() {
+    let srv = Server::start(&[]);
+    let o = SpawnOptions {
+        kill_on_disconnect: true,
+        ..opts()
+    };
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let sock = UnixStream::connect(&srv.socket).unwrap();
+        send_message(sock.as_fd(), &Message::Hello(Hello::current()), vec![]).unwrap();
+        let mut reader = FrameReader::new();
+        assert!(matches!(
+            reader.read_frame(sock.as_fd()).unwrap().message,
+            Message::HelloOk(_)
+        ));
+        let spawn = Spawn::new(o, FdMap::default(), sh("sleep 30")).unwrap();
+        send_message(sock.as_fd(), &Message::Spawn(spawn), vec![]).unwrap();
+        // No EOF for the server to read: only its replies fail.
+        sock.shutdown(std::net::Shutdown::Read).unwrap();
+        held.push(sock);
+    }
+    // Every child dies with its connection, whether the server closed it on EPIPE (its Pid
+    // found the peer gone) or sees it close now; none runs its 30 s.
+    drop(held);
+    srv.settle(srv.idle_fds);
+}

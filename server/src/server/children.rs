@@ -202,11 +202,17 @@ impl Server {
         let pidfd = want_pidfd
             .then(|| crate::sys::pidfd_open(pid))
             .and_then(|r| r.map_err(|e| tracing::debug!("pidfd_open: {e}")).ok());
+        // The session is RUNNING before the Pid goes out: a peer already gone makes the send
+        // disconnect it, and the child of that state must be detached (and killed, with
+        // `kill_on_disconnect`), not left with a stale connection.
+        if let Some(conn) = self.conns.get_mut(&id) {
+            match conn.state() {
+                State::Spawning(p) if p == pid => conn.session.exec_done(pid),
+                _ => conn.session.spawned(pid, false),
+            }
+        }
         self.send_pid(id, pid, pidfd);
-        self.transition(id, |s| match s.state() {
-            State::Spawning(p) if p == pid => s.exec_done(pid),
-            _ => s.spawned(pid, false),
-        });
+        self.run_actions(id);
     }
 
     pub(super) fn spawn(&mut self, id: u64, spawn: Spawn, bundle: FdBundle) {
