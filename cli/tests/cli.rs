@@ -471,3 +471,32 @@ impl FdAt for Command {
         self
     }
 }
+
+/// `--allow-uid` with a socket file: another (non-root) uid verifies the server (directory of
+/// root, searchable; `SO_PEERCRED` root, named with `--server-uid 0`) and is served.
+#[test]
+fn an_allowed_uid_reaches_a_path_socket() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run a client as another uid");
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let srv = Server::start(&["--allow-uid", &STRANGER.to_string()]);
+    // Shared: searchable by others, writable by nobody else.
+    std::fs::set_permissions(&srv.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_stranger = |args: &[&str]| {
+        forkserver(args)
+            .arg("--socket")
+            .arg(&srv.socket)
+            .uid(STRANGER)
+            .gid(STRANGER)
+            .output()
+            .unwrap()
+    };
+    let o = as_stranger(&["status", "--server-uid", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Without naming root as the server's uid, the stranger refuses it.
+    let o = as_stranger(&["status"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("owned by uid 0"), "{}", stderr(&o));
+}

@@ -18,7 +18,8 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the server listens.
 #[derive(Debug)]
 pub enum Listen {
-    /// A socket file at this path, created with mode `0600`, in a directory that must be
+    /// A socket file at this path, created with mode `0600` (`0666` when `allowed_uids` is
+    /// set: the peer-uid check decides), in a directory that must be
     /// owned by the server's uid and closed to group and others (readable by others when
     /// `allowed_uids` is set), checked on an open descriptor of the directory
     /// ([`forkserver_protocol::socket_dir`]). The per-user fallback directory of

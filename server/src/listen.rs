@@ -88,13 +88,21 @@ pub(crate) fn bind_listener(
             remove_stale(&entry, &path)?;
             let sock = new_socket()?;
             let addr = UnixAddr::new(&entry).map_err(sys("socket path"))?;
-            // Created 0600 from the start: bind(2) gives the file the socket's own mode (less
+            // Created with its mode from the start: bind(2) gives the file the socket's own mode (less
             // the umask), set here on the descriptor. No window in which others could
             // connect, and no chmod by path afterwards.
-            nix::sys::stat::fchmod(&sock, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            // Other uids allowed (`--allow-uid`): they must be able to connect(2), which takes
+            // write permission on the file; who is served is then decided at accept by
+            // SO_PEERCRED (PROTOCOL.md §9.3).
+            let mode = if shared { 0o666 } else { 0o600 };
+            nix::sys::stat::fchmod(&sock, nix::sys::stat::Mode::from_bits_truncate(mode))
                 .map_err(sys("fchmod"))?;
-            bind(sock.as_raw_fd(), &addr)
-                .map_err(|e| ServerError::Sys(format!("bind {}", path.display()), e))?;
+            // The umask would take bits off that mode (0666 becoming 0644): none during the bind
+            // (the server is single-threaded, so no other file is created meanwhile).
+            let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+            let bound = bind(sock.as_raw_fd(), &addr);
+            nix::sys::stat::umask(old);
+            bound.map_err(|e| ServerError::Sys(format!("bind {}", path.display()), e))?;
             let meta = std::fs::symlink_metadata(&entry)
                 .map_err(|e| ServerError::Io(format!("stat {}", path.display()), e))?;
             let bound = BoundPath {
