@@ -18,6 +18,7 @@ use forkserver_protocol::ErrorReply;
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
+use tokio::sync::Notify;
 
 use crate::child::Child;
 use crate::command::{Call, Command};
@@ -56,6 +57,9 @@ pub struct AsyncChild {
     /// `Drop`), before the connection goes back to the client.
     io: Option<AsyncFd<OwnedFd>>,
     shared: Mutex<Shared>,
+    /// Woken whenever a task files frames: the readiness they came with is consumed by that
+    /// task, and another task's answer may be among them.
+    news: Notify,
     /// The parent's end of a piped stdin.
     pub stdin: Option<pipe::Sender>,
     /// The parent's end of a piped stdout.
@@ -74,13 +78,16 @@ struct Shared {
 }
 
 impl Shared {
-    /// Files every frame that has arrived.
-    fn pump(&mut self) -> Result<()> {
-        for answer in self.child.pump()? {
+    /// Files every frame that has arrived; returns whether there was any.
+    fn pump(&mut self) -> Result<bool> {
+        let was_running = self.child.is_running();
+        let answers = self.child.pump()?;
+        let news = !answers.is_empty() || was_running != self.child.is_running();
+        for answer in answers {
             self.answers.insert(self.answered, answer);
             self.answered += 1;
         }
-        Ok(())
+        Ok(news)
     }
 }
 
@@ -130,6 +137,7 @@ impl AsyncChild {
             stdin: sender(child.stdin.take().map(ChildStdin::into_file))?,
             stdout: receiver(child.stdout.take().map(ChildStdout::into_file))?,
             stderr: receiver(child.stderr.take().map(ChildStderr::into_file))?,
+            news: Notify::new(),
             shared: Mutex::new(Shared {
                 child,
                 sent: 0,
@@ -148,9 +156,15 @@ impl AsyncChild {
     /// the connection is readable.
     async fn until<T>(&self, mut done: impl FnMut(&mut Shared) -> Option<Result<T>>) -> Result<T> {
         loop {
+            // Registered before the check: news filed by another task after it wakes us.
+            let news = self.news.notified();
+            tokio::pin!(news);
+            news.as_mut().enable();
             {
                 let mut shared = lock(&self.shared);
-                shared.pump()?;
+                if shared.pump()? {
+                    self.news.notify_waiters();
+                }
                 if let Some(r) = done(&mut shared) {
                     return r;
                 }
@@ -158,10 +172,14 @@ impl AsyncChild {
             let Some(io) = &self.io else {
                 return Err(Error::ServerGone);
             };
-            let mut ready = io.readable().await?;
-            // Whatever made it readable is read by the pump of the next turn, under the lock;
-            // a frame arriving after that pump makes it readable again.
-            ready.clear_ready();
+            tokio::select! {
+                ready = io.readable() => {
+                    // Whatever made it readable is read by the pump of the next turn, under
+                    // the lock; a frame arriving after that pump makes it readable again.
+                    ready?.clear_ready();
+                }
+                () = &mut news => {}
+            }
         }
     }
 
@@ -180,7 +198,9 @@ impl AsyncChild {
     /// As [`crate::Child::try_wait`].
     pub fn try_wait(&self) -> Result<Option<ExitStatus>> {
         let mut shared = lock(&self.shared);
-        shared.pump()?;
+        if shared.pump()? {
+            self.news.notify_waiters();
+        }
         shared.child.stored_outcome().transpose()
     }
 
@@ -192,7 +212,9 @@ impl AsyncChild {
     pub async fn signal(&self, signo: i32) -> Result<()> {
         let ticket = {
             let mut shared = lock(&self.shared);
-            shared.pump()?;
+            if shared.pump()? {
+                self.news.notify_waiters();
+            }
             blocking(|| shared.child.send_signal(signo))?;
             shared.sent += 1;
             shared.sent - 1

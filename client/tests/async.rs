@@ -34,6 +34,9 @@ fn main() {
         ("a_cancelled_wait_loses_nothing", |c| {
             Box::pin(a_cancelled_wait_loses_nothing(c))
         }),
+        ("signals_answered_while_another_task_waits", |c| {
+            Box::pin(signals_answered_while_another_task_waits(c))
+        }),
         ("a_thousand_concurrent_children_from_eight_tasks", |c| {
             Box::pin(a_thousand_concurrent_children_from_eight_tasks(c))
         }),
@@ -162,6 +165,30 @@ async fn kill_while_another_task_waits(client: Client) {
         Err(Error::AlreadyExited)
     ));
     assert_eq!(child.wait().await.unwrap(), status);
+}
+
+/// A signal that does not end the child, sent while another task waits: its answer may be read
+/// by the waiting task, which must wake the signalling one (no lost wake-up).
+async fn signals_answered_while_another_task_waits(client: Client) {
+    let child = Arc::new(
+        client
+            .command("sleep")
+            .arg("30")
+            .spawn_async()
+            .await
+            .unwrap(),
+    );
+    let waiter = tokio::spawn({
+        let child = child.clone();
+        async move { child.wait().await }
+    });
+    for _ in 0..200 {
+        let answered =
+            tokio::time::timeout(Duration::from_secs(5), child.signal(nix::libc::SIGCONT)).await;
+        assert!(matches!(answered, Ok(Ok(()))), "{answered:?}");
+    }
+    child.kill().await.unwrap();
+    assert_eq!(waiter.await.unwrap().unwrap().signal(), Some(9));
 }
 
 async fn a_cancelled_wait_loses_nothing(client: Client) {
