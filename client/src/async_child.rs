@@ -75,6 +75,8 @@ struct Shared {
     sent: u64,
     answered: u64,
     answers: std::collections::HashMap<u64, std::result::Result<(), ErrorReply>>,
+    /// Requests whose `signal` future was dropped before its answer: the answer is not kept.
+    abandoned: std::collections::HashSet<u64>,
 }
 
 impl Shared {
@@ -84,10 +86,30 @@ impl Shared {
         let answers = self.child.pump()?;
         let news = !answers.is_empty() || was_running != self.child.is_running();
         for answer in answers {
-            self.answers.insert(self.answered, answer);
+            if !self.abandoned.remove(&self.answered) {
+                self.answers.insert(self.answered, answer);
+            }
             self.answered += 1;
         }
         Ok(news)
+    }
+}
+
+/// A signal request in flight: if its future is dropped before the answer, the answer is
+/// dropped too when it comes (or now, if it came).
+struct Abandon<'a> {
+    shared: &'a Mutex<Shared>,
+    ticket: Option<u64>,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket {
+            let mut shared = lock(self.shared);
+            if shared.answers.remove(&ticket).is_none() && ticket >= shared.answered {
+                shared.abandoned.insert(ticket);
+            }
+        }
     }
 }
 
@@ -143,6 +165,7 @@ impl AsyncChild {
                 sent: 0,
                 answered: 0,
                 answers: std::collections::HashMap::new(),
+                abandoned: std::collections::HashSet::new(),
             }),
         })
     }
@@ -219,13 +242,21 @@ impl AsyncChild {
             shared.sent += 1;
             shared.sent - 1
         };
-        self.until(|s| {
-            if let Some(answer) = s.answers.remove(&ticket) {
-                return Some(answer.map_err(Error::from));
-            }
-            (!s.child.is_running()).then_some(Err(Error::AlreadyExited))
-        })
-        .await
+        // Cancelled before its answer: the answer, when it comes, is dropped, not kept.
+        let mut pending = Abandon {
+            shared: &self.shared,
+            ticket: Some(ticket),
+        };
+        let answer = self
+            .until(|s| {
+                if let Some(answer) = s.answers.remove(&ticket) {
+                    return Some(answer.map_err(Error::from));
+                }
+                (!s.child.is_running()).then_some(Err(Error::AlreadyExited))
+            })
+            .await;
+        pending.ticket = None;
+        answer
     }
 
     /// Kills the child with `SIGKILL`; `Ok(())` if it has already exited.

@@ -187,6 +187,11 @@ async fn signals_answered_while_another_task_waits(client: Client) {
             tokio::time::timeout(Duration::from_secs(5), child.signal(nix::libc::SIGCONT)).await;
         assert!(matches!(answered, Ok(Ok(()))), "{answered:?}");
     }
+    // Signals whose futures are dropped before their answer: later ones still get theirs.
+    for _ in 0..20 {
+        let _ = tokio::time::timeout(Duration::ZERO, child.signal(nix::libc::SIGCONT)).await;
+    }
+    child.signal(nix::libc::SIGCONT).await.unwrap();
     child.kill().await.unwrap();
     assert_eq!(waiter.await.unwrap().unwrap().signal(), Some(9));
 }
