@@ -80,6 +80,10 @@ impl Zygote {
 
     /// When the process was launched as a server, runs the preloads and then the server loop
     /// and exits the process (never returning); otherwise returns at once.
+    ///
+    /// Call it first thing in `main`, **before any thread or async runtime starts** (a tokio
+    /// runtime's worker threads included): a server forks, so it must be single-threaded, and
+    /// refuses to serve otherwise (the launching client then gets that reason as its error).
     pub fn serve_if_requested(self) {
         if !Self::is_requested() {
             return;
