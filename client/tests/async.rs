@@ -140,7 +140,13 @@ async fn output_status_and_exit_codes(client: Client) {
     assert!(err.is_exec_failure(), "{err}");
 }
 
-async fn kill_while_another_task_waits(client: Client) {
+/// A `sleep 30` child, shared, and a task waiting for it.
+async fn waited_sleeper(
+    client: &Client,
+) -> (
+    Arc<forkserver_client::AsyncChild>,
+    tokio::task::JoinHandle<forkserver_client::Result<forkserver_client::ExitStatus>>,
+) {
     let child = Arc::new(
         client
             .command("sleep")
@@ -153,6 +159,11 @@ async fn kill_while_another_task_waits(client: Client) {
         let child = child.clone();
         async move { child.wait().await }
     });
+    (child, waiter)
+}
+
+async fn kill_while_another_task_waits(client: Client) {
+    let (child, waiter) = waited_sleeper(&client).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(child.try_wait().unwrap().is_none());
     child.signal(nix::libc::SIGTERM).await.unwrap();
@@ -170,18 +181,7 @@ async fn kill_while_another_task_waits(client: Client) {
 /// A signal that does not end the child, sent while another task waits: its answer may be read
 /// by the waiting task, which must wake the signalling one (no lost wake-up).
 async fn signals_answered_while_another_task_waits(client: Client) {
-    let child = Arc::new(
-        client
-            .command("sleep")
-            .arg("30")
-            .spawn_async()
-            .await
-            .unwrap(),
-    );
-    let waiter = tokio::spawn({
-        let child = child.clone();
-        async move { child.wait().await }
-    });
+    let (child, waiter) = waited_sleeper(&client).await;
     for _ in 0..200 {
         let answered =
             tokio::time::timeout(Duration::from_secs(5), child.signal(nix::libc::SIGCONT)).await;
