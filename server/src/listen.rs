@@ -88,21 +88,20 @@ pub(crate) fn bind_listener(
             remove_stale(&entry, &path)?;
             let sock = new_socket()?;
             let addr = UnixAddr::new(&entry).map_err(sys("socket path"))?;
-            // Created with its mode from the start: bind(2) gives the file the socket's own mode (less
-            // the umask), set here on the descriptor. No window in which others could
-            // connect, and no chmod by path afterwards.
-            // Other uids allowed (`--allow-uid`): they must be able to connect(2), which takes
-            // write permission on the file; who is served is then decided at accept by
-            // SO_PEERCRED (PROTOCOL.md §9.3).
+            // The file gets its mode before it exists: bind(2) gives it the socket's own mode
+            // (set here on the descriptor) less the umask, so there is no window in which others
+            // could connect and no chmod by path afterwards. With other uids allowed
+            // (`--allow-uid`) it is 0666: connect(2) needs write permission on the file, and
+            // SO_PEERCRED decides at accept who is served (PROTOCOL.md §9.3). The umask would
+            // take bits off (0666 becoming 0644): it is zero for the bind (the server is
+            // single-threaded, so no other file is created meanwhile).
             let mode = if shared { 0o666 } else { 0o600 };
             nix::sys::stat::fchmod(&sock, nix::sys::stat::Mode::from_bits_truncate(mode))
                 .map_err(sys("fchmod"))?;
-            // The umask would take bits off that mode (0666 becoming 0644): none during the bind
-            // (the server is single-threaded, so no other file is created meanwhile).
             let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-            let bound = bind(sock.as_raw_fd(), &addr);
+            let r = bind(sock.as_raw_fd(), &addr);
             nix::sys::stat::umask(old);
-            bound.map_err(|e| ServerError::Sys(format!("bind {}", path.display()), e))?;
+            r.map_err(|e| ServerError::Sys(format!("bind {}", path.display()), e))?;
             let meta = std::fs::symlink_metadata(&entry)
                 .map_err(|e| ServerError::Io(format!("stat {}", path.display()), e))?;
             let bound = BoundPath {
