@@ -12,16 +12,15 @@
 //! exactly its header's `nfds`; otherwise, or on `MSG_CTRUNC`, every fd received is closed and an
 //! error is returned.
 
-use std::collections::VecDeque;
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
 
-use crate::codec::{decode, Decoded, Header, Message};
+use crate::codec::Message;
 use crate::error::DecodeError;
-use crate::{HEADER_LEN, MAX_FDS, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN, SCM_MAX_FD};
+use crate::{MAX_FDS, SCM_MAX_FD};
 
 /// What went wrong moving frames over the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

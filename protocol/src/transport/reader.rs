@@ -1,7 +1,16 @@
 //! Receiving: [`FrameReader`] reassembles frames and their fds, one `recvmsg` at a time, within
 //! the [`ReadLimits`] of the connection's state.
 
-use super::*;
+use std::collections::VecDeque;
+use std::io::IoSliceMut;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+
+use super::{Frame, TransportError};
+use crate::codec::{decode, Decoded, Header};
+use crate::{HEADER_LEN, MAX_FDS, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN, SCM_MAX_FD};
 
 /// What a [`FrameReader`] accepts now. A server narrows it for a connection that has not
 /// completed its handshake (PROTOCOL.md §6.3, §9.3), and widens it to [`ReadLimits::FULL`] once
