@@ -103,11 +103,6 @@ impl Snippet {
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
-
-    /// Whether the value was longer than what is kept.
-    pub fn is_cut(&self) -> bool {
-        self.cut
-    }
 }
 
 impl fmt::Display for Snippet {

@@ -18,8 +18,8 @@ pub use handshake::{Auth, AuthMethod, AuthOk, Hello, HelloOk};
 pub use header::Header;
 pub use messages::{Message, Tag};
 pub use spawn::{
-    flags as spawn_flags, Credentials, EntryJob, ExecJob, FdMap, Groups, Job, Session, Spawn,
-    SpawnOptions,
+    flags as spawn_flags, Credentials, EntryJob, ExecJob, FdMap, Groups, Job, Revision, Session,
+    Spawn, SpawnOptions,
 };
 pub use status::Status;
 

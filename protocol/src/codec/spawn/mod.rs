@@ -17,11 +17,12 @@ use super::wire::Reader;
 use crate::error::{BuildError, DecodeError, Field, Limit};
 use crate::{MAX_BODY_LEN, MAX_FDS, MAX_TARGET_FD};
 
+mod fields;
 mod job;
 mod options;
 
 pub use job::{EntryJob, ExecJob};
-pub use options::{flags, Credentials, Groups, Session, SpawnOptions};
+pub use options::{flags, Credentials, Groups, Revision, Session, SpawnOptions};
 
 /// The fd map of a spawn: for the i-th fd that travels with the frame, the fd number it gets in
 /// the child. At most [`MAX_FDS`] entries, each at most [`MAX_TARGET_FD`], no two alike.
@@ -172,6 +173,24 @@ impl Spawn {
     /// Takes the request apart.
     pub fn into_parts(self) -> (SpawnOptions, FdMap, Job) {
         (*self.options, self.fds, self.job)
+    }
+
+    /// The protocol revision a server needs to understand this request: the latest of the
+    /// revisions that introduced each flag bit it sets (PROTOCOL.md §8), derived from the
+    /// table of options. A server of an older revision refuses the request (reserved bits).
+    ///
+    /// ```
+    /// use forkserver_protocol::{EntryJob, FdMap, Job, Revision, Spawn, SpawnOptions};
+    /// let job = Job::Entry(EntryJob::new("main", Vec::new()).unwrap());
+    /// let mut options = SpawnOptions::default();
+    /// let plain = Spawn::new(options, FdMap::new(), job.clone()).unwrap();
+    /// assert_eq!(plain.required_revision(), Revision::FIRST);
+    /// options.credentials.uid = Some(1000);
+    /// let as_user = Spawn::new(options, FdMap::new(), job).unwrap();
+    /// assert_eq!(as_user.required_revision(), Revision::R0_5);
+    /// ```
+    pub fn required_revision(&self) -> Revision {
+        options::revision_of(self.flags())
     }
 
     pub(crate) fn body_len(&self) -> usize {

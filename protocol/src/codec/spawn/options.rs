@@ -9,53 +9,261 @@
 //! The optional fields sit between the fd targets and `job_kind`, in the order of their bits,
 //! each present exactly when its bit is set. `ENV_REMOVE` announces a field of the exec job
 //! body (`job.rs`).
+//!
+//! # One table
+//!
+//! Every flag bit is one line of the `spawn_options!` table below: its bit, its name in
+//! [`flags`], the [`Revision`] it appeared in, and what it sets in [`SpawnOptions`]. The
+//! table generates the flag constants (and [`flags::ALL`], [`flags::SESSION_BITS`]), the flag
+//! word, the fields' length, encoder, decoder and build-time checks, and the revision a
+//! request needs ([`SpawnOptions::required_revision`]). A line is one of:
+//!
+//! - `flag(field)`: a `bool` of [`SpawnOptions`], no body field (`WANT_PIDFD`);
+//! - `field(path: Codec)`: an `Option<T>` at `path` of [`SpawnOptions`], present on the wire
+//!   when `Some`; `Codec` implements `FieldCodec<Value = T>` (length, encode, decode with its
+//!   §5.5.1 checks, the build check); `credentials.uid: Uid` (`u32`, `u32::MAX` invalid) and
+//!   `credentials.groups: Groups` (a capped list) are the examples;
+//! - `session(Variant)` / `session(Variant: Codec)`: one of the mutually exclusive
+//!   [`Session`] bits, without or with a field (`JOIN_PROCESS_GROUP` and its pgid);
+//! - `job()`: a bit the job decides (`ENV_REMOVE`), counted for the revision only.
+//!
+//! Adding an option is one line plus its semantics. For example, rlimits (a list of up to 16
+//! `(resource, soft, hard)`), a umask and `no_new_privs` would read:
+//!
+//! ```text
+//! /// The body carries rlimits: the child calls `setrlimit` for each (rev 0.6).
+//! 11 SET_RLIMITS, R0_6 => field(limits.rlimits: Rlimits);
+//! /// The body carries a umask (rev 0.6).
+//! 12 SET_UMASK, R0_6 => field(umask: Umask);
+//! /// The child sets `PR_SET_NO_NEW_PRIVS` (rev 0.6).
+//! 13 NO_NEW_PRIVS, R0_6 => flag(no_new_privs);
+//! ```
+//!
+//! with `Rlimits` a `Copy` list type like [`Groups`] whose `FieldCodec` reads the count, checks
+//! it against its cap and the remaining bytes before reading an entry, and `Umask` a scalar codec
+//! like `Uid` whose decode rejects bits above `0o777`. Scalar fields (`nice`, `oom_score_adj`,
+//! an fd index, a grace period) are `field` lines with a codec of their own; the fields are
+//! then laid out, decoded and checked in bit order, as §5.5.1 requires.
 
 use bytes::BufMut;
 
+pub use super::fields::Groups;
+use super::fields::{FieldCodec, Gid, Pgid, Uid};
 use crate::codec::wire::Reader;
-use crate::error::{BuildError, DecodeError, Field, Limit};
-use crate::{MAX_GROUPS, MAX_PGID};
+use crate::error::{BuildError, DecodeError, Field};
 
-/// Spawn flag bits (PROTOCOL.md §5.5.1).
-pub mod flags {
+/// A revision of the protocol specification (PROTOCOL.md change log): the wire facts it added
+/// are understood by servers of that revision and later. Ordered, so `a < b` means `a` is older.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Revision {
+    major: u8,
+    minor: u8,
+}
+
+impl Revision {
+    /// The first version of the specification (its change log says "1 (draft)").
+    pub const FIRST: Self = Self::new(0, 1);
+    /// Rev 0.3: `KEEP_CONNECTION`.
+    pub const R0_3: Self = Self::new(0, 3);
+    /// Rev 0.5: ids, process group, environment removals.
+    pub const R0_5: Self = Self::new(0, 5);
+
+    const fn new(major: u8, minor: u8) -> Self {
+        Self { major, minor }
+    }
+
+    /// The major number (0 for the drafts).
+    pub fn major(self) -> u8 {
+        self.major
+    }
+
+    /// The minor number.
+    pub fn minor(self) -> u8 {
+        self.minor
+    }
+}
+
+impl core::fmt::Display for Revision {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "rev {}.{}", self.major, self.minor)
+    }
+}
+
+/// What one table line does, by kind; `$o` is the [`SpawnOptions`].
+macro_rules! option_line {
+    // Whether the option is set (its bit goes in the flag word).
+    (is_set, $o:ident, flag($($f:ident).+)) => { $o.$($f).+ };
+    (is_set, $o:ident, field($($f:ident).+ : $c:ty)) => { $o.$($f).+.is_some() };
+    (is_set, $o:ident, session($v:ident)) => { matches!($o.session, Session::$v) };
+    (is_set, $o:ident, session($v:ident : $c:ty)) => { matches!($o.session, Session::$v(_)) };
+    (is_set, $o:ident, job()) => { false };
+    // Whether the bit is one of the session bits.
+    (is_session, session($($t:tt)*)) => { true };
+    (is_session, $($t:tt)*) => { false };
+    // The field's value, if the option carries one and is set.
+    (value, $o:ident, field($($f:ident).+ : $c:ty), |$v:ident| $e:expr) => {
+        if let Some($v) = &$o.$($f).+ { $e }
+    };
+    (value, $o:ident, session($var:ident : $c:ty), |$v:ident| $e:expr) => {
+        if let Session::$var($v) = &$o.session { $e }
+    };
+    (value, $o:ident, $($t:tt)*) => {};
+    // The codec of the field, for the generated calls.
+    (len, $o:ident, $n:ident, field($($f:ident).+ : $c:ty)) => {
+        option_line!(value, $o, field($($f).+ : $c), |v| $n += <$c as FieldCodec>::len(v))
+    };
+    (len, $o:ident, $n:ident, session($var:ident : $c:ty)) => {
+        option_line!(value, $o, session($var : $c), |v| $n += <$c as FieldCodec>::len(v))
+    };
+    (len, $($t:tt)*) => {};
+    (encode, $o:ident, $out:ident, field($($f:ident).+ : $c:ty)) => {
+        option_line!(value, $o, field($($f).+ : $c), |v| <$c as FieldCodec>::encode(v, $out))
+    };
+    (encode, $o:ident, $out:ident, session($var:ident : $c:ty)) => {
+        option_line!(value, $o, session($var : $c), |v| <$c as FieldCodec>::encode(v, $out))
+    };
+    (encode, $($t:tt)*) => {};
+    (check, $o:ident, field($($f:ident).+ : $c:ty)) => {
+        option_line!(value, $o, field($($f).+ : $c), |v| <$c as FieldCodec>::check(v)?)
+    };
+    (check, $o:ident, session($var:ident : $c:ty)) => {
+        option_line!(value, $o, session($var : $c), |v| <$c as FieldCodec>::check(v)?)
+    };
+    (check, $($t:tt)*) => {};
+    // From the flag word alone (§5.5.1 steps 1-2): bools and the session; a session field
+    // gets a placeholder that `decode` replaces.
+    (from_flag, $o:ident, $on:expr, flag($($f:ident).+)) => { $o.$($f).+ = $on };
+    (from_flag, $o:ident, $on:expr, session($v:ident)) => {
+        if $on { $o.session = Session::$v }
+    };
+    (from_flag, $o:ident, $on:expr, session($v:ident : $c:ty)) => {
+        if $on { $o.session = Session::$v(0) }
+    };
+    (from_flag, $($t:tt)*) => {};
+    // Reads the field after the targets (§5.5.1 check 4).
+    (decode, $o:ident, $r:ident, $on:expr, field($($f:ident).+ : $c:ty)) => {
+        if $on { $o.$($f).+ = Some(<$c as FieldCodec>::decode($r)?) }
+    };
+    (decode, $o:ident, $r:ident, $on:expr, session($v:ident : $c:ty)) => {
+        if $on { $o.session = Session::$v(<$c as FieldCodec>::decode($r)?) }
+    };
+    (decode, $($t:tt)*) => {};
+}
+
+/// The table of Spawn flag bits; see the module doc.
+macro_rules! spawn_options {
+    ($(
+        $(#[$doc:meta])*
+        $bit:literal $name:ident, $rev:ident => $kind:ident $args:tt;
+    )*) => {
+        /// Spawn flag bits (PROTOCOL.md §5.5.1).
+        pub mod flags {
+            $( $(#[$doc])* pub const $name: u32 = 1 << $bit; )*
+            /// Every defined bit; the others are reserved and MUST be zero.
+            pub const ALL: u32 = 0 $(| $name)*;
+            /// The bits that choose the child's session or process group; at most one may be
+            /// set.
+            pub const SESSION_BITS: u32 =
+                0 $(| if option_line!(is_session, $kind $args) { $name } else { 0 })*;
+        }
+
+        /// The revision that introduced each bit set in `f`, the latest of them.
+        fn flags_revision(f: u32) -> Revision {
+            let mut rev = Revision::FIRST;
+            $( if f & flags::$name != 0 { rev = rev.max(Revision::$rev); } )*
+            rev
+        }
+
+        impl SpawnOptions {
+            /// The checks the field types leave open (PROTOCOL.md §5.5.1).
+            pub(crate) fn check(&self) -> Result<(), BuildError> {
+                let o = self;
+                $( option_line!(check, o, $kind $args); )*
+                Ok(())
+            }
+
+            /// The flag word, without `ENV_REMOVE` (which the job decides).
+            pub(crate) fn flags(&self) -> u32 {
+                let o = self;
+                let mut f = 0;
+                $( if option_line!(is_set, o, $kind $args) { f |= flags::$name; } )*
+                f
+            }
+
+            /// Length of the optional fields between the targets and `job_kind`.
+            pub(crate) fn fields_len(&self) -> usize {
+                let o = self;
+                let mut n = 0;
+                $( option_line!(len, o, n, $kind $args); )*
+                n
+            }
+
+            /// Writes the optional fields, in the order of their bits.
+            pub(crate) fn encode_fields(&self, out: &mut impl BufMut) {
+                let o = self;
+                $( option_line!(encode, o, out, $kind $args); )*
+            }
+
+            /// The flag checks of §5.5.1 (steps 1-2): everything but the optional fields,
+            /// which [`SpawnOptions::decode_fields`] reads after the targets.
+            pub(crate) fn from_wire(f: u32, deadline_ms: u64) -> Result<Self, DecodeError> {
+                // §5.5.1 check 1: undefined flag bits are reserved and MUST be zero.
+                if f & !flags::ALL != 0 {
+                    return Err(DecodeError::ReservedNotZero);
+                }
+                // §5.5.1 check 2: at most one of NEW_SESSION, NEW_PROCESS_GROUP,
+                // JOIN_PROCESS_GROUP.
+                if (f & flags::SESSION_BITS).count_ones() > 1 {
+                    return Err(DecodeError::InvalidValue(Field::SpawnFlags));
+                }
+                let mut o = Self {
+                    deadline_ms: core::num::NonZeroU64::new(deadline_ms),
+                    ..Self::default()
+                };
+                $( option_line!(from_flag, o, f & flags::$name != 0, $kind $args); )*
+                Ok(o)
+            }
+
+            /// Reads the optional fields that the flags `f` announce (§5.5.1 check 4), in
+            /// the order of their bits.
+            pub(crate) fn decode_fields(
+                &mut self,
+                f: u32,
+                r: &mut Reader<'_>,
+            ) -> Result<(), DecodeError> {
+                let o = self;
+                $( option_line!(decode, o, r, f & flags::$name != 0, $kind $args); )*
+                Ok(())
+            }
+        }
+    };
+}
+
+spawn_options! {
     /// The child calls `setsid()`: a new session and process group.
-    pub const NEW_SESSION: u32 = 1 << 0;
+    0 NEW_SESSION, FIRST => session(NewSession);
     /// The child calls `setpgid(0, 0)`: a new process group in the server's session.
-    pub const NEW_PROCESS_GROUP: u32 = 1 << 1;
+    1 NEW_PROCESS_GROUP, FIRST => session(NewProcessGroup);
     /// The `Pid` reply carries a pidfd for the child.
-    pub const WANT_PIDFD: u32 = 1 << 2;
+    2 WANT_PIDFD, FIRST => flag(want_pidfd);
     /// Exec jobs only: reply `Pid` once `execve` has succeeded, or `Error` if it failed.
-    pub const PID_AFTER_EXEC: u32 = 1 << 3;
+    3 PID_AFTER_EXEC, FIRST => flag(pid_after_exec);
     /// The server sends `SIGKILL` to the child when the client's connection ends first.
-    pub const KILL_ON_DISCONNECT: u32 = 1 << 4;
+    4 KILL_ON_DISCONNECT, FIRST => flag(kill_on_disconnect);
     /// After the child's final report the connection returns to READY for another request,
     /// instead of being closed (PROTOCOL.md §6.1, rev 0.3).
-    pub const KEEP_CONNECTION: u32 = 1 << 5;
+    5 KEEP_CONNECTION, R0_3 => flag(keep_connection);
     /// The body carries `uid`: the child calls `setuid(uid)` (rev 0.5).
-    pub const SET_UID: u32 = 1 << 6;
+    6 SET_UID, R0_5 => field(credentials.uid: Uid);
     /// The body carries `gid`: the child calls `setgid(gid)` (rev 0.5).
-    pub const SET_GID: u32 = 1 << 7;
+    7 SET_GID, R0_5 => field(credentials.gid: Gid);
     /// The body carries the supplementary groups: the child calls `setgroups` (rev 0.5).
-    pub const SET_GROUPS: u32 = 1 << 8;
+    8 SET_GROUPS, R0_5 => field(credentials.groups: Groups);
     /// The body carries `pgid`: the child calls `setpgid(0, pgid)` (rev 0.5).
-    pub const JOIN_PROCESS_GROUP: u32 = 1 << 9;
+    9 JOIN_PROCESS_GROUP, R0_5 => session(JoinProcessGroup: Pgid);
     /// Exec jobs only: the job body carries names to remove from the inherited environment
     /// (rev 0.5).
-    pub const ENV_REMOVE: u32 = 1 << 10;
-    /// Every defined bit; the others are reserved and MUST be zero.
-    pub const ALL: u32 = NEW_SESSION
-        | NEW_PROCESS_GROUP
-        | WANT_PIDFD
-        | PID_AFTER_EXEC
-        | KILL_ON_DISCONNECT
-        | KEEP_CONNECTION
-        | SET_UID
-        | SET_GID
-        | SET_GROUPS
-        | JOIN_PROCESS_GROUP
-        | ENV_REMOVE;
-    /// The bits that choose the child's session or process group; at most one may be set.
-    pub const SESSION_BITS: u32 = NEW_SESSION | NEW_PROCESS_GROUP | JOIN_PROCESS_GROUP;
+    10 ENV_REMOVE, R0_5 => job();
 }
 
 /// Which session and process group the child lives in.
@@ -68,57 +276,9 @@ pub enum Session {
     NewProcessGroup,
     /// A new session (`setsid()`), which is also a new process group.
     NewSession,
-    /// The existing process group `pgid` (`setpgid(0, pgid)`), in `1..=`[`MAX_PGID`]; it must
+    /// The existing process group `pgid` (`setpgid(0, pgid)`), in `1..=`[`crate::MAX_PGID`]; it must
     /// be in the server's session (the kernel says `EPERM` otherwise). Rev 0.5.
     JoinProcessGroup(u32),
-}
-
-/// Supplementary groups: at most [`MAX_GROUPS`] gids, none of them `(gid_t) -1`. `Copy`, so
-/// that [`SpawnOptions`] stays `Copy`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Groups {
-    gids: [u32; MAX_GROUPS],
-    len: u8,
-}
-
-impl Groups {
-    /// # Errors
-    /// [`BuildError::LimitExceeded`] past [`MAX_GROUPS`] gids, [`BuildError::InvalidValue`]
-    /// ([`Field::Gid`]) for `u32::MAX`.
-    pub fn new(gids: &[u32]) -> Result<Self, BuildError> {
-        if gids.len() > MAX_GROUPS {
-            return Err(BuildError::limit(Limit::Groups, gids.len()));
-        }
-        if gids.contains(&u32::MAX) {
-            return Err(BuildError::InvalidValue(Field::Gid));
-        }
-        let mut g = Self {
-            gids: [0; MAX_GROUPS],
-            len: gids.len() as u8,
-        };
-        g.gids[..gids.len()].copy_from_slice(gids);
-        Ok(g)
-    }
-
-    /// The gids, in order.
-    pub fn as_slice(&self) -> &[u32] {
-        &self.gids[..usize::from(self.len)]
-    }
-}
-
-impl Default for Groups {
-    fn default() -> Self {
-        Self {
-            gids: [0; MAX_GROUPS],
-            len: 0,
-        }
-    }
-}
-
-impl core::fmt::Debug for Groups {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_list().entries(self.as_slice()).finish()
-    }
 }
 
 /// The credentials the child takes before its job runs (rev 0.5). Each part is optional, as
@@ -158,145 +318,15 @@ pub struct SpawnOptions {
 }
 
 impl SpawnOptions {
-    /// The checks the field types leave open (PROTOCOL.md §5.5.1).
-    pub(crate) fn check(&self) -> Result<(), BuildError> {
-        if let Session::JoinProcessGroup(pgid) = self.session {
-            if pgid == 0 || pgid > MAX_PGID {
-                return Err(BuildError::InvalidValue(Field::Pgid));
-            }
-        }
-        if self.credentials.uid == Some(u32::MAX) {
-            return Err(BuildError::InvalidValue(Field::Uid));
-        }
-        if self.credentials.gid == Some(u32::MAX) {
-            return Err(BuildError::InvalidValue(Field::Gid));
-        }
-        Ok(())
+    /// The protocol revision a server needs to understand these options: the latest of the
+    /// revisions that introduced each flag they set (an exec job's `ENV_REMOVE` is counted by
+    /// [`super::Spawn::required_revision`]).
+    pub fn required_revision(&self) -> Revision {
+        flags_revision(self.flags())
     }
+}
 
-    /// The flag word, without `ENV_REMOVE` (which the job decides).
-    pub(crate) fn flags(&self) -> u32 {
-        let mut f = match self.session {
-            Session::Inherit => 0,
-            Session::NewProcessGroup => flags::NEW_PROCESS_GROUP,
-            Session::NewSession => flags::NEW_SESSION,
-            Session::JoinProcessGroup(_) => flags::JOIN_PROCESS_GROUP,
-        };
-        let bits = [
-            (self.want_pidfd, flags::WANT_PIDFD),
-            (self.pid_after_exec, flags::PID_AFTER_EXEC),
-            (self.kill_on_disconnect, flags::KILL_ON_DISCONNECT),
-            (self.keep_connection, flags::KEEP_CONNECTION),
-            (self.credentials.uid.is_some(), flags::SET_UID),
-            (self.credentials.gid.is_some(), flags::SET_GID),
-            (self.credentials.groups.is_some(), flags::SET_GROUPS),
-        ];
-        for (on, bit) in bits {
-            if on {
-                f |= bit;
-            }
-        }
-        f
-    }
-
-    /// Length of the optional fields between the targets and `job_kind`.
-    pub(crate) fn fields_len(&self) -> usize {
-        let c = &self.credentials;
-        c.uid.map_or(0, |_| 4)
-            + c.gid.map_or(0, |_| 4)
-            + c.groups.map_or(0, |g| 2 + 4 * g.as_slice().len())
-            + match self.session {
-                Session::JoinProcessGroup(_) => 4,
-                _ => 0,
-            }
-    }
-
-    /// Writes the optional fields, in the order of their bits.
-    pub(crate) fn encode_fields(&self, out: &mut impl BufMut) {
-        let c = &self.credentials;
-        if let Some(uid) = c.uid {
-            out.put_u32_le(uid);
-        }
-        if let Some(gid) = c.gid {
-            out.put_u32_le(gid);
-        }
-        if let Some(g) = &c.groups {
-            out.put_u16_le(g.as_slice().len() as u16);
-            for gid in g.as_slice() {
-                out.put_u32_le(*gid);
-            }
-        }
-        if let Session::JoinProcessGroup(pgid) = self.session {
-            out.put_u32_le(pgid);
-        }
-    }
-
-    /// The flag checks of §5.5.1 (steps 1-2): everything but the optional fields, which
-    /// [`SpawnOptions::decode_fields`] reads after the targets.
-    pub(crate) fn from_wire(f: u32, deadline_ms: u64) -> Result<Self, DecodeError> {
-        // §5.5.1 check 1: undefined flag bits are reserved and MUST be zero.
-        if f & !flags::ALL != 0 {
-            return Err(DecodeError::ReservedNotZero);
-        }
-        // §5.5.1 check 2: at most one of NEW_SESSION, NEW_PROCESS_GROUP, JOIN_PROCESS_GROUP.
-        let session = match f & flags::SESSION_BITS {
-            0 => Session::Inherit,
-            flags::NEW_PROCESS_GROUP => Session::NewProcessGroup,
-            flags::NEW_SESSION => Session::NewSession,
-            // The pgid is read with the other optional fields.
-            flags::JOIN_PROCESS_GROUP => Session::JoinProcessGroup(0),
-            _ => return Err(DecodeError::InvalidValue(Field::SpawnFlags)),
-        };
-        Ok(Self {
-            session,
-            want_pidfd: f & flags::WANT_PIDFD != 0,
-            pid_after_exec: f & flags::PID_AFTER_EXEC != 0,
-            kill_on_disconnect: f & flags::KILL_ON_DISCONNECT != 0,
-            keep_connection: f & flags::KEEP_CONNECTION != 0,
-            deadline_ms: core::num::NonZeroU64::new(deadline_ms),
-            credentials: Credentials::default(),
-        })
-    }
-
-    /// Reads the optional fields that the flags `f` announce (§5.5.1 check 4).
-    pub(crate) fn decode_fields(&mut self, f: u32, r: &mut Reader<'_>) -> Result<(), DecodeError> {
-        let id = |r: &mut Reader<'_>, field| match r.u32()? {
-            // §5.5.1: (uid_t) -1 and (gid_t) -1 are not ids.
-            u32::MAX => Err(DecodeError::InvalidValue(field)),
-            v => Ok(v),
-        };
-        if f & flags::SET_UID != 0 {
-            self.credentials.uid = Some(id(r, Field::Uid)?);
-        }
-        if f & flags::SET_GID != 0 {
-            self.credentials.gid = Some(id(r, Field::Gid)?);
-        }
-        if f & flags::SET_GROUPS != 0 {
-            let n = usize::from(r.u16()?);
-            // §5.5.1: ngroups <= MAX_GROUPS, and the gids are present, before any is read.
-            if n > MAX_GROUPS {
-                return Err(DecodeError::LimitExceeded(Limit::Groups));
-            }
-            if r.remaining() < 4 * n {
-                return Err(DecodeError::Truncated);
-            }
-            let mut g = Groups {
-                gids: [0; MAX_GROUPS],
-                len: n as u8,
-            };
-            for slot in &mut g.gids[..n] {
-                *slot = id(r, Field::Gid)?;
-            }
-            self.credentials.groups = Some(g);
-        }
-        if f & flags::JOIN_PROCESS_GROUP != 0 {
-            let pgid = r.u32()?;
-            // §5.5.1: 1 <= pgid <= 2^31 - 1.
-            if pgid == 0 || pgid > MAX_PGID {
-                return Err(DecodeError::InvalidValue(Field::Pgid));
-            }
-            self.session = Session::JoinProcessGroup(pgid);
-        }
-        Ok(())
-    }
+/// The revision a flag word needs (for [`super::Spawn::required_revision`]).
+pub(crate) fn revision_of(flags: u32) -> Revision {
+    flags_revision(flags)
 }

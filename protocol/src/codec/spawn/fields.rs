@@ -1,0 +1,184 @@
+//! The codecs of the Spawn optional fields (PROTOCOL.md §5.5.1): how each field type named in
+//! the options table (`options.rs`) is measured, written, read and checked.
+
+use bytes::BufMut;
+
+use crate::codec::wire::Reader;
+use crate::error::{BuildError, DecodeError, Field, Limit};
+use crate::{MAX_GROUPS, MAX_PGID};
+
+/// Supplementary groups: at most [`MAX_GROUPS`] gids, none of them `(gid_t) -1`. `Copy`, so
+/// that [`super::SpawnOptions`] stays `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Groups {
+    gids: [u32; MAX_GROUPS],
+    len: u8,
+}
+
+impl Groups {
+    /// # Errors
+    /// [`BuildError::LimitExceeded`] past [`MAX_GROUPS`] gids, [`BuildError::InvalidValue`]
+    /// ([`Field::Gid`]) for `u32::MAX`.
+    pub fn new(gids: &[u32]) -> Result<Self, BuildError> {
+        if gids.len() > MAX_GROUPS {
+            return Err(BuildError::limit(Limit::Groups, gids.len()));
+        }
+        if gids.contains(&u32::MAX) {
+            return Err(BuildError::InvalidValue(Field::Gid));
+        }
+        let mut g = Self {
+            gids: [0; MAX_GROUPS],
+            len: gids.len() as u8,
+        };
+        g.gids[..gids.len()].copy_from_slice(gids);
+        Ok(g)
+    }
+
+    /// The gids, in order.
+    pub fn as_slice(&self) -> &[u32] {
+        &self.gids[..usize::from(self.len)]
+    }
+}
+
+impl Default for Groups {
+    fn default() -> Self {
+        Self {
+            gids: [0; MAX_GROUPS],
+            len: 0,
+        }
+    }
+}
+
+impl core::fmt::Debug for Groups {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+/// How an optional field of a `Spawn` travels (PROTOCOL.md §5.5.1): one impl per field
+/// codec, named in a `field` or `session` line of the table.
+pub(super) trait FieldCodec {
+    /// The value `SpawnOptions` holds.
+    type Value;
+    /// Encoded length.
+    fn len(v: &Self::Value) -> usize;
+    /// Writes the field.
+    fn encode(v: &Self::Value, out: &mut impl BufMut);
+    /// Reads the field, with its checks in wire order.
+    fn decode(r: &mut Reader<'_>) -> Result<Self::Value, DecodeError>;
+    /// The checks the value's type leaves open, for [`super::Spawn::new`].
+    fn check(_v: &Self::Value) -> Result<(), BuildError> {
+        Ok(())
+    }
+}
+
+/// Reads an id (uid or gid): §5.5.1, `(uid_t) -1` and `(gid_t) -1` are not ids.
+fn read_id(r: &mut Reader<'_>, field: Field) -> Result<u32, DecodeError> {
+    match r.u32()? {
+        u32::MAX => Err(DecodeError::InvalidValue(field)),
+        v => Ok(v),
+    }
+}
+
+/// `uid` (u32, not `u32::MAX`).
+pub(super) struct Uid;
+
+impl FieldCodec for Uid {
+    type Value = u32;
+    fn len(_: &u32) -> usize {
+        4
+    }
+    fn encode(v: &u32, out: &mut impl BufMut) {
+        out.put_u32_le(*v);
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
+        read_id(r, Field::Uid)
+    }
+    fn check(v: &u32) -> Result<(), BuildError> {
+        if *v == u32::MAX {
+            return Err(BuildError::InvalidValue(Field::Uid));
+        }
+        Ok(())
+    }
+}
+
+/// `gid` (u32, not `u32::MAX`).
+pub(super) struct Gid;
+
+impl FieldCodec for Gid {
+    type Value = u32;
+    fn len(_: &u32) -> usize {
+        4
+    }
+    fn encode(v: &u32, out: &mut impl BufMut) {
+        out.put_u32_le(*v);
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
+        read_id(r, Field::Gid)
+    }
+    fn check(v: &u32) -> Result<(), BuildError> {
+        if *v == u32::MAX {
+            return Err(BuildError::InvalidValue(Field::Gid));
+        }
+        Ok(())
+    }
+}
+
+/// `pgid` (u32, `1..=MAX_PGID`).
+pub(super) struct Pgid;
+
+impl FieldCodec for Pgid {
+    type Value = u32;
+    fn len(_: &u32) -> usize {
+        4
+    }
+    fn encode(v: &u32, out: &mut impl BufMut) {
+        out.put_u32_le(*v);
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
+        let pgid = r.u32()?;
+        // §5.5.1: 1 <= pgid <= 2^31 - 1.
+        if pgid == 0 || pgid > MAX_PGID {
+            return Err(DecodeError::InvalidValue(Field::Pgid));
+        }
+        Ok(pgid)
+    }
+    fn check(v: &u32) -> Result<(), BuildError> {
+        if *v == 0 || *v > MAX_PGID {
+            return Err(BuildError::InvalidValue(Field::Pgid));
+        }
+        Ok(())
+    }
+}
+
+/// `ngroups` (u16), then `ngroups` gids.
+impl FieldCodec for Groups {
+    type Value = Groups;
+    fn len(g: &Groups) -> usize {
+        2 + 4 * g.as_slice().len()
+    }
+    fn encode(g: &Groups, out: &mut impl BufMut) {
+        out.put_u16_le(g.as_slice().len() as u16);
+        for gid in g.as_slice() {
+            out.put_u32_le(*gid);
+        }
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Groups, DecodeError> {
+        let n = usize::from(r.u16()?);
+        // §5.5.1: ngroups <= MAX_GROUPS, and the gids are present, before any is read.
+        if n > MAX_GROUPS {
+            return Err(DecodeError::LimitExceeded(Limit::Groups));
+        }
+        if r.remaining() < 4 * n {
+            return Err(DecodeError::Truncated);
+        }
+        let mut g = Groups {
+            gids: [0; MAX_GROUPS],
+            len: n as u8,
+        };
+        for slot in &mut g.gids[..n] {
+            *slot = read_id(r, Field::Gid)?;
+        }
+        Ok(g)
+    }
+}
