@@ -342,6 +342,28 @@ impl BuildError {
     }
 }
 
+/// A decoder builds its values with the same constructors a sender uses, so what they refuse
+/// is what the bytes broke. One map, each variant to the decode error of the same rule.
+impl From<BuildError> for DecodeError {
+    fn from(e: BuildError) -> Self {
+        let saturate = |n: usize| u16::try_from(n).unwrap_or(u16::MAX);
+        match e {
+            BuildError::LimitExceeded { limit, .. } => Self::LimitExceeded(limit),
+            BuildError::InvalidValue(field) | BuildError::Nul { field, .. } => {
+                Self::InvalidValue(field)
+            }
+            BuildError::TooManyFds(n) => Self::TooManyFds(saturate(n)),
+            BuildError::DuplicateTarget(t) => Self::DuplicateTarget(t),
+            // The fds that travel do not match the Spawn's fd map: on the wire, the header's
+            // nfds is the number of fds the frame carries beside the map.
+            BuildError::FdCountMismatch { fds, .. } => Self::UnexpectedFds {
+                tag: crate::Tag::Spawn as u8,
+                nfds: saturate(fds),
+            },
+        }
+    }
+}
+
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

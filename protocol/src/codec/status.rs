@@ -118,10 +118,6 @@ impl Body for Status {
             spawned_total,
             v,
         )
-        .map_err(|e| match e {
-            BuildError::LimitExceeded { limit, .. } => DecodeError::LimitExceeded(limit),
-            BuildError::InvalidValue(f) => DecodeError::InvalidValue(f),
-            _ => DecodeError::InvalidValue(Field::Version),
-        })
+        .map_err(DecodeError::from)
     }
 }

@@ -97,20 +97,6 @@ fn check_env_name(name: &[u8], field: Field, index: usize) -> Result<(), BuildEr
     check_no_nul(name, field, index)
 }
 
-/// A decode error for what an [`ExecJob`] setter refused.
-fn invalid(e: BuildError) -> DecodeError {
-    match e {
-        BuildError::LimitExceeded { limit, .. } => DecodeError::LimitExceeded(limit),
-        BuildError::InvalidValue(f) | BuildError::Nul { field: f, .. } => {
-            DecodeError::InvalidValue(f)
-        }
-        // Not produced by the ExecJob setters.
-        BuildError::TooManyFds(_)
-        | BuildError::DuplicateTarget(_)
-        | BuildError::FdCountMismatch { .. } => DecodeError::InvalidValue(Field::Arg),
-    }
-}
-
 impl ExecJob {
     /// Runs `program`, with `argv[0]` set to `program`. A program without a `/` is searched in
     /// the child's `PATH`, as `execvp` does.
@@ -319,7 +305,7 @@ impl ExecJob {
     /// `removes`: the flags have `ENV_REMOVE`, so the removals follow the environment.
     pub(super) fn decode(r: &mut Reader<'_>, removes: bool) -> Result<Self, DecodeError> {
         let program = r.bytes16(MAX_PATH_LEN, Limit::PathLen)?;
-        let mut job = ExecJob::new(program).map_err(invalid)?;
+        let mut job = ExecJob::new(program)?;
         let argc = usize::from(r.u16()?);
         // §5.5: 1 <= argc <= MAX_ARGS.
         if argc == 0 {
@@ -348,7 +334,7 @@ impl ExecJob {
         for _ in 0..envc {
             let k = r.bytes32(MAX_ARG_LEN, Limit::ArgLen)?;
             let v = r.bytes32(MAX_ARG_LEN, Limit::ArgLen)?;
-            job.push_env(k, v).map_err(invalid)?;
+            job.push_env(k, v)?;
         }
         if removes {
             let n = usize::from(r.u16()?);
@@ -361,12 +347,12 @@ impl ExecJob {
             }
             for _ in 0..n {
                 let name = r.bytes32(MAX_ARG_LEN, Limit::ArgLen)?;
-                job.push_env_remove(name).map_err(invalid)?;
+                job.push_env_remove(name)?;
             }
         }
         let cwd = r.bytes16(MAX_PATH_LEN, Limit::PathLen)?;
         if !cwd.is_empty() {
-            job.set_cwd(Some(cwd.to_vec())).map_err(invalid)?;
+            job.set_cwd(Some(cwd.to_vec()))?;
         }
         Ok(job)
     }
