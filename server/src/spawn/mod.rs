@@ -198,6 +198,7 @@ pub(crate) fn wake_pooled(pid: Pid) {
     let _ = nix::sys::signal::kill(pid, WAKE);
 }
 
+#[allow(unsafe_code)]
 fn pooled_child(
     entries: &std::collections::HashMap<String, EntryFn>,
     to_reset: u64,
@@ -206,12 +207,14 @@ fn pooled_child(
     die_with_server: bool,
 ) -> std::convert::Infallible {
     // Hygiene first: nothing of the server's survives while this child waits.
-    let sock = match place_fds(FdBundle::new(), sock.into_raw_fd()) {
+    // SAFETY: this is the forked child, which never touches the server's state again (the
+    // rules of this module) and hands `sock`'s number over, to get it back below.
+    let sock = match unsafe { place_fds(FdBundle::new(), sock.into_raw_fd()) } {
         Ok((s, _)) => s,
         Err(_) => sys::exit_now(FAILED_STATUS),
     };
-    // Open, and owned by this code alone from here on.
-    let sock = sys::own_fd(sock);
+    // SAFETY: `place_fds` kept `sock` open, and this code holds its only copy of the number.
+    let sock = unsafe { sys::own_fd(sock) };
     let report = Report::Own(sock.as_raw_fd());
     // Sleep until woken (after the job and the client's `Pid`), or until the server dies
     // (then read what it handed off, if anything). With `die_with_server` its death is a
@@ -253,6 +256,7 @@ fn pooled_child(
     child_main(work, Identity::from(&options), to_reset, bundle, report)
 }
 
+#[allow(unsafe_code)]
 fn child_main(
     work: Work<'_>,
     identity: Identity,
@@ -267,7 +271,9 @@ fn child_main(
     if let Err(e) = identity.join_session() {
         report_and_exit(report, Stage::Session, e);
     }
-    let (report, targets) = match place_fds(bundle, report.fd()) {
+    // SAFETY: this is the forked child, which never touches the server's state again (the
+    // rules of this module); it manages the report pipe's number by hand from here on.
+    let (report, targets) = match unsafe { place_fds(bundle, report.fd()) } {
         Ok((fd, targets)) => (report.with_fd(fd), targets),
         Err((fd, e)) => report_and_exit(report.with_fd(fd), STAGE_SETUP, e),
     };
@@ -288,8 +294,9 @@ fn child_main(
         Work::Entry { entry, payload } => {
             // Setup succeeded (an own report pipe's EOF tells the server so); the job holds
             // nothing of the server's.
-            // The report fd is open and owned by this code alone.
-            drop(sys::own_fd(report.fd()));
+            // SAFETY: the report fd is open (kept by `place_fds`), its number held by this code
+            // alone, which forgets it here.
+            drop(unsafe { sys::own_fd(report.fd()) });
             let call = Call::new(payload.to_vec(), targets);
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry(call)))
                 .unwrap_or(PANIC_STATUS);
