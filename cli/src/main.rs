@@ -12,6 +12,7 @@
 //! `run` and `status` are clients of the `forkserver-client` crate: they verify the server
 //! (socket directory, `SO_PEERCRED`, the key) before sending anything (PROTOCOL.md §9.3).
 #![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::multiple_unsafe_ops_per_block)]
 
 mod run;
 

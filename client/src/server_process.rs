@@ -219,27 +219,31 @@ pub(crate) fn spawn_server(
         Some(fd) => cmd.env(KEY_FD_ENV, fd),
         None => cmd.env_remove(KEY_FD_ENV),
     };
-    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-    // calls are allowed. It makes two kinds of system call, close_range(2) and fcntl(2) (nix's
-    // wrapper neither allocates nor locks), on fd numbers only, and builds an io::Error from a
-    // raw errno, which does not allocate either.
-    unsafe {
-        cmd.pre_exec(move || {
-            // This process may hold fds that are not close-on-exec (std's Command passes them
-            // all on): mark every fd from 3 up close-on-exec, so that the server gets exactly
-            // the launch fds. Kernels before 5.11 lack the flag; then this is skipped.
-            let _ = nix::libc::syscall(
+    // Runs in the forked child before exec, where only async-signal-safe calls are allowed:
+    // two kinds of system call, close_range(2) and fcntl(2) (nix's wrapper neither allocates
+    // nor locks), on fd numbers only, and an io::Error built from a raw errno, which does not
+    // allocate either.
+    let hook = move || {
+        // This process may hold fds that are not close-on-exec (std's Command passes them all
+        // on): mark every fd from 3 up close-on-exec, so that the server gets exactly the
+        // launch fds. Kernels before 5.11 lack the flag; then this is skipped.
+        // SAFETY: close_range takes integers only and, with CLOSE_RANGE_CLOEXEC, closes
+        // nothing: it only sets a flag on fd table entries.
+        let _ = unsafe {
+            nix::libc::syscall(
                 nix::libc::SYS_close_range,
                 3u32,
                 u32::MAX,
                 nix::libc::CLOSE_RANGE_CLOEXEC,
-            );
-            for fd in &inherited {
-                fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
-            }
-            Ok(())
-        });
-    }
+            )
+        };
+        for fd in &inherited {
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+        }
+        Ok(())
+    };
+    // SAFETY: `hook` makes only async-signal-safe calls (see above), as pre_exec requires.
+    unsafe { cmd.pre_exec(hook) };
     let process = cmd.spawn()?;
     // Dropping the command closes our copies of the listener and the read end (the closure
     // owns them), so the server holds the only ones.

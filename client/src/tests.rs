@@ -635,14 +635,11 @@ fn fake_launched_server() {
     ) else {
         return;
     };
-    // SAFETY: the launch convention hands this process these two fds, open and otherwise
-    // unused; each is wrapped once.
-    let (listener, mut alive) = unsafe {
-        (
-            UnixListener::from_raw_fd(listen.parse().unwrap()),
-            File::from_raw_fd(alive.parse().unwrap()),
-        )
-    };
+    // SAFETY: the launch convention hands this process this fd, open and otherwise unused;
+    // it is wrapped once.
+    let listener = unsafe { UnixListener::from_raw_fd(listen.parse().unwrap()) };
+    // SAFETY: as for `listener`: the launch convention's fd, wrapped once.
+    let mut alive = unsafe { File::from_raw_fd(alive.parse().unwrap()) };
     std::thread::spawn(move || {
         // EOF (or an error): the client is gone.
         let _ = alive.read(&mut [0u8; 1]);

@@ -26,6 +26,7 @@
 //!
 //! The limits ([`MAX_FDS`], [`MAX_BODY_LEN`], ...) are the spec's; see `spec/PROTOCOL.md` §3.
 #![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::multiple_unsafe_ops_per_block)]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -1,7 +1,7 @@
 //! Entry points of a zygote server (PROTOCOL.md §5.5.2): what a child runs instead of an
 //! exec, with the fds of its request placed.
 
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 
 use crate::sys;
 
@@ -32,25 +32,28 @@ impl Call {
     }
 
     /// The fd placed at `target`, if the request mapped one there.
+    #[allow(unsafe_code)]
     pub fn fd(&self, target: u32) -> Option<BorrowedFd<'_>> {
-        // The child set up `target` from the bundle before calling the entry point, and it
-        // stays open at least as long as this `Call` (only `take_fd` closes it).
+        // SAFETY: the child placed `target` from the bundle before calling the entry point,
+        // and it stays open at least as long as this `Call`, to which the borrow's lifetime is
+        // tied: only `take_fd` closes it, which takes `&mut self` and forgets the number.
         self.targets
             .contains(&target)
-            .then(|| sys::placed_fd(target))
+            .then(|| unsafe { sys::placed_fd(target) })
     }
 
     /// Takes ownership of the fd placed at `target` (it is closed when dropped). Not for 0, 1
     /// and 2 (`None`): closing one of those would let the next `open` become stdin, stdout or
     /// stderr under std's feet; use them through `std::io` or [`Call::fd`].
+    #[allow(unsafe_code)]
     pub fn take_fd(&mut self, target: u32) -> Option<OwnedFd> {
         if target <= 2 {
             return None;
         }
         let i = self.targets.iter().position(|&t| t == target)?;
         self.targets.remove(i);
-        // `target` was placed from the bundle and is owned by this call alone; it was just
-        // removed from `targets`, so no other handle to it can be made.
-        Some(sys::take_placed_fd(target))
+        // SAFETY: `target` was placed from the bundle and is owned by this call alone; it was
+        // just removed from `targets`, so no other handle to it can be made.
+        Some(unsafe { sys::own_fd(target as RawFd) })
     }
 }

@@ -161,6 +161,7 @@ impl Zygote {
 
 /// Takes the fd named by environment variable `var`: removes the variable (children must not
 /// see it), checks the fd is open, and makes it close-on-exec.
+#[allow(unsafe_code)]
 pub(crate) fn take_env_fd(var: &str) -> Result<Option<OwnedFd>, crate::ServerError> {
     let Some(v) = std::env::var_os(var) else {
         return Ok(None);
@@ -171,9 +172,10 @@ pub(crate) fn take_env_fd(var: &str) -> Result<Option<OwnedFd>, crate::ServerErr
     if fd < 3 {
         return Err(bad());
     }
-    // The launcher handed this fd to us (named in the environment); nothing else in this
-    // process knows of it, so this becomes its only owner.
-    let owned = crate::sys::take_inherited_fd(fd).map_err(|_| bad())?;
+    // SAFETY: the launcher handed this fd to us, named in the environment, which was just
+    // cleared of the name; nothing else in this process knows of it, so this becomes its only
+    // owner.
+    let owned = unsafe { crate::sys::take_inherited_fd(fd) }.map_err(|_| bad())?;
     nix::fcntl::fcntl(
         &owned,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),

@@ -16,6 +16,7 @@
 //! Use it as the `forkserver` binary (`forkserver serve`), or embed it: [`Zygote`] turns the
 //! application's own binary into the server, with entry points and preloaded state.
 #![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::multiple_unsafe_ops_per_block)]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -4,7 +4,10 @@
 //! and `rt_sigaction(2)` on every signal 1..=64 (glibc's `sigaction` refuses 32 and 33). Each is
 //! one line of `libc`, kept here so the rest of the crate has no FFI. Also the few places
 //! where the crate asserts what the type system cannot see (an fd number it owns, a signal
-//! disposition without handler code): the rest of the crate holds no `unsafe`.
+//! disposition without handler code). A function whose soundness rests on a promise of its
+//! caller (an fd number nobody else owns, fds nobody will use again) is an `unsafe fn` with a
+//! `# Safety` section, and each call says how it keeps the promise in a `// SAFETY:` comment.
+//! Every `-1`-and-errno result goes through one helper, nix's [`Errno::result`].
 #![allow(unsafe_code)]
 
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -16,26 +19,19 @@ use nix::unistd::Pid;
 /// `pidfd_open(pid, 0)`: an fd that refers to the process `pid` (close-on-exec).
 pub(crate) fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
     // SAFETY: pidfd_open takes two integers and returns a new fd or -1; no memory is shared.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if fd < 0 {
-        return Err(Errno::last());
-    }
+    let fd = Errno::result(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) })?;
     // SAFETY: the kernel just returned this fd to us; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// `close_range(first, last, 0)`: closes every fd in `first..=last`.
-pub(crate) fn close_range(first: u32, last: u32) -> Result<(), Errno> {
-    // SAFETY: close_range takes integers only. It is called in the forked child before it runs
-    // the job; the child abandons every object that owns an fd it closes (server state, and
-    // preloaded state too, as `Zygote::preload` documents) and only uses its fd bundle, which
-    // lies outside the ranges closed.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
-    if r < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(())
-    }
+///
+/// # Safety
+/// No object that owns an fd in `first..=last` (an `OwnedFd`, a `File`, ...) may use or close
+/// it afterwards: its number may by then name another file.
+pub(crate) unsafe fn close_range(first: u32, last: u32) -> Result<(), Errno> {
+    // SAFETY: close_range takes integers only; what it closes is the caller's promise.
+    Errno::result(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) }).map(drop)
 }
 
 /// `_exit(code)`: ends the forked child without running atexit handlers or destructors that
@@ -48,12 +44,7 @@ pub(crate) fn exit_now(code: i32) -> ! {
 /// `kill(pid, signo)` for any signal number, real-time signals included.
 pub(crate) fn kill(pid: Pid, signo: i32) -> Result<(), Errno> {
     // SAFETY: kill takes two integers; no memory is shared.
-    let r = unsafe { libc::kill(pid.as_raw(), signo) };
-    if r < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(())
-    }
+    Errno::result(unsafe { libc::kill(pid.as_raw(), signo) }).map(drop)
 }
 
 /// How a reaped child ended.
@@ -70,10 +61,10 @@ pub(crate) fn reap_one() -> Result<Option<Reaped>, Errno> {
     let mut status: libc::c_int = 0;
     loop {
         // SAFETY: `status` is a valid out-pointer for the duration of the call.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        let pid = Errno::result(unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) });
         match pid {
-            0 => return Ok(None),
-            p if p > 0 => {
+            Ok(0) => return Ok(None),
+            Ok(p) => {
                 let (code, core_dumped) = if libc::WIFEXITED(status) {
                     (libc::WEXITSTATUS(status), false)
                 } else if libc::WIFSIGNALED(status) {
@@ -88,10 +79,8 @@ pub(crate) fn reap_one() -> Result<Option<Reaped>, Errno> {
                     core_dumped,
                 }));
             }
-            _ => match Errno::last() {
-                Errno::EINTR => continue,
-                e => return Err(e),
-            },
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
         }
     }
 }
@@ -99,15 +88,13 @@ pub(crate) fn reap_one() -> Result<Option<Reaped>, Errno> {
 /// `dup2(old, new)`: makes `new` a copy of `old` (close-on-exec cleared). nix 0.32's `dup2_raw`
 /// wraps the result in an `OwnedFd` without checking it, and panics when the call fails (for a
 /// target above `RLIMIT_NOFILE`, say); this returns the error instead.
-pub(crate) fn dup2(old: RawFd, new: RawFd) -> Result<(), Errno> {
-    // SAFETY: dup2 takes two integers. The caller (the forked child, placing its fd bundle)
-    // owns both numbers and manages them by hand.
-    let r = unsafe { libc::dup2(old, new) };
-    if r < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(())
-    }
+///
+/// # Safety
+/// `new` is closed first if open: no object that owns it may use or close it afterwards. The
+/// caller manages `new` by hand from now on (nothing owns the copy made).
+pub(crate) unsafe fn dup2(old: RawFd, new: RawFd) -> Result<(), Errno> {
+    // SAFETY: dup2 takes two integers; what it replaces at `new` is the caller's promise.
+    Errno::result(unsafe { libc::dup2(old, new) }).map(drop)
 }
 
 /// The kernel's `struct sigaction` for `rt_sigaction(2)` (x86-64, arm64, riscv64 and the other
@@ -135,12 +122,10 @@ fn rt_sigaction(
     // SAFETY: `new` is null or points to a valid kernel sigaction, `old` is null or a valid
     // out-pointer to one, both alive for the call. The only action ever installed is SIG_DFL
     // (see `set_default_disposition`), so no handler code can run because of this call.
-    let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, signo, new, old, KERNEL_SIGSET_SIZE) };
-    if r < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(())
-    }
+    Errno::result(unsafe {
+        libc::syscall(libc::SYS_rt_sigaction, signo, new, old, KERNEL_SIGSET_SIZE)
+    })
+    .map(drop)
 }
 
 /// The signals 1..=64 (`SIGKILL` and `SIGSTOP` aside) whose disposition is not `SIG_DFL`, as a
@@ -178,37 +163,41 @@ pub(crate) fn ignore(sig: nix::sys::signal::Signal) -> Result<(), Errno> {
 }
 
 /// Takes ownership of an fd this process inherited (the launch convention, PROTOCOL.md §9.4,
-/// names it in the environment), after checking it is open. The caller is the one place that
-/// knows the number.
+/// names it in the environment), after checking it is open.
 ///
 /// # Errors
 /// `EBADF` if it is not open.
-pub(crate) fn take_inherited_fd(fd: RawFd) -> Result<OwnedFd, Errno> {
+///
+/// # Safety
+/// Nothing else in this process owns `fd` or will take it again: the caller is the one place
+/// that knows the number.
+pub(crate) unsafe fn take_inherited_fd(fd: RawFd) -> Result<OwnedFd, Errno> {
     // SAFETY: F_GETFD reads a flag of the fd table entry, whatever it is; it fails with EBADF
     // if `fd` is not open.
     Errno::result(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
-    // SAFETY: open (checked above), and nothing else in this process owns it (see the doc).
+    // SAFETY: open (checked above), and owned by nothing else (the caller's promise).
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// An fd the child placed from its request's bundle (PROTOCOL.md §6.5), borrowed for an entry
-/// point: it stays open while the `Call` that knows its number lives.
-pub(crate) fn placed_fd<'a>(target: u32) -> BorrowedFd<'a> {
-    // SAFETY: the child placed `target` before calling the entry point; only
-    // `take_placed_fd` (which removes the number from the `Call`) closes it.
+/// point.
+///
+/// # Safety
+/// `target` is open and stays open (nothing closes or replaces it) for all of `'a`; the caller
+/// ties `'a` to the value that knows the number (the entry point's `Call`).
+pub(crate) unsafe fn placed_fd<'a>(target: u32) -> BorrowedFd<'a> {
+    // SAFETY: open for `'a`, the caller's promise.
     unsafe { BorrowedFd::borrow_raw(target as RawFd) }
 }
 
-/// An fd the child placed from its request's bundle, owned from now on by the caller (which
-/// forgets its number).
-pub(crate) fn take_placed_fd(target: u32) -> OwnedFd {
-    own_fd(target as RawFd)
-}
-
 /// Ownership of an fd number the child manages by hand (its report fd, its pooled socket once
-/// placed): the caller holds the only copy of the number and hands it over.
-pub(crate) fn own_fd(fd: RawFd) -> OwnedFd {
-    // SAFETY: open, and owned by the caller alone, which gives up the number (see the doc).
+/// placed, a placed fd an entry point takes).
+///
+/// # Safety
+/// `fd` is open and owned by nothing else: the caller holds the only copy of the number and
+/// gives it up (it neither uses nor closes it afterwards, nor makes a second `OwnedFd` of it).
+pub(crate) unsafe fn own_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: open, and owned by the caller alone, which gives up the number.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 

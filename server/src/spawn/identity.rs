@@ -9,7 +9,7 @@ use forkserver_protocol::{Credentials, ExecJob, Job, Session, Spawn, SpawnOption
 use nix::errno::Errno;
 use nix::unistd::{Gid, Pid, Uid};
 
-use super::report::Stage;
+use super::stage::Stage;
 use crate::sys;
 
 /// The session or process group and the credentials a child takes.

@@ -39,13 +39,14 @@ mod fds;
 mod identity;
 mod place;
 mod report;
+mod stage;
 use crate::entry::{Call, EntryFn};
 pub(crate) use identity::{Context, Identity};
 use report::report_and_exit;
 pub(crate) use report::{
-    decode_shared, failure_reply, Report, Stage, FAILED_STATUS, REPORT_LEN, SHARED_REPORT_LEN,
-    STAGE_EXEC, STAGE_SETUP,
+    decode_shared, failure_reply, Report, FAILED_STATUS, REPORT_LEN, SHARED_REPORT_LEN,
 };
+pub(crate) use stage::Stage;
 
 /// Exit status of an entry point that panicked (as Rust's runtime uses).
 pub(crate) const PANIC_STATUS: i32 = 101;
@@ -198,6 +199,7 @@ pub(crate) fn wake_pooled(pid: Pid) {
     let _ = nix::sys::signal::kill(pid, WAKE);
 }
 
+#[allow(unsafe_code)]
 fn pooled_child(
     entries: &std::collections::HashMap<String, EntryFn>,
     to_reset: u64,
@@ -206,12 +208,14 @@ fn pooled_child(
     die_with_server: bool,
 ) -> std::convert::Infallible {
     // Hygiene first: nothing of the server's survives while this child waits.
-    let sock = match place_fds(FdBundle::new(), sock.into_raw_fd()) {
+    // SAFETY: this is the forked child, which never touches the server's state again (the
+    // rules of this module) and hands `sock`'s number over, to get it back below.
+    let sock = match unsafe { place_fds(FdBundle::new(), sock.into_raw_fd()) } {
         Ok((s, _)) => s,
         Err(_) => sys::exit_now(FAILED_STATUS),
     };
-    // Open, and owned by this code alone from here on.
-    let sock = sys::own_fd(sock);
+    // SAFETY: `place_fds` kept `sock` open, and this code holds its only copy of the number.
+    let sock = unsafe { sys::own_fd(sock) };
     let report = Report::Own(sock.as_raw_fd());
     // Sleep until woken (after the job and the client's `Pid`), or until the server dies
     // (then read what it handed off, if anything). With `die_with_server` its death is a
@@ -225,11 +229,11 @@ fn pooled_child(
         // The server closed our socket before handing us a job: it is gone, or shrank the pool.
         Err(forkserver_protocol::TransportError::Closed) => sys::exit_now(0),
         // A job that did not arrive whole: say so on the socket, which is the report channel.
-        Err(forkserver_protocol::TransportError::Io(e)) => report_and_exit(report, STAGE_SETUP, e),
-        Err(_) => report_and_exit(report, STAGE_SETUP, Errno::EPROTO),
+        Err(forkserver_protocol::TransportError::Io(e)) => report_and_exit(report, Stage::Setup, e),
+        Err(_) => report_and_exit(report, Stage::Setup, Errno::EPROTO),
     };
     let forkserver_protocol::Message::Spawn(spawn) = frame.message else {
-        report_and_exit(report, STAGE_SETUP, Errno::EPROTO)
+        report_and_exit(report, Stage::Setup, Errno::EPROTO)
     };
     if watch {
         // The job runs whatever happens to the server from here, as a forked one would.
@@ -237,7 +241,7 @@ fn pooled_child(
     }
     let (options, map, job) = spawn.into_parts();
     let Ok(bundle) = FdBundle::from_parts(map, frame.fds) else {
-        report_and_exit(report, STAGE_SETUP, Errno::EPROTO)
+        report_and_exit(report, Stage::Setup, Errno::EPROTO)
     };
     let report = Report::Own(sock.into_raw_fd());
     let work = match &job {
@@ -247,12 +251,13 @@ fn pooled_child(
                 entry,
                 payload: e.payload(),
             },
-            None => report_and_exit(report, STAGE_SETUP, Errno::ENOENT),
+            None => report_and_exit(report, Stage::Setup, Errno::ENOENT),
         },
     };
     child_main(work, Identity::from(&options), to_reset, bundle, report)
 }
 
+#[allow(unsafe_code)]
 fn child_main(
     work: Work<'_>,
     identity: Identity,
@@ -261,15 +266,17 @@ fn child_main(
     report: Report,
 ) -> ! {
     if let Err(e) = reset_signals(to_reset) {
-        report_and_exit(report, STAGE_SETUP, e);
+        report_and_exit(report, Stage::Setup, e);
     }
     // PROTOCOL.md §6.5 step 2: the session or process group.
     if let Err(e) = identity.join_session() {
         report_and_exit(report, Stage::Session, e);
     }
-    let (report, targets) = match place_fds(bundle, report.fd()) {
+    // SAFETY: this is the forked child, which never touches the server's state again (the
+    // rules of this module); it manages the report pipe's number by hand from here on.
+    let (report, targets) = match unsafe { place_fds(bundle, report.fd()) } {
         Ok((fd, targets)) => (report.with_fd(fd), targets),
-        Err((fd, e)) => report_and_exit(report.with_fd(fd), STAGE_SETUP, e),
+        Err((fd, e)) => report_and_exit(report.with_fd(fd), Stage::Setup, e),
     };
     // Step 4: groups, gid, uid, after everything that may need the server's privilege.
     if let Err((stage, e)) = identity.take_credentials() {
@@ -283,13 +290,14 @@ fn child_main(
                 }
             }
             let e = exec(job);
-            report_and_exit(report, STAGE_EXEC, e)
+            report_and_exit(report, Stage::Exec, e)
         }
         Work::Entry { entry, payload } => {
             // Setup succeeded (an own report pipe's EOF tells the server so); the job holds
             // nothing of the server's.
-            // The report fd is open and owned by this code alone.
-            drop(sys::own_fd(report.fd()));
+            // SAFETY: the report fd is open (kept by `place_fds`), its number held by this code
+            // alone, which forgets it here.
+            drop(unsafe { sys::own_fd(report.fd()) });
             let call = Call::new(payload.to_vec(), targets);
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry(call)))
                 .unwrap_or(PANIC_STATUS);

@@ -14,7 +14,13 @@ use crate::sys;
 
 /// Places every fd of the bundle at its target, opens `/dev/null` on unmapped 0-2, closes every
 /// other fd but the report pipe. Returns the report pipe's (possibly new) number and the targets.
-pub(super) fn place_fds(
+///
+/// # Safety
+/// Only in the forked child before its job runs: every fd not in the bundle is closed or
+/// replaced, so the caller abandons every object that owns one (server state, and preloaded
+/// state too, as `Zygote::preload` documents) and manages the returned numbers by hand.
+#[allow(unsafe_code)]
+pub(super) unsafe fn place_fds(
     bundle: FdBundle,
     report: RawFd,
 ) -> Result<(RawFd, Vec<u32>), (RawFd, Errno)> {
@@ -26,7 +32,9 @@ pub(super) fn place_fds(
     while let Some(op) = plan.next_op() {
         let report = plan.report();
         match op {
-            Op::Dup2 { from, to } => sys::dup2(from, to).map_err(|e| (report, e))?,
+            // SAFETY: `to` is a target or a number the planner manages; nothing owns it (the
+            // caller abandons every owner, see `# Safety`).
+            Op::Dup2 { from, to } => unsafe { sys::dup2(from, to) }.map_err(|e| (report, e))?,
             Op::ClearCloexec(fd) => sys::clear_cloexec(fd).map_err(|e| (report, e))?,
             Op::MoveOff(fd) => {
                 // The lowest free number from `from` up that is no target; a duplicate that
@@ -53,11 +61,14 @@ pub(super) fn place_fds(
     let mut next = 0u32;
     for &k in &keep {
         if k > next {
-            close_all(next, k - 1).map_err(|e| (report, e))?;
+            // SAFETY: no target or report pipe in the range; every other fd is abandoned by its
+            // owner (the caller's promise).
+            unsafe { close_all(next, k - 1) }.map_err(|e| (report, e))?;
         }
         next = k + 1;
     }
-    close_all(next, u32::MAX).map_err(|e| (report, e))?;
+    // SAFETY: as above, above the last fd kept.
+    unsafe { close_all(next, u32::MAX) }.map_err(|e| (report, e))?;
     // 4. Unmapped stdio goes to /dev/null, so the job's first open() cannot become its stdout.
     for std_fd in 0..=2u32 {
         if targets.contains(&std_fd) {
@@ -65,7 +76,9 @@ pub(super) fn place_fds(
         }
         let null = open("/dev/null", OFlag::O_RDWR, Mode::empty()).map_err(|e| (report, e))?;
         if null.as_raw_fd() as u32 != std_fd {
-            sys::dup2(null.as_raw_fd(), std_fd as RawFd).map_err(|e| (report, e))?;
+            // SAFETY: `std_fd` is unmapped, so no fd of the bundle is there, and whatever the
+            // server had there is abandoned (the caller's promise).
+            unsafe { sys::dup2(null.as_raw_fd(), std_fd as RawFd) }.map_err(|e| (report, e))?;
         } else {
             let _ = null.into_raw_fd();
         }
@@ -73,8 +86,14 @@ pub(super) fn place_fds(
     Ok((report, targets))
 }
 
-fn close_all(first: u32, last: u32) -> Result<(), Errno> {
-    match sys::close_range(first, last) {
+/// Closes every fd in `first..=last`.
+///
+/// # Safety
+/// As [`sys::close_range`]: no owner of an fd in the range uses or closes it afterwards.
+#[allow(unsafe_code)]
+unsafe fn close_all(first: u32, last: u32) -> Result<(), Errno> {
+    // SAFETY: the caller's promise, passed on.
+    match unsafe { sys::close_range(first, last) } {
         Err(Errno::ENOSYS) => {
             // Kernels before 5.9: close one by one up to the fd limit.
             let (soft, _) =

@@ -14,15 +14,12 @@ use forkserver_protocol::{ErrorCode, ErrorReply, Message, Session};
 use nix::errno::Errno;
 
 use super::identity::Context;
+use super::stage::Stage;
 use crate::sys;
 
 /// Length of a report on a child's own pipe: stage, errno.
 pub(crate) const REPORT_LEN: usize = 5;
 
-/// Stage byte of a child's failure report: setting the child up failed (signals, fds).
-pub(crate) const STAGE_SETUP: u8 = Stage::Setup as u8;
-/// Stage byte of a child's failure report: `execve` failed.
-pub(crate) const STAGE_EXEC: u8 = Stage::Exec as u8;
 /// Exit status of a child whose setup or exec failed (as shells use for "not found").
 pub(crate) const FAILED_STATUS: i32 = 127;
 /// Length of a datagram on the shared report socket: serial, stage, errno.
@@ -52,57 +49,15 @@ impl Report {
     }
 }
 
-/// Which call of the child's setup failed: the first byte of a failure report. The server
-/// reads any stage but [`Stage::Exec`] as `ChildSetupFailed`; the stage only names the call in
-/// the message ([`failure_reply`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum Stage {
-    /// Signals, fd placement, a pooled child's job: no single call to name.
-    Setup = 1,
-    /// `execve` (after the `PATH` search): `ExecFailed`.
-    Exec = 2,
-    /// `chdir` to the requested working directory.
-    Chdir = 3,
-    /// `setsid` or `setpgid`.
-    Session = 4,
-    /// `setgroups`.
-    Groups = 5,
-    /// `setgid`.
-    Gid = 6,
-    /// `setuid`.
-    Uid = 7,
-}
-
-impl From<Stage> for u8 {
-    fn from(s: Stage) -> u8 {
-        s as u8
-    }
-}
-
-impl Stage {
-    fn from_byte(b: u8) -> Self {
-        match b {
-            2 => Self::Exec,
-            3 => Self::Chdir,
-            4 => Self::Session,
-            5 => Self::Groups,
-            6 => Self::Gid,
-            7 => Self::Uid,
-            _ => Self::Setup,
-        }
-    }
-}
-
 /// The 5 bytes of a report.
-pub(crate) fn encode(stage: u8, errno: Errno) -> [u8; REPORT_LEN] {
-    let mut r = [stage, 0, 0, 0, 0];
+pub(crate) fn encode(stage: Stage, errno: Errno) -> [u8; REPORT_LEN] {
+    let mut r = [stage.into(), 0, 0, 0, 0];
     r[1..].copy_from_slice(&(errno as i32).to_le_bytes());
     r
 }
 
 /// A datagram of the shared report socket: the spawn's serial, then the report.
-pub(crate) fn encode_shared(serial: u64, stage: u8, errno: Errno) -> [u8; SHARED_REPORT_LEN] {
+pub(crate) fn encode_shared(serial: u64, stage: Stage, errno: Errno) -> [u8; SHARED_REPORT_LEN] {
     let mut d = [0u8; SHARED_REPORT_LEN];
     d[..8].copy_from_slice(&serial.to_le_bytes());
     d[8..].copy_from_slice(&encode(stage, errno));
@@ -118,8 +73,7 @@ pub(crate) fn decode_shared(d: &[u8; SHARED_REPORT_LEN]) -> (u64, [u8; REPORT_LE
     (u64::from_le_bytes(serial), report)
 }
 
-pub(crate) fn report_and_exit(report: Report, stage: impl Into<u8>, errno: Errno) -> ! {
-    let stage = stage.into();
+pub(crate) fn report_and_exit(report: Report, stage: Stage, errno: Errno) -> ! {
     // The report fd is open (the child's pipe, or its copy of the shared socket) until the
     // child exits.
     let fd = report.fd();
@@ -186,12 +140,12 @@ mod tests {
 
     #[test]
     fn reports_round_trip_on_both_channels() {
-        let r = encode(Stage::Chdir as u8, Errno::ENOENT);
+        let r = encode(Stage::Chdir, Errno::ENOENT);
         assert_eq!(r, [3, 2, 0, 0, 0]);
-        let d = encode_shared(0x0102_0304_0506_0708, Stage::Uid as u8, Errno::EPERM);
+        let d = encode_shared(0x0102_0304_0506_0708, Stage::Uid, Errno::EPERM);
         assert_eq!(
             decode_shared(&d),
-            (0x0102_0304_0506_0708, encode(7, Errno::EPERM))
+            (0x0102_0304_0506_0708, encode(Stage::Uid, Errno::EPERM))
         );
         // An unknown stage byte is a setup failure, never a panic.
         let Message::Error(e) = failure_reply(&[200, 1, 0, 0, 0], None) else {
@@ -201,7 +155,7 @@ mod tests {
     }
 
     fn report(stage: Stage, errno: Errno) -> [u8; 5] {
-        encode(stage as u8, errno)
+        encode(stage, errno)
     }
 
     fn message(m: Message) -> (ErrorCode, i32, String) {
