@@ -59,6 +59,9 @@ fn connect(target: &Target) -> Result<Client, Error> {
     c.connect()
 }
 
+/// How long `run` waits for a server it started to answer before giving up.
+const STARTUP_BOUND: Duration = Duration::from_secs(60);
+
 /// Connects, starting a server on the socket first if none answers and `auto_start` is set.
 fn connect_or_start(target: &Target) -> Result<Client, CliError> {
     match connect(target) {
@@ -70,7 +73,9 @@ fn connect_or_start(target: &Target) -> Result<Client, CliError> {
                 ) =>
         {
             let mut server = start_server(target)?;
-            let until = Instant::now() + Duration::from_secs(5);
+            // Only a bound on a hang: a server that fails says so at once (its exit is seen
+            // below), and one on a loaded machine may take seconds to bind.
+            let until = Instant::now() + STARTUP_BOUND;
             loop {
                 match connect(target) {
                     Err(Error::Connect { .. }) if Instant::now() < until => {
