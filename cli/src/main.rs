@@ -195,7 +195,13 @@ fn main() -> ExitCode {
                 Ok(t) => t,
                 Err(e) => return fail(&e, ExitCode::from(125)),
             };
-            match run::run(&target, &fds, deadline, &command) {
+            let args = run::RunArgs {
+                target,
+                fds,
+                deadline,
+                command,
+            };
+            match run::run(&args) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => fail(&e, ExitCode::from(e.exit_code())),
             }

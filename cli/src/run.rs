@@ -59,6 +59,9 @@ fn connect(target: &Target) -> Result<Client, Error> {
     c.connect()
 }
 
+/// How long `run` waits for a server it started to answer before giving up.
+const STARTUP_BOUND: Duration = Duration::from_secs(60);
+
 /// Connects, starting a server on the socket first if none answers and `auto_start` is set.
 fn connect_or_start(target: &Target) -> Result<Client, CliError> {
     match connect(target) {
@@ -70,7 +73,9 @@ fn connect_or_start(target: &Target) -> Result<Client, CliError> {
                 ) =>
         {
             let mut server = start_server(target)?;
-            let until = Instant::now() + Duration::from_secs(5);
+            // Only a bound on a hang: a server that fails says so at once (its exit is seen
+            // below), and one on a loaded machine may take seconds to bind.
+            let until = Instant::now() + STARTUP_BOUND;
             loop {
                 match connect(target) {
                     Err(Error::Connect { .. }) if Instant::now() < until => {
@@ -118,15 +123,29 @@ pub(crate) fn status(target: &Target) -> Result<Status, CliError> {
     Ok(connect(target)?.status()?)
 }
 
-/// Runs `command` through the server with our environment, working directory, fds 0-2 and
-/// `extra` (at the same numbers), forwarding SIGINT, SIGTERM, SIGHUP and SIGQUIT to it;
+/// What `forkserver run` was asked to do.
+#[derive(Debug)]
+pub(crate) struct RunArgs {
+    /// The server to run it through.
+    pub target: Target,
+    /// Our fds the command also gets, at the same numbers (`--fd`), beside 0-2.
+    pub fds: Vec<u32>,
+    /// Killed (SIGKILL) after this long (`--deadline`).
+    pub deadline: Option<Duration>,
+    /// The program and its arguments; not empty.
+    pub command: Vec<OsString>,
+}
+
+/// Runs the command through the server with our environment, working directory, fds 0-2 and
+/// `args.fds` (at the same numbers), forwarding SIGINT, SIGTERM, SIGHUP and SIGQUIT to it;
 /// returns the exit status a shell would give (128+N for signal N).
-pub(crate) fn run(
-    target: &Target,
-    extra: &[u32],
-    deadline: Option<Duration>,
-    command: &[OsString],
-) -> Result<u8, CliError> {
+pub(crate) fn run(args: &RunArgs) -> Result<u8, CliError> {
+    let RunArgs {
+        target,
+        fds: extra,
+        deadline,
+        command,
+    } = args;
     // Forwarded signals are read from a signalfd while we wait; blocked before anything can
     // arrive, so none is lost or acted on here.
     let mut mask = SigSet::empty();
@@ -159,7 +178,7 @@ pub(crate) fn run(
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd as i32) };
         cmd.fd_borrowed(fd, borrowed);
     }
-    if let Some(d) = deadline {
+    if let Some(d) = *deadline {
         cmd.deadline(d);
     }
     let mut child = cmd.spawn().map_err(|e| match e {

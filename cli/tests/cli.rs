@@ -93,33 +93,30 @@ fn run_passes_exit_codes_signals_stdout_env_cwd_and_fds() {
 
 #[test]
 fn run_forwards_sigterm_to_the_command() {
+    use std::io::BufRead;
     let srv = Server::start(&[]);
-    let child = forkserver(&["run", "--socket", srv.socket.to_str().unwrap(), "--"])
+    // The command says `ready` once its trap is set: a signal sent before that would kill the
+    // shell (143) instead of running the trap, so the test waits for the line, not a time.
+    let mut child = forkserver(&["run", "--socket", srv.socket.to_str().unwrap(), "--"])
         .args([
             "sh",
             "-c",
-            "trap 'exit 42' TERM; while :; do sleep 0.05; done",
+            "trap 'exit 42' TERM; echo ready; while :; do sleep 0.05; done",
         ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the command runs (the server has a child), then signal `run`.
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    while srv.children().is_empty() {
-        assert!(
-            std::time::Instant::now() < until,
-            "the command never started"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(100));
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n", "the command never started");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(42));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(42));
 }
 
 #[test]
@@ -357,7 +354,7 @@ fn the_default_socket_directory_is_checked_xdg_included() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let until = std::time::Instant::now() + HANG;
     while xdg.join("forkserver.sock").exists() {
         assert!(std::time::Instant::now() < until, "server did not exit");
         std::thread::sleep(Duration::from_millis(10));
@@ -378,7 +375,7 @@ fn the_socket_is_created_private_whatever_the_umask() {
         });
     }
     let mut child = cmd.spawn().unwrap();
-    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let until = std::time::Instant::now() + HANG;
     while !socket.exists() {
         assert!(std::time::Instant::now() < until, "no socket");
         std::thread::sleep(Duration::from_millis(5));

@@ -2,30 +2,18 @@
 //! `launch.rs`), noticing it died and starting it again, and stopping them all when the last
 //! handle goes (CPython's `forkserver.ensure_running`).
 
-use std::ffi::OsString;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+// `launch.rs` builds the spec and hands it to `Managed`: named here for it, defined beside
+// the code that starts a server from it.
+pub(crate) use crate::server_process::LaunchSpec;
 use crate::server_process::{make_socket_dir, spawn_server, wait_ready};
 
 /// How long dropping the last client waits for launched servers to exit.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
-
-/// What to start: kept so that a dead server can be started again the same way.
-#[derive(Clone, Debug)]
-pub(crate) struct LaunchSpec {
-    pub(crate) program: OsString,
-    pub(crate) args: Vec<OsString>,
-    pub(crate) envs: Vec<(OsString, OsString)>,
-    pub(crate) authenticate: bool,
-    pub(crate) warm: bool,
-    /// How long the server may take to say it is ready (its preloads run before).
-    pub(crate) ready_timeout: Duration,
-    /// Its children die with it (`PR_SET_PDEATHSIG`).
-    pub(crate) kill_children: bool,
-}
 
 /// The server this client launched, and older ones not yet reaped.
 #[derive(Debug)]

@@ -2,6 +2,7 @@
 //! socket directory and listener, its fds and environment, and the wait until it says it is
 //! ready.
 
+use std::ffi::OsString;
 use std::fs::DirBuilder;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -18,7 +19,20 @@ use forkserver_protocol::launch::{
 };
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 
-use crate::managed::LaunchSpec;
+/// What to start: kept (by `Managed`) so that a dead server can be started again the
+/// same way.
+#[derive(Clone, Debug)]
+pub(crate) struct LaunchSpec {
+    pub(crate) program: OsString,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) envs: Vec<(OsString, OsString)>,
+    pub(crate) authenticate: bool,
+    pub(crate) warm: bool,
+    /// How long the server may take to say it is ready (its preloads run before).
+    pub(crate) ready_timeout: Duration,
+    /// Its children die with it (`PR_SET_PDEATHSIG`).
+    pub(crate) kill_children: bool,
+}
 
 /// Makes the private directory and binds the listener in it; tries `$XDG_RUNTIME_DIR`, then
 /// the temp dir (a long base path can make the socket path exceed `sun_path`).

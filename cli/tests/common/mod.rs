@@ -17,6 +17,11 @@ pub struct Server {
     pub idle_fds: usize,
 }
 
+/// How long a test waits for a condition before it calls the wait a hang. Only a bound: every
+/// wait ends as soon as its condition holds, so a loaded machine makes tests slower, never
+/// failed.
+pub const HANG: Duration = Duration::from_secs(60);
+
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 pub fn scratch_dir(tag: &str) -> PathBuf {
@@ -75,7 +80,7 @@ impl Server {
             .stdin(Stdio::null());
         prepare(&mut cmd);
         let child = cmd.spawn().unwrap();
-        let until = Instant::now() + Duration::from_secs(10);
+        let until = Instant::now() + HANG;
         while UnixStream::connect(&socket).is_err() {
             assert!(Instant::now() < until, "server did not come up");
             std::thread::sleep(Duration::from_millis(5));
@@ -116,9 +121,9 @@ impl Server {
         children_of(self.pid())
     }
 
-    /// Waits (up to 5 s) until the server holds `fds` fds, whatever its children.
+    /// Waits (up to [`HANG`]) until the server holds `fds` fds, whatever its children.
     pub fn wait_fds(&self, fds: usize) {
-        let until = Instant::now() + Duration::from_secs(5);
+        let until = Instant::now() + HANG;
         while self.fd_count() != fds {
             assert!(
                 Instant::now() < until,
@@ -132,7 +137,7 @@ impl Server {
     /// Waits until the server has exactly `n` children (the prefork pool filling up, say) and
     /// returns them.
     pub fn wait_children(&self, n: usize) -> Vec<i32> {
-        let until = Instant::now() + Duration::from_secs(10);
+        let until = Instant::now() + HANG;
         loop {
             let kids = self.children();
             if kids.len() == n {
@@ -148,7 +153,7 @@ impl Server {
 
     /// Waits until the server's fd count and child list return to `fds` and empty.
     pub fn settle(&self, fds: usize) {
-        let until = Instant::now() + Duration::from_secs(10);
+        let until = Instant::now() + HANG;
         loop {
             let (n, kids) = (self.fd_count(), self.children());
             if n == fds && kids.is_empty() {
@@ -390,9 +395,9 @@ impl Conn {
         }
     }
 
-    /// Waits (up to 10 s) until the server reports this as its only connection.
+    /// Waits (up to [`HANG`]) until the server reports this as its only connection.
     pub fn wait_sole_connection(&mut self) {
-        let until = Instant::now() + Duration::from_secs(10);
+        let until = Instant::now() + HANG;
         while self.status().connections() != 1 {
             assert!(Instant::now() < until, "other connections stay open");
             std::thread::sleep(Duration::from_millis(2));
@@ -413,9 +418,7 @@ impl Server {
     /// A `Status` through a fresh connection (so accepting works too).
     pub fn status(&self) -> Status {
         let mut c = self.connect();
-        c.sock
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        c.sock.set_read_timeout(Some(HANG)).unwrap();
         c.status()
     }
 

@@ -275,32 +275,107 @@ fn the_final_report_keeps_or_closes() {
     assert!(matches!(&a[..], [Action::Close(e)] if e.code() == ErrorCode::UnexpectedMessage));
 }
 
+/// One valid message of each client tag (a right `Auth` answers [`CHALLENGE`] with [`KEY`]).
+fn sample(tag: Tag) -> Message {
+    match tag {
+        Tag::Hello => hello(),
+        Tag::Auth => Message::Auth(Auth {
+            response: auth::client_response(KEY, &CHALLENGE),
+            challenge: [9; CHALLENGE_LEN],
+        }),
+        Tag::Spawn => exec(),
+        Tag::Signal => Message::Signal(Signal::new(15).unwrap()),
+        Tag::StatusRequest => Message::StatusRequest,
+        t => panic!("no sample message for the client tag {t:?}: add one"),
+    }
+}
+
+/// What §6.1's table says a state does with a message of `tag`: the action asked for and
+/// the state after it. Every cell not written here is "any other message": an error, closed.
+fn expected(state: State, tag: Tag) -> (Option<ErrorCode>, State) {
+    let refused = |code| (Some(code), State::Closing);
+    match (state, tag) {
+        (State::AwaitHello, Tag::Hello) => (None, State::Ready),
+        (State::AwaitHello, _) => refused(ErrorCode::UnexpectedMessage),
+        (State::AwaitAuth(_), Tag::Auth) => (None, State::Ready),
+        (State::AwaitAuth(_), _) => refused(ErrorCode::AuthRequired),
+        // A Spawn waits in READY for the event loop's `spawned`.
+        (State::Ready, Tag::StatusRequest | Tag::Spawn) => (None, State::Ready),
+        (State::Running(pid), Tag::StatusRequest | Tag::Signal) => (None, State::Running(pid)),
+        // SPAWNING answers nothing (the table lists no message for it): any frame is refused.
+        _ => refused(ErrorCode::UnexpectedMessage),
+    }
+}
+
+/// A state of §6.1 by name, and how to reach it.
+type Reached = (&'static str, fn() -> Session);
+
 #[test]
 fn every_tag_in_every_state_has_an_answer() {
-    // Each state and each client message: exactly one decision, never a panic.
-    let states: Vec<fn() -> Session> = vec![
-        Session::new,
-        || {
+    // Each state of §6.1 and each client message: the one action the table gives, and the
+    // state it leads to.
+    let states: Vec<Reached> = vec![
+        ("AWAIT_HELLO", Session::new),
+        ("AWAIT_AUTH", || {
             let mut s = Session::new();
             feed(&mut s, hello(), Some(KEY));
             s
-        },
-        ready,
-        || running(42),
+        }),
+        ("READY", ready),
+        ("SPAWNING", || {
+            let mut s = ready();
+            feed(&mut s, exec(), None);
+            s.spawned(Pid::from_raw(41), true);
+            s
+        }),
+        ("RUNNING", || running(42)),
     ];
-    let messages = [
-        hello(),
-        exec(),
-        Message::StatusRequest,
-        Message::Signal(Signal::new(1).unwrap()),
-    ];
-    for make in &states {
-        for m in &messages {
+    let tags: Vec<Tag> = Tag::ALL
+        .into_iter()
+        .filter(|t| t.is_from_client())
+        .collect();
+    assert_eq!(tags.len(), 5, "{tags:?}");
+    for (name, make) in &states {
+        for &tag in &tags {
             let mut s = make();
-            let key = matches!(s.state(), State::AwaitAuth(_)).then_some(KEY);
-            let a = feed(&mut s, m.clone(), key);
-            assert_eq!(a.len(), 1, "{:?} in {:?}: {a:?}", m.tag(), make().state());
+            let before = s.state();
+            let key = matches!(before, State::AwaitAuth(_)).then_some(KEY);
+            let a = feed(&mut s, sample(tag), key);
+            let (error, after) = expected(before, tag);
+            let what = format!("{tag:?} in {name}: {a:?}");
+            assert_eq!(s.state(), after, "{what}");
+            match error {
+                Some(code) => assert!(closes_with(&a, code), "{what}"),
+                None => match (&a[..], tag) {
+                    ([Action::Send(Message::HelloOk(_))], Tag::Hello)
+                    | ([Action::Send(Message::AuthOk(_))], Tag::Auth)
+                    | ([Action::Spawn(..)], Tag::Spawn)
+                    | ([Action::Status], Tag::StatusRequest) => {}
+                    ([Action::Signal(pid, 15)], Tag::Signal) => {
+                        assert_eq!(State::Running(*pid), before, "{what}")
+                    }
+                    _ => panic!("{what}"),
+                },
+            }
         }
     }
-    assert!(Tag::ALL.iter().any(|t| t.is_from_client()));
+}
+
+#[test]
+fn a_closing_session_asks_for_nothing_but_its_close() {
+    // After a refusal nothing a late frame says is acted on: no spawn, signal, status or
+    // reply, and the session stays closing.
+    for tag in Tag::ALL.into_iter().filter(|t| t.is_from_client()) {
+        let mut s = Session::new();
+        assert!(closes_with(
+            &feed(&mut s, Message::StatusRequest, None),
+            ErrorCode::UnexpectedMessage
+        ));
+        let a = feed(&mut s, sample(tag), None);
+        assert!(
+            a.iter().all(|a| matches!(a, Action::Close(_))),
+            "{tag:?}: {a:?}"
+        );
+        assert_eq!(s.state(), State::Closing, "{tag:?}");
+    }
 }
