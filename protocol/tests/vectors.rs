@@ -204,10 +204,10 @@ fn build_valid() -> Vec<(String, String, Message)> {
     );
     add(
         "spawn-join-pgid",
-        "rev 0.5: echo joining process group 4242 (JOIN_PROCESS_GROUP)",
+        "rev 0.5: echo joining process group 4194304 (JOIN_PROCESS_GROUP); 2^22 is above every Linux pid (PID_MAX_LIMIT), so no such group exists: live, setpgid fails, ChildSetupFailed(EPERM)",
         with(
             SpawnOptions {
-                session: Session::JoinProcessGroup(4242),
+                session: Session::JoinProcessGroup(4_194_304),
                 ..SpawnOptions::default()
             },
             Job::Exec(echo_job()),
@@ -228,12 +228,14 @@ fn build_valid() -> Vec<(String, String, Message)> {
         job.push_env_remove("HOME").unwrap();
         job.push_env_remove("TERM").unwrap();
         let options = SpawnOptions {
-            session: Session::JoinProcessGroup(77),
+            // 2^22: no Linux pid, so no group: setpgid fails before any id is changed, and the
+            // live outcome is ChildSetupFailed(EPERM) on every host, root or not.
+            session: Session::JoinProcessGroup(4_194_304),
             ..creds(Some(1000), Some(1000), Some(&[1000, 27]))
         };
         add(
             "spawn-rev05-all",
-            "rev 0.5: uid, gid, groups, process group and environment removals together",
+            "rev 0.5: uid, gid, groups, process group 4194304 and environment removals together; live, the process-group step fails first: ChildSetupFailed(EPERM)",
             with(options, Job::Exec(job)),
         );
     }

@@ -10,6 +10,7 @@ without entry points (a plain `forkserver serve`), as the same user as this scri
 """
 
 import argparse
+import errno
 import json
 import os
 import re
@@ -364,6 +365,20 @@ def valid_vector_checks(valid):
             if w is not None:
                 os.close(w)
     check("valid/spawn-exec-echo: Pid, 'hi' on the pipe, Exit 0, closed", echo)
+
+    # §10.8: pgid 4194304 (2^22) is no Linux pid, so no such process group exists on any host:
+    # the child's setpgid fails before any id is changed, root or not.
+    for name in ("spawn-join-pgid", "spawn-rev05-all"):
+        def no_group(v=byname[name]):
+            with Fds(v["nfds"]) as fds, Raw() as c:
+                c.send(bytes.fromhex(v["hex"]), fds)
+                msg, pidfds = c.expect("Pid")
+                for fd in pidfds:
+                    os.close(fd)
+                err = c.expect_error("ChildSetupFailed")
+                require(err["errno"] == errno.EPERM, f"errno {err['errno']}, not EPERM: {err}")
+        check(f"valid/{name}: Pid, Error(ChildSetupFailed, EPERM) (no process group 4194304), closed",
+              no_group)
 
     def full():
         v = byname["spawn-exec-full"]

@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import os
 import socket
+import stat
 import struct
 
 __all__ = [
@@ -735,15 +736,50 @@ class FrameReader:
 # Connection, Client, Child
 
 
+def connect_verified(sock, socket_path, server_uid):
+    """§9.3: connects only through a socket directory owned by server_uid and closed to others
+    (0o077 for our own effective uid's server, 0o022 for another uid's), reached through no
+    symbolic link of a third user, checked on an O_PATH descriptor that is then used; and
+    requires the peer's SO_PEERCRED uid to be server_uid. Nothing is sent before both pass."""
+    path = os.fsencode(socket_path)
+    if path.startswith(b"\0"):
+        # An abstract socket has no directory to check: only the peer's uid (and the key).
+        sock.connect(path)
+    else:
+        d, name = os.path.split(path)
+        d = d or b"."
+        link = os.lstat(d)
+        if stat.S_ISLNK(link.st_mode) and link.st_uid not in (server_uid, 0):
+            raise ProtocolError(f"socket directory {d!r} is a symbolic link of uid {link.st_uid}")
+        fd = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            mask = 0o077 if server_uid == os.geteuid() else 0o022
+            if st.st_uid != server_uid:
+                raise ProtocolError(f"unsafe permissions on socket directory {d!r}: owned by uid "
+                                    f"{st.st_uid}, not uid {server_uid}")
+            if st.st_mode & mask:
+                raise ProtocolError(f"unsafe permissions on socket directory {d!r}: mode "
+                                    f"{stat.S_IMODE(st.st_mode):04o}")
+            sock.connect(b"/proc/self/fd/%d/%s" % (fd, name))
+        finally:
+            os.close(fd)
+    ucred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", ucred)
+    if uid & 0xFFFFFFFF != server_uid:
+        raise ProtocolError(f"the server runs as uid {uid & 0xFFFFFFFF}, not uid {server_uid}")
+
+
 class Connection:
     """One socket to the server, after the handshake (§6.1, §9.2)."""
 
-    def __init__(self, socket_path, key=None, timeout=None):
+    def __init__(self, socket_path, key=None, timeout=None, server_uid=None):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.reader = FrameReader(self.sock)
         try:
             self.sock.settimeout(timeout)
-            self.sock.connect(socket_path)
+            uid = os.geteuid() if server_uid is None else server_uid
+            connect_verified(self.sock, socket_path, uid)
             self.version = self._handshake(key)
         except BaseException:
             self.close()

@@ -2,7 +2,9 @@
 Run: python3 spec/clients/python/test_forkserver_client.py"""
 import json
 import os
+import socket
 import sys
+import tempfile
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -217,6 +219,47 @@ class AuthHandshake(unittest.TestCase):
 def hmac_eq(a, b):
     import hmac
     return hmac.compare_digest(a, b)
+
+
+class SocketDirectory(unittest.TestCase):
+    """§9.3: the client checks the socket's directory before it connects (so before a byte)."""
+
+    def listen_in(self, mode):
+        d = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, d)
+        os.chmod(d, mode)
+        path = os.path.join(d, "forkserver.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(1)
+        listener.setblocking(False)
+        self.addCleanup(os.unlink, path)
+        self.addCleanup(listener.close)
+        return path, listener
+
+    def test_open_directory_is_refused_before_connecting(self):
+        for mode in (0o755, 0o770, 0o701):
+            path, listener = self.listen_in(mode)
+            with self.assertRaisesRegex(fc.ProtocolError, "unsafe permissions"):
+                fc.Connection(path, timeout=2)
+            with self.assertRaises(BlockingIOError):   # nothing connected, nothing sent
+                listener.accept()
+
+    def test_private_directory_connects(self):
+        path, listener = self.listen_in(0o700)
+        sock = socket.socket(socket.AF_UNIX)
+        self.addCleanup(sock.close)
+        fc.connect_verified(sock, path, os.geteuid())
+        conn, _ = listener.accept()
+        conn.close()
+
+    def test_directory_of_another_owner_is_refused(self):
+        path, listener = self.listen_in(0o700)
+        sock = socket.socket(socket.AF_UNIX)
+        self.addCleanup(sock.close)
+        with self.assertRaises(fc.ProtocolError):
+            # A server of another uid must own its directory: ours fails the owner check.
+            fc.connect_verified(sock, path, os.geteuid() + 1)
 
 
 class Errors(unittest.TestCase):
