@@ -29,7 +29,7 @@ use crate::pipes::{ChildStderr, ChildStdin, ChildStdout};
 
 /// A child process forked by the server, for async code: [`crate::Child`] on tokio.
 ///
-/// `wait`, `signal` and `kill` take `&self`: share the child (in an [`Arc`]) to signal it
+/// `wait`, `signal` and `kill` take `&self`: share the child (in an [`Arc`](std::sync::Arc)) to signal it
 /// from one task while another waits. Every method is cancellation-safe: frames read while
 /// a future was pending are kept for the next call.
 ///

@@ -353,11 +353,10 @@ impl Child {
             }
             Message::Error(e) => {
                 let err = Error::from(e.clone());
-                match e.code() {
-                    ErrorCode::ExecFailed | ErrorCode::ChildSetupFailed => {
-                        self.finish(State::Failed(e));
-                    }
-                    _ => self.state = State::Lost,
+                if e.code().is_final_report() {
+                    self.finish(State::Failed(e));
+                } else {
+                    self.state = State::Lost;
                 }
                 Err(err)
             }

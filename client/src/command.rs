@@ -11,7 +11,11 @@ use std::time::Duration;
 use forkserver_protocol::{EntryJob, ExecJob, Job, Session};
 
 use crate::child::Child;
+#[cfg(doc)]
+use crate::client::Client;
 use crate::engine::Engine;
+#[cfg(doc)]
+use crate::error::Error;
 use crate::error::Result;
 use crate::exit_status::ExitStatus;
 use crate::output::Output;

@@ -11,13 +11,13 @@ use std::path::{Path, PathBuf};
 
 use forkserver_protocol::socket_dir::{self, DirError, Sharing, SocketDir};
 use forkserver_protocol::{
-    auth, send_message, Auth, AuthMethod, Frame, FrameReader, Hello, Message, PROTOCOL_VERSION,
+    auth, peek_pending, send_message, Auth, AuthMethod, Frame, FrameReader, Hello, Message,
+    Pending, PROTOCOL_VERSION,
 };
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::getsockopt;
 use nix::sys::socket::sockopt::PeerCredentials;
-use nix::sys::socket::{getsockopt, recv, MsgFlags};
-use std::os::fd::AsRawFd;
 
 use crate::error::{Error, ProtocolError, Result};
 
@@ -232,15 +232,7 @@ impl Conn {
         if self.reader.buffered() != 0 || self.reader.pending_fds() != 0 {
             return false;
         }
-        let mut byte = [0u8; 1];
-        matches!(
-            recv(
-                self.sock.as_raw_fd(),
-                &mut byte,
-                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
-            ),
-            Err(Errno::EAGAIN)
-        )
+        peek_pending(self.sock.as_fd()) == Pending::Nothing
     }
 
     /// Whether `reply`, read on this connection in answer to a request, says the server closed

@@ -8,6 +8,8 @@ use std::os::fd::AsFd;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::child::Child;
+#[cfg(doc)]
+use crate::error::Error;
 use crate::error::Result;
 use crate::exit_status::ExitStatus;
 use crate::pipes::{ChildStderr, ChildStdout};

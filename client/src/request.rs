@@ -187,12 +187,7 @@ impl Request {
         };
         // An exec failure under `wait_for_exec` is the child's final report: the connection
         // is READY again (`KEEP_CONNECTION`). Other errors close it.
-        if keep
-            && matches!(
-                e.code(),
-                ErrorCode::ExecFailed | ErrorCode::ChildSetupFailed
-            )
-        {
+        if keep && e.code().is_final_report() {
             client.put_idle(conn);
         }
         Err(e.into())

@@ -130,9 +130,6 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     }
 }
 
-/// Starts the server program with the listener and the alive pipe's read end; returns the
-/// process and the pipe's write end. Our copies of the listener and read end are closed on
-/// return.
 /// Waits until the server says it serves (PROTOCOL.md §9.4: [`READY`] on the ready pipe), for
 /// at most `timeout`.
 ///
@@ -197,6 +194,9 @@ pub(crate) fn wait_ready(
     }
 }
 
+/// Starts the server program with the listener and the alive pipe's read end; returns the
+/// process and the pipe's write end. Our copies of the listener and read end are closed on
+/// return.
 pub(crate) fn spawn_server(
     spec: &LaunchSpec,
     listener: UnixListener,

@@ -1,4 +1,4 @@
-//! The wire protocol of forkserver: typed messages, a sans-IO codec, and the one module that
+//! The wire protocol of forkserver: typed messages, a sans-IO codec, and the transport that
 //! moves frames and their file descriptors over an `AF_UNIX` socket.
 //!
 //! ```text
@@ -19,7 +19,7 @@
 //!   enforces the spec's rules, so [`Message::encode`] cannot fail; and [`decode`], incremental
 //!   and total: a frame and the bytes it used, [`Decoded::Incomplete`], or a [`DecodeError`].
 //!   It does no I/O and holds no `unsafe`. Each item has one path: the crate root.
-//! * The transport (`transport.rs`): [`OutFrame`] and [`FrameReader`] carry frames and up to
+//! * The transport (`transport/`): [`OutFrame`] and [`FrameReader`] carry frames and up to
 //!   256 fds over a stream socket (`MSG_CMSG_CLOEXEC`, `MSG_CTRUNC` and fd-count checks, every
 //!   received fd closed on error).
 //! * [`FdBundle`]: the owned fds of a spawn request with their target numbers.
@@ -36,6 +36,8 @@ pub mod auth;
 mod bundle;
 mod codec;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
 pub mod fuzzing;
 pub mod launch;
 mod limits;
@@ -51,4 +53,6 @@ pub use codec::{
 };
 pub use error::{BuildError, DecodeError, Field, Limit, Snippet};
 pub use limits::*;
-pub use transport::{send_message, Frame, FrameReader, OutFrame, ReadLimits, TransportError};
+pub use transport::{
+    peek_pending, send_message, Frame, FrameReader, OutFrame, Pending, ReadLimits, TransportError,
+};

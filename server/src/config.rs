@@ -1,4 +1,5 @@
-//! Server configuration and the listening socket.
+//! Server configuration: where to listen ([`Listen`]) and the settings ([`Config`]). The
+//! socket itself is bound elsewhere, when the server starts.
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;

@@ -5,7 +5,9 @@
 //!                           │ epoll: listener · connections · signalfd(SIGCHLD, SIGTERM)  │
 //!                           │        · alive fd · report pipes (exec result)              │
 //!                           │                                                             │
-//!                           │ conn state: AwaitHello → Ready → Running(pid) → Closing     │
+//!                           │ conn state: AwaitHello → AwaitAuth (key set) → Ready        │
+//!                           │             → Spawning(pid) (pid_after_exec) → Running(pid) │
+//!                           │             → Closing                                       │
 //!                           │ Spawn ──▶ spawn::spawn ── fork ──▶ child: reset signals,     │
 //!                           │             │                      session, place fds,      │
 //!                           │             ▼                      close the rest, run job  │

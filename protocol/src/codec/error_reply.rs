@@ -8,7 +8,9 @@ use crate::error::{DecodeError, Field, Limit};
 use crate::MAX_ERROR_MESSAGE_LEN;
 
 macro_rules! error_codes {
-    ($( $(#[$doc:meta])* $name:ident = $value:literal, fatal = $fatal:literal; )*) => {
+    ($(
+        $(#[$doc:meta])* $name:ident = $value:literal, fatal = $fatal:literal, report = $report:literal;
+    )*) => {
         /// The error codes of PROTOCOL.md §7. Every other value is reserved.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         #[repr(u16)]
@@ -35,6 +37,15 @@ macro_rules! error_codes {
                 }
             }
 
+            /// Whether this error is a child's final report (§5.5.1, §6.1): the child failed before its
+            /// job ran and has been reaped, so the error stands in place of its `Exit`, and
+            /// under `KEEP_CONNECTION` the connection is READY again.
+            pub fn is_final_report(self) -> bool {
+                match self {
+                    $( ErrorCode::$name => $report, )*
+                }
+            }
+
             /// The code's name as the spec and the test vectors spell it.
             pub fn name(self) -> &'static str {
                 match self {
@@ -47,39 +58,39 @@ macro_rules! error_codes {
 
 error_codes! {
     /// A frame broke a rule of §4-§5 (the message says which).
-    Malformed = 1, fatal = true;
+    Malformed = 1, fatal = true, report = false;
     /// No protocol version is spoken by both sides; the message names the server's range.
-    UnsupportedVersion = 2, fatal = true;
+    UnsupportedVersion = 2, fatal = true, report = false;
     /// A request came before authentication was complete.
-    AuthRequired = 3, fatal = true;
+    AuthRequired = 3, fatal = true, report = false;
     /// The client's authentication response was wrong.
-    AuthFailed = 4, fatal = true;
+    AuthFailed = 4, fatal = true, report = false;
     /// A valid message that is not allowed in the connection's state (§6).
-    UnexpectedMessage = 5, fatal = true;
+    UnexpectedMessage = 5, fatal = true, report = false;
     /// The fds that arrived disagree with the header's `nfds` (§4.3).
-    FdMismatch = 6, fatal = true;
+    FdMismatch = 6, fatal = true, report = false;
     /// More than 256 fds were announced or attached.
-    TooManyFds = 7, fatal = true;
+    TooManyFds = 7, fatal = true, report = false;
     /// The server has no entry point of that name.
-    UnknownEntry = 8, fatal = true;
+    UnknownEntry = 8, fatal = true, report = false;
     /// `fork()` failed; `errno` says why (EAGAIN, ENOMEM).
-    ForkFailed = 9, fatal = true;
+    ForkFailed = 9, fatal = true, report = false;
     /// `execve()` failed in the child; `errno` says why. The child has been reaped.
-    ExecFailed = 10, fatal = true;
+    ExecFailed = 10, fatal = true, report = true;
     /// The child could not be set up (fd placement, session, cwd); `errno` says why.
-    ChildSetupFailed = 11, fatal = true;
+    ChildSetupFailed = 11, fatal = true, report = true;
     /// `kill()` failed; `errno` says why. The connection stays open.
-    SignalFailed = 12, fatal = false;
+    SignalFailed = 12, fatal = false, report = false;
     /// The server ran out of a resource (fds, memory) serving this request.
-    ResourceExhausted = 13, fatal = true;
+    ResourceExhausted = 13, fatal = true, report = false;
     /// The peer's credentials are not allowed to use this server.
-    PermissionDenied = 14, fatal = true;
+    PermissionDenied = 14, fatal = true, report = false;
     /// The server is shutting down and takes no new requests.
-    ShuttingDown = 15, fatal = true;
+    ShuttingDown = 15, fatal = true, report = false;
     /// The connection was idle in a state that needs the client to speak (§6.3).
-    Timeout = 16, fatal = true;
+    Timeout = 16, fatal = true, report = false;
     /// A bug in the server.
-    Internal = 17, fatal = true;
+    Internal = 17, fatal = true, report = false;
 }
 
 /// An error reply: a code, the OS error number if one caused it (0 otherwise), and a message

@@ -1,5 +1,6 @@
-//! Frames and their fds over an `AF_UNIX` stream socket: the only module of this crate that does
-//! I/O (PROTOCOL.md §4.3).
+//! Frames and their fds over an `AF_UNIX` stream socket (PROTOCOL.md §4.3): the crate's socket
+//! I/O (the other module that touches the system, [`crate::socket_dir`], checks and makes the
+//! socket's directory).
 //!
 //! Sending: a frame's fds are attached, at most [`SCM_MAX_FD`] per `sendmsg`, to bytes of that
 //! frame. A frame with more than 253 fds goes out as several `sendmsg` calls: every call but the
@@ -16,7 +17,7 @@ use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+use nix::sys::socket::{recv, sendmsg, ControlMessage, MsgFlags, UnixAddr};
 
 use crate::codec::Message;
 use crate::error::DecodeError;
@@ -56,13 +57,6 @@ pub enum TransportError {
     },
     /// fds arrived while the reader accepts none ([`ReadLimits::fds`]). They have been closed.
     UnexpectedFds(usize),
-}
-
-impl TransportError {
-    /// True for `EAGAIN`/`EWOULDBLOCK`: try again when the socket is ready.
-    pub fn is_would_block(&self) -> bool {
-        matches!(self, TransportError::Io(Errno::EAGAIN))
-    }
 }
 
 impl std::fmt::Display for TransportError {
@@ -128,15 +122,22 @@ impl OutFrame {
                 received: fds.len(),
             });
         }
-        Ok(Self::from_raw_parts(message.to_bytes(), fds))
+        Ok(Self::from_parts(message.to_bytes(), fds))
     }
 
-    /// A frame from bytes already encoded, sent with `fds` as §4.3 says. For tests and tools
-    /// that must send invalid frames; `bytes` must be at least `ceil(fds.len() / 253)` long.
+    /// A frame from bytes already encoded, sent with `fds` as §4.3 says. A test hook (feature
+    /// `test-hooks`), for tests that must send invalid frames; `bytes` must be at least
+    /// `ceil(fds.len() / 253)` long.
     ///
     /// # Panics
     /// If `bytes` is too short to carry the fds (a caller bug).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
     pub fn from_raw_parts(bytes: Vec<u8>, fds: Vec<OwnedFd>) -> Self {
+        Self::from_parts(bytes, fds)
+    }
+
+    fn from_parts(bytes: Vec<u8>, fds: Vec<OwnedFd>) -> Self {
         assert!(bytes.len() >= fds.len().div_ceil(SCM_MAX_FD));
         Self {
             bytes,
@@ -162,12 +163,12 @@ impl OutFrame {
         self.pos == self.bytes.len() && self.fds_sent == self.fds.len()
     }
 
-    /// Sends as much as the socket takes. Returns `Ok(true)` once the whole frame is sent.
+    /// Sends as much as the socket takes; returns `Ok(())` once the whole frame is sent.
     ///
     /// # Errors
-    /// [`TransportError::Io`] from `sendmsg` (`EAGAIN` included: call again when writable;
-    /// `EPIPE` when the peer is gone: no `SIGPIPE` is raised).
-    pub fn send(&mut self, sock: BorrowedFd<'_>) -> Result<bool, TransportError> {
+    /// [`TransportError::Io`] from `sendmsg` (`EAGAIN` included: call again when writable, and
+    /// the rest goes out; `EPIPE` when the peer is gone: no `SIGPIPE` is raised).
+    pub fn send(&mut self, sock: BorrowedFd<'_>) -> Result<(), TransportError> {
         while !self.is_done() {
             let fd_end = (self.fds_sent + SCM_MAX_FD).min(self.fds.len());
             let chunk: Vec<RawFd> = self.fds[self.fds_sent..fd_end]
@@ -196,7 +197,7 @@ impl OutFrame {
         }
         // The fds are in the peer's queue now; close our copies.
         self.fds.clear();
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -209,9 +210,38 @@ pub fn send_message(
     message: &Message,
     fds: Vec<OwnedFd>,
 ) -> Result<(), TransportError> {
-    let mut out = OutFrame::new(message, fds)?;
-    out.send(sock)?;
-    Ok(())
+    OutFrame::new(message, fds)?.send(sock)
+}
+
+/// What a socket holds for reading, found by [`peek_pending`] without taking anything from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    /// Nothing to read, and the peer's end is open (`EAGAIN`).
+    Nothing,
+    /// At least one byte (perhaps with fds) waits to be read.
+    Input,
+    /// The peer has closed its sending side.
+    Eof,
+    /// `recv` failed otherwise (`ECONNRESET`, `ENOTCONN`, ...).
+    Failed(Errno),
+}
+
+/// Looks at what `sock` holds for reading, without blocking and without taking it: one
+/// `recv(MSG_PEEK | MSG_DONTWAIT)` of one byte (PROTOCOL.md §6.6). For a stream socket that must
+/// be quiet between requests: a connection kept for reuse, a pooled child waiting for its job,
+/// a connection about to be refused.
+pub fn peek_pending(sock: BorrowedFd<'_>) -> Pending {
+    let mut byte = [0u8; 1];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    loop {
+        return match recv(sock.as_raw_fd(), &mut byte, flags) {
+            Ok(0) => Pending::Eof,
+            Ok(_) => Pending::Input,
+            Err(Errno::EAGAIN) => Pending::Nothing,
+            Err(Errno::EINTR) => continue,
+            Err(e) => Pending::Failed(e),
+        };
+    }
 }
 
 /// A received frame: the message and the fds that travelled with it, in order.

@@ -89,12 +89,19 @@ impl FrameReader {
     /// A reader with room for [`SCM_MAX_FD`] fds per `recvmsg`, which is all any one `sendmsg`
     /// can carry.
     pub fn new() -> Self {
-        Self::with_fd_capacity(SCM_MAX_FD)
+        Self::with_cmsg_room(SCM_MAX_FD)
     }
 
     /// A reader whose control buffer holds only `nfds` fds per `recvmsg`. A peer that sends more
-    /// in one call causes [`TransportError::ControlTruncated`]; this exists to test that path.
+    /// in one call causes [`TransportError::ControlTruncated`]; a test hook (feature
+    /// `test-hooks`) for that path.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
     pub fn with_fd_capacity(nfds: usize) -> Self {
+        Self::with_cmsg_room(nfds)
+    }
+
+    fn with_cmsg_room(nfds: usize) -> Self {
         Self {
             buf: Vec::new(),
             len: 0,
@@ -131,11 +138,6 @@ impl FrameReader {
     /// found the socket drained, but not always: a Unix stream `recvmsg` also stops after a
     /// chunk that carried fds. A level-triggered poller reports whatever is left.
     pub const RECV_MAX: usize = READ_CHUNK;
-
-    /// Whether the peer has closed its sending side.
-    pub fn is_eof(&self) -> bool {
-        self.eof
-    }
 
     fn fail(&mut self, e: TransportError) -> TransportError {
         // Standards: every fd received is closed on any error.

@@ -158,18 +158,13 @@ impl Server {
     }
 }
 
-/// Tells a connection that is not going to be served why, best effort (it is closed next;
-/// nothing waits for a peer that does not read).
 /// Whether the peer has sent bytes (or fds) that have not been read yet, or closed its end.
 pub(super) fn has_unread_input(fd: &OwnedFd) -> bool {
-    let mut byte = [0u8; 1];
-    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
-    !matches!(
-        nix::sys::socket::recv(fd.as_raw_fd(), &mut byte, flags),
-        Err(Errno::EAGAIN)
-    )
+    peek_pending(fd.as_fd()) != Pending::Nothing
 }
 
+/// Tells a connection that is not going to be served why, best effort (it is closed next;
+/// nothing waits for a peer that does not read).
 pub(super) fn refuse(fd: &OwnedFd, reply: ErrorReply) {
     if let Ok(mut out) = OutFrame::new(&reply.into(), vec![]) {
         let _ = out.send(fd.as_fd());

@@ -30,9 +30,6 @@ impl Conn {
         self.state() == State::Ready && self.out.is_empty() && self.reader.buffered() == 0
     }
 
-    /// Whether the connection takes more input now: not once it is closing, not while its
-    /// Spawn waits for the exec (frames behind it wait for its Pid, §6.1), and not while its
-    /// replies pile up unread (backpressure).
     /// In AWAIT_HELLO with nothing received, read or not: what a handshake quota closes first.
     pub(super) fn is_silent(&self) -> bool {
         self.state() == State::AwaitHello
@@ -40,6 +37,9 @@ impl Conn {
             && !has_unread_input(&self.fd)
     }
 
+    /// Whether the connection takes more input now: not once it is closing, not while its
+    /// Spawn waits for the exec (frames behind it wait for its Pid, §6.1), and not while its
+    /// replies pile up unread (backpressure).
     pub(super) fn wants_input(&self) -> bool {
         !matches!(self.state(), State::Closing | State::Spawning(_))
             && self.out.len() < MAX_QUEUED_REPLIES

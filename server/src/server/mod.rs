@@ -6,8 +6,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use forkserver_protocol::{
-    auth, ErrorCode, ErrorReply, Exit, FdBundle, Frame, FrameReader, Job, Message, OutFrame,
-    Pid as PidReply, ReadLimits, Spawn, Status, TransportError, PROTOCOL_VERSION,
+    auth, peek_pending, ErrorCode, ErrorReply, Exit, FdBundle, Frame, FrameReader, Job, Message,
+    OutFrame, Pending, Pid as PidReply, ReadLimits, Spawn, Status, TransportError,
+    PROTOCOL_VERSION,
 };
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};

@@ -59,10 +59,8 @@ impl Server {
     /// that its request goes to another child or is forked, never lost.
     pub(super) fn take_live_pooled(&mut self) -> Option<(Pid, OwnedFd)> {
         while let Some((pid, sock)) = self.pool.pop_front() {
-            let mut byte = [0u8; 1];
-            let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
-            match nix::sys::socket::recv(sock.as_raw_fd(), &mut byte, flags) {
-                Err(Errno::EAGAIN) => return Some((pid, sock)),
+            match peek_pending(sock.as_fd()) {
+                Pending::Nothing => return Some((pid, sock)),
                 other => {
                     tracing::warn!(pid = pid.as_raw(), "pooled child gone: {other:?}");
                     let _ = kill(pid, Signal::SIGKILL);

@@ -1,6 +1,6 @@
 //! The child's failure report, one codec for both ends: the child writes which call of its
 //! setup failed and the errno ([`report_and_exit`]); the server reads it back and turns it into
-//! the `Error` the client gets ([`decode`], [`decode_shared`], [`failure_reply`]).
+//! the `Error` the client gets ([`decode_shared`], [`failure_reply`]).
 //!
 //! On the child's own report pipe (or a pooled child's socket) a report is 5 bytes: the
 //! [`Stage`] and the errno as an `i32`, little-endian; end-of-file with nothing written means
