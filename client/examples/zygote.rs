@@ -10,7 +10,7 @@ use std::os::fd::AsFd;
 use std::sync::OnceLock;
 
 use forkserver_client::{Client, Stdio};
-use forkserver_server::{Call, Zygote};
+use forkserver_server::{Invocation, Zygote};
 
 /// Built once in the server before it serves; inherited by every child.
 static TABLE: OnceLock<Vec<u64>> = OnceLock::new();
@@ -21,7 +21,7 @@ fn build_table() {
 }
 
 /// An entry point: reads indices from the payload, writes their squares to its stdout (fd 1).
-fn squares(call: Call) -> i32 {
+fn squares(call: Invocation) -> i32 {
     let table = TABLE.get().expect("preloaded in the server");
     let mut out = std::fs::File::from(call.fd(1).unwrap().try_clone_to_owned().unwrap());
     for word in String::from_utf8_lossy(call.payload()).split_whitespace() {

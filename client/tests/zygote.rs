@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use forkserver_client::{Client, Error, Stdio};
 use forkserver_protocol::ErrorCode;
-use forkserver_server::{Call, Zygote};
+use forkserver_server::{Invocation, Zygote};
 
 /// Built by `preload` in the server; children read it without rebuilding it.
 struct Preloaded {
@@ -20,7 +20,7 @@ struct Preloaded {
 
 static STATE: OnceLock<Preloaded> = OnceLock::new();
 
-fn out(call: &Call) -> std::fs::File {
+fn out(call: &Invocation) -> std::fs::File {
     std::fs::File::from(
         call.fd(1)
             .expect("stdout mapped")
@@ -30,7 +30,7 @@ fn out(call: &Call) -> std::fs::File {
 }
 
 /// Reports the preloaded state: who built it and a checksum.
-fn preloaded(call: Call) -> i32 {
+fn preloaded(call: Invocation) -> i32 {
     let s = STATE.get().expect("preloaded");
     let sum: u64 = s.table.iter().map(|&x| u64::from(x)).sum();
     writeln!(
@@ -45,16 +45,16 @@ fn preloaded(call: Call) -> i32 {
 }
 
 /// Exits with the status named by the payload.
-fn exit_with(call: Call) -> i32 {
+fn exit_with(call: Invocation) -> i32 {
     String::from_utf8_lossy(call.payload()).parse().unwrap()
 }
 
-fn panics(_call: Call) -> i32 {
+fn panics(_call: Invocation) -> i32 {
     panic!("this entry point panics on purpose");
 }
 
 /// Reports (fd, dev, ino) of every fd it holds.
-fn fstat_all(call: Call) -> i32 {
+fn fstat_all(call: Invocation) -> i32 {
     let mut lines = String::new();
     // List first, stat after: the directory's own fd is closed by then and drops out.
     let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
@@ -73,7 +73,7 @@ fn fstat_all(call: Call) -> i32 {
 }
 
 /// Reports its uid, gid and supplementary groups: `uid gid g1,g2,...`.
-fn ids(call: Call) -> i32 {
+fn ids(call: Invocation) -> i32 {
     let groups: Vec<String> = nix::unistd::getgroups()
         .unwrap()
         .iter()
@@ -90,7 +90,7 @@ fn ids(call: Call) -> i32 {
     0
 }
 
-fn sleep_ms(call: Call) -> i32 {
+fn sleep_ms(call: Invocation) -> i32 {
     let ms: u64 = String::from_utf8_lossy(call.payload()).parse().unwrap();
     std::thread::sleep(Duration::from_millis(ms));
     0

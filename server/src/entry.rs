@@ -7,16 +7,16 @@ use crate::sys;
 
 /// An entry point: gets the call (payload and fds) and returns the exit status (0-255; other
 /// values are truncated to their low 8 bits, as `exit(3)` does).
-pub type EntryFn = Box<dyn Fn(Call) -> i32>;
+pub type EntryFn = Box<dyn Fn(Invocation) -> i32>;
 
 /// What an entry point receives in the child.
 #[derive(Debug)]
-pub struct Call {
+pub struct Invocation {
     payload: Vec<u8>,
     targets: Vec<u32>,
 }
 
-impl Call {
+impl Invocation {
     pub(crate) fn new(payload: Vec<u8>, targets: Vec<u32>) -> Self {
         Self { payload, targets }
     }
@@ -35,7 +35,7 @@ impl Call {
     #[allow(unsafe_code)]
     pub fn fd(&self, target: u32) -> Option<BorrowedFd<'_>> {
         // SAFETY: the child placed `target` from the bundle before calling the entry point,
-        // and it stays open at least as long as this `Call`, to which the borrow's lifetime is
+        // and it stays open at least as long as this `Invocation`, to which the borrow's lifetime is
         // tied: only `take_fd` closes it, which takes `&mut self` and forgets the number.
         self.targets
             .contains(&target)
@@ -44,7 +44,7 @@ impl Call {
 
     /// Takes ownership of the fd placed at `target` (it is closed when dropped). Not for 0, 1
     /// and 2 (`None`): closing one of those would let the next `open` become stdin, stdout or
-    /// stderr under std's feet; use them through `std::io` or [`Call::fd`].
+    /// stderr under std's feet; use them through `std::io` or [`Invocation::fd`].
     #[allow(unsafe_code)]
     pub fn take_fd(&mut self, target: u32) -> Option<OwnedFd> {
         if target <= 2 {

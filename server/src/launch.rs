@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::os::fd::{OwnedFd, RawFd};
 
 use crate::config::{Config, Listen};
-use crate::entry::{Call, EntryFn};
+use crate::entry::{EntryFn, Invocation};
 use crate::server::Server;
 
 pub use forkserver_protocol::launch::{ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV};
@@ -15,9 +15,9 @@ use forkserver_protocol::launch::{KILL_CHILDREN_ENV, MAX_REASON_LEN, READY, READ
 /// The zygote builder. Call it at the top of `main`, before any thread exists:
 ///
 /// ```no_run
-/// use forkserver_server::{Call, Zygote};
+/// use forkserver_server::{Invocation, Zygote};
 ///
-/// fn resize(call: Call) -> i32 {
+/// fn resize(call: Invocation) -> i32 {
 ///     call.payload().len() as i32
 /// }
 ///
@@ -61,7 +61,7 @@ impl Zygote {
     }
 
     /// Registers an entry point under `name`.
-    pub fn entry(mut self, name: &str, f: impl Fn(Call) -> i32 + 'static) -> Self {
+    pub fn entry(mut self, name: &str, f: impl Fn(Invocation) -> i32 + 'static) -> Self {
         self.entries.insert(name.to_owned(), Box::new(f));
         self
     }

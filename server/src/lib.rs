@@ -38,7 +38,7 @@ pub use config::{
     default_socket_path, Config, Listen, DEFAULT_MAX_CHILDREN, DEFAULT_SHUTDOWN_TIMEOUT,
     MAX_PREFORK,
 };
-pub use entry::{Call, EntryFn};
+pub use entry::{EntryFn, Invocation};
 pub use forkserver_protocol::socket_dir::DirError;
 pub use key::{read_key, read_key_file};
 pub use launch::{Zygote, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV};

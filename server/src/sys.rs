@@ -184,7 +184,7 @@ pub(crate) unsafe fn take_inherited_fd(fd: RawFd) -> Result<OwnedFd, Errno> {
 ///
 /// # Safety
 /// `target` is open and stays open (nothing closes or replaces it) for all of `'a`; the caller
-/// ties `'a` to the value that knows the number (the entry point's `Call`).
+/// ties `'a` to the value that knows the number (the entry point's `Invocation`).
 pub(crate) unsafe fn placed_fd<'a>(target: u32) -> BorrowedFd<'a> {
     // SAFETY: open for `'a`, the caller's promise.
     unsafe { BorrowedFd::borrow_raw(target as RawFd) }

@@ -40,7 +40,7 @@ mod identity;
 mod place;
 mod report;
 mod stage;
-use crate::entry::{Call, EntryFn};
+use crate::entry::{EntryFn, Invocation};
 pub(crate) use identity::{Context, Identity};
 use report::report_and_exit;
 pub(crate) use report::{
@@ -298,7 +298,7 @@ fn child_main(
             // SAFETY: the report fd is open (kept by `place_fds`), its number held by this code
             // alone, which forgets it here.
             drop(unsafe { sys::own_fd(report.fd()) });
-            let call = Call::new(payload.to_vec(), targets);
+            let call = Invocation::new(payload.to_vec(), targets);
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry(call)))
                 .unwrap_or(PANIC_STATUS);
             let _ = std::io::stdout().flush();
