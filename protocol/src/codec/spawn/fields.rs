@@ -23,7 +23,7 @@ impl Groups {
         if gids.len() > MAX_GROUPS {
             return Err(BuildError::limit(Limit::Groups, gids.len()));
         }
-        if gids.contains(&u32::MAX) {
+        if !gids.iter().all(|g| Gid::valid(*g)) {
             return Err(BuildError::InvalidValue(Field::Gid));
         }
         let mut g = Self {
@@ -72,82 +72,71 @@ pub(super) trait FieldCodec {
     }
 }
 
-/// Reads an id (uid or gid): §5.5.1, `(uid_t) -1` and `(gid_t) -1` are not ids.
-fn read_id(r: &mut Reader<'_>, field: Field) -> Result<u32, DecodeError> {
-    match r.u32()? {
-        u32::MAX => Err(DecodeError::InvalidValue(field)),
-        v => Ok(v),
+/// A `u32` field whose valid values one rule decides, written once and used by both the
+/// decoder and [`super::Spawn::new`]'s check.
+pub(super) trait U32Field {
+    /// The field an invalid value is reported as.
+    const FIELD: Field;
+    /// Whether `v` is allowed (PROTOCOL.md §5.5.1).
+    fn valid(v: u32) -> bool;
+}
+
+impl<T: U32Field> FieldCodec for T {
+    type Value = u32;
+    fn len(_: &u32) -> usize {
+        4
     }
+    fn encode(v: &u32, out: &mut impl BufMut) {
+        out.put_u32_le(*v);
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
+        let v = r.u32()?;
+        if !T::valid(v) {
+            return Err(DecodeError::InvalidValue(T::FIELD));
+        }
+        Ok(v)
+    }
+    fn check(v: &u32) -> Result<(), BuildError> {
+        if !T::valid(*v) {
+            return Err(BuildError::InvalidValue(T::FIELD));
+        }
+        Ok(())
+    }
+}
+
+/// §5.5.1: `(uid_t) -1` and `(gid_t) -1` are not ids.
+fn is_id(v: u32) -> bool {
+    v != u32::MAX
 }
 
 /// `uid` (u32, not `u32::MAX`).
 pub(super) struct Uid;
 
-impl FieldCodec for Uid {
-    type Value = u32;
-    fn len(_: &u32) -> usize {
-        4
-    }
-    fn encode(v: &u32, out: &mut impl BufMut) {
-        out.put_u32_le(*v);
-    }
-    fn decode(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
-        read_id(r, Field::Uid)
-    }
-    fn check(v: &u32) -> Result<(), BuildError> {
-        if *v == u32::MAX {
-            return Err(BuildError::InvalidValue(Field::Uid));
-        }
-        Ok(())
+impl U32Field for Uid {
+    const FIELD: Field = Field::Uid;
+    fn valid(v: u32) -> bool {
+        is_id(v)
     }
 }
 
-/// `gid` (u32, not `u32::MAX`).
+/// `gid` (u32, not `u32::MAX`); also each gid of [`Groups`].
 pub(super) struct Gid;
 
-impl FieldCodec for Gid {
-    type Value = u32;
-    fn len(_: &u32) -> usize {
-        4
-    }
-    fn encode(v: &u32, out: &mut impl BufMut) {
-        out.put_u32_le(*v);
-    }
-    fn decode(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
-        read_id(r, Field::Gid)
-    }
-    fn check(v: &u32) -> Result<(), BuildError> {
-        if *v == u32::MAX {
-            return Err(BuildError::InvalidValue(Field::Gid));
-        }
-        Ok(())
+impl U32Field for Gid {
+    const FIELD: Field = Field::Gid;
+    fn valid(v: u32) -> bool {
+        is_id(v)
     }
 }
 
 /// `pgid` (u32, `1..=MAX_PGID`).
 pub(super) struct Pgid;
 
-impl FieldCodec for Pgid {
-    type Value = u32;
-    fn len(_: &u32) -> usize {
-        4
-    }
-    fn encode(v: &u32, out: &mut impl BufMut) {
-        out.put_u32_le(*v);
-    }
-    fn decode(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
-        let pgid = r.u32()?;
+impl U32Field for Pgid {
+    const FIELD: Field = Field::Pgid;
+    fn valid(v: u32) -> bool {
         // §5.5.1: 1 <= pgid <= 2^31 - 1.
-        if pgid == 0 || pgid > MAX_PGID {
-            return Err(DecodeError::InvalidValue(Field::Pgid));
-        }
-        Ok(pgid)
-    }
-    fn check(v: &u32) -> Result<(), BuildError> {
-        if *v == 0 || *v > MAX_PGID {
-            return Err(BuildError::InvalidValue(Field::Pgid));
-        }
-        Ok(())
+        (1..=MAX_PGID).contains(&v)
     }
 }
 
@@ -177,7 +166,7 @@ impl FieldCodec for Groups {
             len: n as u8,
         };
         for slot in &mut g.gids[..n] {
-            *slot = read_id(r, Field::Gid)?;
+            *slot = <Gid as FieldCodec>::decode(r)?;
         }
         Ok(g)
     }
