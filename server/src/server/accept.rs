@@ -1,7 +1,22 @@
 //! New connections: accepting, the peer-uid check, the connection and handshake quotas
 //! (closing idle kept connections or the oldest handshakes to make room), refusals.
 
-use super::*;
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
+
+use forkserver_protocol::{
+    peek_pending, ErrorCode, ErrorReply, FrameReader, OutFrame, Pending, ReadLimits,
+};
+use nix::errno::Errno;
+use nix::sys::epoll::{EpollEvent, EpollFlags};
+use nix::sys::socket::{accept4, SockFlag};
+
+use super::conn::Conn;
+use super::{Server, Token};
+use crate::listen::peer_uid;
+use crate::session::{Session, State};
+use crate::timers::Timer;
 
 impl Server {
     pub(super) fn accept_all(&mut self) {

@@ -1,7 +1,23 @@
 //! Children: forking for a request, their reports (exec done, setup failures), reaping and
 //! the final report to their connection.
 
-use super::*;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use forkserver_protocol::{
+    ErrorCode, ErrorReply, Exit, FdBundle, Job, Message, Pid as PidReply, Spawn,
+};
+use nix::errno::Errno;
+use nix::sys::epoll::{EpollEvent, EpollFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::MsgFlags;
+use nix::unistd::Pid;
+
+use super::pool::Pooled;
+use super::{Server, Token, TEST_STOP_AFTER_PID_ENV};
+use crate::session::State;
+use crate::spawn::{self, Work};
+use crate::timers::Timer;
 
 pub(super) struct Child {
     /// Unique per spawn, so a stale deadline cannot hit a later child that reuses the pid.

@@ -1,7 +1,22 @@
 //! One connection: reading frames through its session, carrying out the session's
 //! decisions, writing replies with backpressure, and its end.
 
-use super::*;
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
+
+use forkserver_protocol::{
+    auth, ErrorCode, ErrorReply, Frame, FrameReader, Message, OutFrame, ReadLimits, Status,
+    TransportError, PROTOCOL_VERSION,
+};
+use nix::errno::Errno;
+use nix::sys::epoll::{EpollEvent, EpollFlags};
+use nix::sys::signal::{kill, Signal};
+
+use super::accept::has_unread_input;
+use super::{Server, Token, CLOSING_GRACE, MAX_QUEUED_REPLIES, READS_PER_EVENT};
+use crate::session::{Action, Env, Session, State};
+use crate::timers::Timer;
 
 pub(super) struct Conn {
     pub(super) fd: OwnedFd,

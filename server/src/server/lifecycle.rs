@@ -1,7 +1,17 @@
 //! The server's own end: signals (`SIGTERM` begins a bounded shutdown), the owner's alive
 //! pipe.
 
-use super::*;
+use std::time::Instant;
+
+use forkserver_protocol::{ErrorCode, ErrorReply};
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+
+use super::Server;
+use crate::session::State;
+use crate::spawn;
+use crate::timers::Timer;
+use crate::ServerError;
 
 impl Server {
     pub(super) fn read_signals(&mut self) -> Result<(), ServerError> {

@@ -2,28 +2,22 @@
 //! connection driven by the incremental decoder, child exits through a signalfd.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use forkserver_protocol::{
-    auth, peek_pending, ErrorCode, ErrorReply, Exit, FdBundle, Frame, FrameReader, Job, Message,
-    OutFrame, Pending, Pid as PidReply, ReadLimits, Spawn, Status, TransportError,
-    PROTOCOL_VERSION,
-};
+use forkserver_protocol::Message;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{accept4, MsgFlags, SockFlag};
+use nix::sys::socket::SockFlag;
 use nix::unistd::Pid;
 
 use crate::config::Config;
 use crate::entry::EntryFn;
-use crate::listen::{bind_listener, peer_uid, BoundPath};
+use crate::listen::{bind_listener, BoundPath};
 use crate::quota::Handshakes;
-use crate::session::{Action, Env, Session, State};
-use crate::spawn::{self, Work};
-use crate::timers::{Timer, TimerTable};
+use crate::timers::TimerTable;
 use crate::ServerError;
 
 mod accept;
@@ -33,10 +27,9 @@ mod lifecycle;
 mod pool;
 mod timeouts;
 
-use accept::{has_unread_input, open_reserve};
+use accept::open_reserve;
 use children::Child;
 use conn::Conn;
-use pool::Pooled;
 
 /// What an epoll event is about: the `u64` registered with each fd, typed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

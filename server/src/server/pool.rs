@@ -1,7 +1,18 @@
 //! The prefork pool (§6.4): children forked in advance, each waiting for one job on its own
 //! socket; the hand-off comes before the job's `Pid`.
 
-use super::*;
+use std::os::fd::{AsFd, OwnedFd};
+
+use forkserver_protocol::{
+    peek_pending, ErrorCode, ErrorReply, FdBundle, Message, OutFrame, Pending, Spawn,
+    TransportError,
+};
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::{Server, POOL_MAX_FRAME};
+use crate::spawn;
 
 /// What became of a job offered to the prefork pool.
 pub(super) enum Pooled {

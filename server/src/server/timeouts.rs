@@ -1,7 +1,15 @@
 //! The event loop's side of the timer table: how long to sleep, and what an expired timer
 //! does.
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use forkserver_protocol::{ErrorCode, ErrorReply};
+use nix::sys::epoll::EpollTimeout;
+use nix::sys::signal::{kill, Signal};
+
+use super::Server;
+use crate::session::State;
+use crate::timers::Timer;
 
 impl Server {
     pub(super) fn next_timeout(&self) -> EpollTimeout {
