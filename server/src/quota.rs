@@ -11,9 +11,10 @@
 //!   `Timer::PartialFrame`).
 //!
 //! Sans-IO: the event loop feeds in connection ids and times and acts on the answers; only
-//! [`raise_fd_limit`] makes a system call.
+//! [`raise_fd_limit`] and [`open_reserve_fd`] make system calls.
 
 use std::collections::BTreeSet;
+use std::os::fd::OwnedFd;
 
 /// Connections in the handshake (AWAIT_HELLO, AWAIT_AUTH), by id. Ids grow in accept order,
 /// so the first entry is the oldest.
@@ -75,6 +76,18 @@ pub(crate) fn raise_fd_limit() -> nix::Result<(u64, u64)> {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     }
     Ok((soft, hard))
+}
+
+/// An fd kept open (on `/dev/null`) so that, out of fds, the server can still close it to
+/// accept a connection, tell it why it is refused, and take the fd back; without it the
+/// listener would stay readable and the loop spin.
+pub(crate) fn open_reserve_fd() -> Option<OwnedFd> {
+    nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()
 }
 
 #[cfg(test)]

@@ -1,21 +1,19 @@
 //! New connections: accepting, the peer-uid check, the connection and handshake quotas
 //! (closing idle kept connections or the oldest handshakes to make room), refusals.
 
-use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
-use forkserver_protocol::{
-    peek_pending, ErrorCode, ErrorReply, FrameReader, OutFrame, Pending, ReadLimits,
-};
+use forkserver_protocol::{ErrorCode, ErrorReply, ReadLimits};
 use nix::errno::Errno;
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::sys::socket::{accept4, SockFlag};
 
-use super::conn::Conn;
-use super::{Server, Token};
+use super::conn::{refuse, Conn};
+use super::token::Token;
+use super::Server;
 use crate::listen::peer_uid;
-use crate::session::{Session, State};
+use crate::quota::open_reserve_fd;
 use crate::timers::Timer;
 
 impl Server {
@@ -52,19 +50,17 @@ impl Server {
         if let Some(listener) = &self.listener {
             if let Ok(fd) = accept4(listener, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK) {
                 let msg = "server out of file descriptors";
-                refuse(
-                    &fd,
-                    ErrorReply::new(ErrorCode::ResourceExhausted, e as i32, msg),
-                );
+                let reply = ErrorReply::new(ErrorCode::ResourceExhausted, e as i32, msg);
+                refuse(fd.as_fd(), reply);
             }
         }
-        self.reserve_fd = open_reserve();
+        self.reserve_fd = open_reserve_fd();
     }
 
     pub(super) fn on_accept(&mut self, fd: OwnedFd) {
         self.touch();
         let refuse = |fd: &OwnedFd, code: ErrorCode, msg: &str| {
-            refuse(fd, ErrorReply::new(code, 0, msg));
+            refuse(fd.as_fd(), ErrorReply::new(code, 0, msg));
         };
         match peer_uid(&fd) {
             Ok(uid) if uid == self.uid || self.config.allowed_uids.contains(&uid) => {}
@@ -105,25 +101,12 @@ impl Server {
         self.handshakes.start(id);
         self.timers
             .set(now + self.config.handshake_timeout, Timer::Handshake(id));
-        let mut reader = FrameReader::new();
         // §6.3, §9.3: small frames only before the handshake; no fds before authentication.
-        reader.set_limits(match self.config.key {
+        let limits = match self.config.key {
             Some(_) => ReadLimits::PRE_AUTH,
             None => ReadLimits::HANDSHAKE,
-        });
-        self.conns.insert(
-            id,
-            Conn {
-                fd,
-                reader,
-                out: VecDeque::new(),
-                session: Session::new(),
-                applied: State::AwaitHello,
-                interest,
-                ready_since: now,
-                partial: None,
-            },
-        );
+        };
+        self.conns.insert(id, Conn::new(fd, limits, interest, now));
     }
 
     /// Closes the connection that has been idle in READY the longest, if there is one, to make
@@ -136,8 +119,8 @@ impl Server {
         let oldest = self
             .conns
             .iter()
-            .filter(|(_, c)| c.is_idle() && !has_unread_input(&c.fd))
-            .min_by_key(|(_, c)| c.ready_since)
+            .filter(|(_, c)| c.is_idle() && !c.has_unread_input())
+            .min_by_key(|(_, c)| c.ready_since())
             .map(|(id, _)| *id);
         let Some(id) = oldest else { return false };
         tracing::debug!(
@@ -146,7 +129,10 @@ impl Server {
         );
         if let Some(c) = self.conns.get(&id) {
             let msg = "idle connection closed to make room for another";
-            refuse(&c.fd, ErrorReply::new(ErrorCode::ResourceExhausted, 0, msg));
+            refuse(
+                c.fd(),
+                ErrorReply::new(ErrorCode::ResourceExhausted, 0, msg),
+            );
         }
         self.disconnect(id);
         true
@@ -158,7 +144,10 @@ impl Server {
         tracing::debug!(conn = id, "handshake quota full: closing an old handshake");
         if let Some(c) = self.conns.get(&id) {
             let msg = "too many connections in the handshake: the oldest are closed";
-            refuse(&c.fd, ErrorReply::new(ErrorCode::ResourceExhausted, 0, msg));
+            refuse(
+                c.fd(),
+                ErrorReply::new(ErrorCode::ResourceExhausted, 0, msg),
+            );
         }
         self.disconnect(id);
     }
@@ -168,29 +157,7 @@ impl Server {
     pub(super) fn say_goodbye(&mut self) {
         for c in self.conns.values() {
             let msg = "idle timeout: the server exits";
-            refuse(&c.fd, ErrorReply::new(ErrorCode::ShuttingDown, 0, msg));
+            refuse(c.fd(), ErrorReply::new(ErrorCode::ShuttingDown, 0, msg));
         }
     }
-}
-
-/// Whether the peer has sent bytes (or fds) that have not been read yet, or closed its end.
-pub(super) fn has_unread_input(fd: &OwnedFd) -> bool {
-    peek_pending(fd.as_fd()) != Pending::Nothing
-}
-
-/// Tells a connection that is not going to be served why, best effort (it is closed next;
-/// nothing waits for a peer that does not read).
-pub(super) fn refuse(fd: &OwnedFd, reply: ErrorReply) {
-    if let Ok(mut out) = OutFrame::new(&reply.into(), vec![]) {
-        let _ = out.send(fd.as_fd());
-    }
-}
-
-pub(super) fn open_reserve() -> Option<OwnedFd> {
-    nix::fcntl::open(
-        "/dev/null",
-        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .ok()
 }

@@ -13,48 +13,13 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::MsgFlags;
 use nix::unistd::Pid;
 
+use super::child::{Child, ExecReport};
 use super::pool::Pooled;
-use super::{Server, Token, TEST_STOP_AFTER_PID_ENV};
+use super::token::Token;
+use super::{Server, TEST_STOP_AFTER_PID_ENV};
 use crate::session::State;
 use crate::spawn::{self, Work};
 use crate::timers::Timer;
-
-pub(super) struct Child {
-    /// Unique per spawn, so a stale deadline cannot hit a later child that reuses the pid.
-    pub(super) serial: u64,
-    pub(super) conn: Option<u64>,
-    pub(super) report: Option<OwnedFd>,
-    /// The report pipe is in the epoll set (`pid_after_exec`).
-    pub(super) watching_report: bool,
-    pub(super) kill_on_disconnect: bool,
-    /// `KEEP_CONNECTION`: after the final report the connection goes back to `Ready`.
-    pub(super) keep_connection: bool,
-    pub(super) want_pidfd: bool,
-    pub(super) deadline_hit: bool,
-    /// A failure the server saw itself: a pooled child that could not be handed its job.
-    /// Reported in place of the child's exit, like a failure it reported itself.
-    pub(super) failure: Option<Message>,
-    /// What the request asked for (cwd, ids, group), to name them in a setup failure.
-    pub(super) context: spawn::Context,
-}
-
-/// Reads a child's failure report, if it wrote one (`spawn::REPORT_LEN` bytes: stage, errno).
-pub(super) fn read_report(fd: &OwnedFd, ctx: &spawn::Context) -> Option<Message> {
-    let mut buf = [0u8; spawn::REPORT_LEN];
-    let mut got = 0;
-    while got < buf.len() {
-        match nix::unistd::read(fd, &mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(Errno::EINTR) => {}
-            Err(_) => break,
-        }
-    }
-    if got < buf.len() {
-        return None;
-    }
-    Some(spawn::failure_reply(&buf, Some(ctx)))
-}
 
 impl Server {
     /// Reaps every child that has ended: no zombie outlives the loop turn that saw SIGCHLD.
@@ -82,25 +47,18 @@ impl Server {
             self.pool.remove(i);
             return;
         }
-        let Some(child) = self.children.remove(&pid) else {
+        let Some(mut child) = self.children.remove(&pid) else {
             return;
         };
         tracing::debug!(pid = pid.as_raw(), code, "child reaped");
-        let serial = child.serial;
-        let failure = match (child.failure, &child.report) {
-            (Some(f), _) => Some(f),
-            (None, Some(report)) => read_report(report, &child.context),
-            (None, None) if code == spawn::FAILED_STATUS => {
-                self.shared_report(serial, &child.context)
-            }
-            (None, None) => None,
+        let serial = child.serial();
+        let failure = match child.may_have_shared_report(code) {
+            true => self.shared_report(serial, child.context()),
+            false => child.take_failure(&self.epoll),
         };
         self.shared_reports.remove(&serial);
-        if let (true, Some(r)) = (child.watching_report, &child.report) {
-            let _ = self.epoll.delete(r);
-        }
         // A child whose connection is gone (or got its exec error already) has nobody to tell.
-        let Some(id) = child.conn else { return };
+        let Some(id) = child.conn() else { return };
         let spawning = self
             .conns
             .get(&id)
@@ -112,7 +70,7 @@ impl Server {
         }
         let reply = match failure {
             Some(reply) => reply,
-            None => match Exit::new(code, child.deadline_hit, core) {
+            None => match Exit::new(code, child.deadline_hit(), core) {
                 Ok(exit) => Message::Exit(exit),
                 Err(_) => {
                     ErrorReply::new(ErrorCode::Internal, 0, format!("exit code {code}")).into()
@@ -120,7 +78,7 @@ impl Server {
             },
         };
         self.send(id, reply, vec![]);
-        self.after_final_report(id, child.keep_connection);
+        self.after_final_report(id, child.keeps_connection());
     }
 
     /// The child's final report (`Exit`, or its exec/setup failure) is queued: the connection
@@ -151,8 +109,8 @@ impl Server {
                         false => self
                             .children
                             .values()
-                            .find(|c| c.serial == s)
-                            .map(|c| &c.context),
+                            .find(|c| c.serial() == s)
+                            .map(Child::context),
                     };
                     if let Some(ctx) = ctx {
                         let reply = spawn::failure_reply(&report, Some(ctx));
@@ -169,33 +127,39 @@ impl Server {
 
     /// A `pid_after_exec` child's report pipe is readable: EOF means the exec succeeded.
     pub(super) fn on_report(&mut self, serial: u64) {
-        let Some((&pid, child)) = self.children.iter_mut().find(|(_, c)| c.serial == serial) else {
+        let Some((&pid, child)) = self.children.iter_mut().find(|(_, c)| c.serial() == serial)
+        else {
             return;
         };
-        let Some(report) = child.report.take() else {
+        let Some(report) = child.read_exec_report(&self.epoll) else {
             return;
         };
-        child.watching_report = false;
-        let _ = self.epoll.delete(&report);
-        let Some(id) = child.conn else { return };
-        match child
-            .failure
-            .take()
-            .or_else(|| read_report(&report, &child.context))
-        {
-            None => {
-                let want_pidfd = child.want_pidfd;
+        let Some(id) = child.conn() else { return };
+        match report {
+            ExecReport::Exec => {
+                let want_pidfd = child.wants_pidfd();
                 self.start_running(id, pid, want_pidfd);
                 // Frames that came behind the Spawn were held until now.
                 self.process_frames(id);
             }
-            Some(reply) => {
+            ExecReport::Failed(reply) => {
                 // The child is reaped later; nobody waits for its exit status any more.
-                child.conn = None;
-                let keep = child.keep_connection;
+                child.final_report_sent();
+                let keep = child.keeps_connection();
                 self.send(id, reply, vec![]);
                 self.after_final_report(id, keep);
             }
+        }
+    }
+
+    /// The connection in `state` ends: its child (if any) is on its own now, or killed if it
+    /// asked to be.
+    pub(super) fn detach_child(&mut self, state: State) {
+        let (State::Running(pid) | State::Spawning(pid)) = state else {
+            return;
+        };
+        if let Some(child) = self.children.get_mut(&pid) {
+            child.detach(&self.epoll);
         }
     }
 
@@ -223,8 +187,8 @@ impl Server {
         // `kill_on_disconnect`), not left with a stale connection.
         if let Some(conn) = self.conns.get_mut(&id) {
             match conn.state() {
-                State::Spawning(p) if p == pid => conn.session.exec_done(pid),
-                _ => conn.session.spawned(pid, false),
+                State::Spawning(p) if p == pid => conn.session_mut().exec_done(pid),
+                _ => conn.session_mut().spawned(pid, false),
             }
         }
         self.send_pid(id, pid, pidfd);
@@ -302,21 +266,10 @@ impl Server {
                 tracing::warn!("epoll_ctl: {e}");
             }
         }
-        self.children.insert(
-            pid,
-            Child {
-                serial,
-                conn: Some(id),
-                report,
-                watching_report: wait_exec,
-                kill_on_disconnect: options.kill_on_disconnect,
-                keep_connection: options.keep_connection,
-                want_pidfd: options.want_pidfd,
-                deadline_hit: false,
-                failure,
-                context,
-            },
-        );
+        let child = Child::new(pid, serial, id, &options, context)
+            .with_report(report, wait_exec)
+            .with_failure(failure);
+        self.children.insert(pid, child);
         tracing::debug!(conn = id, pid = pid.as_raw(), "spawned");
         if wait_exec {
             self.transition(id, |s| s.spawned(pid, true));

@@ -1,43 +1,83 @@
-//! One connection: reading frames through its session, carrying out the session's
-//! decisions, writing replies with backpressure, and its end.
+//! One connection's own state: its socket, the frames it has received (its reader), the
+//! replies waiting to go out, its session (the §6.1 state machine), and the side effects of
+//! that state which are in force. Only this module touches a [`Conn`]'s fields; the event loop
+//! (`connections.rs`) drives it through its methods.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use forkserver_protocol::{
-    auth, ErrorCode, ErrorReply, Frame, FrameReader, Message, OutFrame, ReadLimits, Status,
-    TransportError, PROTOCOL_VERSION,
+    peek_pending, ErrorReply, Frame, FrameReader, OutFrame, Pending, ReadLimits, TransportError,
 };
 use nix::errno::Errno;
-use nix::sys::epoll::{EpollEvent, EpollFlags};
-use nix::sys::signal::{kill, Signal};
+use nix::sys::epoll::EpollFlags;
 
-use super::accept::has_unread_input;
-use super::{Server, Token, CLOSING_GRACE, MAX_QUEUED_REPLIES, READS_PER_EVENT};
-use crate::session::{Action, Env, Session, State};
-use crate::timers::Timer;
+use crate::session::{Session, State};
+use crate::timers::Key;
 
+/// Frames queued for a client that does not read; past this its connection stops being read.
+const MAX_QUEUED_REPLIES: usize = 64;
+
+/// A connection accepted and registered in the epoll set, until it is closed.
 pub(super) struct Conn {
-    pub(super) fd: OwnedFd,
-    pub(super) reader: FrameReader,
-    pub(super) out: VecDeque<OutFrame>,
+    fd: OwnedFd,
+    reader: FrameReader,
+    out: VecDeque<OutFrame>,
     /// The §6.1 state machine (sans-IO).
-    pub(super) session: Session,
+    session: Session,
     /// The state whose side effects (read limits, quotas, timers) are in force: the event
     /// loop catches up with the session in `sync`.
-    pub(super) applied: State,
-    pub(super) interest: EpollFlags,
+    applied: State,
+    /// What the fd is registered for in the epoll set.
+    interest: EpollFlags,
     /// When the connection last entered `Ready`: the longest idle one is closed first when
     /// room is needed for a new connection.
-    pub(super) ready_since: Instant,
-    /// The serial of the timer armed when the reader started holding a partial frame (§6.3).
-    pub(super) partial: Option<u64>,
+    ready_since: Instant,
+    /// The key of the timer armed when the reader started holding a partial frame (§6.3).
+    partial: Option<Key>,
 }
 
 impl Conn {
+    /// A connection just accepted at `now`, in AWAIT_HELLO, read with `limits`, registered in
+    /// the epoll set with `interest`.
+    pub(super) fn new(fd: OwnedFd, limits: ReadLimits, interest: EpollFlags, now: Instant) -> Self {
+        let mut reader = FrameReader::new();
+        reader.set_limits(limits);
+        Self {
+            fd,
+            reader,
+            out: VecDeque::new(),
+            session: Session::new(),
+            applied: State::AwaitHello,
+            interest,
+            ready_since: now,
+            partial: None,
+        }
+    }
+
+    pub(super) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The session's state.
     pub(super) fn state(&self) -> State {
         self.session.state()
+    }
+
+    /// The state whose side effects are in force (it lags [`Conn::state`] until
+    /// [`Conn::apply_state`]).
+    pub(super) fn applied(&self) -> State {
+        self.applied
+    }
+
+    pub(super) fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    /// When the connection last entered `Ready`.
+    pub(super) fn ready_since(&self) -> Instant {
+        self.ready_since
     }
 
     /// READY with nothing received or queued: a connection a client keeps for reuse (§6.6).
@@ -49,7 +89,12 @@ impl Conn {
     pub(super) fn is_silent(&self) -> bool {
         self.state() == State::AwaitHello
             && !self.reader.holds_partial_frame()
-            && !has_unread_input(&self.fd)
+            && !self.has_unread_input()
+    }
+
+    /// Whether the peer has sent bytes (or fds) that have not been read yet, or closed its end.
+    pub(super) fn has_unread_input(&self) -> bool {
+        peek_pending(self.fd.as_fd()) != Pending::Nothing
     }
 
     /// Whether the connection takes more input now: not once it is closing, not while its
@@ -59,331 +104,128 @@ impl Conn {
         !matches!(self.state(), State::Closing | State::Spawning(_))
             && self.out.len() < MAX_QUEUED_REPLIES
     }
-}
 
-impl Server {
-    /// After the frames received were handled: a connection left holding part of a frame gets
-    /// a timer, one per frame (§6.3).
-    pub(super) fn watch_partial_frame(&mut self, id: u64) {
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        if !c.reader.holds_partial_frame() {
-            c.partial = None;
-        } else if c.partial.is_none() {
-            let at = Instant::now() + self.config.handshake_timeout;
-            c.partial = Some(self.timers.set(at, Timer::PartialFrame(id)));
-        }
+    /// Whether the reader holds bytes received but not handled yet.
+    pub(super) fn has_buffered_input(&self) -> bool {
+        self.reader.buffered() > 0
     }
 
-    pub(super) fn on_conn_event(&mut self, id: u64, flags: EpollFlags) {
-        if flags.contains(EpollFlags::EPOLLOUT) {
-            self.flush(id);
-            // Frames that arrived while replies were backed up sit in the reader; epoll will
-            // not report them again. Take them now that the connection takes input again.
-            if self
-                .conns
-                .get(&id)
-                .is_some_and(|c| c.wants_input() && c.reader.buffered() > 0)
-            {
-                self.process_frames(id);
-            }
-        }
-        // Hang-up and error are reported whatever the interest: a connection that takes no
-        // input now would see them again and again. The peer is gone; so is the connection.
-        if flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
-            && self.conns.get(&id).is_some_and(|c| !c.wants_input())
-        {
-            return self.disconnect(id);
-        }
-        if flags.intersects(
-            EpollFlags::EPOLLIN
-                | EpollFlags::EPOLLRDHUP
-                | EpollFlags::EPOLLHUP
-                | EpollFlags::EPOLLERR,
-        ) {
-            self.read(id);
-        }
+    /// One `recvmsg` into the reader: the bytes received.
+    pub(super) fn recv(&mut self) -> Result<usize, TransportError> {
+        self.reader.recv(self.fd.as_fd())
     }
 
-    pub(super) fn read(&mut self, id: u64) {
-        for _ in 0..READS_PER_EVENT {
-            if !self.process_frames(id) {
-                return;
-            }
-            let Some(conn) = self.conns.get_mut(&id) else {
-                return;
-            };
-            match conn.reader.recv(conn.fd.as_fd()) {
-                // A short read: most likely the socket is drained (or the read stopped at a
-                // chunk that carried fds). Handle what came and go back to epoll, which is
-                // level-triggered and reports whatever is left, rather than spend a recvmsg
-                // on EAGAIN.
-                Ok(n) if n < FrameReader::RECV_MAX => break,
-                Ok(_) => {}
-                Err(TransportError::Io(Errno::EAGAIN)) => return,
-                Err(e) => return self.transport_error(id, e),
-            }
+    /// The next whole frame received, if there is one. The next frame, if one has started,
+    /// gets a timer of its own.
+    pub(super) fn next_frame(&mut self) -> Result<Option<Frame>, TransportError> {
+        let frame = self.reader.next_frame()?;
+        if frame.is_some() {
+            self.partial = None;
         }
-        self.process_frames(id);
+        Ok(frame)
     }
 
-    /// Handles the frames already received, in order, for as long as the connection takes
-    /// input. Returns whether it still does (and more may be read).
-    pub(super) fn process_frames(&mut self, id: u64) -> bool {
-        loop {
-            let Some(conn) = self.conns.get_mut(&id) else {
-                return false;
-            };
-            if !conn.wants_input() {
-                return false;
-            }
-            match conn.reader.next_frame() {
-                Ok(Some(frame)) => {
-                    // The next frame, if one has started, gets a timer of its own.
-                    conn.partial = None;
-                    self.on_frame(id, frame)
-                }
-                Ok(None) => {
-                    self.watch_partial_frame(id);
-                    return true;
-                }
-                Err(e) => {
-                    self.transport_error(id, e);
-                    return false;
-                }
-            }
+    /// After the frames received were handled: whether the reader holds part of a frame that
+    /// has no timer yet ([`Conn::time_partial_frame`]). The timer of a frame completed is
+    /// forgotten.
+    pub(super) fn partial_frame_untimed(&mut self) -> bool {
+        if !self.reader.holds_partial_frame() {
+            self.partial = None;
         }
+        self.reader.holds_partial_frame() && self.partial.is_none()
     }
 
-    pub(super) fn transport_error(&mut self, id: u64, e: TransportError) {
-        match e {
-            TransportError::Closed | TransportError::ClosedMidFrame | TransportError::Io(_) => {
-                tracing::debug!(conn = id, "peer gone: {e}");
-                self.disconnect(id);
-            }
-            TransportError::Decode(d) => {
-                tracing::debug!(conn = id, "malformed frame: {d}");
-                self.fail(id, ErrorReply::from(d));
-            }
-            TransportError::FdMismatch { .. } => {
-                self.fail(id, ErrorReply::new(ErrorCode::FdMismatch, 0, e.to_string()))
-            }
-            TransportError::TooManyFds(_) => {
-                self.fail(id, ErrorReply::new(ErrorCode::TooManyFds, 0, e.to_string()))
-            }
-            // §6.3, §9.3: what only the handshake may send was exceeded: the reply the state
-            // gives any frame but the one it expects.
-            TransportError::FrameTooLong { .. } | TransportError::UnexpectedFds(_) => {
-                let code = match self.conns.get(&id).map(Conn::state) {
-                    Some(State::AwaitAuth(_)) => ErrorCode::AuthRequired,
-                    _ if self.config.key.is_some()
-                        && matches!(e, TransportError::UnexpectedFds(_)) =>
-                    {
-                        ErrorCode::AuthRequired
-                    }
-                    _ => ErrorCode::UnexpectedMessage,
-                };
-                self.fail(id, ErrorReply::new(code, 0, e.to_string()))
-            }
-            // Our control buffer holds the 253 fds one sendmsg can carry: truncation means the
-            // kernel could not install them, i.e. this process is out of fds (EMFILE).
-            TransportError::ControlTruncated => self.fail(
-                id,
-                ErrorReply::new(
-                    ErrorCode::ResourceExhausted,
-                    Errno::EMFILE as i32,
-                    "server out of file descriptors: the fds sent were lost",
-                ),
-            ),
-            _ => self.fail(id, ErrorReply::new(ErrorCode::Internal, 0, e.to_string())),
+    /// The partial frame held now has timer `key`.
+    pub(super) fn time_partial_frame(&mut self, key: Key) {
+        self.partial = Some(key);
+    }
+
+    /// Whether `key` is the timer of the partial frame held now.
+    pub(super) fn is_partial_frame_timer(&self, key: Key) -> bool {
+        self.partial == Some(key)
+    }
+
+    /// Timer `key` of a partial frame expired: whether it is this connection's and the frame
+    /// is still not whole while the server reads (then it has timed out). A frame held behind a
+    /// Spawn, or behind unread replies, waits for the server, and gets a new timer when
+    /// reading resumes.
+    pub(super) fn partial_frame_expired(&mut self, key: Key) -> bool {
+        if self.partial != Some(key) {
+            return false;
         }
+        self.partial = None;
+        self.wants_input() && self.reader.holds_partial_frame()
     }
 
-    /// Sends a fatal error and closes once it is flushed.
-    pub(super) fn fail(&mut self, id: u64, reply: ErrorReply) {
-        self.send(id, reply.into(), vec![]);
-        self.transition(id, Session::close);
-    }
-
-    /// One frame through the session, then what it decided.
-    pub(super) fn on_frame(&mut self, id: u64, frame: Frame) {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let entries = &self.entries;
-        let mut challenge = auth::random_challenge;
-        let mut env = Env {
-            key: self.config.key.as_deref(),
-            challenge: &mut challenge,
-            has_entry: &|name| entries.contains_key(name),
-        };
-        conn.session.handle_frame(frame, &mut env);
-        self.run_actions(id);
-    }
-
-    /// Carries out the session's decisions, in order, then catches up with its state.
-    pub(super) fn run_actions(&mut self, id: u64) {
-        while let Some(action) = self
-            .conns
-            .get_mut(&id)
-            .and_then(|c| c.session.poll_action())
-        {
-            match action {
-                Action::Send(m) => self.send(id, m, vec![]),
-                // The session is `Closing` already: the error goes out, then the connection ends.
-                Action::Close(reply) => self.send(id, reply.into(), vec![]),
-                Action::Status => {
-                    let status = self.status();
-                    self.send(id, Message::Status(status), vec![]);
-                }
-                Action::Spawn(spawn, bundle) => self.spawn(id, spawn, bundle),
-                Action::Signal(pid, signo) => {
-                    let result = crate::sys::kill(pid, signo);
-                    if let Some(conn) = self.conns.get_mut(&id) {
-                        conn.session.signaled(result);
-                    }
-                }
-            }
-        }
-        self.sync(id);
-    }
-
-    /// The server's status report (§5.11).
-    pub(super) fn status(&self) -> Status {
-        Status::new(
-            PROTOCOL_VERSION,
-            std::process::id() as i32,
-            self.children.len() as u32,
-            self.conns.len() as u32,
-            self.spawned_total,
-            concat!("forkserver ", env!("CARGO_PKG_VERSION")),
-        )
-        .expect("status fields are valid")
-    }
-
-    /// Ends a connection whose peer is gone: its fds are closed; a running child runs on unless
-    /// it asked to be killed on disconnect.
-    pub(super) fn disconnect(&mut self, id: u64) {
-        let Some(conn) = self.conns.remove(&id) else {
-            return;
-        };
-        self.handshakes.finish(id);
-        let _ = self.epoll.delete(&conn.fd);
-        // The child of the state in force: the session may have moved on (to `Closing`, with
-        // its last error) in the same step.
-        self.detach_child(conn.applied);
-        if conn.state() != conn.applied {
-            self.detach_child(conn.state());
-        }
-        self.touch();
-    }
-
-    /// The connection in `state` ends: its child (if any) is on its own now, or killed if it
-    /// asked to be. Its report pipe goes too: nobody is left to tell how its exec went.
-    pub(super) fn detach_child(&mut self, state: State) {
-        let (State::Running(pid) | State::Spawning(pid)) = state else {
-            return;
-        };
-        let Some(child) = self.children.get_mut(&pid) else {
-            return;
-        };
-        child.conn = None;
-        if let Some(report) = child.report.take() {
-            if std::mem::take(&mut child.watching_report) {
-                let _ = self.epoll.delete(&report);
-            }
-        }
-        if child.kill_on_disconnect {
-            tracing::debug!(pid = pid.as_raw(), "client gone: SIGKILL");
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-    }
-
-    /// Feeds an outcome of the event loop to the session, then catches up with its state.
-    pub(super) fn transition(&mut self, id: u64, f: impl FnOnce(&mut Session)) {
-        if let Some(conn) = self.conns.get_mut(&id) {
-            f(&mut conn.session);
-        }
-        self.run_actions(id);
-    }
-
-    /// Puts the side effects of the session's state in force, once per change: READY's read
-    /// limits and idle clock, the end of the handshake quota's hold, and `Closing`'s grace
-    /// timer and detached child.
-    pub(super) fn sync(&mut self, id: u64) {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let (old, state) = (conn.applied, conn.state());
+    /// Puts the side effects of the session's state that are the connection's own in force,
+    /// once per change: READY's read limits and idle clock; nothing more read once closing.
+    /// Returns the state that was in force before, if the state changed.
+    pub(super) fn apply_state(&mut self) -> Option<State> {
+        let (old, state) = (self.applied, self.state());
         if old == state {
-            return self.flush(id);
+            return None;
         }
-        conn.applied = state;
+        self.applied = state;
         if state == State::Ready {
-            conn.ready_since = Instant::now();
-            conn.reader.set_limits(ReadLimits::FULL);
-        }
-        if !state.in_handshake() {
-            self.handshakes.finish(id);
+            self.ready_since = Instant::now();
+            self.reader.set_limits(ReadLimits::FULL);
         }
         if state == State::Closing {
             // Nothing more is read: drop what was received, and its fds.
-            conn.reader = FrameReader::new();
-            // A peer that does not read its last replies does not keep the connection (or a
-            // shutting-down server) forever.
-            self.timers
-                .set(Instant::now() + CLOSING_GRACE, Timer::Closing(id));
-            self.detach_child(old);
+            self.reader = FrameReader::new();
         }
-        self.flush(id);
+        Some(old)
     }
 
-    pub(super) fn send(&mut self, id: u64, message: Message, fds: Vec<OwnedFd>) {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        match OutFrame::new(&message, fds) {
-            Ok(out) => conn.out.push_back(out),
-            Err(e) => tracing::error!("bug: reply does not match its fds: {e}"),
-        }
-        self.flush(id);
+    /// Queues a reply.
+    pub(super) fn queue(&mut self, out: OutFrame) {
+        self.out.push_back(out);
     }
 
-    pub(super) fn flush(&mut self, id: u64) {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        while let Some(front) = conn.out.front_mut() {
-            match front.send(conn.fd.as_fd()) {
+    /// Sends the replies queued, until the socket's buffer is full.
+    ///
+    /// # Errors
+    /// The send failed otherwise: the peer is gone.
+    pub(super) fn flush(&mut self) -> Result<(), TransportError> {
+        while let Some(front) = self.out.front_mut() {
+            match front.send(self.fd.as_fd()) {
                 Ok(_) => {
-                    conn.out.pop_front();
+                    self.out.pop_front();
                 }
                 Err(TransportError::Io(Errno::EAGAIN)) => break,
-                Err(e) => {
-                    tracing::debug!(conn = id, "send: {e}");
-                    return self.disconnect(id);
-                }
+                Err(e) => return Err(e),
             }
         }
-        if conn.out.is_empty() && conn.state() == State::Closing {
-            return self.disconnect(id);
-        }
-        // Level-triggered: ask for writability only while replies wait, and for input (and
-        // the peer's hang-up) only while the connection takes input.
+        Ok(())
+    }
+
+    /// Closing, with every reply sent: the connection is done.
+    pub(super) fn is_done(&self) -> bool {
+        self.out.is_empty() && self.state() == State::Closing
+    }
+
+    /// The epoll interest the connection needs now, if it is not the one registered (which it
+    /// becomes). Level-triggered: writability only while replies wait, input (and the peer's
+    /// hang-up) only while the connection takes input.
+    pub(super) fn update_interest(&mut self) -> Option<EpollFlags> {
         let mut want = EpollFlags::empty();
-        if !conn.out.is_empty() {
+        if !self.out.is_empty() {
             want |= EpollFlags::EPOLLOUT;
         }
-        if conn.wants_input() {
+        if self.wants_input() {
             want |= EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
         }
-        if want != conn.interest {
-            conn.interest = want;
-            let mut ev = EpollEvent::new(want, Token::Conn(id).to_u64());
-            if let Err(e) = self.epoll.modify(&conn.fd, &mut ev) {
-                tracing::warn!("epoll_ctl: {e}");
-            }
-        }
+        (want != self.interest).then(|| {
+            self.interest = want;
+            want
+        })
+    }
+}
+
+/// Tells a connection that is not going to be served why, best effort (it is closed next;
+/// nothing waits for a peer that does not read).
+pub(super) fn refuse(fd: BorrowedFd<'_>, reply: ErrorReply) {
+    if let Ok(mut out) = OutFrame::new(&reply.into(), vec![]) {
+        let _ = out.send(fd);
     }
 }

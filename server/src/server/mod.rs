@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use forkserver_protocol::Message;
 use nix::errno::Errno;
@@ -16,69 +16,25 @@ use nix::unistd::Pid;
 use crate::config::Config;
 use crate::entry::EntryFn;
 use crate::listen::{bind_listener, BoundPath};
-use crate::quota::Handshakes;
+use crate::quota::{open_reserve_fd, Handshakes};
 use crate::timers::TimerTable;
 use crate::ServerError;
 
 mod accept;
+mod child;
 mod children;
 mod conn;
+mod connections;
 mod lifecycle;
 mod pool;
 mod timeouts;
+mod token;
 
-use accept::open_reserve;
-use children::Child;
+use child::Child;
 use conn::Conn;
-
-/// What an epoll event is about: the `u64` registered with each fd, typed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Token {
-    Listener,
-    /// The signalfd (`SIGCHLD`, `SIGTERM`).
-    Signals,
-    /// The owner's alive pipe.
-    Alive,
-    /// The report pipe of the child of this spawn serial (`pid_after_exec`).
-    Report(u64),
-    /// A connection, by id.
-    Conn(u64),
-}
-
-impl Token {
-    /// Report tokens carry this bit; connection ids start above the fixed tokens.
-    const REPORT_BIT: u64 = 1 << 62;
-
-    fn to_u64(self) -> u64 {
-        match self {
-            Token::Listener => 0,
-            Token::Signals => 1,
-            Token::Alive => 2,
-            Token::Report(serial) => Self::REPORT_BIT | serial,
-            Token::Conn(id) => id,
-        }
-    }
-
-    fn from_u64(v: u64) -> Token {
-        match v {
-            0 => Token::Listener,
-            1 => Token::Signals,
-            2 => Token::Alive,
-            v if v & Self::REPORT_BIT != 0 => Token::Report(v & !Self::REPORT_BIT),
-            id => Token::Conn(id),
-        }
-    }
-}
+use token::Token;
 
 const FIRST_CONN_ID: u64 = 16;
-/// recvmsg calls per readiness event: enough to drain a burst, few enough to stay fair.
-const READS_PER_EVENT: usize = 4;
-/// Frames queued for a client that does not read; past this its connection stops being read.
-const MAX_QUEUED_REPLIES: usize = 64;
-/// Largest job handed to a pooled child: it must fit in the socket's send buffer at once.
-const POOL_MAX_FRAME: usize = 64 * 1024;
-/// How long a closing connection may take to flush its last replies before it is dropped.
-const CLOSING_GRACE: Duration = Duration::from_secs(2);
 /// Test hook, read once at [`Server::bind`]: with `1`, the server stops itself (`SIGSTOP`) right
 /// after it has sent the `Pid` of a job handed to a pooled child, so that a test can kill it
 /// at exactly that point. Not for production use.
@@ -192,7 +148,7 @@ impl Server {
             Ok(_) => {}
             Err(e) => tracing::warn!("RLIMIT_NOFILE: {e}"),
         }
-        let reserve_fd = open_reserve();
+        let reserve_fd = open_reserve_fd();
         let (report_rx, report_tx) = nix::sys::socket::socketpair(
             nix::sys::socket::AddressFamily::Unix,
             nix::sys::socket::SockType::Datagram,

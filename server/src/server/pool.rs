@@ -11,8 +11,11 @@ use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::{Server, POOL_MAX_FRAME};
+use super::Server;
 use crate::spawn;
+
+/// Largest job handed to a pooled child: it must fit in the socket's send buffer at once.
+const POOL_MAX_FRAME: usize = 64 * 1024;
 
 /// What became of a job offered to the prefork pool.
 pub(super) enum Pooled {

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use forkserver_protocol::{ErrorCode, ErrorReply};
 use nix::sys::epoll::EpollTimeout;
-use nix::sys::signal::{kill, Signal};
 
 use super::Server;
 use crate::session::State;
@@ -35,13 +34,8 @@ impl Server {
             match timer {
                 Timer::Shutdown => self.kill_remaining_children(),
                 Timer::Deadline { serial, pid } => {
-                    let Some(c) = self.children.get_mut(&pid) else {
-                        continue;
-                    };
-                    if c.serial == serial && !c.deadline_hit {
-                        c.deadline_hit = true;
-                        tracing::info!(pid = pid.as_raw(), "deadline expired: SIGKILL");
-                        let _ = kill(pid, Signal::SIGKILL);
+                    if let Some(c) = self.children.get_mut(&pid) {
+                        c.deadline_expired(serial);
                     }
                 }
                 Timer::Handshake(id) => {
@@ -52,17 +46,12 @@ impl Server {
                     }
                 }
                 Timer::PartialFrame(id) => {
-                    let Some(c) = self.conns.get_mut(&id) else {
-                        continue;
-                    };
-                    if c.partial != Some(key) {
-                        continue;
-                    }
-                    c.partial = None;
-                    // Only a frame the server is reading: one held behind a Spawn, or behind
-                    // unread replies, waits for the server, and gets a new timer when reading
-                    // resumes.
-                    if c.wants_input() && c.reader.holds_partial_frame() {
+                    // Only a frame the server is reading (see `Conn::partial_frame_expired`).
+                    if self
+                        .conns
+                        .get_mut(&id)
+                        .is_some_and(|c| c.partial_frame_expired(key))
+                    {
                         let msg = "frame not completed in time";
                         self.fail(id, ErrorReply::new(ErrorCode::Timeout, 0, msg));
                     }
@@ -85,10 +74,12 @@ impl Server {
             children.len() + 2 * conns.len() + 1,
             |key, timer| match *timer {
                 Timer::Deadline { serial, pid } => {
-                    children.get(&pid).is_some_and(|c| c.serial == serial)
+                    children.get(&pid).is_some_and(|c| c.serial() == serial)
                 }
                 Timer::Handshake(id) => handshakes.contains(id),
-                Timer::PartialFrame(id) => conns.get(&id).is_some_and(|c| c.partial == Some(key)),
+                Timer::PartialFrame(id) => conns
+                    .get(&id)
+                    .is_some_and(|c| c.is_partial_frame_timer(key)),
                 Timer::Closing(id) => conns.contains_key(&id),
                 Timer::Shutdown => true,
             },

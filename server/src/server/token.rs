@@ -1,0 +1,40 @@
+//! The epoll tokens: what each fd registered in the event loop's epoll set is.
+
+/// What an epoll event is about: the `u64` registered with each fd, typed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Token {
+    Listener,
+    /// The signalfd (`SIGCHLD`, `SIGTERM`).
+    Signals,
+    /// The owner's alive pipe.
+    Alive,
+    /// The report pipe of the child of this spawn serial (`pid_after_exec`).
+    Report(u64),
+    /// A connection, by id.
+    Conn(u64),
+}
+
+impl Token {
+    /// Report tokens carry this bit; connection ids start above the fixed tokens.
+    const REPORT_BIT: u64 = 1 << 62;
+
+    pub(super) fn to_u64(self) -> u64 {
+        match self {
+            Token::Listener => 0,
+            Token::Signals => 1,
+            Token::Alive => 2,
+            Token::Report(serial) => Self::REPORT_BIT | serial,
+            Token::Conn(id) => id,
+        }
+    }
+
+    pub(super) fn from_u64(v: u64) -> Token {
+        match v {
+            0 => Token::Listener,
+            1 => Token::Signals,
+            2 => Token::Alive,
+            v if v & Self::REPORT_BIT != 0 => Token::Report(v & !Self::REPORT_BIT),
+            id => Token::Conn(id),
+        }
+    }
+}
