@@ -24,6 +24,7 @@
 
 mod config;
 mod entry;
+mod ids;
 mod key;
 mod launch;
 mod listen;

@@ -16,11 +16,13 @@
 use std::collections::BTreeSet;
 use std::os::fd::OwnedFd;
 
+use crate::ids::ConnId;
+
 /// Connections in the handshake (AWAIT_HELLO, AWAIT_AUTH), by id. Ids grow in accept order,
 /// so the first entry is the oldest.
 #[derive(Debug)]
 pub(crate) struct Handshakes {
-    open: BTreeSet<u64>,
+    open: BTreeSet<ConnId>,
     max: usize,
 }
 
@@ -36,7 +38,7 @@ impl Handshakes {
     /// Before a new connection is taken: `None` when the quota has room, else the handshake
     /// to close to make room: the oldest one for which `silent` says it has sent nothing, else
     /// the oldest. `silent` is asked oldest first and no more than needed.
-    pub(crate) fn make_room(&self, mut silent: impl FnMut(u64) -> bool) -> Option<u64> {
+    pub(crate) fn make_room(&self, mut silent: impl FnMut(ConnId) -> bool) -> Option<ConnId> {
         if self.open.len() < self.max {
             return None;
         }
@@ -45,18 +47,18 @@ impl Handshakes {
     }
 
     /// Connection `id` starts its handshake.
-    pub(crate) fn start(&mut self, id: u64) {
+    pub(crate) fn start(&mut self, id: ConnId) {
         self.open.insert(id);
     }
 
     /// Whether connection `id` is still in its handshake.
-    pub(crate) fn contains(&self, id: u64) -> bool {
+    pub(crate) fn contains(&self, id: ConnId) -> bool {
         self.open.contains(&id)
     }
 
     /// Connection `id` has left the handshake (READY, closing or gone). Cheap when it was not
     /// in it.
-    pub(crate) fn finish(&mut self, id: u64) {
+    pub(crate) fn finish(&mut self, id: ConnId) {
         if !self.open.is_empty() {
             self.open.remove(&id);
         }
@@ -94,43 +96,47 @@ pub(crate) fn open_reserve_fd() -> Option<OwnedFd> {
 mod tests {
     use super::*;
 
+    fn id(n: u64) -> ConnId {
+        ConnId::from_u64(n)
+    }
+
     #[test]
     fn handshakes_have_room_until_the_quota() {
         let mut h = Handshakes::new(3);
         for id in 1..=3 {
             assert_eq!(h.make_room(|_| true), None);
-            h.start(id);
+            h.start(self::id(id));
         }
         // Full: the oldest silent one goes first, else the oldest.
-        assert_eq!(h.make_room(|id| id == 2), Some(2));
-        assert_eq!(h.make_room(|_| false), Some(1));
-        h.finish(1);
+        assert_eq!(h.make_room(|c| c == id(2)), Some(id(2)));
+        assert_eq!(h.make_room(|_| false), Some(id(1)));
+        h.finish(id(1));
         assert_eq!(h.make_room(|_| false), None);
         // Finishing one that is not there changes nothing.
-        h.finish(42);
+        h.finish(id(42));
         assert_eq!(h.open.len(), 2);
     }
 
     #[test]
     fn silent_is_asked_oldest_first_and_no_more_than_needed() {
         let mut h = Handshakes::new(4);
-        for id in [10, 11, 12, 13] {
-            h.start(id);
+        for n in [10, 11, 12, 13] {
+            h.start(id(n));
         }
         let mut asked = Vec::new();
-        let victim = h.make_room(|id| {
-            asked.push(id);
-            id >= 11
+        let victim = h.make_room(|c| {
+            asked.push(c);
+            c >= id(11)
         });
-        assert_eq!(victim, Some(11));
-        assert_eq!(asked, [10, 11]);
+        assert_eq!(victim, Some(id(11)));
+        assert_eq!(asked, [id(10), id(11)]);
     }
 
     #[test]
     fn a_zero_quota_still_takes_one() {
         let mut h = Handshakes::new(0);
         assert_eq!(h.make_room(|_| false), None);
-        h.start(1);
-        assert_eq!(h.make_room(|_| false), Some(1));
+        h.start(id(1));
+        assert_eq!(h.make_room(|_| false), Some(id(1)));
     }
 }

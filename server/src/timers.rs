@@ -14,24 +14,27 @@ use std::time::Instant;
 
 use nix::unistd::Pid;
 
+use crate::ids::{ConnId, Serial};
+
 /// What a timer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Timer {
     /// The child of spawn `serial` runs past its deadline (§5.5): SIGKILL.
-    Deadline { serial: u64, pid: Pid },
+    Deadline { serial: Serial, pid: Pid },
     /// Connection `id` has not finished its handshake in time (§6.3).
-    Handshake(u64),
+    Handshake(ConnId),
     /// Connection `id` holds part of a frame since this timer was set (§6.3); the connection
     /// keeps the timer's [`Key`].
-    PartialFrame(u64),
+    PartialFrame(ConnId),
     /// Connection `id`, closing, had this long to flush its last replies.
-    Closing(u64),
+    Closing(ConnId),
     /// The shutdown grace is over: the children left are killed.
     Shutdown,
 }
 
 /// Names one setting of a timer: unique, in the order timers were set.
-pub(crate) type Key = u64;
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Key(u64);
 
 /// The timers, soonest first.
 #[derive(Debug, Default)]
@@ -43,7 +46,7 @@ pub(crate) struct TimerTable {
 impl TimerTable {
     /// Sets `timer` to expire at `at`; returns its key.
     pub(crate) fn set(&mut self, at: Instant, timer: Timer) -> Key {
-        self.next_key += 1;
+        self.next_key.0 += 1;
         self.heap.push(Reverse((at, self.next_key, timer)));
         self.next_key
     }
@@ -92,20 +95,21 @@ mod tests {
 
     #[test]
     fn timers_expire_soonest_first_then_in_setting_order() {
+        let id = ConnId::from_u64;
         let t0 = Instant::now();
         let s = |n| t0 + Duration::from_secs(n);
         let mut t = TimerTable::default();
-        let a = t.set(s(5), Timer::Closing(1));
-        let b = t.set(s(1), Timer::Handshake(2));
-        let c = t.set(s(1), Timer::PartialFrame(2));
+        let a = t.set(s(5), Timer::Closing(id(1)));
+        let b = t.set(s(1), Timer::Handshake(id(2)));
+        let c = t.set(s(1), Timer::PartialFrame(id(2)));
         let d = t.set(s(3), Timer::Shutdown);
         assert_eq!(t.next(), Some(s(1)));
         assert_eq!(t.pop_expired(t0), None);
-        assert_eq!(t.pop_expired(s(2)), Some((b, Timer::Handshake(2))));
-        assert_eq!(t.pop_expired(s(2)), Some((c, Timer::PartialFrame(2))));
+        assert_eq!(t.pop_expired(s(2)), Some((b, Timer::Handshake(id(2)))));
+        assert_eq!(t.pop_expired(s(2)), Some((c, Timer::PartialFrame(id(2)))));
         assert_eq!(t.pop_expired(s(2)), None);
         assert_eq!(t.pop_expired(s(9)), Some((d, Timer::Shutdown)));
-        assert_eq!(t.pop_expired(s(9)), Some((a, Timer::Closing(1))));
+        assert_eq!(t.pop_expired(s(9)), Some((a, Timer::Closing(id(1)))));
         assert_eq!((t.pop_expired(s(9)), t.next()), (None, None));
         assert!(a < b && b < c && c < d);
     }
@@ -115,13 +119,14 @@ mod tests {
         let t0 = Instant::now();
         let mut t = TimerTable::default();
         let pid = Pid::from_raw(1);
-        for serial in 0..200 {
+        for n in 0..200 {
+            let serial = Serial::nth(n);
             t.set(t0, Timer::Deadline { serial, pid });
         }
         // Few expected: the 190 stale ones go; the 10 that apply stay.
         t.prune(
             10,
-            |_, timer| matches!(timer, Timer::Deadline { serial, .. } if *serial < 10),
+            |_, timer| matches!(timer, Timer::Deadline { serial, .. } if *serial < Serial::nth(10)),
         );
         assert_eq!(t.len(), 10);
         // Below the margin nothing is looked at.

@@ -12,6 +12,7 @@ use nix::sys::socket::{accept4, SockFlag};
 use super::conn::{refuse, Conn};
 use super::token::Token;
 use super::Server;
+use crate::ids::ConnId;
 use crate::listen::peer_uid;
 use crate::quota::open_reserve_fd;
 use crate::timers::Timer;
@@ -88,7 +89,7 @@ impl Server {
             return;
         }
         let id = self.next_conn;
-        self.next_conn += 1;
+        self.next_conn = id.next();
         let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
         if let Err(e) = self
             .epoll
@@ -124,7 +125,7 @@ impl Server {
             .map(|(id, _)| *id);
         let Some(id) = oldest else { return false };
         tracing::debug!(
-            conn = id,
+            conn = %id,
             "closing the longest idle connection to make room"
         );
         if let Some(c) = self.conns.get(&id) {
@@ -140,8 +141,8 @@ impl Server {
 
     /// The handshake quota is full: closes connection `id` (still in the handshake) to make
     /// room for a new one, after `Error(ResourceExhausted)` (§6.3).
-    pub(super) fn evict_handshake(&mut self, id: u64) {
-        tracing::debug!(conn = id, "handshake quota full: closing an old handshake");
+    pub(super) fn evict_handshake(&mut self, id: ConnId) {
+        tracing::debug!(conn = %id, "handshake quota full: closing an old handshake");
         if let Some(c) = self.conns.get(&id) {
             let msg = "too many connections in the handshake: the oldest are closed";
             refuse(

@@ -10,15 +10,16 @@ use nix::sys::epoll::Epoll;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::ids::{ConnId, Serial};
 use crate::spawn;
 
 /// A child forked (or taken from the pool) for a request, until it is reaped.
 pub(super) struct Child {
     pid: Pid,
     /// Unique per spawn, so a stale deadline cannot hit a later child that reuses the pid.
-    serial: u64,
+    serial: Serial,
     /// The connection waiting for its reports; `None` once it is gone or was told everything.
-    conn: Option<u64>,
+    conn: Option<ConnId>,
     /// The server's end of its report pipe (or of a pooled child's socket), if it has one.
     report: Option<OwnedFd>,
     /// The report pipe is in the epoll set (`pid_after_exec`).
@@ -48,8 +49,8 @@ impl Child {
     /// `context`; no report pipe yet ([`Child::with_report`]).
     pub(super) fn new(
         pid: Pid,
-        serial: u64,
-        conn: u64,
+        serial: Serial,
+        conn: ConnId,
         options: &SpawnOptions,
         context: spawn::Context,
     ) -> Self {
@@ -81,12 +82,12 @@ impl Child {
         self
     }
 
-    pub(super) fn serial(&self) -> u64 {
+    pub(super) fn serial(&self) -> Serial {
         self.serial
     }
 
     /// The connection waiting for its reports, if any.
-    pub(super) fn conn(&self) -> Option<u64> {
+    pub(super) fn conn(&self) -> Option<ConnId> {
         self.conn
     }
 
@@ -110,7 +111,7 @@ impl Child {
     /// The deadline of spawn `serial` expired: if it is this child's and has not hit yet, the
     /// child is marked and gets `SIGKILL` (reaped as usual: not reaped yet, the pid is still
     /// its own).
-    pub(super) fn deadline_expired(&mut self, serial: u64) {
+    pub(super) fn deadline_expired(&mut self, serial: Serial) {
         if self.serial == serial && !self.deadline_hit {
             self.deadline_hit = true;
             tracing::info!(pid = self.pid.as_raw(), "deadline expired: SIGKILL");

@@ -17,6 +17,7 @@ use super::child::{Child, ExecReport};
 use super::pool::Pooled;
 use super::token::Token;
 use super::{Server, TEST_STOP_AFTER_PID_ENV};
+use crate::ids::{ConnId, Serial};
 use crate::session::State;
 use crate::spawn::{self, Work};
 use crate::timers::Timer;
@@ -83,7 +84,7 @@ impl Server {
 
     /// The child's final report (`Exit`, or its exec/setup failure) is queued: the connection
     /// closes, or with `KEEP_CONNECTION` goes back to `Ready` for its next request (§6.1).
-    pub(super) fn after_final_report(&mut self, id: u64, keep: bool) {
+    pub(super) fn after_final_report(&mut self, id: ConnId, keep: bool) {
         if keep && !self.shutting_down {
             self.transition(id, |s| s.final_report(true));
             // Frames that arrived behind the child's run are handled now, as in READY.
@@ -97,7 +98,11 @@ impl Server {
     /// wrote one. Reads every report waiting there; those of other live children are kept for
     /// their own exit (a child writes its report before it exits, so it is there by the time
     /// the child is reaped).
-    pub(super) fn shared_report(&mut self, serial: u64, ctx: &spawn::Context) -> Option<Message> {
+    pub(super) fn shared_report(
+        &mut self,
+        serial: Serial,
+        ctx: &spawn::Context,
+    ) -> Option<Message> {
         let mut buf = [0u8; spawn::SHARED_REPORT_LEN];
         loop {
             let flags = MsgFlags::MSG_DONTWAIT;
@@ -126,7 +131,7 @@ impl Server {
     }
 
     /// A `pid_after_exec` child's report pipe is readable: EOF means the exec succeeded.
-    pub(super) fn on_report(&mut self, serial: u64) {
+    pub(super) fn on_report(&mut self, serial: Serial) {
         let Some((&pid, child)) = self.children.iter_mut().find(|(_, c)| c.serial() == serial)
         else {
             return;
@@ -178,7 +183,7 @@ impl Server {
 
     /// The child exists (and, with `pid_after_exec`, has exec'd): `Pid`, with a pidfd if one
     /// was asked for and can be had, and the connection is RUNNING.
-    pub(super) fn start_running(&mut self, id: u64, pid: Pid, want_pidfd: bool) {
+    pub(super) fn start_running(&mut self, id: ConnId, pid: Pid, want_pidfd: bool) {
         let pidfd = want_pidfd
             .then(|| crate::sys::pidfd_open(pid))
             .and_then(|r| r.map_err(|e| tracing::debug!("pidfd_open: {e}")).ok());
@@ -195,7 +200,7 @@ impl Server {
         self.run_actions(id);
     }
 
-    pub(super) fn spawn(&mut self, id: u64, spawn: Spawn, bundle: FdBundle) {
+    pub(super) fn spawn(&mut self, id: ConnId, spawn: Spawn, bundle: FdBundle) {
         // Pooled children waiting for a job are not in `children`: they do not count.
         if self.children.len() >= self.config.max_children {
             let max = self.config.max_children;
@@ -206,7 +211,7 @@ impl Server {
         let context = spawn::Context::of(&spawn);
         let is_exec = matches!(spawn.job(), Job::Exec(_));
         let wait_exec = options.pid_after_exec && is_exec;
-        let serial = self.spawned_total + 1;
+        let serial = Serial::nth(self.spawned_total + 1);
         // Only a `pid_after_exec` exec job needs a report pipe of its own (its EOF is the
         // exec's success); others report a failure on the shared socket.
         let shared = (!wait_exec).then(|| (self.report_tx.as_raw_fd(), serial));
@@ -250,7 +255,7 @@ impl Server {
                 return self.fail(id, ErrorReply::new(code, e as i32, format!("fork: {e}")));
             }
         };
-        self.spawned_total = serial;
+        self.spawned_total += 1;
         self.touch();
         if let Some(ms) = options.deadline_ms {
             let t = Instant::now() + Duration::from_millis(ms.get());
@@ -270,7 +275,7 @@ impl Server {
             .with_report(report, wait_exec)
             .with_failure(failure);
         self.children.insert(pid, child);
-        tracing::debug!(conn = id, pid = pid.as_raw(), "spawned");
+        tracing::debug!(conn = %id, pid = pid.as_raw(), "spawned");
         if wait_exec {
             self.transition(id, |s| s.spawned(pid, true));
             if pooled {
@@ -290,7 +295,7 @@ impl Server {
         }
     }
 
-    pub(super) fn send_pid(&mut self, id: u64, pid: Pid, pidfd: Option<OwnedFd>) {
+    pub(super) fn send_pid(&mut self, id: ConnId, pid: Pid, pidfd: Option<OwnedFd>) {
         let reply =
             PidReply::new(pid.as_raw(), pidfd.is_some()).expect("fork returns a positive pid");
         self.send(id, Message::Pid(reply), pidfd.into_iter().collect());

@@ -14,6 +14,7 @@ use nix::sys::epoll::{EpollEvent, EpollFlags};
 use super::conn::Conn;
 use super::token::Token;
 use super::Server;
+use crate::ids::ConnId;
 use crate::session::{Action, Env, Session, State};
 use crate::timers::Timer;
 
@@ -25,7 +26,7 @@ const CLOSING_GRACE: Duration = Duration::from_secs(2);
 impl Server {
     /// After the frames received were handled: a connection left holding part of a frame gets
     /// a timer, one per frame (§6.3).
-    pub(super) fn watch_partial_frame(&mut self, id: u64) {
+    pub(super) fn watch_partial_frame(&mut self, id: ConnId) {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
@@ -35,7 +36,7 @@ impl Server {
         }
     }
 
-    pub(super) fn on_conn_event(&mut self, id: u64, flags: EpollFlags) {
+    pub(super) fn on_conn_event(&mut self, id: ConnId, flags: EpollFlags) {
         if flags.contains(EpollFlags::EPOLLOUT) {
             self.flush(id);
             // Frames that arrived while replies were backed up sit in the reader; epoll will
@@ -65,7 +66,7 @@ impl Server {
         }
     }
 
-    pub(super) fn read(&mut self, id: u64) {
+    pub(super) fn read(&mut self, id: ConnId) {
         for _ in 0..READS_PER_EVENT {
             if !self.process_frames(id) {
                 return;
@@ -89,7 +90,7 @@ impl Server {
 
     /// Handles the frames already received, in order, for as long as the connection takes
     /// input. Returns whether it still does (and more may be read).
-    pub(super) fn process_frames(&mut self, id: u64) -> bool {
+    pub(super) fn process_frames(&mut self, id: ConnId) -> bool {
         loop {
             let Some(conn) = self.conns.get_mut(&id) else {
                 return false;
@@ -111,14 +112,14 @@ impl Server {
         }
     }
 
-    pub(super) fn transport_error(&mut self, id: u64, e: TransportError) {
+    pub(super) fn transport_error(&mut self, id: ConnId, e: TransportError) {
         match e {
             TransportError::Closed | TransportError::ClosedMidFrame | TransportError::Io(_) => {
-                tracing::debug!(conn = id, "peer gone: {e}");
+                tracing::debug!(conn = %id, "peer gone: {e}");
                 self.disconnect(id);
             }
             TransportError::Decode(d) => {
-                tracing::debug!(conn = id, "malformed frame: {d}");
+                tracing::debug!(conn = %id, "malformed frame: {d}");
                 self.fail(id, ErrorReply::from(d));
             }
             TransportError::FdMismatch { .. } => {
@@ -156,13 +157,13 @@ impl Server {
     }
 
     /// Sends a fatal error and closes once it is flushed.
-    pub(super) fn fail(&mut self, id: u64, reply: ErrorReply) {
+    pub(super) fn fail(&mut self, id: ConnId, reply: ErrorReply) {
         self.send(id, reply.into(), vec![]);
         self.transition(id, Session::close);
     }
 
     /// One frame through the session, then what it decided.
-    pub(super) fn on_frame(&mut self, id: u64, frame: Frame) {
+    pub(super) fn on_frame(&mut self, id: ConnId, frame: Frame) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -178,7 +179,7 @@ impl Server {
     }
 
     /// Carries out the session's decisions, in order, then catches up with its state.
-    pub(super) fn run_actions(&mut self, id: u64) {
+    pub(super) fn run_actions(&mut self, id: ConnId) {
         while let Some(action) = self
             .conns
             .get_mut(&id)
@@ -219,7 +220,7 @@ impl Server {
 
     /// Ends a connection whose peer is gone: its fds are closed; a running child runs on unless
     /// it asked to be killed on disconnect.
-    pub(super) fn disconnect(&mut self, id: u64) {
+    pub(super) fn disconnect(&mut self, id: ConnId) {
         let Some(conn) = self.conns.remove(&id) else {
             return;
         };
@@ -235,7 +236,7 @@ impl Server {
     }
 
     /// Feeds an outcome of the event loop to the session, then catches up with its state.
-    pub(super) fn transition(&mut self, id: u64, f: impl FnOnce(&mut Session)) {
+    pub(super) fn transition(&mut self, id: ConnId, f: impl FnOnce(&mut Session)) {
         if let Some(conn) = self.conns.get_mut(&id) {
             f(conn.session_mut());
         }
@@ -245,7 +246,7 @@ impl Server {
     /// Puts the side effects of the session's state in force, once per change: the
     /// connection's own ([`Conn::apply_state`]), the end of the handshake quota's hold, and
     /// `Closing`'s grace timer and detached child.
-    pub(super) fn sync(&mut self, id: u64) {
+    pub(super) fn sync(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -266,7 +267,7 @@ impl Server {
         self.flush(id);
     }
 
-    pub(super) fn send(&mut self, id: u64, message: Message, fds: Vec<OwnedFd>) {
+    pub(super) fn send(&mut self, id: ConnId, message: Message, fds: Vec<OwnedFd>) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -277,12 +278,12 @@ impl Server {
         self.flush(id);
     }
 
-    pub(super) fn flush(&mut self, id: u64) {
+    pub(super) fn flush(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
         if let Err(e) = conn.flush() {
-            tracing::debug!(conn = id, "send: {e}");
+            tracing::debug!(conn = %id, "send: {e}");
             return self.disconnect(id);
         }
         if conn.is_done() {

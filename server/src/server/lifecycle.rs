@@ -8,6 +8,7 @@ use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
 use super::Server;
+use crate::ids::ConnId;
 use crate::session::State;
 use crate::spawn;
 use crate::timers::Timer;
@@ -61,7 +62,7 @@ impl Server {
             // Dropping it removes the socket file: new clients find nobody.
             self.socket_path = None;
         }
-        let idle: Vec<u64> = self
+        let idle: Vec<ConnId> = self
             .conns
             .iter()
             .filter(|(_, c)| {

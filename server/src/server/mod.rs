@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 
 use crate::config::Config;
 use crate::entry::EntryFn;
+use crate::ids::{ConnId, Serial};
 use crate::listen::{bind_listener, BoundPath};
 use crate::quota::{open_reserve_fd, Handshakes};
 use crate::timers::TimerTable;
@@ -34,7 +35,6 @@ use child::Child;
 use conn::Conn;
 use token::Token;
 
-const FIRST_CONN_ID: u64 = 16;
 /// Test hook, read once at [`Server::bind`]: with `1`, the server stops itself (`SIGSTOP`) right
 /// after it has sent the `Pid` of a job handed to a pooled child, so that a test can kill it
 /// at exactly that point. Not for production use.
@@ -49,8 +49,8 @@ pub struct Server {
     alive: Option<OwnedFd>,
     /// Kept open so that `accept` can still take (and refuse) a connection at EMFILE.
     reserve_fd: Option<OwnedFd>,
-    conns: HashMap<u64, Conn>,
-    next_conn: u64,
+    conns: HashMap<ConnId, Conn>,
+    next_conn: ConnId,
     children: HashMap<Pid, Child>,
     /// Every timer: child deadlines, handshakes, partial frames, closing, the shutdown grace.
     timers: TimerTable,
@@ -72,7 +72,7 @@ pub struct Server {
     report_rx: OwnedFd,
     report_tx: OwnedFd,
     /// Reports read from the shared socket for children not reaped yet, by spawn serial.
-    shared_reports: HashMap<u64, Message>,
+    shared_reports: HashMap<Serial, Message>,
     /// [`TEST_STOP_AFTER_PID_ENV`] was set.
     stop_after_pooled_pid: bool,
 }
@@ -165,7 +165,7 @@ impl Server {
             alive,
             reserve_fd,
             conns: HashMap::new(),
-            next_conn: FIRST_CONN_ID,
+            next_conn: ConnId::FIRST,
             children: HashMap::new(),
             timers: TimerTable::default(),
             handshakes: Handshakes::new(config.max_handshakes),

@@ -62,7 +62,7 @@ impl Server {
                         .get(&id)
                         .is_some_and(|c| c.state() == State::Closing)
                     {
-                        tracing::debug!(conn = id, "replies not read in time: dropped");
+                        tracing::debug!(conn = %id, "replies not read in time: dropped");
                         self.disconnect(id);
                     }
                 }

@@ -1,5 +1,7 @@
 //! The epoll tokens: what each fd registered in the event loop's epoll set is.
 
+use crate::ids::{ConnId, Serial};
+
 /// What an epoll event is about: the `u64` registered with each fd, typed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Token {
@@ -9,9 +11,9 @@ pub(super) enum Token {
     /// The owner's alive pipe.
     Alive,
     /// The report pipe of the child of this spawn serial (`pid_after_exec`).
-    Report(u64),
+    Report(Serial),
     /// A connection, by id.
-    Conn(u64),
+    Conn(ConnId),
 }
 
 impl Token {
@@ -23,8 +25,8 @@ impl Token {
             Token::Listener => 0,
             Token::Signals => 1,
             Token::Alive => 2,
-            Token::Report(serial) => Self::REPORT_BIT | serial,
-            Token::Conn(id) => id,
+            Token::Report(serial) => Self::REPORT_BIT | serial.to_u64(),
+            Token::Conn(id) => id.to_u64(),
         }
     }
 
@@ -33,8 +35,10 @@ impl Token {
             0 => Token::Listener,
             1 => Token::Signals,
             2 => Token::Alive,
-            v if v & Self::REPORT_BIT != 0 => Token::Report(v & !Self::REPORT_BIT),
-            id => Token::Conn(id),
+            v if v & Self::REPORT_BIT != 0 => {
+                Token::Report(Serial::from_u64(v & !Self::REPORT_BIT))
+            }
+            id => Token::Conn(ConnId::from_u64(id)),
         }
     }
 }

@@ -32,6 +32,7 @@ use nix::fcntl::{FcntlArg, OFlag};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::unistd::{ForkResult, Pid};
 
+use crate::ids::Serial;
 use crate::sys;
 use place::place_fds;
 
@@ -75,7 +76,7 @@ pub(crate) fn spawn(
     die_with_server: bool,
     to_reset: u64,
     bundle: FdBundle,
-    shared: Option<(RawFd, u64)>,
+    shared: Option<(RawFd, Serial)>,
     key: Option<&mut [u8]>,
 ) -> Result<(Pid, Option<OwnedFd>), Errno> {
     let identity = Identity::from(options);

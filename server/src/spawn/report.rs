@@ -15,6 +15,7 @@ use nix::errno::Errno;
 
 use super::identity::Context;
 use super::stage::Stage;
+use crate::ids::Serial;
 use crate::sys;
 
 /// Length of a report on a child's own pipe: stage, errno.
@@ -31,7 +32,7 @@ pub(crate) enum Report {
     /// Its own pipe (or a pooled child's socket): 5 bytes; EOF tells success.
     Own(RawFd),
     /// The server's shared report socket (a datagram socket), with the spawn's serial.
-    Shared(RawFd, u64),
+    Shared(RawFd, Serial),
 }
 
 impl Report {
@@ -57,7 +58,7 @@ pub(crate) fn encode(stage: Stage, errno: Errno) -> [u8; REPORT_LEN] {
 }
 
 /// A datagram of the shared report socket: the spawn's serial, then the report.
-pub(crate) fn encode_shared(serial: u64, stage: Stage, errno: Errno) -> [u8; SHARED_REPORT_LEN] {
+pub(crate) fn encode_shared(serial: Serial, stage: Stage, errno: Errno) -> [u8; SHARED_REPORT_LEN] {
     let mut d = [0u8; SHARED_REPORT_LEN];
     d[..8].copy_from_slice(&serial.to_le_bytes());
     d[8..].copy_from_slice(&encode(stage, errno));
@@ -65,12 +66,12 @@ pub(crate) fn encode_shared(serial: u64, stage: Stage, errno: Errno) -> [u8; SHA
 }
 
 /// The serial and the report of a shared datagram.
-pub(crate) fn decode_shared(d: &[u8; SHARED_REPORT_LEN]) -> (u64, [u8; REPORT_LEN]) {
+pub(crate) fn decode_shared(d: &[u8; SHARED_REPORT_LEN]) -> (Serial, [u8; REPORT_LEN]) {
     let mut serial = [0u8; 8];
     serial.copy_from_slice(&d[..8]);
     let mut report = [0u8; REPORT_LEN];
     report.copy_from_slice(&d[8..]);
-    (u64::from_le_bytes(serial), report)
+    (Serial::from_le_bytes(serial), report)
 }
 
 pub(crate) fn report_and_exit(report: Report, stage: Stage, errno: Errno) -> ! {
@@ -142,10 +143,12 @@ mod tests {
     fn reports_round_trip_on_both_channels() {
         let r = encode(Stage::Chdir, Errno::ENOENT);
         assert_eq!(r, [3, 2, 0, 0, 0]);
-        let d = encode_shared(0x0102_0304_0506_0708, Stage::Uid, Errno::EPERM);
+        let serial = Serial::nth(0x0102_0304_0506_0708);
+        let d = encode_shared(serial, Stage::Uid, Errno::EPERM);
+        assert_eq!(&d[..8], [8, 7, 6, 5, 4, 3, 2, 1]);
         assert_eq!(
             decode_shared(&d),
-            (0x0102_0304_0506_0708, encode(Stage::Uid, Errno::EPERM))
+            (serial, encode(Stage::Uid, Errno::EPERM))
         );
         // An unknown stage byte is a setup failure, never a panic.
         let Message::Error(e) = failure_reply(&[200, 1, 0, 0, 0], None) else {
