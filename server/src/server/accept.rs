@@ -103,7 +103,7 @@ impl Server {
         self.timers
             .set(now + self.config.handshake_timeout, Timer::Handshake(id));
         // §6.3, §9.3: small frames only before the handshake; no fds before authentication.
-        let limits = match self.config.key {
+        let limits = match self.fork.key() {
             Some(_) => ReadLimits::PRE_AUTH,
             None => ReadLimits::HANDSHAKE,
         };

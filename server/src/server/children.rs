@@ -19,7 +19,7 @@ use super::token::Token;
 use super::{Server, TEST_STOP_AFTER_PID_ENV};
 use crate::ids::{ConnId, Serial};
 use crate::session::State;
-use crate::spawn::{self, Work};
+use crate::spawn::{self, ChildSpec, ReportTo, Work};
 use crate::timers::Timer;
 
 impl Server {
@@ -214,7 +214,10 @@ impl Server {
         let serial = Serial::nth(self.spawned_total + 1);
         // Only a `pid_after_exec` exec job needs a report pipe of its own (its EOF is the
         // exec's success); others report a failure on the shared socket.
-        let shared = (!wait_exec).then(|| (self.report_tx.as_raw_fd(), serial));
+        let report_to = match wait_exec {
+            true => ReportTo::Pipe,
+            false => ReportTo::Shared(serial),
+        };
         let mut pooled = true;
         let mut failure = None;
         let forked = match self.take_pooled(spawn, bundle) {
@@ -232,16 +235,8 @@ impl Server {
                         payload: e.payload(),
                     },
                 };
-                let die_with_server = self.config.kill_children_with_server;
-                spawn::spawn(
-                    work,
-                    &options,
-                    die_with_server,
-                    self.signals_to_reset,
-                    bundle,
-                    shared,
-                    self.config.key.as_deref_mut(),
-                )
+                let child = ChildSpec::new(work, &options, bundle, report_to);
+                spawn::spawn(&mut self.fork, child)
             }
         };
         let (pid, report) = match forked {

@@ -133,7 +133,7 @@ impl Server {
             TransportError::FrameTooLong { .. } | TransportError::UnexpectedFds(_) => {
                 let code = match self.conns.get(&id).map(Conn::state) {
                     Some(State::AwaitAuth(_)) => ErrorCode::AuthRequired,
-                    _ if self.config.key.is_some()
+                    _ if self.fork.key().is_some()
                         && matches!(e, TransportError::UnexpectedFds(_)) =>
                     {
                         ErrorCode::AuthRequired
@@ -170,7 +170,7 @@ impl Server {
         let entries = &self.entries;
         let mut challenge = auth::random_challenge;
         let mut env = Env {
-            key: self.config.key.as_deref(),
+            key: self.fork.key(),
             challenge: &mut challenge,
             has_entry: &|name| entries.contains_key(name),
         };

@@ -18,6 +18,7 @@ use crate::entry::EntryFn;
 use crate::ids::{ConnId, Serial};
 use crate::listen::{bind_listener, BoundPath};
 use crate::quota::{open_reserve_fd, Handshakes};
+use crate::spawn::ForkContext;
 use crate::timers::TimerTable;
 use crate::ServerError;
 
@@ -62,15 +63,14 @@ pub struct Server {
     shutting_down: bool,
     idle_since: Instant,
     uid: u32,
-    /// Signals whose disposition the children must put back to the default (bit `n - 1` for
-    /// signal `n`, 1..=64).
-    signals_to_reset: u64,
+    /// What every fork needs: the signals to reset, the parent-death signal, the shared report
+    /// socket's write end, the key.
+    fork: ForkContext,
     /// Pooled children waiting for a job (`--prefork`), with the server's end of their socket.
     pool: VecDeque<(Pid, OwnedFd)>,
-    /// The shared report socket (a datagram socketpair): children without a report pipe of
-    /// their own write their failure here (`spawn::Report::Shared`); the server reads it.
+    /// The read end of the shared report socket (a datagram socketpair): children without a
+    /// report pipe of their own write their failure to the other end (`spawn::ReportTo`).
     report_rx: OwnedFd,
-    report_tx: OwnedFd,
     /// Reports read from the shared socket for children not reaped yet, by spawn serial.
     shared_reports: HashMap<Serial, Message>,
     /// [`TEST_STOP_AFTER_PID_ENV`] was set.
@@ -157,6 +157,13 @@ impl Server {
         )
         .map_err(sys("socketpair"))?;
         tracing::info!(socket = ?socket_path.as_ref().map(BoundPath::path), "forkserver listening");
+        let die_with_server = config.kill_children_with_server;
+        let fork = ForkContext::new(
+            signals_to_reset,
+            die_with_server,
+            report_tx,
+            config.key.take(),
+        );
         Ok(Server {
             epoll,
             listener: Some(listener),
@@ -175,10 +182,9 @@ impl Server {
             shutting_down: false,
             idle_since: Instant::now(),
             uid: nix::unistd::getuid().as_raw(),
-            signals_to_reset,
+            fork,
             pool: VecDeque::new(),
             report_rx,
-            report_tx,
             shared_reports: HashMap::new(),
             stop_after_pooled_pid: std::env::var_os(TEST_STOP_AFTER_PID_ENV)
                 .is_some_and(|v| v == "1"),

@@ -87,9 +87,7 @@ impl Server {
     /// Forks pooled children up to `--prefork`.
     pub(super) fn fill_pool(&mut self) {
         while self.pool.len() < self.config.prefork && !self.shutting_down {
-            let die = self.config.kill_children_with_server;
-            let key = self.config.key.as_deref_mut();
-            match spawn::prefork(&self.entries, die, self.signals_to_reset, key) {
+            match spawn::prefork(&mut self.fork, &self.entries) {
                 Ok(p) => self.pool.push_back(p),
                 Err(e) => {
                     tracing::warn!("prefork: {e}");

@@ -23,26 +23,27 @@
 
 use std::ffi::{CString, OsStr};
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-use forkserver_protocol::{ExecJob, FdBundle, SpawnOptions};
+use forkserver_protocol::{ExecJob, FdBundle};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::unistd::{ForkResult, Pid};
 
-use crate::ids::Serial;
 use crate::sys;
 use place::place_fds;
 
+mod context;
 mod fds;
 mod identity;
 mod place;
 mod report;
 mod stage;
 use crate::entry::{EntryFn, Invocation};
-pub(crate) use identity::{Context, Identity};
+pub(crate) use context::{ChildSpec, ForkContext, ReportTo, Work};
+pub(crate) use identity::Context;
 use report::report_and_exit;
 pub(crate) use report::{
     decode_shared, failure_reply, Report, FAILED_STATUS, REPORT_LEN, SHARED_REPORT_LEN,
@@ -52,72 +53,52 @@ pub(crate) use stage::Stage;
 /// Exit status of an entry point that panicked (as Rust's runtime uses).
 pub(crate) const PANIC_STATUS: i32 = 101;
 
-/// What a forked child runs.
-pub(crate) enum Work<'a> {
-    Exec(&'a ExecJob),
-    Entry {
-        entry: &'a EntryFn,
-        payload: &'a [u8],
-    },
-}
-
-/// Forks a child that runs `work` with `bundle`, in the session or group and with the
-/// credentials the request's `options` ask for. With `shared` (the shared report socket and
-/// the spawn's serial) the child reports a failure there; without, on a report pipe of its
-/// own, whose read end is returned with the child's pid. The bundle's fds are closed in the
-/// server. `key` (the authentication key) is zeroed in an entry job's child, which runs the
-/// server's code; an exec job's child loses it at `execve` and is spared the page copy.
+/// Forks the child `child` describes: it runs its work with its bundle, in the session or
+/// group and with the credentials the request asked for. A child that reports to
+/// [`ReportTo::Shared`] writes a failure on the shared report socket; one that reports to
+/// [`ReportTo::Pipe`] on a report pipe of its own, whose read end is returned with the child's
+/// pid. The bundle's fds are closed in the server. The key is zeroed in an entry job's child,
+/// which runs the server's code; an exec job's child loses it at `execve` and is spared the
+/// page copy.
 ///
 /// # Errors
 /// `pipe2` or `fork` failing (EAGAIN, ENOMEM, EMFILE).
 pub(crate) fn spawn(
-    work: Work<'_>,
-    options: &SpawnOptions,
-    die_with_server: bool,
-    to_reset: u64,
-    bundle: FdBundle,
-    shared: Option<(RawFd, Serial)>,
-    key: Option<&mut [u8]>,
+    ctx: &mut ForkContext,
+    child: ChildSpec<'_>,
 ) -> Result<(Pid, Option<OwnedFd>), Errno> {
-    let identity = Identity::from(options);
-    let key = key.filter(|_| matches!(work, Work::Entry { .. }));
-    if let Some((fd, serial)) = shared {
-        let pid = fork_child(die_with_server, key, move || {
-            child_main(work, identity, to_reset, bundle, Report::Shared(fd, serial))
-        })?;
+    let zero_key = matches!(child.work, Work::Entry { .. });
+    if let ReportTo::Shared(serial) = child.report {
+        let report = ctx.shared_report(serial);
+        let pid = fork_child(ctx, zero_key, move |ctx| child_main(ctx, child, report))?;
         return Ok((pid, None));
     }
     let (report_rd, report_wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let report_rd_raw = report_rd.as_raw_fd();
-    let pid = fork_child(die_with_server, key, move || {
+    let pid = fork_child(ctx, zero_key, move |ctx| {
         // The child's copy of the read end; the server keeps its own (`report_rd`).
         let _ = nix::unistd::close(report_rd_raw);
-        child_main(
-            work,
-            identity,
-            to_reset,
-            bundle,
-            Report::Own(report_wr.into_raw_fd()),
-        )
+        child_main(ctx, child, Report::Own(report_wr.into_raw_fd()))
     })?;
     Ok((pid, Some(report_rd)))
 }
 
-/// Forks a child that runs `in_child` (which never returns), and returns its pid. In the
-/// parent, `in_child` is dropped unrun, closing whatever it owns.
+/// Forks a child that runs `in_child` (which never returns) with its copy of `ctx`, and
+/// returns its pid. In the parent, `in_child` is dropped unrun, closing whatever it owns.
 ///
 /// Every signal is blocked across the fork: one sent to the child before it has reset the
 /// dispositions it inherited (SIG_IGN for SIGINT and SIGPIPE) stays pending instead of being
 /// discarded, and is delivered once the child unblocks, with the default action. With
-/// `die_with_server` the child gets `PR_SET_PDEATHSIG(SIGKILL)`. The child first overwrites
-/// its copy of `secret` with zeros (it writes to its own pages; the server's copy is intact).
-/// A panic in the child ends it (status 127); it never unwinds back into the server's code.
+/// `die_with_server` the child gets `PR_SET_PDEATHSIG(SIGKILL)`. With `zero_key` the child
+/// first overwrites its copy of the key with zeros (it writes to its own pages; the server's
+/// copy is intact). A panic in the child ends it (status 127); it never unwinds back into the
+/// server's code.
 fn fork_child(
-    die_with_server: bool,
-    secret: Option<&mut [u8]>,
-    in_child: impl FnOnce() -> std::convert::Infallible,
+    ctx: &mut ForkContext,
+    zero_key: bool,
+    in_child: impl FnOnce(&ForkContext) -> std::convert::Infallible,
 ) -> Result<Pid, Errno> {
-    let server = die_with_server.then(nix::unistd::getpid);
+    let server = ctx.die_with_server().then(nix::unistd::getpid);
     let mut old_mask = SigSet::empty();
     nix::sys::signal::sigprocmask(
         SigmaskHow::SIG_BLOCK,
@@ -132,10 +113,8 @@ fn fork_child(
     match forked? {
         ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {
-            if let Some(secret) = secret {
-                secret.fill(0);
-                // The zeros must reach memory although nothing reads them back.
-                std::hint::black_box(secret);
+            if zero_key {
+                ctx.zero_key();
             }
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
                 if let Some(server) = server {
@@ -146,7 +125,7 @@ fn fork_child(
                         sys::exit_now(FAILED_STATUS);
                     }
                 }
-                in_child()
+                in_child(ctx)
             }));
             drop(r);
             sys::exit_now(FAILED_STATUS)
@@ -158,13 +137,11 @@ fn fork_child(
 /// there for one `Spawn` frame with its fds, then becomes that job's child exactly as
 /// [`spawn`] would have made it, the socket serving as its report pipe (close-on-exec, so
 /// `execve` closes it). Returns its pid and the server's end of the socketpair. EOF instead of a
-/// job (the server is gone) ends it quietly. The child zeroes its copy of `key` at once: it may
-/// wait long, and run an entry job, with no use for it.
+/// job (the server is gone) ends it quietly. The child zeroes its copy of the key at once: it
+/// may wait long, and run an entry job, with no use for it.
 pub(crate) fn prefork(
+    ctx: &mut ForkContext,
     entries: &std::collections::HashMap<String, EntryFn>,
-    die_with_server: bool,
-    to_reset: u64,
-    key: Option<&mut [u8]>,
 ) -> Result<(Pid, OwnedFd), Errno> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     let (ours, theirs) = socketpair(
@@ -179,9 +156,9 @@ pub(crate) fn prefork(
     nix::fcntl::fcntl(&ours, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     let ours_raw = ours.as_raw_fd();
     let server = nix::unistd::getpid();
-    let pid = fork_child(die_with_server, key, || {
+    let pid = fork_child(ctx, true, |ctx| {
         let _ = nix::unistd::close(ours_raw);
-        match pooled_child(entries, to_reset, theirs, server, die_with_server) {}
+        match pooled_child(ctx, entries, theirs, server) {}
     })?;
     Ok((pid, ours))
 }
@@ -202,11 +179,10 @@ pub(crate) fn wake_pooled(pid: Pid) {
 
 #[allow(unsafe_code)]
 fn pooled_child(
+    ctx: &ForkContext,
     entries: &std::collections::HashMap<String, EntryFn>,
-    to_reset: u64,
     sock: OwnedFd,
     server: Pid,
-    die_with_server: bool,
 ) -> std::convert::Infallible {
     // Hygiene first: nothing of the server's survives while this child waits.
     // SAFETY: this is the forked child, which never touches the server's state again (the
@@ -221,7 +197,7 @@ fn pooled_child(
     // Sleep until woken (after the job and the client's `Pid`), or until the server dies
     // (then read what it handed off, if anything). With `die_with_server` its death is a
     // SIGKILL instead, set by `fork_child`.
-    let watch = !die_with_server && nix::sys::prctl::set_pdeathsig(WAKE).is_ok();
+    let watch = !ctx.die_with_server() && nix::sys::prctl::set_pdeathsig(WAKE).is_ok();
     if !watch || nix::unistd::getppid() == server {
         let _ = SigSet::from(WAKE).wait();
     }
@@ -255,18 +231,22 @@ fn pooled_child(
             None => report_and_exit(report, Stage::Setup, Errno::ENOENT),
         },
     };
-    child_main(work, Identity::from(&options), to_reset, bundle, report)
+    child_main(
+        ctx,
+        ChildSpec::new(work, &options, bundle, ReportTo::Pipe),
+        report,
+    )
 }
 
 #[allow(unsafe_code)]
-fn child_main(
-    work: Work<'_>,
-    identity: Identity,
-    to_reset: u64,
-    bundle: FdBundle,
-    report: Report,
-) -> ! {
-    if let Err(e) = reset_signals(to_reset) {
+fn child_main(ctx: &ForkContext, child: ChildSpec<'_>, report: Report) -> ! {
+    let ChildSpec {
+        work,
+        identity,
+        bundle,
+        ..
+    } = child;
+    if let Err(e) = reset_signals(ctx.to_reset()) {
         report_and_exit(report, Stage::Setup, e);
     }
     // PROTOCOL.md §6.5 step 2: the session or process group.
