@@ -2,7 +2,7 @@
 //! report pipe, what it asked for on disconnect and at its deadline. Only this module touches a
 //! [`Child`]'s fields; the event loop (`children.rs`) asks it through its methods.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use forkserver_protocol::{Message, SpawnOptions};
 use nix::errno::Errno;
@@ -82,6 +82,10 @@ impl Child {
         self
     }
 
+    pub(super) fn pid(&self) -> Pid {
+        self.pid
+    }
+
     pub(super) fn serial(&self) -> Serial {
         self.serial
     }
@@ -101,6 +105,14 @@ impl Child {
 
     pub(super) fn context(&self) -> &spawn::Context {
         &self.context
+    }
+
+    /// Its report pipe, while the server watches it in the epoll set (`pid_after_exec`).
+    pub(super) fn watched_report(&self) -> Option<BorrowedFd<'_>> {
+        self.report
+            .as_ref()
+            .filter(|_| self.watching_report)
+            .map(AsFd::as_fd)
     }
 
     /// Whether its deadline killed it: its `Exit` says so.

@@ -1,26 +1,19 @@
-//! Children: forking for a request, their reports (exec done, setup failures), reaping and
-//! the final report to their connection.
+//! Children once started (`spawning.rs` starts them): their reports (exec done, setup
+//! failures), their connection's end, reaping and the final report to their connection.
 
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::os::fd::AsRawFd;
 
-use forkserver_protocol::{
-    ErrorCode, ErrorReply, Exit, FdBundle, Job, Message, Pid as PidReply, Spawn,
-};
+use forkserver_protocol::{ErrorCode, ErrorReply, Exit, Message};
 use nix::errno::Errno;
-use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::MsgFlags;
 use nix::unistd::Pid;
 
 use super::child::{Child, ExecReport};
-use super::pool::Pooled;
-use super::token::Token;
-use super::{Server, TEST_STOP_AFTER_PID_ENV};
+use super::Server;
 use crate::ids::{ConnId, Serial};
 use crate::session::State;
-use crate::spawn::{self, ChildSpec, ReportTo, Work};
-use crate::timers::Timer;
+use crate::spawn;
 
 impl Server {
     /// Reaps every child that has ended: no zombie outlives the loop turn that saw SIGCHLD.
@@ -179,120 +172,5 @@ impl Server {
         for pid in self.children.keys() {
             let _ = kill(*pid, Signal::SIGKILL);
         }
-    }
-
-    /// The child exists (and, with `pid_after_exec`, has exec'd): `Pid`, with a pidfd if one
-    /// was asked for and can be had, and the connection is RUNNING.
-    pub(super) fn start_running(&mut self, id: ConnId, pid: Pid, want_pidfd: bool) {
-        let pidfd = want_pidfd
-            .then(|| crate::sys::pidfd_open(pid))
-            .and_then(|r| r.map_err(|e| tracing::debug!("pidfd_open: {e}")).ok());
-        // The session is RUNNING before the Pid goes out: a peer already gone makes the send
-        // disconnect it, and the child of that state must be detached (and killed, with
-        // `kill_on_disconnect`), not left with a stale connection.
-        if let Some(conn) = self.conns.get_mut(&id) {
-            match conn.state() {
-                State::Spawning(p) if p == pid => conn.session_mut().exec_done(pid),
-                _ => conn.session_mut().spawned(pid, false),
-            }
-        }
-        self.send_pid(id, pid, pidfd);
-        self.run_actions(id);
-    }
-
-    pub(super) fn spawn(&mut self, id: ConnId, spawn: Spawn, bundle: FdBundle) {
-        // Pooled children waiting for a job are not in `children`: they do not count.
-        if self.children.len() >= self.config.max_children {
-            let max = self.config.max_children;
-            let msg = format!("too many children: the server runs its limit of {max}");
-            return self.fail(id, ErrorReply::new(ErrorCode::ResourceExhausted, 0, msg));
-        }
-        let options = *spawn.options();
-        let context = spawn::Context::of(&spawn);
-        let is_exec = matches!(spawn.job(), Job::Exec(_));
-        let wait_exec = options.pid_after_exec && is_exec;
-        let serial = Serial::nth(self.spawned_total + 1);
-        // Only a `pid_after_exec` exec job needs a report pipe of its own (its EOF is the
-        // exec's success); others report a failure on the shared socket.
-        let report_to = match wait_exec {
-            true => ReportTo::Pipe,
-            false => ReportTo::Shared(serial),
-        };
-        let mut pooled = true;
-        let mut failure = None;
-        let forked = match self.take_pooled(spawn, bundle) {
-            Pooled::Taken(pid, sock) => Ok((pid, Some(sock))),
-            Pooled::Broken(pid, sock, reply) => {
-                failure = Some(reply);
-                Ok((pid, Some(sock)))
-            }
-            Pooled::Fork(spawn, bundle) => {
-                pooled = false;
-                let work = match spawn.job() {
-                    Job::Exec(e) => Work::Exec(e),
-                    Job::Entry(e) => Work::Entry {
-                        entry: &self.entries[e.name()],
-                        payload: e.payload(),
-                    },
-                };
-                let child = ChildSpec::new(work, &options, bundle, report_to);
-                spawn::spawn(&mut self.fork, child)
-            }
-        };
-        let (pid, report) = match forked {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!("spawn failed: {e}");
-                let code = match e {
-                    Errno::EMFILE | Errno::ENFILE => ErrorCode::ResourceExhausted,
-                    _ => ErrorCode::ForkFailed,
-                };
-                return self.fail(id, ErrorReply::new(code, e as i32, format!("fork: {e}")));
-            }
-        };
-        self.spawned_total += 1;
-        self.touch();
-        if let Some(ms) = options.deadline_ms {
-            let t = Instant::now() + Duration::from_millis(ms.get());
-            self.timers.set(t, Timer::Deadline { serial, pid });
-        }
-        if let (true, Some(report)) = (wait_exec, &report) {
-            // Keyed by the spawn's serial, not its pid: a pid can be reused, a serial cannot.
-            let token = Token::Report(serial).to_u64();
-            if let Err(e) = self
-                .epoll
-                .add(report, EpollEvent::new(EpollFlags::EPOLLIN, token))
-            {
-                tracing::warn!("epoll_ctl: {e}");
-            }
-        }
-        let child = Child::new(pid, serial, id, &options, context)
-            .with_report(report, wait_exec)
-            .with_failure(failure);
-        self.children.insert(pid, child);
-        tracing::debug!(conn = %id, pid = pid.as_raw(), "spawned");
-        if wait_exec {
-            self.transition(id, |s| s.spawned(pid, true));
-            if pooled {
-                // Its Pid comes after the exec: it runs now.
-                spawn::wake_pooled(pid);
-            }
-        } else {
-            self.start_running(id, pid, options.want_pidfd);
-            if pooled && self.stop_after_pooled_pid {
-                tracing::warn!("{TEST_STOP_AFTER_PID_ENV}: stopping after the Pid");
-                let _ = nix::sys::signal::raise(Signal::SIGSTOP);
-            }
-            if pooled {
-                // The job is in its socket, the client has its Pid: now the child may run.
-                spawn::wake_pooled(pid);
-            }
-        }
-    }
-
-    pub(super) fn send_pid(&mut self, id: ConnId, pid: Pid, pidfd: Option<OwnedFd>) {
-        let reply =
-            PidReply::new(pid.as_raw(), pidfd.is_some()).expect("fork returns a positive pid");
-        self.send(id, Message::Pid(reply), pidfd.into_iter().collect());
     }
 }

@@ -7,16 +7,14 @@ use std::time::Instant;
 
 use forkserver_protocol::Message;
 use nix::errno::Errno;
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::SockFlag;
+use nix::sys::epoll::{Epoll, EpollEvent, EpollTimeout};
+use nix::sys::signalfd::SignalFd;
 use nix::unistd::Pid;
 
 use crate::config::Config;
 use crate::entry::EntryFn;
 use crate::ids::{ConnId, Serial};
-use crate::listen::{bind_listener, BoundPath};
+use crate::listen::BoundPath;
 use crate::quota::{open_reserve_fd, Handshakes};
 use crate::spawn::ForkContext;
 use crate::timers::TimerTable;
@@ -29,6 +27,8 @@ mod conn;
 mod connections;
 mod lifecycle;
 mod pool;
+mod setup;
+mod spawning;
 mod timeouts;
 mod token;
 
@@ -87,10 +87,6 @@ impl std::fmt::Debug for Server {
     }
 }
 
-fn sys(what: &'static str) -> impl Fn(Errno) -> ServerError {
-    move |e| ServerError::Sys(what.into(), e)
-}
-
 impl Server {
     /// Binds the listening socket and sets up the event loop. Signals: `SIGINT` and `SIGPIPE`
     /// are ignored; `SIGCHLD` and `SIGTERM` are blocked and read from a signalfd.
@@ -100,70 +96,18 @@ impl Server {
     /// bound (in use, insecure directory, permissions) or a system call of the setup fails.
     pub fn bind(mut config: Config) -> Result<Server, ServerError> {
         config.validate()?;
-        let threads = std::fs::read_dir("/proc/self/task")
-            .map(|d| d.count())
-            .unwrap_or(1);
-        if threads > 1 {
-            return Err(ServerError::Threads(threads));
-        }
-        let listen = std::mem::replace(&mut config.listen, crate::Listen::Abstract(Vec::new()));
-        let shared = !config.allowed_uids.is_empty();
-        let (listener, socket_path) = bind_listener(listen, shared)?;
-        let mut mask = SigSet::empty();
-        mask.add(Signal::SIGCHLD);
-        mask.add(Signal::SIGTERM);
-        mask.thread_block().map_err(sys("sigprocmask"))?;
-        crate::sys::ignore(Signal::SIGINT).map_err(sys("signal"))?;
-        crate::sys::ignore(Signal::SIGPIPE).map_err(sys("signal"))?;
-        // From here on the server changes no disposition: these are what children reset.
-        let signals_to_reset = crate::sys::non_default_signals().map_err(sys("rt_sigaction"))?;
-        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(sys("signalfd"))?;
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(sys("epoll_create"))?;
-        epoll
-            .add(
-                &listener,
-                EpollEvent::new(EpollFlags::EPOLLIN, Token::Listener.to_u64()),
-            )
-            .map_err(sys("epoll_ctl"))?;
-        epoll
-            .add(
-                &signals,
-                EpollEvent::new(EpollFlags::EPOLLIN, Token::Signals.to_u64()),
-            )
-            .map_err(sys("epoll_ctl"))?;
+        setup::check_single_threaded()?;
+        let (listener, socket_path) = setup::listener(&mut config)?;
+        let (signals, signals_to_reset) = setup::signals()?;
         let alive = config.alive_fd.take();
-        if let Some(a) = &alive {
-            epoll
-                .add(
-                    a,
-                    EpollEvent::new(EpollFlags::EPOLLIN, Token::Alive.to_u64()),
-                )
-                .map_err(sys("epoll_ctl"))?;
-        }
-        match crate::quota::raise_fd_limit() {
-            Ok((soft, hard)) if soft < hard => {
-                tracing::debug!("RLIMIT_NOFILE soft limit raised from {soft} to {hard}");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("RLIMIT_NOFILE: {e}"),
-        }
+        let epoll = setup::event_loop(&listener, &signals, alive.as_ref())?;
+        setup::raise_fd_limit();
         let reserve_fd = open_reserve_fd();
-        let (report_rx, report_tx) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::Datagram,
-            None,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        )
-        .map_err(sys("socketpair"))?;
+        let (report_rx, report_tx) = setup::shared_report_socket()?;
         tracing::info!(socket = ?socket_path.as_ref().map(BoundPath::path), "forkserver listening");
         let die_with_server = config.kill_children_with_server;
-        let fork = ForkContext::new(
-            signals_to_reset,
-            die_with_server,
-            report_tx,
-            config.key.take(),
-        );
+        let key = config.key.take();
+        let fork = ForkContext::new(signals_to_reset, die_with_server, report_tx, key);
         Ok(Server {
             epoll,
             listener: Some(listener),
@@ -218,7 +162,7 @@ impl Server {
             let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => 0,
-                Err(e) => return Err(ServerError::Sys("epoll_wait".into(), e)),
+                Err(e) => return Err(setup::sys("epoll_wait")(e)),
             };
             for ev in &events[..n] {
                 let flags = ev.events();
