@@ -7,7 +7,7 @@ use std::time::Duration;
 
 pub use forkserver_protocol::socket_dir::default_socket_path;
 
-use crate::ServerError;
+use crate::error::{ConfigError, ServerError};
 
 /// The largest prefork pool (`Config::prefork`): each pooled child is an idle process.
 pub const MAX_PREFORK: usize = 64;
@@ -105,18 +105,16 @@ impl Config {
     /// Checks the limits: `prefork` at most [`MAX_PREFORK`], `max_children` at least 1.
     ///
     /// # Errors
-    /// [`ServerError::InvalidConfig`] naming the setting that is out of range.
+    /// [`ServerError::InvalidConfig`] naming the setting that is out of range ([`ConfigError`]).
     pub fn validate(&self) -> Result<(), ServerError> {
         if self.prefork > MAX_PREFORK {
-            return Err(ServerError::InvalidConfig(format!(
-                "prefork {} is more than {MAX_PREFORK}",
-                self.prefork
-            )));
+            return Err(ServerError::InvalidConfig(ConfigError::Prefork {
+                count: self.prefork,
+                max: MAX_PREFORK,
+            }));
         }
         if self.max_children == 0 {
-            return Err(ServerError::InvalidConfig(
-                "max_children must be at least 1".into(),
-            ));
+            return Err(ServerError::InvalidConfig(ConfigError::NoChildren));
         }
         Ok(())
     }

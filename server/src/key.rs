@@ -10,7 +10,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::ServerError;
+use crate::error::{LaunchError, ServerError};
 
 /// The shortest key accepted (PROTOCOL.md §9.1).
 const MIN_KEY_LEN: usize = 16;
@@ -20,11 +20,17 @@ const MAX_KEY_LEN: usize = 1024;
 /// Reads a key until EOF: at least 16 and at most 1024 bytes.
 ///
 /// # Errors
-/// [`ServerError::Launch`] when it cannot be read or has a bad length.
+/// [`ServerError::Launch`] when it cannot be read ([`LaunchError::ReadKey`]) or has a bad
+/// length ([`LaunchError::KeyLength`]).
 pub fn read_key(from: impl Read) -> Result<Vec<u8>, ServerError> {
     read_bounded(from)
-        .map_err(|e| ServerError::Launch(format!("reading the key: {e}")))?
-        .map_err(|n| ServerError::Launch(bad_length(n)))
+        .map_err(|e| ServerError::Launch(LaunchError::ReadKey(e)))?
+        .map_err(|len| {
+            ServerError::Launch(LaunchError::KeyLength {
+                len,
+                allowed: MIN_KEY_LEN..=MAX_KEY_LEN,
+            })
+        })
 }
 
 /// Reads the key file `path` (16 to 1024 raw bytes), refusing it unless it is owned by the
@@ -35,10 +41,14 @@ pub fn read_key(from: impl Read) -> Result<Vec<u8>, ServerError> {
 ///
 /// # Errors
 /// [`ServerError::InsecureKeyFile`] for a file of another owner, or one open to group or
-/// others; [`ServerError::Io`] (naming the path) when it cannot be opened or read, or its
-/// length is out of bounds.
+/// others; [`ServerError::Io`] (naming the path) when it cannot be opened or read;
+/// [`ServerError::KeyFileLength`] when its length is out of bounds.
 pub fn read_key_file(path: &Path) -> Result<Vec<u8>, ServerError> {
-    let io = |e: std::io::Error| ServerError::Io(path.display().to_string(), e);
+    let io = |error| ServerError::Io {
+        op: "reading the key file",
+        path: path.to_owned(),
+        error,
+    };
     let file = std::fs::File::open(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     let euid = nix::unistd::geteuid().as_raw();
@@ -50,17 +60,13 @@ pub fn read_key_file(path: &Path) -> Result<Vec<u8>, ServerError> {
             euid,
         });
     }
-    read_bounded(file).map_err(io)?.map_err(|n| {
-        io(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            bad_length(n),
-        ))
-    })
-}
-
-fn bad_length(n: usize) -> String {
-    let over = if n > MAX_KEY_LEN { "more than " } else { "" };
-    format!("the key must be {MIN_KEY_LEN} to {MAX_KEY_LEN} bytes, got {over}{n}")
+    read_bounded(file)
+        .map_err(io)?
+        .map_err(|len| ServerError::KeyFileLength {
+            path: path.to_owned(),
+            len,
+            allowed: MIN_KEY_LEN..=MAX_KEY_LEN,
+        })
 }
 
 /// Reads up to EOF into a buffer allocated once: the key, or `Err(length)` when its length is

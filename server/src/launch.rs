@@ -7,6 +7,8 @@ use std::os::fd::{OwnedFd, RawFd};
 
 use crate::config::{Config, Listen};
 use crate::entry::{EntryFn, Invocation};
+use crate::error::{LaunchError, ServerError};
+use crate::key::read_key;
 use crate::server::Server;
 
 pub use forkserver_protocol::launch::{ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV};
@@ -117,19 +119,22 @@ impl Zygote {
         std::process::exit(code);
     }
 
-    fn serve_launched(self, ready: &mut Option<std::fs::File>) -> Result<(), crate::ServerError> {
+    fn serve_launched(self, ready: &mut Option<std::fs::File>) -> Result<(), ServerError> {
         let listen = take_env_fd(LISTEN_FD_ENV)?
-            .ok_or_else(|| crate::ServerError::Launch(format!("{LISTEN_FD_ENV} is not set")))?;
+            .ok_or(ServerError::Launch(LaunchError::NotSet(LISTEN_FD_ENV)))?;
         let alive = take_env_fd(ALIVE_FD_ENV)?;
         let key = match take_env_fd(KEY_FD_ENV)? {
-            Some(fd) => Some(crate::read_key(std::fs::File::from(fd))?),
+            Some(fd) => Some(read_key(std::fs::File::from(fd))?),
             None => None,
         };
         let prefork = match self.prefork {
             Some(n) => n,
             None => match std::env::var(PREFORK_ENV) {
-                Ok(v) => v.parse().map_err(|_| {
-                    crate::ServerError::Launch(format!("{PREFORK_ENV}={v:?} is not a count"))
+                Ok(value) => value.parse().map_err(|_| {
+                    ServerError::Launch(LaunchError::NotACount {
+                        var: PREFORK_ENV,
+                        value,
+                    })
                 })?,
                 Err(_) => 0,
             },
@@ -162,12 +167,15 @@ impl Zygote {
 /// Takes the fd named by environment variable `var`: removes the variable (children must not
 /// see it), checks the fd is open, and makes it close-on-exec.
 #[allow(unsafe_code)]
-pub(crate) fn take_env_fd(var: &str) -> Result<Option<OwnedFd>, crate::ServerError> {
+pub(crate) fn take_env_fd(var: &'static str) -> Result<Option<OwnedFd>, ServerError> {
     let Some(v) = std::env::var_os(var) else {
         return Ok(None);
     };
     std::env::remove_var(var);
-    let bad = || crate::ServerError::Launch(format!("{var}={v:?} is not an open fd"));
+    let bad = || {
+        let value = v.clone();
+        ServerError::Launch(LaunchError::NotAnFd { var, value })
+    };
     let fd: RawFd = v.to_str().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
     if fd < 3 {
         return Err(bad());

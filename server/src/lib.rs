@@ -24,6 +24,7 @@
 
 mod config;
 mod entry;
+mod error;
 mod ids;
 mod key;
 mod launch;
@@ -40,54 +41,8 @@ pub use config::{
     MAX_PREFORK,
 };
 pub use entry::{EntryFn, Invocation};
+pub use error::{ConfigError, LaunchError, ServerError};
 pub use forkserver_protocol::socket_dir::DirError;
 pub use key::{read_key, read_key_file};
 pub use launch::{Zygote, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV};
 pub use server::Server;
-
-use std::path::PathBuf;
-
-/// Why the server could not start or had to stop.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServerError {
-    /// A system call failed.
-    #[error("{0}: {1}")]
-    Sys(String, nix::errno::Errno),
-    /// A file operation failed.
-    #[error("{0}: {1}")]
-    Io(String, std::io::Error),
-    /// Another server answers on the socket path (or the path is not a socket).
-    #[error("{0} is in use")]
-    InUse(PathBuf),
-    /// The socket directory is not fit to hold the socket (owner, mode, a foreign symbolic
-    /// link; PROTOCOL.md §9.3).
-    #[error("{0}")]
-    Insecure(#[from] DirError),
-    /// The process has more than one thread: forking it would be unsafe.
-    #[error("the server must be single-threaded, this process has {0} threads")]
-    Threads(usize),
-    /// The key file is not owned by the server's effective uid, or grants access to group or
-    /// others.
-    #[error(
-        "{}: the key file must be owned by uid {euid} and closed to group and others, \
-         it is owned by uid {owner} with mode {mode:o}",
-        path.display()
-    )]
-    InsecureKeyFile {
-        /// The key file.
-        path: PathBuf,
-        /// Its owner.
-        owner: u32,
-        /// Its permission bits.
-        mode: u32,
-        /// The server's effective uid.
-        euid: u32,
-    },
-    /// The launch environment (`FORKSERVER_LISTEN_FD`, `FORKSERVER_ALIVE_FD`) is wrong.
-    #[error("launch: {0}")]
-    Launch(String),
-    /// A setting of the [`Config`] is out of range.
-    #[error("invalid configuration: {0}")]
-    InvalidConfig(String),
-}

@@ -12,7 +12,7 @@ use nix::sys::socket::{
 };
 
 use crate::config::Listen;
-use crate::ServerError;
+use crate::error::{sys, ServerError};
 
 /// A socket file this process bound. Dropping it removes the file, if it is still the one we
 /// bound and this is still the process that bound it (a forked child drops nothing of the
@@ -44,11 +44,6 @@ impl Drop for BoundPath {
             let _ = std::fs::remove_file(entry);
         }
     }
-}
-
-fn sys(what: &str) -> impl Fn(nix::errno::Errno) -> ServerError {
-    let what = what.to_owned();
-    move |e| ServerError::Sys(what.clone(), e)
 }
 
 /// Binds and listens as `what` says. `shared`: other uids are allowed to connect, so the
@@ -101,9 +96,16 @@ pub(crate) fn bind_listener(
             let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
             let r = bind(sock.as_raw_fd(), &addr);
             nix::sys::stat::umask(old);
-            r.map_err(|e| ServerError::Sys(format!("bind {}", path.display()), e))?;
-            let meta = std::fs::symlink_metadata(&entry)
-                .map_err(|e| ServerError::Io(format!("stat {}", path.display()), e))?;
+            r.map_err(|errno| ServerError::SysAt {
+                call: "bind",
+                path: path.clone(),
+                errno,
+            })?;
+            let meta = std::fs::symlink_metadata(&entry).map_err(|error| ServerError::Io {
+                op: "stat",
+                path: path.clone(),
+                error,
+            })?;
             let bound = BoundPath {
                 dir,
                 name: name.to_owned(),
@@ -123,7 +125,11 @@ fn create_private_dir(dir: &Path) -> Result<(), ServerError> {
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(ServerError::Io(format!("creating {}", dir.display()), e)),
+        Err(error) => Err(ServerError::Io {
+            op: "creating",
+            path: dir.to_owned(),
+            error,
+        }),
     }
 }
 
@@ -149,8 +155,11 @@ fn remove_stale(entry: &Path, path: &Path) -> Result<(), ServerError> {
     if std::os::unix::net::UnixStream::connect(entry).is_ok() {
         return Err(ServerError::InUse(path.to_owned()));
     }
-    std::fs::remove_file(entry)
-        .map_err(|e| ServerError::Io(format!("removing stale {}", path.display()), e))
+    std::fs::remove_file(entry).map_err(|error| ServerError::Io {
+        op: "removing stale",
+        path: path.to_owned(),
+        error,
+    })
 }
 
 /// The uid of the peer of a connected Unix socket (`SO_PEERCRED`).

@@ -8,11 +8,11 @@ use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
 use super::Server;
+use crate::error::{sys, ServerError};
 use crate::ids::ConnId;
 use crate::session::State;
 use crate::spawn;
 use crate::timers::Timer;
-use crate::ServerError;
 
 impl Server {
     pub(super) fn read_signals(&mut self) -> Result<(), ServerError> {
@@ -29,7 +29,7 @@ impl Server {
                 },
                 Ok(None) | Err(Errno::EAGAIN) => {}
                 Err(Errno::EINTR) => continue,
-                Err(e) => return Err(ServerError::Sys("signalfd read".into(), e)),
+                Err(e) => return Err(sys("signalfd read")(e)),
             }
             break;
         }

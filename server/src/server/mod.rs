@@ -13,12 +13,12 @@ use nix::unistd::Pid;
 
 use crate::config::Config;
 use crate::entry::EntryFn;
+use crate::error::{sys, ServerError};
 use crate::ids::{ConnId, Serial};
 use crate::listen::BoundPath;
 use crate::quota::{open_reserve_fd, Handshakes};
 use crate::spawn::ForkContext;
 use crate::timers::TimerTable;
-use crate::ServerError;
 
 mod accept;
 mod child;
@@ -162,7 +162,7 @@ impl Server {
             let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => 0,
-                Err(e) => return Err(setup::sys("epoll_wait")(e)),
+                Err(e) => return Err(sys("epoll_wait")(e)),
             };
             for ev in &events[..n] {
                 let flags = ev.events();

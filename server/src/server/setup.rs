@@ -4,7 +4,6 @@
 
 use std::os::fd::OwnedFd;
 
-use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -12,12 +11,8 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 use super::token::Token;
 use crate::config::{Config, Listen};
+use crate::error::{sys, ServerError};
 use crate::listen::{bind_listener, BoundPath};
-use crate::ServerError;
-
-pub(super) fn sys(what: &'static str) -> impl Fn(Errno) -> ServerError {
-    move |e| ServerError::Sys(what.into(), e)
-}
 
 /// A process with more than one thread must not fork: the child would hold locks (the
 /// allocator's, stdio's) that no thread of its own will ever release.
