@@ -1,7 +1,13 @@
 //! Every transition of the session, in memory.
 
-use super::*;
-use forkserver_protocol::{Auth, ExecJob, FdMap, Hello, Signal, SpawnOptions, Tag};
+use forkserver_protocol::{
+    auth, Auth, AuthMethod, ErrorCode, ExecJob, FdMap, Frame, Hello, Job, Message, Signal, Spawn,
+    SpawnOptions, Tag, CHALLENGE_LEN,
+};
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+use super::{Action, Env, Session, State};
 
 const KEY: &[u8] = b"a key of sixteen bytes or more";
 const CHALLENGE: [u8; CHALLENGE_LEN] = [7; CHALLENGE_LEN];

@@ -9,7 +9,7 @@ use forkserver_protocol::{Credentials, ExecJob, Job, Session, Spawn, SpawnOption
 use nix::errno::Errno;
 use nix::unistd::{Gid, Pid, Uid};
 
-use super::stage::Stage;
+use super::stage::{Stage, FAILED_STATUS};
 use crate::sys;
 
 /// The session or process group and the credentials a child takes.
@@ -73,7 +73,7 @@ impl Identity {
         if let Some(sig) = death {
             let ok = nix::sys::prctl::set_pdeathsig(sig).is_ok();
             if !ok || nix::unistd::getppid() != parent {
-                sys::exit_now(super::FAILED_STATUS);
+                sys::exit_now(FAILED_STATUS);
             }
         }
         Ok(())

@@ -45,10 +45,8 @@ use crate::entry::{EntryFn, Invocation};
 pub(crate) use context::{ChildSpec, ForkContext, ReportTo, Work};
 pub(crate) use identity::Context;
 use report::report_and_exit;
-pub(crate) use report::{
-    decode_shared, failure_reply, Report, FAILED_STATUS, REPORT_LEN, SHARED_REPORT_LEN,
-};
-pub(crate) use stage::Stage;
+pub(crate) use report::{decode_shared, failure_reply, Report, REPORT_LEN, SHARED_REPORT_LEN};
+pub(crate) use stage::{Stage, FAILED_STATUS};
 
 /// Exit status of an entry point that panicked (as Rust's runtime uses).
 pub(crate) const PANIC_STATUS: i32 = 101;

@@ -14,15 +14,13 @@ use forkserver_protocol::{ErrorCode, ErrorReply, Message, Session};
 use nix::errno::Errno;
 
 use super::identity::Context;
-use super::stage::Stage;
+use super::stage::{Stage, FAILED_STATUS};
 use crate::ids::Serial;
 use crate::sys;
 
 /// Length of a report on a child's own pipe: stage, errno.
 pub(crate) const REPORT_LEN: usize = 5;
 
-/// Exit status of a child whose setup or exec failed (as shells use for "not found").
-pub(crate) const FAILED_STATUS: i32 = 127;
 /// Length of a datagram on the shared report socket: serial, stage, errno.
 pub(crate) const SHARED_REPORT_LEN: usize = 13;
 

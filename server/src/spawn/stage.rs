@@ -1,6 +1,10 @@
-//! The stage byte of a child's failure report: which call of its setup failed. Its own module
-//! because both ends use it: the child's setup (`identity.rs`, `mod.rs`) names a stage, the
-//! report codec (`report.rs`) writes and reads it.
+//! How a child tells that its setup failed: the stage byte of its failure report (which call
+//! failed) and the exit status it then ends with. Its own module because both ends use them:
+//! the child's setup (`identity.rs`, `mod.rs`) names a stage and exits with
+//! [`FAILED_STATUS`], the report codec (`report.rs`) writes and reads the stage.
+
+/// Exit status of a child whose setup or exec failed (as shells use for "not found").
+pub(crate) const FAILED_STATUS: i32 = 127;
 
 /// Which call of the child's setup failed: the first byte of a failure report. The server
 /// reads any stage but [`Stage::Exec`] as `ChildSetupFailed`; the stage only names the call in
