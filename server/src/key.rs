@@ -3,8 +3,9 @@
 //!
 //! The key is read in place into one buffer of its final capacity: no growing `Vec` leaves
 //! freed copies on the heap, and no probe buffer leaves one on the stack, so the server's
-//! `Config::key` is the only copy in memory (which the children that run the server's code
-//! zero after `fork`, see `spawn::fork_child`).
+//! `Config::key` (moved, not copied, into the server's `spawn::ForkContext` when it binds) is
+//! the only copy in memory, which the children that run the server's code zero after `fork`
+//! (`ForkContext::zero_key`).
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;

@@ -176,7 +176,7 @@ impl Child {
     }
 
     /// Whether, reaped with `code`, it may have written its failure on the shared report
-    /// socket (`spawn::Report::Shared`): it had no pipe of its own, nor a failure the server
+    /// socket (`spawn::ReportTo::Shared`): it had no pipe of its own, nor a failure the server
     /// saw, and exited with the status of a failed setup.
     pub(super) fn may_have_shared_report(&self, code: i32) -> bool {
         self.failure.is_none() && self.report.is_none() && code == spawn::FAILED_STATUS

@@ -26,8 +26,8 @@ pub(super) struct Conn {
     out: VecDeque<OutFrame>,
     /// The §6.1 state machine (sans-IO).
     session: Session,
-    /// The state whose side effects (read limits, quotas, timers) are in force: the event
-    /// loop catches up with the session in `sync`.
+    /// The state whose side effects (read limits, quotas, timers) are in force: it catches
+    /// up with the session's in [`Conn::apply_state`].
     applied: State,
     /// What the fd is registered for in the epoll set.
     interest: EpollFlags,

@@ -1,5 +1,15 @@
 //! The event loop: one thread, one epoll set, non-blocking sockets, a state machine per
 //! connection driven by the incremental decoder, child exits through a signalfd.
+//!
+//! [`Server`] and its loop are here; its steps are in the modules below, each of which names
+//! what it uses. Two of them are types that only their module touches: `conn.rs` ([`Conn`],
+//! one connection's socket, reader, replies and session) and `child.rs` ([`Child`], one child
+//! until it is reaped). The others are the loop's work on them: `setup.rs` (the steps of
+//! [`Server::bind`]), `accept.rs` (new connections and their quotas), `connections.rs`
+//! (frames in, the session's actions, replies out), `spawning.rs` (a child for a request and
+//! its `Pid`), `children.rs` (their reports, their reaping), `pool.rs` (`--prefork`),
+//! `timeouts.rs` (the timer table's side), `lifecycle.rs` (signals, shutdown, the alive pipe);
+//! `token.rs` types the epoll tokens.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
