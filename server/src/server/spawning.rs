@@ -56,12 +56,10 @@ impl Server {
         let child = Child::new(pid, serial, id, &options, context)
             .with_report(started.report, wait_exec)
             .with_failure(started.failure);
-        self.adopt(
-            child,
-            options
-                .deadline_ms
-                .map(|ms| Duration::from_millis(ms.get())),
-        );
+        let deadline = options
+            .deadline_ms
+            .map(|ms| Duration::from_millis(ms.get()));
+        self.adopt(child, deadline);
         tracing::debug!(conn = %id, pid = pid.as_raw(), "spawned");
         self.announce(id, pid, wait_exec, pooled, options.want_pidfd);
     }

@@ -42,3 +42,27 @@ impl Token {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_token_round_trips_and_none_collide() {
+        let tokens = [
+            Token::Listener,
+            Token::Signals,
+            Token::Alive,
+            Token::Report(Serial::nth(1)),
+            Token::Report(Serial::nth(ConnId::FIRST.to_u64())),
+            Token::Conn(ConnId::FIRST),
+            Token::Conn(ConnId::FIRST.next()),
+        ];
+        for (i, t) in tokens.iter().enumerate() {
+            assert_eq!(Token::from_u64(t.to_u64()), *t);
+            for u in &tokens[i + 1..] {
+                assert_ne!(t.to_u64(), u.to_u64(), "{t:?} and {u:?}");
+            }
+        }
+    }
+}
