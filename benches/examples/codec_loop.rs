@@ -16,7 +16,7 @@ use std::hint::black_box;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: codec_loop typical|maximal encode|decode N";
+    let usage = "usage: codec_loop typical|maximal encode|to_bytes|decode N";
     let [_, which, op, n] = &args[..] else {
         panic!("{usage}");
     };
@@ -34,6 +34,10 @@ fn main() {
                 buf.clear();
                 black_box(&m).encode(&mut buf);
                 black_box(buf.len());
+            }
+            // What the server and the client do per frame (`OutFrame::new`).
+            "to_bytes" => {
+                black_box(black_box(&m).to_bytes());
             }
             "decode" => {
                 black_box(decode(black_box(&bytes)).unwrap());
