@@ -3,7 +3,9 @@
 //!
 //! The vectors are built by `build_*` below from the public constructors (valid ones) and from
 //! deliberate corruptions with the error each must cause (invalid ones). Set
-//! `FORKSERVER_REGEN_VECTORS=1` to rewrite the files after a reviewed change of the format.
+//! `FORKSERVER_REGEN_VECTORS=1` to rewrite the files after a reviewed change of the format; that
+//! also rewrites the `decode` fuzz target's seeds (`fuzz/corpus/decode/seed-*`), which the test
+//! checks otherwise.
 
 mod common;
 
@@ -1229,6 +1231,76 @@ fn invalid_vectors() {
         "UnknownErrorCode",
     ] {
         assert!(seen.contains(name), "no invalid vector for {name}");
+    }
+}
+
+/// The seed corpus of the `decode` fuzz target (`fuzz/corpus/decode/`): one file
+/// `seed-<file>-<name>` per vector of `valid.json`, `invalid.json` and `transport.json`, holding
+/// the vector's bytes. A vector whose bytes an earlier one already has (a transport vector
+/// differs from a valid one only in the fds it sends) adds no file: libFuzzer sees bytes only.
+/// Other files there (libFuzzer's findings, named by hash) are kept as they are.
+fn fuzz_seeds() -> Vec<(String, Vec<u8>)> {
+    let valid = build_valid()
+        .into_iter()
+        .map(|(name, _, m)| (format!("seed-valid-{name}"), m.to_bytes()));
+    let invalid = build_invalid()
+        .into_iter()
+        .map(|(name, _, bytes, _)| (format!("seed-invalid-{name}"), bytes));
+    let transport = build_transport()
+        .into_iter()
+        .map(|(name, _, bytes, _, _)| (format!("seed-transport-{name}"), bytes));
+    let mut seen = std::collections::HashSet::new();
+    valid
+        .chain(invalid)
+        .chain(transport)
+        .filter(|(_, bytes)| seen.insert(bytes.clone()))
+        .collect()
+}
+
+/// With `FORKSERVER_REGEN_VECTORS=1`, writes the seeds and removes `seed-*` files no vector
+/// makes; without, checks that the directory holds exactly those seeds, so that a vector
+/// changed without its seed fails here.
+#[test]
+fn fuzz_seeds_follow_the_vectors() {
+    let _serial = serial();
+    let dir = spec_dir().join("../fuzz/corpus/decode");
+    let seeds = fuzz_seeds();
+    let names: std::collections::HashSet<&str> = seeds.iter().map(|(n, _)| n.as_str()).collect();
+    let on_disk = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("seed-"))
+            .collect();
+        v.sort();
+        v
+    };
+    if regen() {
+        for stale in on_disk().iter().filter(|n| !names.contains(n.as_str())) {
+            std::fs::remove_file(dir.join(stale)).unwrap();
+        }
+        for (name, bytes) in &seeds {
+            let path = dir.join(name);
+            // Written only when it differs, so that a second run touches nothing.
+            if std::fs::read(&path).ok().as_ref() != Some(bytes) {
+                std::fs::write(&path, bytes).unwrap();
+            }
+        }
+    }
+    let stale: Vec<String> = on_disk()
+        .into_iter()
+        .filter(|n| !names.contains(n.as_str()))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "seeds no vector makes (FORKSERVER_REGEN_VECTORS=1 removes them): {stale:?}"
+    );
+    for (name, bytes) in &seeds {
+        let got = std::fs::read(dir.join(name)).unwrap_or_default();
+        assert!(
+            &got == bytes,
+            "{name}: missing or stale (FORKSERVER_REGEN_VECTORS=1 rewrites it)"
+        );
     }
 }
 

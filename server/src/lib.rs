@@ -46,3 +46,13 @@ pub use forkserver_protocol::socket_dir::DirError;
 pub use key::{read_key, read_key_file};
 pub use launch::{Zygote, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV};
 pub use server::Server;
+
+/// Not an interface: the sans-IO connection session (PROTOCOL.md §6.1) and what it is fed,
+/// for the `session` fuzz target (`fuzz/fuzz_targets/session.rs`).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::session::{Action, Env, Session, State};
+    pub use nix::{errno::Errno, unistd::Pid};
+}
+

@@ -510,6 +510,32 @@ def invalid_vector_checks(invalid):
             check(f"invalid/{v['name']}/{when}: {v['error']} -> Error({v['wire_error']}), closed", bad)
 
 
+def spawn_header(body_len):
+    """The header of a Spawn without fds announcing `body_len` bytes (its body is not sent)."""
+    return struct.pack("<BBHI", 0x10, 0, 0, body_len)
+
+
+def handshake_length_checks():
+    """§6.3: before READY a server MAY refuse a frame over 72 bytes (Auth's length, header
+    included) as soon as its header is complete; one of 72 bytes it reads whole (§6.2: an
+    incomplete frame is not malformed)."""
+    def over_72():
+        with Raw(hello=False) as c:
+            c.send(spawn_header(65))             # 73 bytes announced; the body never comes
+            c.expect_error("UnexpectedMessage")
+    check("handshake/frame-of-73-bytes-before-Hello: refused at its header, "
+          "Error(UnexpectedMessage) (§6.3 MAY)", over_72)
+
+    def at_72():
+        with Raw(hello=False) as c:
+            c.send(spawn_header(64))
+            kind, msg, _ = c.next(QUIET)
+            require(kind == "timeout", f"refused before its body came: {describe(kind, msg)}")
+            c.send(bytes(64))                    # job_kind 0: Malformed, or refused as not Hello
+            c.expect_error(("Malformed", "UnexpectedMessage"))
+    check("handshake/frame-of-72-bytes-before-Hello: read whole, then refused (§6.3)", at_72)
+
+
 def transport_checks(transport):
     for v in transport:
         def replay(v=v):
@@ -949,6 +975,22 @@ def auth_checks(path, key):
             sock.close()
     check("auth/request-before-Auth: HelloOk(method 1) then Error(AuthRequired) (§6.6)", skipped)
 
+    def over_72_in_await_auth():
+        sock, reader = raw(path)
+        try:
+            fc.send_frame(sock, fc.encode_hello())
+            msg, _ = reader.read()
+            require(msg["type"] == "HelloOk" and msg["auth"] == "hmac-sha256",
+                    f"expected HelloOk(method 1), got {msg}")
+            fc.send_frame(sock, spawn_header(65))
+            msg, _ = reader.read()
+            require(msg["type"] == "Error" and msg.get("name") == "AuthRequired",
+                    f"expected Error(AuthRequired) at the header, got {msg}")
+        finally:
+            sock.close()
+    check("auth/frame-of-73-bytes-in-AWAIT_AUTH: refused at its header, Error(AuthRequired) "
+          "(§6.3 MAY)", over_72_in_await_auth)
+
     def no_key_client():
         try:
             fc.Client(path, timeout=TIMEOUT).status()
@@ -1055,6 +1097,7 @@ def main():
     status_checks()
     valid_vector_checks(valid)
     invalid_vector_checks(invalid)
+    handshake_length_checks()
     transport_checks(transport)
     bundle_checks()
     exit_checks()

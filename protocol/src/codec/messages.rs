@@ -2,19 +2,18 @@
 //! [`Message`] and every per-message `match` of the codec are generated. Adding a message means
 //! one entry here and its body type, which implements [`Body`].
 
-use bytes::BufMut;
-
 use super::header::Header;
-use super::wire::Reader;
+use super::wire::{Reader, Sink};
 use super::{Auth, AuthOk, ErrorReply, Exit, Hello, HelloOk, Pid, Signal, Spawn, Status};
 use crate::error::DecodeError;
 use crate::MAX_FDS;
 
-/// What the table needs of a message body. A variable-size body (`len var`) also has an
-/// inherent `body_len(&self) -> usize`; a fixed-size body's length is the table's.
+/// What the table needs of a message body. There is no length method: a body's length is
+/// what its `encode` writes (`codec` module doc); for a fixed-size body (`len N`) a test and a
+/// debug assertion check that this is the table's `N`.
 pub(super) trait Body: Sized {
     /// Appends the body (no header) to `out`.
-    fn encode(&self, out: &mut impl BufMut);
+    fn encode(&self, out: &mut impl Sink);
 
     /// Reads the body from `r`; `nfds` is the header's fd count. The caller checks that `r` is
     /// used up.
@@ -48,12 +47,6 @@ macro_rules! messages {
             messages!(@len_doc $len), ", ", messages!(@fds_doc $fds), " (PROTOCOL.md §4.1, §4.2).",
         )
     };
-    // One message's body length: its inherent `body_len` if variable, else the table's.
-    (@body_len var, $m:ident: $body:ident) => { $body::body_len($m) };
-    (@body_len $len:literal $(, $m:ident: $body:ident)?) => {{
-        $(let _: &$body = $m;)?
-        $len
-    }};
     (@fd_count) => { 0 };
     (@fd_count $m:ident: $body:ident) => { <$body as Body>::fd_count($m) };
 
@@ -138,16 +131,7 @@ macro_rules! messages {
                 }
             }
 
-            pub(super) fn body_len(&self) -> usize {
-                match self {
-                    $(
-                        Message::$name $((m @ $body { .. }))? =>
-                            messages!(@body_len $len $(, m: $body)?),
-                    )*
-                }
-            }
-
-            pub(super) fn encode_body(&self, out: &mut impl BufMut) {
+            pub(super) fn encode_body(&self, out: &mut impl Sink) {
                 match self {
                     $(
                         Message::$name $((m @ $body { .. }))? => {

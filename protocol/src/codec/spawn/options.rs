@@ -15,12 +15,12 @@
 //! Every flag bit is one line of the `spawn_options!` table below: its bit, its name in
 //! [`flags`], the [`Revision`] it appeared in, and what it sets in [`SpawnOptions`]. The
 //! table generates the flag constants (and [`flags::ALL`], [`flags::SESSION_BITS`]), the flag
-//! word, the fields' length, encoder, decoder and build-time checks, and the revision a
+//! word, the fields' encoder, decoder and build-time checks, and the revision a
 //! request needs ([`SpawnOptions::required_revision`]). A line is one of:
 //!
 //! - `flag(field)`: a `bool` of [`SpawnOptions`], no body field (`WANT_PIDFD`);
 //! - `field(path: Codec)`: an `Option<T>` at `path` of [`SpawnOptions`], present on the wire
-//!   when `Some`; `Codec` implements `FieldCodec<Value = T>` (length, encode, decode with its
+//!   when `Some`; `Codec` implements `FieldCodec<Value = T>` (encode, decode with its
 //!   §5.5.1 checks, the build check); `credentials.uid: Uid` (`u32`, `u32::MAX` invalid) and
 //!   `credentials.groups: Groups` (a capped list) are the examples;
 //! - `session(Variant)` / `session(Variant: Codec)`: one of the mutually exclusive
@@ -45,11 +45,9 @@
 //! an fd index, a grace period) are `field` lines with a codec of their own; the fields are
 //! then laid out, decoded and checked in bit order, as §5.5.1 requires.
 
-use bytes::BufMut;
-
 pub use super::fields::Groups;
 use super::fields::{FieldCodec, Gid, Pgid, Uid};
-use crate::codec::wire::Reader;
+use crate::codec::wire::{Reader, Sink};
 use crate::error::{BuildError, DecodeError, Field};
 
 /// A revision of the protocol specification (PROTOCOL.md change log): the wire facts it added
@@ -109,13 +107,6 @@ macro_rules! option_line {
     };
     (value, $o:ident, $($t:tt)*) => {};
     // The codec of the field, for the generated calls.
-    (len, $o:ident, $n:ident, field($($f:ident).+ : $c:ty)) => {
-        option_line!(value, $o, field($($f).+ : $c), |v| $n += <$c as FieldCodec>::len(v))
-    };
-    (len, $o:ident, $n:ident, session($var:ident : $c:ty)) => {
-        option_line!(value, $o, session($var : $c), |v| $n += <$c as FieldCodec>::len(v))
-    };
-    (len, $($t:tt)*) => {};
     (encode, $o:ident, $out:ident, field($($f:ident).+ : $c:ty)) => {
         option_line!(value, $o, field($($f).+ : $c), |v| <$c as FieldCodec>::encode(v, $out))
     };
@@ -190,16 +181,9 @@ macro_rules! spawn_options {
                 f
             }
 
-            /// Length of the optional fields between the targets and `job_kind`.
-            pub(crate) fn fields_len(&self) -> usize {
-                let o = self;
-                let mut n = 0;
-                $( option_line!(len, o, n, $kind $args); )*
-                n
-            }
-
-            /// Writes the optional fields, in the order of their bits.
-            pub(crate) fn encode_fields(&self, out: &mut impl BufMut) {
+            /// Writes the optional fields, in the order of their bits (their length is what
+            /// this writes: `codec` module doc).
+            pub(crate) fn encode_fields(&self, out: &mut impl Sink) {
                 let o = self;
                 $( option_line!(encode, o, out, $kind $args); )*
             }
