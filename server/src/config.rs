@@ -7,6 +7,7 @@ use std::time::Duration;
 
 pub use forkserver_protocol::socket_dir::default_socket_path;
 
+use crate::notify::Notifier;
 use crate::ServerError;
 
 /// The largest prefork pool (`Config::prefork`): each pooled child is an idle process.
@@ -80,6 +81,9 @@ pub struct Config {
     /// `SIGKILL` to those left (their clients get `Exit` with code -9, as for any death by
     /// signal), reaps them and exits. `None`: wait for them however long they run.
     pub shutdown_timeout: Option<Duration>,
+    /// The service manager to notify (`READY=1` once bound and the pool filled, `STATUS=`,
+    /// `WATCHDOG=1`, `STOPPING=1`; [`crate::ServiceEnv::notifier`]).
+    pub notify: Option<Notifier>,
 }
 
 impl Default for Config {
@@ -97,6 +101,7 @@ impl Default for Config {
             prefork: 0,
             max_children: DEFAULT_MAX_CHILDREN,
             shutdown_timeout: Some(DEFAULT_SHUTDOWN_TIMEOUT),
+            notify: None,
         }
     }
 }
@@ -138,6 +143,7 @@ impl std::fmt::Debug for Config {
             .field("prefork", &self.prefork)
             .field("max_children", &self.max_children)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("notify", &self.notify)
             .finish()
     }
 }

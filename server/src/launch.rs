@@ -88,6 +88,10 @@ impl Zygote {
         if !Self::is_requested() {
             return;
         }
+        // A launched server is nobody's service: a service manager's variables inherited from
+        // the launcher are not for it, and its children (pooled and zygote ones included,
+        // forked after the preloads) must not inherit them either.
+        crate::activation::scrub_env();
         let named: Vec<_> = [LISTEN_FD_ENV, ALIVE_FD_ENV, KEY_FD_ENV, READY_FD_ENV]
             .iter()
             .filter_map(std::env::var_os)
