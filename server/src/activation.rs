@@ -78,6 +78,13 @@ pub enum ActivationError {
     NotStream(RawFd),
     /// The passed fd is a socket that does not listen (`SO_ACCEPTCONN` is 0).
     NotListening(RawFd),
+    /// The passed socket was made to listen by a uid that is neither ours nor root.
+    ForeignListener {
+        /// The fd.
+        fd: RawFd,
+        /// The uid that called `listen(2)` (`SO_PEERCRED`).
+        uid: u32,
+    },
 }
 
 impl fmt::Display for ActivationError {
@@ -108,6 +115,11 @@ impl fmt::Display for ActivationError {
             Self::NotListening(fd) => write!(
                 f,
                 "passed fd {fd} is not a listening socket (use ListenStream= with Accept=no)"
+            ),
+            Self::ForeignListener { fd, uid } => write!(
+                f,
+                "passed fd {fd} was made to listen by uid {uid}, neither this server's nor \
+                 root: clients would see uid {uid} as the server's"
             ),
         }
     }
@@ -238,9 +250,10 @@ impl ServiceEnv {
         self.activation.clone()
     }
 
-    /// The passed socket, checked: an `AF_UNIX` `SOCK_STREAM` socket that listens and, when it
-    /// has a path, lies in a directory that passes PROTOCOL.md §9.3's check for our
-    /// effective uid (`shared`: other uids are allowed, so the directory may be readable by
+    /// The passed socket, checked: an `AF_UNIX` `SOCK_STREAM` socket that listens, made to
+    /// listen by our effective uid or root (the manager: clients see that uid as the
+    /// server's), and, when it has a path, in a directory that passes PROTOCOL.md §9.3's check
+    /// for that uid (`shared`: other uids are allowed, so the directory may be readable by
     /// others). `None` when no socket was passed to us; the second call also gets `None`.
     ///
     /// # Errors
@@ -266,10 +279,25 @@ impl ServiceEnv {
         if !getsockopt(&fd, sockopt::AcceptConn).map_err(sys("getsockopt(SO_ACCEPTCONN)"))? {
             return Err(ActivationError::NotListening(raw).into());
         }
+        // PROTOCOL.md §9.4: a client sees as the server's uid (SO_PEERCRED) the uid of
+        // whoever called listen(2), the manager: a user's manager runs as us, the system's as
+        // root. Those two are trusted; a socket made to listen by anyone else is refused.
+        let euid = nix::unistd::geteuid().as_raw();
+        let listener_uid = getsockopt(&fd, sockopt::PeerCredentials)
+            .map_err(sys("getsockopt(SO_PEERCRED)"))?
+            .uid();
+        if listener_uid != euid && listener_uid != 0 {
+            return Err(ActivationError::ForeignListener {
+                fd: raw,
+                uid: listener_uid,
+            }
+            .into());
+        }
         // PROTOCOL.md §9.3 applies to the directory of a socket with a path: the manager bound
-        // it, but a client checks that directory before it connects, and whoever could write
-        // to it could put their own socket in its place. An abstract socket has no directory
-        // (only the peer-uid check and the key guard it, as for `--abstract`).
+        // it, but a client checks that directory (for the uid above) before it connects, and
+        // whoever could write to it could put their own socket in its place. An abstract
+        // socket has no directory (only the peer-uid check and the key guard it, as for
+        // `--abstract`).
         if let Some(path) = addr.as_unix_addr().and_then(|a| a.path()) {
             let (dir, _) = socket_dir::split(path)?;
             let sharing = if shared {
@@ -277,7 +305,7 @@ impl ServiceEnv {
             } else {
                 Sharing::Private
             };
-            SocketDir::open(dir, nix::unistd::geteuid().as_raw(), sharing)?;
+            SocketDir::open(dir, listener_uid, sharing)?;
             tracing::info!(socket = %path.display(), "serving on the socket passed by the service manager");
         }
         Ok(Some(fd))
