@@ -339,10 +339,111 @@ impl Notifier {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_notify_socket, parse_watchdog, NotifyAddr, NotifyEnvError};
+    use super::{
+        parse_notify_socket, parse_watchdog, Notifier, NotifyAddr, NotifyEnv, NotifyEnvError,
+        ServiceStats,
+    };
+    use crate::timers::{Timer, TimerTable};
     use std::ffi::OsStr;
+    use std::os::unix::net::UnixDatagram;
     use std::path::PathBuf;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
+
+    /// What arrived on `sock` so far (it is non-blocking: a send is in its queue on return).
+    fn received(sock: &UnixDatagram) -> Vec<String> {
+        let mut buf = [0u8; 512];
+        let mut got = Vec::new();
+        while let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8(buf[..n].to_vec()).unwrap());
+        }
+        got
+    }
+
+    #[test]
+    fn ready_once_then_status_at_most_once_a_second_and_the_watchdog_on_its_timer() {
+        let dir = std::env::temp_dir().join(format!("fs-notify-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("notify");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let env = NotifyEnv {
+            socket: Some(path.clone().into()),
+            watchdog_usec: Some("4000000".into()),
+            watchdog_pid: None,
+            our_pid: 1,
+        };
+        let mut n = Notifier::from_env(&env).unwrap();
+        assert_eq!(n.watchdog(), Some(Duration::from_secs(4)));
+        let (t0, mut timers) = (Instant::now(), TimerTable::default());
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let stats = |spawned| ServiceStats {
+            children: 0,
+            connections: 1,
+            spawned,
+        };
+        n.turn(t0, stats(0), &mut timers);
+        n.turn(t0, stats(0), &mut timers);
+        assert_eq!(
+            received(&sock),
+            ["READY=1\nSTATUS=children 0, connections 1, spawned 0"]
+        );
+        // The watchdog timer is at half the interval.
+        assert_eq!(timers.next(), Some(at(2000)));
+        // A change within the second waits for a timer at its end; more changes meanwhile
+        // set no second timer.
+        n.turn(at(300), stats(1), &mut timers);
+        n.turn(at(400), stats(2), &mut timers);
+        assert!(received(&sock).is_empty());
+        assert_eq!(timers.pop_expired(at(999)), None);
+        let (_, timer) = timers.pop_expired(at(1000)).unwrap();
+        assert_eq!(timer, Timer::Status);
+        n.on_timer(timer, at(1000), stats(2), &mut timers);
+        assert_eq!(
+            received(&sock),
+            ["STATUS=children 0, connections 1, spawned 2"]
+        );
+        // Unchanged: nothing; changed a second later: sent at once.
+        n.turn(at(1500), stats(2), &mut timers);
+        n.turn(at(2100), stats(3), &mut timers);
+        assert_eq!(
+            received(&sock),
+            ["STATUS=children 0, connections 1, spawned 3"]
+        );
+        let (_, timer) = timers.pop_expired(at(2100)).unwrap();
+        assert_eq!(timer, Timer::Watchdog);
+        n.on_timer(timer, at(2100), stats(3), &mut timers);
+        assert_eq!(received(&sock), ["WATCHDOG=1"]);
+        assert_eq!(timers.next(), Some(at(4100)));
+        n.extend_timeout(Duration::from_secs(90));
+        n.stopping();
+        n.stopping();
+        assert_eq!(
+            received(&sock),
+            ["EXTEND_TIMEOUT_USEC=90000000", "STOPPING=1\nSTATUS=stopping"]
+        );
+        // A manager that is gone costs nothing: sends fail quietly.
+        drop(sock);
+        n.send("STATUS=x");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn notifications_reach_an_abstract_socket() {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("forkserver-test-notify-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+        let sock = UnixDatagram::bind_addr(&addr).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let env = NotifyEnv {
+            socket: Some(format!("@{name}").into()),
+            ..NotifyEnv::default()
+        };
+        let mut n = Notifier::from_env(&env).unwrap();
+        assert_eq!(n.watchdog(), None);
+        n.stopping();
+        assert_eq!(received(&sock), ["STOPPING=1\nSTATUS=stopping"]);
+    }
 
     #[test]
     fn notify_socket_is_a_path_or_an_abstract_name() {
