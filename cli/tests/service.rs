@@ -44,8 +44,7 @@ fn start(fds: Vec<OwnedFd>, pid: Pid, env: &[(&str, &str)], args: &[&str]) -> Ch
     let high: Vec<OwnedFd> = fds
         .iter()
         .map(|fd| {
-            let n = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100))
-                .unwrap();
+            let n = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100)).unwrap();
             // SAFETY: F_DUPFD_CLOEXEC just returned this new fd, owned by nothing else.
             unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) }
         })
@@ -313,7 +312,10 @@ fn a_passed_fd_that_is_not_a_listening_unix_stream_socket_is_refused() {
     let mut server = start(vec![fd], Pid::Server, &[], &[]);
     let (status, err) = await_exit(&mut server);
     assert!(!status.success());
-    assert!(err.contains("unsafe permissions on socket directory"), "{err}");
+    assert!(
+        err.contains("unsafe permissions on socket directory"),
+        "{err}"
+    );
     let (fd, socket) = listener(&open, "shared.sock");
     let mut server = start(vec![fd], Pid::Server, &[], &["--allow-uid", "65534"]);
     Conn::connect(&socket).status();
@@ -323,7 +325,12 @@ fn a_passed_fd_that_is_not_a_listening_unix_stream_socket_is_refused() {
     // A passed socket and a socket of our own cannot both be served.
     let (fd, _) = listener(&dir, "passed.sock");
     let own = dir.join("own.sock");
-    let mut server = start(vec![fd], Pid::Server, &[], &["--socket", own.to_str().unwrap()]);
+    let mut server = start(
+        vec![fd],
+        Pid::Server,
+        &[],
+        &["--socket", own.to_str().unwrap()],
+    );
     let (status, err) = await_exit(&mut server);
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("--socket"), "{err}");
@@ -361,25 +368,45 @@ fn under_systemd_socket_activate() {
     let until = Instant::now() + HANG;
     while !socket.exists() {
         if server.try_wait().unwrap().is_some() {
-            panic!("systemd-socket-activate failed: {}", await_exit(&mut server).1);
+            panic!(
+                "systemd-socket-activate failed: {}",
+                await_exit(&mut server).1
+            );
         }
-        assert!(Instant::now() < until, "systemd-socket-activate did not bind");
+        assert!(
+            Instant::now() < until,
+            "systemd-socket-activate did not bind"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     // The real client, which verifies the directory and the listener's uid first; the first
     // connection makes systemd-socket-activate exec the server.
     let out = Command::new(BIN)
-        .args(["run", "--socket", socket.to_str().unwrap(), "--", "/bin/echo", "hi"])
+        .args([
+            "run",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--",
+            "/bin/echo",
+            "hi",
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, b"hi\n");
     await_notify(&notify, "READY", |m| m.starts_with("READY=1"));
     sigterm(&server);
     let (status, err) = await_exit(&mut server);
     assert!(status.success(), "{status}: {err}");
-    assert!(std::fs::symlink_metadata(&socket).unwrap().file_type().is_socket());
+    assert!(std::fs::symlink_metadata(&socket)
+        .unwrap()
+        .file_type()
+        .is_socket());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -421,7 +448,10 @@ fn unit_files_pass_systemd_analyze_verify() {
         }
         let out = cmd.args(&paths).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() && err.trim().is_empty(), "{units:?}: {err}");
+        assert!(
+            out.status.success() && err.trim().is_empty(),
+            "{units:?}: {err}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -397,7 +397,10 @@ mod tests {
     fn one_fd_is_ours_whatever_its_name() {
         let one = Ok(Activation::Socket { fd: 3, passed: 1 });
         assert_eq!(parse(Some("4242"), Some("1"), None), one);
-        assert_eq!(parse(Some("4242"), Some("1"), Some("forkserver.socket")), one);
+        assert_eq!(
+            parse(Some("4242"), Some("1"), Some("forkserver.socket")),
+            one
+        );
     }
 
     #[test]
@@ -418,7 +421,12 @@ mod tests {
             parse(Some("4242"), Some("2"), Some("forkserver:forkserver")),
             Err(ActivationError::NamedTwice(_))
         ));
-        for (names, n) in [(None, 0), (Some(""), 0), (Some("forkserver"), 1), (Some("a:b:forkserver"), 3)] {
+        for (names, n) in [
+            (None, 0),
+            (Some(""), 0),
+            (Some("forkserver"), 1),
+            (Some("a:b:forkserver"), 3),
+        ] {
             assert_eq!(
                 parse(Some("4242"), Some("2"), names),
                 Err(ActivationError::NamesMismatch { fds: 2, names: n })
@@ -430,13 +438,19 @@ mod tests {
     fn malformed_values_are_errors() {
         for pid in ["", "0", "-1", "+4242", " 4242", "42x", "99999999999"] {
             assert!(
-                matches!(parse(Some(pid), Some("1"), None), Err(ActivationError::BadPid(_))),
+                matches!(
+                    parse(Some(pid), Some("1"), None),
+                    Err(ActivationError::BadPid(_))
+                ),
                 "{pid:?}"
             );
         }
         for fds in ["", "-1", "+1", "1 ", "x", "4097", "18446744073709551617"] {
             assert!(
-                matches!(parse(Some("4242"), Some(fds), None), Err(ActivationError::BadCount(_))),
+                matches!(
+                    parse(Some("4242"), Some(fds), None),
+                    Err(ActivationError::BadCount(_))
+                ),
                 "{fds:?}"
             );
         }
@@ -448,6 +462,9 @@ mod tests {
             })
         );
         let e = parse(Some("4242"), Some("2"), Some("a:b")).unwrap_err();
-        assert!(e.to_string().contains("FileDescriptorName=forkserver"), "{e}");
+        assert!(
+            e.to_string().contains("FileDescriptorName=forkserver"),
+            "{e}"
+        );
     }
 }

@@ -47,7 +47,9 @@ pub use config::{
 pub use entry::{EntryFn, Invocation};
 pub use forkserver_protocol::socket_dir::DirError;
 pub use key::{read_key, read_key_file};
-pub use launch::{Zygote, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV};
+pub use launch::{
+    Zygote, ALIVE_FD_ENV, DEFAULT_PRELOAD_TIMEOUT, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV,
+};
 pub use notify::{
     parse_notify_socket, parse_watchdog, Notifier, NotifyAddr, NotifyEnvError, NOTIFY_SOCKET_ENV,
     WATCHDOG_PID_ENV, WATCHDOG_USEC_ENV,

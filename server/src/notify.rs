@@ -420,7 +420,10 @@ mod tests {
         n.stopping();
         assert_eq!(
             received(&sock),
-            ["EXTEND_TIMEOUT_USEC=90000000", "STOPPING=1\nSTATUS=stopping"]
+            [
+                "EXTEND_TIMEOUT_USEC=90000000",
+                "STOPPING=1\nSTATUS=stopping"
+            ]
         );
         // A manager that is gone costs nothing: sends fail quietly.
         drop(sock);
@@ -475,8 +478,14 @@ mod tests {
         };
         assert_eq!(w(None, None), Ok(None));
         assert_eq!(w(None, Some("77")), Ok(None));
-        assert_eq!(w(Some("200000"), None), Ok(Some(Duration::from_millis(200))));
-        assert_eq!(w(Some("200000"), Some("77")), Ok(Some(Duration::from_millis(200))));
+        assert_eq!(
+            w(Some("200000"), None),
+            Ok(Some(Duration::from_millis(200)))
+        );
+        assert_eq!(
+            w(Some("200000"), Some("77")),
+            Ok(Some(Duration::from_millis(200)))
+        );
         // Meant for another process (a parent's, inherited).
         assert_eq!(w(Some("200000"), Some("78")), Ok(None));
         for bad in ["0", "", "-5", "+5", "1.5", "18446744073709551615", "x"] {
@@ -487,7 +496,10 @@ mod tests {
         }
         for bad in ["0", "", "x", "-1"] {
             assert!(
-                matches!(w(Some("1000"), Some(bad)), Err(NotifyEnvError::BadWatchdogPid(_))),
+                matches!(
+                    w(Some("1000"), Some(bad)),
+                    Err(NotifyEnvError::BadWatchdogPid(_))
+                ),
                 "{bad:?}"
             );
         }
