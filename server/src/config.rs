@@ -32,7 +32,9 @@ pub enum Listen {
     /// A Linux abstract socket (no file, no permissions: any local user can connect, so the
     /// peer uid check is all that guards it). Only when asked for explicitly.
     Abstract(Vec<u8>),
-    /// An already bound and listening socket, inherited from a launcher.
+    /// An already bound and listening socket, inherited from a launcher (PROTOCOL.md §9.4) or
+    /// passed by a service manager ([`crate::ServiceEnv::take_listener`]). It is never
+    /// unlinked.
     Fd(OwnedFd),
 }
 

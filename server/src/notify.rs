@@ -35,6 +35,9 @@ pub const WATCHDOG_PID_ENV: &str = "WATCHDOG_PID";
 pub(crate) const NOTIFY_VARS: [&str; 3] = [NOTIFY_SOCKET_ENV, WATCHDOG_USEC_ENV, WATCHDOG_PID_ENV];
 /// `STATUS=` is sent at most this often.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// `WATCHDOG=1` is sent at most this often, however short `WATCHDOG_USEC` is: a misconfigured
+/// interval must not turn the event loop into a busy loop.
+const MIN_WATCHDOG_PING: Duration = Duration::from_millis(1);
 
 /// Where notifications go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,7 +281,7 @@ impl Notifier {
             self.ready = true;
             self.send(&format!("READY=1\n{}", stats.status_line()));
             self.last_status = Some((stats, now));
-            if let Some(at) = self.watchdog.and_then(|w| now.checked_add(w / 2)) {
+            if let Some(at) = self.next_ping(now) {
                 timers.set(at, Timer::Watchdog);
             }
             return;
@@ -315,7 +318,7 @@ impl Notifier {
             }
             Timer::Watchdog => {
                 self.send("WATCHDOG=1");
-                if let Some(at) = self.watchdog.and_then(|w| now.checked_add(w / 2)) {
+                if let Some(at) = self.next_ping(now) {
                     timers.set(at, Timer::Watchdog);
                 }
             }
@@ -329,6 +332,12 @@ impl Notifier {
             self.stopping = true;
             self.send("STOPPING=1\nSTATUS=stopping");
         }
+    }
+
+    /// When `WATCHDOG=1` is next due: half the interval from `now`.
+    fn next_ping(&self, now: Instant) -> Option<Instant> {
+        let w = self.watchdog?;
+        now.checked_add((w / 2).max(MIN_WATCHDOG_PING))
     }
 
     fn send_status(&mut self, now: Instant, stats: ServiceStats) {
