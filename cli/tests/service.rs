@@ -37,9 +37,32 @@ enum Pid {
     Other(u32),
 }
 
+/// A server process, killed and reaped when dropped: a failed test leaves none running.
+struct Proc(Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs `forkserver serve ARGS` as a service manager would: `fds` from fd 3 on, with
 /// `LISTEN_FDS` (their count, unless `env` sets it) and `LISTEN_PID`, and `env`.
-fn start(fds: Vec<OwnedFd>, pid: Pid, env: &[(&str, &str)], args: &[&str]) -> Child {
+fn start(fds: Vec<OwnedFd>, pid: Pid, env: &[(&str, &str)], args: &[&str]) -> Proc {
     // Moved out of the way first, so that placing one at 3 + i clobbers no other.
     let high: Vec<OwnedFd> = fds
         .iter()
@@ -91,7 +114,7 @@ fn start(fds: Vec<OwnedFd>, pid: Pid, env: &[(&str, &str)], args: &[&str]) -> Ch
     }
     let child = cmd.spawn().unwrap();
     drop((fds, high));
-    child
+    Proc(child)
 }
 
 /// A listening socket at `dir/name`.
@@ -353,18 +376,20 @@ fn under_systemd_socket_activate() {
     let dir = scratch_dir("sdsa");
     let socket = dir.join("forkserver.sock");
     let (notify, notify_path) = notify_socket(&dir);
-    let mut server = Command::new(activate)
-        .arg("-l")
-        .arg(&socket)
-        .arg("--fdname=forkserver")
-        .arg("-E")
-        .arg(format!("NOTIFY_SOCKET={notify_path}"))
-        .arg(BIN)
-        .arg("serve")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server = Proc(
+        Command::new(activate)
+            .arg("-l")
+            .arg(&socket)
+            .arg("--fdname=forkserver")
+            .arg("-E")
+            .arg(format!("NOTIFY_SOCKET={notify_path}"))
+            .arg(BIN)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let until = Instant::now() + HANG;
     while !socket.exists() {
         if server.try_wait().unwrap().is_some() {

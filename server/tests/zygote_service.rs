@@ -23,12 +23,27 @@ fn preloaded(_call: Invocation) -> i32 {
     *STATE.get().unwrap_or(&-1)
 }
 
+/// How many of the service manager's variables the child sees (none, PROTOCOL.md §9.4).
+fn manager_vars(_call: Invocation) -> i32 {
+    let names = [
+        "LISTEN_PID",
+        "LISTEN_FDS",
+        "LISTEN_FDNAMES",
+        "NOTIFY_SOCKET",
+    ];
+    names
+        .iter()
+        .filter(|n| std::env::var_os(n).is_some())
+        .count() as i32
+}
+
 fn main() {
     Zygote::new()
         .preload(|| {
             let _ = STATE.set(42);
         })
         .entry("preloaded", preloaded)
+        .entry("manager_vars", manager_vars)
         .preload_timeout(Duration::from_secs(300))
         .service()
         .serve_if_requested();
@@ -54,6 +69,7 @@ fn manager() {
         .arg(r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0""#)
         .arg(std::env::current_exe().unwrap())
         .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "forkserver")
         .env("NOTIFY_SOCKET", &notify_path)
         .stdin(Stdio::null());
     // SAFETY: the closure only calls dup2 and fcntl (async-signal-safe) on `fd`, open in the
@@ -72,7 +88,7 @@ fn manager() {
             Ok(())
         });
     }
-    let mut server = cmd.spawn().unwrap();
+    let mut server = Reaped(cmd.spawn().unwrap());
     drop(listener);
 
     let extend = recv(&notify);
@@ -80,36 +96,51 @@ fn manager() {
     let ready = recv(&notify);
     assert!(ready.starts_with("READY=1\n"), "{ready}");
 
-    // An entry point sees the state the preload built.
-    let sock = UnixStream::connect(&socket).unwrap();
-    let mut reader = FrameReader::new();
-    send_message(sock.as_fd(), &Message::Hello(Hello::current()), vec![]).unwrap();
-    let reply = reader.read_frame(sock.as_fd()).unwrap().message;
-    assert!(matches!(reply, Message::HelloOk(_)), "{reply:?}");
-    let job = Job::Entry(EntryJob::new("preloaded", Vec::new()).unwrap());
-    let (map, fds) = FdBundle::new().into_parts();
-    let spawn = Spawn::new(SpawnOptions::default(), map, job).unwrap();
-    send_message(sock.as_fd(), &Message::Spawn(spawn), fds).unwrap();
-    let code = loop {
-        match reader.read_frame(sock.as_fd()).unwrap().message {
-            Message::Exit(e) => break e.code(),
-            Message::Pid(_) | Message::Signaled => {}
-            m => panic!("unexpected {m:?}"),
-        }
-    };
-    assert_eq!(code, 42);
-    drop(sock);
+    // An entry point sees the state the preload built, and none of the manager's variables.
+    assert_eq!(call(&socket, "preloaded"), 42);
+    assert_eq!(call(&socket, "manager_vars"), 0);
 
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.id() as i32),
+        nix::unistd::Pid::from_raw(server.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     while !recv(&notify).starts_with("STOPPING=1") {}
-    assert!(server.wait().unwrap().success());
+    assert!(server.0.wait().unwrap().success());
     // The manager's socket stays.
     assert!(socket.exists());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The server, killed and reaped if the test fails (its stdout is the test's: a live server
+/// would keep the test runner waiting).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs entry point `name` through the server at `socket` and returns its exit code.
+fn call(socket: &std::path::Path, name: &str) -> i32 {
+    let sock = UnixStream::connect(socket).unwrap();
+    let mut reader = FrameReader::new();
+    send_message(sock.as_fd(), &Message::Hello(Hello::current()), vec![]).unwrap();
+    let reply = reader.read_frame(sock.as_fd()).unwrap().message;
+    assert!(matches!(reply, Message::HelloOk(_)), "{reply:?}");
+    let job = Job::Entry(EntryJob::new(name, Vec::new()).unwrap());
+    let (map, fds) = FdBundle::new().into_parts();
+    let spawn = Spawn::new(SpawnOptions::default(), map, job).unwrap();
+    send_message(sock.as_fd(), &Message::Spawn(spawn), fds).unwrap();
+    loop {
+        match reader.read_frame(sock.as_fd()).unwrap().message {
+            Message::Exit(e) => return e.code(),
+            Message::Pid(_) | Message::Signaled => {}
+            m => panic!("unexpected {m:?}"),
+        }
+    }
 }
 
 /// The next notification (up to [`HANG`]).
