@@ -166,14 +166,15 @@ fn main() -> ExitCode {
             shutdown_timeout,
             handshake_timeout,
         } => {
+            // The service manager's variables (LISTEN_*, NOTIFY_SOCKET, WATCHDOG_*) leave the
+            // environment before anything else is done, so that no child inherits them.
+            // SAFETY: single-threaded (clap and the stderr subscriber start no thread), and
+            // nothing so far has opened or taken an fd: a passed fd is owned by nothing else.
+            let mut service = unsafe { ServiceEnv::take() };
             let key = match key_file.as_deref().map(load_key).transpose() {
                 Ok(k) => k,
                 Err(e) => return fail(&e, ExitCode::FAILURE),
             };
-            // The service manager's variables (LISTEN_*, NOTIFY_SOCKET, WATCHDOG_*) leave the
-            // environment before anything else is done, so that no child inherits them. The
-            // process is single-threaded here (clap and the stderr subscriber start no thread).
-            let mut service = ServiceEnv::take();
             let activated = match service.take_listener(!allow_uid.is_empty()) {
                 Ok(fd) => fd,
                 Err(e) => return fail(&e, ExitCode::FAILURE),

@@ -218,9 +218,15 @@ impl ServiceEnv {
     /// it is ours. Other passed fds are left alone (a child closes every fd not in its
     /// request's bundle, §6.5).
     ///
-    /// Call it while the process is single-threaded and has forked nothing (first thing in
-    /// `main`): it changes the environment, which another thread could be reading.
-    pub fn take() -> ServiceEnv {
+    /// Call it first thing in `main`: it changes the environment, which another thread could
+    /// be reading, and takes ownership of a passed fd by its number.
+    ///
+    /// # Safety
+    /// The passed fds (from fd 3 on, when `LISTEN_PID` is ours) are owned by nothing else in
+    /// the process: nothing has opened, closed or taken them since the manager passed them
+    /// (true at the top of `main`). And no other thread runs.
+    #[allow(unsafe_code)]
+    pub unsafe fn take() -> ServiceEnv {
         let var = |name: &str| std::env::var_os(name);
         let (pid, fds, names) = (
             var(LISTEN_PID_ENV),
@@ -233,7 +239,9 @@ impl ServiceEnv {
             parse_listen_env(pid.as_deref(), fds.as_deref(), names.as_deref(), our_pid());
         let mut listener = None;
         if let Ok(Activation::Socket { fd, .. }) = activation {
-            match take_passed_fd(fd) {
+            // SAFETY: the fd was passed to us and nothing else owns it (our caller's promise);
+            // the variables naming it are gone, so this is the one place that takes it.
+            match unsafe { take_passed_fd(fd) } {
                 Ok(owned) => listener = Some(owned),
                 Err(e) => activation = Err(e),
             }
@@ -339,11 +347,12 @@ fn our_pid() -> u32 {
 }
 
 /// Takes ownership of the passed fd `fd` and makes it close-on-exec.
+///
+/// # Safety
+/// `fd` was passed to this process and nothing else in it owns it or will take it.
 #[allow(unsafe_code)]
-fn take_passed_fd(fd: RawFd) -> Result<OwnedFd, ActivationError> {
-    // SAFETY: the manager passed this fd to this process (LISTEN_PID is ours), and the
-    // variables naming it were just removed: nothing else in the process knows the number, so
-    // this is its only owner. `ServiceEnv::take` is the one caller, once.
+unsafe fn take_passed_fd(fd: RawFd) -> Result<OwnedFd, ActivationError> {
+    // SAFETY: nothing else owns `fd` (our caller's promise).
     let owned = unsafe { crate::sys::take_inherited_fd(fd) }
         .map_err(|e| ActivationError::Sys(fd, "not open", e))?;
     nix::fcntl::fcntl(

@@ -161,8 +161,11 @@ impl Zygote {
         std::process::exit(code);
     }
 
+    #[allow(unsafe_code)]
     fn serve_activated(self) -> Result<(), crate::ServerError> {
-        let mut env = ServiceEnv::take();
+        // SAFETY: `serve_if_requested` runs first thing in `main`, before any thread (its
+        // documented condition): the passed fds are owned by nothing else yet.
+        let mut env = unsafe { ServiceEnv::take() };
         let listen = env.take_listener(false)?.ok_or_else(|| {
             crate::ServerError::Launch("socket activation: no socket is passed".into())
         })?;
