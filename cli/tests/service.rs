@@ -257,6 +257,44 @@ fn watchdog_is_fed_at_half_its_interval() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A manager that never reads fills its socket's queue (`net.unix.max_dgram_qlen`
+/// datagrams); the server drops what does not fit and serves on.
+#[test]
+fn a_manager_that_does_not_read_never_blocks_the_server() {
+    let qlen: usize = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen")
+        .map_or(10, |s| s.trim().parse().unwrap());
+    let dir = scratch_dir("fullq");
+    let (fd, socket) = listener(&dir, "forkserver.sock");
+    let (notify, notify_path) = notify_socket(&dir);
+    // A ping due every millisecond, and a STATUS= per second at most.
+    let env = [
+        ("NOTIFY_SOCKET", notify_path.as_str()),
+        ("WATCHDOG_USEC", "2000"),
+    ];
+    let mut server = start(vec![fd], Pid::Server, &env, &[]);
+    // Each round trip is a turn of the server's loop at least a millisecond after the last
+    // (fork and exec take longer): a ping each, so the queue is full long before the end.
+    for _ in 0..2 * qlen + 20 {
+        let mut c = Conn::connect(&socket);
+        // A server blocked on its manager fails the test instead of hanging it.
+        c.sock.set_read_timeout(Some(HANG)).unwrap();
+        c.spawn(SpawnOptions::default(), common::bin_true(), bundle(vec![]))
+            .unwrap();
+        assert_eq!(c.wait().unwrap().code(), 0);
+    }
+    notify.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    let mut queued = 0;
+    while notify.recv(&mut buf).is_ok() {
+        queued += 1;
+    }
+    assert!(queued >= qlen, "only {queued} notifications were queued");
+    sigterm(&server);
+    let (status, err) = await_exit(&mut server);
+    assert!(status.success(), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn of_several_sockets_the_one_named_forkserver_is_served() {
     let dir = scratch_dir("names");
