@@ -8,6 +8,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use forkserver_protocol::socket_dir::{self, DirError, Sharing, SocketDir};
 use forkserver_protocol::{
@@ -23,6 +24,10 @@ use crate::error::{Error, ProtocolError, Result};
 
 /// How long the server may take to answer the handshake (its own limit is 10 s, §6.3).
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A kept connection idle for longer than this is probed before reuse (PROTOCOL.md §6.6, see
+/// [`Conn::still_usable`]); one used more recently is not.
+const PROBE_AFTER_IDLE: Duration = Duration::from_millis(500);
 
 /// Why [`Conn::connect`] failed.
 #[derive(Debug)]
@@ -45,6 +50,8 @@ pub(crate) struct Conn {
     pub(crate) generation: u64,
     /// Taken from the client's kept connections (not opened for this request).
     pub(crate) reused: bool,
+    /// When it last became READY and was kept (see [`Conn::mark_idle`]).
+    idle_since: Option<Instant>,
 }
 
 impl Conn {
@@ -89,6 +96,7 @@ impl Conn {
             reader: FrameReader::new(),
             generation: 0,
             reused: false,
+            idle_since: None,
         }
     }
 
@@ -225,14 +233,40 @@ impl Conn {
         }
     }
 
-    /// For a kept connection (PROTOCOL.md §6.6): nothing buffered, and the socket has neither
-    /// data nor end-of-file pending (a server that timed it out, shut down or died has closed
-    /// it, or queued an `Error` on it).
-    pub(crate) fn is_idle_and_open(&self) -> bool {
+    /// Notes that the connection is READY and kept from now on.
+    pub(crate) fn mark_idle(&mut self) {
+        self.idle_since = Some(Instant::now());
+    }
+
+    /// For a kept connection (PROTOCOL.md §6.6): nothing buffered, and, if it has been idle
+    /// for longer than [`PROBE_AFTER_IDLE`], neither data nor end-of-file pending on the
+    /// socket (one `recv(MSG_PEEK | MSG_DONTWAIT)`).
+    ///
+    /// Why a connection used recently goes without the probe (one system call less per
+    /// spawn), with no loss of correctness: what the probe would find is a connection the
+    /// server has closed (idle timeout, making room, shutting down, exiting), and each of
+    /// those is also caught after the send, where it costs nothing until it happens:
+    ///
+    /// * closed on the server's side: the `sendmsg` fails with `EPIPE` (a Unix stream socket
+    ///   whose peer is closed refuses data at once), the request was not delivered, and the
+    ///   engine makes it again on a new connection;
+    /// * about to be closed: the server sends `Error(Timeout / ResourceExhausted /
+    ///   ShuttingDown)` before it closes and reads nothing more, so a request that crossed it
+    ///   is answered by that `Error` and was not acted on ([`Conn::closed_without_acting`]):
+    ///   made again, once, on a new connection. Stray frames cannot be there otherwise: a
+    ///   connection is kept only once every request on it has been answered.
+    ///
+    /// The probe stays for connections idle longer, where the server's idle timeout (§6.3) is
+    /// the likely cause: there it saves the failed round trip, and it catches a peer that
+    /// shut down only its sending side, which the send would not notice.
+    pub(crate) fn still_usable(&self) -> bool {
         if self.reader.buffered() != 0 || self.reader.pending_fds() != 0 {
             return false;
         }
-        peek_pending(self.sock.as_fd()) == Pending::Nothing
+        match self.idle_since {
+            Some(t) if t.elapsed() < PROBE_AFTER_IDLE => true,
+            _ => peek_pending(self.sock.as_fd()) == Pending::Nothing,
+        }
     }
 
     /// Whether `reply`, read on this connection in answer to a request, says the server closed
@@ -243,7 +277,7 @@ impl Conn {
         self.reused
             && matches!(
                 reply.code(),
-                ErrorCode::ResourceExhausted | ErrorCode::ShuttingDown
+                ErrorCode::Timeout | ErrorCode::ResourceExhausted | ErrorCode::ShuttingDown
             )
     }
 

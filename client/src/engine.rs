@@ -13,6 +13,7 @@ use forkserver_protocol::{Frame, Message, Status};
 
 use crate::conn::{attempt, own_uid, Conn, Failure};
 use crate::error::{Error, Result};
+use crate::fork_epoch;
 use crate::managed::Managed;
 
 /// How many idle connections are kept for reuse unless told otherwise.
@@ -30,14 +31,15 @@ pub(crate) struct Engine {
 /// The idle connections, and the process they belong to: after a `fork()` the child must not
 /// share its parent's connections (their frames would interleave), so it drops its copies.
 struct Pool {
-    owner: u32,
+    /// The [`fork_epoch`] of the process that made them.
+    owner: u64,
     conns: Vec<Conn>,
 }
 
 impl Pool {
     /// The connections, emptied first if this is not the process that made them.
     fn conns(&mut self) -> &mut Vec<Conn> {
-        let me = std::process::id();
+        let me = fork_epoch::current();
         if self.owner != me {
             self.owner = me;
             self.conns.clear();
@@ -82,7 +84,7 @@ impl Engine {
         Engine {
             target,
             idle: Mutex::new(Pool {
-                owner: std::process::id(),
+                owner: fork_epoch::current(),
                 conns: Vec::new(),
             }),
             max_idle: AtomicUsize::new(DEFAULT_MAX_IDLE),
@@ -202,7 +204,8 @@ impl Engine {
 
     /// Takes back a connection that is READY (handshake done, no request outstanding), if
     /// fewer than the maximum are kept; closes it otherwise.
-    pub(crate) fn put_idle(&self, conn: Conn) {
+    pub(crate) fn put_idle(&self, mut conn: Conn) {
+        conn.mark_idle();
         let max = self.max_idle.load(Ordering::Relaxed);
         let mut pool = lock(&self.idle);
         let idle = pool.conns();
@@ -211,33 +214,25 @@ impl Engine {
         }
     }
 
-    /// An idle connection to the server of `generation` that is still open and has nothing
-    /// pending, if one is kept. Stale ones (an older server, closed by the server) are closed;
-    /// those to a newer server (another thread relaunched it meanwhile) are left alone.
+    /// An idle connection to the server of `generation` that is still usable
+    /// ([`Conn::still_usable`]), if one is kept. Stale ones (an older server, closed by the
+    /// server) are closed; those to a newer server (another thread relaunched it meanwhile)
+    /// are left alone. The pool's lock is held only to take a connection out: the check, and
+    /// closing stale ones, happen outside it.
     fn take_idle(&self, generation: u64) -> Option<Conn> {
-        let mut stale = Vec::new();
-        let found = {
-            let mut pool = lock(&self.idle);
-            let idle = pool.conns();
-            let mut found = None;
-            let mut i = idle.len();
-            while i > 0 {
-                i -= 1;
-                if idle[i].generation > generation {
-                    continue;
-                }
-                let mut conn = idle.swap_remove(i);
-                if conn.generation == generation && conn.is_idle_and_open() {
-                    conn.reused = true;
-                    found = Some(conn);
-                    break;
-                }
-                stale.push(conn);
+        loop {
+            let mut conn = {
+                let mut pool = lock(&self.idle);
+                let idle = pool.conns();
+                let i = idle.iter().rposition(|c| c.generation <= generation)?;
+                idle.swap_remove(i)
+            };
+            if conn.generation == generation && conn.still_usable() {
+                conn.reused = true;
+                return Some(conn);
             }
-            found
-        };
-        drop(stale);
-        found
+            drop(conn);
+        }
     }
 
     /// For a launched client with `warm_connections`: opens a ready connection for the next
@@ -296,12 +291,13 @@ impl Engine {
         mut build: impl FnMut() -> Result<(Option<(Message, Vec<OwnedFd>)>, T)>,
     ) -> Result<(Conn, T)> {
         let (mut request, mut extra) = build()?;
-        // For a launched server: relaunched first if it has died.
-        let launched = match &self.target {
-            Target::Path(..) => None,
-            Target::Launched(m) => Some(lock(m).ensure_running().map_err(Error::Launch)?),
+        // A kept connection first, without asking whether a launched server still runs
+        // (`waitpid`, a system call per request): a dead server's connections refuse the send
+        // (EPIPE), and the request then goes the way below, which checks.
+        let generation = match &self.target {
+            Target::Path(..) => 0,
+            Target::Launched(m) => lock(m).generation(),
         };
-        let generation = launched.as_ref().map_or(0, |(.., g)| *g);
         if request.is_some() && may_reuse {
             if let Some(mut conn) = self.take_idle(generation) {
                 let Some((message, fds)) = request.take() else {
@@ -321,6 +317,12 @@ impl Engine {
                 extra = again_extra;
             }
         }
+        // For a launched server: relaunched first if it has died.
+        let launched = match &self.target {
+            Target::Path(..) => None,
+            Target::Launched(m) => Some(lock(m).ensure_running().map_err(Error::Launch)?),
+        };
+        let generation = launched.as_ref().map_or(0, |(.., g)| *g);
         let fresh = |path: &Path, uid, key: Option<&[u8]>, request, generation| {
             attempt(path, uid, key, request).map(|mut conn| {
                 conn.generation = generation;

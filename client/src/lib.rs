@@ -79,6 +79,8 @@ mod connector;
 mod engine;
 mod error;
 mod exit_status;
+#[allow(unsafe_code)] // pthread_atfork: a counter bumped in forked children
+mod fork_epoch;
 mod launch;
 mod managed;
 mod output;

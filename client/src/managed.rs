@@ -92,6 +92,12 @@ impl Managed {
         self.spec.warm.then(|| self.current_with_generation())
     }
 
+    /// The current server's generation (bumped at each relaunch), without checking that it
+    /// still runs.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// The current server's pid.
     pub(crate) fn pid(&self) -> u32 {
         self.current.pid()

@@ -7,7 +7,7 @@ use forkserver_benches::{direct, Result};
 use forkserver_client::Client;
 
 use crate::plan::Plan;
-use crate::scenarios::{ensure_single_threaded, noop_call, ours_exit, ours_pid, Group};
+use crate::scenarios::{ensure_single_threaded, noop_call, ours_exit, ours_pid, raw, Group};
 
 /// Fd counts of the bundle in the latency group.
 pub(crate) const FD_COUNTS: [u32; 4] = [0, 3, 64, 256];
@@ -68,6 +68,15 @@ pub(crate) fn latency_group(
         "ours_exit_fds3_prefork",
         ours_exit(noop_call(prefork, 3, &devnull)?),
     ));
+    // The raw baseline, on kept connections of its own to the same two servers.
+    for (suffix, c) in [("", client), ("_prefork", prefork)] {
+        for (what, to_exit) in [("pid", false), ("exit", true)] {
+            scenarios.push(Scenario::new(
+                format!("raw_{what}_fds3{suffix}"),
+                raw(c, 3, &devnull, to_exit)?,
+            ));
+        }
+    }
     let r = interleave::run(&mut scenarios, plan.latency_warmup, plan.latency_rounds)?;
     Ok(Group(r))
 }
