@@ -11,9 +11,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use forkserver_protocol::{Frame, Message, Status};
 
-use crate::conn::{attempt, own_uid, Conn, Failure};
+use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::fork_epoch;
+use crate::handshake::{attempt, own_uid, Failure};
 use crate::managed::Managed;
 
 /// How many idle connections are kept for reuse unless told otherwise.
@@ -26,6 +27,20 @@ pub(crate) struct Engine {
     /// Idle connections, handshake done; each knows the generation of the server it reaches.
     idle: Mutex<Pool>,
     max_idle: AtomicUsize,
+    /// Async relaunches wait here for one another (without blocking a thread), so that tasks
+    /// that found the same server dead start one new server, not one each.
+    #[cfg(feature = "tokio")]
+    relaunching: tokio::sync::Mutex<()>,
+}
+
+/// Where the server is, for a request that does not reuse a kept connection.
+pub(crate) enum Located {
+    /// A server at a path: its path, key, and the uid it must run as.
+    Path(PathBuf, Option<Vec<u8>>, u32),
+    /// The launched server, running: its path, key and generation.
+    Launched(PathBuf, Option<Vec<u8>>, u64),
+    /// The launched server of this generation has exited.
+    Dead(u64),
 }
 
 /// The idle connections, and the process they belong to: after a `fork()` the child must not
@@ -74,7 +89,7 @@ impl fmt::Debug for Engine {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The state stays consistent across a panic (each field is replaced whole).
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -88,6 +103,8 @@ impl Engine {
                 conns: Vec::new(),
             }),
             max_idle: AtomicUsize::new(DEFAULT_MAX_IDLE),
+            #[cfg(feature = "tokio")]
+            relaunching: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -205,7 +222,9 @@ impl Engine {
     /// Takes back a connection that is READY (handshake done, no request outstanding), if
     /// fewer than the maximum are kept; closes it otherwise.
     pub(crate) fn put_idle(&self, mut conn: Conn) {
-        conn.mark_idle();
+        if conn.mark_idle().is_err() {
+            return;
+        }
         let max = self.max_idle.load(Ordering::Relaxed);
         let mut pool = lock(&self.idle);
         let idle = pool.conns();
@@ -219,7 +238,7 @@ impl Engine {
     /// server) are closed; those to a newer server (another thread relaunched it meanwhile)
     /// are left alone. The pool's lock is held only to take a connection out: the check, and
     /// closing stale ones, happen outside it.
-    fn take_idle(&self, generation: u64) -> Option<Conn> {
+    pub(crate) fn take_idle(&self, generation: u64) -> Option<Conn> {
         loop {
             let mut conn = {
                 let mut pool = lock(&self.idle);
@@ -232,6 +251,36 @@ impl Engine {
                 return Some(conn);
             }
             drop(conn);
+        }
+    }
+
+    /// The generation of the server the kept connections should reach (0 for a server at a
+    /// path), without checking that it still runs.
+    pub(crate) fn kept_generation(&self) -> u64 {
+        match &self.target {
+            Target::Path(..) => 0,
+            Target::Launched(m) => lock(m).generation(),
+        }
+    }
+
+    /// Where the server is; for a launched one, whether it still runs (without relaunching).
+    pub(crate) fn locate(&self) -> Located {
+        match &self.target {
+            Target::Path(path, key, uid) => Located::Path(path.clone(), key.clone(), *uid),
+            Target::Launched(m) => match lock(m).check_running() {
+                Ok((path, key, generation)) => Located::Launched(path, key, generation),
+                Err(generation) => Located::Dead(generation),
+            },
+        }
+    }
+
+    /// The launched server's state and the lock async relaunches take in turn; `None` for a
+    /// server at a path.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn relaunch_state(&self) -> Option<(&Mutex<Managed>, &tokio::sync::Mutex<()>)> {
+        match &self.target {
+            Target::Path(..) => None,
+            Target::Launched(m) => Some((m, &self.relaunching)),
         }
     }
 
@@ -294,10 +343,7 @@ impl Engine {
         // A kept connection first, without asking whether a launched server still runs
         // (`waitpid`, a system call per request): a dead server's connections refuse the send
         // (EPIPE), and the request then goes the way below, which checks.
-        let generation = match &self.target {
-            Target::Path(..) => 0,
-            Target::Launched(m) => lock(m).generation(),
-        };
+        let generation = self.kept_generation();
         if request.is_some() && may_reuse {
             if let Some(mut conn) = self.take_idle(generation) {
                 let Some((message, fds)) = request.take() else {

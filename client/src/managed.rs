@@ -69,18 +69,76 @@ impl Managed {
     ) -> io::Result<(PathBuf, Option<Vec<u8>>, u64)> {
         if generation == self.generation {
             let new = Server::start(&self.spec)?;
-            let mut old = std::mem::replace(&mut self.current, new);
-            self.generation += 1;
-            tracing::debug!(
-                old = old.pid(),
-                new = self.current.pid(),
-                "forkserver relaunched"
-            );
-            old.close_alive();
-            if old.has_exited() {
-                old.remove_dir();
-            } else {
-                self.retired.push(old);
+            self.install(new);
+        }
+        Ok(self.current_with_generation())
+    }
+
+    /// Makes `new` (ready) the current server; the old one is told to exit.
+    fn install(&mut self, new: Server) {
+        let old = std::mem::replace(&mut self.current, new);
+        self.generation += 1;
+        tracing::debug!(
+            old = old.pid(),
+            new = self.current.pid(),
+            "forkserver relaunched"
+        );
+        self.retire(old);
+    }
+
+    /// Tells `server` to exit (its alive pipe closed); it is reaped, and its directory
+    /// removed, once it has exited (here, at a later request, or when the client goes).
+    fn retire(&mut self, mut server: Server) {
+        server.close_alive();
+        if server.has_exited() {
+            server.remove_dir();
+        } else {
+            self.retired.push(server);
+        }
+    }
+
+    /// For a relaunch that waits for readiness without holding the lock (the async client,
+    /// `async_launch.rs`): the current server's generation if it has exited, else where it is.
+    pub(crate) fn check_running(&mut self) -> Result<(PathBuf, Option<Vec<u8>>, u64), u64> {
+        self.reap_retired();
+        if self.current.has_exited() {
+            tracing::warn!(pid = self.current.pid(), "forkserver exited");
+            return Err(self.generation);
+        }
+        Ok(self.current_with_generation())
+    }
+
+    /// Step 1 of a relaunch without the lock held: if `generation` is still the current one,
+    /// starts a new server (not waiting for it to be ready) and returns it, with the read end
+    /// of its ready pipe and how long it may take. `None` if it was relaunched meanwhile.
+    pub(crate) fn start_relaunch(
+        &mut self,
+        generation: u64,
+    ) -> io::Result<Option<(Starting, OwnedFd, Duration)>> {
+        if generation != self.generation {
+            return Ok(None);
+        }
+        let (server, ready) = Server::spawn(&self.spec)?;
+        Ok(Some((Starting(server), ready, self.spec.ready_timeout)))
+    }
+
+    /// Step 2: the server of [`Managed::start_relaunch`] is ready (`Ok`) or failed. Ready, it
+    /// becomes the current one, unless another relaunch got there first (then it is retired);
+    /// failed, it is killed and retired. Returns where the current server is.
+    pub(crate) fn finish_relaunch(
+        &mut self,
+        generation: u64,
+        Starting(mut server): Starting,
+        ready: io::Result<()>,
+    ) -> io::Result<(PathBuf, Option<Vec<u8>>, u64)> {
+        match ready {
+            Ok(()) if generation == self.generation => self.install(server),
+            Ok(()) => self.retire(server),
+            Err(e) => {
+                // Reaped later, without waiting here for the kill to take effect.
+                let _ = server.process.kill();
+                self.retire(server);
+                return Err(e);
             }
         }
         Ok(self.current_with_generation())
@@ -136,6 +194,17 @@ impl Drop for Managed {
     }
 }
 
+/// A server started by [`Managed::start_relaunch`], not yet known to be ready.
+#[derive(Debug)]
+pub(crate) struct Starting(Server);
+
+impl Starting {
+    /// How it ended, if it has (without waiting).
+    pub(crate) fn try_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.process.try_wait().ok().flatten()
+    }
+}
+
 /// One launched server process.
 #[derive(Debug)]
 struct Server {
@@ -150,34 +219,39 @@ struct Server {
 
 impl Server {
     fn start(spec: &LaunchSpec) -> io::Result<Self> {
+        let (mut server, ready) = Self::spawn(spec)?;
+        match wait_ready(&mut server.process, ready, spec.ready_timeout) {
+            Ok(()) => Ok(server),
+            Err(e) => {
+                // Never left behind: killed (if still there) and reaped.
+                let _ = server.process.kill();
+                let _ = server.process.wait();
+                server.remove_dir();
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the program, without waiting for it to be ready: the server and the read end of
+    /// its ready pipe.
+    fn spawn(spec: &LaunchSpec) -> io::Result<(Self, OwnedFd)> {
         let (dir, listener) = make_socket_dir()?;
         let sock = dir.join("sock");
         let key = match spec.authenticate {
-            true => Some(forkserver_protocol::auth::random_challenge()?.to_vec()),
-            false => None,
+            true => forkserver_protocol::auth::random_challenge().map(|k| Some(k.to_vec())),
+            false => Ok(None),
         };
-        let started =
-            spawn_server(spec, listener, key.as_deref()).and_then(|(mut p, alive, ready)| {
-                match wait_ready(&mut p, ready, spec.ready_timeout) {
-                    Ok(()) => Ok((p, alive)),
-                    Err(e) => {
-                        // Never left behind: killed (if still there) and reaped.
-                        let _ = p.kill();
-                        let _ = p.wait();
-                        Err(e)
-                    }
-                }
-            });
-        match started {
-            Ok((process, alive)) => {
-                tracing::debug!(pid = process.id(), sock = %sock.display(), "forkserver launched");
-                Ok(Self {
+        match key.and_then(|key| Ok((spawn_server(spec, listener, key.as_deref())?, key))) {
+            Ok(((process, alive, ready), key)) => {
+                tracing::debug!(pid = process.id(), sock = %sock.display(), "forkserver started");
+                let server = Self {
                     dir,
                     sock,
                     process,
                     alive: Some(alive),
                     key,
-                })
+                };
+                Ok((server, ready))
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);

@@ -69,7 +69,10 @@ fn main() {
     }
     for (name, test) in on_their_own_runtime {
         let client = client.clone();
-        outcomes.push((name, std::panic::catch_unwind(|| test(client))));
+        outcomes.push((
+            name,
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(client))),
+        ));
     }
     let total = outcomes.len();
     for (name, outcome) in outcomes {
@@ -304,7 +307,13 @@ fn a_relaunch_does_not_stall_a_current_thread_runtime(_client: Client) {
     // Dead (a zombie, our child) before the runtime starts: its sockets are closed.
     let until = Instant::now() + Duration::from_secs(10);
     while !std::fs::read_to_string(format!("/proc/{old}/stat"))
-        .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
         .unwrap_or(true)
     {
         assert!(Instant::now() < until, "the server did not die");
@@ -339,7 +348,13 @@ fn a_relaunch_does_not_stall_a_current_thread_runtime(_client: Client) {
         (ticker.await.unwrap(), took)
     });
     assert_ne!(client.launched_server_pid(), Some(old), "not relaunched");
-    assert!(took >= PRELOAD, "the relaunch took {took:?}, less than the preload");
+    assert!(
+        took >= PRELOAD,
+        "the relaunch took {took:?}, less than the preload"
+    );
     println!("relaunch took {took:?}; largest gap between ticks {gap:?}");
-    assert!(gap < MAX_GAP, "the runtime stalled for {gap:?} during the relaunch");
+    assert!(
+        gap < MAX_GAP,
+        "the runtime stalled for {gap:?} during the relaunch"
+    );
 }
