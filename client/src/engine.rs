@@ -27,6 +27,9 @@ pub(crate) struct Engine {
     /// Idle connections, handshake done; each knows the generation of the server it reaches.
     idle: Mutex<Pool>,
     max_idle: AtomicUsize,
+    /// Blocking relaunches take turns here, so that threads that found the same server dead
+    /// start one new server, not one each.
+    relaunching_blocking: Mutex<()>,
     /// Async relaunches wait here for one another (without blocking a thread), so that tasks
     /// that found the same server dead start one new server, not one each.
     #[cfg(feature = "tokio")]
@@ -103,6 +106,7 @@ impl Engine {
                 conns: Vec::new(),
             }),
             max_idle: AtomicUsize::new(DEFAULT_MAX_IDLE),
+            relaunching_blocking: Mutex::new(()),
             #[cfg(feature = "tokio")]
             relaunching: tokio::sync::Mutex::new(()),
         }
@@ -323,6 +327,26 @@ impl Engine {
             .map_err(|f| f.into_error(path))
     }
 
+    /// Relaunches the launched server of `generation`, unless another thread did it already,
+    /// and returns where the current one is. Threads that relaunch take turns on a lock of
+    /// their own; the server's state is locked only to read and swap it, not while the new
+    /// server loads (see [`Managed::start_relaunch`]).
+    fn relaunch(
+        &self,
+        m: &Mutex<Managed>,
+        generation: u64,
+    ) -> Result<(PathBuf, Option<Vec<u8>>, u64)> {
+        let _turn = lock(&self.relaunching_blocking);
+        let started = lock(m).start_relaunch(generation).map_err(Error::Launch)?;
+        let Some((mut starting, ready, timeout)) = started else {
+            return Ok(lock(m).current());
+        };
+        let outcome = starting.wait_ready(ready, timeout);
+        lock(m)
+            .finish_relaunch(generation, starting, outcome)
+            .map_err(Error::Launch)
+    }
+
     /// Sends the request made by `build` on a kept connection (if `may_reuse`), or on a new one
     /// behind `Hello` (and the authentication); the reply is left for the caller, with the
     /// extra value `build` returned.
@@ -366,7 +390,14 @@ impl Engine {
         // For a launched server: relaunched first if it has died.
         let launched = match &self.target {
             Target::Path(..) => None,
-            Target::Launched(m) => Some(lock(m).ensure_running().map_err(Error::Launch)?),
+            Target::Launched(m) => {
+                // Bound first: the guard must be gone before a relaunch locks again.
+                let running = lock(m).check_running();
+                Some(match running {
+                    Ok(running) => running,
+                    Err(dead) => self.relaunch(m, dead)?,
+                })
+            }
         };
         let generation = launched.as_ref().map_or(0, |(.., g)| *g);
         let fresh = |path: &Path, uid, key: Option<&[u8]>, request, generation| {
@@ -395,8 +426,7 @@ impl Engine {
                     Err(f @ Failure::Untrusted(_)) => return Err(f.into_error(path)),
                     Err(Failure::Other(e)) => return Err(e),
                 }
-                let (path, key, generation) =
-                    lock(m).relaunch(generation).map_err(Error::Launch)?;
+                let (path, key, generation) = self.relaunch(m, generation)?;
                 let (request, extra) = build()?;
                 fresh(&path, own_uid(), key.as_deref(), request, generation)
                     .map(|conn| (conn, extra))

@@ -127,9 +127,7 @@ async fn relaunch(engine: &Engine, generation: u64) -> Result<(PathBuf, Option<V
         .map_err(Error::Launch)?;
     let Some((starting, ready, timeout)) = started else {
         // Relaunched meanwhile.
-        return lock(managed)
-            .check_running()
-            .map_err(|_| Error::Launch(io::Error::other("the relaunched forkserver exited")));
+        return Ok(lock(managed).current());
     };
     let mut pending = Pending {
         managed,

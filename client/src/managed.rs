@@ -30,7 +30,13 @@ pub(crate) struct Managed {
 
 impl Managed {
     pub(crate) fn new(spec: LaunchSpec) -> io::Result<Self> {
-        let current = Server::start(&spec)?;
+        let (server, ready) = Server::spawn(&spec)?;
+        let mut starting = Starting(server);
+        if let Err(e) = starting.wait_ready(ready, spec.ready_timeout) {
+            starting.0.remove_dir();
+            return Err(e);
+        }
+        let current = starting.0;
         Ok(Self {
             spec,
             current,
@@ -40,18 +46,8 @@ impl Managed {
         })
     }
 
-    /// The socket path and key of a running server, and its generation. Relaunches first if
-    /// the server process has exited.
-    pub(crate) fn ensure_running(&mut self) -> io::Result<(PathBuf, Option<Vec<u8>>, u64)> {
-        self.reap_retired();
-        if self.current.has_exited() {
-            tracing::warn!(pid = self.current.pid(), "forkserver exited; relaunching");
-            return self.relaunch(self.generation);
-        }
-        Ok(self.current_with_generation())
-    }
-
-    fn current_with_generation(&self) -> (PathBuf, Option<Vec<u8>>, u64) {
+    /// Where the current server is: its socket path, key and generation.
+    pub(crate) fn current(&self) -> (PathBuf, Option<Vec<u8>>, u64) {
         let (path, key) = self.current_key();
         (path, key, self.generation)
     }
@@ -59,19 +55,6 @@ impl Managed {
     /// The current server's socket path and key (`None` when authentication is off).
     pub(crate) fn current_key(&self) -> (PathBuf, Option<Vec<u8>>) {
         (self.current.sock.clone(), self.current.key.clone())
-    }
-
-    /// Relaunches the server if `generation` is still the current one (another thread may have
-    /// relaunched it already), and returns the socket path and generation to use.
-    pub(crate) fn relaunch(
-        &mut self,
-        generation: u64,
-    ) -> io::Result<(PathBuf, Option<Vec<u8>>, u64)> {
-        if generation == self.generation {
-            let new = Server::start(&self.spec)?;
-            self.install(new);
-        }
-        Ok(self.current_with_generation())
     }
 
     /// Makes `new` (ready) the current server; the old one is told to exit.
@@ -97,18 +80,21 @@ impl Managed {
         }
     }
 
-    /// For a relaunch that waits for readiness without holding the lock (the async client,
-    /// `async_launch.rs`): the current server's generation if it has exited, else where it is.
+    /// Where the current server is (socket path, key, generation), or, if it has exited, its
+    /// generation: the caller relaunches it ([`Managed::start_relaunch`]).
     pub(crate) fn check_running(&mut self) -> Result<(PathBuf, Option<Vec<u8>>, u64), u64> {
         self.reap_retired();
         if self.current.has_exited() {
             tracing::warn!(pid = self.current.pid(), "forkserver exited");
             return Err(self.generation);
         }
-        Ok(self.current_with_generation())
+        Ok(self.current())
     }
 
-    /// Step 1 of a relaunch without the lock held: if `generation` is still the current one,
+    /// A relaunch holds this state's lock only to read and swap it, never while the new
+    /// server loads (so that an async task that looks at it never waits for a preload):
+    ///
+    /// Step 1: if `generation` is still the current one,
     /// starts a new server (not waiting for it to be ready) and returns it, with the read end
     /// of its ready pipe and how long it may take. `None` if it was relaunched meanwhile.
     pub(crate) fn start_relaunch(
@@ -141,13 +127,13 @@ impl Managed {
                 return Err(e);
             }
         }
-        Ok(self.current_with_generation())
+        Ok(self.current())
     }
 
     /// With `warm_connections`: where to open a connection ahead of need (path, key,
     /// generation).
     pub(crate) fn warm_target(&self) -> Option<(PathBuf, Option<Vec<u8>>, u64)> {
-        self.spec.warm.then(|| self.current_with_generation())
+        self.spec.warm.then(|| self.current())
     }
 
     /// The current server's generation (bumped at each relaunch), without checking that it
@@ -199,6 +185,20 @@ impl Drop for Managed {
 pub(crate) struct Starting(Server);
 
 impl Starting {
+    /// Waits, blocking, until the server is ready (`server_process::wait_ready`); one that
+    /// is not is killed and reaped here.
+    ///
+    /// # Errors
+    /// As `wait_ready`.
+    pub(crate) fn wait_ready(&mut self, ready: OwnedFd, timeout: Duration) -> io::Result<()> {
+        let r = wait_ready(&mut self.0.process, ready, timeout);
+        if r.is_err() {
+            let _ = self.0.process.kill();
+            let _ = self.0.process.wait();
+        }
+        r
+    }
+
     /// How it ended, if it has (without waiting).
     pub(crate) fn try_status(&mut self) -> Option<std::process::ExitStatus> {
         self.0.process.try_wait().ok().flatten()
@@ -218,20 +218,6 @@ struct Server {
 }
 
 impl Server {
-    fn start(spec: &LaunchSpec) -> io::Result<Self> {
-        let (mut server, ready) = Self::spawn(spec)?;
-        match wait_ready(&mut server.process, ready, spec.ready_timeout) {
-            Ok(()) => Ok(server),
-            Err(e) => {
-                // Never left behind: killed (if still there) and reaped.
-                let _ = server.process.kill();
-                let _ = server.process.wait();
-                server.remove_dir();
-                Err(e)
-            }
-        }
-    }
-
     /// Starts the program, without waiting for it to be ready: the server and the read end of
     /// its ready pipe.
     fn spawn(spec: &LaunchSpec) -> io::Result<(Self, OwnedFd)> {
