@@ -9,9 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use forkserver_protocol::socket_dir::{self, DirError, Sharing, SocketDir};
-use forkserver_protocol::{
-    peek_pending, send_message, Frame, FrameReader, Message, OutFrame, Pending, TransportError,
-};
+use forkserver_protocol::{peek_pending, send_message, Frame, FrameReader, Message, Pending};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::getsockopt;
@@ -188,12 +186,14 @@ impl Conn {
         Ok(())
     }
 
+    #[cfg(feature = "tokio")]
     /// Sends what the socket takes of `out` without blocking (the socket non-blocking):
     /// `true` once all of it is sent, `false` when the rest must wait until it is writable.
     ///
     /// # Errors
     /// As [`Conn::send`].
-    pub(crate) fn send_step(&mut self, out: &mut OutFrame) -> Result<bool> {
+    pub(crate) fn send_step(&mut self, out: &mut forkserver_protocol::OutFrame) -> Result<bool> {
+        use forkserver_protocol::TransportError;
         match out.send(self.sock.as_fd()) {
             Ok(()) => Ok(true),
             Err(TransportError::Io(Errno::EAGAIN)) => Ok(false),
@@ -201,12 +201,14 @@ impl Conn {
         }
     }
 
+    #[cfg(feature = "tokio")]
     /// The next frame if it can be had without blocking (the socket non-blocking); `None`
     /// when the rest must wait until the socket is readable.
     ///
     /// # Errors
     /// As [`Conn::recv`].
     pub(crate) fn recv_step(&mut self) -> Result<Option<Frame>> {
+        use forkserver_protocol::TransportError;
         loop {
             if let Some(frame) = self.reader.next_frame().map_err(Error::from_transport)? {
                 return Ok(Some(frame));

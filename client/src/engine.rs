@@ -6,27 +6,24 @@
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use forkserver_protocol::{Frame, Message, Status};
 
 use crate::conn::Conn;
 use crate::error::{Error, Result};
-use crate::fork_epoch;
 use crate::handshake::{attempt, own_uid, Failure};
+use crate::idle::IdlePool;
 use crate::managed::Managed;
 
-/// How many idle connections are kept for reuse unless told otherwise.
-pub(crate) const DEFAULT_MAX_IDLE: usize = 8;
+pub(crate) use crate::idle::DEFAULT_MAX_IDLE;
 
 /// One server as this process reaches it, shared by a client's clones and everything they
 /// spawned.
 pub(crate) struct Engine {
     target: Target,
     /// Idle connections, handshake done; each knows the generation of the server it reaches.
-    idle: Mutex<Pool>,
-    max_idle: AtomicUsize,
+    idle: IdlePool,
     /// Blocking relaunches take turns here, so that threads that found the same server dead
     /// start one new server, not one each.
     relaunching_blocking: Mutex<()>,
@@ -36,6 +33,11 @@ pub(crate) struct Engine {
     relaunching: tokio::sync::Mutex<()>,
 }
 
+/// What the `build` of [`Engine::exchange`] returns: the request and its fds (none for a bare
+/// handshake), and a value for the caller.
+pub(crate) type Built<T> = (Option<(Message, Vec<OwnedFd>)>, T);
+
+#[cfg(feature = "tokio")]
 /// Where the server is, for a request that does not reuse a kept connection.
 pub(crate) enum Located {
     /// A server at a path: its path, key, and the uid it must run as.
@@ -44,26 +46,6 @@ pub(crate) enum Located {
     Launched(PathBuf, Option<Vec<u8>>, u64),
     /// The launched server of this generation has exited.
     Dead(u64),
-}
-
-/// The idle connections, and the process they belong to: after a `fork()` the child must not
-/// share its parent's connections (their frames would interleave), so it drops its copies.
-struct Pool {
-    /// The [`fork_epoch`] of the process that made them.
-    owner: u64,
-    conns: Vec<Conn>,
-}
-
-impl Pool {
-    /// The connections, emptied first if this is not the process that made them.
-    fn conns(&mut self) -> &mut Vec<Conn> {
-        let me = fork_epoch::current();
-        if self.owner != me {
-            self.owner = me;
-            self.conns.clear();
-        }
-        &mut self.conns
-    }
 }
 
 enum Target {
@@ -101,11 +83,7 @@ impl Engine {
     fn new(target: Target) -> Self {
         Engine {
             target,
-            idle: Mutex::new(Pool {
-                owner: fork_epoch::current(),
-                conns: Vec::new(),
-            }),
-            max_idle: AtomicUsize::new(DEFAULT_MAX_IDLE),
+            idle: IdlePool::new(),
             relaunching_blocking: Mutex::new(()),
             #[cfg(feature = "tokio")]
             relaunching: tokio::sync::Mutex::new(()),
@@ -147,7 +125,7 @@ impl Engine {
     /// made again on a new connection, once: the one retry loop of every request.
     pub(crate) fn exchange<T>(
         &self,
-        mut build: impl FnMut() -> Result<(Option<(Message, Vec<OwnedFd>)>, T)>,
+        mut build: impl FnMut() -> Result<Built<T>>,
     ) -> Result<(Conn, Frame, T)> {
         let mut may_reuse = true;
         loop {
@@ -196,66 +174,34 @@ impl Engine {
     /// reuse off: every request then opens, authenticates and closes its own connection.
     /// Applies to all clones of this client; connections kept beyond the new limit are closed.
     pub(crate) fn set_max_idle_connections(&self, max: usize) {
-        self.max_idle.store(max, Ordering::Relaxed);
-        let surplus: Vec<Conn> = {
-            let mut pool = lock(&self.idle);
-            let idle = pool.conns();
-            let keep = idle.len().min(max);
-            idle.drain(keep..).collect()
-        };
-        drop(surplus);
+        self.idle.set_max(max);
     }
 
     /// The number of idle connections kept for reuse right now.
     pub(crate) fn idle_connections(&self) -> usize {
-        lock(&self.idle).conns().len()
+        self.idle.len()
     }
 
     /// Closes the idle connections kept for reuse, e.g. so that a server with an idle timeout
     /// sees no client, or before counting this process's fds. Later requests open new ones.
     pub(crate) fn close_idle_connections(&self) {
-        let idle = std::mem::take(lock(&self.idle).conns());
-        drop(idle);
+        self.idle.close_all();
     }
 
     /// Whether spawns ask the server to keep their connection for reuse.
     pub(crate) fn reuses_connections(&self) -> bool {
-        self.max_idle.load(Ordering::Relaxed) > 0
+        self.idle.reuses()
     }
 
     /// Takes back a connection that is READY (handshake done, no request outstanding), if
     /// fewer than the maximum are kept; closes it otherwise.
-    pub(crate) fn put_idle(&self, mut conn: Conn) {
-        if conn.mark_idle().is_err() {
-            return;
-        }
-        let max = self.max_idle.load(Ordering::Relaxed);
-        let mut pool = lock(&self.idle);
-        let idle = pool.conns();
-        if idle.len() < max {
-            idle.push(conn);
-        }
+    pub(crate) fn put_idle(&self, conn: Conn) {
+        self.idle.put(conn);
     }
 
-    /// An idle connection to the server of `generation` that is still usable
-    /// ([`Conn::still_usable`]), if one is kept. Stale ones (an older server, closed by the
-    /// server) are closed; those to a newer server (another thread relaunched it meanwhile)
-    /// are left alone. The pool's lock is held only to take a connection out: the check, and
-    /// closing stale ones, happen outside it.
+    /// A kept connection to the server of `generation`, checked ([`IdlePool::take`]).
     pub(crate) fn take_idle(&self, generation: u64) -> Option<Conn> {
-        loop {
-            let mut conn = {
-                let mut pool = lock(&self.idle);
-                let idle = pool.conns();
-                let i = idle.iter().rposition(|c| c.generation <= generation)?;
-                idle.swap_remove(i)
-            };
-            if conn.generation == generation && conn.still_usable() {
-                conn.reused = true;
-                return Some(conn);
-            }
-            drop(conn);
-        }
+        self.idle.take(generation)
     }
 
     /// The generation of the server the kept connections should reach (0 for a server at a
@@ -267,6 +213,7 @@ impl Engine {
         }
     }
 
+    #[cfg(feature = "tokio")]
     /// Where the server is; for a launched one, whether it still runs (without relaunching).
     pub(crate) fn locate(&self) -> Located {
         match &self.target {
@@ -361,7 +308,7 @@ impl Engine {
     fn request<T>(
         &self,
         may_reuse: bool,
-        mut build: impl FnMut() -> Result<(Option<(Message, Vec<OwnedFd>)>, T)>,
+        mut build: impl FnMut() -> Result<Built<T>>,
     ) -> Result<(Conn, T)> {
         let (mut request, mut extra) = build()?;
         // A kept connection first, without asking whether a launched server still runs

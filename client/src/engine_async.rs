@@ -14,15 +14,11 @@ use forkserver_protocol::{Frame, Message};
 
 use crate::conn::Conn;
 use crate::conn_async::{attempt, Registered};
-use crate::engine::{lock, Engine, Located};
+use crate::engine::{lock, Built, Engine, Located};
 use crate::error::{Error, Result};
 use crate::handshake::{own_uid, Failure};
 use crate::managed::{Managed, Starting};
 use crate::server_process::ReadyPipe;
-
-/// What [`Engine::exchange`]'s `build` returns: the request and its fds (or none, for a bare
-/// handshake), and a value for the caller.
-type Built<T> = (Option<(Message, Vec<OwnedFd>)>, T);
 
 /// [`Engine::exchange`], awaited: makes the request `build` builds and reads the first frame
 /// of the reply, once more on a new connection if a kept one was closed by the server as the

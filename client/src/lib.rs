@@ -87,6 +87,7 @@ mod exit_status;
 #[allow(unsafe_code)] // pthread_atfork: a counter bumped in forked children
 mod fork_epoch;
 mod handshake;
+mod idle;
 mod launch;
 mod managed;
 mod output;

@@ -199,6 +199,7 @@ impl Starting {
         r
     }
 
+    #[cfg(feature = "tokio")]
     /// How it ended, if it has (without waiting).
     pub(crate) fn try_status(&mut self) -> Option<std::process::ExitStatus> {
         self.0.process.try_wait().ok().flatten()

@@ -14,7 +14,7 @@ use forkserver_protocol::{
 
 use crate::child::Child;
 use crate::conn::Conn;
-use crate::engine::Engine;
+use crate::engine::{Built, Engine};
 use crate::error::{Error, Result};
 use crate::stdio::{Stdio, Stream};
 
@@ -185,7 +185,7 @@ impl Request {
         job: &'a Job,
         defaults: Defaults,
         keep: bool,
-    ) -> impl FnMut() -> Result<(Option<(Message, Vec<OwnedFd>)>, [Option<File>; 3])> + 'a {
+    ) -> impl FnMut() -> Result<Built<[Option<File>; 3]>> + 'a {
         let mut options = SpawnOptions {
             keep_connection: keep,
             ..self.options

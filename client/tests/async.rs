@@ -12,6 +12,9 @@ use forkserver_server::Zygote;
 /// One test: a future on the shared client.
 type AsyncTest = fn(Client) -> Pin<Box<dyn Future<Output = ()>>>;
 
+/// One test that starts a runtime of its own.
+type OwnRuntimeTest = (&'static str, fn(Client));
+
 fn main() {
     Zygote::new()
         .preload(|| {
@@ -49,7 +52,7 @@ fn main() {
         }),
     ];
     // Each starts its own runtime.
-    let on_their_own_runtime: &[(&str, fn(Client))] = &[
+    let on_their_own_runtime: &[OwnRuntimeTest] = &[
         ("current_thread_runtime", current_thread_runtime),
         (
             "a_relaunch_does_not_stall_a_current_thread_runtime",
