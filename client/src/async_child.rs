@@ -300,11 +300,17 @@ impl Drop for AsyncChild {
 }
 
 impl Command {
-    /// [`Command::spawn`] for async code.
+    /// [`Command::spawn`] for async code. No step blocks the thread: the request on a kept
+    /// connection, or a new connection (connect, checks, handshake, authentication), and the
+    /// relaunch of a launched server that died (its preload may take seconds) are awaited.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with its I/O and time drivers (`Builder::enable_all`,
+    /// `#[tokio::main]`), as tokio's own I/O and timers do.
     ///
     /// # Errors
     /// As [`Command::spawn`], and [`Error::Io`] if the connection cannot be registered with
-    /// the runtime (no tokio runtime, say).
+    /// the runtime.
     pub async fn spawn_async(&mut self) -> Result<AsyncChild> {
         AsyncChild::new(self.spawn_child_async(false).await?)
     }
