@@ -37,7 +37,11 @@ pub(crate) fn profile_loop(n: usize, fds: u32, threads: usize) -> Result<()> {
             .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
             .collect()
     });
-    let cpu: Duration = results.into_iter().collect::<Result<Vec<_>>>()?.iter().sum();
+    let cpu: Duration = results
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?
+        .iter()
+        .sum();
     let d = start.elapsed();
     let each = |d: Duration| fmt_ns(duration_ns(d) / n.max(1) as u64);
     eprintln!(
@@ -54,8 +58,7 @@ pub(crate) fn profile_loop(n: usize, fds: u32, threads: usize) -> Result<()> {
 fn thread_cpu() -> Result<Duration> {
     use nix::sys::resource::{getrusage, UsageWho};
     let u = getrusage(UsageWho::RUSAGE_THREAD)?;
-    let tv = |t: nix::sys::time::TimeVal| {
-        Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000)
-    };
+    let tv =
+        |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
     Ok(tv(u.user_time()) + tv(u.system_time()))
 }
