@@ -1,7 +1,8 @@
 //! The connection engine behind [`crate::Client`], [`crate::Command`], [`crate::Call`] and
 //! [`crate::Child`]: where the server is (a path, or a process this client launched), the idle
-//! connections kept for reuse, and the one loop that opens, verifies, authenticates and
-//! retries (PROTOCOL.md §6.6, §9.3).
+//! connections kept for reuse (`idle.rs`), and the one loop that opens, verifies,
+//! authenticates and retries (PROTOCOL.md §6.6, §9.3); `engine_async.rs` drives the same loop
+//! on tokio.
 
 use std::fmt;
 use std::os::fd::OwnedFd;
@@ -37,8 +38,8 @@ pub(crate) struct Engine {
 /// handshake), and a value for the caller.
 pub(crate) type Built<T> = (Option<(Message, Vec<OwnedFd>)>, T);
 
-#[cfg(feature = "tokio")]
 /// Where the server is, for a request that does not reuse a kept connection.
+#[cfg(feature = "tokio")]
 pub(crate) enum Located {
     /// A server at a path: its path, key, and the uid it must run as.
     Path(PathBuf, Option<Vec<u8>>, u32),
