@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::client::Client;
-use crate::conn::own_uid;
 use crate::engine::Engine;
 use crate::error::Result;
+use crate::handshake::own_uid;
 
 impl Client {
     /// A client for the server listening at `path`, which must run as this process's

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use forkserver_protocol::{
-    ErrorCode, FdBundle, Groups, Job, Message, Session, Spawn, SpawnOptions, MAX_FDS,
+    ErrorCode, FdBundle, Frame, Groups, Job, Message, Session, Spawn, SpawnOptions, MAX_FDS,
 };
 
 use crate::child::Child;
-use crate::engine::Engine;
+use crate::conn::Conn;
+use crate::engine::{Built, Engine};
 use crate::error::{Error, Result};
 use crate::stdio::{Stdio, Stream};
 
@@ -140,6 +141,22 @@ impl Request {
         }
     }
 
+    /// [`Request::spawn`] for async code: every step awaited on tokio's reactor
+    /// (`engine_async.rs`). Without the fallback for servers older than rev 0.3, which refuse
+    /// `KEEP_CONNECTION` (the async client came later than those).
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn spawn_async(
+        &self,
+        client: &Arc<Engine>,
+        job: Job,
+        defaults: Defaults,
+    ) -> Result<Child> {
+        let keep = client.reuses_connections();
+        let build = self.builder(&job, defaults, keep);
+        let (conn, frame, parents) = crate::engine_async::exchange(client, build).await?;
+        into_child(client, conn, frame, keep, parents)
+    }
+
     /// Whether the request needs a server of protocol rev 0.5 or later.
     fn uses_rev05(&self, job: &Job) -> bool {
         let c = &self.options.credentials;
@@ -157,11 +174,23 @@ impl Request {
         defaults: Defaults,
         keep: bool,
     ) -> Result<Child> {
+        let (conn, frame, parents) = client.exchange(self.builder(job, defaults, keep))?;
+        into_child(client, conn, frame, keep, parents)
+    }
+
+    /// What the engine calls to build the `Spawn` (again, for each attempt: the fds go with
+    /// the request): the message, its fds, and the parent's ends of piped stdio.
+    pub(crate) fn builder<'a>(
+        &'a self,
+        job: &'a Job,
+        defaults: Defaults,
+        keep: bool,
+    ) -> impl FnMut() -> Result<Built<[Option<File>; 3]>> + 'a {
         let mut options = SpawnOptions {
             keep_connection: keep,
             ..self.options
         };
-        let (conn, frame, parents) = client.exchange(|| {
+        move || {
             if let Some(g) = &self.groups {
                 options.credentials.groups = Some(Groups::new(g)?);
             }
@@ -169,29 +198,39 @@ impl Request {
             let (map, fds) = bundle.into_parts();
             let spawn = Spawn::new(options, map, job.clone())?;
             Ok((Some((Message::Spawn(spawn), fds)), parents))
-        })?;
-        let e = match frame.message {
-            Message::Pid(pid) => {
-                let pidfd = frame.fds.into_iter().next();
-                return Ok(Child::new(
-                    client.clone(),
-                    conn,
-                    keep,
-                    pid.pid(),
-                    pidfd,
-                    parents,
-                ));
-            }
-            Message::Error(e) => e,
-            other => return Err(Error::unexpected(other.tag(), "Pid")),
-        };
-        // An exec failure under `wait_for_exec` is the child's final report: the connection
-        // is READY again (`KEEP_CONNECTION`). Other errors close it.
-        if keep && e.code().is_final_report() {
-            client.put_idle(conn);
         }
-        Err(e.into())
     }
+}
+
+/// The child of a `Spawn` whose reply is `frame`, read on `conn`.
+pub(crate) fn into_child(
+    client: &Arc<Engine>,
+    conn: Conn,
+    frame: Frame,
+    keep: bool,
+    parents: [Option<File>; 3],
+) -> Result<Child> {
+    let e = match frame.message {
+        Message::Pid(pid) => {
+            let pidfd = frame.fds.into_iter().next();
+            return Ok(Child::new(
+                client.clone(),
+                conn,
+                keep,
+                pid.pid(),
+                pidfd,
+                parents,
+            ));
+        }
+        Message::Error(e) => e,
+        other => return Err(Error::unexpected(other.tag(), "Pid")),
+    };
+    // An exec failure under `wait_for_exec` is the child's final report: the connection
+    // is READY again (`KEEP_CONNECTION`). Other errors close it.
+    if keep && e.code().is_final_report() {
+        client.put_idle(conn);
+    }
+    Err(e.into())
 }
 
 pub(crate) fn deadline_ms(d: Duration) -> Option<NonZeroU64> {

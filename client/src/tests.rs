@@ -173,6 +173,58 @@ fn a_request_crossing_the_close_of_a_kept_connection_is_made_again() {
     server.join().unwrap();
 }
 
+/// `Error(Timeout)` (the server's idle timeout) crossing a request on a kept connection is
+/// "not acted on" too (PROTOCOL.md §6.6): the request is made again on a new connection.
+#[test]
+fn a_request_crossing_an_idle_timeout_is_made_again() {
+    let (path, server) = fake_server(|accept| {
+        let mut p = accept();
+        p.handshake();
+        std::thread::sleep(Duration::from_millis(50));
+        p.send(
+            Message::Error(ErrorReply::new(ErrorCode::Timeout, 0, "idle")),
+            vec![],
+        );
+        drop(p);
+        let mut q = accept();
+        q.handshake();
+        read_spawn(&mut q);
+        q.send(pid(11, false), vec![]);
+        q.send(exit(0), vec![]);
+    });
+    let client = Client::connect(&path).unwrap();
+    let mut child = client.call("e", "").spawn().unwrap();
+    assert_eq!(child.pid(), 11);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    server.join().unwrap();
+}
+
+/// A kept connection the server closed moments ago (no probe before reuse: it was idle for
+/// less than the probe's bound) refuses the send, and the request goes on a new connection
+/// without the caller seeing anything; nothing reached the closed one.
+#[test]
+fn a_kept_connection_closed_moments_ago_refuses_the_send_and_is_replaced() {
+    let (closed_tx, closed_rx) = mpsc::channel();
+    let (path, server) = fake_server(move |accept| {
+        let mut p = accept();
+        p.handshake();
+        drop(p);
+        closed_tx.send(()).unwrap();
+        let mut q = accept();
+        q.handshake();
+        read_spawn(&mut q);
+        q.send(pid(12, false), vec![]);
+        q.send(exit(0), vec![]);
+    });
+    let client = Client::connect(&path).unwrap();
+    assert_eq!(client.idle_connections(), 1);
+    closed_rx.recv().unwrap();
+    let mut child = client.call("e", "").spawn().unwrap();
+    assert_eq!(child.pid(), 12);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    server.join().unwrap();
+}
+
 /// After `fork()` the child process does not use its parent's kept connections.
 #[test]
 #[allow(unsafe_code)]
