@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use forkserver_protocol::{Frame, Message, Status};
+use forkserver_protocol::{Features, Frame, Message, Status};
 
 use crate::conn::{attempt, own_uid, Conn, Failure};
 use crate::error::{Error, Result};
+use crate::features::{self, FeatureCache};
 use crate::managed::Managed;
 
 /// How many idle connections are kept for reuse unless told otherwise.
@@ -25,6 +26,8 @@ pub(crate) struct Engine {
     /// Idle connections, handshake done; each knows the generation of the server it reaches.
     idle: Mutex<Pool>,
     max_idle: AtomicUsize,
+    /// The server's `Features`, asked once per server (per launch, for a launched one).
+    features: FeatureCache,
 }
 
 /// The idle connections, and the process they belong to: after a `fork()` the child must not
@@ -86,6 +89,7 @@ impl Engine {
                 conns: Vec::new(),
             }),
             max_idle: AtomicUsize::new(DEFAULT_MAX_IDLE),
+            features: FeatureCache::default(),
         }
     }
 
@@ -116,6 +120,41 @@ impl Engine {
             Message::Error(e) => Err(e.into()),
             other => Err(Error::unexpected(other.tag(), "Status")),
         }
+    }
+
+    /// What the server implements (PROTOCOL.md §5.14): cached for the current server, else
+    /// asked ([`Engine::ask_features`]). `None` for a server before rev 0.6.
+    ///
+    /// # Errors
+    /// As [`Engine::status`].
+    pub(crate) fn features(&self) -> Result<Option<Features>> {
+        let generation = match &self.target {
+            Target::Path(..) => 0,
+            Target::Launched(m) => lock(m).generation(),
+        };
+        match self.features.get(generation) {
+            Some(known) => Ok(known),
+            None => self.ask_features(),
+        }
+    }
+
+    /// Sends `FeaturesRequest` and caches the answer for the server that gave it.
+    fn ask_features(&self) -> Result<Option<Features>> {
+        let request = || Ok((Some((Message::FeaturesRequest, Vec::new())), ()));
+        let (conn, frame, ()) = self.exchange(request)?;
+        let (generation, features) = (conn.generation, features::from_reply(frame.message)?);
+        if features.is_some() {
+            // READY before, READY after.
+            self.put_idle(conn);
+        }
+        self.features.set(generation, features);
+        Ok(features)
+    }
+
+    /// Forgets the server's `Features`: it refused a request they said it implements (it may
+    /// have been replaced by another server at the same path). The next request asks again.
+    pub(crate) fn forget_features(&self) {
+        self.features.forget();
     }
 
     /// Makes the request `build` builds ([`Engine::request`]) and reads the first frame of the
@@ -258,11 +297,11 @@ impl Engine {
         }
     }
 
-    /// One handshake on a fresh connection, which is then kept for reuse.
+    /// One handshake on a fresh connection, with the server's `Features` asked behind it
+    /// (pipelined behind `Hello` when there is no key), so that later requests are checked
+    /// against them; the connection is then kept for reuse.
     pub(crate) fn ping(&self) -> Result<()> {
-        let (conn, ()) = self.request(false, || Ok((None, ())))?;
-        self.put_idle(conn);
-        Ok(())
+        self.ask_features().map(drop)
     }
 
     /// One handshake with the server just launched, without relaunching it if it fails.

@@ -79,6 +79,7 @@ mod connector;
 mod engine;
 mod error;
 mod exit_status;
+mod features;
 mod launch;
 mod managed;
 mod output;

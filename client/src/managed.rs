@@ -56,6 +56,11 @@ impl Managed {
         (path, key, self.generation)
     }
 
+    /// The generation of the current server (see [`Managed::relaunch`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// The current server's socket path and key (`None` when authentication is off).
     pub(crate) fn current_key(&self) -> (PathBuf, Option<Vec<u8>>) {
         (self.current.sock.clone(), self.current.key.clone())

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use forkserver_protocol::{
-    ErrorCode, FdBundle, Groups, Job, Message, Session, Spawn, SpawnOptions, MAX_FDS,
+    spawn_flags, ErrorCode, FdBundle, Features, Groups, Job, Message, Spawn, SpawnOptions, MAX_FDS,
 };
 
 use crate::child::Child;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::features;
 use crate::stdio::{Stdio, Stream};
 
 /// The stdio of a child where none was set.
@@ -111,43 +112,27 @@ impl Request {
         Ok((bundle, parents))
     }
 
-    /// Validates, connects, sends, and reads the `Pid` reply.
+    /// Validates, connects, sends, and reads the `Pid` reply. The request is checked against
+    /// what the server implements (its `Features`, asked once per server) before anything is
+    /// sent: an option it lacks is [`Error::Unsupported`], and `KEEP_CONNECTION` is used only
+    /// if the server has it (PROTOCOL.md §8).
     pub(crate) fn spawn(
         &self,
         client: &Arc<Engine>,
         job: Job,
         defaults: Defaults,
     ) -> Result<Child> {
-        let keep = client.reuses_connections();
-        match self.spawn_once(client, &job, defaults, keep) {
-            // Our frame is valid (the codec cannot encode an invalid one): a server that calls
-            // a reserved field not zero predates KEEP_CONNECTION (protocol rev 0.3). Nothing
-            // was spawned; reuse goes off for this client and the request is made again
-            // without the flag. Unless the request uses rev 0.5 (ids, process group,
-            // environment removals): then the refusal may be of those, which are never
-            // dropped (PROTOCOL.md §8), and the caller gets it.
-            Err(Error::Server { code, message, .. })
-                if keep
-                    && !self.uses_rev05(&job)
-                    && code == ErrorCode::Malformed
-                    && message.contains("reserved") =>
-            {
-                tracing::warn!("the server refused KEEP_CONNECTION (rev < 0.3): reuse off");
-                client.set_max_idle_connections(0);
-                self.spawn_once(client, &job, defaults, false)
-            }
-            other => other,
+        let features = client.features()?;
+        let keep = client.reuses_connections()
+            && features::implemented(features.as_ref()) & spawn_flags::KEEP_CONNECTION != 0;
+        let r = self.spawn_once(client, &job, defaults, keep, features.as_ref());
+        // Our frame is valid (the codec cannot encode an invalid one) and within the server's
+        // `Features`: a `Malformed` reply means they no longer describe the server at the
+        // path. Nothing was spawned; the next request asks again.
+        if matches!(&r, Err(Error::Server { code, .. }) if *code == ErrorCode::Malformed) {
+            client.forget_features();
         }
-    }
-
-    /// Whether the request needs a server of protocol rev 0.5 or later.
-    fn uses_rev05(&self, job: &Job) -> bool {
-        let c = &self.options.credentials;
-        c.uid.is_some()
-            || c.gid.is_some()
-            || self.groups.is_some()
-            || matches!(self.options.session, Session::JoinProcessGroup(_))
-            || matches!(job, Job::Exec(e) if !e.env_remove().is_empty())
+        r
     }
 
     fn spawn_once(
@@ -156,6 +141,7 @@ impl Request {
         job: &Job,
         defaults: Defaults,
         keep: bool,
+        features: Option<&Features>,
     ) -> Result<Child> {
         let mut options = SpawnOptions {
             keep_connection: keep,
@@ -168,6 +154,7 @@ impl Request {
             let (bundle, parents) = self.bundle(defaults)?;
             let (map, fds) = bundle.into_parts();
             let spawn = Spawn::new(options, map, job.clone())?;
+            features::check(features, &spawn)?;
             Ok((Some((Message::Spawn(spawn), fds)), parents))
         })?;
         let e = match frame.message {

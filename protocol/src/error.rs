@@ -164,6 +164,8 @@ pub enum Field {
     /// An exec job's environment removals: the list is empty while `ENV_REMOVE` is set, or a
     /// name is empty or holds `=` or NUL.
     EnvRemove,
+    /// `Features.revision`: before 0.6, which has no `Features`.
+    Revision,
 }
 
 impl Field {
@@ -190,6 +192,7 @@ impl Field {
             Self::Gid => "a gid",
             Self::Pgid => "the process group",
             Self::EnvRemove => "environment removal",
+            Self::Revision => "the revision",
         }
     }
 

@@ -56,8 +56,8 @@ use crate::error::{BuildError, DecodeError, Field};
 /// are understood by servers of that revision and later. Ordered, so `a < b` means `a` is older.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Revision {
-    major: u8,
-    minor: u8,
+    major: u16,
+    minor: u16,
 }
 
 impl Revision {
@@ -67,18 +67,23 @@ impl Revision {
     pub const R0_3: Self = Self::new(0, 3);
     /// Rev 0.5: ids, process group, environment removals.
     pub const R0_5: Self = Self::new(0, 5);
+    /// Rev 0.6: `FeaturesRequest` and `Features`, the server's list of what it implements.
+    pub const R0_6: Self = Self::new(0, 6);
+    /// The revision this crate implements, which its `Features` names.
+    pub const CURRENT: Self = Self::R0_6;
 
-    const fn new(major: u8, minor: u8) -> Self {
+    /// A revision by its numbers, as a `Features` message carries them.
+    pub const fn new(major: u16, minor: u16) -> Self {
         Self { major, minor }
     }
 
     /// The major number (0 for the drafts).
-    pub fn major(self) -> u8 {
+    pub fn major(self) -> u16 {
         self.major
     }
 
     /// The minor number.
-    pub fn minor(self) -> u8 {
+    pub fn minor(self) -> u16 {
         self.minor
     }
 }
@@ -165,6 +170,19 @@ macro_rules! spawn_options {
             /// set.
             pub const SESSION_BITS: u32 =
                 0 $(| if option_line!(is_session, $kind $args) { $name } else { 0 })*;
+
+            /// Every bit a server of revision `rev` implements: those introduced by `rev` or
+            /// earlier.
+            pub fn known_in(rev: super::Revision) -> u32 {
+                0 $(| if super::Revision::$rev <= rev { $name } else { 0 })*
+            }
+
+            /// The name of the single bit `flag` (e.g. `"SET_UID"`), `None` for a word that is
+            /// not exactly one defined bit.
+            pub fn name(flag: u32) -> Option<&'static str> {
+                $( if flag == $name { return Some(stringify!($name)); } )*
+                None
+            }
         }
 
         /// The revision that introduced each bit set in `f`, the latest of them.
