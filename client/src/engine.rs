@@ -13,7 +13,7 @@ use forkserver_protocol::{Features, Frame, Message, Status};
 
 use crate::conn::{attempt, own_uid, Conn, Failure};
 use crate::error::{Error, Result};
-use crate::features::{self, FeatureCache};
+use crate::features::FeatureCache;
 use crate::managed::Managed;
 
 /// How many idle connections are kept for reuse unless told otherwise.
@@ -122,8 +122,8 @@ impl Engine {
         }
     }
 
-    /// What the server implements (PROTOCOL.md §5.14): cached for the current server, else
-    /// asked ([`Engine::ask_features`]). `None` for a server before rev 0.6.
+    /// What the server implements (PROTOCOL.md §5.14), `None` before rev 0.6: cached for the
+    /// current server, else asked.
     ///
     /// # Errors
     /// As [`Engine::status`].
@@ -132,22 +132,25 @@ impl Engine {
             Target::Path(..) => 0,
             Target::Launched(m) => lock(m).generation(),
         };
-        match self.features.get(generation) {
-            Some(known) => Ok(known),
-            None => self.ask_features(),
-        }
+        self.features
+            .get(generation)
+            .map_or_else(|| self.ask_features(), Ok)
     }
 
-    /// Sends `FeaturesRequest` and caches the answer for the server that gave it.
+    /// Sends `FeaturesRequest` (on a fresh connection behind `Hello`, pipelined when there is
+    /// no key) and caches the answer for the server that gave it.
     fn ask_features(&self) -> Result<Option<Features>> {
         let request = || Ok((Some((Message::FeaturesRequest, Vec::new())), ()));
         let (conn, frame, ()) = self.exchange(request)?;
-        let (generation, features) = (conn.generation, features::from_reply(frame.message)?);
+        self.keep_features(conn, frame.message)
+    }
+
+    /// Caches the reply to `FeaturesRequest` read on `conn`, which is kept if READY.
+    fn keep_features(&self, conn: Conn, reply: Message) -> Result<Option<Features>> {
+        let features = self.features.keep(conn.generation, reply)?;
         if features.is_some() {
-            // READY before, READY after.
             self.put_idle(conn);
         }
-        self.features.set(generation, features);
         Ok(features)
     }
 
@@ -297,25 +300,23 @@ impl Engine {
         }
     }
 
-    /// One handshake on a fresh connection, with the server's `Features` asked behind it
-    /// (pipelined behind `Hello` when there is no key), so that later requests are checked
-    /// against them; the connection is then kept for reuse.
-    pub(crate) fn ping(&self) -> Result<()> {
-        self.ask_features().map(drop)
-    }
-
-    /// One handshake with the server just launched, without relaunching it if it fails.
+    /// One handshake with the server just launched, without relaunching it if it fails, and its
+    /// `Features` asked behind it; the connection is kept for the first request.
     pub(crate) fn ping_launched(&self) -> Result<()> {
-        let (path, key, uid) = match &self.target {
+        let (path, key, uid, generation) = match &self.target {
             Target::Launched(m) => {
-                let (path, key) = lock(m).current_key();
-                (path, key, own_uid())
+                let m = lock(m);
+                let (path, key) = m.current_key();
+                (path, key, own_uid(), m.generation())
             }
-            Target::Path(p, key, uid) => (p.clone(), key.clone(), *uid),
+            Target::Path(..) => return self.features().map(drop),
         };
-        attempt(&path, uid, key.as_deref(), None)
-            .map(drop)
-            .map_err(|f| f.into_error(path))
+        let request = Some((Message::FeaturesRequest, Vec::new()));
+        let mut conn =
+            attempt(&path, uid, key.as_deref(), request).map_err(|f| f.into_error(path))?;
+        conn.generation = generation;
+        let reply = conn.recv()?.message;
+        self.keep_features(conn, reply).map(drop)
     }
 
     /// Sends the request made by `build` on a kept connection (if `may_reuse`), or on a new one

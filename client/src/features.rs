@@ -27,6 +27,17 @@ impl FeatureCache {
         *self.known.lock().unwrap_or_else(PoisonError::into_inner) = Some((generation, features));
     }
 
+    /// Caches what `reply`, the answer to `FeaturesRequest` of the server of `generation`,
+    /// says ([`from_reply`]).
+    ///
+    /// # Errors
+    /// As [`from_reply`]; nothing is cached then.
+    pub(crate) fn keep(&self, generation: u64, reply: Message) -> Result<Option<Features>> {
+        let features = from_reply(reply)?;
+        self.set(generation, features);
+        Ok(features)
+    }
+
     /// Forgets the answer: the next request asks again.
     pub(crate) fn forget(&self) {
         *self.known.lock().unwrap_or_else(PoisonError::into_inner) = None;

@@ -250,7 +250,8 @@ macro_rules! request_setters {
         /// as std's `CommandExt::uid`. Without [`Self::groups`] the child first drops its
         /// supplementary groups, when it may. A server without the privilege fails the child
         /// with `ChildSetupFailed` (`EPERM`); the server applies no policy of its own. Needs a
-        /// server of protocol rev 0.5.
+        /// server of protocol rev 0.5, as do [`Self::gid`], [`Self::groups`] and joining a
+        /// process group: another gets [`crate::Error::Unsupported`], and nothing is sent.
         pub fn uid(&mut self, id: u32) -> &mut Self {
             self.req.options.credentials.uid = Some(id);
             self
