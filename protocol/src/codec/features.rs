@@ -112,6 +112,17 @@ mod tests {
     }
 
     #[test]
+    fn the_table_says_which_bits_each_revision_knows() {
+        assert_eq!(flags::known_in(Revision::FIRST), 0x1F);
+        assert_eq!(flags::known_in(Revision::R0_3), 0x3F);
+        assert_eq!(flags::known_in(Revision::R0_5), flags::ALL);
+        assert_eq!(flags::known_in(Revision::CURRENT), flags::ALL);
+        assert_eq!(flags::name(flags::SET_UID), Some("SET_UID"));
+        assert_eq!(flags::name(flags::SET_UID | flags::SET_GID), None);
+        assert_eq!(flags::name(1 << 31), None);
+    }
+
+    #[test]
     fn old_revisions_have_no_features() {
         assert!(Features::new(Revision::R0_5, 0, 0).is_err());
         assert!(Features::new(Revision::R0_6, 0, 0).is_ok());

@@ -14,7 +14,8 @@
 //!
 //! Every flag bit is one line of the `spawn_options!` table below: its bit, its name in
 //! [`flags`], the [`Revision`] it appeared in, and what it sets in [`SpawnOptions`]. The
-//! table generates the flag constants (and [`flags::ALL`], [`flags::SESSION_BITS`]), the flag
+//! table generates the flag constants (and [`flags::ALL`], [`flags::SESSION_BITS`],
+//! [`flags::known_in`], [`flags::name`]; a server's `Features` list [`flags::ALL`]), the flag
 //! word, the fields' length, encoder, decoder and build-time checks, and the revision a
 //! request needs ([`SpawnOptions::required_revision`]). A line is one of:
 //!
@@ -31,15 +32,17 @@
 //! `(resource, soft, hard)`), a umask and `no_new_privs` would read:
 //!
 //! ```text
-//! /// The body carries rlimits: the child calls `setrlimit` for each (rev 0.6).
-//! 11 SET_RLIMITS, R0_6 => field(limits.rlimits: Rlimits);
-//! /// The body carries a umask (rev 0.6).
-//! 12 SET_UMASK, R0_6 => field(umask: Umask);
-//! /// The child sets `PR_SET_NO_NEW_PRIVS` (rev 0.6).
-//! 13 NO_NEW_PRIVS, R0_6 => flag(no_new_privs);
+//! /// The body carries rlimits: the child calls `setrlimit` for each (rev 0.7).
+//! 11 SET_RLIMITS, R0_7 => field(limits.rlimits: Rlimits);
+//! /// The body carries a umask (rev 0.7).
+//! 12 SET_UMASK, R0_7 => field(umask: Umask);
+//! /// The child sets `PR_SET_NO_NEW_PRIVS` (rev 0.7).
+//! 13 NO_NEW_PRIVS, R0_7 => flag(no_new_privs);
 //! ```
 //!
-//! with `Rlimits` a `Copy` list type like [`Groups`] whose `FieldCodec` reads the count, checks
+//! (plus `Revision::R0_7`, with [`Revision::CURRENT`] moved to it: a server's `Features` then
+//! list the new bits, and clients check requests against them, with no other change),
+//! and `Rlimits` a `Copy` list type like [`Groups`] whose `FieldCodec` reads the count, checks
 //! it against its cap and the remaining bytes before reading an entry, and `Umask` a scalar codec
 //! like `Uid` whose decode rejects bits above `0o777`. Scalar fields (`nice`, `oom_score_adj`,
 //! an fd index, a grace period) are `field` lines with a codec of their own; the fields are
