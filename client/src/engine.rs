@@ -9,10 +9,11 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use forkserver_protocol::{Frame, Message, Status};
+use forkserver_protocol::{Features, Frame, Message, Status};
 
 use crate::conn::Conn;
 use crate::error::{Error, Result};
+use crate::features::FeatureCache;
 use crate::handshake::{attempt, own_uid, Failure};
 use crate::idle::IdlePool;
 use crate::managed::Managed;
@@ -32,6 +33,8 @@ pub(crate) struct Engine {
     /// that found the same server dead start one new server, not one each.
     #[cfg(feature = "tokio")]
     relaunching: tokio::sync::Mutex<()>,
+    /// The server's `Features`, asked once per server (per launch, for a launched one).
+    features: FeatureCache,
 }
 
 /// What the `build` of [`Engine::exchange`] returns: the request and its fds (none for a bare
@@ -88,6 +91,7 @@ impl Engine {
             relaunching_blocking: Mutex::new(()),
             #[cfg(feature = "tokio")]
             relaunching: tokio::sync::Mutex::new(()),
+            features: FeatureCache::default(),
         }
     }
 
@@ -118,6 +122,49 @@ impl Engine {
             Message::Error(e) => Err(e.into()),
             other => Err(Error::unexpected(other.tag(), "Status")),
         }
+    }
+
+    /// What the server implements (PROTOCOL.md §5.14), `None` before rev 0.6: cached for the
+    /// current server, else asked.
+    ///
+    /// # Errors
+    /// As [`Engine::status`].
+    pub(crate) fn features(&self) -> Result<Option<Features>> {
+        self.cached_features()
+            .map_or_else(|| self.ask_features(), Ok)
+    }
+
+    /// The cached `Features` of the current server, if it was asked already (`Some(None)`: a
+    /// server before rev 0.6).
+    pub(crate) fn cached_features(&self) -> Option<Option<Features>> {
+        let generation = match &self.target {
+            Target::Path(..) => 0,
+            Target::Launched(m) => lock(m).generation(),
+        };
+        self.features.get(generation)
+    }
+
+    /// Sends `FeaturesRequest` (on a fresh connection behind `Hello`, pipelined when there is
+    /// no key) and caches the answer for the server that gave it.
+    fn ask_features(&self) -> Result<Option<Features>> {
+        let request = || Ok((Some((Message::FeaturesRequest, Vec::new())), ()));
+        let (conn, frame, ()) = self.exchange(request)?;
+        self.keep_features(conn, frame.message)
+    }
+
+    /// Caches the reply to `FeaturesRequest` read on `conn`, which is kept if READY.
+    pub(crate) fn keep_features(&self, conn: Conn, reply: Message) -> Result<Option<Features>> {
+        let features = self.features.keep(conn.generation, reply)?;
+        if features.is_some() {
+            self.put_idle(conn);
+        }
+        Ok(features)
+    }
+
+    /// Forgets the server's `Features`: it refused a request they said it implements (it may
+    /// have been replaced by another server at the same path). The next request asks again.
+    pub(crate) fn forget_features(&self) {
+        self.features.forget();
     }
 
     /// Makes the request `build` builds ([`Engine::request`]) and reads the first frame of the
@@ -254,25 +301,23 @@ impl Engine {
         }
     }
 
-    /// One handshake on a fresh connection, which is then kept for reuse.
-    pub(crate) fn ping(&self) -> Result<()> {
-        let (conn, ()) = self.request(false, || Ok((None, ())))?;
-        self.put_idle(conn);
-        Ok(())
-    }
-
-    /// One handshake with the server just launched, without relaunching it if it fails.
+    /// One handshake with the server just launched, without relaunching it if it fails, and its
+    /// `Features` asked behind it; the connection is kept for the first request.
     pub(crate) fn ping_launched(&self) -> Result<()> {
-        let (path, key, uid) = match &self.target {
+        let (path, key, uid, generation) = match &self.target {
             Target::Launched(m) => {
-                let (path, key) = lock(m).current_key();
-                (path, key, own_uid())
+                let m = lock(m);
+                let (path, key) = m.current_key();
+                (path, key, own_uid(), m.generation())
             }
-            Target::Path(p, key, uid) => (p.clone(), key.clone(), *uid),
+            Target::Path(..) => return self.features().map(drop),
         };
-        attempt(&path, uid, key.as_deref(), None)
-            .map(drop)
-            .map_err(|f| f.into_error(path))
+        let request = Some((Message::FeaturesRequest, Vec::new()));
+        let mut conn =
+            attempt(&path, uid, key.as_deref(), request).map_err(|f| f.into_error(path))?;
+        conn.generation = generation;
+        let reply = conn.recv()?.message;
+        self.keep_features(conn, reply).map(drop)
     }
 
     /// Relaunches the launched server of `generation`, unless another thread did it already,

@@ -10,7 +10,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use forkserver_protocol::{Frame, Message};
+use forkserver_protocol::{Features, Frame, Message};
 
 use crate::conn::Conn;
 use crate::conn_async::{attempt, Registered};
@@ -42,6 +42,20 @@ pub(crate) async fn exchange<T>(
             _ => return Ok((conn.into_conn(), frame, extra)),
         }
     }
+}
+
+/// [`Engine::features`], awaited: the current server's `Features` from the cache, else asked
+/// (a `FeaturesRequest` behind `Hello` on a new connection, kept for the next request).
+///
+/// # Errors
+/// As [`exchange`].
+pub(crate) async fn features(engine: &Engine) -> Result<Option<Features>> {
+    if let Some(known) = engine.cached_features() {
+        return Ok(known);
+    }
+    let request = || Ok((Some((Message::FeaturesRequest, Vec::new())), ()));
+    let (conn, frame, ()) = exchange(engine, request).await?;
+    engine.keep_features(conn, frame.message)
 }
 
 /// The engine's `request`, awaited: the same order of attempts and the same retries.

@@ -84,6 +84,7 @@ mod engine;
 mod engine_async;
 mod error;
 mod exit_status;
+mod features;
 #[allow(unsafe_code)] // pthread_atfork: a counter bumped in forked children
 mod fork_epoch;
 mod handshake;
