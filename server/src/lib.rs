@@ -45,4 +45,4 @@ pub use error::{ConfigError, LaunchError, ServerError};
 pub use forkserver_protocol::socket_dir::DirError;
 pub use key::{read_key, read_key_file};
 pub use launch::{Zygote, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV};
-pub use server::Server;
+pub use server::{Server, EXEC_FORK_ENV};

@@ -29,6 +29,8 @@ struct Started {
     /// A pooled child that could not be handed its job whole: the failure reported in place
     /// of its exit.
     failure: Option<Message>,
+    /// A `CLONE_VM` child: its exec is over ([`spawn::spawn_exec`]).
+    exec: Option<spawn::Cloned>,
 }
 
 impl Server {
@@ -53,15 +55,40 @@ impl Server {
         self.spawned_total += 1;
         self.touch();
         let (pid, pooled) = (started.pid, started.pooled);
-        let child = Child::new(pid, serial, id, &options, context)
+        let mut child = Child::new(pid, serial, id, &options, context)
             .with_report(started.report, wait_exec)
             .with_failure(started.failure);
         let deadline = options
             .deadline_ms
             .map(|ms| Duration::from_millis(ms.get()));
-        self.adopt(child, deadline);
         tracing::debug!(conn = %id, pid = pid.as_raw(), "spawned");
-        self.announce(id, pid, wait_exec, pooled, options.want_pidfd);
+        let Some(exec) = started.exec else {
+            self.adopt(child, deadline);
+            return self.announce(id, pid, wait_exec, pooled, options.want_pidfd);
+        };
+        // The CLONE_VM path: the exec is over already.
+        match (exec.failure, wait_exec) {
+            (Some((stage, errno)), true) => {
+                // As a report pipe's failure: no Pid, the failure is the final report.
+                let reply = spawn::failure_of(stage, errno, child.context());
+                child.final_report_sent();
+                let keep = child.keeps_connection();
+                self.adopt(child, deadline);
+                self.send(id, reply, vec![]);
+                // The frames behind this one are handled by the caller's loop.
+                let keep = keep && !self.shutting_down;
+                self.transition(id, |s| s.final_report(keep));
+            }
+            (failure, _) => {
+                // The failure (without `pid_after_exec`) comes in place of the exit, as the
+                // shared report socket's would.
+                let reply = failure.map(|(stage, errno)| {
+                    spawn::failure_of(stage, errno, child.context())
+                });
+                self.adopt(child.with_failure(reply), deadline);
+                self.start_running_with(id, pid, exec.pidfd);
+            }
+        }
     }
 
     /// A child for `spawn`: the job handed to a pooled child if one can take it, else a
@@ -79,6 +106,16 @@ impl Server {
             Pooled::Taken(pid, sock) => (pid, sock, None),
             Pooled::Broken(pid, sock, reply) => (pid, sock, Some(reply)),
             Pooled::Fork(spawn, bundle) => {
+                if let (Job::Exec(job), false) = (spawn.job(), self.fork.exec_by_fork()) {
+                    let cloned = spawn::spawn_exec(&mut self.fork, job, spawn.options(), bundle)?;
+                    return Ok(Started {
+                        pid: cloned.pid,
+                        report: None,
+                        pooled: false,
+                        failure: None,
+                        exec: Some(cloned),
+                    });
+                }
                 let report_to = match wait_exec {
                     true => ReportTo::Pipe,
                     false => ReportTo::Shared(serial),
@@ -89,6 +126,7 @@ impl Server {
                     report,
                     pooled: false,
                     failure: None,
+                    exec: None,
                 };
                 return Ok(started);
             }
@@ -98,6 +136,7 @@ impl Server {
             report: Some(report),
             pooled: true,
             failure,
+            exec: None,
         })
     }
 
@@ -176,6 +215,11 @@ impl Server {
         let pidfd = want_pidfd
             .then(|| crate::sys::pidfd_open(pid))
             .and_then(|r| r.map_err(|e| tracing::debug!("pidfd_open: {e}")).ok());
+        self.start_running_with(id, pid, pidfd);
+    }
+
+    /// As [`Server::start_running`], with the child's pidfd (if any) in hand.
+    fn start_running_with(&mut self, id: ConnId, pid: Pid, pidfd: Option<OwnedFd>) {
         // The session is RUNNING before the Pid goes out: a peer already gone makes the send
         // disconnect it, and the child of that state must be detached (and killed, with
         // `kill_on_disconnect`), not left with a stale connection.

@@ -10,9 +10,12 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use forkserver_protocol::{ExecJob, FdBundle, SpawnOptions};
+use nix::errno::Errno;
+use nix::libc;
 
 use super::identity::Identity;
 use super::report::Report;
+use super::vfork::CloneStack;
 use crate::entry::EntryFn;
 use crate::ids::Serial;
 
@@ -29,6 +32,13 @@ pub(crate) struct ForkContext {
     /// The authentication key (PROTOCOL.md §9.1), if the server has one. Every child that
     /// runs the server's code zeroes its copy after the fork.
     key: Option<Vec<u8>>,
+    /// The server's pid, for the children's parent-death check: asked once, not per spawn.
+    server_pid: libc::pid_t,
+    /// The stack of the `CLONE_VM` exec children, mapped at the first exec job.
+    clone_stack: Option<CloneStack>,
+    /// Exec jobs are forked as entry jobs are (`FORKSERVER_EXEC_FORK=1`): the `CLONE_VM` path
+    /// is off.
+    exec_by_fork: bool,
 }
 
 impl ForkContext {
@@ -47,6 +57,32 @@ impl ForkContext {
             die_with_server,
             report_tx,
             key,
+            server_pid: nix::unistd::getpid().as_raw(),
+            clone_stack: None,
+            exec_by_fork: false,
+        }
+    }
+
+    /// Exec jobs take the fork path too (`true`), or the `CLONE_VM` path (the default).
+    pub(crate) fn set_exec_by_fork(&mut self, by_fork: bool) {
+        self.exec_by_fork = by_fork;
+    }
+
+    /// Whether exec jobs take the fork path.
+    pub(crate) fn exec_by_fork(&self) -> bool {
+        self.exec_by_fork
+    }
+
+    /// The server's pid when its children die with it (`die_with_server`).
+    pub(super) fn watched_server(&self) -> Option<libc::pid_t> {
+        self.die_with_server.then_some(self.server_pid)
+    }
+
+    /// The `CLONE_VM` children's stack, mapped at the first call.
+    pub(super) fn clone_stack(&mut self) -> Result<&mut CloneStack, Errno> {
+        match &mut self.clone_stack {
+            Some(stack) => Ok(stack),
+            slot => Ok(slot.insert(CloneStack::new()?)),
         }
     }
 

@@ -39,14 +39,18 @@ mod context;
 mod fds;
 mod identity;
 mod place;
+mod plan;
+mod raw;
 mod report;
 mod stage;
+mod vfork;
 use crate::entry::{EntryFn, Invocation};
 pub(crate) use context::{ChildSpec, ForkContext, ReportTo, Work};
 pub(crate) use identity::Context;
 use report::report_and_exit;
-pub(crate) use report::{decode_shared, failure_reply, Report, REPORT_LEN, SHARED_REPORT_LEN};
+pub(crate) use report::{decode_shared, failure_of, failure_reply, Report, REPORT_LEN, SHARED_REPORT_LEN};
 pub(crate) use stage::{Stage, FAILED_STATUS};
+pub(crate) use vfork::{spawn_exec, Cloned};
 
 /// Exit status of an entry point that panicked (as Rust's runtime uses).
 pub(crate) const PANIC_STATUS: i32 = 101;
@@ -96,7 +100,7 @@ fn fork_child(
     zero_key: bool,
     in_child: impl FnOnce(&ForkContext) -> std::convert::Infallible,
 ) -> Result<Pid, Errno> {
-    let server = ctx.die_with_server().then(nix::unistd::getpid);
+    let server = ctx.watched_server().map(Pid::from_raw);
     let mut old_mask = SigSet::empty();
     nix::sys::signal::sigprocmask(
         SigmaskHow::SIG_BLOCK,
