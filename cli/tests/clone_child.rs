@@ -114,7 +114,10 @@ fn main() {
         std::thread::spawn(|| drop(std::hint::black_box(vec![1u8; 64])))
             .join()
             .expect("thread");
-        assert!(foreign_uses(0) > 0, "the recorder missed a thread's allocation");
+        assert!(
+            foreign_uses(0) > 0,
+            "the recorder missed a thread's allocation"
+        );
         clear();
     }
     Zygote::new()
@@ -141,11 +144,12 @@ fn exec_jobs(client: &Client) {
         let s = cmd.status().expect("spawn");
         assert_eq!(s.code(), Some(0), "{:?}", cmd.get_program());
     };
-    let failed = |cmd: &mut forkserver_client::Command, code: ErrorCode| {
-        match cmd.spawn().and_then(|mut c| c.wait()) {
-            Err(Error::Server { code: got, .. }) => assert_eq!(got, code),
-            other => panic!("{:?}: {other:?}", cmd.get_program()),
-        }
+    let failed = |cmd: &mut forkserver_client::Command, code: ErrorCode| match cmd
+        .spawn()
+        .and_then(|mut c| c.wait())
+    {
+        Err(Error::Server { code: got, .. }) => assert_eq!(got, code),
+        other => panic!("{:?}: {other:?}", cmd.get_program()),
     };
     let null = || Stdio::null();
     ok(client

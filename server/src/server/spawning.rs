@@ -4,7 +4,9 @@
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use forkserver_protocol::{ErrorCode, ErrorReply, FdBundle, Job, Message, Pid as PidReply, Spawn};
+use forkserver_protocol::{
+    ErrorCode, ErrorReply, FdBundle, Job, Message, OutFrame, Pid as PidReply, Spawn,
+};
 use nix::errno::Errno;
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::sys::signal::Signal;
@@ -31,6 +33,11 @@ struct Started {
     failure: Option<Message>,
     /// A `CLONE_VM` child: its exec is over ([`spawn::spawn_exec`]).
     exec: Option<spawn::Cloned>,
+    /// The request's fds, still open in the server: closed once the `Pid` is out.
+    bundle: FdBundle,
+    /// The job sent to a pooled child, with the server's copies of its fds: closed once the
+    /// `Pid` is out.
+    sent_job: Option<OutFrame>,
 }
 
 impl Server {
@@ -48,10 +55,13 @@ impl Server {
         let context = spawn::Context::of(&spawn);
         let wait_exec = options.pid_after_exec && matches!(spawn.job(), Job::Exec(_));
         let serial = Serial::nth(self.spawned_total + 1);
-        let started = match self.start_child(spawn, bundle, wait_exec, serial) {
+        let mut started = match self.start_child(spawn, bundle, wait_exec, serial) {
             Ok(started) => started,
             Err(e) => return self.fork_failed(id, e),
         };
+        // The server's copies of the request's fds: closed when this function returns, after
+        // the `Pid` went out (or, with `pid_after_exec` on the fork path, was put off).
+        let _close_after_reply = (std::mem::take(&mut started.bundle), started.sent_job.take());
         self.spawned_total += 1;
         self.touch();
         let (pid, pooled) = (started.pid, started.pooled);
@@ -82,9 +92,8 @@ impl Server {
             (failure, _) => {
                 // The failure (without `pid_after_exec`) comes in place of the exit, as the
                 // shared report socket's would.
-                let reply = failure.map(|(stage, errno)| {
-                    spawn::failure_of(stage, errno, child.context())
-                });
+                let reply =
+                    failure.map(|(stage, errno)| spawn::failure_of(stage, errno, child.context()));
                 self.adopt(child.with_failure(reply), deadline);
                 self.start_running_with(id, pid, exec.pidfd);
             }
@@ -102,31 +111,36 @@ impl Server {
         wait_exec: bool,
         serial: Serial,
     ) -> Result<Started, Errno> {
-        let (pid, report, failure) = match self.take_pooled(spawn, bundle) {
-            Pooled::Taken(pid, sock) => (pid, sock, None),
-            Pooled::Broken(pid, sock, reply) => (pid, sock, Some(reply)),
+        let (pid, report, failure, sent_job) = match self.take_pooled(spawn, bundle) {
+            Pooled::Taken(pid, sock, job) => (pid, sock, None, Some(job)),
+            Pooled::Broken(pid, sock, reply) => (pid, sock, Some(reply), None),
             Pooled::Fork(spawn, bundle) => {
                 if let (Job::Exec(job), false) = (spawn.job(), self.fork.exec_by_fork()) {
-                    let cloned = spawn::spawn_exec(&mut self.fork, job, spawn.options(), bundle)?;
+                    let mut cloned =
+                        spawn::spawn_exec(&mut self.fork, job, spawn.options(), bundle)?;
                     return Ok(Started {
                         pid: cloned.pid,
                         report: None,
                         pooled: false,
                         failure: None,
+                        bundle: std::mem::take(&mut cloned.bundle),
                         exec: Some(cloned),
+                        sent_job: None,
                     });
                 }
                 let report_to = match wait_exec {
                     true => ReportTo::Pipe,
                     false => ReportTo::Shared(serial),
                 };
-                let (pid, report) = self.fork(&spawn, bundle, report_to)?;
+                let (pid, report, bundle) = self.fork(&spawn, bundle, report_to)?;
                 let started = Started {
                     pid,
                     report,
                     pooled: false,
                     failure: None,
                     exec: None,
+                    bundle,
+                    sent_job: None,
                 };
                 return Ok(started);
             }
@@ -137,17 +151,19 @@ impl Server {
             pooled: true,
             failure,
             exec: None,
+            bundle: FdBundle::new(),
+            sent_job,
         })
     }
 
-    /// Forks a child for `spawn` with `bundle`, reporting to `report_to`: its pid, and the
-    /// read end of its report pipe if it has one.
+    /// Forks a child for `spawn` with `bundle`, reporting to `report_to`: its pid, the read
+    /// end of its report pipe if it has one, and the bundle, still open.
     fn fork(
         &mut self,
         spawn: &Spawn,
         bundle: FdBundle,
         report_to: ReportTo,
-    ) -> Result<(Pid, Option<OwnedFd>), Errno> {
+    ) -> Result<(Pid, Option<OwnedFd>, FdBundle), Errno> {
         let work = match spawn.job() {
             Job::Exec(e) => Work::Exec(e),
             Job::Entry(e) => Work::Entry {

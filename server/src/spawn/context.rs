@@ -73,6 +73,11 @@ impl ForkContext {
         self.exec_by_fork
     }
 
+    /// The server's pid, asked once at bind.
+    pub(super) fn server_pid(&self) -> libc::pid_t {
+        self.server_pid
+    }
+
     /// The server's pid when its children die with it (`die_with_server`).
     pub(super) fn watched_server(&self) -> Option<libc::pid_t> {
         self.die_with_server.then_some(self.server_pid)

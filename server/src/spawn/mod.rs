@@ -1,6 +1,45 @@
-//! Forking a child and preparing it (PROTOCOL.md §6.4): everything here after `fork()` runs in
-//! the child, which is a copy of the single-threaded server and so may allocate freely.
+//! Making a child and preparing it (PROTOCOL.md §6.4, §6.5), two ways. Entry jobs, pooled
+//! children and exec jobs with [`crate::EXEC_FORK_ENV`] set are forked: everything here after
+//! `fork()` runs in the child, a copy of the single-threaded server, which may allocate
+//! freely. Other exec jobs take the `CLONE_VM` path (`vfork.rs`, `plan.rs`, `raw.rs`): the
+//! child shares the server's memory, so no page table is copied, whatever the server's size.
 //!
+//! The `CLONE_VM` child's rules, and why (`cli/tests/clone_child.rs` checks the first one
+//! with a recording global allocator; the signal tests, the failure tests and the fd tests
+//! check the others through it):
+//! * **It allocates, frees and drops nothing**: its heap is the server's, so what it allocates
+//!   leaks in the server at its `execve`, and what it frees or drops is freed under the
+//!   server's feet (a use after free once the server resumes). Everything it reads (argv and
+//!   envp with their pointer arrays, every `PATH` candidate as a full path, the fd calls with
+//!   every number fixed, the credentials, the signals to reset) is an `ExecPlan` the server
+//!   built before the clone and frees after it.
+//! * **Raw system calls only** (`raw.rs`): glibc's wrappers may keep state (`setuid` signals
+//!   every thread glibc knows of; `raise` and `abort` use the thread id cached in the TLS the
+//!   child shares with the server's thread). errno is written in that shared TLS, read back
+//!   at once, and never read by the server after a clone that succeeded.
+//! * **No panic, no unwinding, no std I/O, no lock**: a panic would unwind through the
+//!   server's frames or abort with the server's thread id. The child's code is a loop over
+//!   the plan's arrays that returns `(Stage, Errno)` on failure.
+//! * **Its failure goes through memory**: the stage and errno in a slot of the server's
+//!   stack frame, read when `clone` returns (`CLONE_VFORK` suspends the server until the child
+//!   has exec'd or exited). So `pid_after_exec` costs nothing and there is no report pipe; the
+//!   replies are those of the fork path, with the same texts.
+//! * **Its stack is the server's `CloneStack`**: 64 KiB, mapped once and reused (one child at
+//!   a time: the server is suspended), with a `PROT_NONE` guard page below it.
+//! * **Signals**: every signal is blocked across the clone, so none is delivered to the child
+//!   (nor runs a server handler on its stack) before it has put `SIG_DFL` back on every signal
+//!   the server does not leave at its default; it empties the mask last, just before
+//!   `execve`. A fault (a blocked synchronous signal) kills it. `CLONE_CLEAR_SIGHAND` would
+//!   save the reset of handled signals, but needs `clone3`, which starts the child on its new
+//!   stack at the syscall's return and so needs an assembly trampoline; the reset loop does it
+//!   (ignored signals, which `CLONE_CLEAR_SIGHAND` keeps, need it anyway).
+//! * **Its pidfd comes from `clone` (`CLONE_PIDFD`)**, so no window between the child's
+//!   creation and `pidfd_open` exists on this path.
+//! * The key is not zeroed (the memory is the server's); the child loses it at `execve`.
+//!
+//! The steps are the same on both paths, in the same order; the `CLONE_VM` path lists them
+//! in `plan.rs` (`STEPS`), where a new per-child control is one row, and here in
+//! `child_main`. In the child, before the job runs:
 //! In the child, before the job runs:
 //! 1. signal dispositions go back to `SIG_DFL` and the signal mask is emptied;
 //! 2. `setsid()`, `setpgid(0, 0)` or `setpgid(0, pgid)` as requested;
@@ -48,7 +87,9 @@ use crate::entry::{EntryFn, Invocation};
 pub(crate) use context::{ChildSpec, ForkContext, ReportTo, Work};
 pub(crate) use identity::Context;
 use report::report_and_exit;
-pub(crate) use report::{decode_shared, failure_of, failure_reply, Report, REPORT_LEN, SHARED_REPORT_LEN};
+pub(crate) use report::{
+    decode_shared, failure_of, failure_reply, Report, REPORT_LEN, SHARED_REPORT_LEN,
+};
 pub(crate) use stage::{Stage, FAILED_STATUS};
 pub(crate) use vfork::{spawn_exec, Cloned};
 
@@ -59,30 +100,44 @@ pub(crate) const PANIC_STATUS: i32 = 101;
 /// group and with the credentials the request asked for. A child that reports to
 /// [`ReportTo::Shared`] writes a failure on the shared report socket; one that reports to
 /// [`ReportTo::Pipe`] on a report pipe of its own, whose read end is returned with the child's
-/// pid. The bundle's fds are closed in the server. The key is zeroed in an entry job's child,
-/// which runs the server's code; an exec job's child loses it at `execve` and is spared the
-/// page copy.
+/// pid. The bundle comes back too, still open in the server: the caller closes it once the
+/// `Pid` is out (three `close` calls fewer before it). The key is zeroed in an entry job's
+/// child, which runs the server's code; an exec job's child loses it at `execve` and is
+/// spared the page copy.
 ///
 /// # Errors
 /// `pipe2` or `fork` failing (EAGAIN, ENOMEM, EMFILE).
 pub(crate) fn spawn(
     ctx: &mut ForkContext,
     child: ChildSpec<'_>,
-) -> Result<(Pid, Option<OwnedFd>), Errno> {
+) -> Result<(Pid, Option<OwnedFd>, FdBundle), Errno> {
     let zero_key = matches!(child.work, Work::Entry { .. });
-    if let ReportTo::Shared(serial) = child.report {
+    let report_to = child.report;
+    // The child takes the spec from this slot (its copy of it); in the server it stays here.
+    let mut spec = Some(child);
+    let slot = &mut spec;
+    let (pid, report_rd) = if let ReportTo::Shared(serial) = report_to {
         let report = ctx.shared_report(serial);
-        let pid = fork_child(ctx, zero_key, move |ctx| child_main(ctx, child, report))?;
-        return Ok((pid, None));
-    }
-    let (report_rd, report_wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    let report_rd_raw = report_rd.as_raw_fd();
-    let pid = fork_child(ctx, zero_key, move |ctx| {
-        // The child's copy of the read end; the server keeps its own (`report_rd`).
-        let _ = nix::unistd::close(report_rd_raw);
-        child_main(ctx, child, Report::Own(report_wr.into_raw_fd()))
-    })?;
-    Ok((pid, Some(report_rd)))
+        let pid = fork_child(ctx, zero_key, move |ctx| match slot.take() {
+            Some(child) => child_main(ctx, child, report),
+            None => sys::exit_now(FAILED_STATUS),
+        })?;
+        (pid, None)
+    } else {
+        let (report_rd, report_wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let report_rd_raw = report_rd.as_raw_fd();
+        let pid = fork_child(ctx, zero_key, move |ctx| {
+            // The child's copy of the read end; the server keeps its own (`report_rd`).
+            let _ = nix::unistd::close(report_rd_raw);
+            match slot.take() {
+                Some(child) => child_main(ctx, child, Report::Own(report_wr.into_raw_fd())),
+                None => sys::exit_now(FAILED_STATUS),
+            }
+        })?;
+        (pid, Some(report_rd))
+    };
+    let bundle = spec.map(|c| c.bundle).unwrap_or_default();
+    Ok((pid, report_rd, bundle))
 }
 
 /// Forks a child that runs `in_child` (which never returns) with its copy of `ctx`, and
@@ -157,7 +212,7 @@ pub(crate) fn prefork(
     let flags = OFlag::from_bits_truncate(nix::fcntl::fcntl(&ours, FcntlArg::F_GETFL)?);
     nix::fcntl::fcntl(&ours, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     let ours_raw = ours.as_raw_fd();
-    let server = nix::unistd::getpid();
+    let server = Pid::from_raw(ctx.server_pid());
     let pid = fork_child(ctx, true, |ctx| {
         let _ = nix::unistd::close(ours_raw);
         match pooled_child(ctx, entries, theirs, server) {}

@@ -94,7 +94,10 @@ impl ExecPlan {
         let argv: Vec<CString> = job.args().iter().map(|a| cstr(a.to_vec())).collect();
         let inherited = (!job.env_clear()).then(std::env::vars_os);
         let env = identity::child_env(inherited.into_iter().flatten(), job);
-        let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
+        let path = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone());
         let envp: Vec<CString> = env
             .into_iter()
             .map(|(k, v)| {
@@ -109,10 +112,17 @@ impl ExecPlan {
         let candidates = match search {
             false => vec![cstr(program.to_vec())],
             true => {
-                let path = path.map_or_else(|| b"/usr/local/bin:/usr/bin:/bin".to_vec(), |p| p.into_vec());
+                let path = path.map_or_else(
+                    || b"/usr/local/bin:/usr/bin:/bin".to_vec(),
+                    |p| p.into_vec(),
+                );
                 path.split(|&b| b == b':')
                     .map(|dir| {
-                        let mut full = if dir.is_empty() { b".".to_vec() } else { dir.to_vec() };
+                        let mut full = if dir.is_empty() {
+                            b".".to_vec()
+                        } else {
+                            dir.to_vec()
+                        };
                         full.push(b'/');
                         full.extend_from_slice(program);
                         cstr(full)
@@ -260,7 +270,9 @@ impl ExecPlan {
             match raw::execve(candidate, argv, envp) {
                 e if !self.search => return e,
                 Errno::EACCES => saw_eacces = true,
-                e @ (Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::ENAMETOOLONG) => err = e,
+                e @ (Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::ENAMETOOLONG) => {
+                    err = e
+                }
                 e => return e,
             }
         }

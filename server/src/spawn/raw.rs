@@ -46,7 +46,10 @@ pub(super) fn setuid(uid: u32) -> Result<(), Errno> {
 }
 
 pub(super) fn set_pdeathsig(signo: i32) -> Result<(), Errno> {
-    let (opt, sig) = (libc::PR_SET_PDEATHSIG, libc::c_ulong::try_from(signo).unwrap_or(0));
+    let (opt, sig) = (
+        libc::PR_SET_PDEATHSIG,
+        libc::c_ulong::try_from(signo).unwrap_or(0),
+    );
     // SAFETY: integers only.
     check(unsafe { libc::syscall(libc::SYS_prctl, opt, sig, 0u64, 0u64, 0u64) })
 }

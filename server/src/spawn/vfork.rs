@@ -112,11 +112,13 @@ pub(crate) struct Cloned {
     pub(crate) pidfd: Option<OwnedFd>,
     /// The failed stage and errno; `None`: the child has exec'd.
     pub(crate) failure: Option<(Stage, Errno)>,
+    /// The request's fds, still open in the server.
+    pub(crate) bundle: FdBundle,
 }
 
-/// Starts exec job `job`'s child on the `CLONE_VM` path, with `bundle` (closed in the server
-/// once the child has exec'd or failed) and the request's `options`: the child's pid, its
-/// pidfd if the request wants one, and how the exec went.
+/// Starts exec job `job`'s child on the `CLONE_VM` path, with `bundle` and the request's
+/// `options`: the child's pid, its pidfd if the request wants one, how the exec went, and the
+/// bundle (the caller closes it once the `Pid` is out).
 ///
 /// # Errors
 /// As [`clone_exec`]; `mmap` failing at the first call.
@@ -133,9 +135,9 @@ pub(crate) fn spawn_exec(
         ctx.to_reset(),
         ctx.watched_server(),
     );
-    let cloned = clone_exec(ctx.clone_stack()?, &plan, options.want_pidfd);
-    drop(bundle);
-    cloned
+    let mut cloned = clone_exec(ctx.clone_stack()?, &plan, options.want_pidfd)?;
+    cloned.bundle = bundle;
+    Ok(cloned)
 }
 
 /// Clones a child that runs `plan` on `stack`, with a pidfd if `want_pidfd`. Every signal is
@@ -144,11 +146,7 @@ pub(crate) fn spawn_exec(
 ///
 /// # Errors
 /// `clone` or `sigprocmask` failing (EAGAIN, ENOMEM; EINVAL for `CLONE_PIDFD` before 5.2).
-fn clone_exec(
-    stack: &mut CloneStack,
-    plan: &ExecPlan,
-    want_pidfd: bool,
-) -> Result<Cloned, Errno> {
+fn clone_exec(stack: &mut CloneStack, plan: &ExecPlan, want_pidfd: bool) -> Result<Cloned, Errno> {
     let slot = Slot::default();
     let args = ChildArgs { plan, slot: &slot };
     let arg: *const ChildArgs<'_> = &args;
@@ -159,7 +157,11 @@ fn clone_exec(
     let mut pidfd: libc::c_int = -1;
     let pidfd_ptr: *mut libc::c_int = &mut pidfd;
     let mut old_mask = SigSet::empty();
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut old_mask))?;
+    nix::sys::signal::sigprocmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&SigSet::all()),
+        Some(&mut old_mask),
+    )?;
     let top = stack.top();
     // SAFETY: `child_entry` runs on `stack` (ours, mapped, used by this child alone: the
     // server is suspended until the child execs or exits, CLONE_VFORK) and touches only
@@ -187,5 +189,6 @@ fn clone_exec(
         pid: Pid::from_raw(pid),
         pidfd,
         failure,
+        bundle: FdBundle::new(),
     })
 }
