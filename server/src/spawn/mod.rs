@@ -48,7 +48,7 @@
 //!    server (listener, connections, epoll, signalfd, other requests' fds) is closed;
 //! 4. the credentials, last because they may drop privilege: `setgroups`, `setgid`, `setuid`
 //!    (`identity.rs`);
-//! 5. the job runs: `chdir` and `execve` (the environment built in `identity.rs` too), or the
+//! 5. the job runs: `chdir` and `execve` (`execvp.rs`; the environment built in `identity.rs`), or the
 //!    entry point, whose return value is the exit status.
 //!
 //! A failure in steps 1-5 is reported to the server, and the child exits with status 127. The
@@ -60,12 +60,12 @@
 //! same 5 bytes. The shared socket costs no system call and no fd per spawn; the server reads
 //! it only for a child that exits with status 127.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 
-use forkserver_protocol::{ExecJob, FdBundle};
+use forkserver_protocol::FdBundle;
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
@@ -75,6 +75,7 @@ use crate::sys;
 use place::place_fds;
 
 mod context;
+mod execvp;
 mod fds;
 mod identity;
 mod place;
@@ -327,7 +328,7 @@ fn child_main(ctx: &ForkContext, child: ChildSpec<'_>, report: Report) -> ! {
                     report_and_exit(report, Stage::Chdir, e);
                 }
             }
-            let e = exec(job);
+            let e = execvp::exec(job);
             report_and_exit(report, Stage::Exec, e)
         }
         Work::Entry { entry, payload } => {
@@ -357,55 +358,4 @@ fn reset_signals(to_reset: u64) -> Result<(), Errno> {
         left &= left - 1;
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
-}
-
-/// Builds argv and envp and execs; returns only on failure, with the errno to report.
-fn exec(job: &ExecJob) -> Errno {
-    // The protocol guarantees no NUL inside any of these strings.
-    let cstr = |b: &[u8]| CString::new(b).unwrap_or_default();
-    let argv: Vec<CString> = job.args().iter().map(|a| cstr(a)).collect();
-    let inherited = (!job.env_clear()).then(std::env::vars_os);
-    let env = identity::child_env(inherited.into_iter().flatten(), job);
-    let envp: Vec<CString> = env
-        .iter()
-        .map(|(k, v)| {
-            let mut kv = k.clone().into_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            cstr(&kv)
-        })
-        .collect();
-    let program = job.program();
-    if program.contains(&b'/') {
-        return nix::unistd::execve(&cstr(program), &argv, &envp)
-            .err()
-            .unwrap_or(Errno::UnknownErrno);
-    }
-    // As execvp: search PATH (the child's), remembering EACCES.
-    let path = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_bytes().to_vec())
-        .unwrap_or_else(|| b"/usr/local/bin:/usr/bin:/bin".to_vec());
-    let mut err = Errno::ENOENT;
-    let mut saw_eacces = false;
-    for dir in path.split(|&b| b == b':') {
-        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
-        let mut full = dir.to_vec();
-        full.push(b'/');
-        full.extend_from_slice(program);
-        match nix::unistd::execve(&cstr(&full), &argv, &envp) {
-            Err(Errno::EACCES) => saw_eacces = true,
-            Err(e @ (Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::ENAMETOOLONG)) => {
-                err = e
-            }
-            Err(e) => return e,
-            Ok(_) => unreachable!("execve returned success"),
-        }
-    }
-    if saw_eacces {
-        Errno::EACCES
-    } else {
-        err
-    }
 }
