@@ -7,7 +7,9 @@
 //! test can cause), an entry job (forked: a snapshot of the server's table) reports the
 //! allocations of tasks other than itself. Before it serves, the binary checks that the
 //! allocator does see another task's allocation (a thread's), so the check cannot pass by
-//! counting nothing.
+//! counting nothing. Then the same failures (ENOENT, a `PATH` search, EACCES, ENOEXEC, a bad
+//! cwd, a refused `setpgid`, an EBADF target) through both exec paths must give the same
+//! error, errno and message.
 //!
 //! `harness = false`: `main` is ours.
 
@@ -136,6 +138,91 @@ fn main() {
         "CLONE_VM children used the allocator"
     );
     println!("clone_child: ok (exec jobs through the CLONE_VM path made no allocation)");
+    let fork = Client::launcher(std::env::current_exe().unwrap())
+        .env(forkserver_server::EXEC_FORK_ENV, "1")
+        .launch()
+        .expect("launch");
+    same_failures_on_both_paths(&client, &fork);
+    println!("clone_child: ok (the CLONE_VM and fork paths fail alike)");
+}
+
+/// Every exec and setup failure the test can cause, with and without `pid_after_exec`, on the
+/// `CLONE_VM` path (`clone`) and the fork path (`fork`): the same error, errno and message.
+fn same_failures_on_both_paths(clone: &Client, fork: &Client) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("clone_child-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_executable = dir.join("not-executable");
+    std::fs::write(&not_executable, "#!/bin/sh\n").unwrap();
+    let bad_format = dir.join("bad-format");
+    std::fs::write(&bad_format, b"\x7fnot an executable format\n").unwrap();
+    std::fs::set_permissions(&bad_format, std::fs::Permissions::from_mode(0o755)).unwrap();
+    type Setup = fn(&mut forkserver_client::Command);
+    let cases: [(&str, &std::path::Path, Setup, i32); 7] = [
+        (
+            "ENOENT",
+            "/nonexistent/program".as_ref(),
+            |_| {},
+            libc::ENOENT,
+        ),
+        (
+            "PATH search",
+            "no-such-command-xyz".as_ref(),
+            |_| {},
+            libc::ENOENT,
+        ),
+        ("EACCES", &not_executable, |_| {}, libc::EACCES),
+        ("ENOEXEC", &bad_format, |_| {}, libc::ENOEXEC),
+        (
+            "bad cwd",
+            "/bin/true".as_ref(),
+            |c| {
+                c.current_dir("/nonexistent-dir");
+            },
+            libc::ENOENT,
+        ),
+        (
+            "setpgid",
+            "/bin/true".as_ref(),
+            |c| {
+                c.process_group(4_194_304);
+            },
+            libc::EPERM,
+        ),
+        (
+            "EBADF target",
+            "/bin/true".as_ref(),
+            |c| {
+                c.fd(1_048_575, devnull());
+            },
+            libc::EBADF,
+        ),
+    ];
+    for (what, program, setup, errno) in cases {
+        for wait in [true, false] {
+            let run = |client: &Client| {
+                let mut cmd = client.command(program);
+                cmd.wait_for_exec(wait);
+                setup(&mut cmd);
+                match cmd.spawn().and_then(|mut c| c.wait()) {
+                    Err(Error::Server {
+                        code,
+                        errno,
+                        message,
+                    }) => (code, errno, message),
+                    other => panic!("{what}: {other:?}"),
+                }
+            };
+            let (a, b) = (run(clone), run(fork));
+            assert_eq!(a, b, "{what} (pid_after_exec {wait}): CLONE_VM vs fork");
+            assert_eq!(a.1, errno, "{what}: {}", a.2);
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn devnull() -> std::fs::File {
+    std::fs::File::open("/dev/null").unwrap()
 }
 
 /// Exec jobs through every step of the `CLONE_VM` child, failures included.

@@ -48,8 +48,8 @@
 //!    server (listener, connections, epoll, signalfd, other requests' fds) is closed;
 //! 4. the credentials, last because they may drop privilege: `setgroups`, `setgid`, `setuid`
 //!    (`identity.rs`);
-//! 5. the job runs: `chdir` and `execve` (`execvp.rs`; the environment built in `identity.rs`), or the
-//!    entry point, whose return value is the exit status.
+//! 5. the job runs: `chdir` and `execve` (`execvp.rs`; the environment built in
+//!    `identity.rs`), or the entry point, whose return value is the exit status.
 //!
 //! A failure in steps 1-5 is reported to the server, and the child exits with status 127. The
 //! report goes either to the child's own report pipe (close-on-exec, so `execve` succeeding

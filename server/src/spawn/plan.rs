@@ -170,7 +170,7 @@ impl ExecPlan {
     fn reset_dispositions(&self) -> Result<(), (Stage, Errno)> {
         let mut left = self.to_reset;
         while left != 0 {
-            let signo = left.trailing_zeros() as i32 + 1;
+            let signo = left.trailing_zeros() as i32 + 1; // 1..=64: no overflow
             crate::sys::set_default_disposition(signo).map_err(|e| (Stage::Setup, e))?;
             left &= left - 1;
         }
@@ -208,14 +208,17 @@ impl ExecPlan {
             }
             .map_err(fail)?;
         }
-        let mut next = 0u32;
+        // Checked arithmetic only: a panic here would abort with the server's thread id.
+        let mut next = Some(0u32);
         for &k in &self.keep {
-            if k > next {
-                raw::close_all(next, k - 1).map_err(fail)?;
+            if let Some(first) = next.filter(|&n| k > n) {
+                raw::close_all(first, k.saturating_sub(1)).map_err(fail)?;
             }
-            next = k + 1;
+            next = k.checked_add(1);
         }
-        raw::close_all(next, u32::MAX).map_err(fail)?;
+        if let Some(first) = next {
+            raw::close_all(first, u32::MAX).map_err(fail)?;
+        }
         for (fd, &null) in (0..).zip(&self.null_stdio) {
             if null {
                 raw::open_dev_null_at(fd).map_err(fail)?;
