@@ -3,44 +3,9 @@
 //! `cargo bench -p forkserver-benches --bench codec`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use forkserver_protocol::*;
+use forkserver_benches::codec_samples::{maximal, typical};
+use forkserver_protocol::decode;
 use std::hint::black_box;
-
-fn typical() -> Message {
-    let mut job = ExecJob::new("/usr/bin/worker").unwrap();
-    for a in ["--mode", "resize", "--quality", "85"] {
-        job.push_arg(a).unwrap();
-    }
-    job.push_env("RUST_LOG", "info").unwrap();
-    Message::Spawn(
-        Spawn::new(
-            SpawnOptions::default(),
-            FdMap::from_targets(vec![0, 1, 2]).unwrap(),
-            Job::Exec(job),
-        )
-        .unwrap(),
-    )
-}
-
-fn maximal() -> Message {
-    let mut job = ExecJob::new("/usr/bin/worker").unwrap();
-    // 1000 arguments of 500 bytes: ~0.5 MiB, half the body limit.
-    for i in 0..1000 {
-        job.push_arg(format!("{i:0>500}")).unwrap();
-    }
-    for i in 0..100 {
-        job.push_env(format!("VAR_{i}"), "x".repeat(100)).unwrap();
-    }
-    job.set_cwd(Some(b"/var/lib/worker".to_vec())).unwrap();
-    Message::Spawn(
-        Spawn::new(
-            SpawnOptions::default(),
-            FdMap::from_targets((0..MAX_FDS as u32).collect()).unwrap(),
-            Job::Exec(job),
-        )
-        .unwrap(),
-    )
-}
 
 fn bench(c: &mut Criterion) {
     for (name, m) in [("typical", typical()), ("maximal", maximal())] {

@@ -2,7 +2,8 @@
 //!
 //! * `benches/codec.rs`: criterion benches of the codec, encode and decode of a typical spawn
 //!   request and of a maximal one (256 fds, a long argv):
-//!   `cargo bench -p forkserver-benches --bench codec`.
+//!   `cargo bench -p forkserver-benches --bench codec`; `examples/codec_loop.rs` runs the same
+//!   encodes in a plain loop, for `valgrind --tool=callgrind` instruction counts.
 //! * `src/bin/compare/`: the comparative harness, forkserver against `fork()` in the caller,
 //!   `std::process::Command` and CPython's `multiprocessing` forkserver:
 //!   `cargo run --release -p forkserver-benches --bin compare -- [--quick] [--json FILE]
@@ -13,11 +14,13 @@
 #![warn(missing_docs)]
 
 pub mod ballast;
+pub mod codec_samples;
 pub mod cpython;
 pub mod direct;
 pub mod driven;
 pub mod interleave;
 pub mod procfs;
+pub mod raw;
 pub mod small_client;
 pub mod stats;
 pub mod svg;

@@ -9,6 +9,10 @@
 //! forkserver status [--socket PATH] [--key-file PATH] [--server-uid UID]
 //! ```
 //!
+//! `serve` started by a service manager (systemd socket activation, `sd_listen_fds(3)`) serves
+//! on the socket it is passed and notifies the manager (`sd_notify(3)`: `READY=1`, `STATUS=`,
+//! `WATCHDOG=1`, `STOPPING=1`); see `contrib/systemd/` and PROTOCOL.md §9.4.
+//!
 //! `run` and `status` are clients of the `forkserver-client` crate: they verify the server
 //! (socket directory, `SO_PEERCRED`, the key) before sending anything (PROTOCOL.md §9.3).
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -23,8 +27,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use forkserver_protocol::MAX_TARGET_FD;
 use forkserver_server::{
-    default_socket_path, Config, Listen, Server, DEFAULT_MAX_CHILDREN, DEFAULT_SHUTDOWN_TIMEOUT,
-    MAX_PREFORK,
+    default_socket_path, Activation, Config, Listen, Server, ServerError, ServiceEnv,
+    DEFAULT_MAX_CHILDREN, DEFAULT_SHUTDOWN_TIMEOUT, MAX_PREFORK,
 };
 
 /// The longest `--shutdown-timeout`: a year.
@@ -65,9 +69,10 @@ struct ClientArgs {
 enum Command {
     /// Run the server in the foreground until SIGTERM (or the idle timeout).
     Serve {
-        /// Socket path [default: $XDG_RUNTIME_DIR/forkserver.sock, else a private 0700
-        /// directory under the temp dir]. Its directory must be ours and closed to group and
-        /// others (readable by others with --allow-uid).
+        /// Socket path [default: the socket passed by a service manager (LISTEN_FDS), else
+        /// $XDG_RUNTIME_DIR/forkserver.sock, else a private 0700 directory under the temp
+        /// dir]. Its directory must be ours and closed to group and others (readable by
+        /// others with --allow-uid).
         #[arg(long, conflicts_with = "abstract_name")]
         socket: Option<PathBuf>,
         /// Listen on a Linux abstract socket instead of a file. Any local user can reach it;
@@ -161,14 +166,32 @@ fn main() -> ExitCode {
             shutdown_timeout,
             handshake_timeout,
         } => {
+            // The service manager's variables (LISTEN_*, NOTIFY_SOCKET, WATCHDOG_*) leave the
+            // environment before anything else is done, so that no child inherits them.
+            // SAFETY: single-threaded (clap and the stderr subscriber start no thread), and
+            // nothing so far has opened or taken an fd: a passed fd is owned by nothing else.
+            let mut service = unsafe { ServiceEnv::take() };
             let key = match key_file.as_deref().map(load_key).transpose() {
                 Ok(k) => k,
                 Err(e) => return fail(&e, ExitCode::FAILURE),
             };
-            let listen = match (socket, abstract_name) {
-                (_, Some(name)) => Listen::Abstract(name.into_bytes()),
-                (Some(p), None) => Listen::Path(p),
-                (None, None) => Listen::Path(default_socket_path()),
+            let activated = match service.take_listener(!allow_uid.is_empty()) {
+                Ok(fd) => fd,
+                Err(e) => return fail(&ServerError::from(e), ExitCode::FAILURE),
+            };
+            if let Ok(Activation::OtherProcess(pid)) = service.activation() {
+                tracing::info!("LISTEN_PID={pid} is not us: the passed fds are ignored");
+            }
+            let listen = match (activated, socket, abstract_name) {
+                (Some(fd), None, None) => Listen::Fd(fd),
+                (Some(_), _, _) => {
+                    let e = "a socket is passed by the service manager (LISTEN_FDS): \
+                             --socket and --abstract cannot be used with it";
+                    return fail(&e, ExitCode::from(2));
+                }
+                (None, _, Some(name)) => Listen::Abstract(name.into_bytes()),
+                (None, Some(p), None) => Listen::Path(p),
+                (None, None, None) => Listen::Path(default_socket_path()),
             };
             let mut config = Config::default();
             config.listen = listen;
@@ -180,6 +203,7 @@ fn main() -> ExitCode {
             config.max_children = max_children as usize;
             config.shutdown_timeout = Some(Duration::from_secs(shutdown_timeout));
             config.handshake_timeout = handshake_timeout;
+            config.notify = service.notifier();
             match Server::bind(config).and_then(Server::run) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e, ExitCode::FAILURE),

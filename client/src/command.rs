@@ -193,6 +193,19 @@ impl Command {
             .spawn(&self.client, Job::Exec(job), Defaults::Output)
     }
 
+    /// [`Command::spawn`] (`output: false`) or [`Command::spawn_for_output`] for async code.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn spawn_child_async(&mut self, output: bool) -> Result<Child> {
+        let job = self.job()?;
+        let defaults = match output {
+            true => Defaults::Output,
+            false => Defaults::Inherit,
+        };
+        self.req
+            .spawn_async(&self.client, Job::Exec(job), defaults)
+            .await
+    }
+
     /// Runs the command and waits for it, as [`std::process::Command::status`]; stdio is
     /// inherited unless set.
     ///
@@ -307,5 +320,14 @@ impl Call {
         let job = EntryJob::new(self.name.clone(), self.payload.clone())?;
         self.req
             .spawn(&self.client, Job::Entry(job), Defaults::None)
+    }
+
+    /// [`Call::spawn`] for async code.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn spawn_child_async(&mut self) -> Result<Child> {
+        let job = EntryJob::new(self.name.clone(), self.payload.clone())?;
+        self.req
+            .spawn_async(&self.client, Job::Entry(job), Defaults::None)
+            .await
     }
 }

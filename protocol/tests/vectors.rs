@@ -3,7 +3,9 @@
 //!
 //! The vectors are built by `build_*` below from the public constructors (valid ones) and from
 //! deliberate corruptions with the error each must cause (invalid ones). Set
-//! `FORKSERVER_REGEN_VECTORS=1` to rewrite the files after a reviewed change of the format.
+//! `FORKSERVER_REGEN_VECTORS=1` to rewrite the files after a reviewed change of the format; that
+//! also rewrites the `decode` fuzz target's seeds (`fuzz/corpus/decode/seed-*`), which the test
+//! checks otherwise.
 
 mod common;
 
@@ -270,6 +272,11 @@ fn build_valid() -> Vec<(String, String, Message)> {
     );
     add("status-request", "StatusRequest", Message::StatusRequest);
     add(
+        "features-request",
+        "FeaturesRequest (rev 0.6)",
+        Message::FeaturesRequest,
+    );
+    add(
         "pid",
         "Pid 4242 without a pidfd",
         Message::Pid(Pid::new(4242, false).unwrap()),
@@ -314,6 +321,16 @@ fn build_valid() -> Vec<(String, String, Message)> {
         "status",
         "Status of a server with 2 live children",
         Message::Status(Status::new(1, 100, 2, 3, 12345, "forkserver 0.1.0").unwrap()),
+    );
+    add(
+        "features",
+        "Features of a rev 0.6 server: every Spawn flag bit (0-10), requests 0x10-0x13",
+        Message::Features(Features::current()),
+    );
+    add(
+        "features-later-revision",
+        "Features of a later server (rev 0.7), with bits a rev 0.6 reader does not know",
+        Message::Features(Features::new(Revision::new(0, 7), 0x0001_ffff, 0x1f).unwrap()),
     );
     for code in ErrorCode::ALL {
         let errno = match code {
@@ -361,10 +378,10 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
         E::UnknownTag(0),
     );
     add(
-        "tag-13",
-        "tag 0x13 is reserved",
-        frame(0x13, 0, &[]),
-        E::UnknownTag(0x13),
+        "tag-14",
+        "tag 0x14 is reserved",
+        frame(0x14, 0, &[]),
+        E::UnknownTag(0x14),
     );
     add(
         "tag-ff",
@@ -433,6 +450,41 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
         "Exit body must be 8 bytes",
         header_only(0x21, 0, 4),
         E::BadBodyLength { tag: 0x21, len: 4 },
+    );
+    add(
+        "features-request-len-1",
+        "FeaturesRequest body must be empty",
+        frame(0x13, 0, &[0]),
+        E::BadBodyLength { tag: 0x13, len: 1 },
+    );
+    add(
+        "features-request-with-fd",
+        "FeaturesRequest cannot carry fds",
+        header_only(0x13, 1, 0),
+        E::UnexpectedFds { tag: 0x13, nfds: 1 },
+    );
+    let features = body_of(&Message::Features(Features::current()));
+    add(
+        "features-len-12",
+        "Features body must be 16 bytes",
+        frame(0x24, 0, &features[..12]),
+        E::BadBodyLength { tag: 0x24, len: 12 },
+    );
+    let mut b = features.clone();
+    b[12] = 1;
+    add(
+        "features-reserved-not-zero",
+        "Features reserved field not zero",
+        frame(0x24, 0, &b),
+        E::ReservedNotZero,
+    );
+    let mut b = features.clone();
+    b[2] = 5;
+    add(
+        "features-revision-0-5",
+        "Features naming rev 0.5, which has no Features",
+        frame(0x24, 0, &b),
+        E::InvalidValue(Field::Revision),
     );
     add(
         "status-request-len-1",
@@ -1229,6 +1281,76 @@ fn invalid_vectors() {
         "UnknownErrorCode",
     ] {
         assert!(seen.contains(name), "no invalid vector for {name}");
+    }
+}
+
+/// The seed corpus of the `decode` fuzz target (`fuzz/corpus/decode/`): one file
+/// `seed-<file>-<name>` per vector of `valid.json`, `invalid.json` and `transport.json`, holding
+/// the vector's bytes. A vector whose bytes an earlier one already has (a transport vector
+/// differs from a valid one only in the fds it sends) adds no file: libFuzzer sees bytes only.
+/// Other files there (libFuzzer's findings, named by hash) are kept as they are.
+fn fuzz_seeds() -> Vec<(String, Vec<u8>)> {
+    let valid = build_valid()
+        .into_iter()
+        .map(|(name, _, m)| (format!("seed-valid-{name}"), m.to_bytes()));
+    let invalid = build_invalid()
+        .into_iter()
+        .map(|(name, _, bytes, _)| (format!("seed-invalid-{name}"), bytes));
+    let transport = build_transport()
+        .into_iter()
+        .map(|(name, _, bytes, _, _)| (format!("seed-transport-{name}"), bytes));
+    let mut seen = std::collections::HashSet::new();
+    valid
+        .chain(invalid)
+        .chain(transport)
+        .filter(|(_, bytes)| seen.insert(bytes.clone()))
+        .collect()
+}
+
+/// With `FORKSERVER_REGEN_VECTORS=1`, writes the seeds and removes `seed-*` files no vector
+/// makes; without, checks that the directory holds exactly those seeds, so that a vector
+/// changed without its seed fails here.
+#[test]
+fn fuzz_seeds_follow_the_vectors() {
+    let _serial = serial();
+    let dir = spec_dir().join("../fuzz/corpus/decode");
+    let seeds = fuzz_seeds();
+    let names: std::collections::HashSet<&str> = seeds.iter().map(|(n, _)| n.as_str()).collect();
+    let on_disk = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("seed-"))
+            .collect();
+        v.sort();
+        v
+    };
+    if regen() {
+        for stale in on_disk().iter().filter(|n| !names.contains(n.as_str())) {
+            std::fs::remove_file(dir.join(stale)).unwrap();
+        }
+        for (name, bytes) in &seeds {
+            let path = dir.join(name);
+            // Written only when it differs, so that a second run touches nothing.
+            if std::fs::read(&path).ok().as_ref() != Some(bytes) {
+                std::fs::write(&path, bytes).unwrap();
+            }
+        }
+    }
+    let stale: Vec<String> = on_disk()
+        .into_iter()
+        .filter(|n| !names.contains(n.as_str()))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "seeds no vector makes (FORKSERVER_REGEN_VECTORS=1 removes them): {stale:?}"
+    );
+    for (name, bytes) in &seeds {
+        let got = std::fs::read(dir.join(name)).unwrap_or_default();
+        assert!(
+            &got == bytes,
+            "{name}: missing or stale (FORKSERVER_REGEN_VECTORS=1 rewrites it)"
+        );
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 pub use forkserver_protocol::socket_dir::default_socket_path;
 
 use crate::error::{ConfigError, ServerError};
+use crate::notify::Notifier;
 
 /// The largest prefork pool (`Config::prefork`): each pooled child is an idle process.
 pub const MAX_PREFORK: usize = 64;
@@ -31,7 +32,9 @@ pub enum Listen {
     /// A Linux abstract socket (no file, no permissions: any local user can connect, so the
     /// peer uid check is all that guards it). Only when asked for explicitly.
     Abstract(Vec<u8>),
-    /// An already bound and listening socket, inherited from a launcher.
+    /// An already bound and listening socket, inherited from a launcher (PROTOCOL.md §9.4) or
+    /// passed by a service manager ([`crate::ServiceEnv::take_listener`]). It is never
+    /// unlinked.
     Fd(OwnedFd),
 }
 
@@ -80,6 +83,9 @@ pub struct Config {
     /// `SIGKILL` to those left (their clients get `Exit` with code -9, as for any death by
     /// signal), reaps them and exits. `None`: wait for them however long they run.
     pub shutdown_timeout: Option<Duration>,
+    /// The service manager to notify (`READY=1` once bound and the pool filled, `STATUS=`,
+    /// `WATCHDOG=1`, `STOPPING=1`; [`crate::ServiceEnv::notifier`]).
+    pub notify: Option<Notifier>,
 }
 
 impl Default for Config {
@@ -97,6 +103,7 @@ impl Default for Config {
             prefork: 0,
             max_children: DEFAULT_MAX_CHILDREN,
             shutdown_timeout: Some(DEFAULT_SHUTDOWN_TIMEOUT),
+            notify: None,
         }
     }
 }
@@ -136,6 +143,7 @@ impl std::fmt::Debug for Config {
             .field("prefork", &self.prefork)
             .field("max_children", &self.max_children)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("notify", &self.notify)
             .finish()
     }
 }

@@ -7,6 +7,8 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
 use forkserver_protocol::socket_dir::DirError;
+
+use crate::activation::ActivationError;
 use nix::errno::Errno;
 
 /// Why the server could not start or had to stop.
@@ -86,6 +88,9 @@ pub enum ServerError {
     /// A setting of the [`Config`](crate::Config) is out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(ConfigError),
+    /// The socket a service manager passed cannot be used (PROTOCOL.md §9.4).
+    #[error("socket activation: {0}")]
+    Activation(#[from] ActivationError),
 }
 
 /// What is wrong with the environment a launched server was given (PROTOCOL.md §9.4).

@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::os::fd::{OwnedFd, RawFd};
+use std::time::Duration;
 
+use crate::activation::{parse_listen_env, Activation, ActivationError, ServiceEnv};
 use crate::config::{Config, Listen};
 use crate::entry::{EntryFn, Invocation};
 use crate::error::{LaunchError, ServerError};
@@ -36,7 +38,12 @@ pub struct Zygote {
     preload: Vec<Box<dyn FnOnce()>>,
     entries: HashMap<String, EntryFn>,
     prefork: Option<usize>,
+    service: bool,
+    preload_timeout: Option<Duration>,
 }
+
+/// The default of [`Zygote::preload_timeout`].
+pub const DEFAULT_PRELOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl std::fmt::Debug for Zygote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,6 +82,24 @@ impl Zygote {
         self
     }
 
+    /// Also serves when a service manager passes this process a socket (socket activation,
+    /// PROTOCOL.md §9.4: `LISTEN_PID` is ours), with the defaults of [`Config`] and the
+    /// prefork of [`Zygote::prefork`], notifying the manager: `EXTEND_TIMEOUT_USEC` before
+    /// each preload, `READY=1` once preloaded, bound and the pool filled, then `STATUS=`,
+    /// `WATCHDOG=1` and `STOPPING=1`. Off by default, so that an application socket-activated
+    /// for its own purposes does not turn into a server.
+    pub fn service(mut self) -> Self {
+        self.service = true;
+        self
+    }
+
+    /// How long each preload may take under a service manager ([`Zygote::service`]): asked
+    /// for with `EXTEND_TIMEOUT_USEC` before it begins. Default [`DEFAULT_PRELOAD_TIMEOUT`].
+    pub fn preload_timeout(mut self, timeout: Duration) -> Self {
+        self.preload_timeout = Some(timeout);
+        self
+    }
+
     /// Whether this process was launched as a server (its environment names a listening fd).
     pub fn is_requested() -> bool {
         std::env::var_os(LISTEN_FD_ENV).is_some()
@@ -88,8 +113,15 @@ impl Zygote {
     /// refuses to serve otherwise (the launching client then gets that reason as its error).
     pub fn serve_if_requested(self) {
         if !Self::is_requested() {
+            if self.service && activated() {
+                self.serve_service();
+            }
             return;
         }
+        // A launched server is nobody's service: a service manager's variables inherited from
+        // the launcher are not for it, and its children (pooled and zygote ones included,
+        // forked after the preloads) must not inherit them either.
+        crate::activation::scrub_env();
         let named: Vec<_> = [LISTEN_FD_ENV, ALIVE_FD_ENV, KEY_FD_ENV, READY_FD_ENV]
             .iter()
             .filter_map(std::env::var_os)
@@ -117,6 +149,41 @@ impl Zygote {
             }
         };
         std::process::exit(code);
+    }
+
+    /// Serves on the socket a service manager passed, and exits the process.
+    fn serve_service(self) -> ! {
+        let code = match self.serve_activated() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("forkserver: {e}");
+                1
+            }
+        };
+        std::process::exit(code);
+    }
+
+    #[allow(unsafe_code)]
+    fn serve_activated(self) -> Result<(), ServerError> {
+        // SAFETY: `serve_if_requested` runs first thing in `main`, before any thread (its
+        // documented condition): the passed fds are owned by nothing else yet.
+        let mut env = unsafe { ServiceEnv::take() };
+        let listen = env.take_listener(false)?.ok_or(ActivationError::NoSocket)?;
+        let mut notify = env.notifier();
+        let timeout = self.preload_timeout.unwrap_or(DEFAULT_PRELOAD_TIMEOUT);
+        for f in self.preload {
+            if let Some(n) = notify.as_mut() {
+                n.extend_timeout(timeout);
+            }
+            f();
+        }
+        let config = Config {
+            listen: Listen::Fd(listen),
+            prefork: self.prefork.unwrap_or(0),
+            notify,
+            ..Config::default()
+        };
+        Server::bind(config)?.with_entries(self.entries).run()
     }
 
     fn serve_launched(self, ready: &mut Option<std::fs::File>) -> Result<(), ServerError> {
@@ -162,6 +229,26 @@ impl Zygote {
         }
         server.run()
     }
+}
+
+/// Whether a service manager passed this process a socket (or meant to, with malformed
+/// variables: that is reported when serving). Reads the environment, changes nothing.
+fn activated() -> bool {
+    let var = std::env::var_os;
+    let v = (
+        var(crate::LISTEN_PID_ENV),
+        var(crate::LISTEN_FDS_ENV),
+        var(crate::LISTEN_FDNAMES_ENV),
+    );
+    !matches!(
+        parse_listen_env(
+            v.0.as_deref(),
+            v.1.as_deref(),
+            v.2.as_deref(),
+            std::process::id()
+        ),
+        Ok(Activation::None | Activation::OtherProcess(_))
+    )
 }
 
 /// Takes the fd named by environment variable `var`: removes the variable (children must not

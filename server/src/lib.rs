@@ -22,6 +22,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod activation;
 mod config;
 mod entry;
 mod error;
@@ -29,6 +30,7 @@ mod ids;
 mod key;
 mod launch;
 mod listen;
+mod notify;
 mod quota;
 mod server;
 mod session;
@@ -36,6 +38,10 @@ mod spawn;
 mod sys;
 mod timers;
 
+pub use activation::{
+    parse_listen_env, Activation, ActivationError, ServiceEnv, LISTEN_FDNAMES_ENV, LISTEN_FDS_ENV,
+    LISTEN_FDS_START, LISTEN_FD_NAME, LISTEN_PID_ENV,
+};
 pub use config::{
     default_socket_path, Config, Listen, DEFAULT_MAX_CHILDREN, DEFAULT_SHUTDOWN_TIMEOUT,
     MAX_PREFORK,
@@ -44,5 +50,20 @@ pub use entry::{EntryFn, Invocation};
 pub use error::{ConfigError, LaunchError, ServerError};
 pub use forkserver_protocol::socket_dir::DirError;
 pub use key::{read_key, read_key_file};
-pub use launch::{Zygote, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV};
+pub use launch::{
+    Zygote, ALIVE_FD_ENV, DEFAULT_PRELOAD_TIMEOUT, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV,
+};
+pub use notify::{
+    parse_notify_socket, parse_watchdog, Notifier, NotifyAddr, NotifyEnvError, NOTIFY_SOCKET_ENV,
+    WATCHDOG_PID_ENV, WATCHDOG_USEC_ENV,
+};
 pub use server::{Server, EXEC_FORK_ENV};
+
+/// Not an interface: the sans-IO connection session (PROTOCOL.md §6.1) and what it is fed,
+/// for the `session` fuzz target (`fuzz/fuzz_targets/session.rs`).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::session::{Action, Env, Session, State};
+    pub use nix::{errno::Errno, unistd::Pid};
+}

@@ -1,6 +1,7 @@
 //! Every timer of the server in one table (after quinn-proto's `TimerTable`, here a heap, since
 //! a server has many connections and children): child deadlines, handshakes, frames held in
-//! part, closing connections, the shutdown grace. Sans-IO: the event loop sets timers, sleeps
+//! part, closing connections, the shutdown grace, the service manager's status and watchdog.
+//! Sans-IO: the event loop sets timers, sleeps
 //! until [`TimerTable::next`], and acts on what [`TimerTable::pop_expired`] gives back.
 //!
 //! A timer is never cancelled: whoever acts on it checks that it still applies (the child of
@@ -30,6 +31,10 @@ pub(crate) enum Timer {
     Closing(ConnId),
     /// The shutdown grace is over: the children left are killed.
     Shutdown,
+    /// A `STATUS=` notification held back by its interval is due.
+    Status,
+    /// The service manager's watchdog is due to be fed (`WATCHDOG=1`).
+    Watchdog,
 }
 
 /// Names one setting of a timer: unique, in the order timers were set.

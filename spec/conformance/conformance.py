@@ -482,13 +482,91 @@ def valid_vector_checks(valid):
 
     # Well-formed S->C messages sent by a client decode, and the state machine refuses them (§4.1).
     for v in valid:
-        if v["decoded"]["type"] in ("HelloOk", "AuthOk", "Pid", "Exit", "Signaled", "Status", "Error"):
+        if v["decoded"]["type"] in ("HelloOk", "AuthOk", "Pid", "Exit", "Signaled", "Status",
+                                    "Features", "Error"):
             for when in ("in-READY", "before-Hello"):
                 def wrong_way(v=v, when=when):
                     with Fds(v["nfds"]) as fds, Raw(hello=(when == "in-READY")) as c:
                         c.send(bytes.fromhex(v["hex"]), fds)
                         c.expect_error("UnexpectedMessage")
                 check(f"valid/{v['name']}/{when}: S->C message from a client, Error(UnexpectedMessage)", wrong_way)
+
+
+def features_checks(valid):
+    """§5.13, §5.14 (rev 0.6): the live server's Features against the spec's tables."""
+    byname = {v["name"]: v for v in valid}
+    request = bytes.fromhex(byname["features-request"]["hex"])
+
+    def ask(c):
+        c.send(request)
+        msg, _ = c.expect("Features")
+        return msg
+
+    def listed():
+        with Raw() as c:
+            f = ask(c)
+        require((f["revision_major"], f["revision_minor"]) >= (0, 6),
+                f"revision {f['revision_major']}.{f['revision_minor']}, a Features needs 0.6 or later")
+        missing = fc.SPAWN_FLAGS_MASK & ~f["spawn_flags"]
+        require(not missing, f"spawn_flags 0x{f['spawn_flags']:x} lacks bits 0x{missing:x} of §5.5.1")
+        requests = 0
+        for t in (fc.SPAWN, fc.SIGNAL, fc.STATUS_REQUEST, fc.FEATURES_REQUEST):
+            requests |= 1 << (t - 0x10)
+        require(f["requests"] & requests == requests,
+                f"requests 0x{f['requests']:x} lacks 0x{requests & ~f['requests']:x}")
+    check("features/revision >= 0.6, spawn_flags has every bit of §5.5.1, requests 0x10-0x13", listed)
+
+    def covers_the_vectors():
+        with Raw() as c:
+            f = ask(c)
+        for v in valid:
+            if v["decoded"]["type"] == "Spawn":
+                flags = struct.unpack_from("<I", bytes.fromhex(v["hex"]), 8)[0]
+                require(flags & ~f["spawn_flags"] == 0,
+                        f"{v['name']} sets flags 0x{flags:x} outside spawn_flags 0x{f['spawn_flags']:x}")
+    check("features/every valid-vector Spawn's flags are in spawn_flags", covers_the_vectors)
+
+    def stays_ready():
+        with Raw() as c:
+            ask(c)
+            ask(c)
+            c.send(bytes.fromhex(byname["status-request"]["hex"]))
+            c.expect("Status")
+            c.send(spawn_frame(exec_job(["true"]), keep_connection=True))
+            c.expect("Pid")
+            msg, _ = c.expect("Exit")
+            require(msg["code"] == 0, f"exit code {msg['code']}")
+            ask(c)                                # READY again under KEEP_CONNECTION
+    check("features/the connection stays READY: Features twice, Status, a Spawn, Features again",
+          stays_ready)
+
+    def pipelined():
+        with Raw(hello=False) as c:
+            c.send(fc.encode_hello() + request)
+            c.expect("HelloOk")
+            c.expect("Features")
+    check("features/Hello+FeaturesRequest in one write (§6.6 pipelining)", pipelined)
+
+    def before_hello():
+        with Raw(hello=False) as c:
+            c.send(request)
+            c.expect_error("UnexpectedMessage")
+    check("features/FeaturesRequest before Hello: Error(UnexpectedMessage), closed", before_hello)
+
+    def in_running():
+        with Raw() as c:
+            c.send(spawn_frame(exec_job(["sleep", "5"]), kill_on_disconnect=True))
+            c.expect("Pid")
+            c.send(request)
+            c.expect_error("UnexpectedMessage")
+    check("features/FeaturesRequest in RUNNING: Error(UnexpectedMessage), closed (§6.1)", in_running)
+
+    def python_client():
+        f = fc.Client(SOCKET, timeout=TIMEOUT).features()
+        with Raw() as c:
+            live = ask(c)
+        require(f == {k: v for k, v in live.items() if k != "type"}, f"{f} != {live}")
+    check("features/the Python client's features() is the server's answer", python_client)
 
 
 def invalid_vector_checks(invalid):
@@ -508,6 +586,32 @@ def invalid_vector_checks(invalid):
                     c.send(data, fds)
                     c.expect_error(want, timeout=QUIET)
             check(f"invalid/{v['name']}/{when}: {v['error']} -> Error({v['wire_error']}), closed", bad)
+
+
+def spawn_header(body_len):
+    """The header of a Spawn without fds announcing `body_len` bytes (its body is not sent)."""
+    return struct.pack("<BBHI", 0x10, 0, 0, body_len)
+
+
+def handshake_length_checks():
+    """§6.3: before READY a server MAY refuse a frame over 72 bytes (Auth's length, header
+    included) as soon as its header is complete; one of 72 bytes it reads whole (§6.2: an
+    incomplete frame is not malformed)."""
+    def over_72():
+        with Raw(hello=False) as c:
+            c.send(spawn_header(65))             # 73 bytes announced; the body never comes
+            c.expect_error("UnexpectedMessage")
+    check("handshake/frame-of-73-bytes-before-Hello: refused at its header, "
+          "Error(UnexpectedMessage) (§6.3 MAY)", over_72)
+
+    def at_72():
+        with Raw(hello=False) as c:
+            c.send(spawn_header(64))
+            kind, msg, _ = c.next(QUIET)
+            require(kind == "timeout", f"refused before its body came: {describe(kind, msg)}")
+            c.send(bytes(64))                    # job_kind 0: Malformed, or refused as not Hello
+            c.expect_error(("Malformed", "UnexpectedMessage"))
+    check("handshake/frame-of-72-bytes-before-Hello: read whole, then refused (§6.3)", at_72)
 
 
 def transport_checks(transport):
@@ -949,6 +1053,22 @@ def auth_checks(path, key):
             sock.close()
     check("auth/request-before-Auth: HelloOk(method 1) then Error(AuthRequired) (§6.6)", skipped)
 
+    def over_72_in_await_auth():
+        sock, reader = raw(path)
+        try:
+            fc.send_frame(sock, fc.encode_hello())
+            msg, _ = reader.read()
+            require(msg["type"] == "HelloOk" and msg["auth"] == "hmac-sha256",
+                    f"expected HelloOk(method 1), got {msg}")
+            fc.send_frame(sock, spawn_header(65))
+            msg, _ = reader.read()
+            require(msg["type"] == "Error" and msg.get("name") == "AuthRequired",
+                    f"expected Error(AuthRequired) at the header, got {msg}")
+        finally:
+            sock.close()
+    check("auth/frame-of-73-bytes-in-AWAIT_AUTH: refused at its header, Error(AuthRequired) "
+          "(§6.3 MAY)", over_72_in_await_auth)
+
     def no_key_client():
         try:
             fc.Client(path, timeout=TIMEOUT).status()
@@ -1054,7 +1174,9 @@ def main():
     handshake_checks(valid)
     status_checks()
     valid_vector_checks(valid)
+    features_checks(valid)
     invalid_vector_checks(invalid)
+    handshake_length_checks()
     transport_checks(transport)
     bundle_checks()
     exit_checks()

@@ -1,10 +1,8 @@
 //! Small fixed-size messages: `Signal` (0x11), `Pid` (0x20), `Exit` (0x21)
 //! (PROTOCOL.md §5.6, §5.8, §5.9).
 
-use bytes::BufMut;
-
 use super::messages::Body;
-use super::wire::Reader;
+use super::wire::{Reader, Sink};
 use crate::error::{BuildError, DecodeError, Field};
 use crate::MAX_SIGNAL;
 
@@ -31,7 +29,7 @@ impl Signal {
 }
 
 impl Body for Signal {
-    fn encode(&self, out: &mut impl BufMut) {
+    fn encode(&self, out: &mut impl Sink) {
         out.put_u32_le(self.signo);
     }
 
@@ -71,7 +69,7 @@ impl Pid {
 }
 
 impl Body for Pid {
-    fn encode(&self, out: &mut impl BufMut) {
+    fn encode(&self, out: &mut impl Sink) {
         out.put_u32_le(self.pid as u32);
     }
 
@@ -137,7 +135,7 @@ impl Exit {
 }
 
 impl Body for Exit {
-    fn encode(&self, out: &mut impl BufMut) {
+    fn encode(&self, out: &mut impl Sink) {
         out.put_i32_le(self.code);
         let mut f = 0;
         if self.deadline_expired {

@@ -1,9 +1,7 @@
 //! `Error` (0x2F), server → client: a request failed (PROTOCOL.md §5.12, §7).
 
-use bytes::BufMut;
-
 use super::messages::Body;
-use super::wire::{put_bytes16, Reader};
+use super::wire::{put_bytes16, Reader, Sink};
 use crate::error::{DecodeError, Field, Limit};
 use crate::MAX_ERROR_MESSAGE_LEN;
 
@@ -135,14 +133,10 @@ impl ErrorReply {
     pub fn message(&self) -> &str {
         &self.message
     }
-
-    pub(crate) fn body_len(&self) -> usize {
-        8 + 2 + self.message.len()
-    }
 }
 
 impl Body for ErrorReply {
-    fn encode(&self, out: &mut impl BufMut) {
+    fn encode(&self, out: &mut impl Sink) {
         out.put_u16_le(self.code as u16);
         out.put_u16_le(0);
         out.put_i32_le(self.errno);

@@ -1,9 +1,7 @@
 //! The handshake: `Hello`, `HelloOk`, `Auth`, `AuthOk` (PROTOCOL.md §5.1-§5.4).
 
-use bytes::BufMut;
-
 use super::messages::Body;
-use super::wire::Reader;
+use super::wire::{Reader, Sink};
 use crate::error::{BuildError, DecodeError, Field};
 use crate::{CHALLENGE_LEN, MAC_LEN, MAGIC};
 
@@ -57,7 +55,7 @@ impl Hello {
 }
 
 impl Body for Hello {
-    fn encode(&self, out: &mut impl BufMut) {
+    fn encode(&self, out: &mut impl Sink) {
         out.put_slice(&MAGIC);
         out.put_u16_le(self.min_version);
         out.put_u16_le(self.max_version);
@@ -114,17 +112,10 @@ impl HelloOk {
     pub fn auth(&self) -> AuthMethod {
         self.auth
     }
-
-    pub(crate) fn body_len(&self) -> usize {
-        match self.auth {
-            AuthMethod::None => 4,
-            AuthMethod::HmacSha256 { .. } => 4 + CHALLENGE_LEN,
-        }
-    }
 }
 
 impl Body for HelloOk {
-    fn encode(&self, out: &mut impl BufMut) {
+    fn encode(&self, out: &mut impl Sink) {
         out.put_u16_le(self.version);
         match &self.auth {
             AuthMethod::None => {
@@ -168,7 +159,7 @@ pub struct Auth {
 }
 
 impl Body for Auth {
-    fn encode(&self, out: &mut impl BufMut) {
+    fn encode(&self, out: &mut impl Sink) {
         out.put_slice(&self.response);
         out.put_slice(&self.challenge);
     }
@@ -189,7 +180,7 @@ pub struct AuthOk {
 }
 
 impl Body for AuthOk {
-    fn encode(&self, out: &mut impl BufMut) {
+    fn encode(&self, out: &mut impl Sink) {
         out.put_slice(&self.response);
     }
 

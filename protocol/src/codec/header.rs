@@ -7,8 +7,7 @@
 //! +--------+--------+--------+--------+--------+--------+--------+--------+
 //! ```
 
-use bytes::BufMut;
-
+use super::wire::Sink;
 use super::Tag;
 use crate::error::DecodeError;
 use crate::{HEADER_LEN, MAX_BODY_LEN, MAX_FDS};
@@ -30,7 +29,26 @@ impl Header {
         HEADER_LEN + self.body_len as usize
     }
 
-    pub(crate) fn encode(&self, out: &mut impl BufMut) {
+    /// The header of a frame the encoder is about to write: `body_len` is what the body's
+    /// encoder writes (measured, never kept by hand). Constructors keep every message within
+    /// the limits, so this cannot fail; debug builds (the tests, the fuzzers) check the
+    /// header against the same §4.1 rules as [`Header::parse`].
+    pub(crate) fn for_body(tag: Tag, nfds: usize, body_len: usize) -> Header {
+        debug_assert!(
+            nfds <= MAX_FDS && body_len <= MAX_BODY_LEN,
+            "{tag:?} {nfds} {body_len}"
+        );
+        let header = Header {
+            tag,
+            nfds: nfds as u16,
+            body_len: body_len as u32,
+        };
+        debug_assert_eq!(header.check_nfds(), Ok(()));
+        debug_assert_eq!(header.check_body_len(), Ok(()));
+        header
+    }
+
+    pub(crate) fn encode(&self, out: &mut impl Sink) {
         out.put_u8(self.tag as u8);
         out.put_u8(0);
         out.put_u16_le(self.nfds);
@@ -60,36 +78,46 @@ impl Header {
         let Some(nfds) = buf.get(2..4) else {
             return Ok(None);
         };
-        let nfds = u16::from_le_bytes([nfds[0], nfds[1]]);
-        if usize::from(nfds) > MAX_FDS {
-            return Err(DecodeError::TooManyFds(nfds));
-        }
-        if nfds > tag.max_fds() {
-            return Err(DecodeError::UnexpectedFds {
-                tag: tag as u8,
-                nfds,
-            });
-        }
-        // §4.1 rule 4: body_len <= MAX_BODY_LEN, and exact for fixed-size messages.
+        let mut header = Header {
+            tag,
+            nfds: u16::from_le_bytes([nfds[0], nfds[1]]),
+            body_len: 0,
+        };
+        header.check_nfds()?;
+        // §4.1 rule 4.
         let Some(len) = buf.get(4..8) else {
             return Ok(None);
         };
-        let body_len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]);
-        if body_len as usize > MAX_BODY_LEN {
-            return Err(DecodeError::BodyTooLong(body_len));
+        header.body_len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]);
+        header.check_body_len()?;
+        Ok(Some(header))
+    }
+
+    /// §4.1 rule 3: nfds <= 256, and no more than the message type may carry.
+    fn check_nfds(&self) -> Result<(), DecodeError> {
+        if usize::from(self.nfds) > MAX_FDS {
+            return Err(DecodeError::TooManyFds(self.nfds));
         }
-        if let Some(fixed) = tag.fixed_body_len() {
-            if body_len != fixed {
-                return Err(DecodeError::BadBodyLength {
-                    tag: tag as u8,
-                    len: body_len,
-                });
-            }
+        if self.nfds > self.tag.max_fds() {
+            return Err(DecodeError::UnexpectedFds {
+                tag: self.tag as u8,
+                nfds: self.nfds,
+            });
         }
-        Ok(Some(Header {
-            tag,
-            nfds,
-            body_len,
-        }))
+        Ok(())
+    }
+
+    /// §4.1 rule 4: body_len <= MAX_BODY_LEN, and exact for fixed-size messages.
+    fn check_body_len(&self) -> Result<(), DecodeError> {
+        if self.body_len as usize > MAX_BODY_LEN {
+            return Err(DecodeError::BodyTooLong(self.body_len));
+        }
+        match self.tag.fixed_body_len() {
+            Some(fixed) if self.body_len != fixed => Err(DecodeError::BadBodyLength {
+                tag: self.tag as u8,
+                len: self.body_len,
+            }),
+            _ => Ok(()),
+        }
     }
 }

@@ -2,19 +2,18 @@
 //! [`Message`] and every per-message `match` of the codec are generated. Adding a message means
 //! one entry here and its body type, which implements [`Body`].
 
-use bytes::BufMut;
-
 use super::header::Header;
-use super::wire::Reader;
-use super::{Auth, AuthOk, ErrorReply, Exit, Hello, HelloOk, Pid, Signal, Spawn, Status};
+use super::wire::{Reader, Sink};
+use super::{Auth, AuthOk, ErrorReply, Exit, Features, Hello, HelloOk, Pid, Signal, Spawn, Status};
 use crate::error::DecodeError;
 use crate::MAX_FDS;
 
-/// What the table needs of a message body. A variable-size body (`len var`) also has an
-/// inherent `body_len(&self) -> usize`; a fixed-size body's length is the table's.
+/// What the table needs of a message body. There is no length method: a body's length is
+/// what its `encode` writes (`codec` module doc); for a fixed-size body (`len N`) a test and a
+/// debug assertion check that this is the table's `N`.
 pub(super) trait Body: Sized {
     /// Appends the body (no header) to `out`.
-    fn encode(&self, out: &mut impl BufMut);
+    fn encode(&self, out: &mut impl Sink);
 
     /// Reads the body from `r`; `nfds` is the header's fd count. The caller checks that `r` is
     /// used up.
@@ -48,12 +47,6 @@ macro_rules! messages {
             messages!(@len_doc $len), ", ", messages!(@fds_doc $fds), " (PROTOCOL.md §4.1, §4.2).",
         )
     };
-    // One message's body length: its inherent `body_len` if variable, else the table's.
-    (@body_len var, $m:ident: $body:ident) => { $body::body_len($m) };
-    (@body_len $len:literal $(, $m:ident: $body:ident)?) => {{
-        $(let _: &$body = $m;)?
-        $len
-    }};
     (@fd_count) => { 0 };
     (@fd_count $m:ident: $body:ident) => { <$body as Body>::fd_count($m) };
 
@@ -138,16 +131,7 @@ macro_rules! messages {
                 }
             }
 
-            pub(super) fn body_len(&self) -> usize {
-                match self {
-                    $(
-                        Message::$name $((m @ $body { .. }))? =>
-                            messages!(@body_len $len $(, m: $body)?),
-                    )*
-                }
-            }
-
-            pub(super) fn encode_body(&self, out: &mut impl BufMut) {
+            pub(super) fn encode_body(&self, out: &mut impl Sink) {
                 match self {
                     $(
                         Message::$name $((m @ $body { .. }))? => {
@@ -189,6 +173,8 @@ messages! {
     Signal(Signal) = 0x11, client, len 4, fds 0;
     /// Ask for the server's status.
     StatusRequest = 0x12, client, len 0, fds 0;
+    /// Ask what the server implements (rev 0.6).
+    FeaturesRequest = 0x13, client, len 0, fds 0;
     /// The child's pid; a pidfd for it travels with the frame when [`Pid::has_pidfd`].
     Pid(Pid) = 0x20, server, len 4, fds 1;
     /// The child's signed exit code.
@@ -197,6 +183,8 @@ messages! {
     Signaled = 0x22, server, len 0, fds 0;
     /// The server's status.
     Status(Status) = 0x23, server, len var, fds 0;
+    /// What the server implements: its revision, Spawn flag bits and requests (rev 0.6).
+    Features(Features) = 0x24, server, len 16, fds 0;
     /// A request failed.
     Error(ErrorReply) = 0x2F, server, len var, fds 0;
 }
@@ -219,7 +207,11 @@ mod tests {
 
     #[test]
     fn unit_messages_have_empty_bodies() {
-        for m in [Message::StatusRequest, Message::Signaled] {
+        for m in [
+            Message::StatusRequest,
+            Message::FeaturesRequest,
+            Message::Signaled,
+        ] {
             assert_eq!(m.tag().fixed_body_len(), Some(0));
             assert_eq!(m.to_bytes().len(), crate::HEADER_LEN);
             assert_eq!(crate::decode_exact(&m.to_bytes()), Ok(m));

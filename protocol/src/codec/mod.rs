@@ -1,8 +1,35 @@
 //! The sans-IO codec: typed messages, [`Message::encode`] and [`decode`]. No I/O, no `unsafe`.
+//!
+//! # How a body is encoded (the style every message follows)
+//!
+//! A body type implements the table's `Body` trait (`messages.rs`): `encode` writes the body
+//! to a `Sink` (`wire.rs`), `decode` reads it. **No length is written by hand.** The header's
+//! `body_len`, [`Message::encoded_len`], and the `MAX_BODY_LEN` check of [`Spawn::new`] all run
+//! the same `encode` into a `LenCounter`, a `Sink` that only adds up what it is given (the
+//! counting `BufMut` of the issue; rustls's `LengthPrefixedBuffer` reaches the same goal by
+//! patching the length in afterwards, which a generic [`BufMut`] cannot do). So a new message
+//! or field is written once, in `encode`, and its length cannot drift from its bytes:
+//!
+//! ```text
+//! impl Body for Features {
+//!     fn encode(&self, out: &mut impl Sink) {
+//!         out.put_u32_le(self.spawn_flags);
+//!         put_bytes16(out, self.name.as_bytes());
+//!     }
+//!     fn decode(r: &mut Reader<'_>, _nfds: u16) -> Result<Self, DecodeError> { ... }
+//! }
+//! ```
+//!
+//! plus its `messages!` line (`len var`, or `len N` for a fixed size, which the tests and a debug
+//! assertion in `Header::for_body` check against what `encode` writes). A constructor that must
+//! bound a variable body measures it the same way: `wire::encoded_len(|n| body.encode(n))`.
+//! Encoding stays infallible: constructors keep every value within the limits, and
+//! `Header::for_body` checks the header against the §4.1 rules in debug builds.
 #![forbid(unsafe_code)]
 
 mod control;
 mod error_reply;
+mod features;
 mod handshake;
 mod header;
 mod messages;
@@ -14,6 +41,7 @@ use bytes::BufMut;
 
 pub use control::{exit_flags, Exit, Pid, Signal};
 pub use error_reply::{ErrorCode, ErrorReply};
+pub use features::Features;
 pub use handshake::{Auth, AuthMethod, AuthOk, Hello, HelloOk};
 pub use header::Header;
 pub use messages::{Message, Tag};
@@ -25,6 +53,7 @@ pub use status::Status;
 
 use crate::error::DecodeError;
 use crate::HEADER_LEN;
+use wire::encoded_len;
 
 impl From<ErrorReply> for Message {
     fn from(e: ErrorReply) -> Self {
@@ -33,28 +62,35 @@ impl From<ErrorReply> for Message {
 }
 
 impl Message {
-    /// Length of the encoded frame, header included.
+    /// Length of the encoded frame, header included: what [`Message::encode`] writes.
     pub fn encoded_len(&self) -> usize {
         HEADER_LEN + self.body_len()
+    }
+
+    /// The body's length: the body's encoder run into a counter (module doc).
+    fn body_len(&self) -> usize {
+        encoded_len(|n| self.encode_body(n))
     }
 
     /// Appends the frame (header and body) to `out`. Cannot fail: every message that can be
     /// built fits the limits of the spec.
     pub fn encode(&self, out: &mut impl BufMut) {
-        let header = Header {
-            tag: self.tag(),
-            nfds: self.fd_count() as u16,
-            body_len: self.body_len() as u32,
-        };
-        header.encode(out);
-        self.encode_body(out);
+        self.encode_measured(self.body_len(), out);
     }
 
-    /// The encoded frame as a new vector.
+    /// The encoded frame as a new vector, allocated once at its exact size.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(self.encoded_len());
-        self.encode(&mut v);
+        let body_len = self.body_len();
+        let mut v = Vec::with_capacity(HEADER_LEN + body_len);
+        self.encode_measured(body_len, &mut v);
+        debug_assert_eq!(v.len(), HEADER_LEN + body_len);
         v
+    }
+
+    /// [`Message::encode`] with the body's length already measured.
+    fn encode_measured(&self, body_len: usize, out: &mut impl BufMut) {
+        Header::for_body(self.tag(), self.fd_count(), body_len).encode(out);
+        self.encode_body(out);
     }
 }
 

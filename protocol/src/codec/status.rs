@@ -1,9 +1,7 @@
 //! `Status` (0x23), server → client: the server's state (PROTOCOL.md §5.11).
 
-use bytes::BufMut;
-
 use super::messages::Body;
-use super::wire::{put_bytes16, Reader};
+use super::wire::{put_bytes16, Reader, Sink};
 use crate::error::{BuildError, DecodeError, Field, Limit};
 use crate::MAX_VERSION_STRING_LEN;
 
@@ -82,14 +80,10 @@ impl Status {
     pub fn server_version(&self) -> &str {
         &self.server_version
     }
-
-    pub(crate) fn body_len(&self) -> usize {
-        24 + 2 + self.server_version.len()
-    }
 }
 
 impl Body for Status {
-    fn encode(&self, out: &mut impl BufMut) {
+    fn encode(&self, out: &mut impl Sink) {
         out.put_u16_le(self.protocol_version);
         out.put_u16_le(0);
         out.put_u32_le(self.server_pid as u32);

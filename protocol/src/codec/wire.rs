@@ -1,5 +1,9 @@
 //! Primitive readers and writers: little-endian integers and length-prefixed byte strings.
 //! Every read checks the remaining length first, so no input can make it slice out of bounds.
+//!
+//! Encoders write to a [`Sink`]: any [`BufMut`], or a [`LenCounter`] that only adds up the
+//! lengths. A body's length is its encoder run into a `LenCounter` ([`encoded_len`]), so no
+//! length is kept by hand beside an encoder (module doc of `codec`).
 
 use bytes::BufMut;
 
@@ -91,9 +95,87 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Where an encoder writes. The methods are those of [`BufMut`] that the codec uses; a new
+/// encoder that needs another adds it here, to the blanket impl and to [`LenCounter`].
+pub(crate) trait Sink {
+    fn put_u8(&mut self, v: u8);
+    fn put_u16_le(&mut self, v: u16);
+    fn put_u32_le(&mut self, v: u32);
+    fn put_i32_le(&mut self, v: i32);
+    fn put_u64_le(&mut self, v: u64);
+    fn put_slice(&mut self, s: &[u8]);
+}
+
+impl<B: BufMut + ?Sized> Sink for B {
+    #[inline]
+    fn put_u8(&mut self, v: u8) {
+        BufMut::put_u8(self, v);
+    }
+    #[inline]
+    fn put_u16_le(&mut self, v: u16) {
+        BufMut::put_u16_le(self, v);
+    }
+    #[inline]
+    fn put_u32_le(&mut self, v: u32) {
+        BufMut::put_u32_le(self, v);
+    }
+    #[inline]
+    fn put_i32_le(&mut self, v: i32) {
+        BufMut::put_i32_le(self, v);
+    }
+    #[inline]
+    fn put_u64_le(&mut self, v: u64) {
+        BufMut::put_u64_le(self, v);
+    }
+    #[inline]
+    fn put_slice(&mut self, s: &[u8]) {
+        BufMut::put_slice(self, s);
+    }
+}
+
+/// A [`Sink`] that writes nothing and counts the bytes it is given: running an encoder into it
+/// measures what the encoder would write, with the encoder's own code (no allocation).
+#[derive(Default)]
+pub(crate) struct LenCounter(usize);
+
+impl Sink for LenCounter {
+    #[inline]
+    fn put_u8(&mut self, _: u8) {
+        self.0 += 1;
+    }
+    #[inline]
+    fn put_u16_le(&mut self, _: u16) {
+        self.0 += 2;
+    }
+    #[inline]
+    fn put_u32_le(&mut self, _: u32) {
+        self.0 += 4;
+    }
+    #[inline]
+    fn put_i32_le(&mut self, _: i32) {
+        self.0 += 4;
+    }
+    #[inline]
+    fn put_u64_le(&mut self, _: u64) {
+        self.0 += 8;
+    }
+    #[inline]
+    fn put_slice(&mut self, s: &[u8]) {
+        self.0 += s.len();
+    }
+}
+
+/// The number of bytes `encode` writes: `encode` run into a [`LenCounter`].
+#[inline]
+pub(crate) fn encoded_len(encode: impl FnOnce(&mut LenCounter)) -> usize {
+    let mut n = LenCounter::default();
+    encode(&mut n);
+    n.0
+}
+
 /// Writes a byte string with a `u16` length prefix. Callers guarantee `b.len() <= u16::MAX`
 /// (constructors enforce far smaller limits).
-pub(crate) fn put_bytes16(out: &mut impl BufMut, b: &[u8]) {
+pub(crate) fn put_bytes16(out: &mut impl Sink, b: &[u8]) {
     debug_assert!(b.len() <= usize::from(u16::MAX));
     out.put_u16_le(b.len() as u16);
     out.put_slice(b);
@@ -101,7 +183,7 @@ pub(crate) fn put_bytes16(out: &mut impl BufMut, b: &[u8]) {
 
 /// Writes a byte string with a `u32` length prefix. Callers guarantee the length fits
 /// (constructors bound every field by [`crate::MAX_BODY_LEN`]).
-pub(crate) fn put_bytes32(out: &mut impl BufMut, b: &[u8]) {
+pub(crate) fn put_bytes32(out: &mut impl Sink, b: &[u8]) {
     debug_assert!(b.len() <= crate::MAX_BODY_LEN);
     out.put_u32_le(b.len() as u32);
     out.put_slice(b);

@@ -45,6 +45,9 @@ impl Server {
         }
         tracing::info!("SIGTERM: no longer accepting; exiting once running children end");
         self.shutting_down = true;
+        if let Some(n) = self.config.notify.as_mut() {
+            n.stopping();
+        }
         // A timeout too far away to be an Instant is no timeout.
         if let Some(t) = self
             .config

@@ -105,7 +105,10 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     /// Binds the listening socket and sets up the event loop. Signals: `SIGINT` and `SIGPIPE`
-    /// are ignored; `SIGCHLD` and `SIGTERM` are blocked and read from a signalfd.
+    /// are ignored; `SIGCHLD` and `SIGTERM` are blocked and read from a signalfd. The service
+    /// manager's variables (`LISTEN_*`, `NOTIFY_SOCKET`, `WATCHDOG_*`) are removed from the
+    /// environment, so that no child inherits them ([`crate::ServiceEnv::take`] reads them
+    /// first).
     ///
     /// # Errors
     /// A limit of the config is out of range ([`Config::validate`]), the socket cannot be
@@ -113,6 +116,9 @@ impl Server {
     pub fn bind(mut config: Config) -> Result<Server, ServerError> {
         config.validate()?;
         setup::check_single_threaded()?;
+        // Single-threaded, nothing forked yet: no child may inherit the service manager's
+        // variables (whoever built the config took what it needed of them).
+        crate::activation::scrub_env();
         let (listener, socket_path) = setup::listener(&mut config)?;
         let (signals, signals_to_reset) = setup::signals()?;
         let alive = config.alive_fd.take();
@@ -175,6 +181,11 @@ impl Server {
         loop {
             // Refilled here, after the replies of the last turn went out: off the critical path.
             self.fill_pool();
+            // READY=1 on the first turn (bound, preloaded, pool filled), then STATUS= changes.
+            let stats = self.service_stats();
+            if let Some(n) = self.config.notify.as_mut() {
+                n.turn(Instant::now(), stats, &mut self.timers);
+            }
             let timeout = self.next_timeout();
             let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
@@ -215,6 +226,9 @@ impl Server {
     }
 
     fn cleanup(&mut self) {
+        if let Some(n) = self.config.notify.as_mut() {
+            n.stopping();
+        }
         // Dropping it removes the socket file.
         self.socket_path = None;
         self.listener = None;
@@ -231,6 +245,15 @@ impl Server {
     /// `--idle-timeout` counts. Connections kept for reuse (§6.6) do not keep the server up.
     fn is_idle(&self) -> bool {
         self.children.is_empty() && self.conns.values().all(Conn::is_idle)
+    }
+
+    /// The figures of the service manager's `STATUS=` (those of the `Status` reply).
+    fn service_stats(&self) -> crate::notify::ServiceStats {
+        crate::notify::ServiceStats {
+            children: self.children.len(),
+            connections: self.conns.len(),
+            spawned: self.spawned_total,
+        }
     }
 
     fn touch(&mut self) {

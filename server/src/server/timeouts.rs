@@ -33,6 +33,12 @@ impl Server {
         while let Some((key, timer)) = self.timers.pop_expired(now) {
             match timer {
                 Timer::Shutdown => self.kill_remaining_children(),
+                Timer::Status | Timer::Watchdog => {
+                    let stats = self.service_stats();
+                    if let Some(n) = self.config.notify.as_mut() {
+                        n.on_timer(timer, now, stats, &mut self.timers);
+                    }
+                }
                 Timer::Deadline { serial, pid } => {
                     if let Some(c) = self.children.get_mut(&pid) {
                         c.deadline_expired(serial);
@@ -81,7 +87,7 @@ impl Server {
                     .get(&id)
                     .is_some_and(|c| c.is_partial_frame_timer(key)),
                 Timer::Closing(id) => conns.contains_key(&id),
-                Timer::Shutdown => true,
+                Timer::Shutdown | Timer::Status | Timer::Watchdog => true,
             },
         );
     }

@@ -9,28 +9,31 @@
 //!  AWAIT_HELLO ──Hello──▶ READY ◀──────────── final report, KEEP_CONNECTION ──┐
 //!      │        (key) ▼     │ Spawn ─▶ Action::Spawn ─▶ spawned(pid_after_exec?) │
 //!      │       AWAIT_AUTH   ├──────────────────▶ SPAWNING ──exec_done──▶ RUNNING ─┘
-//!      │          │ Auth ok ▲                                   Signal ⟲, Status ⟲
+//!      │          │ Auth ok ▲ Status ⟲, Features ⟲                  Signal ⟲, Status ⟲
 //!      └── anything else: Close(Error) ───────────────────────▶ CLOSING
 //! ```
 
 use std::collections::VecDeque;
 
 use forkserver_protocol::{
-    auth, AuthMethod, AuthOk, ErrorCode, ErrorReply, FdBundle, Frame, HelloOk, Job, Message, Spawn,
-    CHALLENGE_LEN, PROTOCOL_VERSION,
+    auth, AuthMethod, AuthOk, ErrorCode, ErrorReply, FdBundle, Features, Frame, HelloOk, Job,
+    Message, Spawn, CHALLENGE_LEN, PROTOCOL_VERSION,
 };
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
 /// Where a connection is in §6.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum State {
+pub enum State {
+    /// Waiting for `Hello`.
     AwaitHello,
     /// A key is configured: waiting for `Auth` answering this challenge.
     AwaitAuth([u8; CHALLENGE_LEN]),
+    /// Waiting for a request.
     Ready,
     /// Spawned with `pid_after_exec`: waiting for the exec to succeed or fail.
     Spawning(Pid),
+    /// The child `pid` runs (its `Pid` was sent); its final report is awaited.
     Running(Pid),
     /// Finished: flush the queued replies, then close.
     Closing,
@@ -38,14 +41,14 @@ pub(crate) enum State {
 
 impl State {
     /// Still in the handshake (hello, or authentication).
-    pub(crate) fn in_handshake(self) -> bool {
+    pub fn in_handshake(self) -> bool {
         matches!(self, State::AwaitHello | State::AwaitAuth(_))
     }
 }
 
 /// What the event loop must do for a connection.
 #[derive(Debug)]
-pub(crate) enum Action {
+pub enum Action {
     /// Send this message.
     Send(Message),
     /// Send this error, then close: the connection is in `Closing` already.
@@ -60,7 +63,7 @@ pub(crate) enum Action {
 }
 
 /// What a session needs to know of the server to decide.
-pub(crate) struct Env<'a> {
+pub struct Env<'a> {
     /// The authentication key (§9), if the server has one.
     pub key: Option<&'a [u8]>,
     /// A fresh random challenge (§9.2).
@@ -71,26 +74,33 @@ pub(crate) struct Env<'a> {
 
 /// One connection's protocol state.
 #[derive(Debug)]
-pub(crate) struct Session {
+pub struct Session {
     state: State,
     actions: VecDeque<Action>,
 }
 
+impl Default for Session {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Session {
     /// A new connection: `Hello` expected.
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             state: State::AwaitHello,
             actions: VecDeque::new(),
         }
     }
 
-    pub(crate) fn state(&self) -> State {
+    /// Where the connection is in §6.1.
+    pub fn state(&self) -> State {
         self.state
     }
 
     /// The next thing to do, in order.
-    pub(crate) fn poll_action(&mut self) -> Option<Action> {
+    pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }
 
@@ -99,14 +109,14 @@ impl Session {
     }
 
     /// Ends the connection with `reply` (§7: every code but `SignalFailed` is fatal).
-    pub(crate) fn fail(&mut self, code: ErrorCode, errno: i32, msg: impl Into<String>) {
+    pub fn fail(&mut self, code: ErrorCode, errno: i32, msg: impl Into<String>) {
         self.state = State::Closing;
         self.actions
             .push_back(Action::Close(ErrorReply::new(code, errno, msg.into())));
     }
 
     /// Takes one frame the client sent.
-    pub(crate) fn handle_frame(&mut self, frame: Frame, env: &mut Env<'_>) {
+    pub fn handle_frame(&mut self, frame: Frame, env: &mut Env<'_>) {
         let Frame { message, fds } = frame;
         match (self.state, message) {
             (State::AwaitHello, Message::Hello(h)) => {
@@ -152,6 +162,11 @@ impl Session {
             (State::Ready | State::Running(_), Message::StatusRequest) => {
                 self.actions.push_back(Action::Status);
             }
+            // §5.13 (rev 0.6): what this server implements, from the protocol's tables; the
+            // connection stays READY.
+            (State::Ready, Message::FeaturesRequest) => {
+                self.send(Message::Features(Features::current()));
+            }
             (State::Ready, Message::Spawn(spawn)) => {
                 if let Job::Entry(e) = spawn.job() {
                     if !(env.has_entry)(e.name()) {
@@ -182,7 +197,7 @@ impl Session {
 
     /// The `Spawn` became child `pid`. With `pid_after_exec` (`wait_exec`) its `Pid` waits for
     /// the exec ([`Session::exec_done`]); otherwise the event loop sends it now.
-    pub(crate) fn spawned(&mut self, pid: Pid, wait_exec: bool) {
+    pub fn spawned(&mut self, pid: Pid, wait_exec: bool) {
         self.state = if wait_exec {
             State::Spawning(pid)
         } else {
@@ -192,7 +207,7 @@ impl Session {
 
     /// The exec of a `pid_after_exec` child succeeded: its `Pid` goes out now (the event
     /// loop sends it, with a pidfd if asked for).
-    pub(crate) fn exec_done(&mut self, pid: Pid) {
+    pub fn exec_done(&mut self, pid: Pid) {
         if self.state == State::Spawning(pid) {
             self.state = State::Running(pid);
         }
@@ -200,12 +215,12 @@ impl Session {
 
     /// The child's final report (its `Exit`, or its failure) was sent: with
     /// `KEEP_CONNECTION` the connection is READY for another request (§6.6), else it closes.
-    pub(crate) fn final_report(&mut self, keep: bool) {
+    pub fn final_report(&mut self, keep: bool) {
         self.state = if keep { State::Ready } else { State::Closing };
     }
 
     /// The answer to [`Action::Signal`]: `Signaled`, or a non-fatal `SignalFailed`.
-    pub(crate) fn signaled(&mut self, result: Result<(), Errno>) {
+    pub fn signaled(&mut self, result: Result<(), Errno>) {
         let reply = match result {
             Ok(()) => Message::Signaled,
             Err(e) => {
@@ -216,7 +231,7 @@ impl Session {
     }
 
     /// The connection ends (its error, if any, was queued by the caller): `Closing`.
-    pub(crate) fn close(&mut self) {
+    pub fn close(&mut self) {
         self.state = State::Closing;
     }
 }

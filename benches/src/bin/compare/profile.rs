@@ -1,7 +1,7 @@
 //! `--profile-loop`: spawns and nothing else, for `strace` or `perf`.
 
 use std::fs::File;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use forkserver_benches::stats::{duration_ns, fmt_ns};
 use forkserver_benches::Result;
@@ -29,12 +29,14 @@ pub(crate) fn profile_loop(n: usize, args: &Args) -> Result<()> {
     let pid = client.launched_server_pid().ok_or("no server pid")?;
     eprintln!("server pid {pid}");
     let devnull = File::open("/dev/null")?;
-    let spawn_n = |count: usize, threads: usize| -> Result<()> {
-        let results: Vec<Result<()>> = std::thread::scope(|s| {
+    // `count` spawns over `threads` threads; the client threads' CPU time.
+    let spawn_n = |count: usize, threads: usize| -> Result<Duration> {
+        let results: Vec<Result<Duration>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
                     let (client, devnull) = (&client, &devnull);
-                    s.spawn(move || -> Result<()> {
+                    s.spawn(move || -> Result<Duration> {
+                        let cpu0 = thread_cpu()?;
                         if args.profile_exec {
                             let mut cmd = client.command("/bin/true");
                             cmd.stdin(Stdio::null())
@@ -49,7 +51,7 @@ pub(crate) fn profile_loop(n: usize, args: &Args) -> Result<()> {
                                 check(call.spawn()?.wait()?)?;
                             }
                         }
-                        Ok(())
+                        Ok(thread_cpu()? - cpu0)
                     })
                 })
                 .collect();
@@ -58,7 +60,11 @@ pub(crate) fn profile_loop(n: usize, args: &Args) -> Result<()> {
                 .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
                 .collect()
         });
-        results.into_iter().collect::<Result<Vec<()>>>().map(drop)
+        Ok(results
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?
+            .iter()
+            .sum())
     };
     if args.profile_wait {
         spawn_n(WARMUP, 1)?;
@@ -66,12 +72,24 @@ pub(crate) fn profile_loop(n: usize, args: &Args) -> Result<()> {
         std::io::stdin().read_line(&mut String::new())?;
     }
     let start = Instant::now();
-    spawn_n(n, threads)?;
+    let cpu = spawn_n(n, threads)?;
     let d = start.elapsed();
+    let each = |d: Duration| fmt_ns(duration_ns(d) / n.max(1) as u64);
     eprintln!(
-        "{n} spawns in {:.3} s ({} each)",
+        "{n} spawns in {:.3} s ({} each); the client threads' own CPU time (user + system, \
+         the server's not included): {} per spawn",
         d.as_secs_f64(),
-        fmt_ns(duration_ns(d) / n.max(1) as u64)
+        each(d),
+        each(cpu)
     );
     Ok(())
+}
+
+/// The calling thread's CPU time so far, user and system (`getrusage(RUSAGE_THREAD)`).
+fn thread_cpu() -> Result<Duration> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let u = getrusage(UsageWho::RUSAGE_THREAD)?;
+    let tv =
+        |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+    Ok(tv(u.user_time()) + tv(u.system_time()))
 }

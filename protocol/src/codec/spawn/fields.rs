@@ -1,9 +1,8 @@
 //! The codecs of the Spawn optional fields (PROTOCOL.md §5.5.1): how each field type named in
-//! the options table (`options.rs`) is measured, written, read and checked.
+//! the options table (`options.rs`) is written, read and checked (its length is what the
+//! encoder writes).
 
-use bytes::BufMut;
-
-use crate::codec::wire::Reader;
+use crate::codec::wire::{Reader, Sink};
 use crate::error::{BuildError, DecodeError, Field, Limit};
 use crate::{MAX_GROUPS, MAX_PGID};
 
@@ -60,10 +59,8 @@ impl core::fmt::Debug for Groups {
 pub(super) trait FieldCodec {
     /// The value `SpawnOptions` holds.
     type Value;
-    /// Encoded length.
-    fn len(v: &Self::Value) -> usize;
     /// Writes the field.
-    fn encode(v: &Self::Value, out: &mut impl BufMut);
+    fn encode(v: &Self::Value, out: &mut impl Sink);
     /// Reads the field, with its checks in wire order.
     fn decode(r: &mut Reader<'_>) -> Result<Self::Value, DecodeError>;
     /// The checks the value's type leaves open, for [`super::Spawn::new`].
@@ -83,10 +80,7 @@ pub(super) trait U32Field {
 
 impl<T: U32Field> FieldCodec for T {
     type Value = u32;
-    fn len(_: &u32) -> usize {
-        4
-    }
-    fn encode(v: &u32, out: &mut impl BufMut) {
+    fn encode(v: &u32, out: &mut impl Sink) {
         out.put_u32_le(*v);
     }
     fn decode(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
@@ -143,10 +137,7 @@ impl U32Field for Pgid {
 /// `ngroups` (u16), then `ngroups` gids.
 impl FieldCodec for Groups {
     type Value = Groups;
-    fn len(g: &Groups) -> usize {
-        2 + 4 * g.as_slice().len()
-    }
-    fn encode(g: &Groups, out: &mut impl BufMut) {
+    fn encode(g: &Groups, out: &mut impl Sink) {
         out.put_u16_le(g.as_slice().len() as u16);
         for gid in g.as_slice() {
             out.put_u32_le(*gid);

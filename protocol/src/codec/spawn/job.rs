@@ -1,8 +1,6 @@
 //! The jobs a `Spawn` carries (PROTOCOL.md §5.5.2 entry, §5.5.3 exec).
 
-use bytes::BufMut;
-
-use crate::codec::wire::{put_bytes16, put_bytes32, Reader};
+use crate::codec::wire::{put_bytes16, put_bytes32, Reader, Sink};
 use crate::error::{BuildError, DecodeError, Field, Limit, Snippet};
 use crate::{MAX_ARGS, MAX_ARG_LEN, MAX_BODY_LEN, MAX_ENTRY_NAME_LEN, MAX_ENV, MAX_PATH_LEN};
 
@@ -42,11 +40,7 @@ impl EntryJob {
         &self.payload
     }
 
-    pub(super) fn body_len(&self) -> usize {
-        2 + self.name.len() + 4 + self.payload.len()
-    }
-
-    pub(super) fn encode(&self, out: &mut impl BufMut) {
+    pub(super) fn encode(&self, out: &mut impl Sink) {
         put_bytes16(out, self.name.as_bytes());
         put_bytes32(out, &self.payload);
     }
@@ -260,27 +254,7 @@ impl ExecJob {
         self.cwd.as_deref()
     }
 
-    pub(super) fn body_len(&self) -> usize {
-        2 + self.program.len()
-            + 2
-            + self.args.iter().map(|a| 4 + a.len()).sum::<usize>()
-            + 1
-            + 2
-            + self
-                .env
-                .iter()
-                .map(|(k, v)| 8 + k.len() + v.len())
-                .sum::<usize>()
-            + if self.env_remove.is_empty() {
-                0
-            } else {
-                2 + self.env_remove.iter().map(|n| 4 + n.len()).sum::<usize>()
-            }
-            + 2
-            + self.cwd.as_ref().map_or(0, Vec::len)
-    }
-
-    pub(super) fn encode(&self, out: &mut impl BufMut) {
+    pub(super) fn encode(&self, out: &mut impl Sink) {
         put_bytes16(out, &self.program);
         out.put_u16_le(self.args.len() as u16);
         for a in &self.args {

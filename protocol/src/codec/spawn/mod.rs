@@ -10,10 +10,8 @@
 //! `options` are the optional fields the flags announce (`options.rs`); the jobs are in
 //! `job.rs`.
 
-use bytes::BufMut;
-
 use super::messages::Body;
-use super::wire::Reader;
+use super::wire::{encoded_len, Reader, Sink};
 use crate::error::{BuildError, DecodeError, Field, Limit};
 use crate::{MAX_BODY_LEN, MAX_FDS, MAX_TARGET_FD};
 
@@ -116,15 +114,6 @@ pub enum Job {
     Exec(ExecJob),
 }
 
-impl Job {
-    fn body_len(&self) -> usize {
-        1 + match self {
-            Job::Entry(e) => e.body_len(),
-            Job::Exec(e) => e.body_len(),
-        }
-    }
-}
-
 /// `Spawn` (0x10): a validated spawn request. The fds themselves travel beside the frame
 /// (see [`crate::OutFrame`]); this message carries their target numbers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -148,7 +137,8 @@ impl Spawn {
             fds,
             job,
         };
-        let len = s.body_len();
+        // The length is what the encoder writes (`codec` module doc).
+        let len = encoded_len(|n| s.encode(n));
         if len > MAX_BODY_LEN {
             return Err(BuildError::limit(Limit::Body, len));
         }
@@ -193,19 +183,17 @@ impl Spawn {
         options::revision_of(self.flags())
     }
 
-    pub(crate) fn body_len(&self) -> usize {
-        4 + 8 + 4 * self.fds.len() + self.options.fields_len() + self.job.body_len()
-    }
-
-    /// The flag word: the options', and `ENV_REMOVE` for an exec job that removes names.
-    fn flags(&self) -> u32 {
+    /// The flag word as encoded (PROTOCOL.md §5.5.1): the options' bits, and `ENV_REMOVE` for
+    /// an exec job that removes names. A server implements the request only if it implements
+    /// each of these bits (its `Features::spawn_flags`).
+    pub fn flags(&self) -> u32 {
         let removes = matches!(&self.job, Job::Exec(e) if !e.env_remove().is_empty());
         self.options.flags() | if removes { flags::ENV_REMOVE } else { 0 }
     }
 }
 
 impl Body for Spawn {
-    fn encode(&self, out: &mut impl BufMut) {
+    fn encode(&self, out: &mut impl Sink) {
         out.put_u32_le(self.flags());
         out.put_u64_le(self.options.deadline_ms.map_or(0, |d| d.get()));
         for t in self.fds.targets() {

@@ -14,13 +14,14 @@
 //!
 //! Every flag bit is one line of the `spawn_options!` table below: its bit, its name in
 //! [`flags`], the [`Revision`] it appeared in, and what it sets in [`SpawnOptions`]. The
-//! table generates the flag constants (and [`flags::ALL`], [`flags::SESSION_BITS`]), the flag
-//! word, the fields' length, encoder, decoder and build-time checks, and the revision a
+//! table generates the flag constants (and [`flags::ALL`], [`flags::SESSION_BITS`],
+//! [`flags::known_in`], [`flags::name`]; a server's `Features` list [`flags::ALL`]), the flag
+//! word, the fields' encoder, decoder and build-time checks, and the revision a
 //! request needs ([`SpawnOptions::required_revision`]). A line is one of:
 //!
 //! - `flag(field)`: a `bool` of [`SpawnOptions`], no body field (`WANT_PIDFD`);
 //! - `field(path: Codec)`: an `Option<T>` at `path` of [`SpawnOptions`], present on the wire
-//!   when `Some`; `Codec` implements `FieldCodec<Value = T>` (length, encode, decode with its
+//!   when `Some`; `Codec` implements `FieldCodec<Value = T>` (encode, decode with its
 //!   §5.5.1 checks, the build check); `credentials.uid: Uid` (`u32`, `u32::MAX` invalid) and
 //!   `credentials.groups: Groups` (a capped list) are the examples;
 //! - `session(Variant)` / `session(Variant: Codec)`: one of the mutually exclusive
@@ -31,33 +32,33 @@
 //! `(resource, soft, hard)`), a umask and `no_new_privs` would read:
 //!
 //! ```text
-//! /// The body carries rlimits: the child calls `setrlimit` for each (rev 0.6).
-//! 11 SET_RLIMITS, R0_6 => field(limits.rlimits: Rlimits);
-//! /// The body carries a umask (rev 0.6).
-//! 12 SET_UMASK, R0_6 => field(umask: Umask);
-//! /// The child sets `PR_SET_NO_NEW_PRIVS` (rev 0.6).
-//! 13 NO_NEW_PRIVS, R0_6 => flag(no_new_privs);
+//! /// The body carries rlimits: the child calls `setrlimit` for each (rev 0.7).
+//! 11 SET_RLIMITS, R0_7 => field(limits.rlimits: Rlimits);
+//! /// The body carries a umask (rev 0.7).
+//! 12 SET_UMASK, R0_7 => field(umask: Umask);
+//! /// The child sets `PR_SET_NO_NEW_PRIVS` (rev 0.7).
+//! 13 NO_NEW_PRIVS, R0_7 => flag(no_new_privs);
 //! ```
 //!
-//! with `Rlimits` a `Copy` list type like [`Groups`] whose `FieldCodec` reads the count, checks
+//! (plus `Revision::R0_7`, with [`Revision::CURRENT`] moved to it: a server's `Features` then
+//! list the new bits, and clients check requests against them, with no other change),
+//! and `Rlimits` a `Copy` list type like [`Groups`] whose `FieldCodec` reads the count, checks
 //! it against its cap and the remaining bytes before reading an entry, and `Umask` a scalar codec
 //! like `Uid` whose decode rejects bits above `0o777`. Scalar fields (`nice`, `oom_score_adj`,
 //! an fd index, a grace period) are `field` lines with a codec of their own; the fields are
 //! then laid out, decoded and checked in bit order, as §5.5.1 requires.
 
-use bytes::BufMut;
-
 pub use super::fields::Groups;
 use super::fields::{FieldCodec, Gid, Pgid, Uid};
-use crate::codec::wire::Reader;
+use crate::codec::wire::{Reader, Sink};
 use crate::error::{BuildError, DecodeError, Field};
 
 /// A revision of the protocol specification (PROTOCOL.md change log): the wire facts it added
 /// are understood by servers of that revision and later. Ordered, so `a < b` means `a` is older.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Revision {
-    major: u8,
-    minor: u8,
+    major: u16,
+    minor: u16,
 }
 
 impl Revision {
@@ -67,18 +68,23 @@ impl Revision {
     pub const R0_3: Self = Self::new(0, 3);
     /// Rev 0.5: ids, process group, environment removals.
     pub const R0_5: Self = Self::new(0, 5);
+    /// Rev 0.6: `FeaturesRequest` and `Features`, the server's list of what it implements.
+    pub const R0_6: Self = Self::new(0, 6);
+    /// The revision this crate implements, which its `Features` names.
+    pub const CURRENT: Self = Self::R0_6;
 
-    const fn new(major: u8, minor: u8) -> Self {
+    /// A revision by its numbers, as a `Features` message carries them.
+    pub const fn new(major: u16, minor: u16) -> Self {
         Self { major, minor }
     }
 
     /// The major number (0 for the drafts).
-    pub fn major(self) -> u8 {
+    pub fn major(self) -> u16 {
         self.major
     }
 
     /// The minor number.
-    pub fn minor(self) -> u8 {
+    pub fn minor(self) -> u16 {
         self.minor
     }
 }
@@ -109,13 +115,6 @@ macro_rules! option_line {
     };
     (value, $o:ident, $($t:tt)*) => {};
     // The codec of the field, for the generated calls.
-    (len, $o:ident, $n:ident, field($($f:ident).+ : $c:ty)) => {
-        option_line!(value, $o, field($($f).+ : $c), |v| $n += <$c as FieldCodec>::len(v))
-    };
-    (len, $o:ident, $n:ident, session($var:ident : $c:ty)) => {
-        option_line!(value, $o, session($var : $c), |v| $n += <$c as FieldCodec>::len(v))
-    };
-    (len, $($t:tt)*) => {};
     (encode, $o:ident, $out:ident, field($($f:ident).+ : $c:ty)) => {
         option_line!(value, $o, field($($f).+ : $c), |v| <$c as FieldCodec>::encode(v, $out))
     };
@@ -165,6 +164,19 @@ macro_rules! spawn_options {
             /// set.
             pub const SESSION_BITS: u32 =
                 0 $(| if option_line!(is_session, $kind $args) { $name } else { 0 })*;
+
+            /// Every bit a server of revision `rev` implements: those introduced by `rev` or
+            /// earlier.
+            pub fn known_in(rev: super::Revision) -> u32 {
+                0 $(| if super::Revision::$rev <= rev { $name } else { 0 })*
+            }
+
+            /// The name of the single bit `flag` (e.g. `"SET_UID"`), `None` for a word that is
+            /// not exactly one defined bit.
+            pub fn name(flag: u32) -> Option<&'static str> {
+                $( if flag == $name { return Some(stringify!($name)); } )*
+                None
+            }
         }
 
         /// The revision that introduced each bit set in `f`, the latest of them.
@@ -190,16 +202,9 @@ macro_rules! spawn_options {
                 f
             }
 
-            /// Length of the optional fields between the targets and `job_kind`.
-            pub(crate) fn fields_len(&self) -> usize {
-                let o = self;
-                let mut n = 0;
-                $( option_line!(len, o, n, $kind $args); )*
-                n
-            }
-
-            /// Writes the optional fields, in the order of their bits.
-            pub(crate) fn encode_fields(&self, out: &mut impl BufMut) {
+            /// Writes the optional fields, in the order of their bits (their length is what
+            /// this writes: `codec` module doc).
+            pub(crate) fn encode_fields(&self, out: &mut impl Sink) {
                 let o = self;
                 $( option_line!(encode, o, out, $kind $args); )*
             }
