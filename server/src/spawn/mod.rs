@@ -37,6 +37,12 @@
 //!   creation and `pidfd_open` exists on this path.
 //! * The key is not zeroed (the memory is the server's); the child loses it at `execve`.
 //!
+//! What the server pays for it: it is suspended from the clone until the child's `execve` has
+//! replaced its memory (or the child exited), so a child that blocks before that point (a
+//! `chdir` or an `execve` of a file on a hung NFS or FUSE mount, a `SIGSTOP` from a peer of
+//! the same uid) stalls the event loop, which the fork path never does. A server whose
+//! clients may point it at such files runs with [`crate::EXEC_FORK_ENV`] set.
+//!
 //! The steps are the same on both paths, in the same order; the `CLONE_VM` path lists them
 //! in `plan.rs` (`STEPS`), where a new per-child control is one row, and here in
 //! `child_main`. In the child, before the job runs:
