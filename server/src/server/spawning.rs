@@ -1,5 +1,6 @@
-//! Starting a child for a request: room for it, a pooled child or a fork, the records kept of
-//! it (its deadline, its report pipe), and its `Pid` to the client, at once or after its exec.
+//! Starting a child for a request: room for it, a pooled child, a `CLONE_VM` clone (exec
+//! jobs) or a fork, the records kept of it (its deadline, its report pipe), and its `Pid` to
+//! the client, at once or after its exec.
 
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
@@ -42,8 +43,9 @@ struct Started {
 
 impl Server {
     /// Connection `id`'s session asked for `spawn` with `bundle`: a child for it, from the
-    /// pool or forked, kept track of, and its `Pid` to the client: at once, or with
-    /// `pid_after_exec` once it has exec'd (the connection waits in SPAWNING).
+    /// pool, cloned (an exec job on the `CLONE_VM` path, whose exec is over when it returns)
+    /// or forked, kept track of, and its `Pid` to the client: at once, or with
+    /// `pid_after_exec` once it has exec'd (on the fork path the connection waits in SPAWNING).
     pub(super) fn spawn(&mut self, id: ConnId, spawn: Spawn, bundle: FdBundle) {
         // Pooled children waiting for a job are not in `children`: they do not count.
         if self.children.len() >= self.config.max_children {
@@ -100,8 +102,8 @@ impl Server {
         }
     }
 
-    /// A child for `spawn`: the job handed to a pooled child if one can take it, else a
-    /// fork. Only a `pid_after_exec` exec job (`wait_exec`) needs a report pipe of its own (its
+    /// A child for `spawn`: the job handed to a pooled child if one can take it, else an exec
+    /// job on the `CLONE_VM` path (unless `FORKSERVER_EXEC_FORK`), else a fork. Only a `pid_after_exec` exec job (`wait_exec`) needs a report pipe of its own (its
     /// EOF is the exec's success); others report a failure on the shared socket, tagged with
     /// the spawn's `serial`.
     fn start_child(
