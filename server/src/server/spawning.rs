@@ -39,6 +39,8 @@ struct Started {
     /// The job sent to a pooled child, with the server's copies of its fds: closed once the
     /// `Pid` is out.
     sent_job: Option<OutFrame>,
+    /// The request itself (a forked or cloned child's), freed once the `Pid` is out.
+    request: Option<Spawn>,
 }
 
 impl Server {
@@ -61,9 +63,14 @@ impl Server {
             Ok(started) => started,
             Err(e) => return self.fork_failed(id, e),
         };
-        // The server's copies of the request's fds: closed when this function returns, after
-        // the `Pid` went out (or, with `pid_after_exec` on the fork path, was put off).
-        let _close_after_reply = (std::mem::take(&mut started.bundle), started.sent_job.take());
+        // The server's copies of the request's fds, and the request: closed and freed when
+        // this function returns, after the `Pid` went out (or, with `pid_after_exec` on the
+        // fork path, was put off).
+        let _close_after_reply = (
+            std::mem::take(&mut started.bundle),
+            started.sent_job.take(),
+            started.request.take(),
+        );
         self.spawned_total += 1;
         self.touch();
         let (pid, pooled) = (started.pid, started.pooled);
@@ -128,6 +135,7 @@ impl Server {
                         bundle: std::mem::take(&mut cloned.bundle),
                         exec: Some(cloned),
                         sent_job: None,
+                        request: Some(spawn),
                     });
                 }
                 let report_to = match wait_exec {
@@ -143,6 +151,7 @@ impl Server {
                     exec: None,
                     bundle,
                     sent_job: None,
+                    request: Some(spawn),
                 };
                 return Ok(started);
             }
@@ -155,6 +164,7 @@ impl Server {
             exec: None,
             bundle: FdBundle::new(),
             sent_job,
+            request: None,
         })
     }
 

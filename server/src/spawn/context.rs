@@ -14,6 +14,7 @@ use nix::errno::Errno;
 use nix::libc;
 
 use super::identity::Identity;
+use super::plan::ServerEnv;
 use super::report::Report;
 use super::vfork::CloneStack;
 use crate::entry::EntryFn;
@@ -36,6 +37,9 @@ pub(crate) struct ForkContext {
     server_pid: libc::pid_t,
     /// The stack of the `CLONE_VM` exec children, mapped at the first exec job.
     clone_stack: Option<CloneStack>,
+    /// The server's environment, for the `CLONE_VM` children's envp: taken at the first
+    /// exec job on that path.
+    server_env: Option<ServerEnv>,
     /// Exec jobs are forked as entry jobs are (`FORKSERVER_EXEC_FORK=1`): the `CLONE_VM` path
     /// is off.
     exec_by_fork: bool,
@@ -59,6 +63,7 @@ impl ForkContext {
             key,
             server_pid: nix::unistd::getpid().as_raw(),
             clone_stack: None,
+            server_env: None,
             exec_by_fork: false,
         }
     }
@@ -83,12 +88,15 @@ impl ForkContext {
         self.die_with_server.then_some(self.server_pid)
     }
 
-    /// The `CLONE_VM` children's stack, mapped at the first call.
-    pub(super) fn clone_stack(&mut self) -> Result<&mut CloneStack, Errno> {
-        match &mut self.clone_stack {
-            Some(stack) => Ok(stack),
-            slot => Ok(slot.insert(CloneStack::new()?)),
-        }
+    /// What the `CLONE_VM` path needs of the server: the children's stack (mapped at the first
+    /// call) and the server's environment (taken then too).
+    pub(super) fn clone_parts(&mut self) -> Result<(&mut CloneStack, &ServerEnv), Errno> {
+        let stack = match &mut self.clone_stack {
+            Some(stack) => stack,
+            slot => slot.insert(CloneStack::new()?),
+        };
+        let env = self.server_env.get_or_insert_with(ServerEnv::capture);
+        Ok((stack, env))
     }
 
     /// The authentication key, if the server has one.

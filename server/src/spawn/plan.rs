@@ -5,12 +5,13 @@
 //! `vfork.rs`) only walks these arrays and makes raw system calls (`raw.rs`): the rules it
 //! obeys are in the `spawn` module's doc.
 //!
-//! The child's steps are the rows of [`STEPS`], in order, each a function that names the
+//! The child's steps are the rows of `ExecPlan::STEPS`, in order, each a function that names the
 //! [`Stage`] it fails with. A new control of the child (a limit, a umask, a filter) is one
 //! more field here, filled in [`ExecPlan::new`], and one more row; the fork path
 //! (`child_main` in `mod.rs`) takes the same step at the same place with the fork's calls.
 
 use std::ffi::{c_char, CString};
+use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 
@@ -19,9 +20,52 @@ use nix::errno::Errno;
 use nix::libc;
 
 use super::fds::{Op, Placement};
-use super::identity::{self, Identity};
+use super::identity::Identity;
 use super::raw;
 use super::stage::Stage;
+
+/// The server's environment as `KEY=value` strings, taken once (at the first exec job on the
+/// `CLONE_VM` path: the server changes its environment only before it serves): the children's
+/// envp points into it, so an exec job that inherits it costs no allocation per variable.
+pub(crate) struct ServerEnv {
+    entries: Vec<CString>,
+}
+
+impl ServerEnv {
+    /// The process's environment now.
+    pub(crate) fn capture() -> Self {
+        let entries = std::env::vars_os()
+            .map(|(k, v)| {
+                let mut kv = k.into_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(&v.into_vec());
+                CString::new(kv).unwrap_or_default()
+            })
+            .collect();
+        Self { entries }
+    }
+
+    /// An environment of `pairs` (tests).
+    #[cfg(test)]
+    fn of(pairs: &[(&str, &str)]) -> Self {
+        let entries = pairs
+            .iter()
+            .map(|(k, v)| CString::new(format!("{k}={v}")).unwrap())
+            .collect();
+        Self { entries }
+    }
+
+    /// The entries with their keys.
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &CString)> {
+        self.entries.iter().map(|e| {
+            let b = e.as_bytes();
+            (
+                &b[..b.iter().position(|&c| c == b'=').unwrap_or(b.len())],
+                e,
+            )
+        })
+    }
+}
 
 /// One fd system call of the child, every number decided by the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,25 +80,8 @@ enum FdOp {
     Aside { from: RawFd, to: RawFd },
 }
 
-/// A step of the child: `Ok`, or the stage that failed and its errno.
-type Step = fn(&ExecPlan) -> Result<(), (Stage, Errno)>;
-
-/// The child's steps, in order (PROTOCOL.md §6.5): signal dispositions, the parent-death
-/// signal, the session, the fds, the credentials (last of what needs privilege), the working
-/// directory, the signal mask (last: nothing can be delivered before the dispositions are
-/// reset, and nothing else runs after it but `execve`), the exec.
-const STEPS: [Step; 7] = [
-    ExecPlan::reset_dispositions,
-    ExecPlan::watch_parent,
-    ExecPlan::join_session,
-    ExecPlan::place_fds,
-    ExecPlan::take_credentials,
-    ExecPlan::chdir,
-    ExecPlan::unblock_signals,
-];
-
 /// Everything the child of one exec job needs, built by the server; the child reads it only.
-pub(super) struct ExecPlan {
+pub(super) struct ExecPlan<'a> {
     /// Signals to put back to `SIG_DFL` (bit `n - 1` for signal `n`).
     to_reset: u64,
     /// `die_with_server`: the server's pid, which the child checks is still its parent after
@@ -73,49 +100,85 @@ pub(super) struct ExecPlan {
     /// "not found" errors go on to the next).
     search: bool,
     _argv: Vec<CString>,
+    /// The job's own environment entries (the inherited ones are the server's [`ServerEnv`]).
     _envp: Vec<CString>,
-    /// Null-terminated pointers into `_argv` and `_envp` (whose heap buffers do not move).
+    /// Null-terminated pointers into `_argv`, `_envp` and the [`ServerEnv`] (whose heap
+    /// buffers do not move).
     argv_ptrs: Vec<*const c_char>,
     envp_ptrs: Vec<*const c_char>,
+    /// The plan points into the server's environment.
+    _env: PhantomData<&'a ServerEnv>,
 }
 
-impl ExecPlan {
+impl<'a> ExecPlan<'a> {
+    /// The child's steps, in order (PROTOCOL.md §6.5): signal dispositions, the parent-death
+    /// signal, the session, the fds, the credentials (last of what needs privilege), the
+    /// working directory, the signal mask (last: nothing can be delivered before the
+    /// dispositions are reset, and nothing else runs after it but `execve`), the exec. Each
+    /// returns `Ok`, or the stage that failed and its errno.
+    #[allow(clippy::type_complexity)]
+    const STEPS: [fn(&Self) -> Result<(), (Stage, Errno)>; 7] = [
+        Self::reset_dispositions,
+        Self::watch_parent,
+        Self::join_session,
+        Self::place_fds,
+        Self::take_credentials,
+        Self::chdir,
+        Self::unblock_signals,
+    ];
+
     /// The plan of `job`'s child with `bundle` (borrowed: the server closes it after the
-    /// clone), `identity`, resetting `to_reset`, and watching `server` if given.
+    /// clone), `identity`, resetting `to_reset`, watching `server` if given, inheriting `env`
+    /// (unless the job clears it) as `identity::child_env` says.
     pub(super) fn new(
         job: &ExecJob,
         bundle: &FdBundle,
         identity: Identity,
         to_reset: u64,
         server: Option<libc::pid_t>,
+        env: &'a ServerEnv,
     ) -> Self {
         // The protocol guarantees no NUL inside any of these strings.
         let cstr = |b: Vec<u8>| CString::new(b).unwrap_or_default();
         let argv: Vec<CString> = job.args().iter().map(|a| cstr(a.to_vec())).collect();
-        let inherited = (!job.env_clear()).then(std::env::vars_os);
-        let env = identity::child_env(inherited.into_iter().flatten(), job);
-        let path = env
+        // PROTOCOL.md §5.5.3, as `identity::child_env`: the inherited entries less the
+        // removed names and those the job sets; then the job's entries, each where its last
+        // occurrence is.
+        let set = |k: &[u8]| job.env().iter().any(|(jk, _)| jk.as_slice() == k);
+        let removed = |k: &[u8]| job.env_remove().iter().any(|n| n.as_slice() == k);
+        let inherited: Vec<(&[u8], &CString)> = match job.env_clear() {
+            true => Vec::new(),
+            false => env.iter().filter(|(k, _)| !set(k) && !removed(k)).collect(),
+        };
+        let own: Vec<(&[u8], CString)> = job
+            .env()
             .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.clone());
-        let envp: Vec<CString> = env
-            .into_iter()
-            .map(|(k, v)| {
-                let mut kv = k.into_vec();
+            .enumerate()
+            .filter(|(i, (k, _))| !job.env()[i + 1..].iter().any(|(l, _)| l == k))
+            .map(|(_, (k, v))| {
+                let mut kv = k.clone();
                 kv.push(b'=');
-                kv.extend_from_slice(&v.into_vec());
-                cstr(kv)
+                kv.extend_from_slice(v);
+                (k.as_slice(), cstr(kv))
             })
             .collect();
+        let value = |k: &[u8], e: &CString| e.as_bytes()[k.len() + 1..].to_vec();
+        let path = own
+            .iter()
+            .map(|(k, e)| (*k, e))
+            .chain(inherited.iter().copied())
+            .find(|(k, _)| *k == b"PATH")
+            .map(|(k, e)| value(k, e));
+        let mut envp_ptrs: Vec<*const c_char> = inherited.iter().map(|(_, e)| e.as_ptr()).collect();
+        envp_ptrs.extend(own.iter().map(|(_, e)| e.as_ptr()));
+        envp_ptrs.push(std::ptr::null());
+        let envp: Vec<CString> = own.into_iter().map(|(_, e)| e).collect();
         let program = job.program();
         let search = !program.contains(&b'/');
         let candidates = match search {
             false => vec![cstr(program.to_vec())],
             true => {
-                let path = path.map_or_else(
-                    || b"/usr/local/bin:/usr/bin:/bin".to_vec(),
-                    |p| p.into_vec(),
-                );
+                let path = path.unwrap_or_else(|| b"/usr/local/bin:/usr/bin:/bin".to_vec());
                 path.split(|&b| b == b':')
                     .map(|dir| {
                         let mut full = if dir.is_empty() {
@@ -150,16 +213,17 @@ impl ExecPlan {
             candidates,
             search,
             argv_ptrs: ptrs(&argv),
-            envp_ptrs: ptrs(&envp),
+            envp_ptrs,
             _argv: argv,
             _envp: envp,
+            _env: PhantomData,
         }
     }
 
     /// The child: every step, then `execve`. Returns only on failure, with the stage and the
     /// errno to report. Runs in the `CLONE_VM` child: reads the plan, allocates nothing.
     pub(super) fn run(&self) -> (Stage, Errno) {
-        for step in STEPS {
+        for step in Self::STEPS {
             if let Err(failed) = step(self) {
                 return failed;
             }
@@ -316,6 +380,7 @@ fn plan_fds(srcs: Vec<RawFd>, targets: Vec<u32>) -> (Vec<FdOp>, Vec<u32>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::identity;
     use super::*;
 
     #[test]
@@ -330,5 +395,71 @@ mod tests {
         let (ops, _) = plan_fds(vec![10, 11, 12], vec![0, 1, 2]);
         assert_eq!(ops.len(), 3);
         assert!(ops.iter().all(|op| matches!(op, FdOp::Dup2 { .. })));
+    }
+
+    /// The plan's envp as strings.
+    #[allow(unsafe_code)]
+    fn envp(plan: &ExecPlan<'_>) -> Vec<String> {
+        let mut out = Vec::new();
+        for &p in plan.envp_ptrs.iter().take_while(|p| !p.is_null()) {
+            // SAFETY: a NUL-terminated string of the plan or its `ServerEnv`, both alive.
+            let s = unsafe { std::ffi::CStr::from_ptr(p) };
+            out.push(s.to_str().unwrap().to_owned());
+        }
+        out
+    }
+
+    #[test]
+    fn the_environment_is_the_fork_paths() {
+        let server = [
+            ("HOME", "/root"),
+            ("PATH", "/bin"),
+            ("TERM", "xterm"),
+            ("A", "1"),
+        ];
+        let env = ServerEnv::of(&server);
+        let inherited =
+            || server.map(|(k, v)| (std::ffi::OsString::from(k), std::ffi::OsString::from(v)));
+        let mut jobs = Vec::new();
+        let mut job = ExecJob::new("prog").unwrap();
+        job.push_env_remove("HOME").unwrap();
+        job.push_env("TERM", "dumb").unwrap();
+        job.push_env("B", "2").unwrap();
+        job.push_env("TERM", "vt100").unwrap();
+        jobs.push(job.clone());
+        job.push_env("PATH", "/opt/bin:").unwrap();
+        jobs.push(job.clone());
+        job.set_env_clear(true);
+        jobs.push(job);
+        jobs.push(ExecJob::new("/bin/true").unwrap());
+        for job in &jobs {
+            let plan = ExecPlan::new(job, &FdBundle::new(), Identity::default(), 0, None, &env);
+            let from = (!job.env_clear()).then(inherited);
+            let expected: Vec<String> = identity::child_env(from.into_iter().flatten(), job)
+                .into_iter()
+                .map(|(k, v)| format!("{}={}", k.to_str().unwrap(), v.to_str().unwrap()))
+                .collect();
+            assert_eq!(envp(&plan), expected, "{job:?}");
+        }
+        // PATH comes from the child's environment: the job's, else the inherited one.
+        let plan = ExecPlan::new(
+            &jobs[1],
+            &FdBundle::new(),
+            Identity::default(),
+            0,
+            None,
+            &env,
+        );
+        let c: Vec<&[u8]> = plan.candidates.iter().map(|c| c.as_bytes()).collect();
+        assert_eq!(c, [&b"/opt/bin/prog"[..], b"./prog"]);
+        let plan = ExecPlan::new(
+            &jobs[0],
+            &FdBundle::new(),
+            Identity::default(),
+            0,
+            None,
+            &env,
+        );
+        assert_eq!(plan.candidates[0].as_bytes(), b"/bin/prog");
     }
 }

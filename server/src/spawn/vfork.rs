@@ -89,7 +89,7 @@ struct Slot {
 
 /// What the child is given: the plan and the slot, both in the server's memory.
 struct ChildArgs<'a> {
-    plan: &'a ExecPlan,
+    plan: &'a ExecPlan<'a>,
     slot: &'a Slot,
 }
 
@@ -129,14 +129,10 @@ pub(crate) fn spawn_exec(
     options: &SpawnOptions,
     bundle: FdBundle,
 ) -> Result<Cloned, Errno> {
-    let plan = ExecPlan::new(
-        job,
-        &bundle,
-        Identity::from(options),
-        ctx.to_reset(),
-        ctx.watched_server(),
-    );
-    let mut cloned = clone_exec(ctx.clone_stack()?, &plan, options.want_pidfd)?;
+    let (to_reset, server) = (ctx.to_reset(), ctx.watched_server());
+    let (stack, env) = ctx.clone_parts()?;
+    let plan = ExecPlan::new(job, &bundle, Identity::from(options), to_reset, server, env);
+    let mut cloned = clone_exec(stack, &plan, options.want_pidfd)?;
     cloned.bundle = bundle;
     Ok(cloned)
 }
@@ -207,7 +203,8 @@ mod tests {
         let path: Vec<String> = (0..64).map(|i| format!("/nonexistent/dir{i}")).collect();
         job.push_env("PATH", path.join(":")).unwrap();
         let bundle = FdBundle::new();
-        let plan = ExecPlan::new(&job, &bundle, Identity::default(), 0, None);
+        let env = super::super::plan::ServerEnv::capture();
+        let plan = ExecPlan::new(&job, &bundle, Identity::default(), 0, None, &env);
         let mut stack = CloneStack::new().unwrap();
         let cloned = clone_exec(&mut stack, &plan, true).unwrap();
         assert_eq!(cloned.failure, Some((Stage::Exec, Errno::ENOENT)));
