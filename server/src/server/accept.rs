@@ -63,8 +63,9 @@ impl Server {
         let refuse = |fd: &OwnedFd, code: ErrorCode, msg: &str| {
             refuse(fd.as_fd(), ErrorReply::new(code, 0, msg));
         };
-        match peer_uid(&fd) {
-            Ok(uid) if uid == self.uid || self.config.allowed_uids.contains(&uid) => {}
+        let foreign = match peer_uid(&fd) {
+            Ok(uid) if uid == self.uid => false,
+            Ok(uid) if self.config.allowed_uids.contains(&uid) => true,
             Ok(uid) => {
                 tracing::warn!(uid, "refused a peer with a uid that is not allowed");
                 refuse(&fd, ErrorCode::PermissionDenied, "peer uid not allowed");
@@ -74,7 +75,7 @@ impl Server {
                 tracing::warn!("SO_PEERCRED: {e}");
                 return;
             }
-        }
+        };
         if self.shutting_down {
             refuse(&fd, ErrorCode::ShuttingDown, "server is shutting down");
             return;
@@ -107,7 +108,8 @@ impl Server {
             Some(_) => ReadLimits::PRE_AUTH,
             None => ReadLimits::HANDSHAKE,
         };
-        self.conns.insert(id, Conn::new(fd, limits, interest, now));
+        self.conns
+            .insert(id, Conn::new(fd, limits, interest, now, foreign));
     }
 
     /// Closes the connection that has been idle in READY the longest, if there is one, to make

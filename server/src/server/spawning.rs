@@ -14,6 +14,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use super::child::Child;
+use super::conn::Conn;
 use super::pool::Pooled;
 use super::token::Token;
 use super::{Server, TEST_STOP_AFTER_PID_ENV};
@@ -59,7 +60,8 @@ impl Server {
         let context = spawn::Context::of(&spawn);
         let wait_exec = options.pid_after_exec && matches!(spawn.job(), Job::Exec(_));
         let serial = Serial::nth(self.spawned_total + 1);
-        let mut started = match self.start_child(spawn, bundle, wait_exec, serial) {
+        let foreign = self.conns.get(&id).is_some_and(Conn::is_foreign);
+        let mut started = match self.start_child(spawn, bundle, wait_exec, serial, foreign) {
             Ok(started) => started,
             Err(e) => return self.fork_failed(id, e),
         };
@@ -110,7 +112,9 @@ impl Server {
     }
 
     /// A child for `spawn`: the job handed to a pooled child if one can take it, else an exec
-    /// job on the `CLONE_VM` path (unless `FORKSERVER_EXEC_FORK`), else a fork. Only a `pid_after_exec` exec job (`wait_exec`) needs a report pipe of its own (its
+    /// job on the `CLONE_VM` path (unless `FORKSERVER_EXEC_FORK`, or the request comes from a
+    /// `foreign` peer: see [`Conn::is_foreign`]), else a fork. Only a `pid_after_exec` exec
+    /// job (`wait_exec`) needs a report pipe of its own (its
     /// EOF is the exec's success); others report a failure on the shared socket, tagged with
     /// the spawn's `serial`.
     fn start_child(
@@ -119,14 +123,15 @@ impl Server {
         bundle: FdBundle,
         wait_exec: bool,
         serial: Serial,
+        foreign: bool,
     ) -> Result<Started, Errno> {
         let (pid, report, failure, sent_job) = match self.take_pooled(spawn, bundle) {
             Pooled::Taken(pid, sock, job) => (pid, sock, None, Some(job)),
             Pooled::Broken(pid, sock, reply) => (pid, sock, Some(reply), None),
             Pooled::Fork(spawn, bundle) => {
-                if let (Job::Exec(job), false) = (spawn.job(), self.fork.exec_by_fork()) {
-                    let mut cloned =
-                        spawn::spawn_exec(&mut self.fork, job, spawn.options(), bundle)?;
+                if let (Job::Exec(job), false) = (spawn.job(), foreign || self.fork.exec_by_fork())
+                {
+                    let mut cloned = self.fork.spawn_exec(job, spawn.options(), bundle)?;
                     return Ok(Started {
                         pid: cloned.pid,
                         report: None,

@@ -14,9 +14,10 @@ use nix::errno::Errno;
 use nix::libc;
 
 use super::identity::Identity;
+use super::plan::ExecPlan;
 use super::plan::ServerEnv;
 use super::report::Report;
-use super::vfork::CloneStack;
+use super::vfork::{clone_exec, CloneStack, Cloned};
 use crate::entry::EntryFn;
 use crate::ids::Serial;
 
@@ -97,6 +98,26 @@ impl ForkContext {
         };
         let env = self.server_env.get_or_insert_with(ServerEnv::capture);
         Ok((stack, env))
+    }
+
+    /// Starts exec job `job`'s child on the `CLONE_VM` path, with `bundle` and the request's
+    /// `options`: the child's pid, its pidfd if the request wants one, how the exec went, and the
+    /// bundle (the caller closes it once the `Pid` is out).
+    ///
+    /// # Errors
+    /// As [`clone_exec`]; `mmap` failing at the first call.
+    pub(crate) fn spawn_exec(
+        &mut self,
+        job: &ExecJob,
+        options: &SpawnOptions,
+        bundle: FdBundle,
+    ) -> Result<Cloned, Errno> {
+        let (to_reset, server) = (self.to_reset(), self.watched_server());
+        let (stack, env) = self.clone_parts()?;
+        let plan = ExecPlan::new(job, &bundle, Identity::from(options), to_reset, server, env);
+        let mut cloned = clone_exec(stack, &plan, options.want_pidfd)?;
+        cloned.bundle = bundle;
+        Ok(cloned)
     }
 
     /// The authentication key, if the server has one.

@@ -98,7 +98,7 @@ pub(crate) use report::{
     decode_shared, failure_of, failure_reply, Report, REPORT_LEN, SHARED_REPORT_LEN,
 };
 pub(crate) use stage::{Stage, FAILED_STATUS};
-pub(crate) use vfork::{spawn_exec, Cloned};
+pub(crate) use vfork::Cloned;
 
 /// Exit status of an entry point that panicked (as Rust's runtime uses).
 pub(crate) const PANIC_STATUS: i32 = 101;

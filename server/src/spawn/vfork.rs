@@ -15,10 +15,8 @@ use nix::libc;
 use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::unistd::Pid;
 
-use forkserver_protocol::{ExecJob, FdBundle, SpawnOptions};
+use forkserver_protocol::FdBundle;
 
-use super::context::ForkContext;
-use super::identity::Identity;
 use super::plan::ExecPlan;
 use super::stage::{Stage, FAILED_STATUS};
 
@@ -117,33 +115,17 @@ pub(crate) struct Cloned {
     pub(crate) bundle: FdBundle,
 }
 
-/// Starts exec job `job`'s child on the `CLONE_VM` path, with `bundle` and the request's
-/// `options`: the child's pid, its pidfd if the request wants one, how the exec went, and the
-/// bundle (the caller closes it once the `Pid` is out).
-///
-/// # Errors
-/// As [`clone_exec`]; `mmap` failing at the first call.
-pub(crate) fn spawn_exec(
-    ctx: &mut ForkContext,
-    job: &ExecJob,
-    options: &SpawnOptions,
-    bundle: FdBundle,
-) -> Result<Cloned, Errno> {
-    let (to_reset, server) = (ctx.to_reset(), ctx.watched_server());
-    let (stack, env) = ctx.clone_parts()?;
-    let plan = ExecPlan::new(job, &bundle, Identity::from(options), to_reset, server, env);
-    let mut cloned = clone_exec(stack, &plan, options.want_pidfd)?;
-    cloned.bundle = bundle;
-    Ok(cloned)
-}
-
 /// Clones a child that runs `plan` on `stack`, with a pidfd if `want_pidfd`. Every signal is
 /// blocked across the clone (the child inherits the mask and empties it just before `execve`),
 /// so no handler of the server's ever runs on the child's stack.
 ///
 /// # Errors
 /// `clone` or `sigprocmask` failing (EAGAIN, ENOMEM; EINVAL for `CLONE_PIDFD` before 5.2).
-fn clone_exec(stack: &mut CloneStack, plan: &ExecPlan, want_pidfd: bool) -> Result<Cloned, Errno> {
+pub(super) fn clone_exec(
+    stack: &mut CloneStack,
+    plan: &ExecPlan,
+    want_pidfd: bool,
+) -> Result<Cloned, Errno> {
     let slot = Slot::default();
     let args = ChildArgs { plan, slot: &slot };
     let arg: *const ChildArgs<'_> = &args;
@@ -193,6 +175,8 @@ fn clone_exec(stack: &mut CloneStack, plan: &ExecPlan, want_pidfd: bool) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spawn::identity::Identity;
+    use forkserver_protocol::ExecJob;
 
     /// Runs a child whose exec fails after a long `PATH` search (every step taken), and
     /// measures how deep it went into its stack: the mapping is zero-filled, and the child
