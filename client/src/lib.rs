@@ -86,6 +86,8 @@ mod pipes;
 #[allow(unsafe_code)] // pre_exec: close-on-exec on the client's fds before exec
 mod server_process;
 mod stdio;
+#[cfg(feature = "typed")]
+mod typed;
 
 #[cfg(feature = "tokio")]
 pub use async_child::AsyncChild;
@@ -101,6 +103,11 @@ pub use launch::{Launcher, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV};
 pub use output::Output;
 pub use pipes::{ChildStderr, ChildStdin, ChildStdout};
 pub use stdio::Stdio;
+/// A file descriptor in a typed argument or result (PROTOCOL.md §11.4), and the codecs.
+#[cfg(feature = "typed")]
+pub use forkserver_protocol::typed::{Codec, Fd};
+#[cfg(feature = "typed")]
+pub use typed::{CallError, TypedCall, TypedChild};
 
 #[cfg(test)]
 mod tests;

@@ -37,6 +37,8 @@ mod session;
 mod spawn;
 mod sys;
 mod timers;
+#[cfg(feature = "typed")]
+mod typed;
 
 pub use activation::{
     parse_listen_env, Activation, ActivationError, ServiceEnv, LISTEN_FDNAMES_ENV, LISTEN_FDS_ENV,
@@ -58,6 +60,11 @@ pub use notify::{
     WATCHDOG_PID_ENV, WATCHDOG_USEC_ENV,
 };
 pub use server::Server;
+/// A file descriptor in a typed argument or result (PROTOCOL.md §11.4), and the codecs.
+#[cfg(feature = "typed")]
+pub use forkserver_protocol::typed::{Codec, Fd};
+#[cfg(feature = "typed")]
+pub use typed::{Fallible, Outcome, Plain, BAD_HEADER_STATUS, FAILED_STATUS, PANIC_STATUS};
 
 /// Not an interface: the sans-IO connection session (PROTOCOL.md §6.1) and what it is fed,
 /// for the `session` fuzz target (`fuzz/fuzz_targets/session.rs`).

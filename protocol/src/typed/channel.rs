@@ -15,7 +15,6 @@ use crate::SCM_MAX_FD;
 
 /// What reading the result channel gave.
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum Received {
     /// A frame and the fds attached to it.
     Frame(ResultFrame, Vec<OwnedFd>),
