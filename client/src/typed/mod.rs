@@ -91,7 +91,8 @@ impl<A: Serialize + ?Sized, R: DeserializeOwned> TypedCall<A, R> {
         self.req.fds.push((targets[0], theirs));
         self.req.fds.extend(targets[1..].iter().copied().zip(fds));
         let spawned = match header.and_then(|h| h.encode(&bytes)) {
-            None => Err(Error::TooManyFds(self.req.fds.len() + 3)),
+            // More argument fds than a bundle holds beside the channel.
+            None => Err(Error::TooManyFds(self.req.fds.len())),
             Some(payload) => EntryJob::new(self.name.clone(), payload)
                 .map_err(Error::from)
                 .and_then(|job| self.req.spawn(&self.client, Job::Entry(job), Defaults::None)),
