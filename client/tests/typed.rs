@@ -101,6 +101,39 @@ fn noop(_call: Invocation) -> i32 {
     0
 }
 
+/// A hostile child: an untyped entry that accepts the call as a typed one would, then sends
+/// what its payload (after the header) names: `garbage`, `oversized`, `fds` (a Value that
+/// announces 2 fds and carries none), or `killed` (a chunk, then SIGKILL to itself mid-value).
+fn hostile(mut call: Invocation) -> i32 {
+    use forkserver_protocol::typed::{send_frame, ResultFrame, TypedHeader};
+    let Ok((header, arg)) = TypedHeader::decode(call.payload()) else {
+        return 1;
+    };
+    let what: String = forkserver_protocol::typed::decode(header.codec(), arg, vec![]).unwrap();
+    let ch = call.take_fd(header.channel()).unwrap();
+    let send_raw = |bytes: &[u8]| {
+        nix::sys::socket::send(
+            std::os::fd::AsRawFd::as_raw_fd(&ch),
+            bytes,
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .unwrap();
+    };
+    send_frame(ch.as_fd(), &ResultFrame::Accepted, &[]).unwrap();
+    match what.as_str() {
+        "garbage" => send_raw(&[0xee, 1, 2, 3]),
+        "oversized" => send_raw(&vec![2u8; 200 * 1024]),
+        "fds" => send_raw(&ResultFrame::Value { nfds: 2, bytes: vec![0xc0] }.encode()),
+        "bad-value" => send_raw(&ResultFrame::Value { nfds: 0, bytes: vec![0xc1] }.encode()),
+        "killed" => {
+            send_frame(ch.as_fd(), &ResultFrame::Chunk(vec![0x92; 100]), &[]).unwrap();
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+        _ => {}
+    }
+    0
+}
+
 /// A test: its name and its body.
 type Test = (&'static str, fn(&Client));
 
@@ -114,6 +147,7 @@ fn main() {
         .typed("exits", exits)
         .typed_fallible("fds_both_ways", fds_both_ways)
         .entry("untyped", noop)
+        .entry("hostile", hostile)
         .serve_if_requested();
 
     let tests: &[Test] = &[
@@ -131,6 +165,7 @@ fn main() {
         ("pooled_children", pooled_children),
         ("eight_threads_fifty_calls_each", eight_threads_fifty_calls_each),
         ("untyped_calls_unchanged", untyped_calls_unchanged),
+        ("a_hostile_child_gives_a_call_error", a_hostile_child_gives_a_call_error),
     ];
     std::thread::spawn(|| {
         std::thread::sleep(Duration::from_secs(180));
@@ -452,4 +487,27 @@ fn untyped_calls_unchanged(client: &Client) {
     // A typed entry called untyped: no header, no channel; it says so and exits 125.
     let st = client.call("area", b"x".to_vec()).spawn().unwrap().wait().unwrap();
     assert_eq!(st.code(), Some(forkserver_server::BAD_HEADER_STATUS));
+}
+
+fn a_hostile_child_gives_a_call_error(client: &Client) {
+    let call = |what: &str| {
+        client
+            .typed::<String, u32>("hostile")
+            .deadline(Duration::from_secs(30))
+            .spawn(&what.to_owned())
+            .unwrap()
+            .join()
+    };
+    for what in ["garbage", "oversized", "fds", "bad-value"] {
+        let r = call(what);
+        assert!(matches!(r, Err(CallError::Decode(_))), "{what}: {r:?}");
+    }
+    // Killed while writing its value: the signal decides, not the half-sent bytes.
+    let r = call("killed");
+    assert!(
+        matches!(r, Err(CallError::Killed { signal: 9, deadline_expired: false })),
+        "{r:?}"
+    );
+    // Accepted, then nothing: it exited without a result.
+    assert!(matches!(call("nothing"), Err(CallError::Exited(0))));
 }
