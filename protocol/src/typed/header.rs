@@ -71,8 +71,8 @@ pub enum HeaderError {
     /// More fd targets than [`MAX_ARG_FDS`].
     #[error("typed header: {0} fds, at most {MAX_ARG_FDS}")]
     TooManyFds(u32),
-    /// The argument's offset and length do not end exactly at the payload's end, or begin
-    /// inside the header.
+    /// The argument does not begin right after the fd targets, or does not end exactly at
+    /// the payload's end.
     #[error("typed header: argument at {offset}+{len} does not fit the payload")]
     Argument {
         /// `arg_offset`.
@@ -182,9 +182,9 @@ impl TypedHeader {
         }
         let end = TYPED_HEADER_LEN + 4 * nfds as usize;
         let targets = payload.get(TYPED_HEADER_LEN..end).ok_or(short)?;
-        // §11.2: the argument begins after the targets and ends at the payload's end.
+        // §11.2: the argument begins right after the targets and ends at the payload's end.
         let arg_end = u64::from(offset) + u64::from(len);
-        if (offset as usize) < end || arg_end != payload.len() as u64 {
+        if offset as usize != end || arg_end != payload.len() as u64 {
             return Err(HeaderError::Argument { offset, len });
         }
         let fd_targets = targets
