@@ -69,7 +69,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Typed calls: a serde value in, a value (or the entry's error, panic, signal...) out.
     let sq: u64 = client.typed::<usize, u64>("square").spawn(&4096)?.join()?;
     println!("typed 'square'(4096) = {sq}");
-    match client.typed::<usize, u64>("square").spawn(&(1 << 21))?.join() {
+    match client
+        .typed::<usize, u64>("square")
+        .spawn(&(1 << 21))?
+        .join()
+    {
         Err(forkserver_client::CallError::Failed(why)) => println!("typed 'square' refused: {why}"),
         other => println!("typed 'square': {other:?}"),
     }

@@ -79,7 +79,8 @@ fn exits(code: i32) -> u32 {
 /// Writes to the pipe it is given, and gives back a file it opened itself.
 fn fds_both_ways((pipe, text): (Fd, String)) -> Result<Fd, String> {
     let mut pipe = std::fs::File::from(OwnedFd::from(pipe));
-    pipe.write_all(b"from the child").map_err(|e| e.to_string())?;
+    pipe.write_all(b"from the child")
+        .map_err(|e| e.to_string())?;
     let mut f = tempfile().map_err(|e| e.to_string())?;
     f.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
     f.rewind().map_err(|e| e.to_string())?;
@@ -123,8 +124,20 @@ fn hostile(mut call: Invocation) -> i32 {
     match what.as_str() {
         "garbage" => send_raw(&[0xee, 1, 2, 3]),
         "oversized" => send_raw(&vec![2u8; 200 * 1024]),
-        "fds" => send_raw(&ResultFrame::Value { nfds: 2, bytes: vec![0xc0] }.encode()),
-        "bad-value" => send_raw(&ResultFrame::Value { nfds: 0, bytes: vec![0xc1] }.encode()),
+        "fds" => send_raw(
+            &ResultFrame::Value {
+                nfds: 2,
+                bytes: vec![0xc0],
+            }
+            .encode(),
+        ),
+        "bad-value" => send_raw(
+            &ResultFrame::Value {
+                nfds: 0,
+                bytes: vec![0xc1],
+            }
+            .encode(),
+        ),
         "killed" => {
             send_frame(ch.as_fd(), &ResultFrame::Chunk(vec![0x92; 100]), &[]).unwrap();
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
@@ -160,12 +173,21 @@ fn main() {
         ("type_mismatch", type_mismatch),
         ("an_untyped_or_missing_entry", an_untyped_or_missing_entry),
         ("fds_both_directions", fds_both_directions),
-        ("too_many_fds_before_connecting", too_many_fds_before_connecting),
+        (
+            "too_many_fds_before_connecting",
+            too_many_fds_before_connecting,
+        ),
         ("join_timeout_twice_then_join", join_timeout_twice_then_join),
         ("pooled_children", pooled_children),
-        ("eight_threads_fifty_calls_each", eight_threads_fifty_calls_each),
+        (
+            "eight_threads_fifty_calls_each",
+            eight_threads_fifty_calls_each,
+        ),
         ("untyped_calls_unchanged", untyped_calls_unchanged),
-        ("a_hostile_child_gives_a_call_error", a_hostile_child_gives_a_call_error),
+        (
+            "a_hostile_child_gives_a_call_error",
+            a_hostile_child_gives_a_call_error,
+        ),
     ];
     std::thread::spawn(|| {
         std::thread::sleep(Duration::from_secs(180));
@@ -259,13 +281,25 @@ fn a_value_round_trip(client: &Client) {
             .unwrap()
             .join()
             .unwrap();
-        assert_eq!((half.w, half.h, half.meta.label.as_str()), (400, 300, "photo halved"));
+        assert_eq!(
+            (half.w, half.h, half.meta.label.as_str()),
+            (400, 300, "photo halved")
+        );
     }
     // An unsized argument type: a str slice against an entry taking `String` is another type.
-    let r = client.typed::<u32, u32>("checked_sqrt").spawn(&81).unwrap().join();
+    let r = client
+        .typed::<u32, u32>("checked_sqrt")
+        .spawn(&81)
+        .unwrap()
+        .join();
     assert!(matches!(r, Err(CallError::Mismatch { .. })), "{r:?}");
     assert_eq!(
-        client.typed::<i64, u32>("checked_sqrt").spawn(&81).unwrap().join().unwrap(),
+        client
+            .typed::<i64, u32>("checked_sqrt")
+            .spawn(&81)
+            .unwrap()
+            .join()
+            .unwrap(),
         9
     );
 }
@@ -276,12 +310,20 @@ fn err_text(client: &Client) {
         h: 4,
         meta: Meta { label: "x".into() },
     };
-    let r = client.typed::<Size, Size>("halve").spawn(&odd).unwrap().join();
+    let r = client
+        .typed::<Size, Size>("halve")
+        .spawn(&odd)
+        .unwrap()
+        .join();
     match r {
         Err(CallError::Failed(t)) => assert_eq!(t, "cannot halve 3x4"),
         other => panic!("{other:?}"),
     }
-    let r = client.typed::<i64, u32>("checked_sqrt").spawn(&-4).unwrap().join();
+    let r = client
+        .typed::<i64, u32>("checked_sqrt")
+        .spawn(&-4)
+        .unwrap()
+        .join();
     match r {
         Err(CallError::Failed(t)) => assert_eq!(t, "-4 is negative"),
         other => panic!("{other:?}"),
@@ -290,7 +332,12 @@ fn err_text(client: &Client) {
 
 fn panic_message_and_location(client: &Client) {
     for codec in Codec::ALL {
-        let r = client.typed::<u32, u32>("panics").codec(codec).spawn(&7).unwrap().join();
+        let r = client
+            .typed::<u32, u32>("panics")
+            .codec(codec)
+            .spawn(&7)
+            .unwrap()
+            .join();
         match r {
             Err(CallError::Panicked { message, location }) => {
                 assert_eq!(message, "typed panic 7");
@@ -325,7 +372,10 @@ fn a_signal(client: &Client) {
     let mut child = client.typed::<u64, u64>("sleep_ms").spawn(&60_000).unwrap();
     assert!(child.pid() > 0);
     // Accepted (the entry runs) before the signal: `join_timeout` reads it.
-    assert!(child.join_timeout(Duration::from_millis(50)).unwrap().is_none());
+    assert!(child
+        .join_timeout(Duration::from_millis(50))
+        .unwrap()
+        .is_none());
     child.signal(nix::libc::SIGTERM).unwrap();
     let r = child.join();
     assert!(
@@ -340,34 +390,58 @@ fn a_signal(client: &Client) {
     );
     let mut child = client.typed::<u64, u64>("sleep_ms").spawn(&60_000).unwrap();
     child.kill().unwrap();
-    assert!(matches!(child.join(), Err(CallError::Killed { signal: 9, .. })));
+    assert!(matches!(
+        child.join(),
+        Err(CallError::Killed { signal: 9, .. })
+    ));
 }
 
 fn process_exit_in_the_entry(client: &Client) {
     for code in [0, 3] {
-        let r = client.typed::<i32, u32>("exits").spawn(&code).unwrap().join();
+        let r = client
+            .typed::<i32, u32>("exits")
+            .spawn(&code)
+            .unwrap()
+            .join();
         assert!(matches!(r, Err(CallError::Exited(c)) if c == code), "{r:?}");
     }
 }
 
 fn type_mismatch(client: &Client) {
-    let r = client.typed::<String, u64>("area").spawn(&"800x600".to_owned()).unwrap().join();
+    let r = client
+        .typed::<String, u64>("area")
+        .spawn(&"800x600".to_owned())
+        .unwrap()
+        .join();
     match r {
         Err(CallError::Mismatch { entry, detail }) => {
             assert_eq!(entry, "area");
-            assert!(detail.contains("(u32, u32)") && detail.contains("u64"), "{detail}");
+            assert!(
+                detail.contains("(u32, u32)") && detail.contains("u64"),
+                "{detail}"
+            );
         }
         other => panic!("{other:?}"),
     }
     // The right argument, another result type.
-    let r = client.typed::<(u32, u32), u32>("area").spawn(&(1, 2)).unwrap().join();
+    let r = client
+        .typed::<(u32, u32), u32>("area")
+        .spawn(&(1, 2))
+        .unwrap()
+        .join();
     assert!(matches!(r, Err(CallError::Mismatch { .. })), "{r:?}");
 }
 
 fn an_untyped_or_missing_entry(client: &Client) {
-    let r = client.typed::<u32, u32>("untyped").spawn(&1).unwrap().join();
+    let r = client
+        .typed::<u32, u32>("untyped")
+        .spawn(&1)
+        .unwrap()
+        .join();
     match r {
-        Err(CallError::Mismatch { detail, .. }) => assert!(detail.contains("not a typed entry"), "{detail}"),
+        Err(CallError::Mismatch { detail, .. }) => {
+            assert!(detail.contains("not a typed entry"), "{detail}")
+        }
         other => panic!("{other:?}"),
     }
     let r = client.typed::<u32, u32>("no-such-entry").spawn(&1);
@@ -382,8 +456,12 @@ fn an_untyped_or_missing_entry(client: &Client) {
 
 fn fds_both_directions(client: &Client) {
     for codec in Codec::ALL {
-        let (mut read_end, write_end) = std::io::pipe().unwrap();
-        let arg = (Fd::from(OwnedFd::from(write_end)), format!("made in the child ({codec:?})"));
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        let mut read_end = std::fs::File::from(read_end);
+        let arg = (
+            Fd::from(write_end),
+            format!("made in the child ({codec:?})"),
+        );
         let got = client
             .typed::<(Fd, String), Fd>("fds_both_ways")
             .codec(codec)
@@ -407,31 +485,54 @@ fn too_many_fds_before_connecting(client: &Client) {
     let null = || Fd::from(std::fs::File::open("/dev/null").unwrap());
     // 255 fds and the channel: the bundle's 256.
     let ok: Vec<Fd> = (0..255).map(|_| null()).collect();
-    let r = client.typed::<Vec<Fd>, u32>("area").spawn(&ok).unwrap().join();
+    let r = client
+        .typed::<Vec<Fd>, u32>("area")
+        .spawn(&ok)
+        .unwrap()
+        .join();
     assert!(matches!(r, Err(CallError::Mismatch { .. })), "{r:?}");
     let many: Vec<Fd> = (0..256).map(|_| null()).collect();
     let spawns = client.status().unwrap().spawned_total();
     let r = client.typed::<Vec<Fd>, u32>("area").spawn(&many);
     assert!(
-        matches!(r, Err(CallError::Spawn(forkserver_client::Error::TooManyFds(257)))),
+        matches!(
+            r,
+            Err(CallError::Spawn(forkserver_client::Error::TooManyFds(257)))
+        ),
         "{:?}",
         r.map(|_| ())
     );
-    assert_eq!(client.status().unwrap().spawned_total(), spawns, "nothing was sent");
+    assert_eq!(
+        client.status().unwrap().spawned_total(),
+        spawns,
+        "nothing was sent"
+    );
     let _ = ok.iter().map(AsFd::as_fd).count();
 }
 
 fn join_timeout_twice_then_join(client: &Client) {
     let mut child = client.typed::<u64, u64>("sleep_ms").spawn(&400).unwrap();
     let t = Instant::now();
-    assert!(child.join_timeout(Duration::from_millis(20)).unwrap().is_none());
-    assert!(child.join_timeout(Duration::from_millis(20)).unwrap().is_none());
+    assert!(child
+        .join_timeout(Duration::from_millis(20))
+        .unwrap()
+        .is_none());
+    assert!(child
+        .join_timeout(Duration::from_millis(20))
+        .unwrap()
+        .is_none());
     assert!(t.elapsed() >= Duration::from_millis(40));
     assert_eq!(child.join().unwrap(), 400);
     // Long enough: the value.
     let mut child = client.typed::<u64, u64>("sleep_ms").spawn(&1).unwrap();
-    assert_eq!(child.join_timeout(Duration::from_secs(60)).unwrap(), Some(1));
-    assert!(matches!(child.join_timeout(Duration::ZERO), Err(CallError::Taken)));
+    assert_eq!(
+        child.join_timeout(Duration::from_secs(60)).unwrap(),
+        Some(1)
+    );
+    assert!(matches!(
+        child.join_timeout(Duration::ZERO),
+        Err(CallError::Taken)
+    ));
 }
 
 fn pooled_children(_client: &Client) {
@@ -440,12 +541,21 @@ fn pooled_children(_client: &Client) {
         .launch()
         .expect("launch with prefork");
     for i in 0..6u32 {
-        let got = pooled.typed::<(u32, u32), u64>("area").spawn(&(i, 10)).unwrap().join().unwrap();
+        let got = pooled
+            .typed::<(u32, u32), u64>("area")
+            .spawn(&(i, 10))
+            .unwrap()
+            .join()
+            .unwrap();
         assert_eq!(got, u64::from(i) * 10);
     }
     let r = pooled.typed::<u32, u32>("panics").spawn(&1).unwrap().join();
     assert!(matches!(r, Err(CallError::Panicked { .. })), "{r:?}");
-    let r = pooled.typed::<String, u32>("area").spawn(&String::new()).unwrap().join();
+    let r = pooled
+        .typed::<String, u32>("area")
+        .spawn(&String::new())
+        .unwrap()
+        .join();
     assert!(matches!(r, Err(CallError::Mismatch { .. })), "{r:?}");
     let r = pooled.typed::<u32, u32>("missing").spawn(&1);
     assert!(matches!(r, Err(CallError::Mismatch { .. })));
@@ -463,7 +573,11 @@ fn eight_threads_fifty_calls_each(client: &Client) {
             let client = client.clone();
             std::thread::spawn(move || {
                 for i in 0..50u32 {
-                    let codec = if i % 2 == 0 { Codec::MessagePack } else { Codec::Json };
+                    let codec = if i % 2 == 0 {
+                        Codec::MessagePack
+                    } else {
+                        Codec::Json
+                    };
                     let got = client
                         .typed::<(u32, u32), u64>("area")
                         .codec(codec)
@@ -482,10 +596,20 @@ fn eight_threads_fifty_calls_each(client: &Client) {
 }
 
 fn untyped_calls_unchanged(client: &Client) {
-    let st = client.call("untyped", b"x".to_vec()).spawn().unwrap().wait().unwrap();
+    let st = client
+        .call("untyped", b"x".to_vec())
+        .spawn()
+        .unwrap()
+        .wait()
+        .unwrap();
     assert!(st.success());
     // A typed entry called untyped: no header, no channel; it says so and exits 125.
-    let st = client.call("area", b"x".to_vec()).spawn().unwrap().wait().unwrap();
+    let st = client
+        .call("area", b"x".to_vec())
+        .spawn()
+        .unwrap()
+        .wait()
+        .unwrap();
     assert_eq!(st.code(), Some(forkserver_server::BAD_HEADER_STATUS));
 }
 
@@ -505,7 +629,13 @@ fn a_hostile_child_gives_a_call_error(client: &Client) {
     // Killed while writing its value: the signal decides, not the half-sent bytes.
     let r = call("killed");
     assert!(
-        matches!(r, Err(CallError::Killed { signal: 9, deadline_expired: false })),
+        matches!(
+            r,
+            Err(CallError::Killed {
+                signal: 9,
+                deadline_expired: false
+            })
+        ),
         "{r:?}"
     );
     // Accepted, then nothing: it exited without a result.

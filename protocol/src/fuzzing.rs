@@ -45,7 +45,11 @@ pub fn decode_roundtrip(data: &[u8]) -> usize {
 pub fn typed_roundtrip(data: &[u8]) {
     use crate::typed::{Assembler, ResultFrame, TypedHeader};
     if let Ok((header, arg)) = TypedHeader::decode(data) {
-        assert_eq!(header.encode(arg).as_deref(), Some(data), "header re-encoding");
+        assert_eq!(
+            header.encode(arg).as_deref(),
+            Some(data),
+            "header re-encoding"
+        );
         assert_eq!(header.encoded_len() + arg.len(), data.len());
     }
     let mut assembler = Assembler::new(1024);

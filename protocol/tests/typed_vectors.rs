@@ -28,12 +28,17 @@ fn frame_json(f: &ResultFrame) -> Value {
     match f {
         ResultFrame::Accepted => json!({"type": "Accepted"}),
         ResultFrame::Chunk(b) => json!({"type": "Chunk", "bytes": hex(b)}),
-        ResultFrame::Value { nfds, bytes } => json!({"type": "Value", "nfds": nfds, "bytes": hex(bytes)}),
+        ResultFrame::Value { nfds, bytes } => {
+            json!({"type": "Value", "nfds": nfds, "bytes": hex(bytes)})
+        }
         ResultFrame::Error(t) => json!({"type": "Error", "text": t}),
         ResultFrame::Panic { message, location } => {
             json!({"type": "Panic", "message": message, "location": location})
         }
-        ResultFrame::Mismatch { fingerprint, detail } => {
+        ResultFrame::Mismatch {
+            fingerprint,
+            detail,
+        } => {
             json!({"type": "Mismatch", "fingerprint": format!("{fingerprint:016x}"), "detail": detail})
         }
         other => panic!("no JSON form for {other:?}"),
@@ -76,14 +81,26 @@ fn invalid_headers() -> Vec<(&'static str, Vec<u8>, HeaderError)> {
     let mut too_many = bytes.clone();
     too_many[20..24].copy_from_slice(&256u32.to_le_bytes());
     vec![
-        ("header-short", bytes[..31].to_vec(), HeaderError::TooShort(31)),
+        (
+            "header-short",
+            bytes[..31].to_vec(),
+            HeaderError::TooShort(31),
+        ),
         ("header-bad-magic", with(0, b'X'), HeaderError::BadMagic),
         ("header-version-2", with(4, 2), HeaderError::Version(2)),
         ("header-codec-0", with(5, 0), HeaderError::Codec(0)),
         ("header-flags", with(6, 1), HeaderError::Reserved),
         ("header-256-fds", too_many, HeaderError::TooManyFds(256)),
-        ("header-arg-len", with(28, 8), HeaderError::Argument { offset: 32, len: 8 }),
-        ("header-arg-offset", with(24, 33), HeaderError::Argument { offset: 33, len: 7 }),
+        (
+            "header-arg-len",
+            with(28, 8),
+            HeaderError::Argument { offset: 32, len: 8 },
+        ),
+        (
+            "header-arg-offset",
+            with(24, 33),
+            HeaderError::Argument { offset: 33, len: 7 },
+        ),
     ]
 }
 
@@ -91,16 +108,34 @@ fn valid_frames() -> Vec<(&'static str, ResultFrame)> {
     vec![
         ("frame-accepted", ResultFrame::Accepted),
         ("frame-chunk", ResultFrame::Chunk(vec![0x92, 0xcd])),
-        ("frame-value", ResultFrame::Value { nfds: 0, bytes: vec![0xce, 0x00, 0x07, 0x53, 0x00] }),
-        ("frame-value-2-fds", ResultFrame::Value { nfds: 2, bytes: b"[0,1]".to_vec() }),
+        (
+            "frame-value",
+            ResultFrame::Value {
+                nfds: 0,
+                bytes: vec![0xce, 0x00, 0x07, 0x53, 0x00],
+            },
+        ),
+        (
+            "frame-value-2-fds",
+            ResultFrame::Value {
+                nfds: 2,
+                bytes: b"[0,1]".to_vec(),
+            },
+        ),
         ("frame-error", ResultFrame::Error("cannot halve 3x4".into())),
         (
             "frame-panic",
-            ResultFrame::Panic { message: "typed panic 7".into(), location: "src/main.rs:12:5".into() },
+            ResultFrame::Panic {
+                message: "typed panic 7".into(),
+                location: "src/main.rs:12:5".into(),
+            },
         ),
         (
             "frame-mismatch",
-            ResultFrame::Mismatch { fingerprint: 0x0102_0304_0506_0708, detail: "entry \"area\" takes (u32, u32) and gives u64 (msgpack)".into() },
+            ResultFrame::Mismatch {
+                fingerprint: 0x0102_0304_0506_0708,
+                detail: "entry \"area\" takes (u32, u32) and gives u64 (msgpack)".into(),
+            },
         ),
     ]
 }
@@ -111,9 +146,17 @@ fn invalid_frames() -> Vec<(&'static str, Vec<u8>, FrameError)> {
         ("frame-unknown-tag", vec![7], FrameError::UnknownTag(7)),
         ("frame-accepted-trailing", vec![1, 0], FrameError::Trailing),
         ("frame-value-short", vec![3, 0], FrameError::Truncated),
-        ("frame-value-reserved", vec![3, 1, 0, 0], FrameError::Trailing),
+        (
+            "frame-value-reserved",
+            vec![3, 1, 0, 0],
+            FrameError::Trailing,
+        ),
         ("frame-error-not-utf8", vec![4, 0xff], FrameError::Text),
-        ("frame-panic-len-past-end", vec![5, 9, 0, 0, 0, b'x'], FrameError::Truncated),
+        (
+            "frame-panic-len-past-end",
+            vec![5, 9, 0, 0, 0, b'x'],
+            FrameError::Truncated,
+        ),
         ("frame-mismatch-short", vec![6, 1, 2], FrameError::Truncated),
     ]
 }
@@ -165,7 +208,10 @@ fn the_file_matches_the_code_and_decodes() {
         std::fs::write(&path, serde_json::to_string_pretty(&built).unwrap() + "\n").unwrap();
     }
     let file: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    assert_eq!(file, built, "typed.json differs from the code (FORKSERVER_REGEN_VECTORS=1)");
+    assert_eq!(
+        file, built,
+        "typed.json differs from the code (FORKSERVER_REGEN_VECTORS=1)"
+    );
     // The arguments are what the codecs make of `(800u32, 600u32)`.
     for (codec, i) in [(Codec::MessagePack, 0), (Codec::Json, 1)] {
         let (bytes, _) = encode(codec, &(800u32, 600u32)).unwrap();
@@ -177,7 +223,12 @@ fn the_file_matches_the_code_and_decodes() {
         let (h, arg) = TypedHeader::decode(&bytes).unwrap();
         assert_eq!(header_json(&h, arg), v["decoded"], "{}", v["name"]);
     }
-    for (v, (_, _, e)) in file["invalid_headers"].as_array().unwrap().iter().zip(invalid_headers()) {
+    for (v, (_, _, e)) in file["invalid_headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(invalid_headers())
+    {
         let bytes = unhex(v["hex"].as_str().unwrap());
         assert_eq!(TypedHeader::decode(&bytes).unwrap_err(), e, "{}", v["name"]);
     }
@@ -185,7 +236,12 @@ fn the_file_matches_the_code_and_decodes() {
         let f = ResultFrame::decode(&unhex(v["hex"].as_str().unwrap())).unwrap();
         assert_eq!(frame_json(&f), v["decoded"], "{}", v["name"]);
     }
-    for (v, (_, _, e)) in file["invalid_frames"].as_array().unwrap().iter().zip(invalid_frames()) {
+    for (v, (_, _, e)) in file["invalid_frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(invalid_frames())
+    {
         let bytes = unhex(v["hex"].as_str().unwrap());
         assert_eq!(ResultFrame::decode(&bytes).unwrap_err(), e, "{}", v["name"]);
     }
@@ -211,6 +267,9 @@ fn fuzz_seeds_follow_the_vectors() {
     }
     for (name, bytes) in &seeds {
         let got = std::fs::read(dir.join(name)).unwrap_or_default();
-        assert!(&got == bytes, "{name}: missing or stale (FORKSERVER_REGEN_VECTORS=1 rewrites it)");
+        assert!(
+            &got == bytes,
+            "{name}: missing or stale (FORKSERVER_REGEN_VECTORS=1 rewrites it)"
+        );
     }
 }

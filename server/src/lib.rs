@@ -51,6 +51,9 @@ pub use config::{
 pub use entry::{EntryFn, Invocation};
 pub use error::{ConfigError, LaunchError, ServerError};
 pub use forkserver_protocol::socket_dir::DirError;
+/// A file descriptor in a typed argument or result (PROTOCOL.md §11.4), and the codecs.
+#[cfg(feature = "typed")]
+pub use forkserver_protocol::typed::{Codec, Fd};
 pub use key::{read_key, read_key_file};
 pub use launch::{
     Zygote, ALIVE_FD_ENV, DEFAULT_PRELOAD_TIMEOUT, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV,
@@ -60,9 +63,6 @@ pub use notify::{
     WATCHDOG_PID_ENV, WATCHDOG_USEC_ENV,
 };
 pub use server::Server;
-/// A file descriptor in a typed argument or result (PROTOCOL.md §11.4), and the codecs.
-#[cfg(feature = "typed")]
-pub use forkserver_protocol::typed::{Codec, Fd};
 #[cfg(feature = "typed")]
 pub use typed::{Fallible, Outcome, Plain, BAD_HEADER_STATUS, FAILED_STATUS, PANIC_STATUS};
 

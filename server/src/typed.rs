@@ -87,7 +87,10 @@ fn run<A: DeserializeOwned, O: Outcome<M>, M>(
         }
     };
     let Some(channel) = call.take_fd(header.channel()) else {
-        eprintln!("forkserver: typed entry {name}: no result channel at fd {}", header.channel());
+        eprintln!(
+            "forkserver: typed entry {name}: no result channel at fd {}",
+            header.channel()
+        );
         return BAD_HEADER_STATUS;
     };
     // Grandchildren that exec do not hold the channel open.

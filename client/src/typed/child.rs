@@ -23,7 +23,10 @@ use crate::pipes::{ChildStderr, ChildStdin, ChildStdout};
 enum Answer {
     Value(Vec<u8>, Vec<OwnedFd>),
     Error(String),
-    Panic { message: String, location: String },
+    Panic {
+        message: String,
+        location: String,
+    },
     Mismatch(String),
     /// The channel closed with no final frame.
     Closed,
@@ -150,7 +153,10 @@ impl<R: DeserializeOwned> TypedChild<R> {
                     if left.is_zero() {
                         return Ok(false);
                     }
-                    let ms = left.as_nanos().div_ceil(1_000_000).clamp(1, i32::MAX as u128);
+                    let ms = left
+                        .as_nanos()
+                        .div_ceil(1_000_000)
+                        .clamp(1, i32::MAX as u128);
                     PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
                 }
             };

@@ -79,7 +79,8 @@ impl<A: Serialize + ?Sized, R: DeserializeOwned> TypedCall<A, R> {
     /// [`Error::InvalidRequest`] for an argument over the payload's limit).
     pub fn spawn(&mut self, arg: &A) -> Result<TypedChild<R>, CallError> {
         let (bytes, fds) = encode(self.codec, arg).map_err(|e| CallError::Encode(e.to_string()))?;
-        let (ours, theirs) = channel_pair().map_err(|e| CallError::Spawn(std::io::Error::from(e).into()))?;
+        let (ours, theirs) =
+            channel_pair().map_err(|e| CallError::Spawn(std::io::Error::from(e).into()))?;
         let keep = self.req.fds.len();
         let targets = free_targets(&self.req.fds, 1 + fds.len());
         let header = TypedHeader::new(
@@ -95,13 +96,20 @@ impl<A: Serialize + ?Sized, R: DeserializeOwned> TypedCall<A, R> {
             None => Err(Error::TooManyFds(self.req.fds.len())),
             Some(payload) => EntryJob::new(self.name.clone(), payload)
                 .map_err(Error::from)
-                .and_then(|job| self.req.spawn(&self.client, Job::Entry(job), Defaults::None)),
+                .and_then(|job| {
+                    self.req
+                        .spawn(&self.client, Job::Entry(job), Defaults::None)
+                }),
         };
         // The child end and the argument's fds are in the child now (or nowhere): close ours.
         self.req.fds.truncate(keep);
         match spawned {
             Ok(child) => Ok(TypedChild::new(child, ours, self.name.clone(), self.codec)),
-            Err(Error::Server { code: ErrorCode::UnknownEntry, message, .. }) => Err(CallError::Mismatch {
+            Err(Error::Server {
+                code: ErrorCode::UnknownEntry,
+                message,
+                ..
+            }) => Err(CallError::Mismatch {
                 entry: self.name.clone(),
                 detail: format!("the server has no such entry ({message})"),
             }),
@@ -114,7 +122,10 @@ impl<A: Serialize + ?Sized, R: DeserializeOwned> TypedCall<A, R> {
 fn free_targets(fds: &[(u32, OwnedFd)], n: usize) -> Vec<u32> {
     let mut used: Vec<u32> = fds.iter().map(|(t, _)| *t).collect();
     used.sort_unstable();
-    (3u32..).filter(|t| used.binary_search(t).is_err()).take(n).collect()
+    (3u32..)
+        .filter(|t| used.binary_search(t).is_err())
+        .take(n)
+        .collect()
 }
 
 #[cfg(test)]

@@ -55,9 +55,18 @@ mod tests {
     #[test]
     fn every_part_counts() {
         let base = fingerprint_of("square", "u32", "u32", Codec::MessagePack);
-        assert_ne!(base, fingerprint_of("square", "u32", "u64", Codec::MessagePack));
-        assert_ne!(base, fingerprint_of("square", "u64", "u32", Codec::MessagePack));
-        assert_ne!(base, fingerprint_of("squar", "eu32", "u32", Codec::MessagePack));
+        assert_ne!(
+            base,
+            fingerprint_of("square", "u32", "u64", Codec::MessagePack)
+        );
+        assert_ne!(
+            base,
+            fingerprint_of("square", "u64", "u32", Codec::MessagePack)
+        );
+        assert_ne!(
+            base,
+            fingerprint_of("squar", "eu32", "u32", Codec::MessagePack)
+        );
         assert_ne!(base, fingerprint_of("square", "u32", "u32", Codec::Json));
     }
 }

@@ -162,7 +162,9 @@ impl ResultFrame {
             5 => {
                 let len = rest.get(..4).ok_or(FrameError::Truncated)?;
                 let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-                let message = rest.get(4..4usize.saturating_add(len)).ok_or(FrameError::Truncated)?;
+                let message = rest
+                    .get(4..4usize.saturating_add(len))
+                    .ok_or(FrameError::Truncated)?;
                 ResultFrame::Panic {
                     message: text(message)?,
                     location: text(&rest[4 + len..])?,
@@ -265,7 +267,10 @@ mod tests {
         for t in 7..=255u8 {
             assert_eq!(ResultFrame::decode(&[t]), Err(FrameError::UnknownTag(t)));
         }
-        assert_eq!(ResultFrame::decode(&[5, 255, 255, 255, 255]), Err(FrameError::Truncated));
+        assert_eq!(
+            ResultFrame::decode(&[5, 255, 255, 255, 255]),
+            Err(FrameError::Truncated)
+        );
         assert_eq!(ResultFrame::decode(&[4, 0xff]), Err(FrameError::Text));
     }
 

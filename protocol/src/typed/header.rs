@@ -157,7 +157,8 @@ impl TypedHeader {
     pub fn decode(payload: &[u8]) -> Result<(TypedHeader, &[u8]), HeaderError> {
         let short = HeaderError::TooShort(payload.len());
         let fixed = payload.get(..TYPED_HEADER_LEN).ok_or(short)?;
-        let u32_at = |i: usize| u32::from_le_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
+        let u32_at =
+            |i: usize| u32::from_le_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
         // §11.2: a receiver MUST check the magic first: any other payload is not a typed call.
         if fixed[..4] != TYPED_MAGIC {
             return Err(HeaderError::BadMagic);
@@ -224,7 +225,10 @@ mod tests {
 
     #[test]
     fn every_codec_byte() {
-        let mut bytes = TypedHeader::new(Codec::MessagePack, 1, 3, vec![]).unwrap().encode(&[]).unwrap();
+        let mut bytes = TypedHeader::new(Codec::MessagePack, 1, 3, vec![])
+            .unwrap()
+            .encode(&[])
+            .unwrap();
         assert_eq!(bytes.len(), TYPED_HEADER_LEN);
         for id in 0..=255u8 {
             bytes[5] = id;
