@@ -273,3 +273,44 @@ fn fuzz_seeds_follow_the_vectors() {
         );
     }
 }
+
+proptest::proptest! {
+    /// Any header round-trips, and every strict prefix of its payload is refused.
+    #[test]
+    fn headers_round_trip_and_prefixes_fail(
+        json in proptest::bool::ANY,
+        fp in proptest::num::u64::ANY,
+        channel in proptest::num::u32::ANY,
+        targets in proptest::collection::vec(proptest::num::u32::ANY, 0..=MAX_ARG_FDS),
+        arg in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+    ) {
+        let codec = if json { Codec::Json } else { Codec::MessagePack };
+        let h = TypedHeader::new(codec, fp, channel, targets).unwrap();
+        let bytes = h.encode(&arg).unwrap();
+        let (back, got) = TypedHeader::decode(&bytes).unwrap();
+        proptest::prop_assert_eq!(&back, &h);
+        proptest::prop_assert_eq!(got, &arg[..]);
+        for n in [0, bytes.len() / 2, bytes.len().saturating_sub(1)] {
+            if n < bytes.len() {
+                proptest::prop_assert!(TypedHeader::decode(&bytes[..n]).is_err());
+            }
+        }
+    }
+
+    /// Any frame round-trips; text is cut at a character boundary within the cap.
+    #[test]
+    fn frames_round_trip(text in ".{0,40}", bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64), n in 0u16..=253) {
+        for f in [
+            ResultFrame::Chunk(bytes.clone()),
+            ResultFrame::Value { nfds: n, bytes: bytes.clone() },
+            ResultFrame::Error(text.clone()),
+            ResultFrame::Panic { message: text.clone(), location: text.clone() },
+            ResultFrame::Mismatch { fingerprint: u64::from(n), detail: text.clone() },
+        ] {
+            proptest::prop_assert_eq!(ResultFrame::decode(&f.encode()), Ok(f));
+        }
+        let long = text.repeat(MAX_TEXT_LEN / text.len().max(1) + 1) + "é";
+        let cut = cut_text(&long);
+        proptest::prop_assert!(cut.len() <= MAX_TEXT_LEN && long.starts_with(cut));
+    }
+}
