@@ -67,6 +67,14 @@ fn panics(x: u32) -> u32 {
     panic!("typed panic {x}")
 }
 
+/// Panics twice, on its thread and on another, catches both, and returns a value.
+fn recovers(x: u32) -> u32 {
+    let caught = std::panic::catch_unwind(|| panic!("caught by the entry"));
+    let joined = std::thread::spawn(|| panic!("in a thread")).join();
+    assert!(caught.is_err() && joined.is_err());
+    x + 1
+}
+
 fn sleep_ms(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     ms
@@ -156,6 +164,7 @@ fn main() {
         .typed_fallible("halve", halve)
         .typed("checked_sqrt", checked_sqrt)
         .typed("panics", panics)
+        .typed("recovers", recovers)
         .typed("sleep_ms", sleep_ms)
         .typed("exits", exits)
         .typed_fallible("fds_both_ways", fds_both_ways)
@@ -347,6 +356,13 @@ fn panic_message_and_location(client: &Client) {
             other => panic!("{other:?}"),
         }
     }
+    // Panics the entry catches are not its outcome.
+    let r = client
+        .typed::<u32, u32>("recovers")
+        .spawn(&1)
+        .unwrap()
+        .join();
+    assert_eq!(r.unwrap(), 2);
 }
 
 fn deadline_kill(client: &Client) {

@@ -5,16 +5,17 @@
 //! the client made. The server itself never sees a result.
 //!
 //! Rules of the child side (it runs after the fork, as any entry): it uses only the fds of its
-//! request; it sends at most one final frame; the panic hook it installs keeps the previous
-//! hook's behaviour (the message still goes to stderr) after sending the panic.
+//! request; it sends `Accepted` or `Mismatch`, then at most one final frame; the panic hook it
+//! installs only notes the entry thread's panics (sent once one unwinds out of the entry) and
+//! keeps the previous hook's behaviour (the message still goes to stderr).
 
 use std::fmt::Display;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 
 use forkserver_protocol::typed::{
-    decode, encode, fingerprint, send_frame, value_frames, Codec, ResultFrame, TypedHeader,
+    decode, encode, fingerprint, send_frame, value_frames, ResultFrame, TypedHeader,
 };
 use forkserver_protocol::SCM_MAX_FD;
 use serde::{de::DeserializeOwned, Serialize};
@@ -118,31 +119,40 @@ fn run<A: DeserializeOwned, O: Outcome<M>, M>(
     if send_frame(channel.as_fd(), &ResultFrame::Accepted, &[]).is_err() {
         return FAILED_STATUS;
     }
-    let fds: Vec<OwnedFd> = header
-        .fd_targets()
-        .iter()
-        .filter_map(|&t| call.take_fd(t))
-        .collect();
-    drop(call);
     let channel = Arc::new(channel);
-    let arg: A = match decode(codec, &arg, fds) {
-        Ok(a) => a,
-        Err(e) => return fail(&channel, &format!("cannot decode the argument: {e}")),
-    };
-    let sent = Arc::new(AtomicBool::new(false));
-    install_panic_hook(channel.clone(), sent.clone());
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(arg)));
-    match outcome.map(Outcome::into_result) {
-        Ok(Ok(value)) => send_value(&channel, codec, &value),
+    // From here a panic (in decoding the argument too) is reported on the channel.
+    let last_panic = Arc::new(Mutex::new(None));
+    install_panic_hook(
+        channel.clone(),
+        std::thread::current().id(),
+        last_panic.clone(),
+    );
+    let mut fds: Vec<OwnedFd> = Vec::with_capacity(header.fd_targets().len());
+    for &t in header.fd_targets() {
+        match call.take_fd(t) {
+            Some(fd) => fds.push(fd),
+            // §11.4: index i is the fd at fd_targets[i]; one missing would shift the others.
+            None => return fail(&channel, &format!("no argument fd was placed at {t}")),
+        }
+    }
+    drop(call);
+    // Decoding, the entry and encoding its value: a panic in any of them is the entry's.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let a = decode::<A>(codec, &arg, fds)
+            .map_err(|e| format!("cannot decode the argument: {e}"))?;
+        let value = f(a).into_result()?;
+        encode(codec, &value).map_err(|e| format!("cannot encode the result: {e}"))
+    }));
+    match outcome {
+        Ok(Ok((bytes, fds))) => send_value(&channel, bytes, fds),
         Ok(Err(text)) => fail(&channel, &text),
         Err(payload) => {
-            if !sent.swap(true, Ordering::SeqCst) {
-                let frame = ResultFrame::Panic {
-                    message: panic_message(payload.as_ref()).to_owned(),
-                    location: String::new(),
-                };
-                let _ = send_frame(channel.as_fd(), &frame, &[]);
-            }
+            // The hook saw this panic on its way out (unless the entry replaced the hook).
+            let seen = last_panic.lock().map(|mut p| p.take()).unwrap_or(None);
+            let (message, location) =
+                seen.unwrap_or_else(|| (panic_message(payload.as_ref()).to_owned(), String::new()));
+            let frame = ResultFrame::Panic { message, location };
+            let _ = send_frame(channel.as_fd(), &frame, &[]);
             PANIC_STATUS
         }
     }
@@ -153,11 +163,7 @@ fn fail(channel: &OwnedFd, text: &str) -> i32 {
     FAILED_STATUS
 }
 
-fn send_value<R: Serialize>(channel: &OwnedFd, codec: Codec, value: &R) -> i32 {
-    let (bytes, fds) = match encode(codec, value) {
-        Ok(v) => v,
-        Err(e) => return fail(channel, &format!("cannot encode the result: {e}")),
-    };
+fn send_value(channel: &OwnedFd, bytes: Vec<u8>, fds: Vec<OwnedFd>) -> i32 {
     if fds.len() > SCM_MAX_FD {
         let text = format!("{} fds in the result, at most {SCM_MAX_FD}", fds.len());
         return fail(channel, &text);
@@ -175,21 +181,28 @@ fn send_value<R: Serialize>(channel: &OwnedFd, codec: Codec, value: &R) -> i32 {
     0
 }
 
-/// A hook that sends the first panic (message and location) on the channel, then runs the
-/// hook that was there before.
-fn install_panic_hook(channel: Arc<OwnedFd>, sent: Arc<AtomicBool>) {
+/// A panic's message and `file:line:column`.
+type PanicNote = Option<(String, String)>;
+
+/// A hook that notes each panic of the entry's thread (message and location), for the frame
+/// sent once the panic has unwound out of the entry: a panic the entry catches itself is not
+/// its outcome. Built with `panic = "abort"`, nothing unwinds: the hook sends the frame at
+/// once. Then it runs the hook that was there before (stderr still gets the message).
+fn install_panic_hook(channel: Arc<OwnedFd>, entry_thread: ThreadId, note: Arc<Mutex<PanicNote>>) {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if !sent.swap(true, Ordering::SeqCst) {
+        if std::thread::current().id() == entry_thread {
             let location = info
                 .location()
                 .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
                 .unwrap_or_default();
-            let frame = ResultFrame::Panic {
-                message: panic_message(info.payload()).to_owned(),
-                location,
-            };
-            let _ = send_frame(channel.as_fd(), &frame, &[]);
+            let message = panic_message(info.payload()).to_owned();
+            if cfg!(panic = "abort") {
+                let frame = ResultFrame::Panic { message, location };
+                let _ = send_frame(channel.as_fd(), &frame, &[]);
+            } else if let Ok(mut n) = note.lock() {
+                *n = Some((message, location));
+            }
         }
         previous(info);
     }));
