@@ -80,14 +80,27 @@ pub fn send_frame(sock: BorrowedFd<'_>, frame: &ResultFrame, fds: &[RawFd]) -> R
 /// # Errors
 /// [`ChannelError`]; the fds that came with a refused message are closed.
 pub fn recv_frame(sock: BorrowedFd<'_>, block: bool) -> Result<Received, ChannelError> {
-    let mut buf = vec![0u8; MAX_RESULT_FRAME_LEN + 1];
+    thread_local! {
+        // One receive buffer per thread, made once: a frame is copied out of it when decoded.
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with(|b| {
+        let mut buf = b.borrow_mut();
+        if buf.len() <= MAX_RESULT_FRAME_LEN {
+            buf.resize(MAX_RESULT_FRAME_LEN + 1, 0);
+        }
+        recv_into(sock, block, &mut buf)
+    })
+}
+
+fn recv_into(sock: BorrowedFd<'_>, block: bool, buf: &mut [u8]) -> Result<Received, ChannelError> {
     let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
     if !block {
         flags |= MsgFlags::MSG_DONTWAIT;
     }
     let (len, truncated, ctrunc, fds) = loop {
-        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut iov = [IoSliceMut::new(buf)];
         match recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
             Err(Errno::EINTR) => continue,
             Err(Errno::EAGAIN) if !block => return Ok(Received::Empty),
