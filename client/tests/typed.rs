@@ -75,6 +75,11 @@ fn recovers(x: u32) -> u32 {
     x + 1
 }
 
+/// `n` bytes, `i % 251` each: a value sent in many chunks.
+fn bytes(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
 fn sleep_ms(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     ms
@@ -165,6 +170,7 @@ fn main() {
         .typed("checked_sqrt", checked_sqrt)
         .typed("panics", panics)
         .typed("recovers", recovers)
+        .typed("bytes", bytes)
         .typed("sleep_ms", sleep_ms)
         .typed("exits", exits)
         .typed_fallible("fds_both_ways", fds_both_ways)
@@ -188,6 +194,7 @@ fn main() {
         ),
         ("join_timeout_twice_then_join", join_timeout_twice_then_join),
         ("pooled_children", pooled_children),
+        ("large_results_and_arguments", large_results_and_arguments),
         (
             "eight_threads_fifty_calls_each",
             eight_threads_fifty_calls_each,
@@ -490,7 +497,7 @@ fn fds_both_directions(client: &Client) {
         let mut text = String::new();
         read_end.read_to_string(&mut text).unwrap();
         assert_eq!(text, "from the child");
-        let mut f = std::fs::File::from(OwnedFd::from(got));
+        let mut f = std::fs::File::from(got);
         let mut back = String::new();
         f.read_to_string(&mut back).unwrap();
         assert_eq!(back, format!("made in the child ({codec:?})"));
@@ -656,4 +663,33 @@ fn a_hostile_child_gives_a_call_error(client: &Client) {
     );
     // Accepted, then nothing: it exited without a result.
     assert!(matches!(call("nothing"), Err(CallError::Exited(0))));
+}
+
+fn large_results_and_arguments(client: &Client) {
+    // Values in several chunks (MAX_CHUNK_LEN is 64 KiB less 8), in both codecs.
+    for codec in Codec::ALL {
+        for n in [0, 65_528, 3 * 65_528 + 5, 4 << 20] {
+            let got = client
+                .typed::<usize, Vec<u8>>("bytes")
+                .codec(codec)
+                .spawn(&n)
+                .unwrap()
+                .join();
+            assert_eq!(got.unwrap(), bytes(n), "{n} bytes in {codec:?}");
+        }
+    }
+    // An argument over the payload's limit is refused before anything is sent (until large
+    // arguments travel in a memfd).
+    let big = vec![7u8; 2 << 20];
+    let r = client.typed::<Vec<u8>, u32>("area").spawn(&big);
+    assert!(
+        matches!(
+            r,
+            Err(CallError::Spawn(forkserver_client::Error::InvalidRequest(
+                _
+            )))
+        ),
+        "{:?}",
+        r.map(|_| ())
+    );
 }

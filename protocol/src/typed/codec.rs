@@ -96,22 +96,12 @@ mod tests {
             let pair = (Fd::from(file), 7u8);
             let (bytes, fds) = encode(codec, &pair).unwrap();
             assert_eq!(fds.len(), 1);
-            assert_ne!(fds[0].as_raw_fd(), pair.0.as_fd_raw());
+            assert_ne!(fds[0].as_raw_fd(), pair.0.as_raw_fd());
             let (back, n): (Fd, u8) = decode(codec, &bytes, fds).unwrap();
             assert_eq!(n, 7);
             drop(back);
             // The index refers to nothing without the fds.
             assert!(decode::<(Fd, u8)>(codec, &bytes, vec![]).is_err());
-        }
-    }
-
-    trait RawOf {
-        fn as_fd_raw(&self) -> i32;
-    }
-    impl RawOf for Fd {
-        fn as_fd_raw(&self) -> i32 {
-            use std::os::fd::AsFd;
-            self.as_fd().as_raw_fd()
         }
     }
 }

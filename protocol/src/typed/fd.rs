@@ -3,7 +3,7 @@
 //! [`crate::typed::encode`] and [`crate::typed::decode`] for the thread that runs them.
 
 use std::cell::RefCell;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use serde::{de, ser, Deserialize, Deserializer, Serialize, Serializer};
 
@@ -40,6 +40,18 @@ impl From<Fd> for OwnedFd {
 impl From<std::fs::File> for Fd {
     fn from(f: std::fs::File) -> Self {
         Fd(f.into())
+    }
+}
+
+impl From<Fd> for std::fs::File {
+    fn from(fd: Fd) -> Self {
+        std::fs::File::from(fd.0)
+    }
+}
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
     }
 }
 
