@@ -116,3 +116,70 @@ def decode_frame(b):
         return {"type": "Mismatch", "fingerprint": "%016x" % struct.unpack_from("<Q", rest)[0],
                 "detail": _text(rest[8:])}
     raise TypedError("UnknownTag(%d)" % tag)
+
+
+def call_json(client, entry, arg, arg_type, result_type, deadline_ms=0):
+    """A typed call with the JSON codec (§11.1): `client` is a forkserver_client.Client, `arg`
+    a JSON-serializable value, `arg_type`/`result_type` the server's type names (§11.2).
+    Returns one of ("value", v), ("error", text), ("panic", message, location),
+    ("mismatch", detail), ("killed", signo, deadline_expired), ("exited", code), decided as
+    §11.3 says."""
+    import json
+    import socket
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    channel = 3
+    fp = fingerprint(entry, arg_type, result_type, "json")
+    payload = encode_header("json", fp, channel, [], json.dumps(arg, separators=(",", ":")).encode())
+    try:
+        try:
+            child = client.spawn_entry(entry, payload, fds={channel: theirs.fileno()},
+                                       deadline_ms=deadline_ms)
+        except Exception as e:                 # UnknownEntryError: a mismatch (§11.3)
+            if type(e).__name__ == "UnknownEntryError":
+                return ("mismatch", "no such entry")
+            raise
+        theirs.close()
+        accepted, value, answer = False, b"", None
+        while answer is None:
+            frame = ours.recv(MAX_RESULT_FRAME_LEN + 1)
+            if not frame:
+                break
+            f = decode_frame(frame)
+            t = f["type"]
+            if t == "Accepted":
+                accepted = True
+            elif t == "Chunk":
+                value += bytes.fromhex(f["bytes"])
+            elif t == "Value":
+                answer = ("value", json.loads(value + bytes.fromhex(f["bytes"])))
+            elif t == "Error":
+                answer = ("error", f["text"])
+            elif t == "Panic":
+                answer = ("panic", f["message"], f["location"])
+            elif t == "Mismatch":
+                answer = ("mismatch", f["detail"])
+        code = child.wait()
+        child.close()
+        if answer is not None:
+            return answer
+        if code < 0:
+            return ("killed", -code, child.deadline_expired)
+        return ("exited", code) if accepted else ("mismatch", "not a typed entry")
+    finally:
+        ours.close()
+        theirs.close()
+
+
+if __name__ == "__main__":
+    # python3 forkserver_typed.py SOCKET ENTRY ARG_JSON ARG_TYPE RESULT_TYPE: one call, its
+    # outcome printed as JSON.
+    import json
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import forkserver_client as fc
+
+    sock, entry, arg, arg_type, result_type = sys.argv[1:6]
+    print(json.dumps(call_json(fc.Client(sock), entry, json.loads(arg), arg_type, result_type)))
