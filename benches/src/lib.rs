@@ -20,6 +20,7 @@ pub mod direct;
 pub mod driven;
 pub mod interleave;
 pub mod procfs;
+pub mod raw;
 pub mod small_client;
 pub mod stats;
 pub mod svg;

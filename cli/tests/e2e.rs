@@ -371,6 +371,28 @@ fn status_counts_children() {
     assert_eq!(a.wait().unwrap().code(), -9);
 }
 
+/// Rev 0.6: the server lists what it implements, from the protocol's tables, and the
+/// connection stays READY for a request.
+#[test]
+fn features_list_every_spawn_flag_and_the_connection_stays_ready() {
+    let srv = Server::start(&[]);
+    let mut c = srv.connect();
+    c.send(&Message::FeaturesRequest, vec![]);
+    match c.recv().message {
+        Message::Features(f) => {
+            assert_eq!(f.spawn_flags(), forkserver_protocol::spawn_flags::ALL);
+            assert_eq!(f.revision(), forkserver_protocol::Revision::CURRENT);
+            assert_eq!(f, forkserver_protocol::Features::current());
+        }
+        m => panic!("{m:?}"),
+    }
+    let (pid, _) = c
+        .spawn(opts(), bin_true(), FdBundle::new())
+        .expect("READY after Features");
+    assert!(pid > 0);
+    assert_eq!(c.wait().unwrap().code(), 0);
+}
+
 #[test]
 fn garbage_gets_an_error_and_its_fds_are_closed() {
     let srv = Server::start(&[]);

@@ -255,6 +255,7 @@ impl Bench {
 enum Rep {
     HelloOk,
     Status,
+    Features,
     Pid,
     Exit(i32),
     Signaled,
@@ -265,6 +266,7 @@ fn rep(m: &Message) -> Rep {
     match m {
         Message::HelloOk(_) => Rep::HelloOk,
         Message::Status(_) => Rep::Status,
+        Message::Features(_) => Rep::Features,
         Message::Pid(_) => Rep::Pid,
         Message::Exit(e) => Rep::Exit(e.code()),
         Message::Signaled => Rep::Signaled,
@@ -335,6 +337,7 @@ fn predict(bytes: &[u8], attached: usize) -> Option<Vec<Rep>> {
                         }
                     }
                     (St::Ready, Message::StatusRequest) => out.push(Rep::Status),
+                    (St::Ready, Message::FeaturesRequest) => out.push(Rep::Features),
                     (St::Ready, Message::Spawn(_)) => return None,
                     _ => {
                         out.push(Rep::Err(ErrorCode::UnexpectedMessage));

@@ -6,9 +6,12 @@
 //! to signal requests, in order), so `wait` and `signal` can run in different tasks at once and
 //! a cancelled `wait` loses nothing.
 //!
-//! The spawn itself is one request and its `Pid` reply (a round trip on a kept connection):
-//! on a multi-threaded runtime it runs in [`tokio::task::block_in_place`], on a
-//! current-thread runtime inline.
+//! The spawn itself never blocks a runtime thread: the request and its `Pid` reply (a round
+//! trip on a kept connection), and when needed the new connection (connect, verification,
+//! handshake, authentication) and the relaunch of a launched server that died (its ready
+//! pipe read on the reactor while its preload runs) are awaited on tokio's reactor
+//! (`engine_async.rs`). The runtime needs its I/O and time drivers (`enable_all`, or
+//! `#[tokio::main]`).
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -116,15 +119,6 @@ impl Drop for Abandon<'_> {
 fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     // Each step leaves the state whole, panic or not.
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Runs a blocking step of the client without stalling other tasks where tokio can help.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
 }
 
 fn sender(f: Option<File>) -> Result<Option<pipe::Sender>> {
@@ -238,7 +232,9 @@ impl AsyncChild {
             if shared.pump()? {
                 self.news.notify_waiters();
             }
-            blocking(|| shared.child.send_signal(signo))?;
+            // The connection's socket is non-blocking here (it came from the async spawn, or was
+            // made so by `AsyncChild::new`): a full socket fails the send, it never blocks.
+            shared.child.send_signal(signo)?;
             shared.sent += 1;
             shared.sent - 1
         };
@@ -304,13 +300,19 @@ impl Drop for AsyncChild {
 }
 
 impl Command {
-    /// [`Command::spawn`] for async code.
+    /// [`Command::spawn`] for async code. No step blocks the thread: the request on a kept
+    /// connection, or a new connection (connect, checks, handshake, authentication), and the
+    /// relaunch of a launched server that died (its preload may take seconds) are awaited.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with its I/O and time drivers (`Builder::enable_all`,
+    /// `#[tokio::main]`), as tokio's own I/O and timers do.
     ///
     /// # Errors
     /// As [`Command::spawn`], and [`Error::Io`] if the connection cannot be registered with
-    /// the runtime (no tokio runtime, say).
+    /// the runtime.
     pub async fn spawn_async(&mut self) -> Result<AsyncChild> {
-        AsyncChild::new(blocking(|| self.spawn())?)
+        AsyncChild::new(self.spawn_child_async(false).await?)
     }
 
     /// [`Command::output`] for async code: stdout and stderr piped unless set, stdin
@@ -319,7 +321,7 @@ impl Command {
     /// # Errors
     /// As [`Command::output`].
     pub async fn output_async(&mut self) -> Result<Output> {
-        let child = blocking(|| self.spawn_for_output())?;
+        let child = self.spawn_child_async(true).await?;
         AsyncChild::new(child)?.wait_with_output().await
     }
 
@@ -339,6 +341,6 @@ impl Call {
     /// As [`Call::spawn`], and [`Error::Io`] if the connection cannot be registered with the
     /// runtime.
     pub async fn spawn_async(&mut self) -> Result<AsyncChild> {
-        AsyncChild::new(blocking(|| self.spawn())?)
+        AsyncChild::new(self.spawn_child_async().await?)
     }
 }

@@ -1,28 +1,25 @@
-//! One connection to the server: the handshake, then frames (PROTOCOL.md §6).
-//!
-//! Without a key the client pipelines: it sends `Hello` and its request back to back, then reads
-//! `HelloOk` and the reply, saving a round trip per request. With a key it authenticates first
-//! (PROTOCOL.md §9.2) and sends its request only once the server has proven it holds the key.
+//! One connection to the server: connecting to a verified socket (PROTOCOL.md §9.3), then
+//! frames, blocking or (for the async client) in non-blocking steps. The handshake is
+//! `handshake.rs`'s.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use forkserver_protocol::socket_dir::{self, DirError, Sharing, SocketDir};
-use forkserver_protocol::{
-    auth, peek_pending, send_message, Auth, AuthMethod, Frame, FrameReader, Hello, Message,
-    Pending, PROTOCOL_VERSION,
-};
+use forkserver_protocol::{peek_pending, send_message, Frame, FrameReader, Message, Pending};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::getsockopt;
 use nix::sys::socket::sockopt::PeerCredentials;
 
-use crate::error::{Error, ProtocolError, Result};
+use crate::error::{Error, Result};
 
-/// How long the server may take to answer the handshake (its own limit is 10 s, §6.3).
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A kept connection idle for longer than this is probed before reuse (PROTOCOL.md §6.6, see
+/// [`Conn::still_usable`]); one used more recently is not.
+const PROBE_AFTER_IDLE: Duration = Duration::from_millis(500);
 
 /// Why [`Conn::connect`] failed.
 #[derive(Debug)]
@@ -45,6 +42,10 @@ pub(crate) struct Conn {
     pub(crate) generation: u64,
     /// Taken from the client's kept connections (not opened for this request).
     pub(crate) reused: bool,
+    /// When it last became READY and was kept (see [`Conn::mark_idle`]).
+    idle_since: Option<Instant>,
+    /// The socket is in non-blocking mode (the async client's steps).
+    nonblocking: bool,
 }
 
 impl Conn {
@@ -58,21 +59,38 @@ impl Conn {
     /// [`ConnectError::Io`] when nothing can be reached (a missing directory is `NotFound`),
     /// [`ConnectError::Untrusted`] when a check fails.
     pub(crate) fn connect(path: &Path, server_uid: u32) -> std::result::Result<Self, ConnectError> {
+        let (dir, name) = Self::checked_dir(path, server_uid)?;
+        let sock = UnixStream::connect(dir.entry(&name)).map_err(ConnectError::Io)?;
+        Self::verified(sock, server_uid)
+    }
+
+    /// The first half of [`Conn::connect`]: the socket's directory, checked, and the name
+    /// to connect to through it.
+    pub(crate) fn checked_dir(
+        path: &Path,
+        server_uid: u32,
+    ) -> std::result::Result<(SocketDir, std::ffi::OsString), ConnectError> {
         let (dir, name) = socket_dir::split(path).map_err(ConnectError::Untrusted)?;
         let sharing = if server_uid == nix::unistd::geteuid().as_raw() {
             Sharing::Private
         } else {
             Sharing::Readable
         };
-        let dir = match SocketDir::open(dir, server_uid, sharing) {
-            Ok(dir) => dir,
+        match SocketDir::open(dir, server_uid, sharing) {
+            Ok(dir) => Ok((dir, name.to_owned())),
             // Nothing there yet: no server (the caller may start one).
             Err(DirError::Io { errno, .. }) if errno == Errno::ENOENT => {
-                return Err(ConnectError::Io(io::Error::from_raw_os_error(errno as i32)))
+                Err(ConnectError::Io(io::Error::from_raw_os_error(errno as i32)))
             }
-            Err(e) => return Err(ConnectError::Untrusted(e)),
-        };
-        let sock = UnixStream::connect(dir.entry(name)).map_err(ConnectError::Io)?;
+            Err(e) => Err(ConnectError::Untrusted(e)),
+        }
+    }
+
+    /// The second half of [`Conn::connect`]: the connected socket, once its peer is checked.
+    pub(crate) fn verified(
+        sock: UnixStream,
+        server_uid: u32,
+    ) -> std::result::Result<Self, ConnectError> {
         let cred = getsockopt(&sock, PeerCredentials).map_err(|e| ConnectError::Io(e.into()))?;
         if cred.uid() != server_uid {
             return Err(ConnectError::PeerUid {
@@ -89,97 +107,17 @@ impl Conn {
             reader: FrameReader::new(),
             generation: 0,
             reused: false,
+            idle_since: None,
+            nonblocking: false,
         }
     }
 
-    /// Performs the handshake (and the authentication step when `key` is given), with
-    /// `request` (and its fds) sent behind it; returns once the handshake is complete. The reply
-    /// to `request` is left for the caller.
+    /// Sets (or clears) the timeout of blocking reads (the handshake's bound).
     ///
     /// # Errors
-    /// [`Error::AuthRequired`] if the server demands authentication and there is no key,
-    /// [`Error::ServerNotAuthenticated`] if there is a key and the server does not prove it
-    /// holds it, [`Error::Server`] for an error reply, [`Error::ServerGone`],
-    /// [`Error::Protocol`], [`Error::Io`].
-    pub(crate) fn handshake(
-        &mut self,
-        key: Option<&[u8]>,
-        request: Option<&Message>,
-        fds: Vec<OwnedFd>,
-    ) -> Result<()> {
-        // A server that accepted (its listen backlog does that for it) but never answers, or a
-        // launched program that is no server at all, must not hang the caller forever.
-        self.sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-        let r = self.handshake_inner(key, request, fds);
-        self.sock.set_read_timeout(None)?;
-        r.map_err(|e| match e {
-            Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock => Error::Io(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the forkserver did not answer the handshake in time",
-            )),
-            e => e,
-        })
-    }
-
-    fn handshake_inner(
-        &mut self,
-        key: Option<&[u8]>,
-        request: Option<&Message>,
-        fds: Vec<OwnedFd>,
-    ) -> Result<()> {
-        self.send(&Message::Hello(Hello::current()), Vec::new())?;
-        let Some(key) = key else {
-            // If the server has already refused the hello and closed, this send fails; its
-            // reply to the hello (read below) is then the better error to report.
-            let sent = match request {
-                Some(message) => self.send(message, fds),
-                None => Ok(()),
-            };
-            if let AuthMethod::HmacSha256 { .. } = self.hello_ok()? {
-                return Err(Error::AuthRequired);
-            }
-            return sent;
-        };
-        let AuthMethod::HmacSha256 { challenge } = self.hello_ok()? else {
-            // §6.6: a server that skips authentication could be an impostor.
-            return Err(Error::ServerNotAuthenticated(
-                "it offered no authentication",
-            ));
-        };
-        let ours = auth::random_challenge()?;
-        let response = auth::client_response(key, &challenge);
-        self.send(
-            &Message::Auth(Auth {
-                response,
-                challenge: ours,
-            }),
-            Vec::new(),
-        )?;
-        match self.recv()?.message {
-            Message::AuthOk(ok) if auth::verify_server(key, &ours, &ok.response) => {}
-            Message::AuthOk(_) => {
-                return Err(Error::ServerNotAuthenticated(
-                    "its answer to our challenge is wrong",
-                ))
-            }
-            Message::Error(e) => return Err(e.into()),
-            other => return Err(Error::unexpected(other.tag(), "AuthOk")),
-        }
-        match request {
-            Some(message) => self.send(message, fds),
-            None => Ok(()),
-        }
-    }
-
-    fn hello_ok(&mut self) -> Result<AuthMethod> {
-        match self.recv()?.message {
-            Message::HelloOk(ok) if ok.version() != PROTOCOL_VERSION => {
-                Err(ProtocolError::Version(ok.version()).into())
-            }
-            Message::HelloOk(ok) => Ok(ok.auth()),
-            Message::Error(e) => Err(e.into()),
-            other => Err(Error::unexpected(other.tag(), "HelloOk")),
-        }
+    /// From `setsockopt(SO_RCVTIMEO)`.
+    pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.sock.set_read_timeout(timeout)
     }
 
     /// Sends one frame.
@@ -225,14 +163,93 @@ impl Conn {
         }
     }
 
-    /// For a kept connection (PROTOCOL.md §6.6): nothing buffered, and the socket has neither
-    /// data nor end-of-file pending (a server that timed it out, shut down or died has closed
-    /// it, or queued an `Error` on it).
-    pub(crate) fn is_idle_and_open(&self) -> bool {
+    /// Notes that the connection is READY and kept from now on; its socket blocks again.
+    ///
+    /// # Errors
+    /// If the socket's mode cannot be set (the connection is then not kept).
+    pub(crate) fn mark_idle(&mut self) -> io::Result<()> {
+        self.set_nonblocking(false)?;
+        self.idle_since = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Puts the socket in non-blocking mode, for [`Conn::send_step`] and [`Conn::recv_step`],
+    /// or back.
+    ///
+    /// # Errors
+    /// From `ioctl(FIONBIO)`.
+    pub(crate) fn set_nonblocking(&mut self, on: bool) -> io::Result<()> {
+        if self.nonblocking != on {
+            self.sock.set_nonblocking(on)?;
+            self.nonblocking = on;
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "tokio")]
+    /// Sends what the socket takes of `out` without blocking (the socket non-blocking):
+    /// `true` once all of it is sent, `false` when the rest must wait until it is writable.
+    ///
+    /// # Errors
+    /// As [`Conn::send`].
+    pub(crate) fn send_step(&mut self, out: &mut forkserver_protocol::OutFrame) -> Result<bool> {
+        use forkserver_protocol::TransportError;
+        match out.send(self.sock.as_fd()) {
+            Ok(()) => Ok(true),
+            Err(TransportError::Io(Errno::EAGAIN)) => Ok(false),
+            Err(e) => Err(Error::from_transport(e)),
+        }
+    }
+
+    #[cfg(feature = "tokio")]
+    /// The next frame if it can be had without blocking (the socket non-blocking); `None`
+    /// when the rest must wait until the socket is readable.
+    ///
+    /// # Errors
+    /// As [`Conn::recv`].
+    pub(crate) fn recv_step(&mut self) -> Result<Option<Frame>> {
+        use forkserver_protocol::TransportError;
+        loop {
+            if let Some(frame) = self.reader.next_frame().map_err(Error::from_transport)? {
+                return Ok(Some(frame));
+            }
+            match self.reader.recv(self.sock.as_fd()) {
+                Ok(_) => {}
+                Err(TransportError::Io(Errno::EAGAIN)) => return Ok(None),
+                Err(e) => return Err(Error::from_transport(e)),
+            }
+        }
+    }
+
+    /// For a kept connection (PROTOCOL.md §6.6): nothing buffered, and, if it has been idle
+    /// for longer than [`PROBE_AFTER_IDLE`], neither data nor end-of-file pending on the
+    /// socket (one `recv(MSG_PEEK | MSG_DONTWAIT)`).
+    ///
+    /// Why a connection used recently goes without the probe (one system call less per
+    /// spawn), with no loss of correctness: what the probe would find is a connection the
+    /// server has closed (idle timeout, making room, shutting down, exiting), and each of
+    /// those is also caught after the send, where it costs nothing until it happens:
+    ///
+    /// * closed on the server's side: the `sendmsg` fails with `EPIPE` (a Unix stream socket
+    ///   whose peer is closed refuses data at once), the request was not delivered, and the
+    ///   engine makes it again on a new connection;
+    /// * about to be closed: the server sends `Error(Timeout / ResourceExhausted /
+    ///   ShuttingDown)` before it closes and reads nothing more, so a request that crossed it
+    ///   is answered by that `Error` and was not acted on ([`Conn::closed_without_acting`]):
+    ///   made again, once, on a new connection. Stray frames cannot be there otherwise: a
+    ///   connection is kept only once every request on it has been answered.
+    ///
+    /// The probe stays for connections idle longer, where the server's idle timeout (§6.3) is
+    /// the likely cause: there it saves the failed round trip, and it catches a peer that
+    /// shut down only its sending side, which the send would not notice.
+    pub(crate) fn still_usable(&self) -> bool {
         if self.reader.buffered() != 0 || self.reader.pending_fds() != 0 {
             return false;
         }
-        peek_pending(self.sock.as_fd()) == Pending::Nothing
+        match self.idle_since {
+            Some(t) if t.elapsed() < PROBE_AFTER_IDLE => true,
+            _ => peek_pending(self.sock.as_fd()) == Pending::Nothing,
+        }
     }
 
     /// Whether `reply`, read on this connection in answer to a request, says the server closed
@@ -243,7 +260,7 @@ impl Conn {
         self.reused
             && matches!(
                 reply.code(),
-                ErrorCode::ResourceExhausted | ErrorCode::ShuttingDown
+                ErrorCode::Timeout | ErrorCode::ResourceExhausted | ErrorCode::ShuttingDown
             )
     }
 
@@ -251,73 +268,4 @@ impl Conn {
     pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
     }
-}
-
-/// This process's effective uid: the uid a launched server runs as, and the default for one
-/// at a path.
-pub(crate) fn own_uid() -> u32 {
-    nix::unistd::geteuid().as_raw()
-}
-
-/// How one connection attempt failed.
-pub(crate) enum Failure {
-    /// The socket failed the checks made before anything is sent.
-    Untrusted(String),
-    /// Nobody listens at the path (`ECONNREFUSED`, `ENOENT`).
-    Refused(io::Error),
-    /// `connect` failed otherwise.
-    Connect(io::Error),
-    /// The server closed before answering the handshake or taking the request; the request
-    /// was not acted on.
-    Gone(Error),
-    /// Anything else.
-    Other(Error),
-}
-
-impl Failure {
-    /// The error the caller sees when no retry is left.
-    pub(crate) fn into_error(self, path: PathBuf) -> Error {
-        match self {
-            Failure::Refused(source) | Failure::Connect(source) => Error::Connect { path, source },
-            Failure::Untrusted(reason) => Error::Untrusted { path, reason },
-            Failure::Gone(e) | Failure::Other(e) => e,
-        }
-    }
-}
-
-pub(crate) fn attempt(
-    path: &Path,
-    server_uid: u32,
-    key: Option<&[u8]>,
-    request: Option<(Message, Vec<OwnedFd>)>,
-) -> std::result::Result<Conn, Failure> {
-    let mut conn = Conn::connect(path, server_uid).map_err(|e| match e {
-        ConnectError::Io(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(nix::libc::ECONNREFUSED | nix::libc::ENOENT)
-            ) =>
-        {
-            Failure::Refused(e)
-        }
-        ConnectError::Io(e) => Failure::Connect(e),
-        ConnectError::Untrusted(e) => Failure::Untrusted(e.to_string()),
-        ConnectError::PeerUid { uid, expected } => Failure::Untrusted(format!(
-            "the process listening on it runs as uid {uid}, not uid {expected} (name the \
-             server's uid explicitly to trust it)"
-        )),
-    })?;
-    // Within the handshake, "closed" means our request was not read, or not answered at
-    // all: the server sends `HelloOk` before it acts on a request, and queued replies are
-    // read before the end of the stream.
-    let (message, fds) = match request {
-        Some((m, fds)) => (Some(m), fds),
-        None => (None, Vec::new()),
-    };
-    conn.handshake(key, message.as_ref(), fds)
-        .map_err(|e| match e {
-            Error::ServerGone => Failure::Gone(e),
-            e => Failure::Other(e),
-        })?;
-    Ok(conn)
 }

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::client::Client;
-use crate::conn::own_uid;
 use crate::engine::Engine;
 use crate::error::Result;
+use crate::handshake::own_uid;
 
 impl Client {
     /// A client for the server listening at `path`, which must run as this process's
@@ -90,13 +90,14 @@ impl Connector {
         self
     }
 
-    /// Makes the client, checking the server with one handshake (kept for the first request).
+    /// Makes the client, checking the server with one handshake, with the server's `Features`
+    /// asked behind it (PROTOCOL.md §5.14; the connection is kept for the first request).
     ///
     /// # Errors
     /// As [`Client::connect`] and [`Client::connect_with_key`].
     pub fn connect(self) -> Result<Client> {
         let engine = Engine::for_path(self.path, self.key, self.server_uid);
-        engine.ping()?;
+        engine.features()?;
         Ok(Client::from_engine(engine))
     }
 }

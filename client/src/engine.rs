@@ -1,58 +1,49 @@
 //! The connection engine behind [`crate::Client`], [`crate::Command`], [`crate::Call`] and
 //! [`crate::Child`]: where the server is (a path, or a process this client launched), the idle
-//! connections kept for reuse, and the one loop that opens, verifies, authenticates and
-//! retries (PROTOCOL.md §6.6, §9.3).
+//! connections kept for reuse (`idle.rs`), and the one loop that opens, verifies,
+//! authenticates and retries (PROTOCOL.md §6.6, §9.3); `engine_async.rs` drives the same loop
+//! on tokio.
 
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 
-use forkserver_protocol::{Frame, Message, Status};
+use forkserver_protocol::{Features, Frame, Message, Status};
 
-use crate::conn::{attempt, own_uid, Conn, Failure};
+use crate::conn::Conn;
 use crate::error::{Error, Result};
+use crate::features::FeatureCache;
+use crate::handshake::{attempt, own_uid, Failure};
+use crate::idle::IdlePool;
 use crate::managed::Managed;
+pub(crate) use crate::target::lock;
+#[cfg(feature = "tokio")]
+pub(crate) use crate::target::Located;
+use crate::target::Target;
 
-/// How many idle connections are kept for reuse unless told otherwise.
-pub(crate) const DEFAULT_MAX_IDLE: usize = 8;
+pub(crate) use crate::idle::DEFAULT_MAX_IDLE;
 
 /// One server as this process reaches it, shared by a client's clones and everything they
 /// spawned.
 pub(crate) struct Engine {
     target: Target,
     /// Idle connections, handshake done; each knows the generation of the server it reaches.
-    idle: Mutex<Pool>,
-    max_idle: AtomicUsize,
+    idle: IdlePool,
+    /// Blocking relaunches take turns here, so that threads that found the same server dead
+    /// start one new server, not one each.
+    relaunching_blocking: Mutex<()>,
+    /// Async relaunches wait here for one another (without blocking a thread), so that tasks
+    /// that found the same server dead start one new server, not one each.
+    #[cfg(feature = "tokio")]
+    relaunching: tokio::sync::Mutex<()>,
+    /// The server's `Features`, asked once per server (per launch, for a launched one).
+    features: FeatureCache,
 }
 
-/// The idle connections, and the process they belong to: after a `fork()` the child must not
-/// share its parent's connections (their frames would interleave), so it drops its copies.
-struct Pool {
-    owner: u32,
-    conns: Vec<Conn>,
-}
-
-impl Pool {
-    /// The connections, emptied first if this is not the process that made them.
-    fn conns(&mut self) -> &mut Vec<Conn> {
-        let me = std::process::id();
-        if self.owner != me {
-            self.owner = me;
-            self.conns.clear();
-        }
-        &mut self.conns
-    }
-}
-
-enum Target {
-    /// A server someone else runs, the key to authenticate with, if any, and the uid the
-    /// server must run as.
-    Path(PathBuf, Option<Vec<u8>>, u32),
-    /// A server this client launched.
-    Launched(Mutex<Managed>),
-}
+/// What the `build` of [`Engine::exchange`] returns: the request and its fds (none for a bare
+/// handshake), and a value for the caller.
+pub(crate) type Built<T> = (Option<(Message, Vec<OwnedFd>)>, T);
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -72,20 +63,15 @@ impl fmt::Debug for Engine {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The state stays consistent across a panic (each field is replaced whole).
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Engine {
     fn new(target: Target) -> Self {
         Engine {
             target,
-            idle: Mutex::new(Pool {
-                owner: std::process::id(),
-                conns: Vec::new(),
-            }),
-            max_idle: AtomicUsize::new(DEFAULT_MAX_IDLE),
+            idle: IdlePool::new(),
+            relaunching_blocking: Mutex::new(()),
+            #[cfg(feature = "tokio")]
+            relaunching: tokio::sync::Mutex::new(()),
+            features: FeatureCache::default(),
         }
     }
 
@@ -118,13 +104,52 @@ impl Engine {
         }
     }
 
+    /// What the server implements (PROTOCOL.md §5.14), `None` before rev 0.6: cached for the
+    /// current server, else asked.
+    ///
+    /// # Errors
+    /// As [`Engine::status`].
+    pub(crate) fn features(&self) -> Result<Option<Features>> {
+        self.cached_features()
+            .map_or_else(|| self.ask_features(), Ok)
+    }
+
+    /// The cached `Features` of the current server, if it was asked already (`Some(None)`: a
+    /// server before rev 0.6).
+    pub(crate) fn cached_features(&self) -> Option<Option<Features>> {
+        self.features.get(self.target.generation())
+    }
+
+    /// Sends `FeaturesRequest` (on a fresh connection behind `Hello`, pipelined when there is
+    /// no key) and caches the answer for the server that gave it.
+    fn ask_features(&self) -> Result<Option<Features>> {
+        let request = || Ok((Some((Message::FeaturesRequest, Vec::new())), ()));
+        let (conn, frame, ()) = self.exchange(request)?;
+        self.keep_features(conn, frame.message)
+    }
+
+    /// Caches the reply to `FeaturesRequest` read on `conn`, which is kept if READY.
+    pub(crate) fn keep_features(&self, conn: Conn, reply: Message) -> Result<Option<Features>> {
+        let features = self.features.keep(conn.generation, reply)?;
+        if features.is_some() {
+            self.put_idle(conn);
+        }
+        Ok(features)
+    }
+
+    /// Forgets the server's `Features`: it refused a request they said it implements (it may
+    /// have been replaced by another server at the same path). The next request asks again.
+    pub(crate) fn forget_features(&self) {
+        self.features.forget();
+    }
+
     /// Makes the request `build` builds ([`Engine::request`]) and reads the first frame of the
     /// reply. A kept connection that the server closed on its own as the request went out
     /// (its `Error` says it did not act on it, PROTOCOL.md §6.6) is given up, and the request
     /// made again on a new connection, once: the one retry loop of every request.
     pub(crate) fn exchange<T>(
         &self,
-        mut build: impl FnMut() -> Result<(Option<(Message, Vec<OwnedFd>)>, T)>,
+        mut build: impl FnMut() -> Result<Built<T>>,
     ) -> Result<(Conn, Frame, T)> {
         let mut may_reuse = true;
         loop {
@@ -143,19 +168,13 @@ impl Engine {
     /// The path of the server's socket. For a launched server, the current one's (a relaunch
     /// makes a new one).
     pub(crate) fn socket_path(&self) -> PathBuf {
-        match &self.target {
-            Target::Path(p, ..) => p.clone(),
-            Target::Launched(m) => lock(m).socket_path(),
-        }
+        self.target.socket_path()
     }
 
     /// The pid of the server process this client launched (the current one); `None` for a
     /// client made by [`crate::Client::connect`].
     pub(crate) fn launched_server_pid(&self) -> Option<u32> {
-        match &self.target {
-            Target::Path(..) => None,
-            Target::Launched(m) => Some(lock(m).pid()),
-        }
+        self.target.launched_server_pid()
     }
 
     /// The key connections authenticate with: the one given to [`crate::Client::connect_with_key`],
@@ -163,81 +182,63 @@ impl Engine {
     /// reach the same server through a pipe or a file of mode 0600, never argv or the
     /// environment (PROTOCOL.md §9.1).
     pub(crate) fn auth_key(&self) -> Option<Vec<u8>> {
-        match &self.target {
-            Target::Path(_, key, _) => key.clone(),
-            Target::Launched(m) => lock(m).current_key().1,
-        }
+        self.target.auth_key()
     }
 
     /// Sets how many idle connections the client keeps for reuse (see [`crate::Client`]); 0 turns
     /// reuse off: every request then opens, authenticates and closes its own connection.
     /// Applies to all clones of this client; connections kept beyond the new limit are closed.
     pub(crate) fn set_max_idle_connections(&self, max: usize) {
-        self.max_idle.store(max, Ordering::Relaxed);
-        let surplus: Vec<Conn> = {
-            let mut pool = lock(&self.idle);
-            let idle = pool.conns();
-            let keep = idle.len().min(max);
-            idle.drain(keep..).collect()
-        };
-        drop(surplus);
+        self.idle.set_max(max);
     }
 
     /// The number of idle connections kept for reuse right now.
     pub(crate) fn idle_connections(&self) -> usize {
-        lock(&self.idle).conns().len()
+        self.idle.len()
     }
 
     /// Closes the idle connections kept for reuse, e.g. so that a server with an idle timeout
     /// sees no client, or before counting this process's fds. Later requests open new ones.
     pub(crate) fn close_idle_connections(&self) {
-        let idle = std::mem::take(lock(&self.idle).conns());
-        drop(idle);
+        self.idle.close_all();
     }
 
     /// Whether spawns ask the server to keep their connection for reuse.
     pub(crate) fn reuses_connections(&self) -> bool {
-        self.max_idle.load(Ordering::Relaxed) > 0
+        self.idle.reuses()
     }
 
     /// Takes back a connection that is READY (handshake done, no request outstanding), if
     /// fewer than the maximum are kept; closes it otherwise.
     pub(crate) fn put_idle(&self, conn: Conn) {
-        let max = self.max_idle.load(Ordering::Relaxed);
-        let mut pool = lock(&self.idle);
-        let idle = pool.conns();
-        if idle.len() < max {
-            idle.push(conn);
-        }
+        self.idle.put(conn);
     }
 
-    /// An idle connection to the server of `generation` that is still open and has nothing
-    /// pending, if one is kept. Stale ones (an older server, closed by the server) are closed;
-    /// those to a newer server (another thread relaunched it meanwhile) are left alone.
-    fn take_idle(&self, generation: u64) -> Option<Conn> {
-        let mut stale = Vec::new();
-        let found = {
-            let mut pool = lock(&self.idle);
-            let idle = pool.conns();
-            let mut found = None;
-            let mut i = idle.len();
-            while i > 0 {
-                i -= 1;
-                if idle[i].generation > generation {
-                    continue;
-                }
-                let mut conn = idle.swap_remove(i);
-                if conn.generation == generation && conn.is_idle_and_open() {
-                    conn.reused = true;
-                    found = Some(conn);
-                    break;
-                }
-                stale.push(conn);
-            }
-            found
-        };
-        drop(stale);
-        found
+    /// A kept connection to the server of `generation`, checked ([`IdlePool::take`]).
+    pub(crate) fn take_idle(&self, generation: u64) -> Option<Conn> {
+        self.idle.take(generation)
+    }
+
+    /// The generation of the server the kept connections should reach (0 for a server at a
+    /// path), without checking that it still runs.
+    pub(crate) fn kept_generation(&self) -> u64 {
+        self.target.generation()
+    }
+
+    #[cfg(feature = "tokio")]
+    /// Where the server is; for a launched one, whether it still runs (without relaunching).
+    pub(crate) fn locate(&self) -> Located {
+        self.target.locate()
+    }
+
+    /// The launched server's state and the lock async relaunches take in turn; `None` for a
+    /// server at a path.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn relaunch_state(&self) -> Option<(&Mutex<Managed>, &tokio::sync::Mutex<()>)> {
+        match &self.target {
+            Target::Path(..) => None,
+            Target::Launched(m) => Some((m, &self.relaunching)),
+        }
     }
 
     /// For a launched client with `warm_connections`: opens a ready connection for the next
@@ -258,25 +259,43 @@ impl Engine {
         }
     }
 
-    /// One handshake on a fresh connection, which is then kept for reuse.
-    pub(crate) fn ping(&self) -> Result<()> {
-        let (conn, ()) = self.request(false, || Ok((None, ())))?;
-        self.put_idle(conn);
-        Ok(())
+    /// One handshake with the server just launched, without relaunching it if it fails, and its
+    /// `Features` asked behind it; the connection is kept for the first request.
+    pub(crate) fn ping_launched(&self) -> Result<()> {
+        let (path, key, uid, generation) = match &self.target {
+            Target::Launched(m) => {
+                let m = lock(m);
+                let (path, key) = m.current_key();
+                (path, key, own_uid(), m.generation())
+            }
+            Target::Path(..) => return self.features().map(drop),
+        };
+        let request = Some((Message::FeaturesRequest, Vec::new()));
+        let mut conn =
+            attempt(&path, uid, key.as_deref(), request).map_err(|f| f.into_error(path))?;
+        conn.generation = generation;
+        let reply = conn.recv()?.message;
+        self.keep_features(conn, reply).map(drop)
     }
 
-    /// One handshake with the server just launched, without relaunching it if it fails.
-    pub(crate) fn ping_launched(&self) -> Result<()> {
-        let (path, key, uid) = match &self.target {
-            Target::Launched(m) => {
-                let (path, key) = lock(m).current_key();
-                (path, key, own_uid())
-            }
-            Target::Path(p, key, uid) => (p.clone(), key.clone(), *uid),
+    /// Relaunches the launched server of `generation`, unless another thread did it already,
+    /// and returns where the current one is. Threads that relaunch take turns on a lock of
+    /// their own; the server's state is locked only to read and swap it, not while the new
+    /// server loads (see [`Managed::start_relaunch`]).
+    fn relaunch(
+        &self,
+        m: &Mutex<Managed>,
+        generation: u64,
+    ) -> Result<(PathBuf, Option<Vec<u8>>, u64)> {
+        let _turn = lock(&self.relaunching_blocking);
+        let started = lock(m).start_relaunch(generation).map_err(Error::Launch)?;
+        let Some((mut starting, ready, timeout)) = started else {
+            return Ok(lock(m).current());
         };
-        attempt(&path, uid, key.as_deref(), None)
-            .map(drop)
-            .map_err(|f| f.into_error(path))
+        let outcome = starting.wait_ready(ready, timeout);
+        lock(m)
+            .finish_relaunch(generation, starting, outcome)
+            .map_err(Error::Launch)
     }
 
     /// Sends the request made by `build` on a kept connection (if `may_reuse`), or on a new one
@@ -293,15 +312,13 @@ impl Engine {
     fn request<T>(
         &self,
         may_reuse: bool,
-        mut build: impl FnMut() -> Result<(Option<(Message, Vec<OwnedFd>)>, T)>,
+        mut build: impl FnMut() -> Result<Built<T>>,
     ) -> Result<(Conn, T)> {
         let (mut request, mut extra) = build()?;
-        // For a launched server: relaunched first if it has died.
-        let launched = match &self.target {
-            Target::Path(..) => None,
-            Target::Launched(m) => Some(lock(m).ensure_running().map_err(Error::Launch)?),
-        };
-        let generation = launched.as_ref().map_or(0, |(.., g)| *g);
+        // A kept connection first, without asking whether a launched server still runs
+        // (`waitpid`, a system call per request): a dead server's connections refuse the send
+        // (EPIPE), and the request then goes the way below, which checks.
+        let generation = self.kept_generation();
         if request.is_some() && may_reuse {
             if let Some(mut conn) = self.take_idle(generation) {
                 let Some((message, fds)) = request.take() else {
@@ -321,6 +338,19 @@ impl Engine {
                 extra = again_extra;
             }
         }
+        // For a launched server: relaunched first if it has died.
+        let launched = match &self.target {
+            Target::Path(..) => None,
+            Target::Launched(m) => {
+                // Bound first: the guard must be gone before a relaunch locks again.
+                let running = lock(m).check_running();
+                Some(match running {
+                    Ok(running) => running,
+                    Err(dead) => self.relaunch(m, dead)?,
+                })
+            }
+        };
+        let generation = launched.as_ref().map_or(0, |(.., g)| *g);
         let fresh = |path: &Path, uid, key: Option<&[u8]>, request, generation| {
             attempt(path, uid, key, request).map(|mut conn| {
                 conn.generation = generation;
@@ -347,8 +377,7 @@ impl Engine {
                     Err(f @ Failure::Untrusted(_)) => return Err(f.into_error(path)),
                     Err(Failure::Other(e)) => return Err(e),
                 }
-                let (path, key, generation) =
-                    lock(m).relaunch(generation).map_err(Error::Launch)?;
+                let (path, key, generation) = self.relaunch(m, generation)?;
                 let (request, extra) = build()?;
                 fresh(&path, own_uid(), key.as_deref(), request, generation)
                     .map(|conn| (conn, extra))

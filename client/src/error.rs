@@ -72,9 +72,24 @@ pub enum Error {
     /// to our challenge was wrong (PROTOCOL.md §9.2). Nothing was sent to it.
     #[error("the forkserver did not authenticate itself: {0}")]
     ServerNotAuthenticated(&'static str),
+    /// The server does not implement an option the request uses: its `Features` (PROTOCOL.md
+    /// §5.14) lack the option's `Spawn.flags` bit, or it predates them (rev 0.6; it is then
+    /// taken to implement the options of the first revisions only). Nothing was sent.
+    #[error("the forkserver ({}) does not implement the option {option}", server_revision(*server))]
+    Unsupported {
+        /// The option's name in the spec's flag table, e.g. `SET_UID`.
+        option: &'static str,
+        /// The revision the server named in its `Features`; `None` for a server before
+        /// rev 0.6.
+        server: Option<forkserver_protocol::Revision>,
+    },
     /// The child had already ended when a signal was to be sent to it.
     #[error("the child has already exited")]
     AlreadyExited,
+}
+
+fn server_revision(rev: Option<forkserver_protocol::Revision>) -> String {
+    rev.map_or_else(|| "before rev 0.6".to_owned(), |r| r.to_string())
 }
 
 fn errno_suffix(errno: i32) -> String {

@@ -75,10 +75,20 @@ mod child;
 mod client;
 mod command;
 mod conn;
+#[cfg(feature = "tokio")]
+#[allow(unsafe_code)] // registering a connection with tokio's reactor
+mod conn_async;
 mod connector;
 mod engine;
+#[cfg(feature = "tokio")]
+mod engine_async;
 mod error;
 mod exit_status;
+mod features;
+#[allow(unsafe_code)] // pthread_atfork: a counter bumped in forked children
+mod fork_epoch;
+mod handshake;
+mod idle;
 mod launch;
 mod managed;
 mod output;
@@ -86,6 +96,7 @@ mod pipes;
 #[allow(unsafe_code)] // pre_exec: close-on-exec on the client's fds before exec
 mod server_process;
 mod stdio;
+mod target;
 #[cfg(feature = "typed")]
 mod typed;
 

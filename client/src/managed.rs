@@ -30,7 +30,13 @@ pub(crate) struct Managed {
 
 impl Managed {
     pub(crate) fn new(spec: LaunchSpec) -> io::Result<Self> {
-        let current = Server::start(&spec)?;
+        let (server, ready) = Server::spawn(&spec)?;
+        let mut starting = Starting(server);
+        if let Err(e) = starting.wait_ready(ready, spec.ready_timeout) {
+            starting.0.remove_dir();
+            return Err(e);
+        }
+        let current = starting.0;
         Ok(Self {
             spec,
             current,
@@ -40,18 +46,8 @@ impl Managed {
         })
     }
 
-    /// The socket path and key of a running server, and its generation. Relaunches first if
-    /// the server process has exited.
-    pub(crate) fn ensure_running(&mut self) -> io::Result<(PathBuf, Option<Vec<u8>>, u64)> {
-        self.reap_retired();
-        if self.current.has_exited() {
-            tracing::warn!(pid = self.current.pid(), "forkserver exited; relaunching");
-            return self.relaunch(self.generation);
-        }
-        Ok(self.current_with_generation())
-    }
-
-    fn current_with_generation(&self) -> (PathBuf, Option<Vec<u8>>, u64) {
+    /// Where the current server is: its socket path, key and generation.
+    pub(crate) fn current(&self) -> (PathBuf, Option<Vec<u8>>, u64) {
         let (path, key) = self.current_key();
         (path, key, self.generation)
     }
@@ -61,35 +57,89 @@ impl Managed {
         (self.current.sock.clone(), self.current.key.clone())
     }
 
-    /// Relaunches the server if `generation` is still the current one (another thread may have
-    /// relaunched it already), and returns the socket path and generation to use.
-    pub(crate) fn relaunch(
+    /// Makes `new` (ready) the current server; the old one is told to exit.
+    fn install(&mut self, new: Server) {
+        let old = std::mem::replace(&mut self.current, new);
+        self.generation += 1;
+        tracing::debug!(
+            old = old.pid(),
+            new = self.current.pid(),
+            "forkserver relaunched"
+        );
+        self.retire(old);
+    }
+
+    /// Tells `server` to exit (its alive pipe closed); it is reaped, and its directory
+    /// removed, once it has exited (here, at a later request, or when the client goes).
+    fn retire(&mut self, mut server: Server) {
+        server.close_alive();
+        if server.has_exited() {
+            server.remove_dir();
+        } else {
+            self.retired.push(server);
+        }
+    }
+
+    /// Where the current server is (socket path, key, generation), or, if it has exited, its
+    /// generation: the caller relaunches it ([`Managed::start_relaunch`]).
+    pub(crate) fn check_running(&mut self) -> Result<(PathBuf, Option<Vec<u8>>, u64), u64> {
+        self.reap_retired();
+        if self.current.has_exited() {
+            tracing::warn!(pid = self.current.pid(), "forkserver exited");
+            return Err(self.generation);
+        }
+        Ok(self.current())
+    }
+
+    /// A relaunch holds this state's lock only to read and swap it, never while the new
+    /// server loads (so that an async task that looks at it never waits for a preload):
+    ///
+    /// Step 1: if `generation` is still the current one,
+    /// starts a new server (not waiting for it to be ready) and returns it, with the read end
+    /// of its ready pipe and how long it may take. `None` if it was relaunched meanwhile.
+    pub(crate) fn start_relaunch(
         &mut self,
         generation: u64,
+    ) -> io::Result<Option<(Starting, OwnedFd, Duration)>> {
+        if generation != self.generation {
+            return Ok(None);
+        }
+        let (server, ready) = Server::spawn(&self.spec)?;
+        Ok(Some((Starting(server), ready, self.spec.ready_timeout)))
+    }
+
+    /// Step 2: the server of [`Managed::start_relaunch`] is ready (`Ok`) or failed. Ready, it
+    /// becomes the current one, unless another relaunch got there first (then it is retired);
+    /// failed, it is killed and retired. Returns where the current server is.
+    pub(crate) fn finish_relaunch(
+        &mut self,
+        generation: u64,
+        Starting(mut server): Starting,
+        ready: io::Result<()>,
     ) -> io::Result<(PathBuf, Option<Vec<u8>>, u64)> {
-        if generation == self.generation {
-            let new = Server::start(&self.spec)?;
-            let mut old = std::mem::replace(&mut self.current, new);
-            self.generation += 1;
-            tracing::debug!(
-                old = old.pid(),
-                new = self.current.pid(),
-                "forkserver relaunched"
-            );
-            old.close_alive();
-            if old.has_exited() {
-                old.remove_dir();
-            } else {
-                self.retired.push(old);
+        match ready {
+            Ok(()) if generation == self.generation => self.install(server),
+            Ok(()) => self.retire(server),
+            Err(e) => {
+                // Reaped later, without waiting here for the kill to take effect.
+                let _ = server.process.kill();
+                self.retire(server);
+                return Err(e);
             }
         }
-        Ok(self.current_with_generation())
+        Ok(self.current())
     }
 
     /// With `warm_connections`: where to open a connection ahead of need (path, key,
     /// generation).
     pub(crate) fn warm_target(&self) -> Option<(PathBuf, Option<Vec<u8>>, u64)> {
-        self.spec.warm.then(|| self.current_with_generation())
+        self.spec.warm.then(|| self.current())
+    }
+
+    /// The current server's generation (bumped at each relaunch), without checking that it
+    /// still runs.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The current server's pid.
@@ -130,6 +180,32 @@ impl Drop for Managed {
     }
 }
 
+/// A server started by [`Managed::start_relaunch`], not yet known to be ready.
+#[derive(Debug)]
+pub(crate) struct Starting(Server);
+
+impl Starting {
+    /// Waits, blocking, until the server is ready (`server_process::wait_ready`); one that
+    /// is not is killed and reaped here.
+    ///
+    /// # Errors
+    /// As `wait_ready`.
+    pub(crate) fn wait_ready(&mut self, ready: OwnedFd, timeout: Duration) -> io::Result<()> {
+        let r = wait_ready(&mut self.0.process, ready, timeout);
+        if r.is_err() {
+            let _ = self.0.process.kill();
+            let _ = self.0.process.wait();
+        }
+        r
+    }
+
+    #[cfg(feature = "tokio")]
+    /// How it ended, if it has (without waiting).
+    pub(crate) fn try_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.process.try_wait().ok().flatten()
+    }
+}
+
 /// One launched server process.
 #[derive(Debug)]
 struct Server {
@@ -143,35 +219,26 @@ struct Server {
 }
 
 impl Server {
-    fn start(spec: &LaunchSpec) -> io::Result<Self> {
+    /// Starts the program, without waiting for it to be ready: the server and the read end of
+    /// its ready pipe.
+    fn spawn(spec: &LaunchSpec) -> io::Result<(Self, OwnedFd)> {
         let (dir, listener) = make_socket_dir()?;
         let sock = dir.join("sock");
         let key = match spec.authenticate {
-            true => Some(forkserver_protocol::auth::random_challenge()?.to_vec()),
-            false => None,
+            true => forkserver_protocol::auth::random_challenge().map(|k| Some(k.to_vec())),
+            false => Ok(None),
         };
-        let started =
-            spawn_server(spec, listener, key.as_deref()).and_then(|(mut p, alive, ready)| {
-                match wait_ready(&mut p, ready, spec.ready_timeout) {
-                    Ok(()) => Ok((p, alive)),
-                    Err(e) => {
-                        // Never left behind: killed (if still there) and reaped.
-                        let _ = p.kill();
-                        let _ = p.wait();
-                        Err(e)
-                    }
-                }
-            });
-        match started {
-            Ok((process, alive)) => {
-                tracing::debug!(pid = process.id(), sock = %sock.display(), "forkserver launched");
-                Ok(Self {
+        match key.and_then(|key| Ok((spawn_server(spec, listener, key.as_deref())?, key))) {
+            Ok(((process, alive, ready), key)) => {
+                tracing::debug!(pid = process.id(), sock = %sock.display(), "forkserver started");
+                let server = Self {
                     dir,
                     sock,
                     process,
                     alive: Some(alive),
                     key,
-                })
+                };
+                Ok((server, ready))
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);

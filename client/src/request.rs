@@ -9,12 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use forkserver_protocol::{
-    ErrorCode, FdBundle, Groups, Job, Message, Session, Spawn, SpawnOptions, MAX_FDS,
+    spawn_flags, ErrorCode, FdBundle, Features, Frame, Groups, Job, Message, Spawn, SpawnOptions,
+    MAX_FDS,
 };
 
 use crate::child::Child;
-use crate::engine::Engine;
+use crate::conn::Conn;
+use crate::engine::{Built, Engine};
 use crate::error::{Error, Result};
+use crate::features;
 use crate::stdio::{Stdio, Stream};
 
 /// The stdio of a child where none was set.
@@ -111,43 +114,49 @@ impl Request {
         Ok((bundle, parents))
     }
 
-    /// Validates, connects, sends, and reads the `Pid` reply.
+    /// Validates, connects, sends, and reads the `Pid` reply. The request is checked against
+    /// what the server implements (its `Features`, asked once per server) before anything is
+    /// sent: an option it lacks is [`Error::Unsupported`], and `KEEP_CONNECTION` is used only
+    /// if the server has it (PROTOCOL.md §8).
     pub(crate) fn spawn(
         &self,
         client: &Arc<Engine>,
         job: Job,
         defaults: Defaults,
     ) -> Result<Child> {
-        let keep = client.reuses_connections();
-        match self.spawn_once(client, &job, defaults, keep) {
-            // Our frame is valid (the codec cannot encode an invalid one): a server that calls
-            // a reserved field not zero predates KEEP_CONNECTION (protocol rev 0.3). Nothing
-            // was spawned; reuse goes off for this client and the request is made again
-            // without the flag. Unless the request uses rev 0.5 (ids, process group,
-            // environment removals): then the refusal may be of those, which are never
-            // dropped (PROTOCOL.md §8), and the caller gets it.
-            Err(Error::Server { code, message, .. })
-                if keep
-                    && !self.uses_rev05(&job)
-                    && code == ErrorCode::Malformed
-                    && message.contains("reserved") =>
-            {
-                tracing::warn!("the server refused KEEP_CONNECTION (rev < 0.3): reuse off");
-                client.set_max_idle_connections(0);
-                self.spawn_once(client, &job, defaults, false)
-            }
-            other => other,
+        let features = client.features()?;
+        let keep = client.reuses_connections()
+            && features::implemented(features.as_ref()) & spawn_flags::KEEP_CONNECTION != 0;
+        let r = self.spawn_once(client, &job, defaults, keep, features.as_ref());
+        // Our frame is valid (the codec cannot encode an invalid one) and within the server's
+        // `Features`: a `Malformed` reply means they no longer describe the server at the
+        // path. Nothing was spawned; the next request asks again.
+        if matches!(&r, Err(Error::Server { code, .. }) if *code == ErrorCode::Malformed) {
+            client.forget_features();
         }
+        r
     }
 
-    /// Whether the request needs a server of protocol rev 0.5 or later.
-    fn uses_rev05(&self, job: &Job) -> bool {
-        let c = &self.options.credentials;
-        c.uid.is_some()
-            || c.gid.is_some()
-            || self.groups.is_some()
-            || matches!(self.options.session, Session::JoinProcessGroup(_))
-            || matches!(job, Job::Exec(e) if !e.env_remove().is_empty())
+    /// [`Request::spawn`] for async code: every step awaited on tokio's reactor
+    /// (`engine_async.rs`), the server's `Features` included.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn spawn_async(
+        &self,
+        client: &Arc<Engine>,
+        job: Job,
+        defaults: Defaults,
+    ) -> Result<Child> {
+        let features = crate::engine_async::features(client).await?;
+        let keep = client.reuses_connections()
+            && features::implemented(features.as_ref()) & spawn_flags::KEEP_CONNECTION != 0;
+        let build = self.builder(&job, defaults, keep, features.as_ref());
+        let r = crate::engine_async::exchange(client, build)
+            .await
+            .and_then(|(conn, frame, parents)| into_child(client, conn, frame, keep, parents));
+        if matches!(&r, Err(Error::Server { code, .. }) if *code == ErrorCode::Malformed) {
+            client.forget_features();
+        }
+        r
     }
 
     fn spawn_once(
@@ -156,42 +165,69 @@ impl Request {
         job: &Job,
         defaults: Defaults,
         keep: bool,
+        features: Option<&Features>,
     ) -> Result<Child> {
+        let (conn, frame, parents) =
+            client.exchange(self.builder(job, defaults, keep, features))?;
+        into_child(client, conn, frame, keep, parents)
+    }
+
+    /// What the engine calls to build the `Spawn` (again, for each attempt: the fds go with
+    /// the request): the message, its fds, and the parent's ends of piped stdio. A request the
+    /// server's `features` lack is refused here, before any connection is used.
+    pub(crate) fn builder<'a>(
+        &'a self,
+        job: &'a Job,
+        defaults: Defaults,
+        keep: bool,
+        features: Option<&'a Features>,
+    ) -> impl FnMut() -> Result<Built<[Option<File>; 3]>> + 'a {
         let mut options = SpawnOptions {
             keep_connection: keep,
             ..self.options
         };
-        let (conn, frame, parents) = client.exchange(|| {
+        move || {
             if let Some(g) = &self.groups {
                 options.credentials.groups = Some(Groups::new(g)?);
             }
             let (bundle, parents) = self.bundle(defaults)?;
             let (map, fds) = bundle.into_parts();
             let spawn = Spawn::new(options, map, job.clone())?;
+            features::check(features, &spawn)?;
             Ok((Some((Message::Spawn(spawn), fds)), parents))
-        })?;
-        let e = match frame.message {
-            Message::Pid(pid) => {
-                let pidfd = frame.fds.into_iter().next();
-                return Ok(Child::new(
-                    client.clone(),
-                    conn,
-                    keep,
-                    pid.pid(),
-                    pidfd,
-                    parents,
-                ));
-            }
-            Message::Error(e) => e,
-            other => return Err(Error::unexpected(other.tag(), "Pid")),
-        };
-        // An exec failure under `wait_for_exec` is the child's final report: the connection
-        // is READY again (`KEEP_CONNECTION`). Other errors close it.
-        if keep && e.code().is_final_report() {
-            client.put_idle(conn);
         }
-        Err(e.into())
     }
+}
+
+/// The child of a `Spawn` whose reply is `frame`, read on `conn`.
+pub(crate) fn into_child(
+    client: &Arc<Engine>,
+    conn: Conn,
+    frame: Frame,
+    keep: bool,
+    parents: [Option<File>; 3],
+) -> Result<Child> {
+    let e = match frame.message {
+        Message::Pid(pid) => {
+            let pidfd = frame.fds.into_iter().next();
+            return Ok(Child::new(
+                client.clone(),
+                conn,
+                keep,
+                pid.pid(),
+                pidfd,
+                parents,
+            ));
+        }
+        Message::Error(e) => e,
+        other => return Err(Error::unexpected(other.tag(), "Pid")),
+    };
+    // An exec failure under `wait_for_exec` is the child's final report: the connection
+    // is READY again (`KEEP_CONNECTION`). Other errors close it.
+    if keep && e.code().is_final_report() {
+        client.put_idle(conn);
+    }
+    Err(e.into())
 }
 
 pub(crate) fn deadline_ms(d: Duration) -> Option<NonZeroU64> {
@@ -263,7 +299,8 @@ macro_rules! request_setters {
         /// as std's `CommandExt::uid`. Without [`Self::groups`] the child first drops its
         /// supplementary groups, when it may. A server without the privilege fails the child
         /// with `ChildSetupFailed` (`EPERM`); the server applies no policy of its own. Needs a
-        /// server of protocol rev 0.5.
+        /// server of protocol rev 0.5, as do [`Self::gid`], [`Self::groups`] and joining a
+        /// process group: another gets [`crate::Error::Unsupported`], and nothing is sent.
         pub fn uid(&mut self, id: u32) -> &mut Self {
             self.req.options.credentials.uid = Some(id);
             self

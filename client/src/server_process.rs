@@ -130,6 +130,55 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     }
 }
 
+/// What the server has said on its ready pipe so far (PROTOCOL.md §9.4), and what it means:
+/// the decisions of the wait for readiness, apart from how the pipe is read (blocking here,
+/// on tokio's reactor in `async_launch.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct ReadyPipe {
+    said: Vec<u8>,
+}
+
+impl ReadyPipe {
+    /// Takes bytes read from the pipe; `true` once the server has said [`READY`].
+    pub(crate) fn on_bytes(&mut self, bytes: &[u8]) -> bool {
+        if self.said.len() < MAX_REASON_LEN {
+            self.said.extend_from_slice(bytes);
+        }
+        self.said == READY
+    }
+
+    /// Whether nothing has come yet.
+    pub(crate) fn said_nothing(&self) -> bool {
+        self.said.is_empty()
+    }
+
+    /// The error for the end of the pipe before [`READY`]; `status` is how the server ended,
+    /// when known.
+    pub(crate) fn on_eof(&self, status: Option<std::process::ExitStatus>) -> io::Error {
+        if self.said.is_empty() {
+            let status =
+                status.map_or_else(|| "closed its ready pipe".to_owned(), |s| s.to_string());
+            return io::Error::other(format!(
+                "the server exited before it was ready ({status}); does its main call \
+                 Zygote::serve_if_requested first?"
+            ));
+        }
+        let reason = String::from_utf8_lossy(&self.said);
+        io::Error::other(format!("the server refused to start: {reason}"))
+    }
+
+    /// The error for a server not ready within `timeout`.
+    pub(crate) fn timed_out(timeout: Duration) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the server did not become ready within {timeout:?} (a slow preload? see \
+                 Launcher::ready_timeout); it was killed"
+            ),
+        )
+    }
+}
+
 /// Waits until the server says it serves (PROTOCOL.md §9.4: [`READY`] on the ready pipe), for
 /// at most `timeout`.
 ///
@@ -143,21 +192,12 @@ pub(crate) fn wait_ready(
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::io::Read;
     let deadline = Instant::now() + timeout;
-    let mut said = Vec::new();
+    let mut state = ReadyPipe::default();
     let mut pipe = std::fs::File::from(ready);
     loop {
-        if said == READY {
-            return Ok(());
-        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "the server did not become ready within {timeout:?} (a slow preload? see \
-                     Launcher::ready_timeout); it was killed"
-                ),
-            ));
+            return Err(ReadyPipe::timed_out(timeout));
         }
         let ms = PollTimeout::try_from(left.as_millis().clamp(1, 60_000) as i32)
             .unwrap_or(PollTimeout::MAX);
@@ -173,20 +213,16 @@ pub(crate) fn wait_ready(
         }
         let mut chunk = [0u8; 512];
         match pipe.read(&mut chunk) {
-            Ok(0) if said.is_empty() => {
-                let status = process.wait()?;
-                return Err(io::Error::other(format!(
-                    "the server exited before it was ready ({status}); does its main call \
-                     Zygote::serve_if_requested first?"
-                )));
-            }
             Ok(0) => {
-                let reason = String::from_utf8_lossy(&said);
-                return Err(io::Error::other(format!(
-                    "the server refused to start: {reason}"
-                )));
+                // Nothing said: it is exiting, and its status says why. After a reason it is
+                // killed by the caller.
+                let status = match state.said_nothing() {
+                    true => process.wait().ok(),
+                    false => None,
+                };
+                return Err(state.on_eof(status));
             }
-            Ok(n) if said.len() < MAX_REASON_LEN => said.extend_from_slice(&chunk[..n]),
+            Ok(n) if state.on_bytes(&chunk[..n]) => return Ok(()),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

@@ -13,8 +13,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use forkserver_protocol::{
-    send_message, AuthMethod, ErrorCode, ErrorReply, Exit, Frame, FrameReader, HelloOk, Job,
-    Message, Pid, Session, Status,
+    send_message, spawn_flags, AuthMethod, ErrorCode, ErrorReply, Exit, Features, Frame,
+    FrameReader, HelloOk, Job, Message, Pid, Revision, Session, Status,
 };
 
 use crate::{Client, Error, Stdio};
@@ -41,6 +41,18 @@ impl Peer {
             Message::HelloOk(HelloOk::new(1, AuthMethod::None).unwrap()),
             vec![],
         );
+    }
+
+    /// Reads `FeaturesRequest`, answers with `features` (PROTOCOL.md §5.13): what a client
+    /// asks once per server, on its first connection.
+    fn answer_features_with(&mut self, features: Features) {
+        assert_eq!(self.read().message, Message::FeaturesRequest);
+        self.send(Message::Features(features), vec![]);
+    }
+
+    /// As [`Peer::answer_features_with`], for a server of this crate's revision.
+    fn answer_features(&mut self) {
+        self.answer_features_with(Features::current());
     }
 
     /// Whether the client closed its end (the next read is EOF).
@@ -86,10 +98,11 @@ where
     (path, handle)
 }
 
-/// Serves the handshake of `Client::connect`'s check.
+/// Serves the handshake of `Client::connect`'s check, and the `Features` it asks for.
 fn serve_ping(accept: &mut dyn FnMut() -> Peer) {
     let mut p = accept();
     p.handshake();
+    p.answer_features();
     assert!(p.at_eof());
 }
 
@@ -108,20 +121,18 @@ fn read_spawn(p: &mut Peer) -> forkserver_protocol::Spawn {
     }
 }
 
-/// A server of protocol rev 0.2 refuses KEEP_CONNECTION as a reserved bit (Malformed): the
-/// client turns reuse off and makes the request again without it, on a new connection.
+/// A server before rev 0.6 answers `FeaturesRequest` (a tag it does not know) with
+/// `Error(Malformed)` and closes: the client takes it to implement the first revisions'
+/// options only. Its spawns go without KEEP_CONNECTION, and an option of rev 0.3 or 0.5 is
+/// refused locally, with nothing sent. It asks once.
 #[test]
-fn a_server_without_keep_connection_gets_requests_without_it() {
+fn a_server_before_0_6_gets_only_the_first_options() {
     let (path, server) = fake_server(|accept| {
         let mut p = accept();
         p.handshake();
-        assert!(read_spawn(&mut p).options().keep_connection);
+        assert_eq!(p.read().message, Message::FeaturesRequest);
         p.send(
-            Message::Error(ErrorReply::new(
-                ErrorCode::Malformed,
-                0,
-                "reserved bits set (ReservedNotZero)",
-            )),
+            Message::Error(ErrorReply::new(ErrorCode::Malformed, 0, "unknown tag 0x13")),
             vec![],
         );
         drop(p);
@@ -133,6 +144,8 @@ fn a_server_without_keep_connection_gets_requests_without_it() {
             q.send(exit(0), vec![]);
             assert!(q.at_eof());
         }
+        // The test's sentinel: no connection for the refused requests.
+        assert!(accept().at_eof());
     });
     let client = Client::connect(&path).unwrap();
     for expected in [7, 8] {
@@ -141,6 +154,67 @@ fn a_server_without_keep_connection_gets_requests_without_it() {
         assert_eq!(child.wait().unwrap().code(), Some(0));
         assert_eq!(client.idle_connections(), 0);
     }
+    let e = client.command("x").uid(1000).spawn().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Unsupported {
+                option: "SET_UID",
+                server: None
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "the forkserver (before rev 0.6) does not implement the option SET_UID"
+    );
+    let e = client.command("x").env_remove("HOME").spawn().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Unsupported {
+                option: "ENV_REMOVE",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    drop(UnixStream::connect(&path).unwrap());
+    server.join().unwrap();
+}
+
+/// A server whose `Features` lack an option: a request using it is refused locally, the
+/// others go out on the kept connection, and `Features` are asked once (a second
+/// `FeaturesRequest` would be read as the Spawn below and fail).
+#[test]
+fn an_option_missing_from_the_features_is_refused_locally() {
+    let lacking = spawn_flags::ALL & !spawn_flags::SET_GROUPS;
+    let (path, server) = fake_server(move |accept| {
+        let mut p = accept();
+        p.handshake();
+        p.answer_features_with(Features::new(Revision::R0_6, lacking, 0b1111).unwrap());
+        for i in 0..2 {
+            let spawn = read_spawn(&mut p);
+            assert!(spawn.options().keep_connection);
+            assert_eq!(spawn.options().credentials.gid, Some(5));
+            p.send(pid(50 + i, false), vec![]);
+            p.send(exit(0), vec![]);
+        }
+        assert!(p.at_eof());
+    });
+    let client = Client::connect(&path).unwrap();
+    for i in 0..2 {
+        let e = client.call("e", "").groups(&[1, 2]).spawn().unwrap_err();
+        assert!(
+            matches!(e, Error::Unsupported { option: "SET_GROUPS", server: Some(r) } if r == Revision::R0_6),
+            "{e:?}"
+        );
+        let mut child = client.call("e", "").gid(5).spawn().unwrap();
+        assert_eq!(child.pid(), 50 + i);
+        assert!(child.wait().unwrap().success());
+    }
+    drop(client);
     server.join().unwrap();
 }
 
@@ -152,6 +226,7 @@ fn a_request_crossing_the_close_of_a_kept_connection_is_made_again() {
     let (path, server) = fake_server(|accept| {
         let mut p = accept();
         p.handshake();
+        p.answer_features();
         // The client's Spawn arrives; the server closes the connection unread, saying why.
         std::thread::sleep(Duration::from_millis(50));
         p.send(
@@ -173,15 +248,65 @@ fn a_request_crossing_the_close_of_a_kept_connection_is_made_again() {
     server.join().unwrap();
 }
 
+/// `Error(Timeout)` (the server's idle timeout) crossing a request on a kept connection is
+/// "not acted on" too (PROTOCOL.md §6.6): the request is made again on a new connection.
+#[test]
+fn a_request_crossing_an_idle_timeout_is_made_again() {
+    let (path, server) = fake_server(|accept| {
+        let mut p = accept();
+        p.handshake();
+        p.answer_features();
+        std::thread::sleep(Duration::from_millis(50));
+        p.send(
+            Message::Error(ErrorReply::new(ErrorCode::Timeout, 0, "idle")),
+            vec![],
+        );
+        drop(p);
+        let mut q = accept();
+        q.handshake();
+        read_spawn(&mut q);
+        q.send(pid(11, false), vec![]);
+        q.send(exit(0), vec![]);
+    });
+    let client = Client::connect(&path).unwrap();
+    let mut child = client.call("e", "").spawn().unwrap();
+    assert_eq!(child.pid(), 11);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    server.join().unwrap();
+}
+
+/// A kept connection the server closed moments ago (no probe before reuse: it was idle for
+/// less than the probe's bound) refuses the send, and the request goes on a new connection
+/// without the caller seeing anything; nothing reached the closed one.
+#[test]
+fn a_kept_connection_closed_moments_ago_refuses_the_send_and_is_replaced() {
+    let (closed_tx, closed_rx) = mpsc::channel();
+    let (path, server) = fake_server(move |accept| {
+        let mut p = accept();
+        p.handshake();
+        p.answer_features();
+        drop(p);
+        closed_tx.send(()).unwrap();
+        let mut q = accept();
+        q.handshake();
+        read_spawn(&mut q);
+        q.send(pid(12, false), vec![]);
+        q.send(exit(0), vec![]);
+    });
+    let client = Client::connect(&path).unwrap();
+    assert_eq!(client.idle_connections(), 1);
+    closed_rx.recv().unwrap();
+    let mut child = client.call("e", "").spawn().unwrap();
+    assert_eq!(child.pid(), 12);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    server.join().unwrap();
+}
+
 /// After `fork()` the child process does not use its parent's kept connections.
 #[test]
 #[allow(unsafe_code)]
 fn a_forked_child_does_not_share_kept_connections() {
-    let (path, server) = fake_server(|accept| {
-        let mut p = accept();
-        p.handshake();
-        assert!(p.at_eof());
-    });
+    let (path, server) = fake_server(serve_ping);
     let client = Client::connect(&path).unwrap();
     assert_eq!(client.idle_connections(), 1);
     // SAFETY: the child only reads the pool's length (its lock is free: no other thread uses
@@ -209,6 +334,7 @@ fn connections_are_reused_after_the_final_report() {
         // requests are all answered.
         let mut p = accept();
         p.handshake();
+        p.answer_features();
         for (i, code) in [0, 3].into_iter().enumerate() {
             let spawn = read_spawn(&mut p);
             assert!(spawn.options().keep_connection, "spawn {i}");
@@ -661,6 +787,9 @@ fn fake_launched_server() {
             // READY until the client closes, or a spawn without KEEP_CONNECTION has ended.
             while let Ok(frame) = p.reader.read_frame(p.sock.as_fd()) {
                 match frame.message {
+                    Message::FeaturesRequest => {
+                        p.send(Message::Features(Features::current()), vec![]);
+                    }
                     Message::StatusRequest => {
                         let me = std::process::id() as i32;
                         p.send(

@@ -12,8 +12,18 @@ use forkserver_server::Zygote;
 /// One test: a future on the shared client.
 type AsyncTest = fn(Client) -> Pin<Box<dyn Future<Output = ()>>>;
 
+/// One test that starts a runtime of its own.
+type OwnRuntimeTest = (&'static str, fn(Client));
+
 fn main() {
-    Zygote::new().serve_if_requested();
+    Zygote::new()
+        .preload(|| {
+            // A slow preload, for the relaunch test.
+            if let Ok(ms) = std::env::var("ASYNC_TEST_PRELOAD_MS") {
+                std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
+            }
+        })
+        .serve_if_requested();
     // 1,000 children alive at once hold 1,000 connections: room for them here.
     let (_, hard) =
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
@@ -40,20 +50,35 @@ fn main() {
         ("a_thousand_concurrent_children_from_eight_tasks", |c| {
             Box::pin(a_thousand_concurrent_children_from_eight_tasks(c))
         }),
-        ("current_thread_runtime", |c| {
-            Box::pin(async move { drop(c) })
-        }),
+    ];
+    // Each starts its own runtime.
+    let on_their_own_runtime: &[OwnRuntimeTest] = &[
+        ("current_thread_runtime", current_thread_runtime),
+        (
+            "a_relaunch_does_not_stall_a_current_thread_runtime",
+            a_relaunch_does_not_stall_a_current_thread_runtime,
+        ),
     ];
     let mut failed = 0;
+    let mut outcomes = Vec::new();
     for (name, test) in tests {
         let client = client.clone();
-        let outcome = if *name == "current_thread_runtime" {
-            std::panic::catch_unwind(|| current_thread_runtime(client))
-        } else {
+        outcomes.push((
+            name,
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 runtime.block_on(test(client))
-            }))
-        };
+            })),
+        ));
+    }
+    for (name, test) in on_their_own_runtime {
+        let client = client.clone();
+        outcomes.push((
+            name,
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(client))),
+        ));
+    }
+    let total = outcomes.len();
+    for (name, outcome) in outcomes {
         match outcome {
             Ok(()) => println!("test {name} ... ok"),
             Err(_) => {
@@ -65,7 +90,7 @@ fn main() {
     println!(
         "\ntest result: {}. {} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out",
         if failed == 0 { "ok" } else { "FAILED" },
-        tests.len() - failed
+        total - failed
     );
     drop(runtime);
     drop(client);
@@ -260,4 +285,79 @@ fn current_thread_runtime(client: Client) {
         let child = client.command("true").spawn_async().await.unwrap();
         assert!(child.wait().await.unwrap().success());
     });
+}
+
+/// `spawn_async` relaunches a server whose preload takes a second (the one it had was killed)
+/// while a task ticks every millisecond on the same current-thread runtime: the ticks go on.
+/// A client that did the relaunch (or any of its blocking I/O) inline would stop them for
+/// the whole second.
+fn a_relaunch_does_not_stall_a_current_thread_runtime(_client: Client) {
+    const PRELOAD: Duration = Duration::from_secs(1);
+    // Far above a tick's scheduling jitter on a loaded 2-core machine, far below the stall.
+    const MAX_GAP: Duration = Duration::from_millis(50);
+    let client = Client::launcher(std::env::current_exe().unwrap())
+        .env("ASYNC_TEST_PRELOAD_MS", PRELOAD.as_millis().to_string())
+        .launch()
+        .unwrap();
+    // A kept connection to the old server: its refused send leads to the relaunch.
+    assert!(client.command("true").status().unwrap().success());
+    let old = client.launched_server_pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Dead (a zombie, our child) before the runtime starts: its sockets are closed.
+    let until = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{old}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < until, "the server did not die");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (gap, took) = rt.block_on(async {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ticker = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut largest = Duration::ZERO;
+                let mut last = Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    let now = Instant::now();
+                    largest = largest.max(now - last);
+                    last = now;
+                }
+                largest
+            }
+        });
+        tokio::task::yield_now().await;
+        let t = Instant::now();
+        let status = client.command("true").status_async().await.unwrap();
+        let took = t.elapsed();
+        assert!(status.success());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (ticker.await.unwrap(), took)
+    });
+    assert_ne!(client.launched_server_pid(), Some(old), "not relaunched");
+    assert!(
+        took >= PRELOAD,
+        "the relaunch took {took:?}, less than the preload"
+    );
+    println!("relaunch took {took:?}; largest gap between ticks {gap:?}");
+    assert!(
+        gap < MAX_GAP,
+        "the runtime stalled for {gap:?} during the relaunch"
+    );
 }

@@ -20,7 +20,7 @@
 
 use arbitrary::Arbitrary;
 use forkserver_protocol::{
-    auth, Auth, ErrorCode, FdMap, Frame, Hello, Job, Message, Spawn, SpawnOptions, CHALLENGE_LEN,
+    auth, Auth, ErrorCode, Features, FdMap, Frame, Hello, Job, Message, Spawn, SpawnOptions, CHALLENGE_LEN,
     MAX_SIGNAL,
 };
 use forkserver_server::fuzzing::{Action, Env, Errno, Pid, Session, State};
@@ -105,6 +105,7 @@ fn legal(before: State, action: &Action, child: Option<Pid>) -> bool {
         // At most one child per connection: a Spawn only with none alive.
         State::Ready => {
             matches!(action, Action::Status)
+                || matches!(action, Action::Send(Message::Features(f)) if *f == Features::current())
                 || matches!(action, Action::Spawn(..)) && child.is_none()
                 || closes(&[UnexpectedMessage, UnknownEntry, FdMismatch])
         }

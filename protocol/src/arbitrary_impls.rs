@@ -159,6 +159,7 @@ impl<'a> Arbitrary<'a> for Message {
                 Message::Signal(Signal::new(u.int_in_range(1..=MAX_SIGNAL)?).map_err(fail)?)
             }
             Tag::StatusRequest => Message::StatusRequest,
+            Tag::FeaturesRequest => Message::FeaturesRequest,
             Tag::Pid => Message::Pid(
                 Pid::new(u.int_in_range(1..=i32::MAX)?, bool::arbitrary(u)?).map_err(fail)?,
             ),
@@ -185,6 +186,15 @@ impl<'a> Arbitrary<'a> for Message {
                     .map_err(fail)?,
                 )
             }
+            Tag::Features => Message::Features(
+                Features::new(
+                    Revision::new(u.int_in_range(0..=u16::MAX)?, Arbitrary::arbitrary(u)?)
+                        .max(Revision::R0_6),
+                    Arbitrary::arbitrary(u)?,
+                    Arbitrary::arbitrary(u)?,
+                )
+                .map_err(fail)?,
+            ),
             Tag::Error => {
                 let code = *u.choose(ErrorCode::ALL)?;
                 let msg: String = String::arbitrary(u)?.chars().take(80).collect();

@@ -3,6 +3,8 @@
 
 use core::fmt;
 
+use crate::MAX_FDS;
+
 /// A bounded quantity of the protocol; names the limit a [`DecodeError::LimitExceeded`] or a
 /// [`BuildError::LimitExceeded`] refers to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -164,6 +166,8 @@ pub enum Field {
     /// An exec job's environment removals: the list is empty while `ENV_REMOVE` is set, or a
     /// name is empty or holds `=` or NUL.
     EnvRemove,
+    /// `Features.revision`: before 0.6, which has no `Features`.
+    Revision,
 }
 
 impl Field {
@@ -190,6 +194,7 @@ impl Field {
             Self::Gid => "a gid",
             Self::Pgid => "the process group",
             Self::EnvRemove => "environment removal",
+            Self::Revision => "the revision",
         }
     }
 
@@ -274,9 +279,7 @@ impl fmt::Display for DecodeError {
             Self::UnexpectedFds { tag, nfds } => {
                 write!(f, "message 0x{tag:02x} cannot carry {nfds} fds")
             }
-            Self::TooManyFds(n) => {
-                write!(f, "{n} fds announced, at most {} allowed", crate::MAX_FDS)
-            }
+            Self::TooManyFds(n) => write!(f, "{n} fds announced, at most {MAX_FDS} allowed"),
             Self::BodyTooLong(n) => {
                 write!(
                     f,
@@ -367,13 +370,7 @@ impl From<BuildError> for DecodeError {
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::TooManyFds(n) => {
-                write!(
-                    f,
-                    "{n} fds in one bundle, at most {} allowed",
-                    crate::MAX_FDS
-                )
-            }
+            Self::TooManyFds(n) => write!(f, "{n} fds in one bundle, at most {MAX_FDS} allowed"),
             Self::FdCountMismatch { targets, fds } => {
                 write!(f, "{fds} fds for an fd map of {targets} targets")
             }

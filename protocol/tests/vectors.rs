@@ -272,6 +272,11 @@ fn build_valid() -> Vec<(String, String, Message)> {
     );
     add("status-request", "StatusRequest", Message::StatusRequest);
     add(
+        "features-request",
+        "FeaturesRequest (rev 0.6)",
+        Message::FeaturesRequest,
+    );
+    add(
         "pid",
         "Pid 4242 without a pidfd",
         Message::Pid(Pid::new(4242, false).unwrap()),
@@ -316,6 +321,16 @@ fn build_valid() -> Vec<(String, String, Message)> {
         "status",
         "Status of a server with 2 live children",
         Message::Status(Status::new(1, 100, 2, 3, 12345, "forkserver 0.1.0").unwrap()),
+    );
+    add(
+        "features",
+        "Features of a rev 0.6 server: every Spawn flag bit (0-10), requests 0x10-0x13",
+        Message::Features(Features::current()),
+    );
+    add(
+        "features-later-revision",
+        "Features of a later server (rev 0.7), with bits a rev 0.6 reader does not know",
+        Message::Features(Features::new(Revision::new(0, 7), 0x0001_ffff, 0x1f).unwrap()),
     );
     for code in ErrorCode::ALL {
         let errno = match code {
@@ -363,10 +378,10 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
         E::UnknownTag(0),
     );
     add(
-        "tag-13",
-        "tag 0x13 is reserved",
-        frame(0x13, 0, &[]),
-        E::UnknownTag(0x13),
+        "tag-14",
+        "tag 0x14 is reserved",
+        frame(0x14, 0, &[]),
+        E::UnknownTag(0x14),
     );
     add(
         "tag-ff",
@@ -435,6 +450,41 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
         "Exit body must be 8 bytes",
         header_only(0x21, 0, 4),
         E::BadBodyLength { tag: 0x21, len: 4 },
+    );
+    add(
+        "features-request-len-1",
+        "FeaturesRequest body must be empty",
+        frame(0x13, 0, &[0]),
+        E::BadBodyLength { tag: 0x13, len: 1 },
+    );
+    add(
+        "features-request-with-fd",
+        "FeaturesRequest cannot carry fds",
+        header_only(0x13, 1, 0),
+        E::UnexpectedFds { tag: 0x13, nfds: 1 },
+    );
+    let features = body_of(&Message::Features(Features::current()));
+    add(
+        "features-len-12",
+        "Features body must be 16 bytes",
+        frame(0x24, 0, &features[..12]),
+        E::BadBodyLength { tag: 0x24, len: 12 },
+    );
+    let mut b = features.clone();
+    b[12] = 1;
+    add(
+        "features-reserved-not-zero",
+        "Features reserved field not zero",
+        frame(0x24, 0, &b),
+        E::ReservedNotZero,
+    );
+    let mut b = features.clone();
+    b[2] = 5;
+    add(
+        "features-revision-0-5",
+        "Features naming rev 0.5, which has no Features",
+        frame(0x24, 0, &b),
+        E::InvalidValue(Field::Revision),
     );
     add(
         "status-request-len-1",

@@ -482,13 +482,91 @@ def valid_vector_checks(valid):
 
     # Well-formed S->C messages sent by a client decode, and the state machine refuses them (§4.1).
     for v in valid:
-        if v["decoded"]["type"] in ("HelloOk", "AuthOk", "Pid", "Exit", "Signaled", "Status", "Error"):
+        if v["decoded"]["type"] in ("HelloOk", "AuthOk", "Pid", "Exit", "Signaled", "Status",
+                                    "Features", "Error"):
             for when in ("in-READY", "before-Hello"):
                 def wrong_way(v=v, when=when):
                     with Fds(v["nfds"]) as fds, Raw(hello=(when == "in-READY")) as c:
                         c.send(bytes.fromhex(v["hex"]), fds)
                         c.expect_error("UnexpectedMessage")
                 check(f"valid/{v['name']}/{when}: S->C message from a client, Error(UnexpectedMessage)", wrong_way)
+
+
+def features_checks(valid):
+    """§5.13, §5.14 (rev 0.6): the live server's Features against the spec's tables."""
+    byname = {v["name"]: v for v in valid}
+    request = bytes.fromhex(byname["features-request"]["hex"])
+
+    def ask(c):
+        c.send(request)
+        msg, _ = c.expect("Features")
+        return msg
+
+    def listed():
+        with Raw() as c:
+            f = ask(c)
+        require((f["revision_major"], f["revision_minor"]) >= (0, 6),
+                f"revision {f['revision_major']}.{f['revision_minor']}, a Features needs 0.6 or later")
+        missing = fc.SPAWN_FLAGS_MASK & ~f["spawn_flags"]
+        require(not missing, f"spawn_flags 0x{f['spawn_flags']:x} lacks bits 0x{missing:x} of §5.5.1")
+        requests = 0
+        for t in (fc.SPAWN, fc.SIGNAL, fc.STATUS_REQUEST, fc.FEATURES_REQUEST):
+            requests |= 1 << (t - 0x10)
+        require(f["requests"] & requests == requests,
+                f"requests 0x{f['requests']:x} lacks 0x{requests & ~f['requests']:x}")
+    check("features/revision >= 0.6, spawn_flags has every bit of §5.5.1, requests 0x10-0x13", listed)
+
+    def covers_the_vectors():
+        with Raw() as c:
+            f = ask(c)
+        for v in valid:
+            if v["decoded"]["type"] == "Spawn":
+                flags = struct.unpack_from("<I", bytes.fromhex(v["hex"]), 8)[0]
+                require(flags & ~f["spawn_flags"] == 0,
+                        f"{v['name']} sets flags 0x{flags:x} outside spawn_flags 0x{f['spawn_flags']:x}")
+    check("features/every valid-vector Spawn's flags are in spawn_flags", covers_the_vectors)
+
+    def stays_ready():
+        with Raw() as c:
+            ask(c)
+            ask(c)
+            c.send(bytes.fromhex(byname["status-request"]["hex"]))
+            c.expect("Status")
+            c.send(spawn_frame(exec_job(["true"]), keep_connection=True))
+            c.expect("Pid")
+            msg, _ = c.expect("Exit")
+            require(msg["code"] == 0, f"exit code {msg['code']}")
+            ask(c)                                # READY again under KEEP_CONNECTION
+    check("features/the connection stays READY: Features twice, Status, a Spawn, Features again",
+          stays_ready)
+
+    def pipelined():
+        with Raw(hello=False) as c:
+            c.send(fc.encode_hello() + request)
+            c.expect("HelloOk")
+            c.expect("Features")
+    check("features/Hello+FeaturesRequest in one write (§6.6 pipelining)", pipelined)
+
+    def before_hello():
+        with Raw(hello=False) as c:
+            c.send(request)
+            c.expect_error("UnexpectedMessage")
+    check("features/FeaturesRequest before Hello: Error(UnexpectedMessage), closed", before_hello)
+
+    def in_running():
+        with Raw() as c:
+            c.send(spawn_frame(exec_job(["sleep", "5"]), kill_on_disconnect=True))
+            c.expect("Pid")
+            c.send(request)
+            c.expect_error("UnexpectedMessage")
+    check("features/FeaturesRequest in RUNNING: Error(UnexpectedMessage), closed (§6.1)", in_running)
+
+    def python_client():
+        f = fc.Client(SOCKET, timeout=TIMEOUT).features()
+        with Raw() as c:
+            live = ask(c)
+        require(f == {k: v for k, v in live.items() if k != "type"}, f"{f} != {live}")
+    check("features/the Python client's features() is the server's answer", python_client)
 
 
 def invalid_vector_checks(invalid):
@@ -1096,6 +1174,7 @@ def main():
     handshake_checks(valid)
     status_checks()
     valid_vector_checks(valid)
+    features_checks(valid)
     invalid_vector_checks(invalid)
     handshake_length_checks()
     transport_checks(transport)

@@ -4,7 +4,7 @@
 
 use super::header::Header;
 use super::wire::{Reader, Sink};
-use super::{Auth, AuthOk, ErrorReply, Exit, Hello, HelloOk, Pid, Signal, Spawn, Status};
+use super::{Auth, AuthOk, ErrorReply, Exit, Features, Hello, HelloOk, Pid, Signal, Spawn, Status};
 use crate::error::DecodeError;
 use crate::MAX_FDS;
 
@@ -173,6 +173,8 @@ messages! {
     Signal(Signal) = 0x11, client, len 4, fds 0;
     /// Ask for the server's status.
     StatusRequest = 0x12, client, len 0, fds 0;
+    /// Ask what the server implements (rev 0.6).
+    FeaturesRequest = 0x13, client, len 0, fds 0;
     /// The child's pid; a pidfd for it travels with the frame when [`Pid::has_pidfd`].
     Pid(Pid) = 0x20, server, len 4, fds 1;
     /// The child's signed exit code.
@@ -181,6 +183,8 @@ messages! {
     Signaled = 0x22, server, len 0, fds 0;
     /// The server's status.
     Status(Status) = 0x23, server, len var, fds 0;
+    /// What the server implements: its revision, Spawn flag bits and requests (rev 0.6).
+    Features(Features) = 0x24, server, len 16, fds 0;
     /// A request failed.
     Error(ErrorReply) = 0x2F, server, len var, fds 0;
 }
@@ -203,7 +207,11 @@ mod tests {
 
     #[test]
     fn unit_messages_have_empty_bodies() {
-        for m in [Message::StatusRequest, Message::Signaled] {
+        for m in [
+            Message::StatusRequest,
+            Message::FeaturesRequest,
+            Message::Signaled,
+        ] {
             assert_eq!(m.tag().fixed_body_len(), Some(0));
             assert_eq!(m.to_bytes().len(), crate::HEADER_LEN);
             assert_eq!(crate::decode_exact(&m.to_bytes()), Ok(m));

@@ -29,6 +29,7 @@
 
 mod control;
 mod error_reply;
+mod features;
 mod handshake;
 mod header;
 mod messages;
@@ -40,6 +41,7 @@ use bytes::BufMut;
 
 pub use control::{exit_flags, Exit, Pid, Signal};
 pub use error_reply::{ErrorCode, ErrorReply};
+pub use features::Features;
 pub use handshake::{Auth, AuthMethod, AuthOk, Hello, HelloOk};
 pub use header::Header;
 pub use messages::{Message, Tag};

@@ -102,6 +102,7 @@ pub fn to_json(m: &Message) -> Value {
         }
         Message::Signal(s) => json!({"type": "Signal", "signo": s.signo()}),
         Message::StatusRequest => json!({"type": "StatusRequest"}),
+        Message::FeaturesRequest => json!({"type": "FeaturesRequest"}),
         Message::Pid(p) => json!({"type": "Pid", "pid": p.pid(), "pidfd": p.has_pidfd()}),
         Message::Exit(e) => json!({
             "type": "Exit", "code": e.code(), "deadline_expired": e.deadline_expired(),
@@ -113,6 +114,11 @@ pub fn to_json(m: &Message) -> Value {
             "server_pid": s.server_pid(), "live_children": s.live_children(),
             "connections": s.connections(), "spawned_total": s.spawned_total(),
             "server_version": s.server_version()
+        }),
+        Message::Features(f) => json!({
+            "type": "Features", "revision_major": f.revision().major(),
+            "revision_minor": f.revision().minor(), "spawn_flags": f.spawn_flags(),
+            "requests": f.requests()
         }),
         Message::Error(e) => json!({
             "type": "Error", "code": e.code() as u16, "name": e.code().name(),

@@ -9,15 +9,15 @@
 //!  AWAIT_HELLO ──Hello──▶ READY ◀──────────── final report, KEEP_CONNECTION ──┐
 //!      │        (key) ▼     │ Spawn ─▶ Action::Spawn ─▶ spawned(pid_after_exec?) │
 //!      │       AWAIT_AUTH   ├──────────────────▶ SPAWNING ──exec_done──▶ RUNNING ─┘
-//!      │          │ Auth ok ▲                                   Signal ⟲, Status ⟲
+//!      │          │ Auth ok ▲ Status ⟲, Features ⟲                  Signal ⟲, Status ⟲
 //!      └── anything else: Close(Error) ───────────────────────▶ CLOSING
 //! ```
 
 use std::collections::VecDeque;
 
 use forkserver_protocol::{
-    auth, AuthMethod, AuthOk, ErrorCode, ErrorReply, FdBundle, Frame, HelloOk, Job, Message, Spawn,
-    CHALLENGE_LEN, PROTOCOL_VERSION,
+    auth, AuthMethod, AuthOk, ErrorCode, ErrorReply, FdBundle, Features, Frame, HelloOk, Job,
+    Message, Spawn, CHALLENGE_LEN, PROTOCOL_VERSION,
 };
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -161,6 +161,11 @@ impl Session {
             }
             (State::Ready | State::Running(_), Message::StatusRequest) => {
                 self.actions.push_back(Action::Status);
+            }
+            // §5.13 (rev 0.6): what this server implements, from the protocol's tables; the
+            // connection stays READY.
+            (State::Ready, Message::FeaturesRequest) => {
+                self.send(Message::Features(Features::current()));
             }
             (State::Ready, Message::Spawn(spawn)) => {
                 if let Job::Entry(e) = spawn.job() {

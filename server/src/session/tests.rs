@@ -1,8 +1,8 @@
 //! Every transition of the session, in memory.
 
 use forkserver_protocol::{
-    auth, Auth, AuthMethod, ErrorCode, ExecJob, FdMap, Frame, Hello, Job, Message, Signal, Spawn,
-    SpawnOptions, Tag, CHALLENGE_LEN,
+    auth, Auth, AuthMethod, ErrorCode, ExecJob, FdMap, Features, Frame, Hello, Job, Message,
+    Signal, Spawn, SpawnOptions, Tag, CHALLENGE_LEN,
 };
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -184,6 +184,23 @@ fn ready_takes_spawn_and_status_and_refuses_the_rest() {
 }
 
 #[test]
+fn features_name_every_spawn_flag_and_stay_ready() {
+    let mut s = ready();
+    let a = feed(&mut s, Message::FeaturesRequest, None);
+    let [Action::Send(Message::Features(f))] = &a[..] else {
+        panic!("{a:?}")
+    };
+    assert_eq!(f.spawn_flags(), forkserver_protocol::spawn_flags::ALL);
+    assert_eq!(f.revision(), forkserver_protocol::Revision::CURRENT);
+    assert_eq!(s.state(), State::Ready);
+    // Still READY: a Spawn follows on the same connection.
+    assert!(matches!(
+        feed(&mut s, exec(), None)[..],
+        [Action::Spawn(..)]
+    ));
+}
+
+#[test]
 fn entry_points_are_checked_before_the_fork() {
     let mut s = ready();
     assert!(closes_with(
@@ -292,6 +309,7 @@ fn sample(tag: Tag) -> Message {
         Tag::Spawn => exec(),
         Tag::Signal => Message::Signal(Signal::new(15).unwrap()),
         Tag::StatusRequest => Message::StatusRequest,
+        Tag::FeaturesRequest => Message::FeaturesRequest,
         t => panic!("no sample message for the client tag {t:?}: add one"),
     }
 }
@@ -306,7 +324,9 @@ fn expected(state: State, tag: Tag) -> (Option<ErrorCode>, State) {
         (State::AwaitAuth(_), Tag::Auth) => (None, State::Ready),
         (State::AwaitAuth(_), _) => refused(ErrorCode::AuthRequired),
         // A Spawn waits in READY for the event loop's `spawned`.
-        (State::Ready, Tag::StatusRequest | Tag::Spawn) => (None, State::Ready),
+        (State::Ready, Tag::StatusRequest | Tag::FeaturesRequest | Tag::Spawn) => {
+            (None, State::Ready)
+        }
         (State::Running(pid), Tag::StatusRequest | Tag::Signal) => (None, State::Running(pid)),
         // SPAWNING answers nothing (the table lists no message for it): any frame is refused.
         _ => refused(ErrorCode::UnexpectedMessage),
@@ -340,7 +360,7 @@ fn every_tag_in_every_state_has_an_answer() {
         .into_iter()
         .filter(|t| t.is_from_client())
         .collect();
-    assert_eq!(tags.len(), 5, "{tags:?}");
+    assert_eq!(tags.len(), 6, "{tags:?}");
     for (name, make) in &states {
         for &tag in &tags {
             let mut s = make();
@@ -357,6 +377,9 @@ fn every_tag_in_every_state_has_an_answer() {
                     | ([Action::Send(Message::AuthOk(_))], Tag::Auth)
                     | ([Action::Spawn(..)], Tag::Spawn)
                     | ([Action::Status], Tag::StatusRequest) => {}
+                    ([Action::Send(Message::Features(f))], Tag::FeaturesRequest) => {
+                        assert_eq!(*f, Features::current(), "{what}")
+                    }
                     ([Action::Signal(pid, 15)], Tag::Signal) => {
                         assert_eq!(State::Running(*pid), before, "{what}")
                     }

@@ -59,17 +59,18 @@ MAX_SIGNAL = 64
 MAX_PID = (1 << 31) - 1
 
 HELLO, HELLO_OK, AUTH, AUTH_OK = 0x01, 0x02, 0x03, 0x04
-SPAWN, SIGNAL, STATUS_REQUEST = 0x10, 0x11, 0x12
-PID, EXIT, SIGNALED, STATUS, ERROR = 0x20, 0x21, 0x22, 0x23, 0x2F
+SPAWN, SIGNAL, STATUS_REQUEST, FEATURES_REQUEST = 0x10, 0x11, 0x12, 0x13   # 0x13: rev 0.6
+PID, EXIT, SIGNALED, STATUS, FEATURES, ERROR = 0x20, 0x21, 0x22, 0x23, 0x24, 0x2F  # 0x24: rev 0.6
 
 TAG_NAMES = {
     HELLO: "Hello", HELLO_OK: "HelloOk", AUTH: "Auth", AUTH_OK: "AuthOk", SPAWN: "Spawn",
     SIGNAL: "Signal", STATUS_REQUEST: "StatusRequest", PID: "Pid", EXIT: "Exit",
     SIGNALED: "Signaled", STATUS: "Status", ERROR: "Error",
+    FEATURES_REQUEST: "FeaturesRequest", FEATURES: "Features",
 }
 TAGS = {name: tag for tag, name in TAG_NAMES.items()}
 FIXED_BODY_LEN = {HELLO: 8, AUTH: 64, AUTH_OK: 32, SIGNAL: 4, STATUS_REQUEST: 0, PID: 4,
-                  EXIT: 8, SIGNALED: 0}
+                  EXIT: 8, SIGNALED: 0, FEATURES_REQUEST: 0, FEATURES: 16}
 MAX_NFDS_FOR_TAG = {SPAWN: MAX_FDS, PID: 1}            # every other tag: 0 (§4.2)
 
 MAGIC = b"FKSV"
@@ -82,6 +83,17 @@ NEW_SESSION, NEW_PROCESS_GROUP, WANT_PIDFD, PID_AFTER_EXEC, KILL_ON_DISCONNECT =
 KEEP_CONNECTION = 32                   # rev 0.3
 SET_UID, SET_GID, SET_GROUPS, JOIN_PROCESS_GROUP, ENV_REMOVE = 64, 128, 256, 512, 1024  # rev 0.5
 SPAWN_FLAGS_MASK = 0x7FF
+FLAG_NAMES = {
+    NEW_SESSION: "NEW_SESSION", NEW_PROCESS_GROUP: "NEW_PROCESS_GROUP", WANT_PIDFD: "WANT_PIDFD",
+    PID_AFTER_EXEC: "PID_AFTER_EXEC", KILL_ON_DISCONNECT: "KILL_ON_DISCONNECT",
+    KEEP_CONNECTION: "KEEP_CONNECTION", SET_UID: "SET_UID", SET_GID: "SET_GID",
+    SET_GROUPS: "SET_GROUPS", JOIN_PROCESS_GROUP: "JOIN_PROCESS_GROUP", ENV_REMOVE: "ENV_REMOVE",
+}
+# What a server before rev 0.6 (no Features) is taken to implement: bits 0-4 (§5.14, §8).
+PRE_0_6_SPAWN_FLAGS = 0x1F
+# The revision this client implements, and what it sends in Features (§5.14).
+REVISION = (0, 6)
+REQUESTS_MASK = 0xF                    # Spawn, Signal, StatusRequest, FeaturesRequest
 SESSION_FLAGS = NEW_SESSION | NEW_PROCESS_GROUP | JOIN_PROCESS_GROUP
 JOB_ENTRY, JOB_EXEC = 1, 2
 # Exit.flags (§5.9)
@@ -120,6 +132,16 @@ class DecodeError(ProtocolError):
 
 class ConnectionClosed(ForkserverError):
     """The server closed the connection (end of stream or ECONNRESET) without a reply."""
+
+
+class UnsupportedError(ForkserverError):
+    """The server does not implement an option of the request (its Features, §5.14, or bits
+    0-4 only for a server before rev 0.6). Nothing was sent."""
+
+    def __init__(self, option, revision):
+        self.option, self.revision = option, revision
+        rev = "before rev 0.6" if revision is None else f"rev {revision[0]}.{revision[1]}"
+        super().__init__(f"the forkserver ({rev}) does not implement the option {option}")
 
 
 class ServerError(ForkserverError):
@@ -243,6 +265,16 @@ def encode_status_request():
     return _frame(STATUS_REQUEST, b"")
 
 
+def encode_features_request():
+    return _frame(FEATURES_REQUEST, b"")
+
+
+def encode_features(revision_major=REVISION[0], revision_minor=REVISION[1],
+                    spawn_flags=SPAWN_FLAGS_MASK, requests=REQUESTS_MASK):
+    return _frame(FEATURES, struct.pack("<HHIII", revision_major, revision_minor, spawn_flags,
+                                        requests, 0))
+
+
 def encode_pid(pid, pidfd=False):
     return _frame(PID, struct.pack("<I", pid), 1 if pidfd else 0)
 
@@ -289,6 +321,11 @@ def encode_message(msg):
         return encode_signal(msg["signo"])
     if t == "StatusRequest":
         return encode_status_request()
+    if t == "FeaturesRequest":
+        return encode_features_request()
+    if t == "Features":
+        return encode_features(msg["revision_major"], msg["revision_minor"], msg["spawn_flags"],
+                               msg["requests"])
     if t == "Pid":
         return encode_pid(msg["pid"], msg["pidfd"])
     if t == "Exit":
@@ -612,6 +649,17 @@ def _status(r, nfds):
             "connections": conns, "spawned_total": total, "server_version": server_version}
 
 
+def _features(r, nfds):
+    major, minor, spawn_flags, requests, reserved = r.u16(), r.u16(), r.u32(), r.u32(), r.u32()
+    if reserved != 0:                                                   # §5.14 check 1
+        raise DecodeError("ReservedNotZero", "Features.reserved")
+    if (major, minor) < (0, 6):                                         # §5.14 check 2
+        raise DecodeError("InvalidValue", f"Revision {major}.{minor}")
+    # Unknown bits of spawn_flags and requests are not errors: a later revision sets them.
+    return {"revision_major": major, "revision_minor": minor, "spawn_flags": spawn_flags,
+            "requests": requests}
+
+
 def _error(r, nfds):
     code, reserved, errno = r.u16(), r.u16(), r.i32()
     if code not in ERROR_NAMES:
@@ -628,7 +676,7 @@ def _error(r, nfds):
 _BODY_DECODERS = {
     HELLO: _hello, HELLO_OK: _hello_ok, AUTH: _auth, AUTH_OK: _auth_ok, SPAWN: _spawn,
     SIGNAL: _signal, STATUS_REQUEST: _empty, PID: _pid, EXIT: _exit, SIGNALED: _empty,
-    STATUS: _status, ERROR: _error,
+    STATUS: _status, ERROR: _error, FEATURES_REQUEST: _empty, FEATURES: _features,
 }
 
 # --------------------------------------------------------------------------------------------
@@ -889,6 +937,7 @@ class Client:
 
     def __init__(self, socket_path, key=None, timeout=None):
         self.socket_path, self.key, self.timeout = socket_path, key, timeout
+        self._features = ()                    # not asked yet; None: a server before rev 0.6
 
     def connect(self):
         return Connection(self.socket_path, self.key, self.timeout)
@@ -901,6 +950,27 @@ class Client:
             return {k: v for k, v in msg.items() if k != "type"}
         finally:
             conn.close()
+
+    def features(self, refresh=False):
+        """What the server implements (§5.14), asked once and kept: a dict with
+        revision_major, revision_minor, spawn_flags, requests; None for a server before rev 0.6,
+        which answers FeaturesRequest with Error(Malformed) (an unknown tag, §5.13)."""
+        if refresh or self._features == ():
+            conn = self.connect()
+            try:
+                conn.send(encode_features_request())
+                msg, _ = conn.expect("Features")
+                self._features = {k: v for k, v in msg.items() if k != "type"}
+            except MalformedError:
+                self._features = None
+            finally:
+                conn.close()
+        return self._features
+
+    def implemented_spawn_flags(self):
+        """The Spawn.flags bits the server implements (bits 0-4 before rev 0.6)."""
+        f = self.features()
+        return PRE_0_6_SPAWN_FLAGS if f is None else f["spawn_flags"]
 
     def spawn_exec(self, argv, env=None, env_clear=False, cwd=None, fds=None, program=None,
                    new_session=False, new_process_group=False, deadline_ms=0, want_pidfd=False,
@@ -937,6 +1007,13 @@ class Client:
             decode_frame(frame)                # refuse locally what the server must refuse
         except DecodeError as e:
             raise ValueError(f"invalid spawn request: {e}") from None
+        # §5.14: every flag bit the request sets must be one the server implements.
+        missing = struct.unpack_from("<I", frame, 8)[0] & ~self.implemented_spawn_flags()
+        if missing:
+            f = self.features()
+            bit = missing & -missing
+            raise UnsupportedError(FLAG_NAMES.get(bit, f"bit {bit.bit_length() - 1}"),
+                                   None if f is None else (f["revision_major"], f["revision_minor"]))
         conn = self.connect()
         try:
             conn.send(frame, list(fds.values()))

@@ -262,6 +262,55 @@ class SocketDirectory(unittest.TestCase):
             fc.connect_verified(sock, path, os.geteuid() + 1)
 
 
+class Features(unittest.TestCase):
+    """§5.13, §5.14: the client asks once and refuses locally what the server lacks."""
+
+    def serve(self, answer):
+        seen = []
+
+        def script(conn, reader):
+            msg, _ = reader.read()
+            assert msg["type"] == "Hello", msg
+            conn.sendall(fc.encode_hello_ok(1))
+            msg, _ = reader.read()
+            seen.append(msg["type"])
+            conn.sendall(answer)
+        return FakeServer(script), seen
+
+    def refused_without_a_connection(self, server, client, **ids):
+        with self.assertRaises(fc.UnsupportedError) as cm:
+            client.spawn_entry("worker", **ids)
+        server.listener.setblocking(False)
+        with self.assertRaises(BlockingIOError):      # nothing connected for the spawn
+            server.listener.accept()
+        return cm.exception
+
+    def test_a_server_before_0_6_gets_bits_0_to_4_only(self):
+        server, seen = self.serve(fc.encode_error("Malformed", 0, "unknown tag 0x13"))
+        try:
+            client = fc.Client(server.path, timeout=5)
+            self.assertIsNone(client.features())
+            self.assertEqual(client.implemented_spawn_flags(), 0x1F)
+            e = self.refused_without_a_connection(server, client, uid=1000)
+            self.assertEqual((e.option, e.revision), ("SET_UID", None))
+        finally:
+            server.close()
+        self.assertIsNone(server.error)
+        self.assertEqual(seen, ["FeaturesRequest"])
+
+    def test_an_option_missing_from_the_features_is_refused(self):
+        lacking = fc.SPAWN_FLAGS_MASK & ~fc.SET_GROUPS
+        server, seen = self.serve(fc.encode_features(0, 6, lacking, fc.REQUESTS_MASK))
+        try:
+            client = fc.Client(server.path, timeout=5)
+            self.assertEqual(client.features()["spawn_flags"], lacking)
+            e = self.refused_without_a_connection(server, client, groups=[1])
+            self.assertEqual((e.option, e.revision), ("SET_GROUPS", (0, 6)))
+        finally:
+            server.close()
+        self.assertIsNone(server.error)
+
+
 class Errors(unittest.TestCase):
     def test_every_code_has_a_class(self):
         for code, name in fc.ERROR_NAMES.items():

@@ -69,6 +69,13 @@ pub(crate) fn ratios(r: &Results) -> Result<Map<String, Value>> {
             "ours_exit_fds3_cold",
         ),
         ("fds256_vs_fds3", "ours_exit_fds256", "ours_exit_fds3"),
+        ("pid_client_vs_raw", "ours_pid_fds3", "raw_pid_fds3"),
+        ("exit_client_vs_raw", "ours_exit_fds3", "raw_exit_fds3"),
+        (
+            "pid_prefork_client_vs_raw",
+            "ours_pid_fds3_prefork",
+            "raw_pid_fds3_prefork",
+        ),
     ] {
         put(key, ratio(l.get(num)?, l.get(den)?));
     }

@@ -2,8 +2,10 @@
 //! code, and the results of one interleaved group.
 
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+use forkserver_benches::raw::RawClient;
 use forkserver_benches::stats::Summary;
 use forkserver_benches::{procfs, Result};
 use forkserver_client::{Call, Client};
@@ -39,6 +41,27 @@ pub(crate) fn ours_exit(mut call: Call) -> impl FnMut() -> Result<Duration> {
         check(status)?;
         Ok(elapsed)
     }
+}
+
+/// The raw baseline ([`RawClient`]) on its own kept connection to `client`'s server, the
+/// same `noop` job with `nfds` fds (`devnull` sent `nfds` times): request → pid, or request →
+/// exit code when `to_exit`.
+pub(crate) fn raw(
+    client: &Client,
+    nfds: usize,
+    devnull: &File,
+    to_exit: bool,
+) -> Result<impl FnMut() -> Result<Duration>> {
+    let fds = vec![devnull.as_fd(); nfds];
+    let key = client.auth_key();
+    let mut raw = RawClient::connect(&client.socket_path(), key.as_deref(), "noop", &fds)?;
+    Ok(move || {
+        let (pid, exit, code) = raw.spawn()?;
+        if code != 0 {
+            return Err(format!("raw: child ended with {code}").into());
+        }
+        Ok(if to_exit { exit } else { pid })
+    })
 }
 
 pub(crate) fn check(status: forkserver_client::ExitStatus) -> Result<()> {

@@ -183,8 +183,10 @@ impl Spawn {
         options::revision_of(self.flags())
     }
 
-    /// The flag word: the options', and `ENV_REMOVE` for an exec job that removes names.
-    fn flags(&self) -> u32 {
+    /// The flag word as encoded (PROTOCOL.md §5.5.1): the options' bits, and `ENV_REMOVE` for
+    /// an exec job that removes names. A server implements the request only if it implements
+    /// each of these bits (its `Features::spawn_flags`).
+    pub fn flags(&self) -> u32 {
         let removes = matches!(&self.job, Job::Exec(e) if !e.env_remove().is_empty());
         self.options.flags() | if removes { flags::ENV_REMOVE } else { 0 }
     }

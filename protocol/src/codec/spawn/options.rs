@@ -14,7 +14,8 @@
 //!
 //! Every flag bit is one line of the `spawn_options!` table below: its bit, its name in
 //! [`flags`], the [`Revision`] it appeared in, and what it sets in [`SpawnOptions`]. The
-//! table generates the flag constants (and [`flags::ALL`], [`flags::SESSION_BITS`]), the flag
+//! table generates the flag constants (and [`flags::ALL`], [`flags::SESSION_BITS`],
+//! [`flags::known_in`], [`flags::name`]; a server's `Features` list [`flags::ALL`]), the flag
 //! word, the fields' encoder, decoder and build-time checks, and the revision a
 //! request needs ([`SpawnOptions::required_revision`]). A line is one of:
 //!
@@ -31,15 +32,17 @@
 //! `(resource, soft, hard)`), a umask and `no_new_privs` would read:
 //!
 //! ```text
-//! /// The body carries rlimits: the child calls `setrlimit` for each (rev 0.6).
-//! 11 SET_RLIMITS, R0_6 => field(limits.rlimits: Rlimits);
-//! /// The body carries a umask (rev 0.6).
-//! 12 SET_UMASK, R0_6 => field(umask: Umask);
-//! /// The child sets `PR_SET_NO_NEW_PRIVS` (rev 0.6).
-//! 13 NO_NEW_PRIVS, R0_6 => flag(no_new_privs);
+//! /// The body carries rlimits: the child calls `setrlimit` for each (rev 0.7).
+//! 11 SET_RLIMITS, R0_7 => field(limits.rlimits: Rlimits);
+//! /// The body carries a umask (rev 0.7).
+//! 12 SET_UMASK, R0_7 => field(umask: Umask);
+//! /// The child sets `PR_SET_NO_NEW_PRIVS` (rev 0.7).
+//! 13 NO_NEW_PRIVS, R0_7 => flag(no_new_privs);
 //! ```
 //!
-//! with `Rlimits` a `Copy` list type like [`Groups`] whose `FieldCodec` reads the count, checks
+//! (plus `Revision::R0_7`, with [`Revision::CURRENT`] moved to it: a server's `Features` then
+//! list the new bits, and clients check requests against them, with no other change),
+//! and `Rlimits` a `Copy` list type like [`Groups`] whose `FieldCodec` reads the count, checks
 //! it against its cap and the remaining bytes before reading an entry, and `Umask` a scalar codec
 //! like `Uid` whose decode rejects bits above `0o777`. Scalar fields (`nice`, `oom_score_adj`,
 //! an fd index, a grace period) are `field` lines with a codec of their own; the fields are
@@ -54,8 +57,8 @@ use crate::error::{BuildError, DecodeError, Field};
 /// are understood by servers of that revision and later. Ordered, so `a < b` means `a` is older.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Revision {
-    major: u8,
-    minor: u8,
+    major: u16,
+    minor: u16,
 }
 
 impl Revision {
@@ -65,18 +68,23 @@ impl Revision {
     pub const R0_3: Self = Self::new(0, 3);
     /// Rev 0.5: ids, process group, environment removals.
     pub const R0_5: Self = Self::new(0, 5);
+    /// Rev 0.6: `FeaturesRequest` and `Features`, the server's list of what it implements.
+    pub const R0_6: Self = Self::new(0, 6);
+    /// The revision this crate implements, which its `Features` names.
+    pub const CURRENT: Self = Self::R0_6;
 
-    const fn new(major: u8, minor: u8) -> Self {
+    /// A revision by its numbers, as a `Features` message carries them.
+    pub const fn new(major: u16, minor: u16) -> Self {
         Self { major, minor }
     }
 
     /// The major number (0 for the drafts).
-    pub fn major(self) -> u8 {
+    pub fn major(self) -> u16 {
         self.major
     }
 
     /// The minor number.
-    pub fn minor(self) -> u8 {
+    pub fn minor(self) -> u16 {
         self.minor
     }
 }
@@ -156,6 +164,19 @@ macro_rules! spawn_options {
             /// set.
             pub const SESSION_BITS: u32 =
                 0 $(| if option_line!(is_session, $kind $args) { $name } else { 0 })*;
+
+            /// Every bit a server of revision `rev` implements: those introduced by `rev` or
+            /// earlier.
+            pub fn known_in(rev: super::Revision) -> u32 {
+                0 $(| if super::Revision::$rev <= rev { $name } else { 0 })*
+            }
+
+            /// The name of the single bit `flag` (e.g. `"SET_UID"`), `None` for a word that is
+            /// not exactly one defined bit.
+            pub fn name(flag: u32) -> Option<&'static str> {
+                $( if flag == $name { return Some(stringify!($name)); } )*
+                None
+            }
         }
 
         /// The revision that introduced each bit set in `f`, the latest of them.
