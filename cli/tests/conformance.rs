@@ -77,3 +77,10 @@ fn the_python_client_passes_its_own_tests() {
     let script = spec().join("clients/python/test_forkserver_client.py");
     python(&[script.as_os_str()]);
 }
+
+/// The typed entry convention written from PROTOCOL.md §11 alone, against its vectors.
+#[test]
+fn the_python_typed_convention_passes_the_typed_vectors() {
+    let script = spec().join("clients/python/test_forkserver_typed.py");
+    python(&[script.as_os_str()]);
+}

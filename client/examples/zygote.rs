@@ -34,11 +34,21 @@ fn squares(call: Invocation) -> i32 {
     0
 }
 
+/// A typed entry point: an index in, its square out, or an error's text.
+fn square(i: usize) -> Result<u64, String> {
+    let table = TABLE.get().expect("preloaded in the server");
+    table
+        .get(i)
+        .copied()
+        .ok_or_else(|| format!("{i} is past the table's {} entries", table.len()))
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Launched as the server? Then this preloads, serves, and never returns.
     Zygote::new()
         .preload(build_table)
         .entry("squares", squares)
+        .typed_fallible("square", square)
         .serve_if_requested();
 
     // The application: start its own binary as the server and call the entry point.
@@ -55,6 +65,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "entry point 'squares' (pid {}) ended: {status}",
         child.pid()
     );
+
+    // Typed calls: a serde value in, a value (or the entry's error, panic, signal...) out.
+    let sq: u64 = client.typed::<usize, u64>("square").spawn(&4096)?.join()?;
+    println!("typed 'square'(4096) = {sq}");
+    match client
+        .typed::<usize, u64>("square")
+        .spawn(&(1 << 21))?
+        .join()
+    {
+        Err(forkserver_client::CallError::Failed(why)) => println!("typed 'square' refused: {why}"),
+        other => println!("typed 'square': {other:?}"),
+    }
 
     // Exec jobs work through the same server.
     let status = client

@@ -63,6 +63,17 @@ impl Client {
         Call::new(self.engine.clone(), name.into(), payload.into())
     }
 
+    /// A builder for a typed call of the entry registered as `name` with `Zygote::typed`:
+    /// `A` is the argument's type, `R` the value's (PROTOCOL.md §11).
+    #[cfg(feature = "typed")]
+    pub fn typed<A, R>(&self, name: impl Into<String>) -> crate::TypedCall<A, R>
+    where
+        A: serde::Serialize + ?Sized,
+        R: serde::de::DeserializeOwned,
+    {
+        crate::TypedCall::new(self.engine.clone(), name.into())
+    }
+
     /// The server's status: its pid, live children, connections, total spawns, version.
     ///
     /// # Errors

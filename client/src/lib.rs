@@ -97,6 +97,8 @@ mod pipes;
 mod server_process;
 mod stdio;
 mod target;
+#[cfg(feature = "typed")]
+mod typed;
 
 #[cfg(feature = "tokio")]
 pub use async_child::AsyncChild;
@@ -106,12 +108,17 @@ pub use command::{Call, Command};
 pub use connector::Connector;
 pub use error::{Error, ProtocolError, Result};
 pub use exit_status::ExitStatus;
+/// A file descriptor in a typed argument or result (PROTOCOL.md §11.4), and the codecs.
+#[cfg(feature = "typed")]
+pub use forkserver_protocol::typed::{Codec, Fd};
 /// The server's error codes and status report, from the protocol crate.
 pub use forkserver_protocol::{ErrorCode, Status};
 pub use launch::{Launcher, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV};
 pub use output::Output;
 pub use pipes::{ChildStderr, ChildStdin, ChildStdout};
 pub use stdio::Stdio;
+#[cfg(feature = "typed")]
+pub use typed::{CallError, TypedCall, TypedChild};
 
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -18,6 +18,16 @@ use forkserver_protocol::{
 };
 
 use crate::{Client, Error, Stdio};
+
+/// Held for writing by the test that forks (its child holds a copy of every fd of this
+/// process, fake servers' ends included, for as long as it runs), for reading by the tests
+/// that need a fake server's close to be seen by the client at once (a send refused, EOF):
+/// with a copy alive elsewhere, the close is not a close.
+static FORKS: RwLock<()> = RwLock::new(());
+
+fn no_fork_meanwhile() -> std::sync::RwLockReadGuard<'static, ()> {
+    FORKS.read().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// One end of a fake-server connection.
 struct Peer {
@@ -223,6 +233,7 @@ fn an_option_missing_from_the_features_is_refused_locally() {
 /// and the client makes it again on a new connection.
 #[test]
 fn a_request_crossing_the_close_of_a_kept_connection_is_made_again() {
+    let _no_fork = no_fork_meanwhile();
     let (path, server) = fake_server(|accept| {
         let mut p = accept();
         p.handshake();
@@ -252,6 +263,7 @@ fn a_request_crossing_the_close_of_a_kept_connection_is_made_again() {
 /// "not acted on" too (PROTOCOL.md §6.6): the request is made again on a new connection.
 #[test]
 fn a_request_crossing_an_idle_timeout_is_made_again() {
+    let _no_fork = no_fork_meanwhile();
     let (path, server) = fake_server(|accept| {
         let mut p = accept();
         p.handshake();
@@ -280,6 +292,7 @@ fn a_request_crossing_an_idle_timeout_is_made_again() {
 /// without the caller seeing anything; nothing reached the closed one.
 #[test]
 fn a_kept_connection_closed_moments_ago_refuses_the_send_and_is_replaced() {
+    let _no_fork = no_fork_meanwhile();
     let (closed_tx, closed_rx) = mpsc::channel();
     let (path, server) = fake_server(move |accept| {
         let mut p = accept();
@@ -306,6 +319,7 @@ fn a_kept_connection_closed_moments_ago_refuses_the_send_and_is_replaced() {
 #[test]
 #[allow(unsafe_code)]
 fn a_forked_child_does_not_share_kept_connections() {
+    let _forking = FORKS.write().unwrap_or_else(PoisonError::into_inner);
     let (path, server) = fake_server(serve_ping);
     let client = Client::connect(&path).unwrap();
     assert_eq!(client.idle_connections(), 1);

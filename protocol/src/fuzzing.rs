@@ -35,3 +35,36 @@ pub fn decode_roundtrip(data: &[u8]) -> usize {
         }
     }
 }
+
+/// The typed convention's decoders (PROTOCOL.md §11) on `data`: the header decoder, and the
+/// result-frame decoder on the whole input and on each of its suffixes' first 64 KiB. Checks
+/// that whatever decodes re-encodes to the bytes it came from (headers and frames alike), and
+/// that the frames' assembler refuses past its cap. Panics (which the fuzzer reports) if a
+/// property breaks.
+#[cfg(feature = "typed")]
+pub fn typed_roundtrip(data: &[u8]) {
+    use crate::typed::{Assembler, ResultFrame, TypedHeader};
+    if let Ok((header, arg)) = TypedHeader::decode(data) {
+        assert_eq!(
+            header.encode(arg).as_deref(),
+            Some(data),
+            "header re-encoding"
+        );
+        assert_eq!(header.encoded_len() + arg.len(), data.len());
+    }
+    let mut assembler = Assembler::new(1024);
+    let mut total = 0usize;
+    for start in 0..data.len().min(16) {
+        let bytes = &data[start..];
+        if let Ok(frame) = ResultFrame::decode(bytes) {
+            assert_eq!(frame.encode(), bytes, "frame re-encoding of {frame:?}");
+            if let ResultFrame::Chunk(b) | ResultFrame::Value { bytes: b, .. } = &frame {
+                let fits = total + b.len() <= 1024;
+                assert_eq!(assembler.push(b).is_ok(), fits, "assembler cap");
+                if fits {
+                    total += b.len();
+                }
+            }
+        }
+    }
+}

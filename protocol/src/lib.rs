@@ -44,6 +44,8 @@ mod limits;
 pub mod socket_dir;
 #[allow(unsafe_code)]
 mod transport;
+#[cfg(feature = "typed")]
+pub mod typed;
 
 pub use bundle::FdBundle;
 pub use codec::{

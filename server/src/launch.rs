@@ -75,6 +75,45 @@ impl Zygote {
         self
     }
 
+    /// Registers a typed entry under `name` (PROTOCOL.md §11): `f` is a `fn(A) -> R` or a
+    /// `fn(A) -> Result<R, E>` with `A: DeserializeOwned`, `R: Serialize`, `E: Display`,
+    /// called with [`forkserver_client`'s] `client.typed::<A, R>(name)`. In the entry child the
+    /// argument is decoded, `f` runs, and its value, its error's text or its panic (message
+    /// and location) goes back to the client on the call's own result channel; a call with
+    /// other types is refused before `f` runs.
+    ///
+    /// When `E` is itself `Serialize` (a `String`, say), both readings of the return type
+    /// fit: use [`Zygote::typed_fallible`].
+    ///
+    /// [`forkserver_client`'s]: https://docs.rs/forkserver-client
+    #[cfg(feature = "typed")]
+    pub fn typed<A, O, M>(mut self, name: &str, f: impl Fn(A) -> O + 'static) -> Self
+    where
+        A: serde::de::DeserializeOwned + 'static,
+        O: crate::typed::Outcome<M> + 'static,
+        M: 'static,
+    {
+        self.entries
+            .insert(name.to_owned(), crate::typed::entry(name, f));
+        self
+    }
+
+    /// As [`Zygote::typed`] for a function that returns `Result<R, E>`, read as a value or
+    /// an error whatever `E` is.
+    #[cfg(feature = "typed")]
+    pub fn typed_fallible<A, R, E>(
+        self,
+        name: &str,
+        f: impl Fn(A) -> Result<R, E> + 'static,
+    ) -> Self
+    where
+        A: serde::de::DeserializeOwned + 'static,
+        R: serde::Serialize + 'static,
+        E: std::fmt::Display + 'static,
+    {
+        self.typed::<A, Result<R, E>, crate::typed::Fallible>(name, f)
+    }
+
     /// Keeps `n` children forked and waiting for a job (see [`Config::prefork`]). Without this
     /// call the launcher's environment decides (`FORKSERVER_PREFORK=n`), else 0.
     pub fn prefork(mut self, n: usize) -> Self {

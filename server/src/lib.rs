@@ -37,6 +37,8 @@ mod session;
 mod spawn;
 mod sys;
 mod timers;
+#[cfg(feature = "typed")]
+mod typed;
 
 pub use activation::{
     parse_listen_env, Activation, ActivationError, ServiceEnv, LISTEN_FDNAMES_ENV, LISTEN_FDS_ENV,
@@ -49,6 +51,9 @@ pub use config::{
 pub use entry::{EntryFn, Invocation};
 pub use error::{ConfigError, LaunchError, ServerError};
 pub use forkserver_protocol::socket_dir::DirError;
+/// A file descriptor in a typed argument or result (PROTOCOL.md §11.4), and the codecs.
+#[cfg(feature = "typed")]
+pub use forkserver_protocol::typed::{Codec, Fd};
 pub use key::{read_key, read_key_file};
 pub use launch::{
     Zygote, ALIVE_FD_ENV, DEFAULT_PRELOAD_TIMEOUT, KEY_FD_ENV, LISTEN_FD_ENV, PREFORK_ENV,
@@ -58,6 +63,8 @@ pub use notify::{
     WATCHDOG_PID_ENV, WATCHDOG_USEC_ENV,
 };
 pub use server::{Server, EXEC_FORK_ENV};
+#[cfg(feature = "typed")]
+pub use typed::{Fallible, Outcome, Plain, BAD_HEADER_STATUS, FAILED_STATUS, PANIC_STATUS};
 
 /// Not an interface: the sans-IO connection session (PROTOCOL.md §6.1) and what it is fed,
 /// for the `session` fuzz target (`fuzz/fuzz_targets/session.rs`).

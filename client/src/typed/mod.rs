@@ -1,0 +1,142 @@
+//! Typed calls (PROTOCOL.md §11, informative): [`TypedCall`] encodes a serde argument behind
+//! the typed header, makes the call's result channel and sends its child end in the bundle;
+//! [`TypedChild`] (`child.rs`) reads the answer. The server is not involved beyond a plain
+//! entry `Spawn`.
+
+mod child;
+mod error;
+
+use std::marker::PhantomData;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use forkserver_protocol::typed::{channel_pair, encode, fingerprint, Codec, TypedHeader};
+use forkserver_protocol::{EntryJob, ErrorCode, Job, Session};
+use serde::{de::DeserializeOwned, Serialize};
+
+pub use child::TypedChild;
+pub use error::CallError;
+
+#[allow(unused_imports)] // named by the setters' docs
+use crate::child::Child;
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::request::{deadline_ms, Defaults, Request};
+use crate::stdio::{Stdio, Stream};
+
+/// A builder for a typed call of a zygote entry registered with `Zygote::typed`: made by
+/// [`crate::Client::typed`], with the setters of [`crate::Call`] and the codec.
+///
+/// ```no_run
+/// use forkserver_client::{CallError, Client};
+/// use std::time::Duration;
+///
+/// let client = Client::launch(std::env::current_exe()?)?;
+/// let area: u64 = client
+///     .typed::<(u32, u32), u64>("area")
+///     .deadline(Duration::from_secs(5))
+///     .spawn(&(800, 600))?
+///     .join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct TypedCall<A: ?Sized, R> {
+    client: Arc<Engine>,
+    name: String,
+    codec: Codec,
+    req: Request,
+    _types: PhantomData<fn(&A) -> R>,
+}
+
+impl<A: Serialize + ?Sized, R: DeserializeOwned> TypedCall<A, R> {
+    pub(crate) fn new(client: Arc<Engine>, name: String) -> Self {
+        Self {
+            client,
+            name,
+            codec: Codec::default(),
+            req: Request::default(),
+            _types: PhantomData,
+        }
+    }
+
+    request_setters!();
+
+    /// The codec of the argument and the result: [`Codec::MessagePack`] (the default) or
+    /// [`Codec::Json`].
+    pub fn codec(&mut self, codec: Codec) -> &mut Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Encodes `arg` and asks the server to fork a child that runs the entry with it.
+    /// [`crate::Fd`]s in `arg` are duplicated and placed at free fd numbers in the child.
+    ///
+    /// # Errors
+    /// [`CallError::Encode`]; [`CallError::Mismatch`] if the server has no entry of that
+    /// name; [`CallError::Spawn`] for everything [`crate::Call::spawn`] can fail with
+    /// (before connecting: [`Error::TooManyFds`] counting the channel and the argument's fds,
+    /// [`Error::InvalidRequest`] for an argument over the payload's limit).
+    pub fn spawn(&mut self, arg: &A) -> Result<TypedChild<R>, CallError> {
+        let (bytes, fds) = encode(self.codec, arg).map_err(|e| CallError::Encode(e.to_string()))?;
+        let (ours, theirs) =
+            channel_pair().map_err(|e| CallError::Spawn(std::io::Error::from(e).into()))?;
+        let keep = self.req.fds.len();
+        let targets = free_targets(&self.req.fds, 1 + fds.len());
+        let header = TypedHeader::new(
+            self.codec,
+            fingerprint::<A, R>(&self.name, self.codec),
+            targets[0],
+            targets[1..].to_vec(),
+        );
+        self.req.fds.push((targets[0], theirs));
+        self.req.fds.extend(targets[1..].iter().copied().zip(fds));
+        let spawned = match header.and_then(|h| h.encode(&bytes)) {
+            // More argument fds than a bundle holds beside the channel.
+            None => Err(Error::TooManyFds(self.req.fds.len())),
+            Some(payload) => EntryJob::new(self.name.clone(), payload)
+                .map_err(Error::from)
+                .and_then(|job| {
+                    self.req
+                        .spawn(&self.client, Job::Entry(job), Defaults::None)
+                }),
+        };
+        // The child end and the argument's fds are in the child now (or nowhere): close ours.
+        self.req.fds.truncate(keep);
+        match spawned {
+            Ok(child) => Ok(TypedChild::new(child, ours, self.name.clone(), self.codec)),
+            Err(Error::Server {
+                code: ErrorCode::UnknownEntry,
+                message,
+                ..
+            }) => Err(CallError::Mismatch {
+                entry: self.name.clone(),
+                detail: format!("the server has no such entry ({message})"),
+            }),
+            Err(e) => Err(CallError::Spawn(e)),
+        }
+    }
+}
+
+/// `n` fd numbers from 3 up that no fd of `fds` targets.
+fn free_targets(fds: &[(u32, OwnedFd)], n: usize) -> Vec<u32> {
+    let mut used: Vec<u32> = fds.iter().map(|(t, _)| *t).collect();
+    used.sort_unstable();
+    (3u32..)
+        .filter(|t| used.binary_search(t).is_err())
+        .take(n)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_targets;
+
+    #[test]
+    fn free_targets_skip_stdio_and_taken_numbers() {
+        let null = || std::fs::File::open("/dev/null").unwrap().into();
+        let fds = vec![(3, null()), (5, null()), (0, null())];
+        assert_eq!(free_targets(&fds, 3), vec![4, 6, 7]);
+        assert_eq!(free_targets(&[], 1), vec![3]);
+    }
+}

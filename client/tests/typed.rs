@@ -1,0 +1,758 @@
+//! Typed calls end to end (PROTOCOL.md §11), with this test binary as the zygote server: its
+//! `main` serves when launched by `Client::launch` (harness = false, so `main` is ours).
+//!
+//! Every test checks that the server's fd count and child list, and this process's fd count,
+//! are back where they started.
+
+use std::fmt;
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use forkserver_client::{CallError, Client, Codec, Fd};
+use forkserver_server::{Invocation, Zygote};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Meta {
+    label: String,
+}
+
+/// A struct with a flattened part: needs a self-describing codec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Size {
+    w: u32,
+    h: u32,
+    #[serde(flatten)]
+    meta: Meta,
+}
+
+fn area((w, h): (u32, u32)) -> u64 {
+    u64::from(w) * u64::from(h)
+}
+
+/// Halves a size; refuses odd ones (an `Err` that is `Serialize` too: `typed_fallible`).
+fn halve(s: Size) -> Result<Size, String> {
+    if s.w % 2 == 1 || s.h % 2 == 1 {
+        return Err(format!("cannot halve {}x{}", s.w, s.h));
+    }
+    Ok(Size {
+        w: s.w / 2,
+        h: s.h / 2,
+        meta: Meta {
+            label: format!("{} halved", s.meta.label),
+        },
+    })
+}
+
+#[derive(Debug)]
+struct Negative(i64);
+
+impl fmt::Display for Negative {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} is negative", self.0)
+    }
+}
+
+/// An error type that is not `Serialize`: `typed` infers that the function may fail.
+fn checked_sqrt(x: i64) -> Result<u32, Negative> {
+    if x < 0 {
+        return Err(Negative(x));
+    }
+    Ok((x as f64).sqrt() as u32)
+}
+
+const PANIC_LINE: u32 = line!() + 2;
+fn panics(x: u32) -> u32 {
+    panic!("typed panic {x}")
+}
+
+/// Panics twice, on its thread and on another, catches both, and returns a value.
+fn recovers(x: u32) -> u32 {
+    let caught = std::panic::catch_unwind(|| panic!("caught by the entry"));
+    let joined = std::thread::spawn(|| panic!("in a thread")).join();
+    assert!(caught.is_err() && joined.is_err());
+    x + 1
+}
+
+/// `n` bytes, `i % 251` each: a value sent in many chunks.
+fn bytes(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn exits(code: i32) -> u32 {
+    std::process::exit(code)
+}
+
+/// Writes to the pipe it is given, and gives back a file it opened itself.
+fn fds_both_ways((pipe, text): (Fd, String)) -> Result<Fd, String> {
+    let mut pipe = std::fs::File::from(OwnedFd::from(pipe));
+    pipe.write_all(b"from the child")
+        .map_err(|e| e.to_string())?;
+    let mut f = tempfile().map_err(|e| e.to_string())?;
+    f.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
+    f.rewind().map_err(|e| e.to_string())?;
+    Ok(Fd::from(f))
+}
+
+fn tempfile() -> std::io::Result<std::fs::File> {
+    let path = std::env::temp_dir().join(format!("forkserver-typed-{}", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(f)
+}
+
+fn noop(_call: Invocation) -> i32 {
+    0
+}
+
+/// A hostile child: an untyped entry that accepts the call as a typed one would, then sends
+/// what its payload (after the header) names: `garbage`, `oversized`, `fds` (a Value that
+/// announces 2 fds and carries none), or `killed` (a chunk, then SIGKILL to itself mid-value).
+fn hostile(mut call: Invocation) -> i32 {
+    use forkserver_protocol::typed::{send_frame, ResultFrame, TypedHeader};
+    let Ok((header, arg)) = TypedHeader::decode(call.payload()) else {
+        return 1;
+    };
+    let what: String = forkserver_protocol::typed::decode(header.codec(), arg, vec![]).unwrap();
+    let ch = call.take_fd(header.channel()).unwrap();
+    let send_raw = |bytes: &[u8]| {
+        nix::sys::socket::send(
+            std::os::fd::AsRawFd::as_raw_fd(&ch),
+            bytes,
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .unwrap();
+    };
+    send_frame(ch.as_fd(), &ResultFrame::Accepted, &[]).unwrap();
+    match what.as_str() {
+        "garbage" => send_raw(&[0xee, 1, 2, 3]),
+        "oversized" => send_raw(&vec![2u8; 200 * 1024]),
+        "fds" => send_raw(
+            &ResultFrame::Value {
+                nfds: 2,
+                bytes: vec![0xc0],
+            }
+            .encode(),
+        ),
+        "bad-value" => send_raw(
+            &ResultFrame::Value {
+                nfds: 0,
+                bytes: vec![0xc1],
+            }
+            .encode(),
+        ),
+        "killed" => {
+            send_frame(ch.as_fd(), &ResultFrame::Chunk(vec![0x92; 100]), &[]).unwrap();
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+        _ => {}
+    }
+    0
+}
+
+/// A test: its name and its body.
+type Test = (&'static str, fn(&Client));
+
+fn main() {
+    Zygote::new()
+        .typed("area", area)
+        .typed_fallible("halve", halve)
+        .typed("checked_sqrt", checked_sqrt)
+        .typed("panics", panics)
+        .typed("recovers", recovers)
+        .typed("bytes", bytes)
+        .typed("sleep_ms", sleep_ms)
+        .typed("exits", exits)
+        .typed_fallible("fds_both_ways", fds_both_ways)
+        .entry("untyped", noop)
+        .entry("hostile", hostile)
+        .serve_if_requested();
+
+    let tests: &[Test] = &[
+        ("a_value_round_trip", a_value_round_trip),
+        ("err_text", err_text),
+        ("panic_message_and_location", panic_message_and_location),
+        ("deadline_kill", deadline_kill),
+        ("a_signal", a_signal),
+        ("process_exit_in_the_entry", process_exit_in_the_entry),
+        ("type_mismatch", type_mismatch),
+        ("an_untyped_or_missing_entry", an_untyped_or_missing_entry),
+        ("fds_both_directions", fds_both_directions),
+        (
+            "too_many_fds_before_connecting",
+            too_many_fds_before_connecting,
+        ),
+        ("join_timeout_twice_then_join", join_timeout_twice_then_join),
+        ("pooled_children", pooled_children),
+        ("large_results_and_arguments", large_results_and_arguments),
+        (
+            "eight_threads_fifty_calls_each",
+            eight_threads_fifty_calls_each,
+        ),
+        ("untyped_calls_unchanged", untyped_calls_unchanged),
+        (
+            "a_hostile_child_gives_a_call_error",
+            a_hostile_child_gives_a_call_error,
+        ),
+        (
+            "the_python_client_calls_with_json",
+            the_python_client_calls_with_json,
+        ),
+    ];
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(180));
+        eprintln!("typed tests: still running after 180 s, giving up");
+        std::process::exit(102);
+    });
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let client = Client::launch(std::env::current_exe().unwrap()).expect("launch");
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in tests {
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        let before = (settled(&client, None), own_fds(&client));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            test(&client);
+            settled(&client, Some(before.0));
+            assert_eq!(own_fds(&client), before.1, "this process's fds");
+        }));
+        if r.is_ok() {
+            passed += 1;
+            println!("test {name} ... ok");
+        } else {
+            failed += 1;
+            println!("test {name} ... FAILED");
+        }
+    }
+    let verdict = if failed == 0 { "ok" } else { "FAILED" };
+    println!("\ntest result: {verdict}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out\n");
+    if failed > 0 {
+        std::process::exit(101);
+    }
+}
+
+/// This process's fd count, with no connection kept for reuse.
+fn own_fds(client: &Client) -> usize {
+    client.close_idle_connections();
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// The launched server's fd count, once it has no child and no connection but ours (see
+/// client/tests/zygote.rs).
+fn settled(client: &Client, expect: Option<usize>) -> usize {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pid = client.launched_server_pid().expect("a launched server");
+        client.close_idle_connections();
+        let status = client.status().expect("status");
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let kids =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let quiet = kids.trim().is_empty() && status.live_children() == 0;
+        if quiet && status.connections() <= 1 && expect.map_or(true, |e| e == fds) {
+            return fds;
+        }
+        assert!(
+            Instant::now() < until,
+            "server did not settle: {fds} fds (expected {expect:?}), children [{}]",
+            kids.trim()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn a_value_round_trip(client: &Client) {
+    for codec in Codec::ALL {
+        let got = client
+            .typed::<(u32, u32), u64>("area")
+            .codec(codec)
+            .spawn(&(800, 600))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(got, 480_000, "{codec:?}");
+        let size = Size {
+            w: 800,
+            h: 600,
+            meta: Meta {
+                label: "photo".into(),
+            },
+        };
+        let half = client
+            .typed::<Size, Size>("halve")
+            .codec(codec)
+            .spawn(&size)
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(
+            (half.w, half.h, half.meta.label.as_str()),
+            (400, 300, "photo halved")
+        );
+    }
+    // An unsized argument type: a str slice against an entry taking `String` is another type.
+    let r = client
+        .typed::<u32, u32>("checked_sqrt")
+        .spawn(&81)
+        .unwrap()
+        .join();
+    assert!(matches!(r, Err(CallError::Mismatch { .. })), "{r:?}");
+    assert_eq!(
+        client
+            .typed::<i64, u32>("checked_sqrt")
+            .spawn(&81)
+            .unwrap()
+            .join()
+            .unwrap(),
+        9
+    );
+}
+
+fn err_text(client: &Client) {
+    let odd = Size {
+        w: 3,
+        h: 4,
+        meta: Meta { label: "x".into() },
+    };
+    let r = client
+        .typed::<Size, Size>("halve")
+        .spawn(&odd)
+        .unwrap()
+        .join();
+    match r {
+        Err(CallError::Failed(t)) => assert_eq!(t, "cannot halve 3x4"),
+        other => panic!("{other:?}"),
+    }
+    let r = client
+        .typed::<i64, u32>("checked_sqrt")
+        .spawn(&-4)
+        .unwrap()
+        .join();
+    match r {
+        Err(CallError::Failed(t)) => assert_eq!(t, "-4 is negative"),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn panic_message_and_location(client: &Client) {
+    for codec in Codec::ALL {
+        let r = client
+            .typed::<u32, u32>("panics")
+            .codec(codec)
+            .spawn(&7)
+            .unwrap()
+            .join();
+        match r {
+            Err(CallError::Panicked { message, location }) => {
+                assert_eq!(message, "typed panic 7");
+                let want = format!("{}:{PANIC_LINE}:", file!());
+                assert!(location.starts_with(&want), "{location} is not at {want}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Panics the entry catches are not its outcome.
+    let r = client
+        .typed::<u32, u32>("recovers")
+        .spawn(&1)
+        .unwrap()
+        .join();
+    assert_eq!(r.unwrap(), 2);
+}
+
+fn deadline_kill(client: &Client) {
+    let r = client
+        .typed::<u64, u64>("sleep_ms")
+        .deadline(Duration::from_millis(100))
+        .spawn(&60_000)
+        .unwrap()
+        .join();
+    assert!(
+        matches!(
+            r,
+            Err(CallError::Killed {
+                signal: 9,
+                deadline_expired: true
+            })
+        ),
+        "{r:?}"
+    );
+}
+
+fn a_signal(client: &Client) {
+    let mut child = client.typed::<u64, u64>("sleep_ms").spawn(&60_000).unwrap();
+    assert!(child.pid() > 0);
+    // Accepted (the entry runs) before the signal: `join_timeout` reads it.
+    assert!(child
+        .join_timeout(Duration::from_millis(50))
+        .unwrap()
+        .is_none());
+    child.signal(nix::libc::SIGTERM).unwrap();
+    let r = child.join();
+    assert!(
+        matches!(
+            r,
+            Err(CallError::Killed {
+                signal: 15,
+                deadline_expired: false
+            })
+        ),
+        "{r:?}"
+    );
+    let mut child = client.typed::<u64, u64>("sleep_ms").spawn(&60_000).unwrap();
+    child.kill().unwrap();
+    assert!(matches!(
+        child.join(),
+        Err(CallError::Killed { signal: 9, .. })
+    ));
+}
+
+fn process_exit_in_the_entry(client: &Client) {
+    for code in [0, 3] {
+        let r = client
+            .typed::<i32, u32>("exits")
+            .spawn(&code)
+            .unwrap()
+            .join();
+        assert!(matches!(r, Err(CallError::Exited(c)) if c == code), "{r:?}");
+    }
+}
+
+fn type_mismatch(client: &Client) {
+    let r = client
+        .typed::<String, u64>("area")
+        .spawn(&"800x600".to_owned())
+        .unwrap()
+        .join();
+    match r {
+        Err(CallError::Mismatch { entry, detail }) => {
+            assert_eq!(entry, "area");
+            assert!(
+                detail.contains("(u32, u32)") && detail.contains("u64"),
+                "{detail}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The right argument, another result type.
+    let r = client
+        .typed::<(u32, u32), u32>("area")
+        .spawn(&(1, 2))
+        .unwrap()
+        .join();
+    assert!(matches!(r, Err(CallError::Mismatch { .. })), "{r:?}");
+}
+
+fn an_untyped_or_missing_entry(client: &Client) {
+    let r = client
+        .typed::<u32, u32>("untyped")
+        .spawn(&1)
+        .unwrap()
+        .join();
+    match r {
+        Err(CallError::Mismatch { detail, .. }) => {
+            assert!(detail.contains("not a typed entry"), "{detail}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let r = client.typed::<u32, u32>("no-such-entry").spawn(&1);
+    match r {
+        Err(CallError::Mismatch { entry, detail }) => {
+            assert_eq!(entry, "no-such-entry");
+            assert!(detail.contains("no such entry"), "{detail}");
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+fn fds_both_directions(client: &Client) {
+    for codec in Codec::ALL {
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        let mut read_end = std::fs::File::from(read_end);
+        let arg = (
+            Fd::from(write_end),
+            format!("made in the child ({codec:?})"),
+        );
+        let got = client
+            .typed::<(Fd, String), Fd>("fds_both_ways")
+            .codec(codec)
+            .spawn(&arg)
+            .unwrap()
+            .join()
+            .unwrap();
+        drop(arg);
+        // Our copy is closed and the child's is gone: EOF after its bytes.
+        let mut text = String::new();
+        read_end.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "from the child");
+        let mut f = std::fs::File::from(got);
+        let mut back = String::new();
+        f.read_to_string(&mut back).unwrap();
+        assert_eq!(back, format!("made in the child ({codec:?})"));
+    }
+}
+
+fn too_many_fds_before_connecting(client: &Client) {
+    let null = || Fd::from(std::fs::File::open("/dev/null").unwrap());
+    // 255 fds and the channel: the bundle's 256.
+    let ok: Vec<Fd> = (0..255).map(|_| null()).collect();
+    let r = client
+        .typed::<Vec<Fd>, u32>("area")
+        .spawn(&ok)
+        .unwrap()
+        .join();
+    assert!(matches!(r, Err(CallError::Mismatch { .. })), "{r:?}");
+    let many: Vec<Fd> = (0..256).map(|_| null()).collect();
+    let spawns = client.status().unwrap().spawned_total();
+    let r = client.typed::<Vec<Fd>, u32>("area").spawn(&many);
+    assert!(
+        matches!(
+            r,
+            Err(CallError::Spawn(forkserver_client::Error::TooManyFds(257)))
+        ),
+        "{:?}",
+        r.map(|_| ())
+    );
+    assert_eq!(
+        client.status().unwrap().spawned_total(),
+        spawns,
+        "nothing was sent"
+    );
+    let _ = ok.iter().map(AsFd::as_fd).count();
+}
+
+fn join_timeout_twice_then_join(client: &Client) {
+    let mut child = client.typed::<u64, u64>("sleep_ms").spawn(&400).unwrap();
+    let t = Instant::now();
+    assert!(child
+        .join_timeout(Duration::from_millis(20))
+        .unwrap()
+        .is_none());
+    assert!(child
+        .join_timeout(Duration::from_millis(20))
+        .unwrap()
+        .is_none());
+    assert!(t.elapsed() >= Duration::from_millis(40));
+    assert_eq!(child.join().unwrap(), 400);
+    // Long enough: the value.
+    let mut child = client.typed::<u64, u64>("sleep_ms").spawn(&1).unwrap();
+    assert_eq!(
+        child.join_timeout(Duration::from_secs(60)).unwrap(),
+        Some(1)
+    );
+    assert!(matches!(
+        child.join_timeout(Duration::ZERO),
+        Err(CallError::Taken)
+    ));
+}
+
+fn pooled_children(_client: &Client) {
+    let pooled = Client::launcher(std::env::current_exe().unwrap())
+        .env(forkserver_server::PREFORK_ENV, "2")
+        .launch()
+        .expect("launch with prefork");
+    for i in 0..6u32 {
+        let got = pooled
+            .typed::<(u32, u32), u64>("area")
+            .spawn(&(i, 10))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(got, u64::from(i) * 10);
+    }
+    let r = pooled.typed::<u32, u32>("panics").spawn(&1).unwrap().join();
+    assert!(matches!(r, Err(CallError::Panicked { .. })), "{r:?}");
+    let r = pooled
+        .typed::<String, u32>("area")
+        .spawn(&String::new())
+        .unwrap()
+        .join();
+    assert!(matches!(r, Err(CallError::Mismatch { .. })), "{r:?}");
+    let r = pooled.typed::<u32, u32>("missing").spawn(&1);
+    assert!(matches!(r, Err(CallError::Mismatch { .. })));
+    // Pooled children are the server's own, waiting: no job child is left running.
+    let until = Instant::now() + Duration::from_secs(10);
+    while pooled.status().unwrap().live_children() != 0 {
+        assert!(Instant::now() < until, "pooled job children left running");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn eight_threads_fifty_calls_each(client: &Client) {
+    let threads: Vec<_> = (0..8u32)
+        .map(|t| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                for i in 0..50u32 {
+                    let codec = if i % 2 == 0 {
+                        Codec::MessagePack
+                    } else {
+                        Codec::Json
+                    };
+                    let got = client
+                        .typed::<(u32, u32), u64>("area")
+                        .codec(codec)
+                        .spawn(&(t, i))
+                        .unwrap()
+                        .join()
+                        .unwrap();
+                    assert_eq!(got, u64::from(t * i));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+fn untyped_calls_unchanged(client: &Client) {
+    let st = client
+        .call("untyped", b"x".to_vec())
+        .spawn()
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(st.success());
+    // A typed entry called untyped: no header, no channel; it says so and exits 125.
+    let st = client
+        .call("area", b"x".to_vec())
+        .spawn()
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(st.code(), Some(forkserver_server::BAD_HEADER_STATUS));
+}
+
+fn a_hostile_child_gives_a_call_error(client: &Client) {
+    let call = |what: &str| {
+        client
+            .typed::<String, u32>("hostile")
+            .deadline(Duration::from_secs(30))
+            .spawn(&what.to_owned())
+            .unwrap()
+            .join()
+    };
+    for what in ["garbage", "oversized", "fds", "bad-value"] {
+        let r = call(what);
+        assert!(matches!(r, Err(CallError::Decode(_))), "{what}: {r:?}");
+    }
+    // Killed while writing its value: the signal decides, not the half-sent bytes.
+    let r = call("killed");
+    assert!(
+        matches!(
+            r,
+            Err(CallError::Killed {
+                signal: 9,
+                deadline_expired: false
+            })
+        ),
+        "{r:?}"
+    );
+    // Accepted, then nothing: it exited without a result.
+    assert!(matches!(call("nothing"), Err(CallError::Exited(0))));
+}
+
+fn large_results_and_arguments(client: &Client) {
+    // Values in several chunks (MAX_CHUNK_LEN is 64 KiB less 8), in both codecs.
+    for codec in Codec::ALL {
+        for n in [0, 65_528, 3 * 65_528 + 5, 4 << 20] {
+            let got = client
+                .typed::<usize, Vec<u8>>("bytes")
+                .codec(codec)
+                .spawn(&n)
+                .unwrap()
+                .join();
+            assert_eq!(got.unwrap(), bytes(n), "{n} bytes in {codec:?}");
+        }
+    }
+    // An argument over the payload's limit is refused before anything is sent (until large
+    // arguments travel in a memfd).
+    let big = vec![7u8; 2 << 20];
+    let r = client.typed::<Vec<u8>, u32>("area").spawn(&big);
+    assert!(
+        matches!(
+            r,
+            Err(CallError::Spawn(forkserver_client::Error::InvalidRequest(
+                _
+            )))
+        ),
+        "{:?}",
+        r.map(|_| ())
+    );
+}
+
+/// `spec/clients/python/forkserver_typed.py`, written from PROTOCOL.md §11, calls the typed
+/// entries of a server without a key (the Python client has one too, but needs no more here).
+fn the_python_client_calls_with_json(_client: &Client) {
+    let open = Client::launcher(std::env::current_exe().unwrap())
+        .authenticate(false)
+        .launch()
+        .unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../spec/clients/python/forkserver_typed.py"
+    );
+    let call = |entry: &str, arg: &str, a: &str, r: &str| {
+        let out = std::process::Command::new("python3")
+            .args([
+                script,
+                open.socket_path().to_str().unwrap(),
+                entry,
+                arg,
+                a,
+                r,
+            ])
+            .output()
+            .expect("python3 is needed by this test");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    assert_eq!(
+        call("area", "[800, 600]", "(u32, u32)", "u64"),
+        r#"["value", 480000]"#
+    );
+    let size = r#"{"w": 3, "h": 4, "label": "x"}"#;
+    let ty = std::any::type_name::<Size>();
+    assert_eq!(
+        call("halve", size, ty, ty),
+        r#"["error", "cannot halve 3x4"]"#
+    );
+    let half = call("halve", r#"{"w": 8, "h": 4, "label": "x"}"#, ty, ty);
+    assert_eq!(half, r#"["value", {"w": 4, "h": 2, "label": "x halved"}]"#);
+    let panicked = call("panics", "7", "u32", "u32");
+    assert!(
+        panicked.starts_with(r#"["panic", "typed panic 7", "client/tests/typed.rs:"#),
+        "{panicked}"
+    );
+    assert_eq!(call("exits", "4", "i32", "u32"), r#"["exited", 4]"#);
+    assert!(call("area", "[1, 2]", "(u32, u32)", "u32").starts_with(r#"["mismatch""#));
+    assert_eq!(
+        call("untyped", "1", "u32", "u32"),
+        r#"["mismatch", "not a typed entry"]"#
+    );
+    assert_eq!(
+        call("nope", "1", "u32", "u32"),
+        r#"["mismatch", "no such entry"]"#
+    );
+}

@@ -1,0 +1,38 @@
+//! The typed entry convention (PROTOCOL.md §11, informative): how a client calls a zygote
+//! entry with a serde value and gets a value, an error, a panic or fds back, with no change to
+//! the wire protocol of §4-§8.
+//!
+//! ```text
+//!  client                                     entry child (forked by the server)
+//!  socketpair(SEQPACKET) ─ child end in the bundle at target `channel` ─▶ fd `channel`
+//!  payload = TypedHeader ‖ argument ──── Spawn (Job::Entry) ────▶ TypedHeader::decode
+//!                                                                  check fingerprint
+//!          ◀──────────── Accepted | Mismatch ──────────────────────┘
+//!          ◀──── Chunk* Value(+SCM_RIGHTS) | Error | Panic ──────── entry runs
+//! ```
+//!
+//! * [`TypedHeader`]: the header at the front of the payload (no I/O, never panics).
+//! * [`ResultFrame`], [`Assembler`]: the frames on the result channel (no I/O).
+//! * [`fingerprint`], [`Codec`], [`encode`], [`decode`], [`Fd`]: the types' identity and their
+//!   bytes (no I/O).
+//! * [`channel_pair`], [`send_frame`], [`recv_frame`]: the channel's socket calls.
+
+#[allow(unsafe_code)] // taking ownership of fds received with SCM_RIGHTS
+mod channel;
+mod codec;
+mod fd;
+mod fingerprint;
+mod frame;
+mod header;
+
+pub use channel::{channel_pair, recv_frame, send_frame, ChannelError, Received};
+pub use codec::{decode, encode, CodecError};
+pub use fd::Fd;
+pub use fingerprint::{fingerprint, fingerprint_of};
+pub use frame::{
+    cut_text, value_frames, Assembler, FrameError, ResultFrame, DEFAULT_MAX_RESULT_LEN,
+    MAX_CHUNK_LEN, MAX_RESULT_FRAME_LEN, MAX_TEXT_LEN,
+};
+pub use header::{
+    Codec, HeaderError, TypedHeader, MAX_ARG_FDS, TYPED_HEADER_LEN, TYPED_MAGIC, TYPED_VERSION,
+};

@@ -1,0 +1,185 @@
+"""The typed entry convention of spec/PROTOCOL.md §11 (informative), written from the spec:
+the typed header, the fingerprint, and the result frames. No I/O here; a JSON-codec call needs
+only these, a SOCK_SEQPACKET socketpair and forkserver_client's Spawn.
+"""
+import struct
+
+TYPED_MAGIC = b"FSTY"
+TYPED_VERSION = 1
+TYPED_HEADER_LEN = 32
+MAX_ARG_FDS = 255
+MAX_RESULT_FRAME_LEN = 64 * 1024
+MAX_TEXT_LEN = 8 * 1024
+CODECS = {"msgpack": 1, "json": 2}
+CODEC_NAMES = {v: k for k, v in CODECS.items()}
+
+FNV_OFFSET = 0xCBF29CE484222325
+FNV_PRIME = 0x100000001B3
+
+
+class TypedError(ValueError):
+    """A header or a frame that §11 refuses; `name` is the reference decoder's error."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.name = name
+
+
+def fnv1a64(data, h=FNV_OFFSET):
+    for b in data:
+        h = ((h ^ b) * FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def fingerprint(entry, arg_type, result_type, codec):
+    """§11.2: FNV-1a 64 over name 00 arg_type 00 result_type 00 codec_id."""
+    data = b"\0".join(s.encode() for s in (entry, arg_type, result_type)) + b"\0"
+    return fnv1a64(data + bytes([CODECS[codec]]))
+
+
+def encode_header(codec, fp, channel, fd_targets, arg):
+    """The payload of a typed call: the header, then `arg` (bytes in the codec)."""
+    if len(fd_targets) > MAX_ARG_FDS:
+        raise ValueError("too many fds")
+    offset = TYPED_HEADER_LEN + 4 * len(fd_targets)
+    head = TYPED_MAGIC + struct.pack("<BBHQIIII", TYPED_VERSION, CODECS[codec], 0, fp, channel,
+                                     len(fd_targets), offset, len(arg))
+    return head + b"".join(struct.pack("<I", t) for t in fd_targets) + arg
+
+
+def decode_header(payload):
+    """-> (dict, arg bytes), or TypedError in the order of §11.2's checks."""
+    if len(payload) < TYPED_HEADER_LEN:
+        raise TypedError("TooShort(%d)" % len(payload))
+    if payload[:4] != TYPED_MAGIC:
+        raise TypedError("BadMagic")
+    version, codec, flags, fp, channel, nfds, offset, length = struct.unpack_from("<BBHQIIII", payload, 4)
+    if version != TYPED_VERSION:
+        raise TypedError("Version(%d)" % version)
+    if codec not in CODEC_NAMES:
+        raise TypedError("Codec(%d)" % codec)
+    if flags:
+        raise TypedError("Reserved")
+    if nfds > MAX_ARG_FDS:
+        raise TypedError("TooManyFds(%d)" % nfds)
+    end = TYPED_HEADER_LEN + 4 * nfds
+    if len(payload) < end:
+        raise TypedError("TooShort(%d)" % len(payload))
+    if offset != end or offset + length != len(payload):
+        raise TypedError("Argument { offset: %d, len: %d }" % (offset, length))
+    targets = list(struct.unpack_from("<%dI" % nfds, payload, TYPED_HEADER_LEN))
+    header = {"codec": CODEC_NAMES[codec], "fingerprint": "%016x" % fp, "channel": channel,
+              "fd_targets": targets, "arg": payload[offset:].hex()}
+    return header, payload[offset:]
+
+
+def _text(b):
+    if len(b) > MAX_TEXT_LEN:
+        raise TypedError("Text")
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TypedError("Text") from None
+
+
+def decode_frame(b):
+    """One result frame (§11.3) -> its decoded form (the vectors' `decoded`)."""
+    if len(b) > MAX_RESULT_FRAME_LEN:
+        raise TypedError("TooLong")
+    if not b:
+        raise TypedError("Truncated")
+    tag, rest = b[0], b[1:]
+    if tag == 1:
+        if rest:
+            raise TypedError("Trailing")
+        return {"type": "Accepted"}
+    if tag == 2:
+        return {"type": "Chunk", "bytes": rest.hex()}
+    if tag == 3:
+        if len(rest) < 3:
+            raise TypedError("Truncated")
+        if rest[0]:
+            raise TypedError("Trailing")
+        return {"type": "Value", "nfds": struct.unpack_from("<H", rest, 1)[0], "bytes": rest[3:].hex()}
+    if tag == 4:
+        return {"type": "Error", "text": _text(rest)}
+    if tag == 5:
+        if len(rest) < 4:
+            raise TypedError("Truncated")
+        (n,) = struct.unpack_from("<I", rest)
+        if len(rest) < 4 + n:
+            raise TypedError("Truncated")
+        return {"type": "Panic", "message": _text(rest[4:4 + n]), "location": _text(rest[4 + n:])}
+    if tag == 6:
+        if len(rest) < 8:
+            raise TypedError("Truncated")
+        return {"type": "Mismatch", "fingerprint": "%016x" % struct.unpack_from("<Q", rest)[0],
+                "detail": _text(rest[8:])}
+    raise TypedError("UnknownTag(%d)" % tag)
+
+
+def call_json(client, entry, arg, arg_type, result_type, deadline_ms=0):
+    """A typed call with the JSON codec (§11.1): `client` is a forkserver_client.Client, `arg`
+    a JSON-serializable value, `arg_type`/`result_type` the server's type names (§11.2).
+    Returns one of ("value", v), ("error", text), ("panic", message, location),
+    ("mismatch", detail), ("killed", signo, deadline_expired), ("exited", code), decided as
+    §11.3 says."""
+    import json
+    import socket
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    channel = 3
+    fp = fingerprint(entry, arg_type, result_type, "json")
+    payload = encode_header("json", fp, channel, [], json.dumps(arg, separators=(",", ":")).encode())
+    try:
+        try:
+            child = client.spawn_entry(entry, payload, fds={channel: theirs.fileno()},
+                                       deadline_ms=deadline_ms)
+        except Exception as e:                 # UnknownEntryError: a mismatch (§11.3)
+            if type(e).__name__ == "UnknownEntryError":
+                return ("mismatch", "no such entry")
+            raise
+        theirs.close()
+        accepted, value, answer = False, b"", None
+        while answer is None:
+            frame = ours.recv(MAX_RESULT_FRAME_LEN + 1)
+            if not frame:
+                break
+            f = decode_frame(frame)
+            t = f["type"]
+            if t == "Accepted":
+                accepted = True
+            elif t == "Chunk":
+                value += bytes.fromhex(f["bytes"])
+            elif t == "Value":
+                answer = ("value", json.loads(value + bytes.fromhex(f["bytes"])))
+            elif t == "Error":
+                answer = ("error", f["text"])
+            elif t == "Panic":
+                answer = ("panic", f["message"], f["location"])
+            elif t == "Mismatch":
+                answer = ("mismatch", f["detail"])
+        code = child.wait()
+        child.close()
+        if answer is not None:
+            return answer
+        if code < 0:
+            return ("killed", -code, child.deadline_expired)
+        return ("exited", code) if accepted else ("mismatch", "not a typed entry")
+    finally:
+        ours.close()
+        theirs.close()
+
+
+if __name__ == "__main__":
+    # python3 forkserver_typed.py SOCKET ENTRY ARG_JSON ARG_TYPE RESULT_TYPE: one call, its
+    # outcome printed as JSON.
+    import json
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import forkserver_client as fc
+
+    sock, entry, arg, arg_type, result_type = sys.argv[1:6]
+    print(json.dumps(call_json(fc.Client(sock), entry, json.loads(arg), arg_type, result_type)))
