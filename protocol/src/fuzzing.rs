@@ -58,7 +58,10 @@ pub fn typed_roundtrip(data: &[u8]) {
         let bytes = &data[start..];
         if let Ok(frame) = ResultFrame::decode(bytes) {
             assert_eq!(frame.encode(), bytes, "frame re-encoding of {frame:?}");
-            if let ResultFrame::Chunk(b) | ResultFrame::Value { bytes: b, .. } = &frame {
+            if let ResultFrame::Chunk(b)
+            | ResultFrame::Value { bytes: b, .. }
+            | ResultFrame::Request { bytes: b, .. } = &frame
+            {
                 let fits = total + b.len() <= 1024;
                 assert_eq!(assembler.push(b).is_ok(), fits, "assembler cap");
                 if fits {

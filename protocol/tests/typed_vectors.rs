@@ -21,6 +21,7 @@ fn header_json(h: &TypedHeader, arg: &[u8]) -> Value {
         "channel": h.channel(),
         "fd_targets": h.fd_targets(),
         "arg": hex(arg),
+        "worker": h.is_worker(),
     })
 }
 
@@ -40,6 +41,9 @@ fn frame_json(f: &ResultFrame) -> Value {
             detail,
         } => {
             json!({"type": "Mismatch", "fingerprint": format!("{fingerprint:016x}"), "detail": detail})
+        }
+        ResultFrame::Request { nfds, bytes } => {
+            json!({"type": "Request", "nfds": nfds, "bytes": hex(bytes)})
         }
         other => panic!("no JSON form for {other:?}"),
     }
@@ -67,6 +71,19 @@ fn valid_headers() -> Vec<(&'static str, &'static str, TypedHeader, Vec<u8>)> {
             TypedHeader::new(Codec::Json, 0x1122_3344_5566_7788, 3, vec![4, 5]).unwrap(),
             b"[0,1]".to_vec(),
         ),
+        (
+            "header-worker-kv",
+            "starts worker \"kv\" (Req = u32, Resp = u64) in MessagePack: flags = 1 (worker), channel at fd 3, no argument",
+            TypedHeader::new(
+                Codec::MessagePack,
+                fingerprint_of("kv", "u32", "u64", Codec::MessagePack),
+                3,
+                vec![],
+            )
+            .unwrap()
+            .with_worker(true),
+            vec![],
+        ),
     ]
 }
 
@@ -78,6 +95,8 @@ fn invalid_headers() -> Vec<(&'static str, Vec<u8>, HeaderError)> {
         v[i] = b;
         v
     };
+    let mut worker_arg = bytes.clone();
+    worker_arg[6] = 1;
     let mut too_many = bytes.clone();
     too_many[20..24].copy_from_slice(&256u32.to_le_bytes());
     vec![
@@ -89,7 +108,13 @@ fn invalid_headers() -> Vec<(&'static str, Vec<u8>, HeaderError)> {
         ("header-bad-magic", with(0, b'X'), HeaderError::BadMagic),
         ("header-version-2", with(4, 2), HeaderError::Version(2)),
         ("header-codec-0", with(5, 0), HeaderError::Codec(0)),
-        ("header-flags", with(6, 1), HeaderError::Reserved),
+        ("header-flags", with(6, 2), HeaderError::Reserved),
+        ("header-flags-high", with(7, 0x80), HeaderError::Reserved),
+        (
+            "header-worker-with-arg",
+            worker_arg,
+            HeaderError::Argument { offset: 32, len: 7 },
+        ),
         ("header-256-fds", too_many, HeaderError::TooManyFds(256)),
         (
             "header-arg-len",
@@ -137,13 +162,28 @@ fn valid_frames() -> Vec<(&'static str, ResultFrame)> {
                 detail: "entry \"area\" takes (u32, u32) and gives u64 (msgpack)".into(),
             },
         ),
+        (
+            "frame-request",
+            ResultFrame::Request {
+                nfds: 0,
+                bytes: vec![0x07],
+            },
+        ),
+        (
+            "frame-request-1-fd",
+            ResultFrame::Request {
+                nfds: 1,
+                bytes: b"0".to_vec(),
+            },
+        ),
     ]
 }
 
 fn invalid_frames() -> Vec<(&'static str, Vec<u8>, FrameError)> {
     vec![
         ("frame-empty", vec![], FrameError::Truncated),
-        ("frame-unknown-tag", vec![7], FrameError::UnknownTag(7)),
+        ("frame-unknown-tag", vec![8], FrameError::UnknownTag(8)),
+        ("frame-request-short", vec![7, 0, 1], FrameError::Truncated),
         ("frame-accepted-trailing", vec![1, 0], FrameError::Trailing),
         ("frame-value-short", vec![3, 0], FrameError::Truncated),
         (
@@ -306,6 +346,7 @@ proptest::proptest! {
             ResultFrame::Error(text.clone()),
             ResultFrame::Panic { message: text.clone(), location: text.clone() },
             ResultFrame::Mismatch { fingerprint: u64::from(n), detail: text.clone() },
+            ResultFrame::Request { nfds: n, bytes: bytes.clone() },
         ] {
             proptest::prop_assert_eq!(ResultFrame::decode(&f.encode()), Ok(f));
         }

@@ -138,7 +138,7 @@ fn recv_into(sock: BorrowedFd<'_>, block: bool, buf: &mut [u8]) -> Result<Receiv
     }
     let frame = ResultFrame::decode(&buf[..len])?;
     let announced = match &frame {
-        ResultFrame::Value { nfds, .. } => usize::from(*nfds),
+        ResultFrame::Value { nfds, .. } | ResultFrame::Request { nfds, .. } => usize::from(*nfds),
         _ => 0,
     };
     if announced != fds.len() {

@@ -14,7 +14,8 @@ pub const MAX_TEXT_LEN: usize = 8 * 1024;
 /// The default cap on a whole value, chunks included ([`Assembler::new`]).
 pub const DEFAULT_MAX_RESULT_LEN: usize = 64 * 1024 * 1024;
 
-/// A result frame.
+/// A frame on the result channel. All but [`ResultFrame::Request`] travel child → client;
+/// in a worker (PROTOCOL.md §11.7) `Chunk`s and `Request` also travel client → child.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ResultFrame {
@@ -45,6 +46,14 @@ pub enum ResultFrame {
         fingerprint: u64,
         /// The entry's types and codec, as text.
         detail: String,
+    },
+    /// Tag 7 (client → worker, §11.7): a request's last bytes, after its `Chunk`s, with the
+    /// number of fds sent with this frame (index `i` of the request's `Fd`s is the `i`-th).
+    Request {
+        /// fds attached to this message.
+        nfds: u16,
+        /// The last bytes of the encoded request.
+        bytes: Vec<u8>,
     },
 }
 
@@ -101,6 +110,7 @@ impl ResultFrame {
             ResultFrame::Error(_) => 4,
             ResultFrame::Panic { .. } => 5,
             ResultFrame::Mismatch { .. } => 6,
+            ResultFrame::Request { .. } => 7,
         }
     }
 
@@ -111,7 +121,7 @@ impl ResultFrame {
         match self {
             ResultFrame::Accepted => {}
             ResultFrame::Chunk(b) => v.extend_from_slice(b),
-            ResultFrame::Value { nfds, bytes } => {
+            ResultFrame::Value { nfds, bytes } | ResultFrame::Request { nfds, bytes } => {
                 v.push(0);
                 v.extend_from_slice(&nfds.to_le_bytes());
                 v.extend_from_slice(bytes);
@@ -147,15 +157,18 @@ impl ResultFrame {
             1 if rest.is_empty() => ResultFrame::Accepted,
             1 => return Err(FrameError::Trailing),
             2 => ResultFrame::Chunk(rest.to_vec()),
-            3 => {
+            3 | 7 => {
                 let fixed = rest.get(..3).ok_or(FrameError::Truncated)?;
                 // §11.3: the reserved byte MUST be zero.
                 if fixed[0] != 0 {
                     return Err(FrameError::Trailing);
                 }
-                ResultFrame::Value {
-                    nfds: u16::from_le_bytes([fixed[1], fixed[2]]),
-                    bytes: rest[3..].to_vec(),
+                let nfds = u16::from_le_bytes([fixed[1], fixed[2]]);
+                let bytes = rest[3..].to_vec();
+                if tag == 3 {
+                    ResultFrame::Value { nfds, bytes }
+                } else {
+                    ResultFrame::Request { nfds, bytes }
                 }
             }
             4 => ResultFrame::Error(text(rest)?),
@@ -221,6 +234,20 @@ impl Assembler {
 /// The frames that carry `bytes`: chunks of at most [`MAX_CHUNK_LEN`], then the `Value`
 /// frame (with `nfds`), which may be empty.
 pub fn value_frames(bytes: &[u8], nfds: u16) -> Vec<ResultFrame> {
+    let (mut out, last) = chunks(bytes);
+    out.push(ResultFrame::Value { nfds, bytes: last });
+    out
+}
+
+/// As [`value_frames`], ending with a worker's [`ResultFrame::Request`] (§11.7).
+pub fn request_frames(bytes: &[u8], nfds: u16) -> Vec<ResultFrame> {
+    let (mut out, last) = chunks(bytes);
+    out.push(ResultFrame::Request { nfds, bytes: last });
+    out
+}
+
+/// The `Chunk`s of `bytes` and the bytes left for the final frame.
+fn chunks(bytes: &[u8]) -> (Vec<ResultFrame>, Vec<u8>) {
     let mut out: Vec<ResultFrame> = Vec::new();
     let mut rest = bytes;
     while rest.len() > MAX_CHUNK_LEN {
@@ -228,11 +255,7 @@ pub fn value_frames(bytes: &[u8], nfds: u16) -> Vec<ResultFrame> {
         out.push(ResultFrame::Chunk(head.to_vec()));
         rest = tail;
     }
-    out.push(ResultFrame::Value {
-        nfds,
-        bytes: rest.to_vec(),
-    });
-    out
+    (out, rest.to_vec())
 }
 
 #[cfg(test)]
@@ -257,6 +280,10 @@ mod tests {
                 fingerprint: 5,
                 detail: "u32 -> u32".into(),
             },
+            ResultFrame::Request {
+                nfds: 1,
+                bytes: vec![7],
+            },
         ];
         for f in frames {
             let b = f.encode();
@@ -264,7 +291,7 @@ mod tests {
         }
         assert_eq!(ResultFrame::decode(&[]), Err(FrameError::Truncated));
         assert_eq!(ResultFrame::decode(&[1, 0]), Err(FrameError::Trailing));
-        for t in 7..=255u8 {
+        for t in 8..=255u8 {
             assert_eq!(ResultFrame::decode(&[t]), Err(FrameError::UnknownTag(t)));
         }
         assert_eq!(

@@ -11,6 +11,9 @@ pub const TYPED_VERSION: u8 = 1;
 pub const TYPED_HEADER_LEN: usize = 32;
 /// At most this many fds referenced by an argument: the bundle's cap less the channel.
 pub const MAX_ARG_FDS: usize = MAX_FDS - 1;
+/// Header flag bit 0 (PROTOCOL.md §11.7): the call starts a long-lived worker; requests travel
+/// on the channel, and the header carries no argument.
+pub const FLAG_WORKER: u16 = 0x0001;
 
 /// The serde codec of a typed call's argument and result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -65,14 +68,14 @@ pub enum HeaderError {
     /// An unknown codec id.
     #[error("typed header: unknown codec {0}")]
     Codec(u8),
-    /// Reserved flags or bytes not zero.
+    /// Reserved flags (any but [`FLAG_WORKER`]) or bytes not zero.
     #[error("typed header: reserved bits set")]
     Reserved,
     /// More fd targets than [`MAX_ARG_FDS`].
     #[error("typed header: {0} fds, at most {MAX_ARG_FDS}")]
     TooManyFds(u32),
     /// The argument does not begin right after the fd targets, or does not end exactly at
-    /// the payload's end.
+    /// the payload's end, or is not empty in a worker header.
     #[error("typed header: argument at {offset}+{len} does not fit the payload")]
     Argument {
         /// `arg_offset`.
@@ -90,6 +93,7 @@ pub struct TypedHeader {
     fingerprint: u64,
     channel: u32,
     fd_targets: Vec<u32>,
+    worker: bool,
 }
 
 impl TypedHeader {
@@ -100,7 +104,20 @@ impl TypedHeader {
             fingerprint,
             channel,
             fd_targets,
+            worker: false,
         })
+    }
+
+    /// The header that starts a long-lived worker (PROTOCOL.md §11.7): `worker: true` sets
+    /// [`FLAG_WORKER`]; such a header is encoded with an empty argument.
+    pub fn with_worker(mut self, worker: bool) -> Self {
+        self.worker = worker;
+        self
+    }
+
+    /// Whether the call starts a worker ([`FLAG_WORKER`]).
+    pub fn is_worker(&self) -> bool {
+        self.worker
     }
 
     /// The codec of the argument and the result.
@@ -128,15 +145,20 @@ impl TypedHeader {
         TYPED_HEADER_LEN + 4 * self.fd_targets.len()
     }
 
-    /// The payload: this header followed by `arg`. `None` if `arg` is longer than `u32::MAX`.
+    /// The payload: this header followed by `arg`. `None` if `arg` is longer than `u32::MAX`,
+    /// or not empty in a worker header.
     pub fn encode(&self, arg: &[u8]) -> Option<Vec<u8>> {
+        if self.worker && !arg.is_empty() {
+            return None;
+        }
         let len = u32::try_from(arg.len()).ok()?;
+        let flags = if self.worker { FLAG_WORKER } else { 0 };
         let offset = self.encoded_len() as u32;
         let mut v = Vec::with_capacity(self.encoded_len() + arg.len());
         v.extend_from_slice(&TYPED_MAGIC);
         v.push(TYPED_VERSION);
         v.push(self.codec.id());
-        v.extend_from_slice(&0u16.to_le_bytes()); // flags
+        v.extend_from_slice(&flags.to_le_bytes());
         v.extend_from_slice(&self.fingerprint.to_le_bytes());
         v.extend_from_slice(&self.channel.to_le_bytes());
         v.extend_from_slice(&(self.fd_targets.len() as u32).to_le_bytes());
@@ -167,10 +189,12 @@ impl TypedHeader {
             return Err(HeaderError::Version(fixed[4]));
         }
         let codec = Codec::from_id(fixed[5]).ok_or(HeaderError::Codec(fixed[5]))?;
-        // §11.2: flags are reserved in version 1 and MUST be zero.
-        if fixed[6] != 0 || fixed[7] != 0 {
+        // §11.2: flags other than FLAG_WORKER (§11.7) are reserved and MUST be zero.
+        let flags = u16::from_le_bytes([fixed[6], fixed[7]]);
+        if flags & !FLAG_WORKER != 0 {
             return Err(HeaderError::Reserved);
         }
+        let worker = flags & FLAG_WORKER != 0;
         let mut fp = [0u8; 8];
         fp.copy_from_slice(&fixed[8..16]);
         let fingerprint = u64::from_le_bytes(fp);
@@ -185,7 +209,8 @@ impl TypedHeader {
         let targets = payload.get(TYPED_HEADER_LEN..end).ok_or(short)?;
         // §11.2: the argument begins right after the targets and ends at the payload's end.
         let arg_end = u64::from(offset) + u64::from(len);
-        if offset as usize != end || arg_end != payload.len() as u64 {
+        // §11.7: a worker header carries no argument (requests travel on the channel).
+        if offset as usize != end || arg_end != payload.len() as u64 || (worker && len != 0) {
             return Err(HeaderError::Argument { offset, len });
         }
         let fd_targets = targets
@@ -197,6 +222,7 @@ impl TypedHeader {
             fingerprint,
             channel,
             fd_targets,
+            worker,
         };
         Ok((header, &payload[offset as usize..]))
     }

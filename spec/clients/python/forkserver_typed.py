@@ -8,6 +8,7 @@ TYPED_MAGIC = b"FSTY"
 TYPED_VERSION = 1
 TYPED_HEADER_LEN = 32
 MAX_ARG_FDS = 255
+FLAG_WORKER = 0x0001  # §11.7: the call starts a long-lived worker
 MAX_RESULT_FRAME_LEN = 64 * 1024
 MAX_TEXT_LEN = 8 * 1024
 CODECS = {"msgpack": 1, "json": 2}
@@ -37,12 +38,16 @@ def fingerprint(entry, arg_type, result_type, codec):
     return fnv1a64(data + bytes([CODECS[codec]]))
 
 
-def encode_header(codec, fp, channel, fd_targets, arg):
-    """The payload of a typed call: the header, then `arg` (bytes in the codec)."""
+def encode_header(codec, fp, channel, fd_targets, arg, worker=False):
+    """The payload of a typed call: the header, then `arg` (bytes in the codec); `worker`
+    starts a long-lived worker (§11.7), whose header has no argument."""
     if len(fd_targets) > MAX_ARG_FDS:
         raise ValueError("too many fds")
+    if worker and arg:
+        raise ValueError("a worker header carries no argument")
     offset = TYPED_HEADER_LEN + 4 * len(fd_targets)
-    head = TYPED_MAGIC + struct.pack("<BBHQIIII", TYPED_VERSION, CODECS[codec], 0, fp, channel,
+    head = TYPED_MAGIC + struct.pack("<BBHQIIII", TYPED_VERSION, CODECS[codec],
+                                     FLAG_WORKER if worker else 0, fp, channel,
                                      len(fd_targets), offset, len(arg))
     return head + b"".join(struct.pack("<I", t) for t in fd_targets) + arg
 
@@ -58,18 +63,19 @@ def decode_header(payload):
         raise TypedError("Version(%d)" % version)
     if codec not in CODEC_NAMES:
         raise TypedError("Codec(%d)" % codec)
-    if flags:
+    if flags & ~FLAG_WORKER:
         raise TypedError("Reserved")
+    worker = bool(flags & FLAG_WORKER)
     if nfds > MAX_ARG_FDS:
         raise TypedError("TooManyFds(%d)" % nfds)
     end = TYPED_HEADER_LEN + 4 * nfds
     if len(payload) < end:
         raise TypedError("TooShort(%d)" % len(payload))
-    if offset != end or offset + length != len(payload):
+    if offset != end or offset + length != len(payload) or (worker and length):
         raise TypedError("Argument { offset: %d, len: %d }" % (offset, length))
     targets = list(struct.unpack_from("<%dI" % nfds, payload, TYPED_HEADER_LEN))
     header = {"codec": CODEC_NAMES[codec], "fingerprint": "%016x" % fp, "channel": channel,
-              "fd_targets": targets, "arg": payload[offset:].hex()}
+              "fd_targets": targets, "arg": payload[offset:].hex(), "worker": worker}
     return header, payload[offset:]
 
 
@@ -95,12 +101,12 @@ def decode_frame(b):
         return {"type": "Accepted"}
     if tag == 2:
         return {"type": "Chunk", "bytes": rest.hex()}
-    if tag == 3:
+    if tag in (3, 7):
         if len(rest) < 3:
             raise TypedError("Truncated")
         if rest[0]:
             raise TypedError("Trailing")
-        return {"type": "Value", "nfds": struct.unpack_from("<H", rest, 1)[0], "bytes": rest[3:].hex()}
+        return {"type": "Value" if tag == 3 else "Request", "nfds": struct.unpack_from("<H", rest, 1)[0], "bytes": rest[3:].hex()}
     if tag == 4:
         return {"type": "Error", "text": _text(rest)}
     if tag == 5:

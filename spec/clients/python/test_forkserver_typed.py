@@ -21,7 +21,8 @@ class TypedVectors(unittest.TestCase):
             header, arg = ft.decode_header(raw)
             self.assertEqual(header, v["decoded"], v["name"])
             again = ft.encode_header(header["codec"], int(header["fingerprint"], 16),
-                                     header["channel"], header["fd_targets"], arg)
+                                     header["channel"], header["fd_targets"], arg,
+                                     header["worker"])
             self.assertEqual(again, raw, v["name"])
 
     def test_invalid_headers(self):
