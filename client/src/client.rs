@@ -74,6 +74,18 @@ impl Client {
         crate::TypedCall::new(self.engine.clone(), name.into())
     }
 
+    /// A builder for a long-lived worker of the entry registered as `name` with
+    /// `Zygote::worker`: `Req` is the requests' type, `Resp` the responses' (PROTOCOL.md
+    /// §11.7). For many workers shared by threads, see [`crate::WorkerPool`].
+    #[cfg(feature = "typed")]
+    pub fn worker<Req, Resp>(&self, name: impl Into<String>) -> crate::WorkerBuilder<Req, Resp>
+    where
+        Req: serde::Serialize + ?Sized,
+        Resp: serde::de::DeserializeOwned,
+    {
+        crate::WorkerBuilder::new(self.engine.clone(), name.into())
+    }
+
     /// The server's status: its pid, live children, connections, total spawns, version.
     ///
     /// # Errors

@@ -118,7 +118,7 @@ pub use output::Output;
 pub use pipes::{ChildStderr, ChildStdin, ChildStdout};
 pub use stdio::Stdio;
 #[cfg(feature = "typed")]
-pub use typed::{CallError, TypedCall, TypedChild};
+pub use typed::{CallError, TypedCall, TypedChild, Worker, WorkerBuilder, WorkerPool};
 
 #[cfg(test)]
 mod tests;

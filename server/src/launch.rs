@@ -114,6 +114,51 @@ impl Zygote {
         self.typed::<A, Result<R, E>, crate::typed::Fallible>(name, f)
     }
 
+    /// Registers a long-lived worker under `name` (PROTOCOL.md §11.7), started with
+    /// [`forkserver_client`'s] `client.worker::<Req, Resp>(name)`: each worker is one child
+    /// that runs `init` once, then `handle` on each request the client sends, keeping the
+    /// state between calls, until the client closes it. `handle` is a
+    /// `fn(&mut S, Req) -> Resp` or `fn(&mut S, Req) -> Result<Resp, E>` (`E: Display`: the
+    /// call fails with its text, the worker goes on); a panic is that call's outcome and ends
+    /// the worker. A call with other types is refused before `init` runs.
+    ///
+    /// [`forkserver_client`'s]: https://docs.rs/forkserver-client
+    #[cfg(feature = "typed")]
+    pub fn worker<S, Req, O, M>(
+        mut self,
+        name: &str,
+        init: impl Fn() -> S + 'static,
+        handle: impl Fn(&mut S, Req) -> O + 'static,
+    ) -> Self
+    where
+        S: 'static,
+        Req: serde::de::DeserializeOwned + 'static,
+        O: crate::typed::Outcome<M> + 'static,
+        M: 'static,
+    {
+        let entry = crate::typed_worker::entry(name, init, handle);
+        self.entries.insert(name.to_owned(), entry);
+        self
+    }
+
+    /// As [`Zygote::worker`] for a `handle` that returns `Result<Resp, E>`, read as a value
+    /// or an error whatever `E` is.
+    #[cfg(feature = "typed")]
+    pub fn worker_fallible<S, Req, Resp, E>(
+        self,
+        name: &str,
+        init: impl Fn() -> S + 'static,
+        handle: impl Fn(&mut S, Req) -> Result<Resp, E> + 'static,
+    ) -> Self
+    where
+        S: 'static,
+        Req: serde::de::DeserializeOwned + 'static,
+        Resp: serde::Serialize + 'static,
+        E: std::fmt::Display + 'static,
+    {
+        self.worker::<S, Req, Result<Resp, E>, crate::typed::Fallible>(name, init, handle)
+    }
+
     /// Keeps `n` children forked and waiting for a job (see [`Config::prefork`]). Without this
     /// call the launcher's environment decides (`FORKSERVER_PREFORK=n`), else 0.
     pub fn prefork(mut self, n: usize) -> Self {

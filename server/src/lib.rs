@@ -39,6 +39,8 @@ mod sys;
 mod timers;
 #[cfg(feature = "typed")]
 mod typed;
+#[cfg(feature = "typed")]
+mod typed_worker;
 
 pub use activation::{
     parse_listen_env, Activation, ActivationError, ServiceEnv, LISTEN_FDNAMES_ENV, LISTEN_FDS_ENV,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
 use forkserver_protocol::typed::{
-    decode, encode, fingerprint, send_frame, value_frames, ResultFrame, TypedHeader,
+    decode, encode, fingerprint, send_frame, value_frames, Codec, ResultFrame, TypedHeader,
 };
 use forkserver_protocol::SCM_MAX_FD;
 use serde::{de::DeserializeOwned, Serialize};
@@ -80,45 +80,16 @@ fn run<A: DeserializeOwned, O: Outcome<M>, M>(
     mut call: Invocation,
     f: &dyn Fn(A) -> O,
 ) -> i32 {
-    let (header, arg) = match TypedHeader::decode(call.payload()) {
-        Ok((h, arg)) => (h, arg.to_vec()),
-        Err(e) => {
-            eprintln!("forkserver: typed entry {name}: {e}");
-            return BAD_HEADER_STATUS;
-        }
+    let mode = Mode {
+        worker: false,
+        fingerprint: &|codec| fingerprint::<A, O::Value>(name, codec),
+        types: &|| types::<A, O::Value>(),
     };
-    let Some(channel) = call.take_fd(header.channel()) else {
-        eprintln!(
-            "forkserver: typed entry {name}: no result channel at fd {}",
-            header.channel()
-        );
-        return BAD_HEADER_STATUS;
+    let (header, arg, channel) = match open(name, &mut call, &mode) {
+        Ok(opened) => opened,
+        Err(status) => return status,
     };
-    // Grandchildren that exec do not hold the channel open.
-    let _ = nix::fcntl::fcntl(
-        &channel,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    );
     let codec = header.codec();
-    let ours = fingerprint::<A, O::Value>(name, codec);
-    // §11.2: a fingerprint other than the entry's own: refuse before the entry runs.
-    if header.fingerprint() != ours {
-        let detail = format!(
-            "entry {name:?} takes {} and gives {} ({})",
-            std::any::type_name::<A>(),
-            std::any::type_name::<O::Value>(),
-            codec.name()
-        );
-        let frame = ResultFrame::Mismatch {
-            fingerprint: ours,
-            detail,
-        };
-        let _ = send_frame(channel.as_fd(), &frame, &[]);
-        return FAILED_STATUS;
-    }
-    if send_frame(channel.as_fd(), &ResultFrame::Accepted, &[]).is_err() {
-        return FAILED_STATUS;
-    }
     let channel = Arc::new(channel);
     // From here a panic (in decoding the argument too) is reported on the channel.
     let last_panic = Arc::new(Mutex::new(None));
@@ -147,23 +118,102 @@ fn run<A: DeserializeOwned, O: Outcome<M>, M>(
         Ok(Ok((bytes, fds))) => send_value(&channel, bytes, fds),
         Ok(Err(text)) => fail(&channel, &text),
         Err(payload) => {
-            // The hook saw this panic on its way out (unless the entry replaced the hook).
-            let seen = last_panic.lock().map(|mut p| p.take()).unwrap_or(None);
-            let (message, location) =
-                seen.unwrap_or_else(|| (panic_message(payload.as_ref()).to_owned(), String::new()));
-            let frame = ResultFrame::Panic { message, location };
+            let frame = panic_frame(&last_panic, payload.as_ref());
             let _ = send_frame(channel.as_fd(), &frame, &[]);
             PANIC_STATUS
         }
     }
 }
 
-fn fail(channel: &OwnedFd, text: &str) -> i32 {
+/// The `Panic` frame of a panic that unwound out of the entry: what the hook noted (unless
+/// the entry replaced the hook), else the payload's message.
+pub(crate) fn panic_frame(
+    note: &Mutex<PanicNote>,
+    payload: &(dyn std::any::Any + Send),
+) -> ResultFrame {
+    let seen = note.lock().map(|mut p| p.take()).unwrap_or(None);
+    let (message, location) =
+        seen.unwrap_or_else(|| (panic_message(payload).to_owned(), String::new()));
+    ResultFrame::Panic { message, location }
+}
+
+/// What an entry child checks a header against: typed call or worker, and its types.
+pub(crate) struct Mode<'a> {
+    /// A worker entry (§11.7) rather than a one-call entry.
+    pub(crate) worker: bool,
+    /// The entry's fingerprint in a codec.
+    pub(crate) fingerprint: &'a dyn Fn(Codec) -> u64,
+    /// The entry's types, as text for a mismatch.
+    pub(crate) types: &'a dyn Fn() -> String,
+}
+
+/// `takes A and gives R`.
+pub(crate) fn types<A: ?Sized, R: ?Sized>() -> String {
+    format!(
+        "takes {} and gives {}",
+        std::any::type_name::<A>(),
+        std::any::type_name::<R>()
+    )
+}
+
+/// The child's first steps (§11.2): decodes the header, takes the channel, checks mode and
+/// fingerprint, and sends `Accepted` (or `Mismatch`). `Err` is the status to exit with.
+pub(crate) fn open(
+    name: &str,
+    call: &mut Invocation,
+    mode: &Mode<'_>,
+) -> Result<(TypedHeader, Vec<u8>, OwnedFd), i32> {
+    let (header, arg) = match TypedHeader::decode(call.payload()) {
+        Ok((h, arg)) => (h, arg.to_vec()),
+        Err(e) => {
+            eprintln!("forkserver: typed entry {name}: {e}");
+            return Err(BAD_HEADER_STATUS);
+        }
+    };
+    let Some(channel) = call.take_fd(header.channel()) else {
+        eprintln!(
+            "forkserver: typed entry {name}: no result channel at fd {}",
+            header.channel()
+        );
+        return Err(BAD_HEADER_STATUS);
+    };
+    // Grandchildren that exec do not hold the channel open.
+    let _ = nix::fcntl::fcntl(
+        &channel,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    let codec = header.codec();
+    let ours = (mode.fingerprint)(codec);
+    let kind = |worker: bool| if worker { "a worker" } else { "a typed entry" };
+    // §11.2: a fingerprint other than the entry's own, or (§11.7) a worker header for a
+    // one-call entry or the reverse: refuse before the entry runs.
+    if header.fingerprint() != ours || header.is_worker() != mode.worker {
+        let detail = format!(
+            "{name:?} is {} that {} ({}); the call asked for {}",
+            kind(mode.worker),
+            (mode.types)(),
+            codec.name(),
+            kind(header.is_worker()),
+        );
+        let frame = ResultFrame::Mismatch {
+            fingerprint: ours,
+            detail,
+        };
+        let _ = send_frame(channel.as_fd(), &frame, &[]);
+        return Err(FAILED_STATUS);
+    }
+    if send_frame(channel.as_fd(), &ResultFrame::Accepted, &[]).is_err() {
+        return Err(FAILED_STATUS);
+    }
+    Ok((header, arg, channel))
+}
+
+pub(crate) fn fail(channel: &OwnedFd, text: &str) -> i32 {
     let _ = send_frame(channel.as_fd(), &ResultFrame::Error(text.to_owned()), &[]);
     FAILED_STATUS
 }
 
-fn send_value(channel: &OwnedFd, bytes: Vec<u8>, fds: Vec<OwnedFd>) -> i32 {
+pub(crate) fn send_value(channel: &OwnedFd, bytes: Vec<u8>, fds: Vec<OwnedFd>) -> i32 {
     if fds.len() > SCM_MAX_FD {
         let text = format!("{} fds in the result, at most {SCM_MAX_FD}", fds.len());
         return fail(channel, &text);
@@ -182,13 +232,13 @@ fn send_value(channel: &OwnedFd, bytes: Vec<u8>, fds: Vec<OwnedFd>) -> i32 {
 }
 
 /// A panic's message and `file:line:column`.
-type PanicNote = Option<(String, String)>;
+pub(crate) type PanicNote = Option<(String, String)>;
 
 /// A hook that notes each panic of the entry's thread (message and location), for the frame
 /// sent once the panic has unwound out of the entry: a panic the entry catches itself is not
 /// its outcome. Built with `panic = "abort"`, nothing unwinds: the hook sends the frame at
 /// once. Then it runs the hook that was there before (stderr still gets the message).
-fn install_panic_hook(channel: Arc<OwnedFd>, entry_thread: ThreadId, note: Arc<Mutex<PanicNote>>) {
+pub(crate) fn install_panic_hook(channel: Arc<OwnedFd>, entry_thread: ThreadId, note: Arc<Mutex<PanicNote>>) {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if std::thread::current().id() == entry_thread {
@@ -208,7 +258,7 @@ fn install_panic_hook(channel: Arc<OwnedFd>, entry_thread: ThreadId, note: Arc<M
     }));
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     if let Some(s) = payload.downcast_ref::<&str>() {
         s
     } else if let Some(s) = payload.downcast_ref::<String>() {

@@ -54,6 +54,10 @@ pub enum CallError {
     /// does not decode as `R`, too many fds).
     #[error("bad result: {0}")]
     Decode(String),
+    /// The [`crate::Worker`] had already ended (a panic, a signal, an exit, a bad frame: the
+    /// text says which) before this call: spawn a new one ([`crate::WorkerPool`] does).
+    #[error("the worker has ended: {0}")]
+    Ended(String),
     /// The result was already taken by an earlier `join_timeout`.
     #[error("the result was already taken")]
     Taken,

@@ -5,6 +5,8 @@
 
 mod child;
 mod error;
+mod pool;
+mod worker;
 
 use std::marker::PhantomData;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -17,8 +19,9 @@ use serde::{de::DeserializeOwned, Serialize};
 
 pub use child::TypedChild;
 pub use error::CallError;
+pub use pool::WorkerPool;
+pub use worker::{Worker, WorkerBuilder};
 
-#[allow(unused_imports)] // named by the setters' docs
 use crate::child::Child;
 use crate::engine::Engine;
 use crate::error::Error;
@@ -79,38 +82,67 @@ impl<A: Serialize + ?Sized, R: DeserializeOwned> TypedCall<A, R> {
     /// [`Error::InvalidRequest`] for an argument over the payload's limit).
     pub fn spawn(&mut self, arg: &A) -> Result<TypedChild<R>, CallError> {
         let (bytes, fds) = encode(self.codec, arg).map_err(|e| CallError::Encode(e.to_string()))?;
+        let fp = fingerprint::<A, R>(&self.name, self.codec);
+        let start = Start {
+            client: &self.client,
+            name: &self.name,
+            codec: self.codec,
+            fingerprint: fp,
+            worker: false,
+        };
+        let (child, ours) = start.spawn(&mut self.req, &bytes, fds)?;
+        Ok(TypedChild::new(child, ours, self.name.clone(), self.codec))
+    }
+}
+
+/// What starts a typed call's or a worker's child (§11.2, §11.7).
+pub(crate) struct Start<'a> {
+    pub(crate) client: &'a Arc<Engine>,
+    pub(crate) name: &'a str,
+    pub(crate) codec: Codec,
+    pub(crate) fingerprint: u64,
+    pub(crate) worker: bool,
+}
+
+impl Start<'_> {
+    /// Makes the result channel, places it and `fds` at free targets beside `req`'s own, and
+    /// spawns the entry with the header and `arg`: the child and the client's channel end.
+    pub(crate) fn spawn(
+        &self,
+        req: &mut Request,
+        arg: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> Result<(Child, OwnedFd), CallError> {
         let (ours, theirs) =
             channel_pair().map_err(|e| CallError::Spawn(std::io::Error::from(e).into()))?;
-        let keep = self.req.fds.len();
-        let targets = free_targets(&self.req.fds, 1 + fds.len());
+        let keep = req.fds.len();
+        let targets = free_targets(&req.fds, 1 + fds.len());
         let header = TypedHeader::new(
             self.codec,
-            fingerprint::<A, R>(&self.name, self.codec),
+            self.fingerprint,
             targets[0],
             targets[1..].to_vec(),
-        );
-        self.req.fds.push((targets[0], theirs));
-        self.req.fds.extend(targets[1..].iter().copied().zip(fds));
-        let spawned = match header.and_then(|h| h.encode(&bytes)) {
+        )
+        .map(|h| h.with_worker(self.worker));
+        req.fds.push((targets[0], theirs));
+        req.fds.extend(targets[1..].iter().copied().zip(fds));
+        let spawned = match header.and_then(|h| h.encode(arg)) {
             // More argument fds than a bundle holds beside the channel.
-            None => Err(Error::TooManyFds(self.req.fds.len())),
-            Some(payload) => EntryJob::new(self.name.clone(), payload)
+            None => Err(Error::TooManyFds(req.fds.len())),
+            Some(payload) => EntryJob::new(self.name.to_owned(), payload)
                 .map_err(Error::from)
-                .and_then(|job| {
-                    self.req
-                        .spawn(&self.client, Job::Entry(job), Defaults::None)
-                }),
+                .and_then(|job| req.spawn(self.client, Job::Entry(job), Defaults::None)),
         };
         // The child end and the argument's fds are in the child now (or nowhere): close ours.
-        self.req.fds.truncate(keep);
+        req.fds.truncate(keep);
         match spawned {
-            Ok(child) => Ok(TypedChild::new(child, ours, self.name.clone(), self.codec)),
+            Ok(child) => Ok((child, ours)),
             Err(Error::Server {
                 code: ErrorCode::UnknownEntry,
                 message,
                 ..
             }) => Err(CallError::Mismatch {
-                entry: self.name.clone(),
+                entry: self.name.to_owned(),
                 detail: format!("the server has no such entry ({message})"),
             }),
             Err(e) => Err(CallError::Spawn(e)),
