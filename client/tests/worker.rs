@@ -1,0 +1,365 @@
+//! Long-lived typed workers end to end (PROTOCOL.md §11.7), with this test binary as the
+//! zygote server: its `main` serves when launched by `Client::launch` (harness = false).
+//!
+//! Every test checks that the server's fd count and child list, and this process's fd count,
+//! are back where they started.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use forkserver_client::{CallError, Client, Codec, Fd, WorkerPool};
+use forkserver_server::Zygote;
+use serde::{Deserialize, Serialize};
+
+/// What the `counter` worker is asked to do.
+#[derive(Debug, Serialize, Deserialize)]
+enum Op {
+    /// Adds to the counter; answers the new count.
+    Add(u64),
+    /// Answers the worker's pid.
+    Pid,
+    /// Sleeps that many ms; answers the count.
+    Sleep(u64),
+    /// Fails with that text.
+    Fail(String),
+    /// Panics.
+    Panic,
+    /// `process::exit` with that status.
+    Exit(i32),
+    /// Writes `pong` to that fd; answers the count.
+    Write(Fd),
+}
+
+fn zero() -> u64 {
+    0
+}
+
+const PANIC_LINE: u32 = line!() + 11;
+fn counter(count: &mut u64, op: Op) -> Result<u64, String> {
+    match op {
+        Op::Add(n) => *count += n,
+        Op::Pid => return Ok(u64::from(std::process::id())),
+        Op::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
+        Op::Fail(text) => return Err(text),
+        Op::Write(fd) => {
+            let mut f = std::fs::File::from(OwnedFd::from(fd));
+            f.write_all(b"pong").map_err(|e| e.to_string())?;
+        }
+        Op::Panic => panic!("worker panic at {count}"),
+        Op::Exit(code) => std::process::exit(code),
+    }
+    Ok(*count)
+}
+
+/// A plain (infallible) worker: keeps the words it was given.
+fn words(seen: &mut Vec<String>, word: String) -> usize {
+    seen.push(word);
+    seen.len()
+}
+
+fn area((w, h): (u32, u32)) -> u64 {
+    u64::from(w) * u64::from(h)
+}
+
+/// A test: its name and its body.
+type Test = (&'static str, fn(&Client));
+
+fn main() {
+    Zygote::new()
+        .worker_fallible("counter", zero, counter)
+        .worker("words", Vec::new, words)
+        .typed("area", area)
+        .serve_if_requested();
+
+    let tests: &[Test] = &[
+        ("state_over_1000_calls_one_fork", state_over_1000_calls),
+        ("err_text_and_the_worker_goes_on", err_text),
+        ("a_panic_ends_the_worker", a_panic_ends_the_worker),
+        ("process_exit_in_handle", process_exit_in_handle),
+        ("fds_in_requests", fds_in_requests),
+        ("type_mismatch", type_mismatch),
+        ("killed_mid_call_and_replaced", killed_mid_call_and_replaced),
+        ("max_calls_per_worker", max_calls_per_worker),
+        ("four_threads_on_a_pool_of_two", four_threads_on_a_pool_of_two),
+    ];
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(180));
+        eprintln!("worker tests: still running after 180 s, giving up");
+        std::process::exit(102);
+    });
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let client = Client::launch(std::env::current_exe().unwrap()).expect("launch");
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in tests {
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        let before = (settled(&client, None), own_fds(&client));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            test(&client);
+            settled(&client, Some(before.0));
+            assert_eq!(own_fds(&client), before.1, "this process's fds");
+        }));
+        if r.is_ok() {
+            passed += 1;
+            println!("test {name} ... ok");
+        } else {
+            failed += 1;
+            println!("test {name} ... FAILED");
+        }
+    }
+    let verdict = if failed == 0 { "ok" } else { "FAILED" };
+    println!("\ntest result: {verdict}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out\n");
+    if failed > 0 {
+        std::process::exit(101);
+    }
+}
+
+/// This process's fd count, with no connection kept for reuse.
+fn own_fds(client: &Client) -> usize {
+    client.close_idle_connections();
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// The launched server's fd count, once it has no child and no connection but ours (as in
+/// client/tests/typed.rs).
+fn settled(client: &Client, expect: Option<usize>) -> usize {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pid = client.launched_server_pid().expect("a launched server");
+        client.close_idle_connections();
+        let status = client.status().expect("status");
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let kids =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let quiet = kids.trim().is_empty() && status.live_children() == 0;
+        if quiet && status.connections() <= 1 && expect.map_or(true, |e| e == fds) {
+            return fds;
+        }
+        assert!(
+            Instant::now() < until,
+            "server did not settle: {fds} fds (expected {expect:?}), children [{}]",
+            kids.trim()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn spawned(client: &Client) -> u64 {
+    client.status().expect("status").spawned_total()
+}
+
+fn state_over_1000_calls(client: &Client) {
+    for codec in Codec::ALL {
+        let before = spawned(client);
+        let mut w = client
+            .worker::<Op, u64>("counter")
+            .codec(codec)
+            .spawn()
+            .unwrap();
+        let pid = u64::try_from(w.pid()).unwrap();
+        let mut last = 0;
+        for i in 1..=1000u64 {
+            last = w.call(&Op::Add(1)).unwrap();
+            assert_eq!(last, i, "{codec:?}");
+            if i % 250 == 0 {
+                assert_eq!(w.call(&Op::Pid).unwrap(), pid, "all from one pid");
+            }
+        }
+        assert_eq!(last, 1000);
+        assert_eq!(w.calls(), 1004);
+        w.close().unwrap();
+        // One fork for 1,004 calls (the status call itself forks nothing).
+        assert_eq!(spawned(client) - before, 1, "{codec:?}");
+    }
+    let mut w = client.worker::<String, usize>("words").spawn().unwrap();
+    assert_eq!(w.call(&"a".to_owned()).unwrap(), 1);
+    assert_eq!(w.call(&"b".to_owned()).unwrap(), 2);
+    w.close().unwrap();
+}
+
+fn err_text(client: &Client) {
+    let mut w = client.worker::<Op, u64>("counter").spawn().unwrap();
+    assert_eq!(w.call(&Op::Add(5)).unwrap(), 5);
+    match w.call(&Op::Fail("no such key: k1".into())) {
+        Err(CallError::Failed(text)) => assert_eq!(text, "no such key: k1"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!w.is_ended());
+    assert_eq!(w.call(&Op::Add(1)).unwrap(), 6, "the state survives an Err");
+    w.close().unwrap();
+}
+
+fn a_panic_ends_the_worker(client: &Client) {
+    let mut w = client.worker::<Op, u64>("counter").spawn().unwrap();
+    w.call(&Op::Add(3)).unwrap();
+    match w.call(&Op::Panic) {
+        Err(CallError::Panicked { message, location }) => {
+            assert_eq!(message, "worker panic at 3");
+            assert!(
+                location.contains(&format!("worker.rs:{PANIC_LINE}:")),
+                "{location}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(w.is_ended());
+    match w.call(&Op::Add(1)) {
+        Err(CallError::Ended(why)) => assert!(why.contains("panicked"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // The child exited as a panicking process does.
+    assert!(matches!(w.close(), Err(CallError::Exited(101))));
+}
+
+fn process_exit_in_handle(client: &Client) {
+    let mut w = client.worker::<Op, u64>("counter").spawn().unwrap();
+    assert!(matches!(w.call(&Op::Exit(7)), Err(CallError::Exited(7))));
+    assert!(matches!(w.call(&Op::Pid), Err(CallError::Ended(_))));
+    assert!(matches!(w.close(), Err(CallError::Exited(7))));
+}
+
+fn fds_in_requests(client: &Client) {
+    let mut w = client.worker::<Op, u64>("counter").spawn().unwrap();
+    for _ in 0..3 {
+        let (r, wr) = nix::unistd::pipe().unwrap();
+        w.call(&Op::Write(Fd::from(wr))).unwrap();
+        let mut got = String::new();
+        std::fs::File::from(r).read_to_string(&mut got).unwrap();
+        assert_eq!(got, "pong", "the worker wrote and closed the pipe");
+    }
+    w.close().unwrap();
+}
+
+fn type_mismatch(client: &Client) {
+    let expect_mismatch = |r: Result<_, CallError>, what: &str| match r {
+        Err(CallError::Mismatch { detail, .. }) => assert!(detail.contains(what), "{detail}"),
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("a worker of the wrong types"),
+    };
+    expect_mismatch(
+        client.worker::<u32, u64>("counter").spawn().map(drop),
+        "takes",
+    );
+    expect_mismatch(
+        client.worker::<Op, u32>("counter").spawn().map(drop),
+        "takes",
+    );
+    // A one-call typed entry is not a worker, and a worker is not a typed entry.
+    expect_mismatch(
+        client.worker::<(u32, u32), u64>("area").spawn().map(drop),
+        "is a typed entry",
+    );
+    expect_mismatch(
+        client
+            .typed::<Op, u64>("counter")
+            .spawn(&Op::Pid)
+            .unwrap()
+            .join()
+            .map(drop),
+        "is a worker",
+    );
+    expect_mismatch(
+        client.worker::<Op, u64>("no-such").spawn().map(drop),
+        "no such entry",
+    );
+}
+
+fn killed_mid_call_and_replaced(client: &Client) {
+    let pool = WorkerPool::<Op, u64>::new(client, "counter", 1);
+    let first = pool.call(&Op::Pid).unwrap();
+    assert_eq!(pool.call(&Op::Add(2)).unwrap(), 2);
+    std::thread::scope(|s| {
+        let sleeper = s.spawn(|| pool.call(&Op::Sleep(60_000)));
+        // Wait until the worker is in `handle` (blocked in its sleep), then kill it.
+        let pid = nix::unistd::Pid::from_raw(first as i32);
+        wait_until(|| sleeping(first) && !sleeper.is_finished());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        match sleeper.join().unwrap() {
+            Err(CallError::Killed {
+                signal,
+                deadline_expired,
+            }) => {
+                assert_eq!(signal, 9);
+                assert!(!deadline_expired);
+            }
+            other => panic!("{other:?}"),
+        }
+    });
+    let second = pool.call(&Op::Pid).unwrap();
+    assert_ne!(second, first, "a fresh worker");
+    assert_eq!(pool.call(&Op::Add(1)).unwrap(), 1, "with fresh state");
+}
+
+/// Whether process `pid` is in `nanosleep` (its kernel wait channel says so).
+fn sleeping(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("nanosleep"))
+        || std::fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|s| {
+            // nanosleep(2) and clock_nanosleep(2) on x86-64.
+            matches!(s.split_whitespace().next(), Some("35" | "230"))
+        })
+}
+
+fn wait_until(mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < until, "condition not met in 10 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn max_calls_per_worker(client: &Client) {
+    let pool = WorkerPool::<Op, u64>::new(client, "counter", 1).max_calls_per_worker(10);
+    let mut pids = HashSet::new();
+    for i in 0..35u64 {
+        if i % 2 == 0 {
+            pids.insert(pool.call(&Op::Pid).unwrap());
+        } else {
+            // The count restarts with each worker: calls 0-9, 10-19, ... are one worker's.
+            assert_eq!(pool.call(&Op::Add(1)).unwrap(), (i % 10).div_ceil(2));
+        }
+    }
+    assert_eq!(pids.len(), 4, "35 calls, 10 per worker: {pids:?}");
+}
+
+fn four_threads_on_a_pool_of_two(client: &Client) {
+    let before = spawned(client);
+    let pool = WorkerPool::<Op, u64>::new(client, "counter", 2);
+    assert_eq!(pool.size(), 2);
+    let (pids, counts): (Vec<HashSet<u64>>, Vec<Vec<u64>>) = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut pids = HashSet::new();
+                    let mut counts = Vec::new();
+                    for i in 0..100 {
+                        if i % 10 == 0 {
+                            pids.insert(pool.call(&Op::Pid).unwrap());
+                        } else {
+                            counts.push(pool.call(&Op::Add(1)).unwrap());
+                        }
+                    }
+                    (pids, counts)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).unzip()
+    });
+    let pids: HashSet<u64> = pids.into_iter().flatten().collect();
+    assert!(!pids.is_empty() && pids.len() <= 2, "{pids:?}");
+    let mut counts: Vec<u64> = counts.into_iter().flatten().collect();
+    counts.sort_unstable();
+    assert_eq!(counts.len(), 360);
+    // Each worker counts 1, 2, ...: every count appears at most once per worker.
+    let ones = counts.iter().filter(|&&c| c == 1).count();
+    assert!((1..=2).contains(&ones), "{ones} workers counted");
+    assert!(spawned(client) - before <= 2, "at most two forks");
+    drop(pool);
+}
