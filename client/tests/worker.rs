@@ -63,6 +63,27 @@ fn area((w, h): (u32, u32)) -> u64 {
     u64::from(w) * u64::from(h)
 }
 
+/// A hostile worker: an untyped entry that accepts the worker header without checking it,
+/// answers the first request with a frame of an unknown tag, then hangs.
+fn hostile(mut call: forkserver_server::Invocation) -> i32 {
+    use forkserver_protocol::typed::{recv_frame, send_frame, ResultFrame, TypedHeader};
+    use std::os::fd::AsFd;
+    let Ok((header, _)) = TypedHeader::decode(call.payload()) else {
+        return 1;
+    };
+    let ch = call.take_fd(header.channel()).unwrap();
+    send_frame(ch.as_fd(), &ResultFrame::Accepted, &[]).unwrap();
+    let _ = recv_frame(ch.as_fd(), true);
+    nix::sys::socket::send(
+        std::os::fd::AsRawFd::as_raw_fd(&ch),
+        &[0xee, 1],
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+    0
+}
+
 /// A test: its name and its body.
 type Test = (&'static str, fn(&Client));
 
@@ -71,6 +92,7 @@ fn main() {
         .worker_fallible("counter", zero, counter)
         .worker("words", Vec::new, words)
         .typed("area", area)
+        .entry("hostile", hostile)
         .serve_if_requested();
 
     let tests: &[Test] = &[
@@ -80,9 +102,13 @@ fn main() {
         ("process_exit_in_handle", process_exit_in_handle),
         ("fds_in_requests", fds_in_requests),
         ("type_mismatch", type_mismatch),
+        ("a_hostile_worker", a_hostile_worker),
         ("killed_mid_call_and_replaced", killed_mid_call_and_replaced),
         ("max_calls_per_worker", max_calls_per_worker),
-        ("four_threads_on_a_pool_of_two", four_threads_on_a_pool_of_two),
+        (
+            "four_threads_on_a_pool_of_two",
+            four_threads_on_a_pool_of_two,
+        ),
     ];
     std::thread::spawn(|| {
         std::thread::sleep(Duration::from_secs(180));
@@ -270,6 +296,20 @@ fn type_mismatch(client: &Client) {
         client.worker::<Op, u64>("no-such").spawn().map(drop),
         "no such entry",
     );
+}
+
+fn a_hostile_worker(client: &Client) {
+    let mut w = client.worker::<Op, u64>("hostile").spawn().unwrap();
+    match w.call(&Op::Pid) {
+        Err(CallError::Decode(e)) => assert!(e.contains("unknown tag 238"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(w.call(&Op::Pid), Err(CallError::Ended(_))));
+    // The client killed it rather than wait on a worker it cannot trust.
+    assert!(matches!(
+        w.close(),
+        Err(CallError::Killed { signal: 9, .. })
+    ));
 }
 
 fn killed_mid_call_and_replaced(client: &Client) {

@@ -238,7 +238,11 @@ pub(crate) type PanicNote = Option<(String, String)>;
 /// sent once the panic has unwound out of the entry: a panic the entry catches itself is not
 /// its outcome. Built with `panic = "abort"`, nothing unwinds: the hook sends the frame at
 /// once. Then it runs the hook that was there before (stderr still gets the message).
-pub(crate) fn install_panic_hook(channel: Arc<OwnedFd>, entry_thread: ThreadId, note: Arc<Mutex<PanicNote>>) {
+pub(crate) fn install_panic_hook(
+    channel: Arc<OwnedFd>,
+    entry_thread: ThreadId,
+    note: Arc<Mutex<PanicNote>>,
+) {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if std::thread::current().id() == entry_thread {

@@ -82,9 +82,7 @@ fn serve<S, Req: DeserializeOwned, O: Outcome<M>, M>(
         }));
         let sent = match outcome {
             Ok(Ok((bytes, fds))) => send_value(&channel, bytes, fds) == 0,
-            Ok(Err(text)) => {
-                send_frame(channel.as_fd(), &ResultFrame::Error(text), &[]).is_ok()
-            }
+            Ok(Err(text)) => send_frame(channel.as_fd(), &ResultFrame::Error(text), &[]).is_ok(),
             Err(payload) => return panicked(&channel, &note, payload.as_ref()),
         };
         if !sent {
@@ -93,11 +91,14 @@ fn serve<S, Req: DeserializeOwned, O: Outcome<M>, M>(
     }
 }
 
+/// A request's bytes and the fds sent with it.
+type Request = (Vec<u8>, Vec<OwnedFd>);
+
 /// Reads the next whole request: its bytes and fds; `None` once the client closed the channel.
 fn next_request(
     channel: &OwnedFd,
     assembler: &mut Assembler,
-) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>, String> {
+) -> Result<Option<Request>, String> {
     loop {
         match recv_frame(channel.as_fd(), true) {
             Ok(Received::Closed) => return Ok(None),

@@ -264,14 +264,23 @@ impl<Req: Serialize + ?Sized, Resp: DeserializeOwned> Worker<Req, Resp> {
     fn next(&mut self) -> Result<Got, CallError> {
         loop {
             let Some(ch) = &self.channel else {
-                return self.child.wait().map(Got::Ended).map_err(CallError::Transport);
+                return self
+                    .child
+                    .wait()
+                    .map(Got::Ended)
+                    .map_err(CallError::Transport);
             };
             match recv_frame(ch.as_fd(), false) {
                 Ok(Received::Frame(frame, fds)) => return Ok(Got::Frame(frame, fds)),
                 Ok(Received::Closed) => self.channel = None,
                 Ok(Received::Empty) => {
                     // Exited: whatever it sent is queued by now; the next read tells.
-                    if self.child.try_wait().map_err(CallError::Transport)?.is_some() {
+                    if self
+                        .child
+                        .try_wait()
+                        .map_err(CallError::Transport)?
+                        .is_some()
+                    {
                         let ch = self.channel.take().expect("checked above");
                         if let Ok(Received::Frame(frame, fds)) = recv_frame(ch.as_fd(), false) {
                             self.channel = Some(ch);

@@ -30,9 +30,10 @@ pub use codec::{decode, encode, CodecError};
 pub use fd::Fd;
 pub use fingerprint::{fingerprint, fingerprint_of};
 pub use frame::{
-    cut_text, request_frames, value_frames, Assembler, FrameError, ResultFrame, DEFAULT_MAX_RESULT_LEN,
-    MAX_CHUNK_LEN, MAX_RESULT_FRAME_LEN, MAX_TEXT_LEN,
+    cut_text, request_frames, value_frames, Assembler, FrameError, ResultFrame,
+    DEFAULT_MAX_RESULT_LEN, MAX_CHUNK_LEN, MAX_RESULT_FRAME_LEN, MAX_TEXT_LEN,
 };
 pub use header::{
-    Codec, HeaderError, TypedHeader, FLAG_WORKER, MAX_ARG_FDS, TYPED_HEADER_LEN, TYPED_MAGIC, TYPED_VERSION,
+    Codec, HeaderError, TypedHeader, FLAG_WORKER, MAX_ARG_FDS, TYPED_HEADER_LEN, TYPED_MAGIC,
+    TYPED_VERSION,
 };
