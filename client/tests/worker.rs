@@ -103,6 +103,8 @@ fn main() {
         ("fds_in_requests", fds_in_requests),
         ("type_mismatch", type_mismatch),
         ("a_hostile_worker", a_hostile_worker),
+        ("a_deadline_caps_the_worker", a_deadline_caps_the_worker),
+        ("pooled_children_as_workers", pooled_children_as_workers),
         ("killed_mid_call_and_replaced", killed_mid_call_and_replaced),
         ("max_calls_per_worker", max_calls_per_worker),
         (
@@ -310,6 +312,50 @@ fn a_hostile_worker(client: &Client) {
         w.close(),
         Err(CallError::Killed { signal: 9, .. })
     ));
+}
+
+fn a_deadline_caps_the_worker(client: &Client) {
+    let mut w = client
+        .worker::<Op, u64>("counter")
+        .deadline(Duration::from_millis(300))
+        .spawn()
+        .unwrap();
+    assert_eq!(w.call(&Op::Add(1)).unwrap(), 1);
+    match w.call(&Op::Sleep(30_000)) {
+        Err(CallError::Killed {
+            signal,
+            deadline_expired,
+        }) => assert_eq!((signal, deadline_expired), (9, true)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(w.close(), Err(CallError::Killed { .. })));
+}
+
+/// Workers started from pooled (`--prefork`) children keep state and end as forked ones do.
+fn pooled_children_as_workers(_client: &Client) {
+    let pooled = Client::launcher(std::env::current_exe().unwrap())
+        .env(forkserver_server::PREFORK_ENV, "2")
+        .launch()
+        .expect("launch with prefork");
+    let pool = WorkerPool::<Op, u64>::new(&pooled, "counter", 2);
+    for i in 1..=50u64 {
+        let got = pool.call(&Op::Add(1)).unwrap();
+        assert!(got <= i);
+    }
+    let r = pool.call(&Op::Panic);
+    assert!(matches!(r, Err(CallError::Panicked { .. })), "{r:?}");
+    let mut w = pooled.worker::<Op, u64>("counter").spawn().unwrap();
+    assert_eq!(w.call(&Op::Add(4)).unwrap(), 4);
+    assert_eq!(w.call(&Op::Add(4)).unwrap(), 8);
+    w.close().unwrap();
+    let r = pooled.worker::<u8, u64>("counter").spawn().map(drop);
+    assert!(matches!(r, Err(CallError::Mismatch { .. })), "{r:?}");
+    drop(pool);
+    let until = Instant::now() + Duration::from_secs(10);
+    while pooled.status().unwrap().live_children() != 0 {
+        assert!(Instant::now() < until, "workers left running");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn killed_mid_call_and_replaced(client: &Client) {

@@ -95,10 +95,7 @@ fn serve<S, Req: DeserializeOwned, O: Outcome<M>, M>(
 type Request = (Vec<u8>, Vec<OwnedFd>);
 
 /// Reads the next whole request: its bytes and fds; `None` once the client closed the channel.
-fn next_request(
-    channel: &OwnedFd,
-    assembler: &mut Assembler,
-) -> Result<Option<Request>, String> {
+fn next_request(channel: &OwnedFd, assembler: &mut Assembler) -> Result<Option<Request>, String> {
     loop {
         match recv_frame(channel.as_fd(), true) {
             Ok(Received::Closed) => return Ok(None),
