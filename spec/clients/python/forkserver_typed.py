@@ -177,6 +177,81 @@ def call_json(client, entry, arg, arg_type, result_type, deadline_ms=0):
         theirs.close()
 
 
+def _answer(ours):
+    """Reads one answer (§11.3 frames after `Accepted`): ("value", v), ("error", text),
+    ("panic", message, location), or None if the channel ended first."""
+    import json
+    value = b""
+    while True:
+        frame = ours.recv(MAX_RESULT_FRAME_LEN + 1)
+        if not frame:
+            return None
+        f = decode_frame(frame)
+        t = f["type"]
+        if t == "Chunk":
+            value += bytes.fromhex(f["bytes"])
+        elif t == "Value":
+            return ("value", json.loads(value + bytes.fromhex(f["bytes"])))
+        elif t == "Error":
+            return ("error", f["text"])
+        elif t == "Panic":
+            return ("panic", f["message"], f["location"])
+        else:
+            raise TypedError("a %s frame where an answer belongs" % t)
+
+
+def worker_json(client, entry, requests, req_type, resp_type):
+    """A worker (§11.7) with the JSON codec: starts it, sends each of `requests` in turn and
+    reads its answer, then closes the channel. Returns (start, answers, end): `start` is
+    ("accepted",) or ("mismatch", detail); `answers` one per request answered, as
+    `call_json`'s; `end` ("exited", code) or ("killed", signo, deadline_expired)."""
+    import json
+    import socket
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    channel = 3
+    fp = fingerprint(entry, req_type, resp_type, "json")
+    payload = encode_header("json", fp, channel, [], b"", worker=True)
+    answers = []
+    try:
+        try:
+            child = client.spawn_entry(entry, payload, fds={channel: theirs.fileno()})
+        except Exception as e:                 # UnknownEntryError: a mismatch (§11.3)
+            if type(e).__name__ == "UnknownEntryError":
+                return ("mismatch", "no such entry"), answers, None
+            raise
+        theirs.close()
+        first = ours.recv(MAX_RESULT_FRAME_LEN + 1)
+        start = decode_frame(first) if first else {"type": "Closed"}
+        if start["type"] == "Accepted":
+            start = ("accepted",)
+            for req in requests:
+                body = json.dumps(req, separators=(",", ":")).encode()
+                while len(body) > MAX_RESULT_FRAME_LEN - 8:
+                    ours.send(b"\x02" + body[:MAX_RESULT_FRAME_LEN - 8])
+                    body = body[MAX_RESULT_FRAME_LEN - 8:]
+                try:
+                    ours.send(b"\x07\x00" + struct.pack("<H", 0) + body)
+                except BrokenPipeError:
+                    break
+                answer = _answer(ours)
+                if answer is None:
+                    break
+                answers.append(answer)
+                if answer[0] == "panic":
+                    break
+        else:
+            start = ("mismatch", start.get("detail", "not a worker entry"))
+        ours.close()
+        code = child.wait()
+        child.close()
+        end = ("killed", -code, child.deadline_expired) if code < 0 else ("exited", code)
+        return start, answers, end
+    finally:
+        ours.close()
+        theirs.close()
+
+
 if __name__ == "__main__":
     # python3 forkserver_typed.py SOCKET ENTRY ARG_JSON ARG_TYPE RESULT_TYPE: one call, its
     # outcome printed as JSON.
@@ -187,5 +262,11 @@ if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import forkserver_client as fc
 
+    # python3 forkserver_typed.py --worker SOCKET ENTRY REQUESTS_JSON REQ_TYPE RESP_TYPE: a
+    # worker sent each request of the JSON list, [start, answers, end] printed as JSON.
+    if sys.argv[1] == "--worker":
+        sock, entry, reqs, req_type, resp_type = sys.argv[2:7]
+        print(json.dumps(worker_json(fc.Client(sock), entry, json.loads(reqs), req_type, resp_type)))
+        sys.exit(0)
     sock, entry, arg, arg_type, result_type = sys.argv[1:6]
     print(json.dumps(call_json(fc.Client(sock), entry, json.loads(arg), arg_type, result_type)))
