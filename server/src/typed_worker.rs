@@ -74,6 +74,10 @@ fn serve<S, Req: DeserializeOwned, O: Outcome<M>, M>(
             Ok(None) => return 0,
             Err(text) => return fail(&channel, &text),
         };
+        // A panic `handle` caught itself last time is not this call's.
+        if let Ok(mut n) = note.lock() {
+            n.take();
+        }
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let req = decode::<Req>(codec, &bytes, fds)
                 .map_err(|e| format!("cannot decode the request: {e}"))?;

@@ -1,7 +1,8 @@
 //! Typed calls (PROTOCOL.md §11, informative): [`TypedCall`] encodes a serde argument behind
 //! the typed header, makes the call's result channel and sends its child end in the bundle;
 //! [`TypedChild`] (`child.rs`) reads the answer. The server is not involved beyond a plain
-//! entry `Spawn`.
+//! entry `Spawn`. A [`Worker`] (`worker.rs`, §11.7) is one such child that serves many
+//! requests sent on its channel; [`WorkerPool`] (`pool.rs`) shares `n` of them between threads.
 
 mod child;
 mod error;
