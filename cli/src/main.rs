@@ -5,8 +5,9 @@
 //!                  [--key-file PATH] [--kill-children-with-server] [--prefork N]
 //!                  [--max-children N] [--shutdown-timeout SECS]
 //! forkserver run [--socket PATH] [--key-file PATH] [--server-uid UID] [--fd N]...
-//!                [--deadline SECS] -- CMD [ARGS...]
+//!                [--deadline SECS] [--time] -- CMD [ARGS...]
 //! forkserver status [--socket PATH] [--key-file PATH] [--server-uid UID]
+//!                   [--format text|json|prometheus]
 //! ```
 //!
 //! `serve` started by a service manager (systemd socket activation, `sd_listen_fds(3)`) serves
@@ -18,6 +19,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(clippy::multiple_unsafe_ops_per_block)]
 
+mod report;
 mod run;
 
 use std::path::PathBuf;
@@ -129,6 +131,10 @@ enum Command {
         /// years).
         #[arg(long, value_name = "SECS", value_parser = parse_secs)]
         deadline: Option<Duration>,
+        /// Print the command's CPU times, peak RSS and wall clock time to stderr when it ends,
+        /// as `time -v` does (the server measures them with `wait4`; rev 0.6).
+        #[arg(long)]
+        time: bool,
         /// The command and its arguments.
         #[arg(required = true, last = true)]
         command: Vec<std::ffi::OsString>,
@@ -137,6 +143,10 @@ enum Command {
     Status {
         #[command(flatten)]
         target: ClientArgs,
+        /// `text` for people, `json` (one object, the spec's field names), `prometheus` (the
+        /// text exposition format, for a node_exporter textfile collector).
+        #[arg(long, value_enum, default_value = "text")]
+        format: report::Format,
     },
 }
 
@@ -213,6 +223,7 @@ fn main() -> ExitCode {
             target,
             fds,
             deadline,
+            time,
             command,
         } => {
             let target = match resolve(target) {
@@ -223,6 +234,7 @@ fn main() -> ExitCode {
                 target,
                 fds,
                 deadline,
+                time,
                 command,
             };
             match run::run(&args) {
@@ -230,16 +242,11 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e, ExitCode::from(e.exit_code())),
             }
         }
-        Command::Status { target } => {
+        Command::Status { target, format } => {
             let status = resolve(target).and_then(|t| run::status(&t).map_err(|e| e.to_string()));
             match status {
-                Ok(s) => {
-                    println!("server:          {}", s.server_version());
-                    println!("protocol:        {}", s.protocol_version());
-                    println!("pid:             {}", s.server_pid());
-                    println!("live children:   {}", s.live_children());
-                    println!("connections:     {}", s.connections());
-                    println!("spawned (total): {}", s.spawned_total());
+                Ok((s, m)) => {
+                    print!("{}", report::status(format, &s, m.as_ref()));
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e, ExitCode::FAILURE),

@@ -9,7 +9,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use forkserver_protocol::{Features, Frame, Message, Status};
+use forkserver_protocol::{Features, Frame, Message, Metrics, Status, Tag};
 
 use crate::conn::Conn;
 use crate::error::{Error, Result};
@@ -121,6 +121,31 @@ impl Engine {
             }
             Message::Error(e) => Err(e.into()),
             other => Err(Error::unexpected(other.tag(), "Status")),
+        }
+    }
+
+    /// The server's counters (§5.16), refused locally for a server whose `Features` lack
+    /// `MetricsRequest`.
+    ///
+    /// # Errors
+    /// As [`Engine::status`], and [`Error::Unsupported`].
+    pub(crate) fn metrics(&self) -> Result<Metrics> {
+        let features = self.features()?;
+        if !features.is_some_and(|f| f.accepts(Tag::MetricsRequest)) {
+            return Err(Error::Unsupported {
+                option: "MetricsRequest",
+                server: features.map(|f| f.revision()),
+            });
+        }
+        let request = || Ok((Some((Message::MetricsRequest, Vec::new())), ()));
+        let (conn, frame, ()) = self.exchange(request)?;
+        match frame.message {
+            Message::Metrics(m) => {
+                self.put_idle(conn);
+                Ok(m)
+            }
+            Message::Error(e) => Err(e.into()),
+            other => Err(Error::unexpected(other.tag(), "Metrics")),
         }
     }
 

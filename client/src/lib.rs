@@ -104,9 +104,9 @@ pub use client::Client;
 pub use command::{Call, Command};
 pub use connector::Connector;
 pub use error::{Error, ProtocolError, Result};
-pub use exit_status::ExitStatus;
+pub use exit_status::{ExitStatus, ResourceUsage};
 /// The server's error codes and status report, from the protocol crate.
-pub use forkserver_protocol::{ErrorCode, Status};
+pub use forkserver_protocol::{ErrorCode, Metrics, Status};
 pub use launch::{Launcher, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV};
 pub use output::Output;
 pub use pipes::{ChildStderr, ChildStdin, ChildStdout};

@@ -14,6 +14,7 @@ use super::token::Token;
 use super::Server;
 use crate::ids::ConnId;
 use crate::listen::peer_uid;
+use crate::metrics::Refusal;
 use crate::quota::open_reserve_fd;
 use crate::timers::Timer;
 
@@ -53,6 +54,7 @@ impl Server {
                 let msg = "server out of file descriptors";
                 let reply = ErrorReply::new(ErrorCode::ResourceExhausted, e as i32, msg);
                 refuse(fd.as_fd(), reply);
+                self.metrics.refused(Refusal::Quota);
             }
         }
         self.reserve_fd = open_reserve_fd();
@@ -68,6 +70,7 @@ impl Server {
             Ok(uid) => {
                 tracing::warn!(uid, "refused a peer with a uid that is not allowed");
                 refuse(&fd, ErrorCode::PermissionDenied, "peer uid not allowed");
+                self.metrics.refused(Refusal::Peer);
                 return;
             }
             Err(e) => {
@@ -86,6 +89,7 @@ impl Server {
         }
         if self.conns.len() >= self.config.max_connections && !self.evict_idle_connection() {
             refuse(&fd, ErrorCode::ResourceExhausted, "too many connections");
+            self.metrics.refused(Refusal::Quota);
             return;
         }
         let id = self.next_conn;
@@ -135,6 +139,7 @@ impl Server {
                 ErrorReply::new(ErrorCode::ResourceExhausted, 0, msg),
             );
         }
+        self.metrics.refused(Refusal::Quota);
         self.disconnect(id);
         true
     }
@@ -150,6 +155,7 @@ impl Server {
                 ErrorReply::new(ErrorCode::ResourceExhausted, 0, msg),
             );
         }
+        self.metrics.refused(Refusal::Quota);
         self.disconnect(id);
     }
 

@@ -15,6 +15,7 @@ use super::pool::Pooled;
 use super::token::Token;
 use super::{Server, TEST_STOP_AFTER_PID_ENV};
 use crate::ids::{ConnId, Serial};
+use crate::metrics::Refusal;
 use crate::session::State;
 use crate::spawn::{self, ChildSpec, ReportTo, Work};
 use crate::timers::Timer;
@@ -40,6 +41,7 @@ impl Server {
         if self.children.len() >= self.config.max_children {
             let max = self.config.max_children;
             let msg = format!("too many children: the server runs its limit of {max}");
+            self.metrics.refused(Refusal::MaxChildren);
             return self.fail(id, ErrorReply::new(ErrorCode::ResourceExhausted, 0, msg));
         }
         let options = *spawn.options();
