@@ -3,7 +3,7 @@
 //! ```text
 //! forkserver serve [--socket PATH | --abstract NAME] [--idle-timeout SECS] [--allow-uid UID]...
 //!                  [--key-file PATH] [--kill-children-with-server] [--prefork N]
-//!                  [--max-children N] [--shutdown-timeout SECS]
+//!                  [--max-children N] [--shutdown-timeout SECS] [--log-format text|json]
 //! forkserver run [--socket PATH] [--key-file PATH] [--server-uid UID] [--fd N]...
 //!                [--deadline SECS] [--time] -- CMD [ARGS...]
 //! forkserver status [--socket PATH] [--key-file PATH] [--server-uid UID]
@@ -117,6 +117,11 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT.as_secs(),
               value_parser = clap::value_parser!(u64).range(0..=MAX_SHUTDOWN_TIMEOUT_SECS))]
         shutdown_timeout: u64,
+        /// `text` for people, `json` for a log collector: one JSON object per line, with the
+        /// fields conn, peer_uid, serial, pid, stage, errno where an event has them (the names
+        /// of the metrics and the spec). Filtered by RUST_LOG (default `warn`).
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
     },
     /// Run a command through the server with this terminal's stdin, stdout and stderr, and exit
     /// with its status (128+N when killed by signal N). Starts a server on the default socket
@@ -162,8 +167,12 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     // `forkserver` launched by a client library hands us our socket in the environment.
     forkserver_server::Zygote::new().serve_if_requested();
-    init_logging();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_logging(match &cli.command {
+        Command::Serve { log_format, .. } => *log_format,
+        _ => LogFormat::Text,
+    });
+    match cli.command {
         Command::Serve {
             socket,
             abstract_name,
@@ -175,6 +184,7 @@ fn main() -> ExitCode {
             max_children,
             shutdown_timeout,
             handshake_timeout,
+            log_format: _,
         } => {
             // The service manager's variables (LISTEN_*, NOTIFY_SOCKET, WATCHDOG_*) leave the
             // environment before anything else is done, so that no child inherits them.
@@ -278,12 +288,23 @@ fn load_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
     forkserver_server::read_key_file(path).map_err(|e| e.to_string())
 }
 
-/// Installs a `tracing` subscriber writing to stderr, filtered by `RUST_LOG` (default `warn`).
-fn init_logging() {
+/// How `serve` writes its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs a `tracing` subscriber writing to stderr in `format`, filtered by `RUST_LOG`
+/// (default `warn`).
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }

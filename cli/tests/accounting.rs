@@ -14,7 +14,8 @@ use forkserver_client::{Client, ExitStatus, Stdio};
 use forkserver_protocol::{AuthMethod, ErrorCode, Hello, Message};
 
 /// Burns at least 200 ms of user CPU time (measured by the child itself).
-const BURN: &str = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.2:\n    pass";
+const BURN: &str =
+    "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.2:\n    pass";
 /// Touches every page of 64 MiB.
 const TOUCH: &str = "b = bytearray(64 << 20)\nfor i in range(0, len(b), 4096):\n    b[i] = 1";
 
@@ -124,11 +125,19 @@ fn parse_prometheus(text: &str) -> HashMap<String, u64> {
         let value: u64 = value.parse().unwrap_or_else(|_| panic!("{line:?}"));
         let name = match series.split_once('{') {
             Some((name, labels)) => {
-                let labels = labels.strip_suffix('}').unwrap_or_else(|| panic!("{line:?}"));
+                let labels = labels
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("{line:?}"));
                 for pair in labels.split(',') {
                     let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("{line:?}"));
-                    assert!(k.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{line}");
-                    assert!(v.len() >= 2 && v.starts_with('"') && v.ends_with('"'), "{line}");
+                    assert!(
+                        k.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                        "{line}"
+                    );
+                    assert!(
+                        v.len() >= 2 && v.starts_with('"') && v.ends_with('"'),
+                        "{line}"
+                    );
                 }
                 name
             }
@@ -140,7 +149,9 @@ fn parse_prometheus(text: &str) -> HashMap<String, u64> {
             "{line}"
         );
         assert!(help.contains(name), "no HELP before {line}");
-        let kind = types.get(name).unwrap_or_else(|| panic!("no TYPE before {line}"));
+        let kind = types
+            .get(name)
+            .unwrap_or_else(|| panic!("no TYPE before {line}"));
         assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
         assert!(samples.insert(series.to_owned(), value).is_none(), "{line}");
     }
@@ -157,7 +168,11 @@ fn counters_move_through_real_spawns_and_every_format_parses() {
     let srv = Server::start_with_key(&key_file, &key);
     let client = Client::connector(&srv.socket).key(key).connect().unwrap();
     let before = client.metrics().unwrap();
-    assert_eq!(before.fields().iter().filter(|f| f.1 != 0).count(), 0, "{before:?}");
+    assert_eq!(
+        before.fields().iter().filter(|f| f.1 != 0).count(),
+        0,
+        "{before:?}"
+    );
 
     // An exec that succeeds, one that fails, one killed at its deadline.
     assert!(client.command("true").status().unwrap().success());
@@ -198,7 +213,10 @@ fn counters_move_through_real_spawns_and_every_format_parses() {
     assert_eq!(m.spawns_exec_setup_failed, 0, "{m:?}");
     assert_eq!(m.kills_deadline, 1, "{m:?}");
     assert_eq!(m.auth_failures, 1, "{m:?}");
-    assert_eq!((m.refused_quota, m.refused_peer, m.kills_disconnect), (0, 0, 0));
+    assert_eq!(
+        (m.refused_quota, m.refused_peer, m.kills_disconnect),
+        (0, 0, 0)
+    );
 
     let json = status_json(&srv, &key_file);
     for (name, value) in m.fields() {
@@ -223,5 +241,43 @@ fn counters_move_through_real_spawns_and_every_format_parses() {
     assert!(text.contains("spawns_exec_failed"), "{text}");
     drop(client);
     srv.settle(srv.idle_fds);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn log_format_json_writes_one_object_per_line_with_the_metrics_names() {
+    let dir = common::scratch_dir("log-json");
+    let log = dir.join("log");
+    let file = std::fs::File::create(&log).unwrap();
+    let srv = Server::start_prepared(&["--log-format", "json"], None, |cmd| {
+        cmd.env("RUST_LOG", "debug").stderr(file);
+    });
+    let client = Client::connect(&srv.socket).unwrap();
+    let e = client.command("/nonexistent/program").spawn().unwrap_err();
+    assert!(e.is_exec_failure(), "{e}");
+    assert!(client.command("true").status().unwrap().success());
+    drop(client);
+    srv.settle(srv.idle_fds);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(srv.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut srv = srv;
+    srv.child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let has = |fields: &[&str]| {
+        lines
+            .iter()
+            .any(|v| fields.iter().all(|f| v.get(*f).is_some()))
+    };
+    assert!(has(&["timestamp", "level", "message"]), "{text}");
+    assert!(has(&["conn", "peer_uid"]), "{text}");
+    assert!(has(&["pid", "serial", "errno"]), "{text}");
+    assert!(has(&["stage", "errno"]), "{text}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -65,10 +65,13 @@ impl Server {
         let refuse = |fd: &OwnedFd, code: ErrorCode, msg: &str| {
             refuse(fd.as_fd(), ErrorReply::new(code, 0, msg));
         };
-        match peer_uid(&fd) {
-            Ok(uid) if uid == self.uid || self.config.allowed_uids.contains(&uid) => {}
+        let peer = match peer_uid(&fd) {
+            Ok(uid) if uid == self.uid || self.config.allowed_uids.contains(&uid) => uid,
             Ok(uid) => {
-                tracing::warn!(uid, "refused a peer with a uid that is not allowed");
+                tracing::warn!(
+                    peer_uid = uid,
+                    "refused a peer with a uid that is not allowed"
+                );
                 refuse(&fd, ErrorCode::PermissionDenied, "peer uid not allowed");
                 self.metrics.refused(Refusal::Peer);
                 return;
@@ -77,7 +80,7 @@ impl Server {
                 tracing::warn!("SO_PEERCRED: {e}");
                 return;
             }
-        }
+        };
         if self.shutting_down {
             refuse(&fd, ErrorCode::ShuttingDown, "server is shutting down");
             return;
@@ -111,6 +114,7 @@ impl Server {
             Some(_) => ReadLimits::PRE_AUTH,
             None => ReadLimits::HANDSHAKE,
         };
+        tracing::debug!(conn = %id, peer_uid = peer, "accepted");
         self.conns.insert(id, Conn::new(fd, limits, interest, now));
     }
 

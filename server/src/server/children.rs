@@ -48,16 +48,14 @@ impl Server {
             self.metrics.orphan_reaped();
             return;
         };
-        tracing::debug!(pid = pid.as_raw(), code, "child reaped");
         let serial = child.serial();
+        tracing::debug!(pid = pid.as_raw(), serial = %serial, code, "child reaped");
         let failure = match child.may_have_shared_report(code) {
             true => self.shared_report(serial, child.context()),
             false => child.take_failure(&self.epoll),
         };
         self.shared_reports.remove(&serial);
-        if child.count_result() {
-            self.metrics.spawn_result(child.kind(), failure.as_ref());
-        }
+        self.count_result(&mut child, failure.as_ref());
         // A child whose connection is gone (or got its exec error already) has nobody to tell.
         let Some(id) = child.conn() else { return };
         let spawning = self
@@ -83,6 +81,14 @@ impl Server {
         };
         self.send(id, reply, vec![]);
         self.after_final_report(id, child.keeps_connection());
+    }
+
+    /// Counts `child`'s result in the metrics (and logs its failure), the first time only.
+    fn count_result(&mut self, child: &mut Child, failure: Option<&Message>) {
+        if child.count_result() {
+            log_failure(child, failure);
+            self.metrics.spawn_result(child.kind(), failure);
+        }
     }
 
     /// The child's final report (`Exit`, or its exec/setup failure) is queued: the connection
@@ -142,11 +148,12 @@ impl Server {
         let Some(report) = child.read_exec_report(&self.epoll) else {
             return;
         };
+        let failure = match &report {
+            ExecReport::Exec => None,
+            ExecReport::Failed(reply) => Some(reply),
+        };
         if child.count_result() {
-            let failure = match &report {
-                ExecReport::Exec => None,
-                ExecReport::Failed(reply) => Some(reply),
-            };
+            log_failure(child, failure);
             self.metrics.spawn_result(child.kind(), failure);
         }
         let Some(id) = child.conn() else { return };
@@ -191,5 +198,19 @@ impl Server {
         for pid in self.children.keys() {
             let _ = kill(*pid, Signal::SIGKILL);
         }
+    }
+}
+
+/// Logs a child's exec or setup failure with the figures of the metrics' names.
+fn log_failure(child: &Child, failure: Option<&Message>) {
+    if let Some(Message::Error(e)) = failure {
+        tracing::info!(
+            conn = child.conn().map(|c| c.to_string()),
+            pid = child.pid().as_raw(),
+            serial = %child.serial(),
+            errno = e.errno(),
+            "child failed before its job: {}",
+            e.message()
+        );
     }
 }
