@@ -282,3 +282,67 @@ fn log_format_json_writes_one_object_per_line_with_the_metrics_names() {
     assert!(has(&["stage", "errno"]), "{text}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn refusals_kills_and_orphans_are_counted() {
+    // One child at most, one pooled child: a second spawn is refused at the limit, a child
+    // whose client goes away is killed, a pooled child killed before its job is an orphan.
+    let srv = Server::start(&["--max-children", "1", "--prefork", "1"]);
+    let client = Client::connect(&srv.socket).unwrap();
+    let pooled = srv.wait_children(1)[0];
+    let m = client.metrics().unwrap();
+    assert_eq!((m.pool_size, m.pool_idle), (1, 1), "{m:?}");
+
+    let mut first = client
+        .command("sleep")
+        .arg("30")
+        .kill_on_disconnect(true)
+        .spawn()
+        .unwrap();
+    let e = client.command("true").spawn().unwrap_err();
+    assert_eq!(e.server_code(), Some(ErrorCode::ResourceExhausted), "{e}");
+    // The sleeper took the pooled child; its connection ends with the Child.
+    assert!(first.try_wait().unwrap().is_none());
+    drop(first);
+    let until = std::time::Instant::now() + common::HANG;
+    let m = loop {
+        let m = client.metrics().unwrap();
+        if m.kills_disconnect == 1 && m.spawns_exec_ok == 1 || std::time::Instant::now() > until {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(m.refused_max_children, 1, "{m:?}");
+    assert_eq!(m.kills_disconnect, 1, "{m:?}");
+    assert_eq!(m.spawns_exec_ok, 1, "{m:?}");
+
+    // The pool's replacement child, killed from outside before it has a job.
+    let until = std::time::Instant::now() + common::HANG;
+    let spare = loop {
+        let kids = srv.children();
+        if let [k] = kids[..] {
+            if k != pooled && client.metrics().unwrap().pool_idle == 1 {
+                break k;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no new pooled child: {kids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(spare),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let until = std::time::Instant::now() + common::HANG;
+    while client.metrics().unwrap().orphans_reaped == 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the orphan was not counted"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(client);
+}
