@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use forkserver_client::{Metrics, ResourceUsage, Status};
+use forkserver_client::{ExitStatus, Metrics, Status};
 
 /// How a `Metrics` field is exposed to Prometheus: the family (without `forkserver_`), whether
 /// it is a counter (`_total` is appended) and its labels.
@@ -140,7 +140,7 @@ pub(crate) fn status(format: Format, s: &Status, metrics: Option<&Metrics>) -> S
 fn text(s: &Status, metrics: Option<&Metrics>) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: &dyn std::fmt::Display| {
-        let _ = writeln!(out, "{:<17}{v}", format!("{k}:"));
+        let _ = writeln!(out, "{:<27}{v}", format!("{k}:"));
     };
     line("server", &s.server_version());
     line("protocol", &s.protocol_version());
@@ -226,9 +226,15 @@ fn prometheus(s: &Status, metrics: Option<&Metrics>) -> String {
     out
 }
 
-/// A child's usage as GNU `time -v` prints it (the lines it has that the server knows).
-pub(crate) fn time_v(command: &str, usage: Option<ResourceUsage>, elapsed: Duration) -> String {
-    let mut out = format!("\tCommand being timed: \"{command}\"\n");
+/// A child's end and usage as GNU `time -v` prints them (the lines it has that the server
+/// knows).
+pub(crate) fn time_v(command: &str, status: &ExitStatus, elapsed: Duration) -> String {
+    let usage = status.resource_usage();
+    let mut out = String::new();
+    if let Some(sig) = status.signal() {
+        let _ = writeln!(out, "Command terminated by signal {sig}");
+    }
+    let _ = writeln!(out, "\tCommand being timed: \"{command}\"");
     if let Some(u) = usage {
         let _ = writeln!(
             out,
@@ -252,6 +258,9 @@ pub(crate) fn time_v(command: &str, usage: Option<ResourceUsage>, elapsed: Durat
             "\tMaximum resident set size (kbytes): {}",
             u.max_rss_kib()
         );
+    }
+    if let Some(code) = status.code() {
+        let _ = writeln!(out, "\tExit status: {code}");
     }
     out
 }

@@ -205,9 +205,12 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, CliError> {
         // poll the socket for more.
         if let Some(status) = child.try_wait()? {
             if *time {
-                let name = command[0].to_string_lossy();
-                let usage = status.resource_usage();
-                eprint!("{}", crate::report::time_v(&name, usage, started.elapsed()));
+                let line: Vec<_> = command.iter().map(|a| a.to_string_lossy()).collect();
+                let elapsed = started.elapsed();
+                eprint!(
+                    "{}",
+                    crate::report::time_v(&line.join(" "), &status, elapsed)
+                );
             }
             return Ok(shell_status(status));
         }
