@@ -161,12 +161,23 @@ fn parse_prometheus(text: &str) -> HashMap<String, u64> {
 
 #[test]
 fn counters_move_through_real_spawns_and_every_format_parses() {
+    // Exec jobs on the CLONE_VM path (the default), then on the fork path.
+    counters_move(false);
+    counters_move(true);
+}
+
+fn counters_move(fork_path: bool) {
     let dir = common::scratch_dir("metrics-key");
     let key_file = dir.join("key");
     let key = [0x42u8; 32];
     std::fs::write(&key_file, key).unwrap();
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let srv = Server::start_with_key(&key_file, &key);
+    let key_arg = key_file.to_str().unwrap();
+    let srv = Server::start_prepared(&["--key-file", key_arg], Some(&key), |cmd| {
+        if fork_path {
+            cmd.env("FORKSERVER_EXEC_FORK", "1");
+        }
+    });
     let client = Client::connector(&srv.socket).key(key).connect().unwrap();
     let before = client.metrics().unwrap();
     assert_eq!(

@@ -11,8 +11,6 @@ use std::time::Duration;
 use forkserver_protocol::{EntryJob, ExecJob, Job, Session};
 
 use crate::child::Child;
-#[cfg(doc)]
-use crate::client::Client;
 use crate::engine::Engine;
 #[cfg(doc)]
 use crate::error::Error;
@@ -23,7 +21,7 @@ use crate::request::{deadline_ms, Defaults, Request};
 use crate::stdio::{Stdio, Stream};
 
 /// A builder for an exec job, shaped like [`std::process::Command`]. Made by
-/// [`Client::command`].
+/// [`Client::command`](crate::Client::command).
 ///
 /// Unlike std, the child is forked by the server: it inherits the *server's* environment and
 /// working directory (unless set here), and this process's stdin, stdout and stderr only
@@ -215,7 +213,7 @@ impl Command {
         self.spawn()?.wait()
     }
 
-    /// The program, as given to [`Client::command`].
+    /// The program, as given to [`Client::command`](crate::Client::command).
     pub fn get_program(&self) -> &OsStr {
         OsStr::from_bytes(&self.program)
     }
@@ -268,7 +266,7 @@ impl Command {
 }
 
 /// A builder for an entry-point job: the server forks a child that runs a function registered
-/// with it under a name, given a payload. Made by [`Client::call`].
+/// with it under a name, given a payload. Made by [`Client::call`](crate::Client::call).
 ///
 /// Unlike [`Command`], stdio is not sent by default: the child gets only the fds given here,
 /// and the server gives it `/dev/null` on any of 0, 1, 2 left unmapped.

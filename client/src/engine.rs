@@ -7,7 +7,7 @@
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 
 use forkserver_protocol::{Features, Frame, Message, Metrics, Status, Tag};
 
@@ -17,6 +17,10 @@ use crate::features::FeatureCache;
 use crate::handshake::{attempt, own_uid, Failure};
 use crate::idle::IdlePool;
 use crate::managed::Managed;
+pub(crate) use crate::target::lock;
+#[cfg(feature = "tokio")]
+pub(crate) use crate::target::Located;
+use crate::target::Target;
 
 pub(crate) use crate::idle::DEFAULT_MAX_IDLE;
 
@@ -41,25 +45,6 @@ pub(crate) struct Engine {
 /// handshake), and a value for the caller.
 pub(crate) type Built<T> = (Option<(Message, Vec<OwnedFd>)>, T);
 
-/// Where the server is, for a request that does not reuse a kept connection.
-#[cfg(feature = "tokio")]
-pub(crate) enum Located {
-    /// A server at a path: its path, key, and the uid it must run as.
-    Path(PathBuf, Option<Vec<u8>>, u32),
-    /// The launched server, running: its path, key and generation.
-    Launched(PathBuf, Option<Vec<u8>>, u64),
-    /// The launched server of this generation has exited.
-    Dead(u64),
-}
-
-enum Target {
-    /// A server someone else runs, the key to authenticate with, if any, and the uid the
-    /// server must run as.
-    Path(PathBuf, Option<Vec<u8>>, u32),
-    /// A server this client launched.
-    Launched(Mutex<Managed>),
-}
-
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let idle = self.idle_connections();
@@ -76,11 +61,6 @@ impl fmt::Debug for Engine {
                 .finish(),
         }
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The state stays consistent across a panic (each field is replaced whole).
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Engine {
@@ -162,11 +142,7 @@ impl Engine {
     /// The cached `Features` of the current server, if it was asked already (`Some(None)`: a
     /// server before rev 0.6).
     pub(crate) fn cached_features(&self) -> Option<Option<Features>> {
-        let generation = match &self.target {
-            Target::Path(..) => 0,
-            Target::Launched(m) => lock(m).generation(),
-        };
-        self.features.get(generation)
+        self.features.get(self.target.generation())
     }
 
     /// Sends `FeaturesRequest` (on a fresh connection behind `Hello`, pipelined when there is
@@ -217,19 +193,13 @@ impl Engine {
     /// The path of the server's socket. For a launched server, the current one's (a relaunch
     /// makes a new one).
     pub(crate) fn socket_path(&self) -> PathBuf {
-        match &self.target {
-            Target::Path(p, ..) => p.clone(),
-            Target::Launched(m) => lock(m).socket_path(),
-        }
+        self.target.socket_path()
     }
 
     /// The pid of the server process this client launched (the current one); `None` for a
     /// client made by [`crate::Client::connect`].
     pub(crate) fn launched_server_pid(&self) -> Option<u32> {
-        match &self.target {
-            Target::Path(..) => None,
-            Target::Launched(m) => Some(lock(m).pid()),
-        }
+        self.target.launched_server_pid()
     }
 
     /// The key connections authenticate with: the one given to [`crate::Client::connect_with_key`],
@@ -237,10 +207,7 @@ impl Engine {
     /// reach the same server through a pipe or a file of mode 0600, never argv or the
     /// environment (PROTOCOL.md §9.1).
     pub(crate) fn auth_key(&self) -> Option<Vec<u8>> {
-        match &self.target {
-            Target::Path(_, key, _) => key.clone(),
-            Target::Launched(m) => lock(m).current_key().1,
-        }
+        self.target.auth_key()
     }
 
     /// Sets how many idle connections the client keeps for reuse (see [`crate::Client`]); 0 turns
@@ -280,22 +247,13 @@ impl Engine {
     /// The generation of the server the kept connections should reach (0 for a server at a
     /// path), without checking that it still runs.
     pub(crate) fn kept_generation(&self) -> u64 {
-        match &self.target {
-            Target::Path(..) => 0,
-            Target::Launched(m) => lock(m).generation(),
-        }
+        self.target.generation()
     }
 
     #[cfg(feature = "tokio")]
     /// Where the server is; for a launched one, whether it still runs (without relaunching).
     pub(crate) fn locate(&self) -> Located {
-        match &self.target {
-            Target::Path(path, key, uid) => Located::Path(path.clone(), key.clone(), *uid),
-            Target::Launched(m) => match lock(m).check_running() {
-                Ok((path, key, generation)) => Located::Launched(path, key, generation),
-                Err(generation) => Located::Dead(generation),
-            },
-        }
+        self.target.locate()
     }
 
     /// The launched server's state and the lock async relaunches take in turn; `None` for a

@@ -96,6 +96,7 @@ mod pipes;
 #[allow(unsafe_code)] // pre_exec: close-on-exec on the client's fds before exec
 mod server_process;
 mod stdio;
+mod target;
 
 #[cfg(feature = "tokio")]
 pub use async_child::AsyncChild;

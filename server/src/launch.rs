@@ -236,9 +236,9 @@ impl Zygote {
 fn activated() -> bool {
     let var = std::env::var_os;
     let v = (
-        var(crate::LISTEN_PID_ENV),
-        var(crate::LISTEN_FDS_ENV),
-        var(crate::LISTEN_FDNAMES_ENV),
+        var(crate::activation::LISTEN_PID_ENV),
+        var(crate::activation::LISTEN_FDS_ENV),
+        var(crate::activation::LISTEN_FDNAMES_ENV),
     );
     !matches!(
         parse_listen_env(

@@ -58,7 +58,7 @@ pub use notify::{
     parse_notify_socket, parse_watchdog, Notifier, NotifyAddr, NotifyEnvError, NOTIFY_SOCKET_ENV,
     WATCHDOG_PID_ENV, WATCHDOG_USEC_ENV,
 };
-pub use server::Server;
+pub use server::{Server, EXEC_FORK_ENV};
 
 /// Not an interface: the sans-IO connection session (PROTOCOL.md §6.1) and what it is fed,
 /// for the `session` fuzz target (`fuzz/fuzz_targets/session.rs`).

@@ -110,8 +110,8 @@ pub struct OutFrame {
 }
 
 impl OutFrame {
-    /// Encodes `message` for sending with `fds`, which are closed once sent (or when this is
-    /// dropped).
+    /// Encodes `message` for sending with `fds`, which are closed when this is dropped (a
+    /// sender may keep a sent frame, to close its fds when it has time).
     ///
     /// # Errors
     /// [`TransportError::FdMismatch`] when `fds.len()` is not `message.fd_count()`.
@@ -195,8 +195,7 @@ impl OutFrame {
                 Err(e) => return Err(TransportError::Io(e)),
             }
         }
-        // The fds are in the peer's queue now; close our copies.
-        self.fds.clear();
+        // The fds are in the peer's queue now; our copies close when this is dropped.
         Ok(())
     }
 }

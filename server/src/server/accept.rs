@@ -65,8 +65,9 @@ impl Server {
         let refuse = |fd: &OwnedFd, code: ErrorCode, msg: &str| {
             refuse(fd.as_fd(), ErrorReply::new(code, 0, msg));
         };
-        let peer = match peer_uid(&fd) {
-            Ok(uid) if uid == self.uid || self.config.allowed_uids.contains(&uid) => uid,
+        let (peer, foreign) = match peer_uid(&fd) {
+            Ok(uid) if uid == self.uid => (uid, false),
+            Ok(uid) if self.config.allowed_uids.contains(&uid) => (uid, true),
             Ok(uid) => {
                 tracing::warn!(
                     peer_uid = uid,
@@ -115,7 +116,8 @@ impl Server {
             None => ReadLimits::HANDSHAKE,
         };
         tracing::debug!(conn = %id, peer_uid = peer, "accepted");
-        self.conns.insert(id, Conn::new(fd, limits, interest, now));
+        self.conns
+            .insert(id, Conn::new(fd, limits, interest, now, foreign));
     }
 
     /// Closes the connection that has been idle in READY the longest, if there is one, to make

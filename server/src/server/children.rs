@@ -84,7 +84,7 @@ impl Server {
     }
 
     /// Counts `child`'s result in the metrics (and logs its failure), the first time only.
-    fn count_result(&mut self, child: &mut Child, failure: Option<&Message>) {
+    pub(super) fn count_result(&mut self, child: &mut Child, failure: Option<&Message>) {
         if child.count_result() {
             log_failure(child, failure);
             self.metrics.spawn_result(child.kind(), failure);

@@ -36,12 +36,21 @@ pub(super) struct Conn {
     ready_since: Instant,
     /// The key of the timer armed when the reader started holding a partial frame (§6.3).
     partial: Option<Key>,
+    /// The peer runs as another uid than the server's (`allowed_uids`).
+    foreign: bool,
 }
 
 impl Conn {
     /// A connection just accepted at `now`, in AWAIT_HELLO, read with `limits`, registered in
-    /// the epoll set with `interest`.
-    pub(super) fn new(fd: OwnedFd, limits: ReadLimits, interest: EpollFlags, now: Instant) -> Self {
+    /// the epoll set with `interest`; `foreign` when its peer runs as another uid than the
+    /// server's.
+    pub(super) fn new(
+        fd: OwnedFd,
+        limits: ReadLimits,
+        interest: EpollFlags,
+        now: Instant,
+        foreign: bool,
+    ) -> Self {
         let mut reader = FrameReader::new();
         reader.set_limits(limits);
         Self {
@@ -53,7 +62,16 @@ impl Conn {
             interest,
             ready_since: now,
             partial: None,
+            foreign,
         }
+    }
+
+    /// Whether the peer runs as another uid than the server's: its exec jobs are forked, not
+    /// run on the `CLONE_VM` path, which holds the server until the child's `execve` (a cwd or
+    /// program on a file system that peer controls, e.g. a hung FUSE mount, would stall every
+    /// other client).
+    pub(super) fn is_foreign(&self) -> bool {
+        self.foreign
     }
 
     pub(super) fn fd(&self) -> BorrowedFd<'_> {

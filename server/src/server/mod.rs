@@ -52,6 +52,12 @@ use token::Token;
 /// at exactly that point. Not for production use.
 const TEST_STOP_AFTER_PID_ENV: &str = "FORKSERVER_TEST_STOP_AFTER_PID";
 
+/// With `1` in the server's environment when it binds, exec jobs are forked as entry jobs are,
+/// instead of taking the `CLONE_VM` path (`clone(CLONE_VM | CLONE_VFORK)`, the default): for
+/// comparing the two (the `compare` harness) and as a way out should the `CLONE_VM` path
+/// misbehave on some kernel. The replies are the same on both paths.
+pub const EXEC_FORK_ENV: &str = "FORKSERVER_EXEC_FORK";
+
 /// A bound server, ready to [`Server::run`].
 pub struct Server {
     epoll: Epoll,
@@ -126,7 +132,8 @@ impl Server {
         tracing::info!(socket = ?socket_path.as_ref().map(BoundPath::path), "forkserver listening");
         let die_with_server = config.kill_children_with_server;
         let key = config.key.take();
-        let fork = ForkContext::new(signals_to_reset, die_with_server, report_tx, key);
+        let mut fork = ForkContext::new(signals_to_reset, die_with_server, report_tx, key);
+        fork.set_exec_by_fork(std::env::var_os(EXEC_FORK_ENV).is_some_and(|v| v == "1"));
         Ok(Server {
             epoll,
             listener: Some(listener),

@@ -20,9 +20,10 @@ const POOL_MAX_FRAME: usize = 64 * 1024;
 /// What became of a job offered to the prefork pool.
 pub(super) enum Pooled {
     /// A pooled child holds it: the job's frame and fds are in its socket's receive queue, so
-    /// it runs even if the server dies now. Its pid, and the server's end of its socket (the
-    /// report channel).
-    Taken(Pid, OwnedFd),
+    /// it runs even if the server dies now. Its pid, the server's end of its socket (the
+    /// report channel), and the sent frame, whose copies of the fds the caller closes once
+    /// the `Pid` is out.
+    Taken(Pid, OwnedFd, OutFrame),
     /// The frame went out in part only (not expected: it fits the socket's buffer): the child
     /// is killed, and the failure is reported in place of its exit.
     Broken(Pid, OwnedFd, Message),
@@ -45,7 +46,7 @@ impl Server {
         while let Some((pid, sock)) = fits.then(|| self.take_live_pooled()).flatten() {
             let mut job = OutFrame::new(&message, fds).expect("the fds match the map");
             let e = match job.send(sock.as_fd()) {
-                Ok(_) => return Pooled::Taken(pid, sock),
+                Ok(_) => return Pooled::Taken(pid, sock, job),
                 Err(e) => e,
             };
             tracing::warn!(pid = pid.as_raw(), "pooled child did not take its job: {e}");

@@ -1,16 +1,20 @@
-//! Starting a child for a request: room for it, a pooled child or a fork, the records kept of
-//! it (its deadline, its report pipe), and its `Pid` to the client, at once or after its exec.
+//! Starting a child for a request: room for it, a pooled child, a `CLONE_VM` clone (exec
+//! jobs) or a fork, the records kept of it (its deadline, its report pipe), and its `Pid` to
+//! the client, at once or after its exec.
 
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use forkserver_protocol::{ErrorCode, ErrorReply, FdBundle, Job, Message, Pid as PidReply, Spawn};
+use forkserver_protocol::{
+    ErrorCode, ErrorReply, FdBundle, Job, Message, OutFrame, Pid as PidReply, Spawn,
+};
 use nix::errno::Errno;
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use super::child::Child;
+use super::conn::Conn;
 use super::pool::Pooled;
 use super::token::Token;
 use super::{Server, TEST_STOP_AFTER_PID_ENV};
@@ -30,12 +34,22 @@ struct Started {
     /// A pooled child that could not be handed its job whole: the failure reported in place
     /// of its exit.
     failure: Option<Message>,
+    /// A `CLONE_VM` child: its exec is over ([`spawn::spawn_exec`]).
+    exec: Option<spawn::Cloned>,
+    /// The request's fds, still open in the server: closed once the `Pid` is out.
+    bundle: FdBundle,
+    /// The job sent to a pooled child, with the server's copies of its fds: closed once the
+    /// `Pid` is out.
+    sent_job: Option<OutFrame>,
+    /// The request itself (a forked or cloned child's), freed once the `Pid` is out.
+    request: Option<Spawn>,
 }
 
 impl Server {
     /// Connection `id`'s session asked for `spawn` with `bundle`: a child for it, from the
-    /// pool or forked, kept track of, and its `Pid` to the client: at once, or with
-    /// `pid_after_exec` once it has exec'd (the connection waits in SPAWNING).
+    /// pool, cloned (an exec job on the `CLONE_VM` path, whose exec is over when it returns)
+    /// or forked, kept track of, and its `Pid` to the client: at once, or with
+    /// `pid_after_exec` once it has exec'd (on the fork path the connection waits in SPAWNING).
     pub(super) fn spawn(&mut self, id: ConnId, spawn: Spawn, bundle: FdBundle) {
         // Pooled children waiting for a job are not in `children`: they do not count.
         if self.children.len() >= self.config.max_children {
@@ -48,26 +62,66 @@ impl Server {
         let context = spawn::Context::of(&spawn);
         let wait_exec = options.pid_after_exec && matches!(spawn.job(), Job::Exec(_));
         let serial = Serial::nth(self.spawned_total + 1);
-        let started = match self.start_child(spawn, bundle, wait_exec, serial) {
+        let foreign = self.conns.get(&id).is_some_and(Conn::is_foreign);
+        let mut started = match self.start_child(spawn, bundle, wait_exec, serial, foreign) {
             Ok(started) => started,
             Err(e) => return self.fork_failed(id, e),
         };
+        // The server's copies of the request's fds, and the request: closed and freed when
+        // this function returns, after the `Pid` went out (or, with `pid_after_exec` on the
+        // fork path, was put off).
+        let _close_after_reply = (
+            std::mem::take(&mut started.bundle),
+            started.sent_job.take(),
+            started.request.take(),
+        );
         self.spawned_total += 1;
         self.touch();
         let (pid, pooled) = (started.pid, started.pooled);
-        let child = Child::new(pid, serial, id, &options, context)
+        let mut child = Child::new(pid, serial, id, &options, context)
             .with_report(started.report, wait_exec)
             .with_failure(started.failure);
         let deadline = options
             .deadline_ms
             .map(|ms| Duration::from_millis(ms.get()));
-        self.adopt(child, deadline);
         tracing::debug!(conn = %id, pid = pid.as_raw(), "spawned");
-        self.announce(id, pid, wait_exec, pooled, options.want_pidfd);
+        let Some(exec) = started.exec else {
+            self.adopt(child, deadline);
+            return self.announce(id, pid, wait_exec, pooled, options.want_pidfd);
+        };
+        // The CLONE_VM path: the exec is over already.
+        match (exec.failure, wait_exec) {
+            (Some((stage, errno)), true) => {
+                // As a report pipe's failure: no Pid, the failure is the final report.
+                let reply = spawn::failure_of(stage, errno, child.context());
+                self.count_result(&mut child, Some(&reply));
+                child.final_report_sent();
+                let keep = child.keeps_connection();
+                self.adopt(child, deadline);
+                self.send(id, reply, vec![]);
+                // The frames behind this one are handled by the caller's loop.
+                let keep = keep && !self.shutting_down;
+                self.transition(id, |s| s.final_report(keep));
+            }
+            (failure, _) => {
+                // The failure (without `pid_after_exec`) comes in place of the exit, as the
+                // shared report socket's would.
+                let reply =
+                    failure.map(|(stage, errno)| spawn::failure_of(stage, errno, child.context()));
+                if wait_exec {
+                    // The exec succeeded: its result is known now (§5.16).
+                    self.count_result(&mut child, None);
+                }
+                self.adopt(child.with_failure(reply), deadline);
+                self.start_running_with(id, pid, exec.pidfd);
+            }
+        }
     }
 
-    /// A child for `spawn`: the job handed to a pooled child if one can take it, else a
-    /// fork. Only a `pid_after_exec` exec job (`wait_exec`) needs a report pipe of its own (its
+    /// A child for `spawn`: the job handed to a pooled child if one can take it, else an exec
+    /// job on the `CLONE_VM` path (unless `FORKSERVER_EXEC_FORK`, or the request comes from a
+    /// `foreign` peer: see [`Conn::is_foreign`]), else a fork. Only a `pid_after_exec` exec
+    /// job (`wait_exec`) needs a report pipe of its own (its
     /// EOF is the exec's success); others report a failure on the shared socket, tagged with
     /// the spawn's `serial`.
     fn start_child(
@@ -76,21 +130,40 @@ impl Server {
         bundle: FdBundle,
         wait_exec: bool,
         serial: Serial,
+        foreign: bool,
     ) -> Result<Started, Errno> {
-        let (pid, report, failure) = match self.take_pooled(spawn, bundle) {
-            Pooled::Taken(pid, sock) => (pid, sock, None),
-            Pooled::Broken(pid, sock, reply) => (pid, sock, Some(reply)),
+        let (pid, report, failure, sent_job) = match self.take_pooled(spawn, bundle) {
+            Pooled::Taken(pid, sock, job) => (pid, sock, None, Some(job)),
+            Pooled::Broken(pid, sock, reply) => (pid, sock, Some(reply), None),
             Pooled::Fork(spawn, bundle) => {
+                if let (Job::Exec(job), false) = (spawn.job(), foreign || self.fork.exec_by_fork())
+                {
+                    let mut cloned = self.fork.spawn_exec(job, spawn.options(), bundle)?;
+                    return Ok(Started {
+                        pid: cloned.pid,
+                        report: None,
+                        pooled: false,
+                        failure: None,
+                        bundle: std::mem::take(&mut cloned.bundle),
+                        exec: Some(cloned),
+                        sent_job: None,
+                        request: Some(spawn),
+                    });
+                }
                 let report_to = match wait_exec {
                     true => ReportTo::Pipe,
                     false => ReportTo::Shared(serial),
                 };
-                let (pid, report) = self.fork(&spawn, bundle, report_to)?;
+                let (pid, report, bundle) = self.fork(&spawn, bundle, report_to)?;
                 let started = Started {
                     pid,
                     report,
                     pooled: false,
                     failure: None,
+                    exec: None,
+                    bundle,
+                    sent_job: None,
+                    request: Some(spawn),
                 };
                 return Ok(started);
             }
@@ -100,17 +173,21 @@ impl Server {
             report: Some(report),
             pooled: true,
             failure,
+            exec: None,
+            bundle: FdBundle::new(),
+            sent_job,
+            request: None,
         })
     }
 
-    /// Forks a child for `spawn` with `bundle`, reporting to `report_to`: its pid, and the
-    /// read end of its report pipe if it has one.
+    /// Forks a child for `spawn` with `bundle`, reporting to `report_to`: its pid, the read
+    /// end of its report pipe if it has one, and the bundle, still open.
     fn fork(
         &mut self,
         spawn: &Spawn,
         bundle: FdBundle,
         report_to: ReportTo,
-    ) -> Result<(Pid, Option<OwnedFd>), Errno> {
+    ) -> Result<(Pid, Option<OwnedFd>, FdBundle), Errno> {
         let work = match spawn.job() {
             Job::Exec(e) => Work::Exec(e),
             Job::Entry(e) => Work::Entry {
@@ -178,6 +255,11 @@ impl Server {
         let pidfd = want_pidfd
             .then(|| crate::sys::pidfd_open(pid))
             .and_then(|r| r.map_err(|e| tracing::debug!("pidfd_open: {e}")).ok());
+        self.start_running_with(id, pid, pidfd);
+    }
+
+    /// As [`Server::start_running`], with the child's pidfd (if any) in hand.
+    fn start_running_with(&mut self, id: ConnId, pid: Pid, pidfd: Option<OwnedFd>) {
         // The session is RUNNING before the Pid goes out: a peer already gone makes the send
         // disconnect it, and the child of that state must be detached (and killed, with
         // `kill_on_disconnect`), not left with a stale connection.

@@ -10,9 +10,14 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use forkserver_protocol::{ExecJob, FdBundle, SpawnOptions};
+use nix::errno::Errno;
+use nix::libc;
 
 use super::identity::Identity;
+use super::plan::ExecPlan;
+use super::plan::ServerEnv;
 use super::report::Report;
+use super::vfork::{clone_exec, CloneStack, Cloned};
 use crate::entry::EntryFn;
 use crate::ids::Serial;
 
@@ -29,6 +34,16 @@ pub(crate) struct ForkContext {
     /// The authentication key (PROTOCOL.md §9.1), if the server has one. Every child that
     /// runs the server's code zeroes its copy after the fork.
     key: Option<Vec<u8>>,
+    /// The server's pid, for the children's parent-death check: asked once, not per spawn.
+    server_pid: libc::pid_t,
+    /// The stack of the `CLONE_VM` exec children, mapped at the first exec job.
+    clone_stack: Option<CloneStack>,
+    /// The server's environment, for the `CLONE_VM` children's envp: taken at the first
+    /// exec job on that path.
+    server_env: Option<ServerEnv>,
+    /// Exec jobs are forked as entry jobs are (`FORKSERVER_EXEC_FORK=1`): the `CLONE_VM` path
+    /// is off.
+    exec_by_fork: bool,
 }
 
 impl ForkContext {
@@ -47,7 +62,62 @@ impl ForkContext {
             die_with_server,
             report_tx,
             key,
+            server_pid: nix::unistd::getpid().as_raw(),
+            clone_stack: None,
+            server_env: None,
+            exec_by_fork: false,
         }
+    }
+
+    /// Exec jobs take the fork path too (`true`), or the `CLONE_VM` path (the default).
+    pub(crate) fn set_exec_by_fork(&mut self, by_fork: bool) {
+        self.exec_by_fork = by_fork;
+    }
+
+    /// Whether exec jobs take the fork path.
+    pub(crate) fn exec_by_fork(&self) -> bool {
+        self.exec_by_fork
+    }
+
+    /// The server's pid, asked once at bind.
+    pub(super) fn server_pid(&self) -> libc::pid_t {
+        self.server_pid
+    }
+
+    /// The server's pid when its children die with it (`die_with_server`).
+    pub(super) fn watched_server(&self) -> Option<libc::pid_t> {
+        self.die_with_server.then_some(self.server_pid)
+    }
+
+    /// What the `CLONE_VM` path needs of the server: the children's stack (mapped at the first
+    /// call) and the server's environment (taken then too).
+    pub(super) fn clone_parts(&mut self) -> Result<(&mut CloneStack, &ServerEnv), Errno> {
+        let stack = match &mut self.clone_stack {
+            Some(stack) => stack,
+            slot => slot.insert(CloneStack::new()?),
+        };
+        let env = self.server_env.get_or_insert_with(ServerEnv::capture);
+        Ok((stack, env))
+    }
+
+    /// Starts exec job `job`'s child on the `CLONE_VM` path, with `bundle` and the request's
+    /// `options`: the child's pid, its pidfd if the request wants one, how the exec went, and the
+    /// bundle (the caller closes it once the `Pid` is out).
+    ///
+    /// # Errors
+    /// As [`clone_exec`]; `mmap` failing at the first call.
+    pub(crate) fn spawn_exec(
+        &mut self,
+        job: &ExecJob,
+        options: &SpawnOptions,
+        bundle: FdBundle,
+    ) -> Result<Cloned, Errno> {
+        let (to_reset, server) = (self.to_reset(), self.watched_server());
+        let (stack, env) = self.clone_parts()?;
+        let plan = ExecPlan::new(job, &bundle, Identity::from(options), to_reset, server, env);
+        let mut cloned = clone_exec(stack, &plan, options.want_pidfd)?;
+        cloned.bundle = bundle;
+        Ok(cloned)
     }
 
     /// The authentication key, if the server has one.

@@ -1,6 +1,51 @@
-//! Forking a child and preparing it (PROTOCOL.md §6.4): everything here after `fork()` runs in
-//! the child, which is a copy of the single-threaded server and so may allocate freely.
+//! Making a child and preparing it (PROTOCOL.md §6.4, §6.5), two ways. Entry jobs, pooled
+//! children and exec jobs with [`crate::EXEC_FORK_ENV`] set are forked: everything here after
+//! `fork()` runs in the child, a copy of the single-threaded server, which may allocate
+//! freely. Other exec jobs take the `CLONE_VM` path (`vfork.rs`, `plan.rs`, `raw.rs`): the
+//! child shares the server's memory, so no page table is copied, whatever the server's size.
 //!
+//! The `CLONE_VM` child's rules, and why (`cli/tests/clone_child.rs` checks the first one
+//! with a recording global allocator; the signal tests, the failure tests and the fd tests
+//! check the others through it):
+//! * **It allocates, frees and drops nothing**: its heap is the server's, so what it allocates
+//!   leaks in the server at its `execve`, and what it frees or drops is freed under the
+//!   server's feet (a use after free once the server resumes). Everything it reads (argv and
+//!   envp with their pointer arrays, every `PATH` candidate as a full path, the fd calls with
+//!   every number fixed, the credentials, the signals to reset) is an `ExecPlan` the server
+//!   built before the clone and frees after it.
+//! * **Raw system calls only** (`raw.rs`): glibc's wrappers may keep state (`setuid` signals
+//!   every thread glibc knows of; `raise` and `abort` use the thread id cached in the TLS the
+//!   child shares with the server's thread). errno is written in that shared TLS, read back
+//!   at once, and never read by the server after a clone that succeeded.
+//! * **No panic, no unwinding, no std I/O, no lock**: a panic would unwind through the
+//!   server's frames or abort with the server's thread id. The child's code is a loop over
+//!   the plan's arrays that returns `(Stage, Errno)` on failure.
+//! * **Its failure goes through memory**: the stage and errno in a slot of the server's
+//!   stack frame, read when `clone` returns (`CLONE_VFORK` suspends the server until the child
+//!   has exec'd or exited). So `pid_after_exec` costs nothing and there is no report pipe; the
+//!   replies are those of the fork path, with the same texts.
+//! * **Its stack is the server's `CloneStack`**: 64 KiB, mapped once and reused (one child at
+//!   a time: the server is suspended), with a `PROT_NONE` guard page below it.
+//! * **Signals**: every signal is blocked across the clone, so none is delivered to the child
+//!   (nor runs a server handler on its stack) before it has put `SIG_DFL` back on every signal
+//!   the server does not leave at its default; it empties the mask last, just before
+//!   `execve`. A fault (a blocked synchronous signal) kills it. `CLONE_CLEAR_SIGHAND` would
+//!   save the reset of handled signals, but needs `clone3`, which starts the child on its new
+//!   stack at the syscall's return and so needs an assembly trampoline; the reset loop does it
+//!   (ignored signals, which `CLONE_CLEAR_SIGHAND` keeps, need it anyway).
+//! * **Its pidfd comes from `clone` (`CLONE_PIDFD`)**, so no window between the child's
+//!   creation and `pidfd_open` exists on this path.
+//! * The key is not zeroed (the memory is the server's); the child loses it at `execve`.
+//!
+//! What the server pays for it: it is suspended from the clone until the child's `execve` has
+//! replaced its memory (or the child exited), so a child that blocks before that point (a
+//! `chdir` or an `execve` of a file on a hung NFS or FUSE mount, a `SIGSTOP` from a peer of
+//! the same uid) stalls the event loop, which the fork path never does. A server whose
+//! clients may point it at such files runs with [`crate::EXEC_FORK_ENV`] set.
+//!
+//! The steps are the same on both paths, in the same order; the `CLONE_VM` path lists them
+//! in `plan.rs` (`STEPS`), where a new per-child control is one row, and here in
+//! `child_main`. In the child, before the job runs:
 //! In the child, before the job runs:
 //! 1. signal dispositions go back to `SIG_DFL` and the signal mask is emptied;
 //! 2. `setsid()`, `setpgid(0, 0)` or `setpgid(0, pgid)` as requested;
@@ -9,8 +54,8 @@
 //!    server (listener, connections, epoll, signalfd, other requests' fds) is closed;
 //! 4. the credentials, last because they may drop privilege: `setgroups`, `setgid`, `setuid`
 //!    (`identity.rs`);
-//! 5. the job runs: `chdir` and `execve` (the environment built in `identity.rs` too), or the
-//!    entry point, whose return value is the exit status.
+//! 5. the job runs: `chdir` and `execve` (`execvp.rs`; the environment built in
+//!    `identity.rs`), or the entry point, whose return value is the exit status.
 //!
 //! A failure in steps 1-5 is reported to the server, and the child exits with status 127. The
 //! report goes either to the child's own report pipe (close-on-exec, so `execve` succeeding
@@ -21,12 +66,12 @@
 //! same 5 bytes. The shared socket costs no system call and no fd per spawn; the server reads
 //! it only for a child that exits with status 127.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 
-use forkserver_protocol::{ExecJob, FdBundle};
+use forkserver_protocol::FdBundle;
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
@@ -36,17 +81,24 @@ use crate::sys;
 use place::place_fds;
 
 mod context;
+mod execvp;
 mod fds;
 mod identity;
 mod place;
+mod plan;
+mod raw;
 mod report;
 mod stage;
+mod vfork;
 use crate::entry::{EntryFn, Invocation};
 pub(crate) use context::{ChildSpec, ForkContext, ReportTo, Work};
 pub(crate) use identity::Context;
 use report::report_and_exit;
-pub(crate) use report::{decode_shared, failure_reply, Report, REPORT_LEN, SHARED_REPORT_LEN};
+pub(crate) use report::{
+    decode_shared, failure_of, failure_reply, Report, REPORT_LEN, SHARED_REPORT_LEN,
+};
 pub(crate) use stage::{Stage, FAILED_STATUS};
+pub(crate) use vfork::Cloned;
 
 /// Exit status of an entry point that panicked (as Rust's runtime uses).
 pub(crate) const PANIC_STATUS: i32 = 101;
@@ -55,30 +107,44 @@ pub(crate) const PANIC_STATUS: i32 = 101;
 /// group and with the credentials the request asked for. A child that reports to
 /// [`ReportTo::Shared`] writes a failure on the shared report socket; one that reports to
 /// [`ReportTo::Pipe`] on a report pipe of its own, whose read end is returned with the child's
-/// pid. The bundle's fds are closed in the server. The key is zeroed in an entry job's child,
-/// which runs the server's code; an exec job's child loses it at `execve` and is spared the
-/// page copy.
+/// pid. The bundle comes back too, still open in the server: the caller closes it once the
+/// `Pid` is out (three `close` calls fewer before it). The key is zeroed in an entry job's
+/// child, which runs the server's code; an exec job's child loses it at `execve` and is
+/// spared the page copy.
 ///
 /// # Errors
 /// `pipe2` or `fork` failing (EAGAIN, ENOMEM, EMFILE).
 pub(crate) fn spawn(
     ctx: &mut ForkContext,
     child: ChildSpec<'_>,
-) -> Result<(Pid, Option<OwnedFd>), Errno> {
+) -> Result<(Pid, Option<OwnedFd>, FdBundle), Errno> {
     let zero_key = matches!(child.work, Work::Entry { .. });
-    if let ReportTo::Shared(serial) = child.report {
+    let report_to = child.report;
+    // The child takes the spec from this slot (its copy of it); in the server it stays here.
+    let mut spec = Some(child);
+    let slot = &mut spec;
+    let (pid, report_rd) = if let ReportTo::Shared(serial) = report_to {
         let report = ctx.shared_report(serial);
-        let pid = fork_child(ctx, zero_key, move |ctx| child_main(ctx, child, report))?;
-        return Ok((pid, None));
-    }
-    let (report_rd, report_wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    let report_rd_raw = report_rd.as_raw_fd();
-    let pid = fork_child(ctx, zero_key, move |ctx| {
-        // The child's copy of the read end; the server keeps its own (`report_rd`).
-        let _ = nix::unistd::close(report_rd_raw);
-        child_main(ctx, child, Report::Own(report_wr.into_raw_fd()))
-    })?;
-    Ok((pid, Some(report_rd)))
+        let pid = fork_child(ctx, zero_key, move |ctx| match slot.take() {
+            Some(child) => child_main(ctx, child, report),
+            None => sys::exit_now(FAILED_STATUS),
+        })?;
+        (pid, None)
+    } else {
+        let (report_rd, report_wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let report_rd_raw = report_rd.as_raw_fd();
+        let pid = fork_child(ctx, zero_key, move |ctx| {
+            // The child's copy of the read end; the server keeps its own (`report_rd`).
+            let _ = nix::unistd::close(report_rd_raw);
+            match slot.take() {
+                Some(child) => child_main(ctx, child, Report::Own(report_wr.into_raw_fd())),
+                None => sys::exit_now(FAILED_STATUS),
+            }
+        })?;
+        (pid, Some(report_rd))
+    };
+    let bundle = spec.map(|c| c.bundle).unwrap_or_default();
+    Ok((pid, report_rd, bundle))
 }
 
 /// Forks a child that runs `in_child` (which never returns) with its copy of `ctx`, and
@@ -96,7 +162,7 @@ fn fork_child(
     zero_key: bool,
     in_child: impl FnOnce(&ForkContext) -> std::convert::Infallible,
 ) -> Result<Pid, Errno> {
-    let server = ctx.die_with_server().then(nix::unistd::getpid);
+    let server = ctx.watched_server().map(Pid::from_raw);
     let mut old_mask = SigSet::empty();
     nix::sys::signal::sigprocmask(
         SigmaskHow::SIG_BLOCK,
@@ -153,7 +219,7 @@ pub(crate) fn prefork(
     let flags = OFlag::from_bits_truncate(nix::fcntl::fcntl(&ours, FcntlArg::F_GETFL)?);
     nix::fcntl::fcntl(&ours, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     let ours_raw = ours.as_raw_fd();
-    let server = nix::unistd::getpid();
+    let server = Pid::from_raw(ctx.server_pid());
     let pid = fork_child(ctx, true, |ctx| {
         let _ = nix::unistd::close(ours_raw);
         match pooled_child(ctx, entries, theirs, server) {}
@@ -268,7 +334,7 @@ fn child_main(ctx: &ForkContext, child: ChildSpec<'_>, report: Report) -> ! {
                     report_and_exit(report, Stage::Chdir, e);
                 }
             }
-            let e = exec(job);
+            let e = execvp::exec(job);
             report_and_exit(report, Stage::Exec, e)
         }
         Work::Entry { entry, payload } => {
@@ -298,55 +364,4 @@ fn reset_signals(to_reset: u64) -> Result<(), Errno> {
         left &= left - 1;
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
-}
-
-/// Builds argv and envp and execs; returns only on failure, with the errno to report.
-fn exec(job: &ExecJob) -> Errno {
-    // The protocol guarantees no NUL inside any of these strings.
-    let cstr = |b: &[u8]| CString::new(b).unwrap_or_default();
-    let argv: Vec<CString> = job.args().iter().map(|a| cstr(a)).collect();
-    let inherited = (!job.env_clear()).then(std::env::vars_os);
-    let env = identity::child_env(inherited.into_iter().flatten(), job);
-    let envp: Vec<CString> = env
-        .iter()
-        .map(|(k, v)| {
-            let mut kv = k.clone().into_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            cstr(&kv)
-        })
-        .collect();
-    let program = job.program();
-    if program.contains(&b'/') {
-        return nix::unistd::execve(&cstr(program), &argv, &envp)
-            .err()
-            .unwrap_or(Errno::UnknownErrno);
-    }
-    // As execvp: search PATH (the child's), remembering EACCES.
-    let path = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_bytes().to_vec())
-        .unwrap_or_else(|| b"/usr/local/bin:/usr/bin:/bin".to_vec());
-    let mut err = Errno::ENOENT;
-    let mut saw_eacces = false;
-    for dir in path.split(|&b| b == b':') {
-        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
-        let mut full = dir.to_vec();
-        full.push(b'/');
-        full.extend_from_slice(program);
-        match nix::unistd::execve(&cstr(&full), &argv, &envp) {
-            Err(Errno::EACCES) => saw_eacces = true,
-            Err(e @ (Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::ENAMETOOLONG)) => {
-                err = e
-            }
-            Err(e) => return e,
-            Ok(_) => unreachable!("execve returned success"),
-        }
-    }
-    if saw_eacces {
-        Errno::EACCES
-    } else {
-        err
-    }
 }

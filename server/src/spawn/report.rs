@@ -91,6 +91,12 @@ pub(crate) fn report_and_exit(report: Report, stage: Stage, errno: Errno) -> ! {
     sys::exit_now(FAILED_STATUS)
 }
 
+/// The reply for a failure the server learnt of in memory (the `CLONE_VM` path's slot), as
+/// [`failure_reply`] gives for the same report read from a pipe.
+pub(crate) fn failure_of(stage: Stage, errno: Errno, ctx: &Context) -> Message {
+    failure_reply(&encode(stage, errno), Some(ctx))
+}
+
 /// The reply for a child's failure report (`stage`, `errno` as an `i32` LE), naming the call
 /// that failed and, with the request's [`Context`], the value it was given: e.g.
 /// `chdir("/no/such"): No such file or directory (ENOENT)`.

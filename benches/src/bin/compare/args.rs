@@ -1,10 +1,11 @@
 //! The command line: `--quick`, `--json FILE`, `--svg DIR`, `--profile-loop N`, `--fds K`,
-//! `--threads T` (and the internal `--small-client`).
+//! `--threads T`, `--exec`, `--wait-stdin` (and the internal `--small-client`).
 
 use std::path::PathBuf;
 
 pub(crate) const USAGE: &str = "\
-usage: compare [--quick] [--json FILE] [--svg DIR] [--profile-loop N [--fds K] [--threads T]]
+usage: compare [--quick] [--json FILE] [--svg DIR]
+               [--profile-loop N [--fds K] [--threads T] [--exec] [--wait-stdin]]
 
   --quick           fewer iterations and smaller client RSS (256 MiB, 1 GiB): under a minute
   --json FILE       write every summary and the ratios as JSON to FILE
@@ -13,6 +14,9 @@ usage: compare [--quick] [--json FILE] [--svg DIR] [--profile-loop N [--fds K] [
                     (for strace/perf; nothing is measured)
   --fds K           fds in the bundle of --profile-loop (default 3)
   --threads T       client threads of --profile-loop, sharing one Client (default 1)
+  --exec            --profile-loop spawns /bin/true (stdio on /dev/null) instead of noop
+  --wait-stdin      --profile-loop waits for a line on stdin after its 10 warm-up spawns
+                    (attach strace to the printed pid, then send the line)
 ";
 
 /// Command-line options.
@@ -24,6 +28,8 @@ pub(crate) struct Args {
     pub(crate) profile_loop: Option<usize>,
     pub(crate) profile_fds: Option<u32>,
     pub(crate) profile_threads: Option<usize>,
+    pub(crate) profile_exec: bool,
+    pub(crate) profile_wait: bool,
     /// Internal: run as the small client of the RSS group (`small_client::serve`).
     pub(crate) small_client: Option<PathBuf>,
 }
@@ -50,6 +56,8 @@ pub(crate) fn parse_args() -> std::result::Result<Args, String> {
                 let t = v.parse().ok().filter(|&t| t > 0);
                 args.profile_threads = Some(t.ok_or_else(|| format!("bad count {v:?}"))?);
             }
+            "--exec" => args.profile_exec = true,
+            "--wait-stdin" => args.profile_wait = true,
             "--small-client" => args.small_client = Some(value("--small-client")?.into()),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),

@@ -8,6 +8,7 @@ use forkserver_benches::Result;
 use crate::latency::FD_COUNTS;
 use crate::plan::GIB;
 use crate::results::Results;
+use crate::zygote::BIG_ZYGOTE_MIB;
 
 /// The two plots: latency against fds in the bundle, and against the client's RSS.
 pub(crate) fn charts(r: &Results) -> Result<Vec<(&'static str, Chart)>> {
@@ -97,8 +98,41 @@ pub(crate) fn charts(r: &Results) -> Result<Vec<(&'static str, Chart)>> {
             },
         ],
     };
+    let z = &r.zygote;
+    let mib = BIG_ZYGOTE_MIB as f64;
+    let by_zygote = |path: &str| -> Result<Vec<(f64, f64)>> {
+        Ok(vec![
+            (0.0, us(z.get(&format!("exec_small_zygote_{path}"))?) / 1e3),
+            (mib, us(z.get(&format!("exec_big_zygote_{path}"))?) / 1e3),
+        ])
+    };
+    let zygote = Chart {
+        title: "exec /bin/true vs the server's RSS (medians, log scale)".into(),
+        x_label: "touched preload in the zygote server (MiB)".into(),
+        y_label: "ms".into(),
+        x_ticks: vec![
+            (0.0, "small".into()),
+            (mib, format!("{BIG_ZYGOTE_MIB} MiB")),
+        ],
+        log_y: true,
+        series: vec![
+            Series {
+                name: "CLONE_VM exec path".into(),
+                color: "#1f77b4",
+                points: by_zygote("clone_vm")?,
+                dashed: false,
+            },
+            Series {
+                name: "fork exec path (FORKSERVER_EXEC_FORK=1)".into(),
+                color: "#d62728",
+                points: by_zygote("fork")?,
+                dashed: false,
+            },
+        ],
+    };
     Ok(vec![
         ("latency_vs_fds.svg", fds),
         ("latency_vs_rss.svg", rss),
+        ("exec_vs_zygote_rss.svg", zygote),
     ])
 }

@@ -24,6 +24,7 @@ mod rss;
 mod scenarios;
 mod tables;
 mod throughput;
+mod zygote;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -43,10 +44,12 @@ use crate::results::{ratios, to_json, Results};
 use crate::rss::rss_group;
 use crate::tables::print_tables;
 use crate::throughput::throughput_group;
+use crate::zygote::zygote_group;
 
 fn main() -> ExitCode {
     // Launched by ourselves as the server: serve and never return.
     forkserver_server::Zygote::new()
+        .preload(zygote::preload)
         .entry("noop", |_| 0)
         .serve_if_requested();
 
@@ -66,11 +69,7 @@ fn main() -> ExitCode {
     };
     let result = match (&args.small_client, args.profile_loop) {
         (Some(socket), _) => forkserver_benches::small_client::serve(socket),
-        (None, Some(n)) => profile_loop(
-            n,
-            args.profile_fds.unwrap_or(3),
-            args.profile_threads.unwrap_or(1),
-        ),
+        (None, Some(n)) => profile_loop(n, &args),
         (None, None) => run(&args),
     };
     match result {
@@ -112,6 +111,8 @@ fn run(args: &Args) -> Result<()> {
     drop(prefork);
     eprintln!("[3/7] exec: /bin/true through the server vs std::process::Command");
     let exec = exec_group(&client, &plan)?;
+    eprintln!("[3b/7] exec from a small and a 512 MiB zygote, CLONE_VM and fork paths");
+    let zygote = zygote_group(&plan)?;
     eprintln!("[4/7] client RSS");
     let rss = rss_group(&client, &plan)?;
     eprintln!("[5/7] CPython multiprocessing forkserver");
@@ -129,6 +130,7 @@ fn run(args: &Args) -> Result<()> {
         harness_rss_kib,
         latency,
         exec,
+        zygote,
         rss,
         cpython,
         throughput,

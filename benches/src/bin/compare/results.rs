@@ -18,6 +18,8 @@ pub(crate) struct Results {
     pub(crate) harness_rss_kib: u64,
     pub(crate) latency: Group,
     pub(crate) exec: Group,
+    /// Group 3b: exec jobs from a small and a large zygote (`zygote.rs`).
+    pub(crate) zygote: Group,
     pub(crate) rss: Vec<RssStep>,
     pub(crate) cpython: Option<(Group, String)>,
     pub(crate) throughput: Vec<Throughput>,
@@ -84,6 +86,26 @@ pub(crate) fn ratios(r: &Results) -> Result<Map<String, Value>> {
         ratio(
             r.exec.get("ours_exec_true")?,
             r.exec.get("std_command_true")?,
+        ),
+    );
+    let z = |name: &str| r.zygote.get(name);
+    // The large zygote against the small one, on the CLONE_VM path (the default).
+    put(
+        "exec_big_zygote_vs_small",
+        ratio(
+            z("exec_big_zygote_clone_vm")?,
+            z("exec_small_zygote_clone_vm")?,
+        ),
+    );
+    put(
+        "exec_big_zygote_fork_vs_small",
+        ratio(z("exec_big_zygote_fork")?, z("exec_small_zygote_fork")?),
+    );
+    put(
+        "exec_clone_vm_vs_fork",
+        ratio(
+            z("exec_small_zygote_clone_vm")?,
+            z("exec_small_zygote_fork")?,
         ),
     );
     put(
@@ -163,7 +185,10 @@ pub(crate) fn ratios(r: &Results) -> Result<Map<String, Value>> {
              (rss_largest) / ours from a small helper client process, interleaved in the \
              same group, after a 1 s pause once the ballast is written; \
              rss8g_amid_direct_forks_vs_small: ours interleaved with the direct forks instead; rss8g_vs_unballasted and direct_fork_8g_vs_small compare with the \
-             group of the unballasted harness, run earlier",
+             group of the unballasted harness, run earlier; exec_big_zygote_vs_small: exec \
+             /bin/true from a server with a 512 MiB touched preload / from a small one, both \
+             on the CLONE_VM exec path (exec_big_zygote_fork_vs_small: both on the fork path, \
+             FORKSERVER_EXEC_FORK=1; exec_clone_vm_vs_fork: the two paths, small zygote)",
         ),
     );
     Ok(m)
@@ -211,6 +236,7 @@ pub(crate) fn to_json(r: &Results, plan: &Plan, ratios: Map<String, Value>) -> V
         "harness_vm_rss_kib": r.harness_rss_kib,
         "latency": r.latency.to_json(),
         "exec": r.exec.to_json(),
+        "exec_zygote": r.zygote.to_json(),
         "rss": rss,
         "cpython": cpython,
         "throughput": throughput,

@@ -48,6 +48,11 @@ pub(crate) fn print_tables(r: &Results, ratios: &Map<String, Value>) {
         &r.exec,
         Some("std_command_true"),
     );
+    print_group(
+        "3b. exec /bin/true from a small zygote and a 512 MiB one, CLONE_VM path vs fork path",
+        &r.zygote,
+        Some("exec_small_zygote_clone_vm"),
+    );
     println!("\n## 4. client RSS (spawn+wait; direct fork copies the client's page tables)\n");
     println!(
         "{:<10} {:>10} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
