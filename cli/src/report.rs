@@ -139,8 +139,10 @@ pub(crate) fn status(format: Format, s: &Status, metrics: Option<&Metrics>) -> S
 
 fn text(s: &Status, metrics: Option<&Metrics>) -> String {
     let mut out = String::new();
+    // The status's lines as before rev 0.6 (a column of 17), then the metrics' (of 27).
     let mut line = |k: &str, v: &dyn std::fmt::Display| {
-        let _ = writeln!(out, "{:<27}{v}", format!("{k}:"));
+        let width = if k.contains('_') { 27 } else { 17 };
+        let _ = writeln!(out, "{:<width$}{v}", format!("{k}:"));
     };
     line("server", &s.server_version());
     line("protocol", &s.protocol_version());

@@ -93,6 +93,7 @@ mod launch;
 mod managed;
 mod output;
 mod pipes;
+mod queries;
 #[allow(unsafe_code)] // pre_exec: close-on-exec on the client's fds before exec
 mod server_process;
 mod stdio;
