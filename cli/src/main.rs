@@ -3,10 +3,11 @@
 //! ```text
 //! forkserver serve [--socket PATH | --abstract NAME] [--idle-timeout SECS] [--allow-uid UID]...
 //!                  [--key-file PATH] [--kill-children-with-server] [--prefork N]
-//!                  [--max-children N] [--shutdown-timeout SECS]
+//!                  [--max-children N] [--shutdown-timeout SECS] [--log-format text|json]
 //! forkserver run [--socket PATH] [--key-file PATH] [--server-uid UID] [--fd N]...
-//!                [--deadline SECS] -- CMD [ARGS...]
+//!                [--deadline SECS] [--time] -- CMD [ARGS...]
 //! forkserver status [--socket PATH] [--key-file PATH] [--server-uid UID]
+//!                   [--format text|json|prometheus]
 //! ```
 //!
 //! `serve` started by a service manager (systemd socket activation, `sd_listen_fds(3)`) serves
@@ -18,6 +19,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(clippy::multiple_unsafe_ops_per_block)]
 
+mod report;
 mod run;
 
 use std::path::PathBuf;
@@ -115,6 +117,11 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT.as_secs(),
               value_parser = clap::value_parser!(u64).range(0..=MAX_SHUTDOWN_TIMEOUT_SECS))]
         shutdown_timeout: u64,
+        /// `text` for people, `json` for a log collector: one JSON object per line, with the
+        /// fields conn, peer_uid, serial, pid, stage, errno where an event has them (the names
+        /// of the metrics and the spec). Filtered by RUST_LOG (default `warn`).
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
     },
     /// Run a command through the server with this terminal's stdin, stdout and stderr, and exit
     /// with its status (128+N when killed by signal N). Starts a server on the default socket
@@ -129,6 +136,10 @@ enum Command {
         /// years).
         #[arg(long, value_name = "SECS", value_parser = parse_secs)]
         deadline: Option<Duration>,
+        /// Print the command's CPU times, peak RSS and wall clock time to stderr when it ends,
+        /// as `time -v` does (the server measures them with `wait4`; rev 0.6).
+        #[arg(long)]
+        time: bool,
         /// The command and its arguments.
         #[arg(required = true, last = true)]
         command: Vec<std::ffi::OsString>,
@@ -137,6 +148,10 @@ enum Command {
     Status {
         #[command(flatten)]
         target: ClientArgs,
+        /// `text` for people, `json` (one object, the spec's field names), `prometheus` (the
+        /// text exposition format, for a node_exporter textfile collector).
+        #[arg(long, value_enum, default_value = "text")]
+        format: report::Format,
     },
 }
 
@@ -152,8 +167,12 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     // `forkserver` launched by a client library hands us our socket in the environment.
     forkserver_server::Zygote::new().serve_if_requested();
-    init_logging();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_logging(match &cli.command {
+        Command::Serve { log_format, .. } => *log_format,
+        _ => LogFormat::Text,
+    });
+    match cli.command {
         Command::Serve {
             socket,
             abstract_name,
@@ -165,6 +184,7 @@ fn main() -> ExitCode {
             max_children,
             shutdown_timeout,
             handshake_timeout,
+            log_format: _,
         } => {
             // The service manager's variables (LISTEN_*, NOTIFY_SOCKET, WATCHDOG_*) leave the
             // environment before anything else is done, so that no child inherits them.
@@ -213,6 +233,7 @@ fn main() -> ExitCode {
             target,
             fds,
             deadline,
+            time,
             command,
         } => {
             let target = match resolve(target) {
@@ -223,6 +244,7 @@ fn main() -> ExitCode {
                 target,
                 fds,
                 deadline,
+                time,
                 command,
             };
             match run::run(&args) {
@@ -230,16 +252,11 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e, ExitCode::from(e.exit_code())),
             }
         }
-        Command::Status { target } => {
+        Command::Status { target, format } => {
             let status = resolve(target).and_then(|t| run::status(&t).map_err(|e| e.to_string()));
             match status {
-                Ok(s) => {
-                    println!("server:          {}", s.server_version());
-                    println!("protocol:        {}", s.protocol_version());
-                    println!("pid:             {}", s.server_pid());
-                    println!("live children:   {}", s.live_children());
-                    println!("connections:     {}", s.connections());
-                    println!("spawned (total): {}", s.spawned_total());
+                Ok((s, m)) => {
+                    print!("{}", report::status(format, &s, m.as_ref()));
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e, ExitCode::FAILURE),
@@ -271,12 +288,23 @@ fn load_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
     forkserver_server::read_key_file(path).map_err(|e| e.to_string())
 }
 
-/// Installs a `tracing` subscriber writing to stderr, filtered by `RUST_LOG` (default `warn`).
-fn init_logging() {
+/// How `serve` writes its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs a `tracing` subscriber writing to stderr in `format`, filtered by `RUST_LOG`
+/// (default `warn`).
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }

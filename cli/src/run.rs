@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use forkserver_client::{Client, Error, ExitStatus, Status};
+use forkserver_client::{Client, Error, ExitStatus, Metrics, Status};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -119,8 +119,16 @@ fn start_server(target: &Target) -> Result<std::process::Child, CliError> {
         .map_err(|e| CliError::Setup(format!("starting a server: {e}")))
 }
 
-pub(crate) fn status(target: &Target) -> Result<Status, CliError> {
-    Ok(connect(target)?.status()?)
+/// The server's `Status`, and its `Metrics` (`None` from a server before rev 0.6).
+pub(crate) fn status(target: &Target) -> Result<(Status, Option<Metrics>), CliError> {
+    let client = connect(target)?;
+    let status = client.status()?;
+    let metrics = match client.metrics() {
+        Ok(m) => Some(m),
+        Err(Error::Unsupported { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    Ok((status, metrics))
 }
 
 /// What `forkserver run` was asked to do.
@@ -132,6 +140,8 @@ pub(crate) struct RunArgs {
     pub fds: Vec<u32>,
     /// Killed (SIGKILL) after this long (`--deadline`).
     pub deadline: Option<Duration>,
+    /// Print the child's resource usage to stderr when it ends (`--time`).
+    pub time: bool,
     /// The program and its arguments; not empty.
     pub command: Vec<OsString>,
 }
@@ -144,6 +154,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, CliError> {
         target,
         fds: extra,
         deadline,
+        time,
         command,
     } = args;
     // Forwarded signals are read from a signalfd while we wait; blocked before anything can
@@ -181,6 +192,8 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, CliError> {
     if let Some(d) = *deadline {
         cmd.deadline(d);
     }
+    cmd.resource_usage(*time);
+    let started = Instant::now();
     let mut child = cmd.spawn().map_err(|e| match e {
         Error::Io(io) if io.raw_os_error() == Some(nix::libc::EBADF) => {
             CliError::Setup(format!("--fd: one of {extra:?} is not open here"))
@@ -191,6 +204,14 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, CliError> {
         // Frames already read (an Exit that crossed a Signal) are seen by try_wait before we
         // poll the socket for more.
         if let Some(status) = child.try_wait()? {
+            if *time {
+                let line: Vec<_> = command.iter().map(|a| a.to_string_lossy()).collect();
+                let elapsed = started.elapsed();
+                eprint!(
+                    "{}",
+                    crate::report::time_v(&line.join(" "), &status, elapsed)
+                );
+            }
             return Ok(shell_status(status));
         }
         let sig_ready = {

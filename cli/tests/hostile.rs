@@ -256,6 +256,7 @@ enum Rep {
     HelloOk,
     Status,
     Features,
+    Metrics,
     Pid,
     Exit(i32),
     Signaled,
@@ -267,6 +268,7 @@ fn rep(m: &Message) -> Rep {
         Message::HelloOk(_) => Rep::HelloOk,
         Message::Status(_) => Rep::Status,
         Message::Features(_) => Rep::Features,
+        Message::Metrics(_) => Rep::Metrics,
         Message::Pid(_) => Rep::Pid,
         Message::Exit(e) => Rep::Exit(e.code()),
         Message::Signaled => Rep::Signaled,
@@ -338,6 +340,7 @@ fn predict(bytes: &[u8], attached: usize) -> Option<Vec<Rep>> {
                     }
                     (St::Ready, Message::StatusRequest) => out.push(Rep::Status),
                     (St::Ready, Message::FeaturesRequest) => out.push(Rep::Features),
+                    (St::Ready, Message::MetricsRequest) => out.push(Rep::Metrics),
                     (St::Ready, Message::Spawn(_)) => return None,
                     _ => {
                         out.push(Rep::Err(ErrorCode::UnexpectedMessage));

@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use forkserver_protocol::Status;
+use forkserver_protocol::{Metrics, Status};
 
 use crate::command::{Call, Command};
 use crate::engine::{Engine, DEFAULT_MAX_IDLE};
@@ -94,6 +94,16 @@ impl Client {
     /// [`crate::Error::AuthRequired`], [`crate::Error::Io`].
     pub fn status(&self) -> Result<Status> {
         self.engine.status()
+    }
+
+    /// The server's counters (PROTOCOL.md §5.16): spawns by kind and result, kills, refusals,
+    /// authentication failures, the pool, orphans reaped, uptime.
+    ///
+    /// # Errors
+    /// As [`Client::status`], and [`crate::Error::Unsupported`] for a server before rev 0.6,
+    /// which has no `MetricsRequest` (nothing is sent).
+    pub fn metrics(&self) -> Result<Metrics> {
+        self.engine.metrics()
     }
 
     /// The path of the server's socket. For a launched server, the current one's (a relaunch

@@ -9,7 +9,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use forkserver_protocol::{Features, Frame, Message, Status};
+use forkserver_protocol::{Features, Frame, Message};
 
 use crate::conn::Conn;
 use crate::error::{Error, Result};
@@ -83,25 +83,6 @@ impl Engine {
     /// For a server this process launched.
     pub(crate) fn launched(managed: Managed) -> Self {
         Self::new(Target::Launched(Mutex::new(managed)))
-    }
-
-    /// The server's status: its pid, live children, connections, total spawns, version.
-    ///
-    /// # Errors
-    /// [`Error::Connect`], [`Error::Launch`] (relaunch failed), [`Error::ServerGone`],
-    /// [`Error::Server`], [`Error::Protocol`], [`Error::AuthRequired`], [`Error::Io`].
-    pub(crate) fn status(&self) -> Result<Status> {
-        let request = || Ok((Some((Message::StatusRequest, Vec::new())), ()));
-        let (conn, frame, ()) = self.exchange(request)?;
-        match frame.message {
-            Message::Status(s) => {
-                // READY before, READY after: the connection can serve the next request.
-                self.put_idle(conn);
-                Ok(s)
-            }
-            Message::Error(e) => Err(e.into()),
-            other => Err(Error::unexpected(other.tag(), "Status")),
-        }
     }
 
     /// What the server implements (PROTOCOL.md §5.14), `None` before rev 0.6: cached for the

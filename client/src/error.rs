@@ -77,7 +77,8 @@ pub enum Error {
     /// taken to implement the options of the first revisions only). Nothing was sent.
     #[error("the forkserver ({}) does not implement the option {option}", server_revision(*server))]
     Unsupported {
-        /// The option's name in the spec's flag table, e.g. `SET_UID`.
+        /// The option's name in the spec's flag table, e.g. `SET_UID`, or the request's
+        /// (`MetricsRequest`).
         option: &'static str,
         /// The revision the server named in its `Features`; `None` for a server before
         /// rev 0.6.

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use std::time::Duration;
+
 use forkserver_protocol::Exit;
 
 /// How a child ended: its exit code, or the signal that killed it.
@@ -24,9 +26,52 @@ pub struct ExitStatus {
     code: i32,
     deadline_expired: bool,
     core_dumped: bool,
+    usage: Option<ResourceUsage>,
+}
+
+/// What a child used, as the server's `wait4(2)` saw it (PROTOCOL.md §5.9, rev 0.6): asked for
+/// with `resource_usage(true)` on [`crate::Command`] or [`crate::Call`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ResourceUsage {
+    user: Duration,
+    system: Duration,
+    maxrss_kib: u64,
+}
+
+impl ResourceUsage {
+    /// CPU time spent in user mode (`ru_utime`).
+    pub fn user_time(&self) -> Duration {
+        self.user
+    }
+
+    /// CPU time spent in the kernel (`ru_stime`).
+    pub fn system_time(&self) -> Duration {
+        self.system
+    }
+
+    /// Peak resident set size, in KiB (`ru_maxrss`).
+    pub fn max_rss_kib(&self) -> u64 {
+        self.maxrss_kib
+    }
+}
+
+impl From<forkserver_protocol::ResourceUsage> for ResourceUsage {
+    fn from(u: forkserver_protocol::ResourceUsage) -> Self {
+        Self {
+            user: Duration::from_micros(u.user_us),
+            system: Duration::from_micros(u.system_us),
+            maxrss_kib: u.maxrss_kib,
+        }
+    }
 }
 
 impl ExitStatus {
+    /// The child's resource usage, when the request asked for it (`resource_usage(true)`)
+    /// and the child was reaped by the server; `None` otherwise.
+    pub fn resource_usage(&self) -> Option<ResourceUsage> {
+        self.usage
+    }
+
     /// The exit status (`0..=255`) if the child exited; `None` if a signal killed it.
     pub fn code(&self) -> Option<i32> {
         (self.code >= 0).then_some(self.code)
@@ -75,6 +120,7 @@ impl From<Exit> for ExitStatus {
             code: e.code(),
             deadline_expired: e.deadline_expired(),
             core_dumped: e.core_dumped(),
+            usage: e.usage().map(ResourceUsage::from),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use forkserver_protocol::{spawn_flags, ErrorCode, Features, Message, Revision, Spawn};
+use forkserver_protocol::{spawn_flags, ErrorCode, Features, Message, Revision, Spawn, Tag};
 
 use crate::error::{Error, Result};
 
@@ -82,6 +82,25 @@ pub(crate) fn check(features: Option<&Features>, spawn: &Spawn) -> Result<()> {
     let bit = missing & missing.wrapping_neg();
     Err(Error::Unsupported {
         option: spawn_flags::name(bit).unwrap_or("an unnamed Spawn flag"),
+        server: features.map(Features::revision),
+    })
+}
+
+/// Checks that the server accepts requests of `tag`, the message `name`.
+///
+/// # Errors
+/// [`Error::Unsupported`] naming `name`, for a server whose `Features` lack it or that has
+/// none (before rev 0.6).
+pub(crate) fn check_request(
+    features: Option<&Features>,
+    tag: Tag,
+    name: &'static str,
+) -> Result<()> {
+    if features.is_some_and(|f| f.accepts(tag)) {
+        return Ok(());
+    }
+    Err(Error::Unsupported {
+        option: name,
         server: features.map(Features::revision),
     })
 }

@@ -93,6 +93,7 @@ mod launch;
 mod managed;
 mod output;
 mod pipes;
+mod queries;
 #[allow(unsafe_code)] // pre_exec: close-on-exec on the client's fds before exec
 mod server_process;
 mod stdio;
@@ -107,12 +108,12 @@ pub use client::Client;
 pub use command::{Call, Command};
 pub use connector::Connector;
 pub use error::{Error, ProtocolError, Result};
-pub use exit_status::ExitStatus;
+pub use exit_status::{ExitStatus, ResourceUsage};
 /// A file descriptor in a typed argument or result (PROTOCOL.md §11.4), and the codecs.
 #[cfg(feature = "typed")]
 pub use forkserver_protocol::typed::{Codec, Fd};
 /// The server's error codes and status report, from the protocol crate.
-pub use forkserver_protocol::{ErrorCode, Status};
+pub use forkserver_protocol::{ErrorCode, Metrics, Status};
 pub use launch::{Launcher, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV};
 pub use output::Output;
 pub use pipes::{ChildStderr, ChildStdin, ChildStdout};

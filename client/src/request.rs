@@ -320,6 +320,15 @@ macro_rules! request_setters {
             self
         }
 
+        /// Whether the server reports the child's resource usage (CPU times, peak RSS, from
+        /// `wait4`) with its exit: [`crate::ExitStatus::resource_usage`]. Default `false`.
+        /// Needs a server of protocol rev 0.6 (`WANT_RUSAGE`): another gets
+        /// [`crate::Error::Unsupported`], and nothing is sent.
+        pub fn resource_usage(&mut self, want: bool) -> &mut Self {
+            self.req.options.want_rusage = want;
+            self
+        }
+
         /// The server kills the child with `SIGKILL` once `deadline` has passed since the fork
         /// (rounded up to whole milliseconds). The exit status then reports
         /// [`crate::ExitStatus::deadline_expired`].

@@ -925,3 +925,90 @@ fn a_server_not_ready_in_time_is_killed_and_reaped() {
         assert_ne!(comm.trim(), "sleep", "a launched sleep is left: {kid}");
     }
 }
+
+/// Rev 0.6's exit accounting and metrics: against a server before rev 0.6 both are refused
+/// locally (nothing sent); against a current one the usage of the `Exit` reaches
+/// [`crate::ExitStatus::resource_usage`] and `Metrics` reaches [`Client::metrics`].
+#[test]
+fn usage_and_metrics_need_rev_0_6() {
+    use forkserver_protocol::{Metrics, ResourceUsage};
+    let (old, old_server) = fake_server(|accept| {
+        let mut p = accept();
+        p.handshake();
+        assert_eq!(p.read().message, Message::FeaturesRequest);
+        let e = ErrorReply::new(ErrorCode::Malformed, 0, "unknown tag 0x13");
+        p.send(Message::Error(e), vec![]);
+        drop(p);
+        // The sentinel: no connection for the refused requests.
+        assert!(accept().at_eof());
+    });
+    let client = Client::connect(&old).unwrap();
+    let e = client
+        .call("e", "")
+        .resource_usage(true)
+        .spawn()
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Unsupported {
+                option: "WANT_RUSAGE",
+                server: None
+            }
+        ),
+        "{e:?}"
+    );
+    let e = client.metrics().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Unsupported {
+                option: "MetricsRequest",
+                server: None
+            }
+        ),
+        "{e:?}"
+    );
+    drop(UnixStream::connect(&old).unwrap());
+    old_server.join().unwrap();
+
+    let usage = ResourceUsage {
+        user_us: 1_500_000,
+        system_us: 20,
+        maxrss_kib: 4096,
+    };
+    let counters = Metrics {
+        spawns_entry_ok: 3,
+        ..Metrics::default()
+    };
+    let (path, server) = fake_server(move |accept| {
+        serve_ping(accept);
+        let mut p = accept();
+        p.handshake();
+        assert!(read_spawn(&mut p).options().want_rusage);
+        p.send(pid(9, false), vec![]);
+        let exit = Exit::new(0, false, false).unwrap().with_usage(Some(usage));
+        p.send(Message::Exit(exit), vec![]);
+        assert!(p.at_eof());
+        let mut p = accept();
+        p.handshake();
+        assert_eq!(p.read().message, Message::MetricsRequest);
+        p.send(Message::Metrics(counters), vec![]);
+        assert!(p.at_eof());
+    });
+    let client = one_connection_per_request(&path);
+    let status = client
+        .call("e", "")
+        .resource_usage(true)
+        .spawn()
+        .unwrap()
+        .wait()
+        .unwrap();
+    let u = status.resource_usage().unwrap();
+    assert_eq!(u.user_time(), std::time::Duration::from_millis(1500));
+    assert_eq!(u.system_time(), std::time::Duration::from_micros(20));
+    assert_eq!(u.max_rss_kib(), 4096);
+    assert_eq!(client.metrics().unwrap(), counters);
+    drop(client);
+    server.join().unwrap();
+}

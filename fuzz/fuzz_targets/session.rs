@@ -104,14 +104,14 @@ fn legal(before: State, action: &Action, child: Option<Pid>) -> bool {
         }
         // At most one child per connection: a Spawn only with none alive.
         State::Ready => {
-            matches!(action, Action::Status)
+            matches!(action, Action::Status | Action::Metrics)
                 || matches!(action, Action::Send(Message::Features(f)) if *f == Features::current())
                 || matches!(action, Action::Spawn(..)) && child.is_none()
                 || closes(&[UnexpectedMessage, UnknownEntry, FdMismatch])
         }
         // A signal only to the child of this connection, alive; its answer only here.
         State::Running(pid) => match action {
-            Action::Status => true,
+            Action::Status | Action::Metrics => true,
             Action::Signal(p, signo) => {
                 *p == pid && child == Some(pid) && (1..=MAX_SIGNAL as i32).contains(signo)
             }
@@ -186,7 +186,7 @@ impl Loop {
             Action::Send(Message::AuthOk(_)) => assert_eq!(after, State::Ready),
             // Any other reply to a frame answers it and keeps the state.
             Action::Send(_) => assert_eq!(after, before),
-            Action::Status => assert_eq!(after, before),
+            Action::Status | Action::Metrics => assert_eq!(after, before),
             Action::Spawn(spawn, bundle) => {
                 assert_eq!(after, State::Ready, "a Spawn waits for the loop's answer");
                 assert_eq!(bundle.len(), spawn.fds().len());

@@ -115,6 +115,7 @@ impl<'a> Arbitrary<'a> for SpawnOptions {
             kill_on_disconnect: bool::arbitrary(u)?,
             keep_connection: bool::arbitrary(u)?,
             deadline_ms: Option::arbitrary(u)?,
+            want_rusage: bool::arbitrary(u)?,
         })
     }
 }
@@ -160,6 +161,7 @@ impl<'a> Arbitrary<'a> for Message {
             }
             Tag::StatusRequest => Message::StatusRequest,
             Tag::FeaturesRequest => Message::FeaturesRequest,
+            Tag::MetricsRequest => Message::MetricsRequest,
             Tag::Pid => Message::Pid(
                 Pid::new(u.int_in_range(1..=i32::MAX)?, bool::arbitrary(u)?).map_err(fail)?,
             ),
@@ -169,8 +171,24 @@ impl<'a> Arbitrary<'a> for Message {
                     bool::arbitrary(u)?,
                     bool::arbitrary(u)?,
                 )
-                .map_err(fail)?,
+                .map_err(fail)?
+                .with_usage(if bool::arbitrary(u)? {
+                    Some(ResourceUsage {
+                        user_us: Arbitrary::arbitrary(u)?,
+                        system_us: Arbitrary::arbitrary(u)?,
+                        maxrss_kib: Arbitrary::arbitrary(u)?,
+                    })
+                } else {
+                    None
+                }),
             ),
+            Tag::Metrics => Message::Metrics(Metrics {
+                uptime_s: Arbitrary::arbitrary(u)?,
+                spawns_exec_ok: Arbitrary::arbitrary(u)?,
+                orphans_reaped: Arbitrary::arbitrary(u)?,
+                pool_idle: Arbitrary::arbitrary(u)?,
+                ..Metrics::default()
+            }),
             Tag::Signaled => Message::Signaled,
             Tag::Status => {
                 let v: String = String::arbitrary(u)?.chars().take(16).collect();

@@ -130,6 +130,7 @@ fn build_valid() -> Vec<(String, String, Message)> {
             keep_connection: false,
             deadline_ms: NonZeroU64::new(30_000),
             credentials: Credentials::default(),
+            want_rusage: false,
         };
         add(
             "spawn-exec-full",
@@ -242,6 +243,17 @@ fn build_valid() -> Vec<(String, String, Message)> {
         );
     }
     add(
+        "spawn-want-rusage",
+        "rev 0.6: echo whose Exit carries its resource usage (WANT_RUSAGE, no body field)",
+        with(
+            SpawnOptions {
+                want_rusage: true,
+                ..SpawnOptions::default()
+            },
+            Job::Exec(echo_job()),
+        ),
+    );
+    add(
         "spawn-entry-uid",
         "rev 0.5: entry point 'noop' run as uid 65534, gid 65534, no groups",
         Message::Spawn(
@@ -316,7 +328,42 @@ fn build_valid() -> Vec<(String, String, Message)> {
         "killed by signal 64: -64",
         Message::Exit(Exit::new(-64, false, false).unwrap()),
     );
+    add(
+        "exit-usage",
+        "rev 0.6: Exit 0 with its resource usage (WANT_RUSAGE): 0.25 s user, 0.01 s system, 65536 KiB peak RSS",
+        Message::Exit(Exit::new(0, false, false).unwrap().with_usage(Some(ResourceUsage {
+            user_us: 250_000,
+            system_us: 10_000,
+            maxrss_kib: 65_536,
+        }))),
+    );
     add("signaled", "Signaled", Message::Signaled);
+    add(
+        "metrics-request",
+        "MetricsRequest (rev 0.6)",
+        Message::MetricsRequest,
+    );
+    add(
+        "metrics",
+        "Metrics of a server up 3600 s (rev 0.6): each counter a different value",
+        Message::Metrics(Metrics {
+            uptime_s: 3600,
+            spawns_exec_ok: 1000,
+            spawns_exec_failed: 3,
+            spawns_exec_setup_failed: 2,
+            spawns_entry_ok: 500,
+            spawns_entry_setup_failed: 1,
+            kills_deadline: 7,
+            kills_disconnect: 4,
+            refused_quota: 9,
+            refused_peer: 5,
+            refused_max_children: 6,
+            auth_failures: 8,
+            orphans_reaped: 11,
+            pool_size: 4,
+            pool_idle: 3,
+        }),
+    );
     add(
         "status",
         "Status of a server with 2 live children",
@@ -324,7 +371,7 @@ fn build_valid() -> Vec<(String, String, Message)> {
     );
     add(
         "features",
-        "Features of a rev 0.6 server: every Spawn flag bit (0-10), requests 0x10-0x13",
+        "Features of a rev 0.6 server: every Spawn flag bit (0-11), requests 0x10-0x14",
         Message::Features(Features::current()),
     );
     add(
@@ -378,10 +425,10 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
         E::UnknownTag(0),
     );
     add(
-        "tag-14",
-        "tag 0x14 is reserved",
-        frame(0x14, 0, &[]),
-        E::UnknownTag(0x14),
+        "tag-15",
+        "tag 0x15 is reserved",
+        frame(0x15, 0, &[]),
+        E::UnknownTag(0x15),
     );
     add(
         "tag-ff",
@@ -447,9 +494,24 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
     );
     add(
         "exit-len-4",
-        "Exit body must be 8 bytes",
-        header_only(0x21, 0, 4),
-        E::BadBodyLength { tag: 0x21, len: 4 },
+        "Exit body of 4 bytes: the flags are missing (Exit is variable-size from rev 0.6)",
+        frame(0x21, 0, &[0; 4]),
+        E::Truncated,
+    );
+    add(
+        "metrics-request-len-1",
+        "MetricsRequest body must be empty",
+        frame(0x14, 0, &[0]),
+        E::BadBodyLength { tag: 0x14, len: 1 },
+    );
+    add(
+        "metrics-len-112",
+        "Metrics body must be 120 bytes",
+        header_only(0x25, 0, 112),
+        E::BadBodyLength {
+            tag: 0x25,
+            len: 112,
+        },
     );
     add(
         "features-request-len-1",
@@ -549,15 +611,15 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
     b[3] = 0x80;
     add(
         "spawn-reserved-flag",
-        "Spawn flag bit 31 is reserved (bits 6-10 are defined since rev 0.5, bit 5 since 0.3)",
+        "Spawn flag bit 31 is reserved (bit 11 is defined since rev 0.6, bits 6-10 since rev 0.5, bit 5 since 0.3)",
         spawn(&b, 1),
         E::ReservedNotZero,
     );
     let mut b = echo.clone();
-    b[1] = 0x08;
+    b[1] = 0x10;
     add(
-        "spawn-reserved-flag-11",
-        "Spawn flag bit 11, the lowest reserved bit",
+        "spawn-reserved-flag-12",
+        "Spawn flag bit 12, the lowest reserved bit (bit 11 is WANT_RUSAGE since rev 0.6)",
         spawn(&b, 1),
         E::ReservedNotZero,
     );
@@ -984,10 +1046,22 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
         E::InvalidValue(Field::ExitCode),
     );
     add(
-        "exit-flag-bit-2",
-        "Exit flag bit 2 is reserved",
-        exit(0, 4, [0; 3]),
+        "exit-flag-bit-3",
+        "Exit flag bit 3 is reserved",
+        exit(0, 8, [0; 3]),
         E::ReservedNotZero,
+    );
+    add(
+        "exit-usage-truncated",
+        "Exit with USAGE and only two of its three usage fields",
+        frame(0x21, 0, &[&[0u8; 4][..], &[4, 0, 0, 0], &[0; 16]].concat()),
+        E::Truncated,
+    );
+    add(
+        "exit-trailing",
+        "Exit without USAGE followed by 24 bytes",
+        frame(0x21, 0, &[0u8; 32]),
+        E::TrailingBytes,
     );
     add(
         "exit-reserved",

@@ -30,6 +30,7 @@ mod ids;
 mod key;
 mod launch;
 mod listen;
+mod metrics;
 mod notify;
 mod quota;
 mod server;

@@ -1,9 +1,9 @@
 //! The system calls nix 0.32 does not wrap: `pidfd_open(2)`, `close_range(2)`, `_exit(2)`, and
-//! `kill(2)` and `waitpid(2)` with real-time signals (nix's `Signal` has no variant for those:
-//! its `waitpid` fails with `EINVAL` after reaping a child killed by one, losing the status),
-//! and `rt_sigaction(2)` on every signal 1..=64 (glibc's `sigaction` refuses 32 and 33). Each is
-//! one line of `libc`, kept here so the rest of the crate has no FFI. Also the few places
-//! where the crate asserts what the type system cannot see (an fd number it owns, a signal
+//! `kill(2)` and `wait4(2)` with real-time signals (nix's `Signal` has no variant for those:
+//! its `waitpid` fails with `EINVAL` after reaping a child killed by one, losing the status;
+//! and it has no `wait4`, the only call that gives one child's `rusage`), and `rt_sigaction(2)`
+//! on every signal 1..=64 (glibc's `sigaction` refuses 32 and 33). Each is one line of
+//! `libc`, kept here so the rest of the crate has no FFI. Also the few places where the crate asserts what the type system cannot see (an fd number it owns, a signal
 //! disposition without handler code). A function whose soundness rests on a promise of its
 //! caller (an fd number nobody else owns, fds nobody will use again) is an `unsafe fn` with a
 //! `# Safety` section, and each call says how it keeps the promise in a `// SAFETY:` comment.
@@ -12,6 +12,7 @@
 
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use forkserver_protocol::ResourceUsage;
 use nix::errno::Errno;
 use nix::libc;
 use nix::unistd::Pid;
@@ -54,14 +55,20 @@ pub(crate) struct Reaped {
     /// `>= 0`: exit status; `< 0`: minus the signal (PROTOCOL.md §5.9).
     pub(crate) code: i32,
     pub(crate) core_dumped: bool,
+    /// What it used (`struct rusage`), for an `Exit` with `WANT_RUSAGE` (§5.9).
+    pub(crate) usage: ResourceUsage,
 }
 
-/// `waitpid(-1, WNOHANG)`: the next ended child, `Ok(None)` when none has ended, or `ECHILD`.
+/// `wait4(-1, WNOHANG)`: the next ended child with its resource usage, `Ok(None)` when none
+/// has ended, or `ECHILD`. (nix wraps `waitpid` only, and `getrusage(RUSAGE_CHILDREN)` sums
+/// every child reaped: one child's usage comes from `wait4` alone.)
 pub(crate) fn reap_one() -> Result<Option<Reaped>, Errno> {
     let mut status: libc::c_int = 0;
     loop {
-        // SAFETY: `status` is a valid out-pointer for the duration of the call.
-        let pid = Errno::result(unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) });
+        // SAFETY: all-zero bytes are a valid `struct rusage` (integers and timevals).
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `status` and `ru` are valid out-pointers for the duration of the call.
+        let pid = Errno::result(unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, &mut ru) });
         match pid {
             Ok(0) => return Ok(None),
             Ok(p) => {
@@ -77,11 +84,27 @@ pub(crate) fn reap_one() -> Result<Option<Reaped>, Errno> {
                     pid: Pid::from_raw(p),
                     code,
                     core_dumped,
+                    usage: usage_of(&ru),
                 }));
             }
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// The fields of `ru` that `Exit` carries: CPU times in µs, peak RSS in KiB (Linux's unit
+/// for `ru_maxrss`). Negative values, which the kernel never gives, become 0.
+fn usage_of(ru: &libc::rusage) -> ResourceUsage {
+    let us = |t: libc::timeval| {
+        let s = u64::try_from(t.tv_sec).unwrap_or(0);
+        let u = u64::try_from(t.tv_usec).unwrap_or(0);
+        s.saturating_mul(1_000_000).saturating_add(u)
+    };
+    ResourceUsage {
+        user_us: us(ru.ru_utime),
+        system_us: us(ru.ru_stime),
+        maxrss_kib: u64::try_from(ru.ru_maxrss).unwrap_or(0),
     }
 }
 

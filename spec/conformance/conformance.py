@@ -483,7 +483,7 @@ def valid_vector_checks(valid):
     # Well-formed S->C messages sent by a client decode, and the state machine refuses them (§4.1).
     for v in valid:
         if v["decoded"]["type"] in ("HelloOk", "AuthOk", "Pid", "Exit", "Signaled", "Status",
-                                    "Features", "Error"):
+                                    "Features", "Metrics", "Error"):
             for when in ("in-READY", "before-Hello"):
                 def wrong_way(v=v, when=when):
                     with Fds(v["nfds"]) as fds, Raw(hello=(when == "in-READY")) as c:
@@ -510,11 +510,11 @@ def features_checks(valid):
         missing = fc.SPAWN_FLAGS_MASK & ~f["spawn_flags"]
         require(not missing, f"spawn_flags 0x{f['spawn_flags']:x} lacks bits 0x{missing:x} of §5.5.1")
         requests = 0
-        for t in (fc.SPAWN, fc.SIGNAL, fc.STATUS_REQUEST, fc.FEATURES_REQUEST):
+        for t in (fc.SPAWN, fc.SIGNAL, fc.STATUS_REQUEST, fc.FEATURES_REQUEST, fc.METRICS_REQUEST):
             requests |= 1 << (t - 0x10)
         require(f["requests"] & requests == requests,
                 f"requests 0x{f['requests']:x} lacks 0x{requests & ~f['requests']:x}")
-    check("features/revision >= 0.6, spawn_flags has every bit of §5.5.1, requests 0x10-0x13", listed)
+    check("features/revision >= 0.6, spawn_flags has every bit of §5.5.1, requests 0x10-0x14", listed)
 
     def covers_the_vectors():
         with Raw() as c:
@@ -567,6 +567,86 @@ def features_checks(valid):
             live = ask(c)
         require(f == {k: v for k, v in live.items() if k != "type"}, f"{f} != {live}")
     check("features/the Python client's features() is the server's answer", python_client)
+
+
+def usage_and_metrics_checks(valid):
+    """§5.9 (WANT_RUSAGE, the usage in Exit), §5.15, §5.16 (Metrics), rev 0.6."""
+    byname = {v["name"]: v for v in valid}
+    metrics_request = bytes.fromhex(byname["metrics-request"]["hex"])
+    busy = exec_job(["sh", "-c", "i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done"])
+
+    def exit_of(frame, nfds=0):
+        with Fds(nfds) as fds, Raw() as c:
+            c.send(frame, fds)
+            c.expect("Pid")
+            msg, _ = c.expect("Exit")
+            return msg
+
+    def with_usage():
+        msg = exit_of(spawn_frame(busy, want_rusage=True))
+        require(msg["code"] == 0, f"exit code {msg['code']}")
+        u = msg.get("usage")
+        require(u is not None, f"no usage in the Exit of a WANT_RUSAGE spawn: {msg}")
+        require(u["user_us"] + u["system_us"] > 0, f"a busy child used no CPU: {u}")
+        require(0 < u["maxrss_kib"] < 1 << 30, f"maxrss_kib {u['maxrss_kib']}")
+    check("exit/want-rusage: the Exit carries the child's usage (CPU > 0, maxrss > 0; rev 0.6)",
+          with_usage)
+
+    def without_usage():
+        msg = exit_of(spawn_frame(busy))
+        require("usage" not in msg, f"usage without WANT_RUSAGE: {msg}")
+    check("exit/no-want-rusage: an 8-byte Exit, no usage", without_usage)
+
+    def rusage_vector():
+        v = byname["spawn-want-rusage"]
+        msg = exit_of(bytes.fromhex(v["hex"]), v["nfds"])
+        require("usage" in msg, f"the spawn-want-rusage vector's Exit has no usage: {msg}")
+    check("valid/spawn-want-rusage: Pid, then an Exit with usage", rusage_vector)
+
+    def ask(c):
+        c.send(metrics_request)
+        msg, _ = c.expect("Metrics")
+        return msg
+
+    def ready_twice():
+        with Raw() as c:
+            a, b = ask(c), ask(c)
+            require(set(a) == set(fc.METRICS_FIELDS) | {"type"}, f"fields {sorted(a)}")
+            require(all(b[k] >= a[k] for k in fc.METRICS_FIELDS if k not in ("pool_idle",)),
+                    f"a counter went down: {a} then {b}")
+            c.send(bytes.fromhex(byname["status-request"]["hex"]))
+            c.expect("Status")
+    check("valid/metrics-request: Metrics, twice, the connection stays READY (rev 0.6)", ready_twice)
+
+    def in_running():
+        with Raw() as c:
+            c.send(spawn_frame(exec_job(["sleep", "5"]), kill_on_disconnect=True))
+            c.expect("Pid")
+            ask(c)
+    check("metrics/MetricsRequest in RUNNING: Metrics (§6.1)", in_running)
+
+    def counters_move():
+        before = fc.Client(SOCKET, timeout=TIMEOUT).metrics()
+        with Raw() as c:
+            c.send(spawn_frame(exec_job(["/nonexistent/x"]), pid_after_exec=True))
+            c.expect_error("ExecFailed")
+        exit_of(spawn_frame(exec_job(["true"]), pid_after_exec=True))
+        with Raw() as c:
+            c.send(spawn_frame(exec_job(["sleep", "5"]), deadline_ms=50))
+            c.expect("Pid")
+            msg, _ = c.expect("Exit")
+            require(msg["deadline_expired"], f"{msg}")
+        after = fc.Client(SOCKET, timeout=TIMEOUT).metrics()
+        for k in ("spawns_exec_failed", "spawns_exec_ok", "kills_deadline"):
+            require(after[k] >= before[k] + 1, f"{k}: {before[k]} then {after[k]}")
+        require(after["uptime_s"] >= before["uptime_s"], "uptime went down")
+    check("metrics/an exec failure, an exec and a deadline kill move their counters", counters_move)
+
+    def before_hello():
+        with Raw(hello=False) as c:
+            c.send(metrics_request)
+            c.expect_error("UnexpectedMessage")
+    check("metrics/MetricsRequest before Hello: Error(UnexpectedMessage), closed", before_hello)
 
 
 def invalid_vector_checks(invalid):
@@ -1175,6 +1255,7 @@ def main():
     status_checks()
     valid_vector_checks(valid)
     features_checks(valid)
+    usage_and_metrics_checks(valid)
     invalid_vector_checks(invalid)
     handshake_length_checks()
     transport_checks(transport)

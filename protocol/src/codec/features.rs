@@ -106,14 +106,16 @@ mod tests {
             let request = tag.is_from_client() && !matches!(tag, Tag::Hello | Tag::Auth);
             assert_eq!(f.accepts(tag), request, "{tag:?}");
         }
-        assert_eq!(f.requests(), 0b1111);
+        assert_eq!(f.requests(), 0b1_1111);
     }
 
     #[test]
     fn the_table_says_which_bits_each_revision_knows() {
         assert_eq!(flags::known_in(Revision::FIRST), 0x1F);
         assert_eq!(flags::known_in(Revision::R0_3), 0x3F);
-        assert_eq!(flags::known_in(Revision::R0_5), flags::ALL);
+        assert_eq!(flags::known_in(Revision::R0_5), 0x7FF);
+        assert_eq!(flags::known_in(Revision::R0_6), flags::ALL);
+        assert_eq!(flags::ALL, 0xFFF);
         assert_eq!(flags::known_in(Revision::CURRENT), flags::ALL);
         assert_eq!(flags::name(flags::SET_UID), Some("SET_UID"));
         assert_eq!(flags::name(flags::SET_UID | flags::SET_GID), None);

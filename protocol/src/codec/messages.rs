@@ -4,7 +4,9 @@
 
 use super::header::Header;
 use super::wire::{Reader, Sink};
-use super::{Auth, AuthOk, ErrorReply, Exit, Features, Hello, HelloOk, Pid, Signal, Spawn, Status};
+use super::{
+    Auth, AuthOk, ErrorReply, Exit, Features, Hello, HelloOk, Metrics, Pid, Signal, Spawn, Status,
+};
 use crate::error::DecodeError;
 use crate::MAX_FDS;
 
@@ -175,16 +177,20 @@ messages! {
     StatusRequest = 0x12, client, len 0, fds 0;
     /// Ask what the server implements (rev 0.6).
     FeaturesRequest = 0x13, client, len 0, fds 0;
+    /// Ask for the server's counters (rev 0.6).
+    MetricsRequest = 0x14, client, len 0, fds 0;
     /// The child's pid; a pidfd for it travels with the frame when [`Pid::has_pidfd`].
     Pid(Pid) = 0x20, server, len 4, fds 1;
-    /// The child's signed exit code.
-    Exit(Exit) = 0x21, server, len 8, fds 0;
+    /// The child's signed exit code, and its resource usage when asked for (rev 0.6).
+    Exit(Exit) = 0x21, server, len var, fds 0;
     /// A signal request was carried out.
     Signaled = 0x22, server, len 0, fds 0;
     /// The server's status.
     Status(Status) = 0x23, server, len var, fds 0;
     /// What the server implements: its revision, Spawn flag bits and requests (rev 0.6).
     Features(Features) = 0x24, server, len 16, fds 0;
+    /// The server's counters (rev 0.6).
+    Metrics(Metrics) = 0x25, server, len 120, fds 0;
     /// A request failed.
     Error(ErrorReply) = 0x2F, server, len var, fds 0;
 }
@@ -210,6 +216,7 @@ mod tests {
         for m in [
             Message::StatusRequest,
             Message::FeaturesRequest,
+            Message::MetricsRequest,
             Message::Signaled,
         ] {
             assert_eq!(m.tag().fixed_body_len(), Some(0));

@@ -29,22 +29,26 @@
 
 mod control;
 mod error_reply;
+mod exit;
 mod features;
 mod handshake;
 mod header;
 mod messages;
+mod metrics;
 mod spawn;
 mod status;
 mod wire;
 
 use bytes::BufMut;
 
-pub use control::{exit_flags, Exit, Pid, Signal};
+pub use control::{Pid, Signal};
 pub use error_reply::{ErrorCode, ErrorReply};
+pub use exit::{exit_flags, Exit, ResourceUsage};
 pub use features::Features;
 pub use handshake::{Auth, AuthMethod, AuthOk, Hello, HelloOk};
 pub use header::Header;
 pub use messages::{Message, Tag};
+pub use metrics::Metrics;
 pub use spawn::{
     flags as spawn_flags, Credentials, EntryJob, ExecJob, FdMap, Groups, Job, Revision, Session,
     Spawn, SpawnOptions,

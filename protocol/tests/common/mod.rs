@@ -84,7 +84,10 @@ pub fn to_json(m: &Message) -> Value {
                 "fd_targets": s.fds().targets(),
                 "job": job,
             });
-            // Rev 0.5 keys, present only when set, so that older vectors keep their form.
+            // Rev 0.5 and 0.6 keys, present only when set, so that older vectors keep their form.
+            if o.want_rusage {
+                v["want_rusage"] = json!(true);
+            }
             if let Session::JoinProcessGroup(pgid) = o.session {
                 v["pgid"] = json!(pgid);
             }
@@ -103,11 +106,27 @@ pub fn to_json(m: &Message) -> Value {
         Message::Signal(s) => json!({"type": "Signal", "signo": s.signo()}),
         Message::StatusRequest => json!({"type": "StatusRequest"}),
         Message::FeaturesRequest => json!({"type": "FeaturesRequest"}),
+        Message::MetricsRequest => json!({"type": "MetricsRequest"}),
+        Message::Metrics(m) => {
+            let mut v = json!({"type": "Metrics"});
+            for (name, value) in m.fields() {
+                v[name] = json!(value);
+            }
+            v
+        }
         Message::Pid(p) => json!({"type": "Pid", "pid": p.pid(), "pidfd": p.has_pidfd()}),
-        Message::Exit(e) => json!({
-            "type": "Exit", "code": e.code(), "deadline_expired": e.deadline_expired(),
-            "core_dumped": e.core_dumped()
-        }),
+        Message::Exit(e) => {
+            let mut v = json!({
+                "type": "Exit", "code": e.code(), "deadline_expired": e.deadline_expired(),
+                "core_dumped": e.core_dumped()
+            });
+            if let Some(u) = e.usage() {
+                v["usage"] = json!({
+                    "user_us": u.user_us, "system_us": u.system_us, "maxrss_kib": u.maxrss_kib
+                });
+            }
+            v
+        }
         Message::Signaled => json!({"type": "Signaled"}),
         Message::Status(s) => json!({
             "type": "Status", "protocol_version": s.protocol_version(),

@@ -14,6 +14,7 @@ use super::token::Token;
 use super::Server;
 use crate::ids::ConnId;
 use crate::listen::peer_uid;
+use crate::metrics::Refusal;
 use crate::quota::open_reserve_fd;
 use crate::timers::Timer;
 
@@ -53,6 +54,7 @@ impl Server {
                 let msg = "server out of file descriptors";
                 let reply = ErrorReply::new(ErrorCode::ResourceExhausted, e as i32, msg);
                 refuse(fd.as_fd(), reply);
+                self.metrics.refused(Refusal::Quota);
             }
         }
         self.reserve_fd = open_reserve_fd();
@@ -63,12 +65,16 @@ impl Server {
         let refuse = |fd: &OwnedFd, code: ErrorCode, msg: &str| {
             refuse(fd.as_fd(), ErrorReply::new(code, 0, msg));
         };
-        let foreign = match peer_uid(&fd) {
-            Ok(uid) if uid == self.uid => false,
-            Ok(uid) if self.config.allowed_uids.contains(&uid) => true,
+        let (peer, foreign) = match peer_uid(&fd) {
+            Ok(uid) if uid == self.uid => (uid, false),
+            Ok(uid) if self.config.allowed_uids.contains(&uid) => (uid, true),
             Ok(uid) => {
-                tracing::warn!(uid, "refused a peer with a uid that is not allowed");
+                tracing::warn!(
+                    peer_uid = uid,
+                    "refused a peer with a uid that is not allowed"
+                );
                 refuse(&fd, ErrorCode::PermissionDenied, "peer uid not allowed");
+                self.metrics.refused(Refusal::Peer);
                 return;
             }
             Err(e) => {
@@ -87,6 +93,7 @@ impl Server {
         }
         if self.conns.len() >= self.config.max_connections && !self.evict_idle_connection() {
             refuse(&fd, ErrorCode::ResourceExhausted, "too many connections");
+            self.metrics.refused(Refusal::Quota);
             return;
         }
         let id = self.next_conn;
@@ -108,6 +115,7 @@ impl Server {
             Some(_) => ReadLimits::PRE_AUTH,
             None => ReadLimits::HANDSHAKE,
         };
+        tracing::debug!(conn = %id, peer_uid = peer, "accepted");
         self.conns
             .insert(id, Conn::new(fd, limits, interest, now, foreign));
     }
@@ -137,6 +145,7 @@ impl Server {
                 ErrorReply::new(ErrorCode::ResourceExhausted, 0, msg),
             );
         }
+        self.metrics.refused(Refusal::Quota);
         self.disconnect(id);
         true
     }
@@ -152,6 +161,7 @@ impl Server {
                 ErrorReply::new(ErrorCode::ResourceExhausted, 0, msg),
             );
         }
+        self.metrics.refused(Refusal::Quota);
         self.disconnect(id);
     }
 

@@ -11,6 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::ids::{ConnId, Serial};
+use crate::metrics::JobKind;
 use crate::spawn;
 
 /// A child forked (or taken from the pool) for a request, until it is reaped.
@@ -34,6 +35,10 @@ pub(super) struct Child {
     failure: Option<Message>,
     /// What the request asked for (cwd, ids, group), to name them in a setup failure.
     context: spawn::Context,
+    /// `WANT_RUSAGE`: its `Exit` carries its resource usage.
+    want_rusage: bool,
+    /// Its result (job ran, exec or setup failed) is in the metrics already.
+    counted: bool,
 }
 
 /// What a child's report pipe said when it became readable (`pid_after_exec`).
@@ -66,6 +71,8 @@ impl Child {
             deadline_hit: false,
             failure: None,
             context,
+            want_rusage: options.want_rusage,
+            counted: false,
         }
     }
 
@@ -103,6 +110,24 @@ impl Child {
         self.want_pidfd
     }
 
+    pub(super) fn wants_rusage(&self) -> bool {
+        self.want_rusage
+    }
+
+    /// What its request ran, for the metrics.
+    pub(super) fn kind(&self) -> JobKind {
+        match self.context.is_exec() {
+            true => JobKind::Exec,
+            false => JobKind::Entry,
+        }
+    }
+
+    /// True the first time only: its result is counted once, when it is first known (its
+    /// exec's report, or its reaping).
+    pub(super) fn count_result(&mut self) -> bool {
+        !std::mem::replace(&mut self.counted, true)
+    }
+
     pub(super) fn context(&self) -> &spawn::Context {
         &self.context
     }
@@ -122,24 +147,28 @@ impl Child {
 
     /// The deadline of spawn `serial` expired: if it is this child's and has not hit yet, the
     /// child is marked and gets `SIGKILL` (reaped as usual: not reaped yet, the pid is still
-    /// its own).
-    pub(super) fn deadline_expired(&mut self, serial: Serial) {
+    /// its own). Returns whether it was killed now.
+    pub(super) fn deadline_expired(&mut self, serial: Serial) -> bool {
         if self.serial == serial && !self.deadline_hit {
             self.deadline_hit = true;
             tracing::info!(pid = self.pid.as_raw(), "deadline expired: SIGKILL");
             let _ = kill(self.pid, Signal::SIGKILL);
+            return true;
         }
+        false
     }
 
     /// Its connection ended: the child is on its own now, or killed if it asked to be. Its
-    /// report pipe goes too: nobody is left to tell how its exec went.
-    pub(super) fn detach(&mut self, epoll: &Epoll) {
+    /// report pipe goes too: nobody is left to tell how its exec went. Returns whether it was
+    /// killed.
+    pub(super) fn detach(&mut self, epoll: &Epoll) -> bool {
         self.conn = None;
         self.close_report(epoll);
         if self.kill_on_disconnect {
             tracing::debug!(pid = self.pid.as_raw(), "client gone: SIGKILL");
             let _ = kill(self.pid, Signal::SIGKILL);
         }
+        self.kill_on_disconnect
     }
 
     /// Its final report went out (before its exit: an exec or setup failure): nobody waits

@@ -7,20 +7,21 @@ use forkserver_protocol::{ErrorCode, ErrorReply, Exit, Message};
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::MsgFlags;
-use nix::unistd::Pid;
 
 use super::child::{Child, ExecReport};
 use super::Server;
 use crate::ids::{ConnId, Serial};
+use crate::metrics::Kill;
 use crate::session::State;
 use crate::spawn;
+use crate::sys::Reaped;
 
 impl Server {
     /// Reaps every child that has ended: no zombie outlives the loop turn that saw SIGCHLD.
     pub(super) fn reap(&mut self) {
         loop {
             match crate::sys::reap_one() {
-                Ok(Some(r)) => self.on_child_exit(r.pid, r.code, r.core_dumped),
+                Ok(Some(r)) => self.on_child_exit(r),
                 Ok(None) | Err(Errno::ECHILD) => return,
                 Err(e) => {
                     tracing::error!("waitpid: {e}");
@@ -30,7 +31,8 @@ impl Server {
         }
     }
 
-    pub(super) fn on_child_exit(&mut self, pid: Pid, code: i32, core: bool) {
+    pub(super) fn on_child_exit(&mut self, reaped: Reaped) {
+        let (pid, code, core) = (reaped.pid, reaped.code, reaped.core_dumped);
         self.touch();
         if let Some(i) = self.pool.iter().position(|(p, _)| *p == pid) {
             tracing::warn!(
@@ -39,18 +41,21 @@ impl Server {
                 "a pooled child died before its job"
             );
             self.pool.remove(i);
+            self.metrics.orphan_reaped();
             return;
         }
         let Some(mut child) = self.children.remove(&pid) else {
+            self.metrics.orphan_reaped();
             return;
         };
-        tracing::debug!(pid = pid.as_raw(), code, "child reaped");
         let serial = child.serial();
+        tracing::debug!(pid = pid.as_raw(), serial = %serial, code, "child reaped");
         let failure = match child.may_have_shared_report(code) {
             true => self.shared_report(serial, child.context()),
             false => child.take_failure(&self.epoll),
         };
         self.shared_reports.remove(&serial);
+        self.count_result(&mut child, failure.as_ref());
         // A child whose connection is gone (or got its exec error already) has nobody to tell.
         let Some(id) = child.conn() else { return };
         let spawning = self
@@ -65,7 +70,10 @@ impl Server {
         let reply = match failure {
             Some(reply) => reply,
             None => match Exit::new(code, child.deadline_hit(), core) {
-                Ok(exit) => Message::Exit(exit),
+                Ok(exit) => {
+                    let usage = child.wants_rusage().then_some(reaped.usage);
+                    Message::Exit(exit.with_usage(usage))
+                }
                 Err(_) => {
                     ErrorReply::new(ErrorCode::Internal, 0, format!("exit code {code}")).into()
                 }
@@ -73,6 +81,14 @@ impl Server {
         };
         self.send(id, reply, vec![]);
         self.after_final_report(id, child.keeps_connection());
+    }
+
+    /// Counts `child`'s result in the metrics (and logs its failure), the first time only.
+    pub(super) fn count_result(&mut self, child: &mut Child, failure: Option<&Message>) {
+        if child.count_result() {
+            log_failure(child, failure);
+            self.metrics.spawn_result(child.kind(), failure);
+        }
     }
 
     /// The child's final report (`Exit`, or its exec/setup failure) is queued: the connection
@@ -132,6 +148,14 @@ impl Server {
         let Some(report) = child.read_exec_report(&self.epoll) else {
             return;
         };
+        let failure = match &report {
+            ExecReport::Exec => None,
+            ExecReport::Failed(reply) => Some(reply),
+        };
+        if child.count_result() {
+            log_failure(child, failure);
+            self.metrics.spawn_result(child.kind(), failure);
+        }
         let Some(id) = child.conn() else { return };
         match report {
             ExecReport::Exec => {
@@ -157,7 +181,9 @@ impl Server {
             return;
         };
         if let Some(child) = self.children.get_mut(&pid) {
-            child.detach(&self.epoll);
+            if child.detach(&self.epoll) {
+                self.metrics.killed(Kill::Disconnect);
+            }
         }
     }
 
@@ -172,5 +198,19 @@ impl Server {
         for pid in self.children.keys() {
             let _ = kill(*pid, Signal::SIGKILL);
         }
+    }
+}
+
+/// Logs a child's exec or setup failure with the figures of the metrics' names.
+fn log_failure(child: &Child, failure: Option<&Message>) {
+    if let Some(Message::Error(e)) = failure {
+        tracing::info!(
+            conn = child.conn().map(|c| c.to_string()),
+            pid = child.pid().as_raw(),
+            serial = %child.serial(),
+            errno = e.errno(),
+            "child failed before its job: {}",
+            e.message()
+        );
     }
 }

@@ -188,10 +188,17 @@ impl Server {
             match action {
                 Action::Send(m) => self.send(id, m, vec![]),
                 // The session is `Closing` already: the error goes out, then the connection ends.
-                Action::Close(reply) => self.send(id, reply.into(), vec![]),
+                Action::Close(reply) => {
+                    self.metrics.closed_with(reply.code());
+                    self.send(id, reply.into(), vec![]);
+                }
                 Action::Status => {
                     let status = self.status();
                     self.send(id, Message::Status(status), vec![]);
+                }
+                Action::Metrics => {
+                    let m = self.metrics.snapshot(self.config.prefork, self.pool.len());
+                    self.send(id, Message::Metrics(m), vec![]);
                 }
                 Action::Spawn(spawn, bundle) => self.spawn(id, spawn, bundle),
                 Action::Signal(pid, signo) => {

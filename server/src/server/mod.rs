@@ -26,6 +26,7 @@ use crate::entry::EntryFn;
 use crate::error::{sys, ServerError};
 use crate::ids::{ConnId, Serial};
 use crate::listen::BoundPath;
+use crate::metrics::Metrics;
 use crate::quota::{open_reserve_fd, Handshakes};
 use crate::spawn::ForkContext;
 use crate::timers::TimerTable;
@@ -76,6 +77,8 @@ pub struct Server {
     entries: HashMap<String, EntryFn>,
     config: Config,
     spawned_total: u64,
+    /// The counters of `Metrics` (§5.16): only their methods move them.
+    metrics: Metrics,
     shutting_down: bool,
     idle_since: Instant,
     uid: u32,
@@ -146,6 +149,7 @@ impl Server {
             entries: HashMap::new(),
             config,
             spawned_total: 0,
+            metrics: Metrics::new(),
             shutting_down: false,
             idle_since: Instant::now(),
             uid: nix::unistd::getuid().as_raw(),

@@ -19,6 +19,7 @@ use super::pool::Pooled;
 use super::token::Token;
 use super::{Server, TEST_STOP_AFTER_PID_ENV};
 use crate::ids::{ConnId, Serial};
+use crate::metrics::Refusal;
 use crate::session::State;
 use crate::spawn::{self, ChildSpec, ReportTo, Work};
 use crate::timers::Timer;
@@ -54,6 +55,7 @@ impl Server {
         if self.children.len() >= self.config.max_children {
             let max = self.config.max_children;
             let msg = format!("too many children: the server runs its limit of {max}");
+            self.metrics.refused(Refusal::MaxChildren);
             return self.fail(id, ErrorReply::new(ErrorCode::ResourceExhausted, 0, msg));
         }
         let options = *spawn.options();
@@ -92,6 +94,7 @@ impl Server {
             (Some((stage, errno)), true) => {
                 // As a report pipe's failure: no Pid, the failure is the final report.
                 let reply = spawn::failure_of(stage, errno, child.context());
+                self.count_result(&mut child, Some(&reply));
                 child.final_report_sent();
                 let keep = child.keeps_connection();
                 self.adopt(child, deadline);
@@ -105,6 +108,10 @@ impl Server {
                 // shared report socket's would.
                 let reply =
                     failure.map(|(stage, errno)| spawn::failure_of(stage, errno, child.context()));
+                if wait_exec {
+                    // The exec succeeded: its result is known now (§5.16).
+                    self.count_result(&mut child, None);
+                }
                 self.adopt(child.with_failure(reply), deadline);
                 self.start_running_with(id, pid, exec.pidfd);
             }

@@ -7,6 +7,7 @@ use forkserver_protocol::{ErrorCode, ErrorReply};
 use nix::sys::epoll::EpollTimeout;
 
 use super::Server;
+use crate::metrics::Kill;
 use crate::session::State;
 use crate::timers::Timer;
 
@@ -41,7 +42,9 @@ impl Server {
                 }
                 Timer::Deadline { serial, pid } => {
                     if let Some(c) = self.children.get_mut(&pid) {
-                        c.deadline_expired(serial);
+                        if c.deadline_expired(serial) {
+                            self.metrics.killed(Kill::Deadline);
+                        }
                     }
                 }
                 Timer::Handshake(id) => {

@@ -60,6 +60,8 @@ pub enum Action {
     Signal(Pid, i32),
     /// Send the server's `Status` (the event loop has the counters).
     Status,
+    /// Send the server's `Metrics` (§5.16, rev 0.6).
+    Metrics,
 }
 
 /// What a session needs to know of the server to decide.
@@ -161,6 +163,10 @@ impl Session {
             }
             (State::Ready | State::Running(_), Message::StatusRequest) => {
                 self.actions.push_back(Action::Status);
+            }
+            // §5.15 (rev 0.6): like StatusRequest, in READY and RUNNING.
+            (State::Ready | State::Running(_), Message::MetricsRequest) => {
+                self.actions.push_back(Action::Metrics);
             }
             // §5.13 (rev 0.6): what this server implements, from the protocol's tables; the
             // connection stays READY.

@@ -310,6 +310,7 @@ fn sample(tag: Tag) -> Message {
         Tag::Signal => Message::Signal(Signal::new(15).unwrap()),
         Tag::StatusRequest => Message::StatusRequest,
         Tag::FeaturesRequest => Message::FeaturesRequest,
+        Tag::MetricsRequest => Message::MetricsRequest,
         t => panic!("no sample message for the client tag {t:?}: add one"),
     }
 }
@@ -324,10 +325,13 @@ fn expected(state: State, tag: Tag) -> (Option<ErrorCode>, State) {
         (State::AwaitAuth(_), Tag::Auth) => (None, State::Ready),
         (State::AwaitAuth(_), _) => refused(ErrorCode::AuthRequired),
         // A Spawn waits in READY for the event loop's `spawned`.
-        (State::Ready, Tag::StatusRequest | Tag::FeaturesRequest | Tag::Spawn) => {
-            (None, State::Ready)
+        (
+            State::Ready,
+            Tag::StatusRequest | Tag::FeaturesRequest | Tag::MetricsRequest | Tag::Spawn,
+        ) => (None, State::Ready),
+        (State::Running(pid), Tag::StatusRequest | Tag::MetricsRequest | Tag::Signal) => {
+            (None, State::Running(pid))
         }
-        (State::Running(pid), Tag::StatusRequest | Tag::Signal) => (None, State::Running(pid)),
         // SPAWNING answers nothing (the table lists no message for it): any frame is refused.
         _ => refused(ErrorCode::UnexpectedMessage),
     }
@@ -360,7 +364,7 @@ fn every_tag_in_every_state_has_an_answer() {
         .into_iter()
         .filter(|t| t.is_from_client())
         .collect();
-    assert_eq!(tags.len(), 6, "{tags:?}");
+    assert_eq!(tags.len(), 7, "{tags:?}");
     for (name, make) in &states {
         for &tag in &tags {
             let mut s = make();
@@ -376,7 +380,8 @@ fn every_tag_in_every_state_has_an_answer() {
                     ([Action::Send(Message::HelloOk(_))], Tag::Hello)
                     | ([Action::Send(Message::AuthOk(_))], Tag::Auth)
                     | ([Action::Spawn(..)], Tag::Spawn)
-                    | ([Action::Status], Tag::StatusRequest) => {}
+                    | ([Action::Status], Tag::StatusRequest)
+                    | ([Action::Metrics], Tag::MetricsRequest) => {}
                     ([Action::Send(Message::Features(f))], Tag::FeaturesRequest) => {
                         assert_eq!(*f, Features::current(), "{what}")
                     }

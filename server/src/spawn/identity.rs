@@ -108,6 +108,7 @@ pub(crate) fn child_env(
 pub(crate) struct Context {
     pub(super) cwd: Option<Vec<u8>>,
     pub(super) identity: Identity,
+    exec: bool,
 }
 
 impl Context {
@@ -119,7 +120,13 @@ impl Context {
         Self {
             cwd,
             identity: Identity::from(spawn.options()),
+            exec: matches!(spawn.job(), Job::Exec(_)),
         }
+    }
+
+    /// Whether the request is an exec job (else an entry job).
+    pub(crate) fn is_exec(&self) -> bool {
+        self.exec
     }
 }
 

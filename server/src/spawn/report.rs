@@ -105,6 +105,7 @@ pub(crate) fn failure_reply(report: &[u8; 5], ctx: Option<&Context>) -> Message 
     let e = Errno::from_raw(errno);
     let why = format!("{} ({e:?})", e.desc());
     let stage = Stage::from_byte(report[0]);
+    tracing::debug!(stage = ?stage, errno, "child failure report");
     let c = ctx.map(|c| &c.identity.credentials);
     let call = match stage {
         Stage::Exec => {

@@ -60,6 +60,7 @@ MAX_PID = (1 << 31) - 1
 
 HELLO, HELLO_OK, AUTH, AUTH_OK = 0x01, 0x02, 0x03, 0x04
 SPAWN, SIGNAL, STATUS_REQUEST, FEATURES_REQUEST = 0x10, 0x11, 0x12, 0x13   # 0x13: rev 0.6
+METRICS_REQUEST, METRICS = 0x14, 0x25                                      # rev 0.6
 PID, EXIT, SIGNALED, STATUS, FEATURES, ERROR = 0x20, 0x21, 0x22, 0x23, 0x24, 0x2F  # 0x24: rev 0.6
 
 TAG_NAMES = {
@@ -67,10 +68,13 @@ TAG_NAMES = {
     SIGNAL: "Signal", STATUS_REQUEST: "StatusRequest", PID: "Pid", EXIT: "Exit",
     SIGNALED: "Signaled", STATUS: "Status", ERROR: "Error",
     FEATURES_REQUEST: "FeaturesRequest", FEATURES: "Features",
+    METRICS_REQUEST: "MetricsRequest", METRICS: "Metrics",
 }
 TAGS = {name: tag for tag, name in TAG_NAMES.items()}
+# Exit is variable-size from rev 0.6 (8 bytes, or 32 with USAGE).
 FIXED_BODY_LEN = {HELLO: 8, AUTH: 64, AUTH_OK: 32, SIGNAL: 4, STATUS_REQUEST: 0, PID: 4,
-                  EXIT: 8, SIGNALED: 0, FEATURES_REQUEST: 0, FEATURES: 16}
+                  SIGNALED: 0, FEATURES_REQUEST: 0, FEATURES: 16, METRICS_REQUEST: 0,
+                  METRICS: 120}
 MAX_NFDS_FOR_TAG = {SPAWN: MAX_FDS, PID: 1}            # every other tag: 0 (§4.2)
 
 MAGIC = b"FKSV"
@@ -82,22 +86,31 @@ SERVER_LABEL = b"forkserver auth v1 server"
 NEW_SESSION, NEW_PROCESS_GROUP, WANT_PIDFD, PID_AFTER_EXEC, KILL_ON_DISCONNECT = 1, 2, 4, 8, 16
 KEEP_CONNECTION = 32                   # rev 0.3
 SET_UID, SET_GID, SET_GROUPS, JOIN_PROCESS_GROUP, ENV_REMOVE = 64, 128, 256, 512, 1024  # rev 0.5
-SPAWN_FLAGS_MASK = 0x7FF
+WANT_RUSAGE = 2048                     # rev 0.6
+SPAWN_FLAGS_MASK = 0xFFF
 FLAG_NAMES = {
     NEW_SESSION: "NEW_SESSION", NEW_PROCESS_GROUP: "NEW_PROCESS_GROUP", WANT_PIDFD: "WANT_PIDFD",
     PID_AFTER_EXEC: "PID_AFTER_EXEC", KILL_ON_DISCONNECT: "KILL_ON_DISCONNECT",
     KEEP_CONNECTION: "KEEP_CONNECTION", SET_UID: "SET_UID", SET_GID: "SET_GID",
     SET_GROUPS: "SET_GROUPS", JOIN_PROCESS_GROUP: "JOIN_PROCESS_GROUP", ENV_REMOVE: "ENV_REMOVE",
+    WANT_RUSAGE: "WANT_RUSAGE",
 }
 # What a server before rev 0.6 (no Features) is taken to implement: bits 0-4 (§5.14, §8).
 PRE_0_6_SPAWN_FLAGS = 0x1F
 # The revision this client implements, and what it sends in Features (§5.14).
 REVISION = (0, 6)
-REQUESTS_MASK = 0xF                    # Spawn, Signal, StatusRequest, FeaturesRequest
+REQUESTS_MASK = 0x1F                   # Spawn, Signal, StatusRequest, FeaturesRequest, Metrics
 SESSION_FLAGS = NEW_SESSION | NEW_PROCESS_GROUP | JOIN_PROCESS_GROUP
 JOB_ENTRY, JOB_EXEC = 1, 2
 # Exit.flags (§5.9)
-DEADLINE_EXPIRED, CORE_DUMPED = 1, 2
+DEADLINE_EXPIRED, CORE_DUMPED, USAGE = 1, 2, 4     # USAGE: rev 0.6
+EXIT_FLAGS_MASK = DEADLINE_EXPIRED | CORE_DUMPED | USAGE
+USAGE_FIELDS = ("user_us", "system_us", "maxrss_kib")
+# The fifteen u64 fields of Metrics, in wire order (§5.16, rev 0.6).
+METRICS_FIELDS = ("uptime_s", "spawns_exec_ok", "spawns_exec_failed", "spawns_exec_setup_failed",
+                  "spawns_entry_ok", "spawns_entry_setup_failed", "kills_deadline",
+                  "kills_disconnect", "refused_quota", "refused_peer", "refused_max_children",
+                  "auth_failures", "orphans_reaped", "pool_size", "pool_idle")
 
 ERROR_NAMES = {
     1: "Malformed", 2: "UnsupportedVersion", 3: "AuthRequired", 4: "AuthFailed",
@@ -220,7 +233,7 @@ def encode_auth_ok(response):
 
 def encode_spawn(job, fd_targets=(), session="inherit", want_pidfd=False, pid_after_exec=False,
                  kill_on_disconnect=False, deadline_ms=0, keep_connection=False, uid=None,
-                 gid=None, groups=None, pgid=None):
+                 gid=None, groups=None, pgid=None, want_rusage=False):
     """job: {"kind": "exec", "program", "args", "env_clear", "env", "cwd"[, "env_remove"]} or
     {"kind": "entry", "name", "payload"} (the decoded form of §10.8, with bytes). session
     "join_process_group" takes pgid; uid, gid, groups (a list) are set when not None (rev 0.5)."""
@@ -231,7 +244,8 @@ def encode_spawn(job, fd_targets=(), session="inherit", want_pidfd=False, pid_af
               | KILL_ON_DISCONNECT * bool(kill_on_disconnect)
               | KEEP_CONNECTION * bool(keep_connection)
               | SET_UID * (uid is not None) | SET_GID * (gid is not None)
-              | SET_GROUPS * (groups is not None) | ENV_REMOVE * bool(removals))
+              | SET_GROUPS * (groups is not None) | ENV_REMOVE * bool(removals)
+              | WANT_RUSAGE * bool(want_rusage))
     body = struct.pack("<IQ", flags, deadline_ms)
     body += b"".join(struct.pack("<I", t) for t in fd_targets)
     # The optional fields of rev 0.5, in the order of their bits (§5.5.1).
@@ -279,9 +293,23 @@ def encode_pid(pid, pidfd=False):
     return _frame(PID, struct.pack("<I", pid), 1 if pidfd else 0)
 
 
-def encode_exit(code, deadline_expired=False, core_dumped=False):
-    flags = DEADLINE_EXPIRED * bool(deadline_expired) | CORE_DUMPED * bool(core_dumped)
-    return _frame(EXIT, struct.pack("<iB3x", code, flags))
+def encode_exit(code, deadline_expired=False, core_dumped=False, usage=None):
+    """usage: None, or a dict of USAGE_FIELDS (rev 0.6: the USAGE flag and its fields)."""
+    flags = (DEADLINE_EXPIRED * bool(deadline_expired) | CORE_DUMPED * bool(core_dumped)
+             | USAGE * (usage is not None))
+    body = struct.pack("<iB3x", code, flags)
+    if usage is not None:
+        body += struct.pack("<QQQ", *(usage[k] for k in USAGE_FIELDS))
+    return _frame(EXIT, body)
+
+
+def encode_metrics_request():
+    return _frame(METRICS_REQUEST, b"")
+
+
+def encode_metrics(**fields):
+    """fields: the METRICS_FIELDS by name (missing ones are 0)."""
+    return _frame(METRICS, struct.pack("<15Q", *(fields.get(k, 0) for k in METRICS_FIELDS)))
 
 
 def encode_signaled():
@@ -316,20 +344,25 @@ def encode_message(msg):
         return encode_spawn(msg["job"], msg["fd_targets"], msg["session"], msg["want_pidfd"],
                             msg["pid_after_exec"], msg["kill_on_disconnect"], msg["deadline_ms"],
                             msg.get("keep_connection", False), msg.get("uid"), msg.get("gid"),
-                            msg.get("groups"), msg.get("pgid"))
+                            msg.get("groups"), msg.get("pgid"), msg.get("want_rusage", False))
     if t == "Signal":
         return encode_signal(msg["signo"])
     if t == "StatusRequest":
         return encode_status_request()
     if t == "FeaturesRequest":
         return encode_features_request()
+    if t == "MetricsRequest":
+        return encode_metrics_request()
+    if t == "Metrics":
+        return encode_metrics(**{k: msg[k] for k in METRICS_FIELDS})
     if t == "Features":
         return encode_features(msg["revision_major"], msg["revision_minor"], msg["spawn_flags"],
                                msg["requests"])
     if t == "Pid":
         return encode_pid(msg["pid"], msg["pidfd"])
     if t == "Exit":
-        return encode_exit(msg["code"], msg["deadline_expired"], msg["core_dumped"])
+        return encode_exit(msg["code"], msg["deadline_expired"], msg["core_dumped"],
+                           msg.get("usage"))
     if t == "Signaled":
         return encode_signaled()
     if t == "Status":
@@ -507,7 +540,8 @@ def _spawn(r, nfds):
             "pid_after_exec": bool(flags & PID_AFTER_EXEC),
             "kill_on_disconnect": bool(flags & KILL_ON_DISCONNECT),
             "keep_connection": bool(flags & KEEP_CONNECTION),
-            "deadline_ms": deadline, "fd_targets": targets, "job": job, **extra}
+            "deadline_ms": deadline, "fd_targets": targets, "job": job, **extra,
+            **({"want_rusage": True} if flags & WANT_RUSAGE else {})}
 
 
 def _entry_job(r):
@@ -621,14 +655,21 @@ def _pid(r, nfds):
 
 def _exit(r, nfds):
     code, flags, reserved = r.i32(), r.u8(), r.take(3)
-    if reserved != b"\0\0\0":
+    if reserved != b"\0\0\0":                                       # §5.9 check 1
         raise DecodeError("ReservedNotZero", "Exit.reserved")
-    if flags & ~(DEADLINE_EXPIRED | CORE_DUMPED):
+    if flags & ~EXIT_FLAGS_MASK:                                        # §5.9 check 2
         raise DecodeError("ReservedNotZero", f"Exit.flags 0x{flags:x}")
-    if not -MAX_SIGNAL <= code <= 255:
+    if not -MAX_SIGNAL <= code <= 255:                                  # §5.9 check 3
         raise DecodeError("InvalidValue", f"ExitCode {code}")
-    return {"code": code, "deadline_expired": bool(flags & DEADLINE_EXPIRED),
-            "core_dumped": bool(flags & CORE_DUMPED)}
+    msg = {"code": code, "deadline_expired": bool(flags & DEADLINE_EXPIRED),
+           "core_dumped": bool(flags & CORE_DUMPED)}
+    if flags & USAGE:                                                   # §5.9 check 4 (rev 0.6)
+        msg["usage"] = {k: r.u64() for k in USAGE_FIELDS}
+    return msg
+
+
+def _metrics(r, nfds):
+    return {k: r.u64() for k in METRICS_FIELDS}                         # §5.16: no checks
 
 
 def _status(r, nfds):
@@ -677,6 +718,7 @@ _BODY_DECODERS = {
     HELLO: _hello, HELLO_OK: _hello_ok, AUTH: _auth, AUTH_OK: _auth_ok, SPAWN: _spawn,
     SIGNAL: _signal, STATUS_REQUEST: _empty, PID: _pid, EXIT: _exit, SIGNALED: _empty,
     STATUS: _status, ERROR: _error, FEATURES_REQUEST: _empty, FEATURES: _features,
+    METRICS_REQUEST: _empty, METRICS: _metrics,
 }
 
 # --------------------------------------------------------------------------------------------
@@ -881,10 +923,12 @@ class Child:
         self.conn, self.pid, self.pidfd = conn, pid, pidfd
         self.returncode = None                 # signed exit code once known
         self.deadline_expired = self.core_dumped = False
+        self.usage = None                      # rev 0.6: a dict of USAGE_FIELDS with want_rusage
 
     def _on_exit(self, msg):
         self.returncode = msg["code"]
         self.deadline_expired, self.core_dumped = msg["deadline_expired"], msg["core_dumped"]
+        self.usage = msg.get("usage")
 
     def _reply(self, *types):
         """Read the reply to a request; an Exit that arrives first ends the child (§6.6)."""
@@ -951,6 +995,21 @@ class Client:
         finally:
             conn.close()
 
+    def metrics(self):
+        """The server's counters (§5.16), a dict of METRICS_FIELDS. Raises UnsupportedError for
+        a server whose Features lack MetricsRequest (bit 4 of requests), sending nothing."""
+        f = self.features()
+        if f is None or not f["requests"] & (1 << (METRICS_REQUEST - SPAWN)):
+            raise UnsupportedError("MetricsRequest",
+                                   None if f is None else (f["revision_major"], f["revision_minor"]))
+        conn = self.connect()
+        try:
+            conn.send(encode_metrics_request())
+            msg, _ = conn.expect("Metrics")
+            return {k: v for k, v in msg.items() if k != "type"}
+        finally:
+            conn.close()
+
     def features(self, refresh=False):
         """What the server implements (§5.14), asked once and kept: a dict with
         revision_major, revision_minor, spawn_flags, requests; None for a server before rev 0.6,
@@ -978,7 +1037,7 @@ class Client:
         """Run argv[0] (or program) with argv. env: dict or list of (key, value) applied on top of
         the server's environment (or an empty one with env_clear), after env_remove (names taken
         out of the server's environment). fds: {target: fd}. ids: uid, gid, groups, pgid (rev
-        0.5; pgid joins that process group)."""
+        0.5; pgid joins that process group), want_rusage (rev 0.6: Child.usage after wait)."""
         env = list(env.items()) if isinstance(env, dict) else list(env or [])
         job = {"kind": "exec", "program": _b(program if program is not None else argv[0]),
                "args": [_b(a) for a in argv], "env_clear": env_clear,
@@ -994,7 +1053,8 @@ class Client:
                            False, kill_on_disconnect, **ids)
 
     def _spawn(self, job, fds, new_session, new_process_group, deadline_ms, want_pidfd,
-               pid_after_exec, kill_on_disconnect, uid=None, gid=None, groups=None, pgid=None):
+               pid_after_exec, kill_on_disconnect, uid=None, gid=None, groups=None, pgid=None,
+               want_rusage=False):
         fds = dict(fds or {})
         if len(fds) > MAX_FDS:
             raise ValueError(f"{len(fds)} fds: at most {MAX_FDS} per spawn")
@@ -1002,7 +1062,8 @@ class Client:
                    "new_process_group" if new_process_group or pgid == 0 else
                    "join_process_group" if pgid is not None else "inherit")
         frame = encode_spawn(job, list(fds), session, want_pidfd, pid_after_exec,
-                             kill_on_disconnect, deadline_ms, False, uid, gid, groups, pgid)
+                             kill_on_disconnect, deadline_ms, False, uid, gid, groups, pgid,
+                             want_rusage)
         try:
             decode_frame(frame)                # refuse locally what the server must refuse
         except DecodeError as e:

@@ -1,5 +1,5 @@
 //! The options of a `Spawn`: its flag word and the optional fields that flags announce
-//! (PROTOCOL.md §5.5.1, rev 0.5 for bits 6-10).
+//! (PROTOCOL.md §5.5.1, rev 0.5 for bits 6-10, rev 0.6 for bit 11).
 //!
 //! ```text
 //! flags (u32) | deadline_ms (u64) | targets ... | [uid u32] [gid u32] [ngroups u16, gid u32 x n]
@@ -68,7 +68,8 @@ impl Revision {
     pub const R0_3: Self = Self::new(0, 3);
     /// Rev 0.5: ids, process group, environment removals.
     pub const R0_5: Self = Self::new(0, 5);
-    /// Rev 0.6: `FeaturesRequest` and `Features`, the server's list of what it implements.
+    /// Rev 0.6: `FeaturesRequest` and `Features`, the server's list of what it implements;
+    /// `WANT_RUSAGE` and the usage in `Exit`; `MetricsRequest` and `Metrics`.
     pub const R0_6: Self = Self::new(0, 6);
     /// The revision this crate implements, which its `Features` names.
     pub const CURRENT: Self = Self::R0_6;
@@ -269,6 +270,9 @@ spawn_options! {
     /// Exec jobs only: the job body carries names to remove from the inherited environment
     /// (rev 0.5).
     10 ENV_REMOVE, R0_5 => job();
+    /// The `Exit` reply carries the child's resource usage (`wait4`: CPU times, peak RSS;
+    /// PROTOCOL.md §5.9, rev 0.6).
+    11 WANT_RUSAGE, R0_6 => flag(want_rusage);
 }
 
 /// Which session and process group the child lives in.
@@ -320,6 +324,8 @@ pub struct SpawnOptions {
     pub deadline_ms: Option<core::num::NonZeroU64>,
     /// uid, gid and supplementary groups of the child; by default the server's.
     pub credentials: Credentials,
+    /// `WANT_RUSAGE` (rev 0.6): the `Exit` reply carries the child's resource usage.
+    pub want_rusage: bool,
 }
 
 impl SpawnOptions {

@@ -1,0 +1,136 @@
+//! The server's counters for `Metrics` (PROTOCOL.md §5.16, rev 0.6): one [`Metrics`] value,
+//! owned by the event loop, moved only through the methods below (one call at each place
+//! where something happens), read once per `MetricsRequest` by [`Metrics::snapshot`].
+
+use std::time::Instant;
+
+use forkserver_protocol::{ErrorCode, Message};
+
+/// What a child's request ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum JobKind {
+    Exec,
+    Entry,
+}
+
+/// Why a connection or request was refused before any child existed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The connection limit, the handshake quota, or out of fds (`ResourceExhausted`).
+    Quota,
+    /// The peer's credentials (`PermissionDenied`, §9.3).
+    Peer,
+    /// The child limit (`--max-children`).
+    MaxChildren,
+}
+
+/// Why the server killed a child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kill {
+    Deadline,
+    Disconnect,
+}
+
+/// The counters since the server started.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    started: Instant,
+    m: forkserver_protocol::Metrics,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            m: forkserver_protocol::Metrics::default(),
+        }
+    }
+
+    /// The child of a `kind` request ran its job (`failure` is `None`) or reported `failure`,
+    /// its final report (`ExecFailed` or `ChildSetupFailed`; any other error counts as a setup
+    /// failure).
+    pub(crate) fn spawn_result(&mut self, kind: JobKind, failure: Option<&Message>) {
+        let exec_failed =
+            matches!(failure, Some(Message::Error(e)) if e.code() == ErrorCode::ExecFailed);
+        let m = &mut self.m;
+        let counter = match (kind, failure.is_some(), exec_failed) {
+            (JobKind::Exec, false, _) => &mut m.spawns_exec_ok,
+            (JobKind::Exec, true, true) => &mut m.spawns_exec_failed,
+            (JobKind::Exec, true, false) => &mut m.spawns_exec_setup_failed,
+            (JobKind::Entry, false, _) => &mut m.spawns_entry_ok,
+            (JobKind::Entry, true, _) => &mut m.spawns_entry_setup_failed,
+        };
+        *counter += 1;
+    }
+
+    pub(crate) fn killed(&mut self, why: Kill) {
+        match why {
+            Kill::Deadline => self.m.kills_deadline += 1,
+            Kill::Disconnect => self.m.kills_disconnect += 1,
+        }
+    }
+
+    pub(crate) fn refused(&mut self, why: Refusal) {
+        match why {
+            Refusal::Quota => self.m.refused_quota += 1,
+            Refusal::Peer => self.m.refused_peer += 1,
+            Refusal::MaxChildren => self.m.refused_max_children += 1,
+        }
+    }
+
+    /// A connection's final error went out: an `AuthFailed` one is counted.
+    pub(crate) fn closed_with(&mut self, code: ErrorCode) {
+        if code == ErrorCode::AuthFailed {
+            self.m.auth_failures += 1;
+        }
+    }
+
+    /// A child was reaped that no request waited for.
+    pub(crate) fn orphan_reaped(&mut self) {
+        self.m.orphans_reaped += 1;
+    }
+
+    /// The figures now, with the pool's `size` (its target) and `idle` children.
+    pub(crate) fn snapshot(
+        &self,
+        pool_size: usize,
+        pool_idle: usize,
+    ) -> forkserver_protocol::Metrics {
+        forkserver_protocol::Metrics {
+            uptime_s: self.started.elapsed().as_secs(),
+            pool_size: pool_size as u64,
+            pool_idle: pool_idle as u64,
+            ..self.m
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use forkserver_protocol::ErrorReply;
+
+    #[test]
+    fn each_event_moves_its_counter() {
+        let mut m = Metrics::new();
+        let exec_failed = Message::Error(ErrorReply::new(ErrorCode::ExecFailed, 2, "x"));
+        let setup = Message::Error(ErrorReply::new(ErrorCode::ChildSetupFailed, 1, "x"));
+        m.spawn_result(JobKind::Exec, None);
+        m.spawn_result(JobKind::Exec, Some(&exec_failed));
+        m.spawn_result(JobKind::Exec, Some(&setup));
+        m.spawn_result(JobKind::Entry, None);
+        m.spawn_result(JobKind::Entry, Some(&setup));
+        m.killed(Kill::Deadline);
+        m.refused(Refusal::Peer);
+        m.closed_with(ErrorCode::AuthFailed);
+        m.closed_with(ErrorCode::Timeout);
+        m.orphan_reaped();
+        let s = m.snapshot(4, 3);
+        let f = s.fields();
+        assert!(f[1..6].iter().all(|(_, v)| *v == 1), "{f:?}");
+        assert_eq!((s.kills_deadline, s.kills_disconnect), (1, 0));
+        assert_eq!((s.refused_peer, s.refused_quota), (1, 0));
+        assert_eq!((s.auth_failures, s.orphans_reaped), (1, 1));
+        assert_eq!((s.pool_size, s.pool_idle), (4, 3));
+    }
+}
