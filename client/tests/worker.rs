@@ -59,6 +59,14 @@ fn words(seen: &mut Vec<String>, word: String) -> usize {
     seen.len()
 }
 
+/// Gives the bytes back reversed, and counts the bytes seen so far at the end.
+fn reverse(seen: &mut u64, mut bytes: Vec<u8>) -> Vec<u8> {
+    *seen += bytes.len() as u64;
+    bytes.reverse();
+    bytes.extend_from_slice(&seen.to_le_bytes());
+    bytes
+}
+
 fn area((w, h): (u32, u32)) -> u64 {
     u64::from(w) * u64::from(h)
 }
@@ -91,6 +99,7 @@ fn main() {
     Zygote::new()
         .worker_fallible("counter", zero, counter)
         .worker("words", Vec::new, words)
+        .worker("reverse", zero, reverse)
         .typed("area", area)
         .entry("hostile", hostile)
         .serve_if_requested();
@@ -101,6 +110,7 @@ fn main() {
         ("a_panic_ends_the_worker", a_panic_ends_the_worker),
         ("process_exit_in_handle", process_exit_in_handle),
         ("fds_in_requests", fds_in_requests),
+        ("large_requests_and_responses", large_requests_and_responses),
         ("type_mismatch", type_mismatch),
         ("a_hostile_worker", a_hostile_worker),
         ("a_deadline_caps_the_worker", a_deadline_caps_the_worker),
@@ -268,6 +278,28 @@ fn fds_in_requests(client: &Client) {
         assert_eq!(got, "pong", "the worker wrote and closed the pipe");
     }
     w.close().unwrap();
+}
+
+/// Requests and responses over one frame travel in chunks, both ways.
+fn large_requests_and_responses(client: &Client) {
+    for codec in Codec::ALL {
+        let mut w = client
+            .worker::<Vec<u8>, Vec<u8>>("reverse")
+            .codec(codec)
+            .spawn()
+            .unwrap();
+        let mut total = 0u64;
+        for n in [0usize, 10, 200 * 1024, 1024 * 1024] {
+            let req: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+            let got = w.call(&req).unwrap();
+            total += n as u64;
+            let mut want = req.clone();
+            want.reverse();
+            want.extend_from_slice(&total.to_le_bytes());
+            assert!(got == want, "{codec:?}: {n} bytes");
+        }
+        w.close().unwrap();
+    }
 }
 
 fn type_mismatch(client: &Client) {
