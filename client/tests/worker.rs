@@ -353,7 +353,7 @@ fn a_hostile_worker(client: &Client) {
 fn a_deadline_caps_the_worker(client: &Client) {
     let mut w = client
         .worker::<Op, u64>("counter")
-        .deadline(Duration::from_millis(300))
+        .deadline(Duration::from_secs(1))
         .spawn()
         .unwrap();
     assert_eq!(w.call(&Op::Add(1)).unwrap(), 1);
