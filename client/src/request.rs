@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use forkserver_protocol::{
-    spawn_flags, ErrorCode, FdBundle, Features, Frame, Groups, Job, Message, Spawn, SpawnOptions,
-    MAX_FDS,
+    spawn_flags, ErrorCode, FdBundle, Features, Frame, Groups, Job, Message, Rlimit, Rlimits,
+    Spawn, SpawnOptions, MAX_FDS,
 };
 
 use crate::child::Child;
@@ -43,6 +43,8 @@ pub(crate) struct Request {
     deferred_errno: Option<i32>,
     /// Supplementary groups (checked against `MAX_GROUPS` at spawn).
     pub(crate) groups: Option<Vec<u32>>,
+    /// Resource limits, in order (checked against `MAX_RLIMITS` and the wire rules at spawn).
+    pub(crate) rlimits: Vec<Rlimit>,
 }
 
 impl Request {
@@ -190,6 +192,9 @@ impl Request {
             if let Some(g) = &self.groups {
                 options.credentials.groups = Some(Groups::new(g)?);
             }
+            if !self.rlimits.is_empty() {
+                options.rlimits = Some(Rlimits::new(&self.rlimits)?);
+            }
             let (bundle, parents) = self.bundle(defaults)?;
             let (map, fds) = bundle.into_parts();
             let spawn = Spawn::new(options, map, job.clone())?;
@@ -317,6 +322,22 @@ macro_rules! request_setters {
         /// [`forkserver_protocol::MAX_GROUPS`], checked at spawn.
         pub fn groups(&mut self, groups: &[u32]) -> &mut Self {
             self.req.groups = Some(groups.to_vec());
+            self
+        }
+
+        /// The child sets the resource limit `resource` (an `RLIMIT_*` number such as
+        /// `libc::RLIMIT_NOFILE`) to `soft` and `hard` ([`forkserver_protocol::RLIM_INFINITY`]
+        /// for none) before its credentials change, as `setrlimit(2)`; repeatable, applied in
+        /// order, at most [`forkserver_protocol::MAX_RLIMITS`]. An unknown resource or
+        /// `soft > hard` is an error at spawn; raising a hard limit without the server's
+        /// privilege fails the child with `ChildSetupFailed` (`EPERM`). Needs a server of
+        /// protocol rev 0.6 (`SET_RLIMITS`): another gets [`crate::Error::Unsupported`].
+        pub fn rlimit(&mut self, resource: u32, soft: u64, hard: u64) -> &mut Self {
+            self.req.rlimits.push(forkserver_protocol::Rlimit {
+                resource,
+                soft,
+                hard,
+            });
             self
         }
 

@@ -116,6 +116,22 @@ impl<'a> Arbitrary<'a> for SpawnOptions {
             keep_connection: bool::arbitrary(u)?,
             deadline_ms: Option::arbitrary(u)?,
             want_rusage: bool::arbitrary(u)?,
+            rlimits: if bool::arbitrary(u)? {
+                let n = u.int_in_range(0..=crate::MAX_RLIMITS)?;
+                let mut r = crate::Rlimits::default();
+                for _ in 0..n {
+                    let hard = u64::arbitrary(u)?;
+                    let l = crate::Rlimit {
+                        resource: u.int_in_range(0..=15)?,
+                        soft: u.int_in_range(0..=hard)?,
+                        hard,
+                    };
+                    r.push(l).map_err(|_| arbitrary::Error::IncorrectFormat)?;
+                }
+                Some(r)
+            } else {
+                None
+            },
         })
     }
 }

@@ -32,6 +32,8 @@ pub enum Limit {
     TargetFd,
     /// [`crate::MAX_GROUPS`]: supplementary groups of a spawn.
     Groups,
+    /// [`crate::MAX_RLIMITS`]: resource limits of a spawn.
+    Rlimits,
 }
 
 impl Limit {
@@ -49,6 +51,7 @@ impl Limit {
             Self::VersionString => crate::MAX_VERSION_STRING_LEN,
             Self::TargetFd => crate::MAX_TARGET_FD as usize,
             Self::Groups => crate::MAX_GROUPS,
+            Self::Rlimits => crate::MAX_RLIMITS,
         }
     }
 
@@ -66,6 +69,7 @@ impl Limit {
             Self::VersionString => "bytes in a version string",
             Self::TargetFd => "as a target fd number",
             Self::Groups => "supplementary groups",
+            Self::Rlimits => "resource limits",
         }
     }
 }
@@ -168,6 +172,8 @@ pub enum Field {
     EnvRemove,
     /// `Features.revision`: before 0.6, which has no `Features`.
     Revision,
+    /// `Spawn.rlimits`: a resource that is no Linux `RLIMIT_*` number, or soft above hard.
+    Rlimit,
 }
 
 impl Field {
@@ -195,6 +201,7 @@ impl Field {
             Self::Pgid => "the process group",
             Self::EnvRemove => "environment removal",
             Self::Revision => "the revision",
+            Self::Rlimit => "a resource limit",
         }
     }
 

@@ -131,6 +131,7 @@ fn build_valid() -> Vec<(String, String, Message)> {
             deadline_ms: NonZeroU64::new(30_000),
             credentials: Credentials::default(),
             want_rusage: false,
+            rlimits: None,
         };
         add(
             "spawn-exec-full",
@@ -248,6 +249,31 @@ fn build_valid() -> Vec<(String, String, Message)> {
         with(
             SpawnOptions {
                 want_rusage: true,
+                ..SpawnOptions::default()
+            },
+            Job::Exec(echo_job()),
+        ),
+    );
+    add(
+        "spawn-rlimits",
+        "rev 0.6: echo with RLIMIT_NOFILE 64/128 and RLIMIT_CORE 0/infinity (SET_RLIMITS)",
+        with(
+            SpawnOptions {
+                rlimits: Some(
+                    Rlimits::new(&[
+                        Rlimit {
+                            resource: 7,
+                            soft: 64,
+                            hard: 128,
+                        },
+                        Rlimit {
+                            resource: 4,
+                            soft: 0,
+                            hard: RLIM_INFINITY,
+                        },
+                    ])
+                    .unwrap(),
+                ),
                 ..SpawnOptions::default()
             },
             Job::Exec(echo_job()),
@@ -611,15 +637,15 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
     b[3] = 0x80;
     add(
         "spawn-reserved-flag",
-        "Spawn flag bit 31 is reserved (bit 11 is defined since rev 0.6, bits 6-10 since rev 0.5, bit 5 since 0.3)",
+        "Spawn flag bit 31 is reserved (bits 11-12 are defined since rev 0.6, bits 6-10 since rev 0.5, bit 5 since 0.3)",
         spawn(&b, 1),
         E::ReservedNotZero,
     );
     let mut b = echo.clone();
-    b[1] = 0x10;
+    b[1] = 0x20;
     add(
-        "spawn-reserved-flag-12",
-        "Spawn flag bit 12, the lowest reserved bit (bit 11 is WANT_RUSAGE since rev 0.6)",
+        "spawn-reserved-flag-13",
+        "Spawn flag bit 13, the lowest reserved bit (bit 12 is SET_RLIMITS since rev 0.6)",
         spawn(&b, 1),
         E::ReservedNotZero,
     );
@@ -691,6 +717,49 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
         add(
             "spawn-groups-truncated",
             "ngroups = 3 but the body ends after 2 gids",
+            spawn(&b, 1),
+            E::Truncated,
+        );
+    }
+    {
+        let entry = |resource: u32, soft: u64, hard: u64| {
+            let mut e = resource.to_le_bytes().to_vec();
+            e.extend_from_slice(&soft.to_le_bytes());
+            e.extend_from_slice(&hard.to_le_bytes());
+            e
+        };
+        let list = |n: u16, entries: &[Vec<u8>]| {
+            let mut f = n.to_le_bytes().to_vec();
+            f.extend(entries.iter().flatten());
+            f
+        };
+        add(
+            "spawn-rlimits-17",
+            "17 resource limits, one over the limit (checked before the entries are read)",
+            opt(
+                spawn_flags::SET_RLIMITS,
+                &list(17, &vec![entry(7, 1, 1); 17]),
+            ),
+            E::LimitExceeded(Limit::Rlimits),
+        );
+        add(
+            "spawn-rlimit-soft-above-hard",
+            "RLIMIT_NOFILE with soft 129 above hard 128",
+            opt(spawn_flags::SET_RLIMITS, &list(1, &[entry(7, 129, 128)])),
+            E::InvalidValue(Field::Rlimit),
+        );
+        add(
+            "spawn-rlimit-resource-16",
+            "resource 16, past RLIMIT_RTTIME (15), the last Linux resource",
+            opt(spawn_flags::SET_RLIMITS, &list(1, &[entry(16, 1, 1)])),
+            E::InvalidValue(Field::Rlimit),
+        );
+        let mut b = echo[..16].to_vec();
+        b[..4].copy_from_slice(&spawn_flags::SET_RLIMITS.to_le_bytes());
+        b.extend_from_slice(&list(2, &[entry(7, 64, 128)]));
+        add(
+            "spawn-rlimits-truncated",
+            "nrlimits = 2 but the body ends after one entry",
             spawn(&b, 1),
             E::Truncated,
         );

@@ -88,6 +88,13 @@ pub fn to_json(m: &Message) -> Value {
             if o.want_rusage {
                 v["want_rusage"] = json!(true);
             }
+            if let Some(r) = &o.rlimits {
+                v["rlimits"] = r
+                    .as_slice()
+                    .iter()
+                    .map(|l| json!({"resource": l.resource, "soft": l.soft, "hard": l.hard}))
+                    .collect();
+            }
             if let Session::JoinProcessGroup(pgid) = o.session {
                 v["pgid"] = json!(pgid);
             }

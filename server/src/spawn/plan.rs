@@ -112,16 +112,17 @@ pub(super) struct ExecPlan<'a> {
 
 impl<'a> ExecPlan<'a> {
     /// The child's steps, in order (PROTOCOL.md §6.5): signal dispositions, the parent-death
-    /// signal, the session, the fds, the credentials (last of what needs privilege), the
+    /// signal, the session, the fds, the resource limits, the credentials (last of what needs privilege), the
     /// working directory, the signal mask (last: nothing can be delivered before the
     /// dispositions are reset, and nothing else runs after it but `execve`), the exec. Each
     /// returns `Ok`, or the stage that failed and its errno.
     #[allow(clippy::type_complexity)]
-    const STEPS: [fn(&Self) -> Result<(), (Stage, Errno)>; 7] = [
+    const STEPS: [fn(&Self) -> Result<(), (Stage, Errno)>; 8] = [
         Self::reset_dispositions,
         Self::watch_parent,
         Self::join_session,
         Self::place_fds,
+        Self::set_rlimits,
         Self::take_credentials,
         Self::chdir,
         Self::unblock_signals,
@@ -289,6 +290,12 @@ impl<'a> ExecPlan<'a> {
             }
         }
         Ok(())
+    }
+
+    /// `Identity::set_rlimits`, the fork path's: raw `prlimit64` calls on the plan's copy of
+    /// the limits, no allocation.
+    fn set_rlimits(&self) -> Result<(), (Stage, Errno)> {
+        self.identity.set_rlimits()
     }
 
     /// As `Identity::take_credentials` on the fork path: groups, gid, uid; a uid without

@@ -45,6 +45,19 @@ pub(super) fn setuid(uid: u32) -> Result<(), Errno> {
     check(unsafe { libc::syscall(libc::SYS_setuid, uid) })
 }
 
+/// `prlimit64(0, resource, {soft, hard}, NULL)`: this process's limit (`setrlimit`).
+pub(super) fn set_rlimit(resource: u32, soft: u64, hard: u64) -> Result<(), Errno> {
+    let new = libc::rlimit64 {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    let ptr: *const libc::rlimit64 = &new;
+    let old: *mut libc::rlimit64 = std::ptr::null_mut();
+    // SAFETY: `ptr` points to a `rlimit64` alive for the call; a null old-limit pointer is
+    // allowed (nothing is written back).
+    check(unsafe { libc::syscall(libc::SYS_prlimit64, 0, resource, ptr, old) })
+}
+
 pub(super) fn set_pdeathsig(signo: i32) -> Result<(), Errno> {
     let (opt, sig) = (
         libc::PR_SET_PDEATHSIG,

@@ -10,7 +10,7 @@
 
 use std::os::fd::RawFd;
 
-use forkserver_protocol::{ErrorCode, ErrorReply, Message, Session};
+use forkserver_protocol::{ErrorCode, ErrorReply, Message, Rlimit, Session, RLIM_INFINITY};
 use nix::errno::Errno;
 
 use super::identity::Context;
@@ -135,8 +135,25 @@ pub(crate) fn failure_reply(report: &[u8; 5], ctx: Option<&Context>) -> Message 
             Some(uid) => format!("setuid({uid})"),
             None => "setuid".to_owned(),
         },
+        Stage::Rlimit(i) => {
+            let limits = ctx.and_then(|c| c.identity.rlimits);
+            match limits.and_then(|l| l.as_slice().get(usize::from(i)).copied()) {
+                Some(l) => format!("setrlimit({})", rlimit_args(&l)),
+                None => "setrlimit".to_owned(),
+            }
+        }
     };
     ErrorReply::new(ErrorCode::ChildSetupFailed, errno, format!("{call}: {why}")).into()
+}
+
+/// `RLIMIT_NOFILE, 64, 1048576` (`RLIM_INFINITY` for no limit).
+fn rlimit_args(l: &Rlimit) -> String {
+    let value = |v: u64| match v {
+        RLIM_INFINITY => "RLIM_INFINITY".to_owned(),
+        v => v.to_string(),
+    };
+    let resource = Rlimit::resource_name(l.resource).unwrap_or_else(|| l.resource.to_string());
+    format!("{resource}, {}, {}", value(l.soft), value(l.hard))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The options of a `Spawn`: its flag word and the optional fields that flags announce
-//! (PROTOCOL.md §5.5.1, rev 0.5 for bits 6-10, rev 0.6 for bit 11).
+//! (PROTOCOL.md §5.5.1, rev 0.5 for bits 6-10, rev 0.6 for bits 11-12).
 //!
 //! ```text
 //! flags (u32) | deadline_ms (u64) | targets ... | [uid u32] [gid u32] [ngroups u16, gid u32 x n]
@@ -50,6 +50,7 @@
 
 pub use super::fields::Groups;
 use super::fields::{FieldCodec, Gid, Pgid, Uid};
+pub use super::rlimits::Rlimits;
 use crate::codec::wire::{Reader, Sink};
 use crate::error::{BuildError, DecodeError, Field};
 
@@ -69,7 +70,8 @@ impl Revision {
     /// Rev 0.5: ids, process group, environment removals.
     pub const R0_5: Self = Self::new(0, 5);
     /// Rev 0.6: `FeaturesRequest` and `Features`, the server's list of what it implements;
-    /// `WANT_RUSAGE` and the usage in `Exit`; `MetricsRequest` and `Metrics`.
+    /// `WANT_RUSAGE` and the usage in `Exit`; `MetricsRequest` and `Metrics`; the per-child
+    /// controls (`SET_RLIMITS`).
     pub const R0_6: Self = Self::new(0, 6);
     /// The revision this crate implements, which its `Features` names.
     pub const CURRENT: Self = Self::R0_6;
@@ -273,6 +275,9 @@ spawn_options! {
     /// The `Exit` reply carries the child's resource usage (`wait4`: CPU times, peak RSS;
     /// PROTOCOL.md §5.9, rev 0.6).
     11 WANT_RUSAGE, R0_6 => flag(want_rusage);
+    /// The body carries resource limits: the child calls `prlimit64(0, resource, ...)` for
+    /// each, in order, before its credentials change (rev 0.6).
+    12 SET_RLIMITS, R0_6 => field(rlimits: Rlimits);
 }
 
 /// Which session and process group the child lives in.
@@ -326,6 +331,8 @@ pub struct SpawnOptions {
     pub credentials: Credentials,
     /// `WANT_RUSAGE` (rev 0.6): the `Exit` reply carries the child's resource usage.
     pub want_rusage: bool,
+    /// `SET_RLIMITS` (rev 0.6): the limits the child sets, in order.
+    pub rlimits: Option<Rlimits>,
 }
 
 impl SpawnOptions {

@@ -1,0 +1,81 @@
+//! The per-child controls of `forkserver run` (protocol rev 0.6): the flags, their parsing and
+//! how they go on the client's [`Command`].
+
+use clap::Args;
+use forkserver_client::Command;
+use forkserver_protocol::{Rlimit, RLIMIT_NAMES, RLIM_INFINITY};
+
+/// What the command's process gets besides its argv, environment and fds.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct Controls {
+    /// Set a resource limit of the command before it runs: NAME is an RLIMIT_* resource
+    /// lowercased without the prefix (nofile, nproc, core, as, cpu, ...), SOFT and HARD a
+    /// number or `infinity`; HARD defaults to SOFT, as `prlimit --nofile=64` and systemd's
+    /// `LimitNOFILE=64` do (repeatable).
+    #[arg(long = "rlimit", value_name = "NAME=SOFT[:HARD]", value_parser = parse_rlimit)]
+    pub rlimits: Vec<Rlimit>,
+}
+
+impl Controls {
+    /// Puts the controls on `cmd`.
+    pub(crate) fn apply(&self, cmd: &mut Command) {
+        for l in &self.rlimits {
+            cmd.rlimit(l.resource, l.soft, l.hard);
+        }
+    }
+}
+
+/// `NAME=SOFT[:HARD]`, e.g. `nofile=64:128`, `core=0`, `as=infinity`.
+fn parse_rlimit(s: &str) -> Result<Rlimit, String> {
+    let (name, values) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected NAME=SOFT[:HARD], e.g. nofile=64:128"))?;
+    let resource = Rlimit::resource_by_name(&name.to_ascii_lowercase()).ok_or_else(|| {
+        format!(
+            "`{name}` is not a resource limit; one of {}",
+            RLIMIT_NAMES.join(", ")
+        )
+    })?;
+    let value = |v: &str| match v {
+        "infinity" | "unlimited" => Ok(RLIM_INFINITY),
+        v => v
+            .parse::<u64>()
+            .map_err(|e| format!("`{v}`: {e} (a number or `infinity`)")),
+    };
+    let (soft, hard) = match values.split_once(':') {
+        Some((soft, hard)) => (value(soft)?, value(hard)?),
+        None => {
+            let v = value(values)?;
+            (v, v)
+        }
+    };
+    if soft > hard {
+        return Err(format!(
+            "{name}: the soft limit {soft} is above the hard limit {hard}"
+        ));
+    }
+    Ok(Rlimit {
+        resource,
+        soft,
+        hard,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rlimits_parse_as_prlimit_takes_them() {
+        let l = parse_rlimit("nofile=64:128").unwrap();
+        assert_eq!((l.resource, l.soft, l.hard), (7, 64, 128));
+        let l = parse_rlimit("core=0").unwrap();
+        assert_eq!((l.resource, l.soft, l.hard), (4, 0, 0));
+        let l = parse_rlimit("AS=1024:infinity").unwrap();
+        assert_eq!((l.resource, l.soft, l.hard), (9, 1024, RLIM_INFINITY));
+        assert!(parse_rlimit("nofile=128:64").is_err());
+        assert!(parse_rlimit("files=1").unwrap_err().contains("nofile"));
+        assert!(parse_rlimit("nofile").is_err());
+        assert!(parse_rlimit("nofile=x").is_err());
+    }
+}
