@@ -14,6 +14,20 @@ pub(crate) struct Controls {
     /// `LimitNOFILE=64` do (repeatable).
     #[arg(long = "rlimit", value_name = "NAME=SOFT[:HARD]", value_parser = parse_rlimit)]
     pub rlimits: Vec<Rlimit>,
+    /// The command's umask, in octal (e.g. 077).
+    #[arg(long, value_name = "MODE", value_parser = parse_umask)]
+    pub umask: Option<u16>,
+    /// The command's nice value, -20 (most favourable) to 19.
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub nice: Option<i32>,
+    /// The command cannot gain privileges through execve (PR_SET_NO_NEW_PRIVS).
+    #[arg(long)]
+    pub no_new_privs: bool,
+    /// The command's OOM score adjustment, -1000 (never killed) to 1000.
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-1000..=1000))]
+    pub oom_score_adj: Option<i32>,
 }
 
 impl Controls {
@@ -22,6 +36,25 @@ impl Controls {
         for l in &self.rlimits {
             cmd.rlimit(l.resource, l.soft, l.hard);
         }
+        if let Some(m) = self.umask {
+            cmd.umask(m);
+        }
+        if let Some(n) = self.nice {
+            cmd.nice(n);
+        }
+        cmd.no_new_privs(self.no_new_privs);
+        if let Some(n) = self.oom_score_adj {
+            cmd.oom_score_adj(n);
+        }
+    }
+}
+
+/// An octal mode of at most 0o777 (`077`, `0o077`).
+fn parse_umask(s: &str) -> Result<u16, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u16::from_str_radix(digits, 8) {
+        Ok(m) if m <= forkserver_protocol::MAX_UMASK => Ok(m),
+        _ => Err(format!("`{s}`: an octal mode of at most 777")),
     }
 }
 
@@ -77,5 +110,13 @@ mod tests {
         assert!(parse_rlimit("files=1").unwrap_err().contains("nofile"));
         assert!(parse_rlimit("nofile").is_err());
         assert!(parse_rlimit("nofile=x").is_err());
+    }
+
+    #[test]
+    fn umasks_are_octal() {
+        assert_eq!(parse_umask("077"), Ok(0o077));
+        assert_eq!(parse_umask("0o027"), Ok(0o027));
+        assert!(parse_umask("1000").is_err());
+        assert!(parse_umask("8").is_err());
     }
 }

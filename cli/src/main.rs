@@ -5,7 +5,8 @@
 //!                  [--key-file PATH] [--kill-children-with-server] [--prefork N]
 //!                  [--max-children N] [--shutdown-timeout SECS] [--log-format text|json]
 //! forkserver run [--socket PATH] [--key-file PATH] [--server-uid UID] [--fd N]...
-//!                [--deadline SECS] [--time] [--rlimit NAME=SOFT[:HARD]]... -- CMD [ARGS...]
+//!                [--deadline SECS] [--time] [--rlimit NAME=SOFT[:HARD]]...
+//!                [--umask MODE] [--nice N] [--no-new-privs] [--oom-score-adj N] -- CMD [ARGS...]
 //! forkserver status [--socket PATH] [--key-file PATH] [--server-uid UID]
 //!                   [--format text|json|prometheus]
 //! ```

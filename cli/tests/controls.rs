@@ -128,3 +128,161 @@ fn run_rlimit_sets_the_commands_limits() {
         "{out:?}"
     );
 }
+
+/// What `cat /proc/self/status /proc/self/stat /proc/self/oom_score_adj` printed: Umask,
+/// NoNewPrivs, the nice field of stat, the OOM score adjustment, and Uid (real).
+fn controls_seen(out: &str) -> (String, String, String, String, String) {
+    let status = |key: &str| {
+        let line = out.lines().find(|l| l.starts_with(key));
+        let line = line.unwrap_or_else(|| panic!("no {key} in {out}"));
+        line[key.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let stat = out.lines().find(|l| l.contains(" (cat) ")).unwrap();
+    // Fields after the command: state is field 3, nice field 19.
+    let after: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    let oom = out.lines().last().unwrap().to_owned();
+    (
+        status("Umask:"),
+        status("NoNewPrivs:"),
+        after[19 - 3].to_owned(),
+        oom,
+        status("Uid:"),
+    )
+}
+
+const SEE: [&str; 3] = [
+    "/proc/self/status",
+    "/proc/self/stat",
+    "/proc/self/oom_score_adj",
+];
+
+/// Whether this process has CAP_SYS_RESOURCE (bit 24 of CapEff), which a lower OOM score needs.
+fn has_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    let bits = u64::from_str_radix(eff.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    bits & (1 << 24) != 0
+}
+
+#[test]
+fn umask_nice_no_new_privs_and_oom_score_are_what_the_child_sees() {
+    for (path, srv) in servers() {
+        let client = Client::connect(&srv.socket).unwrap();
+        let out = client
+            .command("cat")
+            .args(SEE)
+            .umask(0o077)
+            .nice(10)
+            .no_new_privs(true)
+            .oom_score_adj(500)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{path}: {out:?}");
+        let seen = controls_seen(&String::from_utf8(out.stdout).unwrap());
+        let own = |s: &str| s.to_owned();
+        assert_eq!(
+            (seen.0, seen.1, seen.2, seen.3),
+            (own("0077"), own("1"), own("10"), own("500")),
+            "{path}"
+        );
+        // Without them the child has the server's.
+        let out = client.command("cat").args(SEE).output().unwrap();
+        let seen = controls_seen(&String::from_utf8(out.stdout).unwrap());
+        let proc = |f: &str| std::fs::read_to_string(format!("/proc/{}/{f}", srv.pid())).unwrap();
+        let stat = proc("stat");
+        let after: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+        let server = (own(after[19 - 3]), own(proc("oom_score_adj").trim()));
+        assert_eq!((seen.1, (seen.2, seen.3)), (own("0"), server), "{path}");
+    }
+}
+
+#[test]
+fn the_controls_come_before_the_credentials() {
+    if nix::unistd::geteuid().as_raw() != 0 {
+        return; // a change of uid needs root
+    }
+    let srv = Server::start(&[]);
+    let client = Client::connect(&srv.socket).unwrap();
+    // A nice value below the server's needs CAP_SYS_NICE, which uid 65534 has no more.
+    let out = client
+        .command("cat")
+        .args(SEE)
+        .uid(65534)
+        .gid(65534)
+        .groups(&[])
+        .nice(-5)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let seen = controls_seen(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!((seen.2.as_str(), seen.4.as_str()), ("-5", "65534"));
+}
+
+#[test]
+fn a_refused_oom_score_names_the_write_and_its_value() {
+    for (path, srv) in servers() {
+        let client = Client::connect(&srv.socket).unwrap();
+        let r = client
+            .command("cat")
+            .arg("/proc/self/oom_score_adj")
+            .oom_score_adj(-500)
+            .output();
+        if has_sys_resource() {
+            assert_eq!(r.unwrap().stdout, b"-500\n", "{path}");
+            continue;
+        }
+        // Below 0 (the server's minimum) without CAP_SYS_RESOURCE: EACCES.
+        let e = r.unwrap_err();
+        assert_eq!(
+            e.server_code(),
+            Some(ErrorCode::ChildSetupFailed),
+            "{path}: {e}"
+        );
+        assert_eq!(e.errno(), Some(nix::libc::EACCES), "{path}: {e}");
+        let text = r#"write("/proc/self/oom_score_adj", "-500"): Permission denied (EACCES)"#;
+        assert!(e.to_string().contains(text), "{path}: {e}");
+    }
+}
+
+#[test]
+fn run_sets_umask_nice_no_new_privs_and_oom_score() {
+    let srv = Server::start(&[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_forkserver"))
+        .args(["run", "--socket"])
+        .arg(&srv.socket)
+        .args(["--umask", "027", "--nice", "7", "--no-new-privs"])
+        .args(["--oom-score-adj", "300", "--", "cat"])
+        .args(SEE)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let seen = controls_seen(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(
+        (
+            seen.0.as_str(),
+            seen.1.as_str(),
+            seen.2.as_str(),
+            seen.3.as_str()
+        ),
+        ("0027", "1", "7", "300")
+    );
+    // Out of range: refused before anything runs.
+    for bad in [
+        &["--nice", "20"][..],
+        &["--umask", "1000"],
+        &["--oom-score-adj", "-1001"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_forkserver"))
+            .args(["run", "--socket"])
+            .arg(&srv.socket)
+            .args(bad)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
+    }
+}

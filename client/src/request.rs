@@ -341,6 +341,35 @@ macro_rules! request_setters {
             self
         }
 
+        /// The child's umask (`umask(2)`), at most `0o777` (checked at spawn). Needs rev 0.6,
+        /// as do [`Self::nice`], [`Self::no_new_privs`] and [`Self::oom_score_adj`].
+        pub fn umask(&mut self, mask: u16) -> &mut Self {
+            self.req.options.umask = Some(mask);
+            self
+        }
+
+        /// The child's nice value, -20..=19 (`setpriority(PRIO_PROCESS, 0, nice)`; checked at
+        /// spawn). Below the server's own needs its `CAP_SYS_NICE`: else `ChildSetupFailed`
+        /// (`EACCES`).
+        pub fn nice(&mut self, nice: i32) -> &mut Self {
+            self.req.options.nice = Some(nice);
+            self
+        }
+
+        /// Whether the child sets `PR_SET_NO_NEW_PRIVS`: its `execve` then grants no privilege
+        /// (setuid bits, file capabilities are ignored), as systemd's `NoNewPrivileges=`.
+        pub fn no_new_privs(&mut self, on: bool) -> &mut Self {
+            self.req.options.no_new_privs = on;
+            self
+        }
+
+        /// The child's `/proc/self/oom_score_adj`, -1000..=1000 (checked at spawn), as
+        /// systemd's `OOMScoreAdjust=`. Below the server's own needs `CAP_SYS_RESOURCE`.
+        pub fn oom_score_adj(&mut self, adj: i32) -> &mut Self {
+            self.req.options.oom_score_adj = Some(adj);
+            self
+        }
+
         /// Whether the server reports the child's resource usage (CPU times, peak RSS, from
         /// `wait4`) with its exit: [`crate::ExitStatus::resource_usage`]. Default `false`.
         /// Needs a server of protocol rev 0.6 (`WANT_RUSAGE`): another gets

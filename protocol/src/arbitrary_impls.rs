@@ -132,6 +132,19 @@ impl<'a> Arbitrary<'a> for SpawnOptions {
             } else {
                 None
             },
+            umask: match bool::arbitrary(u)? {
+                true => Some(u.int_in_range(0..=crate::MAX_UMASK)?),
+                false => None,
+            },
+            nice: match bool::arbitrary(u)? {
+                true => Some(u.int_in_range(crate::NICE_RANGE)?),
+                false => None,
+            },
+            no_new_privs: bool::arbitrary(u)?,
+            oom_score_adj: match bool::arbitrary(u)? {
+                true => Some(u.int_in_range(crate::OOM_SCORE_ADJ_RANGE)?),
+                false => None,
+            },
         })
     }
 }

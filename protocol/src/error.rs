@@ -174,6 +174,12 @@ pub enum Field {
     Revision,
     /// `Spawn.rlimits`: a resource that is no Linux `RLIMIT_*` number, or soft above hard.
     Rlimit,
+    /// `Spawn.umask`: a bit above `0o777`.
+    Umask,
+    /// `Spawn.nice`: outside `-20..=19`.
+    Nice,
+    /// `Spawn.oom_score_adj`: outside `-1000..=1000`.
+    OomScoreAdj,
 }
 
 impl Field {
@@ -202,6 +208,9 @@ impl Field {
             Self::EnvRemove => "environment removal",
             Self::Revision => "the revision",
             Self::Rlimit => "a resource limit",
+            Self::Umask => "the umask",
+            Self::Nice => "the nice value",
+            Self::OomScoreAdj => "the OOM score adjustment",
         }
     }
 

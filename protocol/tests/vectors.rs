@@ -132,6 +132,10 @@ fn build_valid() -> Vec<(String, String, Message)> {
             credentials: Credentials::default(),
             want_rusage: false,
             rlimits: None,
+            umask: None,
+            nice: None,
+            no_new_privs: false,
+            oom_score_adj: None,
         };
         add(
             "spawn-exec-full",
@@ -274,6 +278,20 @@ fn build_valid() -> Vec<(String, String, Message)> {
                     ])
                     .unwrap(),
                 ),
+                ..SpawnOptions::default()
+            },
+            Job::Exec(echo_job()),
+        ),
+    );
+    add(
+        "spawn-controls",
+        "rev 0.6: echo with umask 077, nice 10, no_new_privs and oom_score_adj 500",
+        with(
+            SpawnOptions {
+                umask: Some(0o077),
+                nice: Some(10),
+                no_new_privs: true,
+                oom_score_adj: Some(500),
                 ..SpawnOptions::default()
             },
             Job::Exec(echo_job()),
@@ -637,15 +655,15 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
     b[3] = 0x80;
     add(
         "spawn-reserved-flag",
-        "Spawn flag bit 31 is reserved (bits 11-12 are defined since rev 0.6, bits 6-10 since rev 0.5, bit 5 since 0.3)",
+        "Spawn flag bit 31 is reserved (bits 11-16 are defined since rev 0.6, bits 6-10 since rev 0.5, bit 5 since 0.3)",
         spawn(&b, 1),
         E::ReservedNotZero,
     );
     let mut b = echo.clone();
-    b[1] = 0x20;
+    b[2] = 0x02;
     add(
-        "spawn-reserved-flag-13",
-        "Spawn flag bit 13, the lowest reserved bit (bit 12 is SET_RLIMITS since rev 0.6)",
+        "spawn-reserved-flag-17",
+        "Spawn flag bit 17, the lowest reserved bit (bits 11-16 are defined since rev 0.6)",
         spawn(&b, 1),
         E::ReservedNotZero,
     );
@@ -733,6 +751,31 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
             f.extend(entries.iter().flatten());
             f
         };
+        let i32s = |v: i32| v.to_le_bytes().to_vec();
+        add(
+            "spawn-umask-0o1000",
+            "umask 0o1000, a bit above the permission bits",
+            opt(spawn_flags::SET_UMASK, &0o1000u16.to_le_bytes()),
+            E::InvalidValue(Field::Umask),
+        );
+        add(
+            "spawn-nice-20",
+            "nice 20, one above the highest (19)",
+            opt(spawn_flags::SET_NICE, &i32s(20)),
+            E::InvalidValue(Field::Nice),
+        );
+        add(
+            "spawn-nice-minus-21",
+            "nice -21, one below the lowest (-20)",
+            opt(spawn_flags::SET_NICE, &i32s(-21)),
+            E::InvalidValue(Field::Nice),
+        );
+        add(
+            "spawn-oom-score-adj-1001",
+            "oom_score_adj 1001, one above the highest (1000)",
+            opt(spawn_flags::SET_OOM_SCORE_ADJ, &i32s(1001)),
+            E::InvalidValue(Field::OomScoreAdj),
+        );
         add(
             "spawn-rlimits-17",
             "17 resource limits, one over the limit (checked before the entries are read)",

@@ -1235,7 +1235,8 @@ def identity_checks(credentials=True):
 
 
 def control_checks(valid):
-    """Rev 0.6 per-child controls (§5.5.1, §6.5): resource limits."""
+    """Rev 0.6 per-child controls (§5.5.1, §6.5): resource limits, umask, nice, no_new_privs,
+    oom_score_adj."""
     byname = {v["name"]: v for v in valid}
 
     def limit_line(text, name):
@@ -1273,6 +1274,33 @@ def control_checks(valid):
             msg, _ = c.expect("Exit")
             require(msg["code"] == 0, f"exit {msg}")
     check("valid/spawn-rlimits: Pid, Exit 0", vector)
+
+    def controls():
+        code, out, _ = run_child(["cat", "/proc/self/status", "/proc/self/stat",
+                                  "/proc/self/oom_score_adj"],
+                                 umask=0o077, nice=10, no_new_privs=True, oom_score_adj=500)
+        text = out.decode()
+        require(code == 0, f"cat exited {code}")
+        status = dict(l.split(":", 1) for l in text.splitlines() if ":" in l and "(" not in l)
+        require(status.get("Umask", "").strip() == "0077", f"Umask {status.get('Umask')!r}")
+        require(status.get("NoNewPrivs", "").strip() == "1",
+                f"NoNewPrivs {status.get('NoNewPrivs')!r}")
+        stat = next(l for l in text.splitlines() if " (cat) " in l)
+        nice = stat.rsplit(") ", 1)[1].split()[19 - 3]
+        require(nice == "10", f"nice field {nice}")
+        oom = text.splitlines()[-1]
+        require(oom == "500", f"oom_score_adj {oom}")
+    check("spawn/controls: umask, nice, no_new_privs, oom_score_adj in /proc/self (rev 0.6)",
+          controls)
+
+    def controls_vector():
+        v = byname["spawn-controls"]
+        with Fds(v["nfds"]) as fds, Raw() as c:
+            c.send(bytes.fromhex(v["hex"]), fds)
+            c.expect("Pid")
+            msg, _ = c.expect("Exit")
+            require(msg["code"] == 0, f"exit {msg}")
+    check("valid/spawn-controls: Pid, Exit 0", controls_vector)
 
 
 def main():

@@ -51,7 +51,8 @@ pub use messages::{Message, Tag};
 pub use metrics::Metrics;
 pub use spawn::{
     flags as spawn_flags, Credentials, EntryJob, ExecJob, FdMap, Groups, Job, Revision, Rlimit,
-    Rlimits, Session, Spawn, SpawnOptions, RLIMIT_NAMES, RLIM_INFINITY,
+    Rlimits, Session, Spawn, SpawnOptions, MAX_UMASK, NICE_RANGE, OOM_SCORE_ADJ_RANGE,
+    RLIMIT_NAMES, RLIM_INFINITY,
 };
 pub use status::Status;
 

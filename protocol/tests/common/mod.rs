@@ -95,6 +95,18 @@ pub fn to_json(m: &Message) -> Value {
                     .map(|l| json!({"resource": l.resource, "soft": l.soft, "hard": l.hard}))
                     .collect();
             }
+            if let Some(m) = o.umask {
+                v["umask"] = json!(m);
+            }
+            if let Some(n) = o.nice {
+                v["nice"] = json!(n);
+            }
+            if o.no_new_privs {
+                v["no_new_privs"] = json!(true);
+            }
+            if let Some(n) = o.oom_score_adj {
+                v["oom_score_adj"] = json!(n);
+            }
             if let Session::JoinProcessGroup(pgid) = o.session {
                 v["pgid"] = json!(pgid);
             }

@@ -5,10 +5,11 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
-use forkserver_protocol::{Credentials, ExecJob, Job, Rlimits, Session, Spawn, SpawnOptions};
+use forkserver_protocol::{Credentials, ExecJob, Job, Session, Spawn, SpawnOptions};
 use nix::errno::Errno;
 use nix::unistd::{Gid, Pid, Uid};
 
+use super::controls::Controls;
 use super::stage::{Stage, FAILED_STATUS};
 use crate::sys;
 
@@ -17,8 +18,8 @@ use crate::sys;
 pub(crate) struct Identity {
     pub(crate) session: Session,
     pub(crate) credentials: Credentials,
-    /// `SET_RLIMITS` (rev 0.6), set before the credentials.
-    pub(crate) rlimits: Option<Rlimits>,
+    /// Limits, umask, nice, OOM score, `no_new_privs` (rev 0.6), set before the credentials.
+    pub(crate) controls: Controls,
 }
 
 impl From<&SpawnOptions> for Identity {
@@ -26,7 +27,7 @@ impl From<&SpawnOptions> for Identity {
         Self {
             session: o.session,
             credentials: o.credentials,
-            rlimits: o.rlimits,
+            controls: Controls::from(o),
         }
     }
 }
@@ -42,21 +43,6 @@ impl Identity {
             // The decoder keeps pgid in 1..=i32::MAX.
             Session::JoinProcessGroup(pgid) => nix::unistd::setpgid(me, Pid::from_raw(pgid as i32)),
         }
-    }
-
-    /// Step 4, first: each resource limit in order (`prlimit64`, a raw system call: the same
-    /// function serves the `CLONE_VM` child, which allocates nothing). Fails with the index of
-    /// the limit that failed.
-    pub(crate) fn set_rlimits(&self) -> Result<(), (Stage, Errno)> {
-        let Some(limits) = &self.rlimits else {
-            return Ok(());
-        };
-        for (i, l) in limits.as_slice().iter().enumerate() {
-            // At most MAX_RLIMITS (16) entries: the index fits the stage byte.
-            super::raw::set_rlimit(l.resource, l.soft, l.hard)
-                .map_err(|e| (Stage::Rlimit(i as u8), e))?;
-        }
-        Ok(())
     }
 
     /// Step 4: `setgroups`, `setgid`, `setuid`, in that order (each needs the privilege the

@@ -112,7 +112,7 @@ pub(super) struct ExecPlan<'a> {
 
 impl<'a> ExecPlan<'a> {
     /// The child's steps, in order (PROTOCOL.md §6.5): signal dispositions, the parent-death
-    /// signal, the session, the fds, the resource limits, the credentials (last of what needs privilege), the
+    /// signal, the session, the fds, the resource limits and controls, the credentials (last of what needs privilege), the
     /// working directory, the signal mask (last: nothing can be delivered before the
     /// dispositions are reset, and nothing else runs after it but `execve`), the exec. Each
     /// returns `Ok`, or the stage that failed and its errno.
@@ -122,7 +122,7 @@ impl<'a> ExecPlan<'a> {
         Self::watch_parent,
         Self::join_session,
         Self::place_fds,
-        Self::set_rlimits,
+        Self::apply_controls,
         Self::take_credentials,
         Self::chdir,
         Self::unblock_signals,
@@ -292,10 +292,10 @@ impl<'a> ExecPlan<'a> {
         Ok(())
     }
 
-    /// `Identity::set_rlimits`, the fork path's: raw `prlimit64` calls on the plan's copy of
-    /// the limits, no allocation.
-    fn set_rlimits(&self) -> Result<(), (Stage, Errno)> {
-        self.identity.set_rlimits()
+    /// `Controls::apply`, as on the fork path: raw calls on the plan's copy of the controls
+    /// (the OOM score's text built by the server), no allocation.
+    fn apply_controls(&self) -> Result<(), (Stage, Errno)> {
+        self.identity.controls.apply()
     }
 
     /// As `Identity::take_credentials` on the fork path: groups, gid, uid; a uid without

@@ -136,12 +136,21 @@ pub(crate) fn failure_reply(report: &[u8; 5], ctx: Option<&Context>) -> Message 
             None => "setuid".to_owned(),
         },
         Stage::Rlimit(i) => {
-            let limits = ctx.and_then(|c| c.identity.rlimits);
+            let limits = ctx.and_then(|c| c.identity.controls.rlimits);
             match limits.and_then(|l| l.as_slice().get(usize::from(i)).copied()) {
                 Some(l) => format!("setrlimit({})", rlimit_args(&l)),
                 None => "setrlimit".to_owned(),
             }
         }
+        Stage::Nice => match ctx.and_then(|c| c.identity.controls.nice) {
+            Some(n) => format!("setpriority(PRIO_PROCESS, 0, {n})"),
+            None => "setpriority".to_owned(),
+        },
+        Stage::OomScoreAdj => match ctx.and_then(|c| c.identity.controls.oom_score_adj) {
+            Some(n) => format!("write(\"/proc/self/oom_score_adj\", \"{n}\")"),
+            None => "write(/proc/self/oom_score_adj)".to_owned(),
+        },
+        Stage::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS, 1)".to_owned(),
     };
     ErrorReply::new(ErrorCode::ChildSetupFailed, errno, format!("{call}: {why}")).into()
 }

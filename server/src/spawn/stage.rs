@@ -25,6 +25,12 @@ pub(crate) enum Stage {
     Gid,
     /// `setuid`.
     Uid,
+    /// `setpriority` (rev 0.6).
+    Nice,
+    /// The write of `/proc/self/oom_score_adj` (rev 0.6).
+    OomScoreAdj,
+    /// `prctl(PR_SET_NO_NEW_PRIVS)` (rev 0.6).
+    NoNewPrivs,
     /// `prlimit64` of the `SET_RLIMITS` entry at this index (0..16, rev 0.6).
     Rlimit(u8),
 }
@@ -42,6 +48,9 @@ impl From<Stage> for u8 {
             Stage::Groups => 5,
             Stage::Gid => 6,
             Stage::Uid => 7,
+            Stage::Nice => 8,
+            Stage::OomScoreAdj => 9,
+            Stage::NoNewPrivs => 10,
             Stage::Rlimit(i) => RLIMIT_BASE + (i % forkserver_protocol::MAX_RLIMITS as u8),
         }
     }
@@ -57,6 +66,9 @@ impl Stage {
             5 => Self::Groups,
             6 => Self::Gid,
             7 => Self::Uid,
+            8 => Self::Nice,
+            9 => Self::OomScoreAdj,
+            10 => Self::NoNewPrivs,
             b if (RLIMIT_BASE..RLIMIT_BASE + forkserver_protocol::MAX_RLIMITS as u8)
                 .contains(&b) =>
             {
@@ -81,13 +93,16 @@ mod tests {
             Stage::Groups,
             Stage::Gid,
             Stage::Uid,
+            Stage::Nice,
+            Stage::OomScoreAdj,
+            Stage::NoNewPrivs,
         ];
         all.extend((0..forkserver_protocol::MAX_RLIMITS as u8).map(Stage::Rlimit));
         for s in all {
             assert_eq!(Stage::from_byte(u8::from(s)), s);
         }
         // Bytes no stage uses are setup failures.
-        for b in [0, 8, 31, 48, 255] {
+        for b in [0, 11, 31, 48, 255] {
             assert_eq!(Stage::from_byte(b), Stage::Setup, "{b}");
         }
     }
