@@ -28,6 +28,10 @@ pub(crate) struct Controls {
     #[arg(long, value_name = "N", allow_negative_numbers = true,
           value_parser = clap::value_parser!(i32).range(-1000..=1000))]
     pub oom_score_adj: Option<i32>,
+    /// With --deadline: send SIGTERM at the deadline and SIGKILL this many seconds later
+    /// (a decimal number above 0, at most 4294967 s).
+    #[arg(long, value_name = "SECS", value_parser = parse_grace)]
+    pub grace: Option<std::time::Duration>,
 }
 
 impl Controls {
@@ -46,6 +50,20 @@ impl Controls {
         if let Some(n) = self.oom_score_adj {
             cmd.oom_score_adj(n);
         }
+        if let Some(g) = self.grace {
+            cmd.grace(g);
+        }
+    }
+}
+
+/// A grace period: above 0, at most `u32::MAX` milliseconds (the wire's field).
+fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
+    let max = u64::from(u32::MAX) / 1000;
+    match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= max as f64 => {
+            Ok(std::time::Duration::from_secs_f64(secs))
+        }
+        _ => Err(format!("`{s}`: seconds above 0 and at most {max}")),
     }
 }
 

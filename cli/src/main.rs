@@ -6,7 +6,8 @@
 //!                  [--max-children N] [--shutdown-timeout SECS] [--log-format text|json]
 //! forkserver run [--socket PATH] [--key-file PATH] [--server-uid UID] [--fd N]...
 //!                [--deadline SECS] [--time] [--rlimit NAME=SOFT[:HARD]]...
-//!                [--umask MODE] [--nice N] [--no-new-privs] [--oom-score-adj N] -- CMD [ARGS...]
+//!                [--umask MODE] [--nice N] [--no-new-privs] [--oom-score-adj N]
+//!                [--grace SECS] -- CMD [ARGS...]
 //! forkserver status [--socket PATH] [--key-file PATH] [--server-uid UID]
 //!                   [--format text|json|prometheus]
 //! ```

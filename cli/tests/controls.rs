@@ -6,6 +6,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::Server;
 use forkserver_client::{Client, Stdio};
@@ -285,4 +286,78 @@ fn run_sets_umask_nice_no_new_privs_and_oom_score() {
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
     }
+}
+
+/// A child that says when it is ready, prints `TERM` on each SIGTERM and keeps running.
+const STUBBORN: &str = "trap 'echo TERM' TERM; echo ready; while :; do sleep 0.05; done";
+
+#[test]
+fn grace_sends_sigterm_at_the_deadline_then_sigkill() {
+    for (path, srv) in servers() {
+        let client = Client::connect(&srv.socket).unwrap();
+        let (deadline, grace) = (Duration::from_millis(1500), Duration::from_millis(700));
+        let started = Instant::now();
+        let out = client
+            .command("sh")
+            .args(["-c", STUBBORN])
+            .deadline(deadline)
+            .grace(grace)
+            .output()
+            .unwrap();
+        let took = started.elapsed();
+        let text = String::from_utf8(out.stdout).unwrap();
+        // Killed by the SIGKILL after the grace, not by the SIGTERM it trapped.
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{path}: {text} {:?}",
+            out.status
+        );
+        assert!(out.status.deadline_expired(), "{path}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.first(), Some(&"ready"), "{path}: {text}");
+        assert!(lines.contains(&"TERM"), "{path}: SIGTERM first: {text}");
+        assert!(took >= deadline + grace, "{path}: ended after {took:?}");
+    }
+}
+
+#[test]
+fn a_child_that_ends_on_sigterm_is_not_killed() {
+    let srv = Server::start(&[]);
+    let client = Client::connect(&srv.socket).unwrap();
+    let status = client
+        .command("sleep")
+        .arg("30")
+        .stdin(Stdio::null())
+        .deadline(Duration::from_millis(200))
+        .grace(Duration::from_secs(30))
+        .status()
+        .unwrap();
+    assert_eq!(status.signal(), Some(15), "{status}");
+    assert!(status.deadline_expired());
+}
+
+#[test]
+fn run_grace_sigterms_first() {
+    let srv = Server::start(&[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_forkserver"))
+        .args(["run", "--socket"])
+        .arg(&srv.socket)
+        .args([
+            "--deadline",
+            "1",
+            "--grace",
+            "0.5",
+            "--",
+            "sh",
+            "-c",
+            STUBBORN,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(128 + 9), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("TERM"),
+        "{out:?}"
+    );
 }

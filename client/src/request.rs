@@ -244,6 +244,8 @@ pub(crate) fn deadline_ms(d: Duration) -> Option<NonZeroU64> {
 /// The setters shared by [`Command`] and [`Call`], with their docs.
 macro_rules! request_setters {
     () => {
+        crate::controls::control_setters!();
+
         /// Puts `fd` at fd number `target` in the child. The builder keeps `fd` and sends a
         /// duplicate with each spawn; dropping the builder closes it. A target of 0, 1 or 2
         /// replaces the default stdio (an explicit `stdin`/`stdout`/`stderr` for the same
@@ -322,51 +324,6 @@ macro_rules! request_setters {
         /// [`forkserver_protocol::MAX_GROUPS`], checked at spawn.
         pub fn groups(&mut self, groups: &[u32]) -> &mut Self {
             self.req.groups = Some(groups.to_vec());
-            self
-        }
-
-        /// The child sets the resource limit `resource` (an `RLIMIT_*` number such as
-        /// `libc::RLIMIT_NOFILE`) to `soft` and `hard` ([`forkserver_protocol::RLIM_INFINITY`]
-        /// for none) before its credentials change, as `setrlimit(2)`; repeatable, applied in
-        /// order, at most [`forkserver_protocol::MAX_RLIMITS`]. An unknown resource or
-        /// `soft > hard` is an error at spawn; raising a hard limit without the server's
-        /// privilege fails the child with `ChildSetupFailed` (`EPERM`). Needs a server of
-        /// protocol rev 0.6 (`SET_RLIMITS`): another gets [`crate::Error::Unsupported`].
-        pub fn rlimit(&mut self, resource: u32, soft: u64, hard: u64) -> &mut Self {
-            self.req.rlimits.push(forkserver_protocol::Rlimit {
-                resource,
-                soft,
-                hard,
-            });
-            self
-        }
-
-        /// The child's umask (`umask(2)`), at most `0o777` (checked at spawn). Needs rev 0.6,
-        /// as do [`Self::nice`], [`Self::no_new_privs`] and [`Self::oom_score_adj`].
-        pub fn umask(&mut self, mask: u16) -> &mut Self {
-            self.req.options.umask = Some(mask);
-            self
-        }
-
-        /// The child's nice value, -20..=19 (`setpriority(PRIO_PROCESS, 0, nice)`; checked at
-        /// spawn). Below the server's own needs its `CAP_SYS_NICE`: else `ChildSetupFailed`
-        /// (`EACCES`).
-        pub fn nice(&mut self, nice: i32) -> &mut Self {
-            self.req.options.nice = Some(nice);
-            self
-        }
-
-        /// Whether the child sets `PR_SET_NO_NEW_PRIVS`: its `execve` then grants no privilege
-        /// (setuid bits, file capabilities are ignored), as systemd's `NoNewPrivileges=`.
-        pub fn no_new_privs(&mut self, on: bool) -> &mut Self {
-            self.req.options.no_new_privs = on;
-            self
-        }
-
-        /// The child's `/proc/self/oom_score_adj`, -1000..=1000 (checked at spawn), as
-        /// systemd's `OOMScoreAdjust=`. Below the server's own needs `CAP_SYS_RESOURCE`.
-        pub fn oom_score_adj(&mut self, adj: i32) -> &mut Self {
-            self.req.options.oom_score_adj = Some(adj);
             self
         }
 

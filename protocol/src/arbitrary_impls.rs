@@ -145,6 +145,7 @@ impl<'a> Arbitrary<'a> for SpawnOptions {
                 true => Some(u.int_in_range(crate::OOM_SCORE_ADJ_RANGE)?),
                 false => None,
             },
+            grace_ms: Option::arbitrary(u)?,
         })
     }
 }

@@ -180,6 +180,8 @@ pub enum Field {
     Nice,
     /// `Spawn.oom_score_adj`: outside `-1000..=1000`.
     OomScoreAdj,
+    /// `Spawn.grace_ms`: zero.
+    Grace,
 }
 
 impl Field {
@@ -211,6 +213,7 @@ impl Field {
             Self::Umask => "the umask",
             Self::Nice => "the nice value",
             Self::OomScoreAdj => "the OOM score adjustment",
+            Self::Grace => "the grace period",
         }
     }
 

@@ -136,6 +136,7 @@ fn build_valid() -> Vec<(String, String, Message)> {
             nice: None,
             no_new_privs: false,
             oom_score_adj: None,
+            grace_ms: None,
         };
         add(
             "spawn-exec-full",
@@ -292,6 +293,18 @@ fn build_valid() -> Vec<(String, String, Message)> {
                 nice: Some(10),
                 no_new_privs: true,
                 oom_score_adj: Some(500),
+                ..SpawnOptions::default()
+            },
+            Job::Exec(echo_job()),
+        ),
+    );
+    add(
+        "spawn-grace",
+        "rev 0.6: echo with a 30 s deadline and a 5 s grace: SIGTERM at the deadline, SIGKILL 5 s later (SET_GRACE)",
+        with(
+            SpawnOptions {
+                deadline_ms: NonZeroU64::new(30_000),
+                grace_ms: core::num::NonZeroU32::new(5_000),
                 ..SpawnOptions::default()
             },
             Job::Exec(echo_job()),
@@ -655,15 +668,15 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
     b[3] = 0x80;
     add(
         "spawn-reserved-flag",
-        "Spawn flag bit 31 is reserved (bits 11-16 are defined since rev 0.6, bits 6-10 since rev 0.5, bit 5 since 0.3)",
+        "Spawn flag bit 31 is reserved (bits 11-17 are defined since rev 0.6, bits 6-10 since rev 0.5, bit 5 since 0.3)",
         spawn(&b, 1),
         E::ReservedNotZero,
     );
     let mut b = echo.clone();
-    b[2] = 0x02;
+    b[2] = 0x04;
     add(
-        "spawn-reserved-flag-17",
-        "Spawn flag bit 17, the lowest reserved bit (bits 11-16 are defined since rev 0.6)",
+        "spawn-reserved-flag-18",
+        "Spawn flag bit 18, the lowest reserved bit (bits 11-17 are defined since rev 0.6)",
         spawn(&b, 1),
         E::ReservedNotZero,
     );
@@ -775,6 +788,12 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
             "oom_score_adj 1001, one above the highest (1000)",
             opt(spawn_flags::SET_OOM_SCORE_ADJ, &i32s(1001)),
             E::InvalidValue(Field::OomScoreAdj),
+        );
+        add(
+            "spawn-grace-0",
+            "grace_ms 0 (no grace is SET_GRACE unset)",
+            opt(spawn_flags::SET_GRACE, &i32s(0)),
+            E::InvalidValue(Field::Grace),
         );
         add(
             "spawn-rlimits-17",

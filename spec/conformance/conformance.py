@@ -1302,6 +1302,17 @@ def control_checks(valid):
             require(msg["code"] == 0, f"exit {msg}")
     check("valid/spawn-controls: Pid, Exit 0", controls_vector)
 
+    def grace():
+        script = "trap 'echo TERM' TERM; echo ready; while :; do sleep 0.05; done"
+        t0 = time.monotonic()
+        code, out, child = run_child(["sh", "-c", script], deadline_ms=1000, grace_ms=500)
+        took = time.monotonic() - t0
+        require(code == -9, f"code {code}, expected -9 (SIGKILL after the grace)")
+        require(child.deadline_expired, "Exit without DEADLINE_EXPIRED")
+        require(b"TERM" in out, f"no SIGTERM before the SIGKILL: {out!r}")
+        require(took >= 1.5, f"ended after {took:.2f} s, before deadline + grace")
+    check("spawn/grace: SIGTERM at the deadline, SIGKILL grace_ms later (rev 0.6)", grace)
+
 
 def main():
     global SOCKET, FILTER

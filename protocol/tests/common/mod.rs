@@ -107,6 +107,9 @@ pub fn to_json(m: &Message) -> Value {
             if let Some(n) = o.oom_score_adj {
                 v["oom_score_adj"] = json!(n);
             }
+            if let Some(g) = o.grace_ms {
+                v["grace_ms"] = json!(g.get());
+            }
             if let Session::JoinProcessGroup(pgid) = o.session {
                 v["pgid"] = json!(pgid);
             }

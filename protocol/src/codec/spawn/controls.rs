@@ -1,5 +1,5 @@
-//! The scalar per-child controls of a `Spawn` (PROTOCOL.md §5.5.1, rev 0.6): `umask`, `nice`
-//! and `oom_score_adj`, each a field codec with the range check both the decoder and
+//! The scalar per-child controls of a `Spawn` (PROTOCOL.md §5.5.1, rev 0.6): `umask`, `nice`,
+//! `oom_score_adj` and `grace_ms`, each a field codec with the range check both the decoder and
 //! [`super::Spawn::new`] apply.
 
 use super::fields::FieldCodec;
@@ -84,3 +84,17 @@ i32_range!(
     OomScoreAdj,
     OOM_SCORE_ADJ_RANGE
 );
+
+/// `grace_ms` (u32, at least 1: no grace is the flag unset).
+pub(super) struct Grace;
+
+impl FieldCodec for Grace {
+    type Value = core::num::NonZeroU32;
+    fn encode(v: &core::num::NonZeroU32, out: &mut impl Sink) {
+        out.put_u32_le(v.get());
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<core::num::NonZeroU32, DecodeError> {
+        // §5.5.1: grace_ms >= 1.
+        core::num::NonZeroU32::new(r.u32()?).ok_or(DecodeError::InvalidValue(Field::Grace))
+    }
+}

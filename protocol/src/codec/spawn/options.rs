@@ -1,5 +1,5 @@
 //! The options of a `Spawn`: its flag word and the optional fields that flags announce
-//! (PROTOCOL.md §5.5.1, rev 0.5 for bits 6-10, rev 0.6 for bits 11-16).
+//! (PROTOCOL.md §5.5.1, rev 0.5 for bits 6-10, rev 0.6 for bits 11-17).
 //!
 //! ```text
 //! flags (u32) | deadline_ms (u64) | targets ... | [uid u32] [gid u32] [ngroups u16, gid u32 x n]
@@ -48,7 +48,7 @@
 //! an fd index, a grace period) are `field` lines with a codec of their own; the fields are
 //! then laid out, decoded and checked in bit order, as §5.5.1 requires.
 
-use super::controls::{Nice, OomScoreAdj, Umask};
+use super::controls::{Grace, Nice, OomScoreAdj, Umask};
 pub use super::fields::Groups;
 use super::fields::{FieldCodec, Gid, Pgid, Uid};
 pub use super::rlimits::Rlimits;
@@ -72,7 +72,8 @@ impl Revision {
     pub const R0_5: Self = Self::new(0, 5);
     /// Rev 0.6: `FeaturesRequest` and `Features`, the server's list of what it implements;
     /// `WANT_RUSAGE` and the usage in `Exit`; `MetricsRequest` and `Metrics`; the per-child
-    /// controls (`SET_RLIMITS`, `SET_UMASK`, `SET_NICE`, `NO_NEW_PRIVS`, `SET_OOM_SCORE_ADJ`).
+    /// controls (`SET_RLIMITS`, `SET_UMASK`, `SET_NICE`, `NO_NEW_PRIVS`, `SET_OOM_SCORE_ADJ`,
+    /// `SET_GRACE`).
     pub const R0_6: Self = Self::new(0, 6);
     /// The revision this crate implements, which its `Features` names.
     pub const CURRENT: Self = Self::R0_6;
@@ -290,6 +291,9 @@ spawn_options! {
     /// The body carries an OOM score adjustment, which the child writes to
     /// `/proc/self/oom_score_adj` (rev 0.6).
     16 SET_OOM_SCORE_ADJ, R0_6 => field(oom_score_adj: OomScoreAdj);
+    /// The body carries a grace period: at the deadline the server sends `SIGTERM`, and
+    /// `SIGKILL` `grace_ms` later if the child still runs (rev 0.6).
+    17 SET_GRACE, R0_6 => field(grace_ms: Grace);
 }
 
 /// Which session and process group the child lives in.
@@ -353,6 +357,9 @@ pub struct SpawnOptions {
     pub no_new_privs: bool,
     /// `SET_OOM_SCORE_ADJ` (rev 0.6): the child's `oom_score_adj`, `-1000..=1000`.
     pub oom_score_adj: Option<i32>,
+    /// `SET_GRACE` (rev 0.6): milliseconds between the `SIGTERM` at the deadline and the
+    /// `SIGKILL`; `None`: `SIGKILL` at the deadline. No effect without a deadline.
+    pub grace_ms: Option<core::num::NonZeroU32>,
 }
 
 impl SpawnOptions {
