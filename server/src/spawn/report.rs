@@ -255,4 +255,54 @@ mod tests {
         assert_eq!(code, ErrorCode::ExecFailed);
         assert_eq!(msg, "execve: No such file or directory (ENOENT)");
     }
+
+    #[test]
+    fn failed_controls_name_the_call_and_the_value() {
+        use forkserver_protocol::Rlimits;
+        let limits = [
+            Rlimit {
+                resource: 4,
+                soft: 0,
+                hard: 0,
+            },
+            Rlimit {
+                resource: 7,
+                soft: 64,
+                hard: RLIM_INFINITY,
+            },
+        ];
+        let options = SpawnOptions {
+            rlimits: Some(Rlimits::new(&limits).unwrap()),
+            nice: Some(-5),
+            oom_score_adj: Some(-500),
+            ..SpawnOptions::default()
+        };
+        let ctx = context(options, None);
+        let msg = |stage, e| message(failure_reply(&report(stage, e), Some(&ctx))).2;
+        assert_eq!(
+            msg(Stage::Rlimit(1), Errno::EPERM),
+            "setrlimit(RLIMIT_NOFILE, 64, RLIM_INFINITY): Operation not permitted (EPERM)"
+        );
+        assert_eq!(
+            msg(Stage::Rlimit(0), Errno::EINVAL),
+            "setrlimit(RLIMIT_CORE, 0, 0): Invalid argument (EINVAL)"
+        );
+        assert_eq!(
+            msg(Stage::Nice, Errno::EACCES),
+            "setpriority(PRIO_PROCESS, 0, -5): Permission denied (EACCES)"
+        );
+        assert_eq!(
+            msg(Stage::OomScoreAdj, Errno::EACCES),
+            r#"write("/proc/self/oom_score_adj", "-500"): Permission denied (EACCES)"#
+        );
+        assert_eq!(
+            msg(Stage::NoNewPrivs, Errno::EINVAL),
+            "prctl(PR_SET_NO_NEW_PRIVS, 1): Invalid argument (EINVAL)"
+        );
+        // A stage byte naming an entry the request does not have: the call alone.
+        assert_eq!(
+            msg(Stage::Rlimit(5), Errno::EPERM),
+            "setrlimit: Operation not permitted (EPERM)"
+        );
+    }
 }
