@@ -5,7 +5,9 @@
 //!                  [--key-file PATH] [--kill-children-with-server] [--prefork N]
 //!                  [--max-children N] [--shutdown-timeout SECS] [--log-format text|json]
 //! forkserver run [--socket PATH] [--key-file PATH] [--server-uid UID] [--fd N]...
-//!                [--deadline SECS] [--time] -- CMD [ARGS...]
+//!                [--deadline SECS] [--time] [--rlimit NAME=SOFT[:HARD]]...
+//!                [--umask MODE] [--nice N] [--no-new-privs] [--oom-score-adj N]
+//!                [--grace SECS] -- CMD [ARGS...]
 //! forkserver status [--socket PATH] [--key-file PATH] [--server-uid UID]
 //!                   [--format text|json|prometheus]
 //! ```
@@ -19,6 +21,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(clippy::multiple_unsafe_ops_per_block)]
 
+mod controls;
 mod report;
 mod run;
 
@@ -140,6 +143,8 @@ enum Command {
         /// as `time -v` does (the server measures them with `wait4`; rev 0.6).
         #[arg(long)]
         time: bool,
+        #[command(flatten)]
+        controls: controls::Controls,
         /// The command and its arguments.
         #[arg(required = true, last = true)]
         command: Vec<std::ffi::OsString>,
@@ -234,6 +239,7 @@ fn main() -> ExitCode {
             fds,
             deadline,
             time,
+            controls,
             command,
         } => {
             let target = match resolve(target) {
@@ -245,6 +251,7 @@ fn main() -> ExitCode {
                 fds,
                 deadline,
                 time,
+                controls,
                 command,
             };
             match run::run(&args) {

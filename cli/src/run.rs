@@ -142,6 +142,8 @@ pub(crate) struct RunArgs {
     pub deadline: Option<Duration>,
     /// Print the child's resource usage to stderr when it ends (`--time`).
     pub time: bool,
+    /// Limits and other per-child controls (`--rlimit`, ...).
+    pub controls: crate::controls::Controls,
     /// The program and its arguments; not empty.
     pub command: Vec<OsString>,
 }
@@ -155,6 +157,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, CliError> {
         fds: extra,
         deadline,
         time,
+        controls,
         command,
     } = args;
     // Forwarded signals are read from a signalfd while we wait; blocked before anything can
@@ -193,6 +196,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, CliError> {
         cmd.deadline(d);
     }
     cmd.resource_usage(*time);
+    controls.apply(&mut cmd);
     let started = Instant::now();
     let mut child = cmd.spawn().map_err(|e| match e {
         Error::Io(io) if io.raw_os_error() == Some(nix::libc::EBADF) => {

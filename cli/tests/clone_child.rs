@@ -244,6 +244,24 @@ fn exec_jobs(client: &Client) {
         .stdin(null())
         .stdout(null())
         .stderr(null()));
+    // Every rev 0.6 control (limits, umask, nice, OOM score, no_new_privs, a grace), and a
+    // limit refused (above fs.nr_open: EPERM) with its message built by the server.
+    ok(client
+        .command("/bin/true")
+        .rlimit(nix::libc::RLIMIT_NOFILE, 256, 4096)
+        .rlimit(nix::libc::RLIMIT_CORE, 0, 0)
+        .umask(0o077)
+        .nice(1)
+        .oom_score_adj(100)
+        .no_new_privs(true)
+        .deadline(std::time::Duration::from_secs(60))
+        .grace(std::time::Duration::from_secs(1)));
+    failed(
+        client
+            .command("/bin/true")
+            .rlimit(nix::libc::RLIMIT_NOFILE, 64, u64::MAX - 1),
+        ErrorCode::ChildSetupFailed,
+    );
     // PATH search, environment edits, working directory, a new session, a pidfd.
     ok(client
         .command("sh")

@@ -79,6 +79,7 @@ mod conn;
 #[allow(unsafe_code)] // registering a connection with tokio's reactor
 mod conn_async;
 mod connector;
+mod controls;
 mod engine;
 #[cfg(feature = "tokio")]
 mod engine_async;

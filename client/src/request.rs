@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use forkserver_protocol::{
-    spawn_flags, ErrorCode, FdBundle, Features, Frame, Groups, Job, Message, Spawn, SpawnOptions,
-    MAX_FDS,
+    spawn_flags, ErrorCode, FdBundle, Features, Frame, Groups, Job, Message, Rlimit, Rlimits,
+    Spawn, SpawnOptions, MAX_FDS,
 };
 
 use crate::child::Child;
@@ -43,6 +43,8 @@ pub(crate) struct Request {
     deferred_errno: Option<i32>,
     /// Supplementary groups (checked against `MAX_GROUPS` at spawn).
     pub(crate) groups: Option<Vec<u32>>,
+    /// Resource limits, in order (checked against `MAX_RLIMITS` and the wire rules at spawn).
+    pub(crate) rlimits: Vec<Rlimit>,
 }
 
 impl Request {
@@ -190,6 +192,9 @@ impl Request {
             if let Some(g) = &self.groups {
                 options.credentials.groups = Some(Groups::new(g)?);
             }
+            if !self.rlimits.is_empty() {
+                options.rlimits = Some(Rlimits::new(&self.rlimits)?);
+            }
             let (bundle, parents) = self.bundle(defaults)?;
             let (map, fds) = bundle.into_parts();
             let spawn = Spawn::new(options, map, job.clone())?;
@@ -239,6 +244,8 @@ pub(crate) fn deadline_ms(d: Duration) -> Option<NonZeroU64> {
 /// The setters shared by [`Command`] and [`Call`], with their docs.
 macro_rules! request_setters {
     () => {
+        crate::controls::control_setters!();
+
         /// Puts `fd` at fd number `target` in the child. The builder keeps `fd` and sends a
         /// duplicate with each spawn; dropping the builder closes it. A target of 0, 1 or 2
         /// replaces the default stdio (an explicit `stdin`/`stdout`/`stderr` for the same

@@ -116,6 +116,36 @@ impl<'a> Arbitrary<'a> for SpawnOptions {
             keep_connection: bool::arbitrary(u)?,
             deadline_ms: Option::arbitrary(u)?,
             want_rusage: bool::arbitrary(u)?,
+            rlimits: if bool::arbitrary(u)? {
+                let n = u.int_in_range(0..=crate::MAX_RLIMITS)?;
+                let mut r = crate::Rlimits::default();
+                for _ in 0..n {
+                    let hard = u64::arbitrary(u)?;
+                    let l = crate::Rlimit {
+                        resource: u.int_in_range(0..=15)?,
+                        soft: u.int_in_range(0..=hard)?,
+                        hard,
+                    };
+                    r.push(l).map_err(|_| arbitrary::Error::IncorrectFormat)?;
+                }
+                Some(r)
+            } else {
+                None
+            },
+            umask: match bool::arbitrary(u)? {
+                true => Some(u.int_in_range(0..=crate::MAX_UMASK)?),
+                false => None,
+            },
+            nice: match bool::arbitrary(u)? {
+                true => Some(u.int_in_range(crate::NICE_RANGE)?),
+                false => None,
+            },
+            no_new_privs: bool::arbitrary(u)?,
+            oom_score_adj: match bool::arbitrary(u)? {
+                true => Some(u.int_in_range(crate::OOM_SCORE_ADJ_RANGE)?),
+                false => None,
+            },
+            grace_ms: Option::arbitrary(u)?,
         })
     }
 }

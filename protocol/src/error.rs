@@ -5,76 +5,8 @@ use core::fmt;
 
 use crate::MAX_FDS;
 
-/// A bounded quantity of the protocol; names the limit a [`DecodeError::LimitExceeded`] or a
-/// [`BuildError::LimitExceeded`] refers to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Limit {
-    /// [`crate::MAX_BODY_LEN`]: the body of one frame.
-    Body,
-    /// [`crate::MAX_FDS`]: fds carried by one frame.
-    Fds,
-    /// [`crate::MAX_ARGS`]: argv entries.
-    Args,
-    /// [`crate::MAX_ENV`]: environment entries.
-    Env,
-    /// [`crate::MAX_ARG_LEN`]: one argv or `KEY=VALUE` string.
-    ArgLen,
-    /// [`crate::MAX_PATH_LEN`]: the program path or the working directory.
-    PathLen,
-    /// [`crate::MAX_ENTRY_NAME_LEN`]: an entry-point name.
-    EntryName,
-    /// [`crate::MAX_ERROR_MESSAGE_LEN`]: an error reply's message.
-    ErrorMessage,
-    /// [`crate::MAX_VERSION_STRING_LEN`]: the server version string.
-    VersionString,
-    /// [`crate::MAX_TARGET_FD`]: a target fd number.
-    TargetFd,
-    /// [`crate::MAX_GROUPS`]: supplementary groups of a spawn.
-    Groups,
-}
-
-impl Limit {
-    /// The limit's value (PROTOCOL.md §3).
-    pub fn max(&self) -> usize {
-        match self {
-            Self::Body => crate::MAX_BODY_LEN,
-            Self::Fds => crate::MAX_FDS,
-            Self::Args => crate::MAX_ARGS,
-            Self::Env => crate::MAX_ENV,
-            Self::ArgLen => crate::MAX_ARG_LEN,
-            Self::PathLen => crate::MAX_PATH_LEN,
-            Self::EntryName => crate::MAX_ENTRY_NAME_LEN,
-            Self::ErrorMessage => crate::MAX_ERROR_MESSAGE_LEN,
-            Self::VersionString => crate::MAX_VERSION_STRING_LEN,
-            Self::TargetFd => crate::MAX_TARGET_FD as usize,
-            Self::Groups => crate::MAX_GROUPS,
-        }
-    }
-
-    /// What the limit counts, as a plural noun phrase ("arguments").
-    pub fn counts(&self) -> &'static str {
-        match self {
-            Self::Body => "body bytes",
-            Self::Fds => "fds",
-            Self::Args => "arguments",
-            Self::Env => "environment entries (or removals)",
-            Self::ArgLen => "bytes in one argument or KEY=VALUE string",
-            Self::PathLen => "bytes in a path",
-            Self::EntryName => "bytes in an entry-point name",
-            Self::ErrorMessage => "bytes in an error message",
-            Self::VersionString => "bytes in a version string",
-            Self::TargetFd => "as a target fd number",
-            Self::Groups => "supplementary groups",
-        }
-    }
-}
-
-impl fmt::Display for Limit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "at most {} {}", self.max(), self.counts())
-    }
-}
+mod limit;
+pub use limit::Limit;
 
 /// The start of a byte string, kept in an error so that its message can show the value: at
 /// most [`Snippet::CAP`] bytes, shown escaped, with `...` when cut. `Copy`, so errors stay so.
@@ -168,6 +100,16 @@ pub enum Field {
     EnvRemove,
     /// `Features.revision`: before 0.6, which has no `Features`.
     Revision,
+    /// `Spawn.rlimits`: a resource that is no Linux `RLIMIT_*` number, or soft above hard.
+    Rlimit,
+    /// `Spawn.umask`: a bit above `0o777`.
+    Umask,
+    /// `Spawn.nice`: outside `-20..=19`.
+    Nice,
+    /// `Spawn.oom_score_adj`: outside `-1000..=1000`.
+    OomScoreAdj,
+    /// `Spawn.grace_ms`: zero.
+    Grace,
 }
 
 impl Field {
@@ -195,6 +137,11 @@ impl Field {
             Self::Pgid => "the process group",
             Self::EnvRemove => "environment removal",
             Self::Revision => "the revision",
+            Self::Rlimit => "a resource limit",
+            Self::Umask => "the umask",
+            Self::Nice => "the nice value",
+            Self::OomScoreAdj => "the OOM score adjustment",
+            Self::Grace => "the grace period",
         }
     }
 

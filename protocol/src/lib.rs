@@ -51,8 +51,9 @@ pub use bundle::FdBundle;
 pub use codec::{
     decode, decode_exact, exit_flags, spawn_flags, Auth, AuthMethod, AuthOk, Credentials, Decoded,
     EntryJob, ErrorCode, ErrorReply, ExecJob, Exit, FdMap, Features, Groups, Header, Hello,
-    HelloOk, Job, Message, Metrics, Pid, ResourceUsage, Revision, Session, Signal, Spawn,
-    SpawnOptions, Status, Tag,
+    HelloOk, Job, Message, Metrics, Pid, ResourceUsage, Revision, Rlimit, Rlimits, Session, Signal,
+    Spawn, SpawnOptions, Status, Tag, MAX_UMASK, NICE_RANGE, OOM_SCORE_ADJ_RANGE, RLIMIT_NAMES,
+    RLIM_INFINITY,
 };
 pub use error::{BuildError, DecodeError, Field, Limit, Snippet};
 pub use limits::*;

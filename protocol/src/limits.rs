@@ -44,6 +44,10 @@ pub const MAX_PATH_LEN: usize = 4095;
 /// account normally has, small enough that a request stays small and every size can be tested.
 pub const MAX_GROUPS: usize = 64;
 
+/// Most resource limits a spawn request may set (PROTOCOL.md §3, rev 0.6): one per Linux
+/// `RLIMIT_*` resource.
+pub const MAX_RLIMITS: usize = 16;
+
 /// Largest process-group id a spawn request may join: `pid_t` is a positive `i32`.
 pub const MAX_PGID: u32 = i32::MAX as u32;
 

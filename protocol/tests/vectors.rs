@@ -131,6 +131,12 @@ fn build_valid() -> Vec<(String, String, Message)> {
             deadline_ms: NonZeroU64::new(30_000),
             credentials: Credentials::default(),
             want_rusage: false,
+            rlimits: None,
+            umask: None,
+            nice: None,
+            no_new_privs: false,
+            oom_score_adj: None,
+            grace_ms: None,
         };
         add(
             "spawn-exec-full",
@@ -248,6 +254,57 @@ fn build_valid() -> Vec<(String, String, Message)> {
         with(
             SpawnOptions {
                 want_rusage: true,
+                ..SpawnOptions::default()
+            },
+            Job::Exec(echo_job()),
+        ),
+    );
+    add(
+        "spawn-rlimits",
+        "rev 0.6: echo with RLIMIT_NOFILE 64/128 and RLIMIT_CORE 0/infinity (SET_RLIMITS)",
+        with(
+            SpawnOptions {
+                rlimits: Some(
+                    Rlimits::new(&[
+                        Rlimit {
+                            resource: 7,
+                            soft: 64,
+                            hard: 128,
+                        },
+                        Rlimit {
+                            resource: 4,
+                            soft: 0,
+                            hard: RLIM_INFINITY,
+                        },
+                    ])
+                    .unwrap(),
+                ),
+                ..SpawnOptions::default()
+            },
+            Job::Exec(echo_job()),
+        ),
+    );
+    add(
+        "spawn-controls",
+        "rev 0.6: echo with umask 077, nice 10, no_new_privs and oom_score_adj 500",
+        with(
+            SpawnOptions {
+                umask: Some(0o077),
+                nice: Some(10),
+                no_new_privs: true,
+                oom_score_adj: Some(500),
+                ..SpawnOptions::default()
+            },
+            Job::Exec(echo_job()),
+        ),
+    );
+    add(
+        "spawn-grace",
+        "rev 0.6: echo with a 30 s deadline and a 5 s grace: SIGTERM at the deadline, SIGKILL 5 s later (SET_GRACE)",
+        with(
+            SpawnOptions {
+                deadline_ms: NonZeroU64::new(30_000),
+                grace_ms: core::num::NonZeroU32::new(5_000),
                 ..SpawnOptions::default()
             },
             Job::Exec(echo_job()),
@@ -611,15 +668,15 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
     b[3] = 0x80;
     add(
         "spawn-reserved-flag",
-        "Spawn flag bit 31 is reserved (bit 11 is defined since rev 0.6, bits 6-10 since rev 0.5, bit 5 since 0.3)",
+        "Spawn flag bit 31 is reserved (bits 11-17 are defined since rev 0.6, bits 6-10 since rev 0.5, bit 5 since 0.3)",
         spawn(&b, 1),
         E::ReservedNotZero,
     );
     let mut b = echo.clone();
-    b[1] = 0x10;
+    b[2] = 0x04;
     add(
-        "spawn-reserved-flag-12",
-        "Spawn flag bit 12, the lowest reserved bit (bit 11 is WANT_RUSAGE since rev 0.6)",
+        "spawn-reserved-flag-18",
+        "Spawn flag bit 18, the lowest reserved bit (bits 11-17 are defined since rev 0.6)",
         spawn(&b, 1),
         E::ReservedNotZero,
     );
@@ -691,6 +748,80 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
         add(
             "spawn-groups-truncated",
             "ngroups = 3 but the body ends after 2 gids",
+            spawn(&b, 1),
+            E::Truncated,
+        );
+    }
+    {
+        let entry = |resource: u32, soft: u64, hard: u64| {
+            let mut e = resource.to_le_bytes().to_vec();
+            e.extend_from_slice(&soft.to_le_bytes());
+            e.extend_from_slice(&hard.to_le_bytes());
+            e
+        };
+        let list = |n: u16, entries: &[Vec<u8>]| {
+            let mut f = n.to_le_bytes().to_vec();
+            f.extend(entries.iter().flatten());
+            f
+        };
+        let i32s = |v: i32| v.to_le_bytes().to_vec();
+        add(
+            "spawn-umask-0o1000",
+            "umask 0o1000, a bit above the permission bits",
+            opt(spawn_flags::SET_UMASK, &0o1000u16.to_le_bytes()),
+            E::InvalidValue(Field::Umask),
+        );
+        add(
+            "spawn-nice-20",
+            "nice 20, one above the highest (19)",
+            opt(spawn_flags::SET_NICE, &i32s(20)),
+            E::InvalidValue(Field::Nice),
+        );
+        add(
+            "spawn-nice-minus-21",
+            "nice -21, one below the lowest (-20)",
+            opt(spawn_flags::SET_NICE, &i32s(-21)),
+            E::InvalidValue(Field::Nice),
+        );
+        add(
+            "spawn-oom-score-adj-1001",
+            "oom_score_adj 1001, one above the highest (1000)",
+            opt(spawn_flags::SET_OOM_SCORE_ADJ, &i32s(1001)),
+            E::InvalidValue(Field::OomScoreAdj),
+        );
+        add(
+            "spawn-grace-0",
+            "grace_ms 0 (no grace is SET_GRACE unset)",
+            opt(spawn_flags::SET_GRACE, &i32s(0)),
+            E::InvalidValue(Field::Grace),
+        );
+        add(
+            "spawn-rlimits-17",
+            "17 resource limits, one over the limit (checked before the entries are read)",
+            opt(
+                spawn_flags::SET_RLIMITS,
+                &list(17, &vec![entry(7, 1, 1); 17]),
+            ),
+            E::LimitExceeded(Limit::Rlimits),
+        );
+        add(
+            "spawn-rlimit-soft-above-hard",
+            "RLIMIT_NOFILE with soft 129 above hard 128",
+            opt(spawn_flags::SET_RLIMITS, &list(1, &[entry(7, 129, 128)])),
+            E::InvalidValue(Field::Rlimit),
+        );
+        add(
+            "spawn-rlimit-resource-16",
+            "resource 16, past RLIMIT_RTTIME (15), the last Linux resource",
+            opt(spawn_flags::SET_RLIMITS, &list(1, &[entry(16, 1, 1)])),
+            E::InvalidValue(Field::Rlimit),
+        );
+        let mut b = echo[..16].to_vec();
+        b[..4].copy_from_slice(&spawn_flags::SET_RLIMITS.to_le_bytes());
+        b.extend_from_slice(&list(2, &[entry(7, 64, 128)]));
+        add(
+            "spawn-rlimits-truncated",
+            "nrlimits = 2 but the body ends after one entry",
             spawn(&b, 1),
             E::Truncated,
         );

@@ -20,8 +20,11 @@ use crate::ids::{ConnId, Serial};
 /// What a timer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Timer {
-    /// The child of spawn `serial` runs past its deadline (§5.5): SIGKILL.
+    /// The child of spawn `serial` runs past its deadline (§5.5): SIGKILL, or SIGTERM with a
+    /// grace period.
     Deadline { serial: Serial, pid: Pid },
+    /// The grace period after the deadline's SIGTERM is over (rev 0.6): SIGKILL.
+    Grace { serial: Serial, pid: Pid },
     /// Connection `id` has not finished its handshake in time (§6.3).
     Handshake(ConnId),
     /// Connection `id` holds part of a frame since this timer was set (§6.3); the connection

@@ -1234,6 +1234,86 @@ def identity_checks(credentials=True):
               "own ids are fine (rev 0.5)", refused)
 
 
+def control_checks(valid):
+    """Rev 0.6 per-child controls (§5.5.1, §6.5): resource limits, umask, nice, no_new_privs,
+    oom_score_adj."""
+    byname = {v["name"]: v for v in valid}
+
+    def limit_line(text, name):
+        line = next((l for l in text.splitlines() if l.startswith(name)), None)
+        require(line is not None, f"no {name!r} in /proc/self/limits: {text!r}")
+        return line[len(name):].split()[:2]
+
+    def rlimits():
+        nofile, core = fc.RLIMIT_NAMES.index("nofile"), fc.RLIMIT_NAMES.index("core")
+        code, out, _ = run_child(["cat", "/proc/self/limits"],
+                                 rlimits=[(nofile, 64, 128), (core, 0, fc.RLIM_INFINITY)])
+        text = out.decode()
+        require(code == 0, f"cat exited {code}")
+        got = limit_line(text, "Max open files")
+        require(got == ["64", "128"], f"Max open files {got}, expected 64 128")
+        got = limit_line(text, "Max core file size")
+        require(got == ["0", "unlimited"], f"Max core file size {got}, expected 0 unlimited")
+    check("spawn/rlimits: the child's /proc/self/limits shows them (rev 0.6)", rlimits)
+
+    def refused():
+        with open("/proc/sys/fs/nr_open") as f:
+            nr_open = int(f.read())
+        with Raw() as c:
+            c.send(spawn_frame(exec_job(["/bin/true"]), pid_after_exec=True,
+                               rlimits=[(fc.RLIMIT_NAMES.index("nofile"), 64, nr_open + 1)]))
+            msg = c.expect_error("ChildSetupFailed")
+            require(msg["errno"] == errno.EPERM, f"errno {msg['errno']}, expected EPERM")
+    check("spawn/rlimit-above-nr-open: Error(ChildSetupFailed, EPERM) (rev 0.6)", refused)
+
+    def vector():
+        v = byname["spawn-rlimits"]
+        with Fds(v["nfds"]) as fds, Raw() as c:
+            c.send(bytes.fromhex(v["hex"]), fds)
+            c.expect("Pid")
+            msg, _ = c.expect("Exit")
+            require(msg["code"] == 0, f"exit {msg}")
+    check("valid/spawn-rlimits: Pid, Exit 0", vector)
+
+    def controls():
+        code, out, _ = run_child(["cat", "/proc/self/status", "/proc/self/stat",
+                                  "/proc/self/oom_score_adj"],
+                                 umask=0o077, nice=10, no_new_privs=True, oom_score_adj=500)
+        text = out.decode()
+        require(code == 0, f"cat exited {code}")
+        status = dict(l.split(":", 1) for l in text.splitlines() if ":" in l and "(" not in l)
+        require(status.get("Umask", "").strip() == "0077", f"Umask {status.get('Umask')!r}")
+        require(status.get("NoNewPrivs", "").strip() == "1",
+                f"NoNewPrivs {status.get('NoNewPrivs')!r}")
+        stat = next(l for l in text.splitlines() if " (cat) " in l)
+        nice = stat.rsplit(") ", 1)[1].split()[19 - 3]
+        require(nice == "10", f"nice field {nice}")
+        oom = text.splitlines()[-1]
+        require(oom == "500", f"oom_score_adj {oom}")
+    check("spawn/controls: umask, nice, no_new_privs, oom_score_adj in /proc/self (rev 0.6)",
+          controls)
+
+    def controls_vector():
+        v = byname["spawn-controls"]
+        with Fds(v["nfds"]) as fds, Raw() as c:
+            c.send(bytes.fromhex(v["hex"]), fds)
+            c.expect("Pid")
+            msg, _ = c.expect("Exit")
+            require(msg["code"] == 0, f"exit {msg}")
+    check("valid/spawn-controls: Pid, Exit 0", controls_vector)
+
+    def grace():
+        script = "trap 'echo TERM' TERM; echo ready; while :; do sleep 0.05; done"
+        t0 = time.monotonic()
+        code, out, child = run_child(["sh", "-c", script], deadline_ms=1000, grace_ms=500)
+        took = time.monotonic() - t0
+        require(code == -9, f"code {code}, expected -9 (SIGKILL after the grace)")
+        require(child.deadline_expired, "Exit without DEADLINE_EXPIRED")
+        require(b"TERM" in out, f"no SIGTERM before the SIGKILL: {out!r}")
+        require(took >= 1.5, f"ended after {took:.2f} s, before deadline + grace")
+    check("spawn/grace: SIGTERM at the deadline, SIGKILL grace_ms later (rev 0.6)", grace)
+
+
 def main():
     global SOCKET, FILTER
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1263,6 +1343,7 @@ def main():
     exit_checks()
     behaviour_checks()
     identity_checks(not args.skip_credentials)
+    control_checks(valid)
     limit_checks()
     if args.slow:
         slow_checks()

@@ -50,8 +50,9 @@ pub use header::Header;
 pub use messages::{Message, Tag};
 pub use metrics::Metrics;
 pub use spawn::{
-    flags as spawn_flags, Credentials, EntryJob, ExecJob, FdMap, Groups, Job, Revision, Session,
-    Spawn, SpawnOptions,
+    flags as spawn_flags, Credentials, EntryJob, ExecJob, FdMap, Groups, Job, Revision, Rlimit,
+    Rlimits, Session, Spawn, SpawnOptions, MAX_UMASK, NICE_RANGE, OOM_SCORE_ADJ_RANGE,
+    RLIMIT_NAMES, RLIM_INFINITY,
 };
 pub use status::Status;
 

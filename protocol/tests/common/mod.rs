@@ -88,6 +88,28 @@ pub fn to_json(m: &Message) -> Value {
             if o.want_rusage {
                 v["want_rusage"] = json!(true);
             }
+            if let Some(r) = &o.rlimits {
+                v["rlimits"] = r
+                    .as_slice()
+                    .iter()
+                    .map(|l| json!({"resource": l.resource, "soft": l.soft, "hard": l.hard}))
+                    .collect();
+            }
+            if let Some(m) = o.umask {
+                v["umask"] = json!(m);
+            }
+            if let Some(n) = o.nice {
+                v["nice"] = json!(n);
+            }
+            if o.no_new_privs {
+                v["no_new_privs"] = json!(true);
+            }
+            if let Some(n) = o.oom_score_adj {
+                v["oom_score_adj"] = json!(n);
+            }
+            if let Some(g) = o.grace_ms {
+                v["grace_ms"] = json!(g.get());
+            }
             if let Session::JoinProcessGroup(pgid) = o.session {
                 v["pgid"] = json!(pgid);
             }

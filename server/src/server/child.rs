@@ -3,6 +3,7 @@
 //! [`Child`]'s fields; the event loop (`children.rs`) asks it through its methods.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
 
 use forkserver_protocol::{Message, SpawnOptions};
 use nix::errno::Errno;
@@ -30,6 +31,8 @@ pub(super) struct Child {
     keep_connection: bool,
     want_pidfd: bool,
     deadline_hit: bool,
+    /// `SET_GRACE`: SIGTERM at the deadline, SIGKILL this much later.
+    grace: Option<Duration>,
     /// A failure the server saw itself: a pooled child that could not be handed its job.
     /// Reported in place of the child's exit, like a failure it reported itself.
     failure: Option<Message>,
@@ -69,6 +72,9 @@ impl Child {
             keep_connection: options.keep_connection,
             want_pidfd: options.want_pidfd,
             deadline_hit: false,
+            grace: options
+                .grace_ms
+                .map(|g| Duration::from_millis(u64::from(g.get()))),
             failure: None,
             context,
             want_rusage: options.want_rusage,
@@ -146,16 +152,34 @@ impl Child {
     }
 
     /// The deadline of spawn `serial` expired: if it is this child's and has not hit yet, the
-    /// child is marked and gets `SIGKILL` (reaped as usual: not reaped yet, the pid is still
-    /// its own). Returns whether it was killed now.
+    /// child is marked and gets `SIGKILL`, or `SIGTERM` with a grace period (reaped as usual:
+    /// not reaped yet, the pid is still its own). Returns whether it was signalled now.
     pub(super) fn deadline_expired(&mut self, serial: Serial) -> bool {
         if self.serial == serial && !self.deadline_hit {
             self.deadline_hit = true;
-            tracing::info!(pid = self.pid.as_raw(), "deadline expired: SIGKILL");
-            let _ = kill(self.pid, Signal::SIGKILL);
+            let signal = match self.grace {
+                Some(_) => Signal::SIGTERM,
+                None => Signal::SIGKILL,
+            };
+            tracing::info!(pid = self.pid.as_raw(), "deadline expired: {signal}");
+            let _ = kill(self.pid, signal);
             return true;
         }
         false
+    }
+
+    /// Its grace period after the deadline's `SIGTERM` (`SET_GRACE`), if it asked for one.
+    pub(super) fn grace(&self) -> Option<Duration> {
+        self.grace
+    }
+
+    /// The grace period of spawn `serial` is over: if it is this child's, `SIGKILL` (it is not
+    /// reaped yet, so the pid is still its own).
+    pub(super) fn grace_expired(&self, serial: Serial) {
+        if self.serial == serial {
+            tracing::info!(pid = self.pid.as_raw(), "grace period over: SIGKILL");
+            let _ = kill(self.pid, Signal::SIGKILL);
+        }
     }
 
     /// Its connection ended: the child is on its own now, or killed if it asked to be. Its

@@ -44,7 +44,15 @@ impl Server {
                     if let Some(c) = self.children.get_mut(&pid) {
                         if c.deadline_expired(serial) {
                             self.metrics.killed(Kill::Deadline);
+                            if let Some(grace) = c.grace() {
+                                self.timers.set(now + grace, Timer::Grace { serial, pid });
+                            }
                         }
+                    }
+                }
+                Timer::Grace { serial, pid } => {
+                    if let Some(c) = self.children.get_mut(&pid) {
+                        c.grace_expired(serial);
                     }
                 }
                 Timer::Handshake(id) => {
@@ -82,7 +90,7 @@ impl Server {
         self.timers.prune(
             children.len() + 2 * conns.len() + 1,
             |key, timer| match *timer {
-                Timer::Deadline { serial, pid } => {
+                Timer::Deadline { serial, pid } | Timer::Grace { serial, pid } => {
                     children.get(&pid).is_some_and(|c| c.serial() == serial)
                 }
                 Timer::Handshake(id) => handshakes.contains(id),

@@ -9,14 +9,17 @@ use forkserver_protocol::{Credentials, ExecJob, Job, Session, Spawn, SpawnOption
 use nix::errno::Errno;
 use nix::unistd::{Gid, Pid, Uid};
 
+use super::controls::Controls;
 use super::stage::{Stage, FAILED_STATUS};
 use crate::sys;
 
-/// The session or process group and the credentials a child takes.
+/// The session or process group, the limits and the credentials a child takes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Identity {
     pub(crate) session: Session,
     pub(crate) credentials: Credentials,
+    /// Limits, umask, nice, OOM score, `no_new_privs` (rev 0.6), set before the credentials.
+    pub(crate) controls: Controls,
 }
 
 impl From<&SpawnOptions> for Identity {
@@ -24,6 +27,7 @@ impl From<&SpawnOptions> for Identity {
         Self {
             session: o.session,
             credentials: o.credentials,
+            controls: Controls::from(o),
         }
     }
 }

@@ -52,8 +52,9 @@
 //! 3. every fd of the bundle is placed at its target (close-on-exec cleared only there), fds
 //!    0-2 that the bundle does not map are opened on `/dev/null`, and every other fd of the
 //!    server (listener, connections, epoll, signalfd, other requests' fds) is closed;
-//! 4. the credentials, last because they may drop privilege: `setgroups`, `setgid`, `setuid`
-//!    (`identity.rs`);
+//! 4. the resource limits, umask, nice, OOM score and `no_new_privs` (rev 0.6,
+//!    `controls.rs`), then the credentials, last because they may
+//!    drop privilege: `setgroups`, `setgid`, `setuid` (`identity.rs`);
 //! 5. the job runs: `chdir` and `execve` (`execvp.rs`; the environment built in
 //!    `identity.rs`), or the entry point, whose return value is the exit status.
 //!
@@ -81,6 +82,7 @@ use crate::sys;
 use place::place_fds;
 
 mod context;
+mod controls;
 mod execvp;
 mod fds;
 mod identity;
@@ -323,7 +325,12 @@ fn child_main(ctx: &ForkContext, child: ChildSpec<'_>, report: Report) -> ! {
         Ok((fd, targets)) => (report.with_fd(fd), targets),
         Err((fd, e)) => report_and_exit(report.with_fd(fd), Stage::Setup, e),
     };
-    // Step 4: groups, gid, uid, after everything that may need the server's privilege.
+    // Step 4: the limits and controls (raising a hard limit, lowering nice or the OOM score
+    // need the server's privilege), then groups, gid,
+    // uid, after everything that may need the server's privilege.
+    if let Err((stage, e)) = identity.controls.apply() {
+        report_and_exit(report, stage, e);
+    }
     if let Err((stage, e)) = identity.take_credentials() {
         report_and_exit(report, stage, e);
     }

@@ -112,16 +112,17 @@ pub(super) struct ExecPlan<'a> {
 
 impl<'a> ExecPlan<'a> {
     /// The child's steps, in order (PROTOCOL.md §6.5): signal dispositions, the parent-death
-    /// signal, the session, the fds, the credentials (last of what needs privilege), the
+    /// signal, the session, the fds, the resource limits and controls, the credentials (last of what needs privilege), the
     /// working directory, the signal mask (last: nothing can be delivered before the
     /// dispositions are reset, and nothing else runs after it but `execve`), the exec. Each
     /// returns `Ok`, or the stage that failed and its errno.
     #[allow(clippy::type_complexity)]
-    const STEPS: [fn(&Self) -> Result<(), (Stage, Errno)>; 7] = [
+    const STEPS: [fn(&Self) -> Result<(), (Stage, Errno)>; 8] = [
         Self::reset_dispositions,
         Self::watch_parent,
         Self::join_session,
         Self::place_fds,
+        Self::apply_controls,
         Self::take_credentials,
         Self::chdir,
         Self::unblock_signals,
@@ -289,6 +290,12 @@ impl<'a> ExecPlan<'a> {
             }
         }
         Ok(())
+    }
+
+    /// `Controls::apply`, as on the fork path: raw calls on the plan's copy of the controls
+    /// (the OOM score's text built by the server), no allocation.
+    fn apply_controls(&self) -> Result<(), (Stage, Errno)> {
+        self.identity.controls.apply()
     }
 
     /// As `Identity::take_credentials` on the fork path: groups, gid, uid; a uid without

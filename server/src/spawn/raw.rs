@@ -45,6 +45,57 @@ pub(super) fn setuid(uid: u32) -> Result<(), Errno> {
     check(unsafe { libc::syscall(libc::SYS_setuid, uid) })
 }
 
+/// `prlimit64(0, resource, {soft, hard}, NULL)`: this process's limit (`setrlimit`).
+pub(super) fn set_rlimit(resource: u32, soft: u64, hard: u64) -> Result<(), Errno> {
+    let new = libc::rlimit64 {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    let ptr: *const libc::rlimit64 = &new;
+    let old: *mut libc::rlimit64 = std::ptr::null_mut();
+    // SAFETY: `ptr` points to a `rlimit64` alive for the call; a null old-limit pointer is
+    // allowed (nothing is written back).
+    check(unsafe { libc::syscall(libc::SYS_prlimit64, 0, resource, ptr, old) })
+}
+
+/// `umask(mask)`; never fails.
+pub(super) fn umask(mask: u16) {
+    // SAFETY: an integer.
+    let _ = unsafe { libc::syscall(libc::SYS_umask, libc::c_uint::from(mask)) };
+}
+
+/// `setpriority(PRIO_PROCESS, 0, nice)`.
+pub(super) fn set_nice(nice: i32) -> Result<(), Errno> {
+    let which = libc::PRIO_PROCESS;
+    // SAFETY: integers only.
+    check(unsafe { libc::syscall(libc::SYS_setpriority, which, 0, nice) })
+}
+
+/// `prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)`.
+pub(super) fn set_no_new_privs() -> Result<(), Errno> {
+    let opt = libc::PR_SET_NO_NEW_PRIVS;
+    // SAFETY: integers only.
+    check(unsafe { libc::syscall(libc::SYS_prctl, opt, 1u64, 0u64, 0u64, 0u64) })
+}
+
+/// Writes `bytes` to the file at `path` (opened write-only, closed after): one `write`; a
+/// short one is `EIO`.
+pub(super) fn write_file(path: &CStr, bytes: &[u8]) -> Result<(), Errno> {
+    let path = path.as_ptr();
+    let flags = libc::O_WRONLY | libc::O_CLOEXEC;
+    // SAFETY: `path` is NUL-terminated and alive for the call.
+    let r = unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, path, flags) };
+    let fd = Errno::result(r)?;
+    let (ptr, len) = (bytes.as_ptr(), bytes.len());
+    // SAFETY: `ptr` points to `len` bytes alive for the call; `fd` was opened here.
+    let r = Errno::result(unsafe { libc::syscall(libc::SYS_write, fd, ptr, len) });
+    close(fd as u32);
+    match r? {
+        n if n as usize == len => Ok(()),
+        _ => Err(Errno::EIO),
+    }
+}
+
 pub(super) fn set_pdeathsig(signo: i32) -> Result<(), Errno> {
     let (opt, sig) = (
         libc::PR_SET_PDEATHSIG,

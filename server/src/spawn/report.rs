@@ -10,7 +10,7 @@
 
 use std::os::fd::RawFd;
 
-use forkserver_protocol::{ErrorCode, ErrorReply, Message, Session};
+use forkserver_protocol::{ErrorCode, ErrorReply, Message, Rlimit, Session, RLIM_INFINITY};
 use nix::errno::Errno;
 
 use super::identity::Context;
@@ -135,8 +135,34 @@ pub(crate) fn failure_reply(report: &[u8; 5], ctx: Option<&Context>) -> Message 
             Some(uid) => format!("setuid({uid})"),
             None => "setuid".to_owned(),
         },
+        Stage::Rlimit(i) => {
+            let limits = ctx.and_then(|c| c.identity.controls.rlimits);
+            match limits.and_then(|l| l.as_slice().get(usize::from(i)).copied()) {
+                Some(l) => format!("setrlimit({})", rlimit_args(&l)),
+                None => "setrlimit".to_owned(),
+            }
+        }
+        Stage::Nice => match ctx.and_then(|c| c.identity.controls.nice) {
+            Some(n) => format!("setpriority(PRIO_PROCESS, 0, {n})"),
+            None => "setpriority".to_owned(),
+        },
+        Stage::OomScoreAdj => match ctx.and_then(|c| c.identity.controls.oom_score_adj) {
+            Some(n) => format!("write(\"/proc/self/oom_score_adj\", \"{n}\")"),
+            None => "write(/proc/self/oom_score_adj)".to_owned(),
+        },
+        Stage::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS, 1)".to_owned(),
     };
     ErrorReply::new(ErrorCode::ChildSetupFailed, errno, format!("{call}: {why}")).into()
+}
+
+/// `RLIMIT_NOFILE, 64, 1048576` (`RLIM_INFINITY` for no limit).
+fn rlimit_args(l: &Rlimit) -> String {
+    let value = |v: u64| match v {
+        RLIM_INFINITY => "RLIM_INFINITY".to_owned(),
+        v => v.to_string(),
+    };
+    let resource = Rlimit::resource_name(l.resource).unwrap_or_else(|| l.resource.to_string());
+    format!("{resource}, {}, {}", value(l.soft), value(l.hard))
 }
 
 #[cfg(test)]
@@ -228,5 +254,55 @@ mod tests {
         let (code, _, msg) = message(failure_reply(&report(Stage::Exec, Errno::ENOENT), None));
         assert_eq!(code, ErrorCode::ExecFailed);
         assert_eq!(msg, "execve: No such file or directory (ENOENT)");
+    }
+
+    #[test]
+    fn failed_controls_name_the_call_and_the_value() {
+        use forkserver_protocol::Rlimits;
+        let limits = [
+            Rlimit {
+                resource: 4,
+                soft: 0,
+                hard: 0,
+            },
+            Rlimit {
+                resource: 7,
+                soft: 64,
+                hard: RLIM_INFINITY,
+            },
+        ];
+        let options = SpawnOptions {
+            rlimits: Some(Rlimits::new(&limits).unwrap()),
+            nice: Some(-5),
+            oom_score_adj: Some(-500),
+            ..SpawnOptions::default()
+        };
+        let ctx = context(options, None);
+        let msg = |stage, e| message(failure_reply(&report(stage, e), Some(&ctx))).2;
+        assert_eq!(
+            msg(Stage::Rlimit(1), Errno::EPERM),
+            "setrlimit(RLIMIT_NOFILE, 64, RLIM_INFINITY): Operation not permitted (EPERM)"
+        );
+        assert_eq!(
+            msg(Stage::Rlimit(0), Errno::EINVAL),
+            "setrlimit(RLIMIT_CORE, 0, 0): Invalid argument (EINVAL)"
+        );
+        assert_eq!(
+            msg(Stage::Nice, Errno::EACCES),
+            "setpriority(PRIO_PROCESS, 0, -5): Permission denied (EACCES)"
+        );
+        assert_eq!(
+            msg(Stage::OomScoreAdj, Errno::EACCES),
+            r#"write("/proc/self/oom_score_adj", "-500"): Permission denied (EACCES)"#
+        );
+        assert_eq!(
+            msg(Stage::NoNewPrivs, Errno::EINVAL),
+            "prctl(PR_SET_NO_NEW_PRIVS, 1): Invalid argument (EINVAL)"
+        );
+        // A stage byte naming an entry the request does not have: the call alone.
+        assert_eq!(
+            msg(Stage::Rlimit(5), Errno::EPERM),
+            "setrlimit: Operation not permitted (EPERM)"
+        );
     }
 }

@@ -10,27 +10,49 @@ pub(crate) const FAILED_STATUS: i32 = 127;
 /// reads any stage but [`Stage::Exec`] as `ChildSetupFailed`; the stage only names the call in
 /// the message (`report::failure_reply`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
 pub(crate) enum Stage {
     /// Signals, fd placement, a pooled child's job: no single call to name.
-    Setup = 1,
+    Setup,
     /// `execve` (after the `PATH` search): `ExecFailed`.
-    Exec = 2,
+    Exec,
     /// `chdir` to the requested working directory.
-    Chdir = 3,
+    Chdir,
     /// `setsid` or `setpgid`.
-    Session = 4,
+    Session,
     /// `setgroups`.
-    Groups = 5,
+    Groups,
     /// `setgid`.
-    Gid = 6,
+    Gid,
     /// `setuid`.
-    Uid = 7,
+    Uid,
+    /// `setpriority` (rev 0.6).
+    Nice,
+    /// The write of `/proc/self/oom_score_adj` (rev 0.6).
+    OomScoreAdj,
+    /// `prctl(PR_SET_NO_NEW_PRIVS)` (rev 0.6).
+    NoNewPrivs,
+    /// `prlimit64` of the `SET_RLIMITS` entry at this index (0..16, rev 0.6).
+    Rlimit(u8),
 }
+
+/// The first stage byte of [`Stage::Rlimit`]: entry `i` is `RLIMIT_BASE + i`.
+const RLIMIT_BASE: u8 = 32;
 
 impl From<Stage> for u8 {
     fn from(s: Stage) -> u8 {
-        s as u8
+        match s {
+            Stage::Setup => 1,
+            Stage::Exec => 2,
+            Stage::Chdir => 3,
+            Stage::Session => 4,
+            Stage::Groups => 5,
+            Stage::Gid => 6,
+            Stage::Uid => 7,
+            Stage::Nice => 8,
+            Stage::OomScoreAdj => 9,
+            Stage::NoNewPrivs => 10,
+            Stage::Rlimit(i) => RLIMIT_BASE + (i % forkserver_protocol::MAX_RLIMITS as u8),
+        }
     }
 }
 
@@ -44,7 +66,44 @@ impl Stage {
             5 => Self::Groups,
             6 => Self::Gid,
             7 => Self::Uid,
+            8 => Self::Nice,
+            9 => Self::OomScoreAdj,
+            10 => Self::NoNewPrivs,
+            b if (RLIMIT_BASE..RLIMIT_BASE + forkserver_protocol::MAX_RLIMITS as u8)
+                .contains(&b) =>
+            {
+                Self::Rlimit(b - RLIMIT_BASE)
+            }
             _ => Self::Setup,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stage;
+
+    #[test]
+    fn every_stage_round_trips_through_its_byte() {
+        let mut all = vec![
+            Stage::Setup,
+            Stage::Exec,
+            Stage::Chdir,
+            Stage::Session,
+            Stage::Groups,
+            Stage::Gid,
+            Stage::Uid,
+            Stage::Nice,
+            Stage::OomScoreAdj,
+            Stage::NoNewPrivs,
+        ];
+        all.extend((0..forkserver_protocol::MAX_RLIMITS as u8).map(Stage::Rlimit));
+        for s in all {
+            assert_eq!(Stage::from_byte(u8::from(s)), s);
+        }
+        // Bytes no stage uses are setup failures.
+        for b in [0, 11, 31, 48, 255] {
+            assert_eq!(Stage::from_byte(b), Stage::Setup, "{b}");
         }
     }
 }

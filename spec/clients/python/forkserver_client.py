@@ -48,6 +48,11 @@ MAX_TARGET_FD = (1 << 20) - 1
 MAX_ARGS = 4096
 MAX_ENV = 4096
 MAX_GROUPS = 64                        # rev 0.5, supplementary groups of a spawn
+MAX_RLIMITS = 16                       # rev 0.6, resource limits of a spawn
+RLIM_INFINITY = 2**64 - 1
+# The Linux RLIMIT_* numbers, by index (§5.5.1).
+RLIMIT_NAMES = ("cpu", "fsize", "data", "stack", "core", "rss", "nproc", "nofile", "memlock", "as",
+                "locks", "sigpending", "msgqueue", "nice", "rtprio", "rttime")
 MAX_ARG_LEN = 131071
 MAX_PATH_LEN = 4095
 MAX_ENTRY_NAME_LEN = 255
@@ -86,14 +91,18 @@ SERVER_LABEL = b"forkserver auth v1 server"
 NEW_SESSION, NEW_PROCESS_GROUP, WANT_PIDFD, PID_AFTER_EXEC, KILL_ON_DISCONNECT = 1, 2, 4, 8, 16
 KEEP_CONNECTION = 32                   # rev 0.3
 SET_UID, SET_GID, SET_GROUPS, JOIN_PROCESS_GROUP, ENV_REMOVE = 64, 128, 256, 512, 1024  # rev 0.5
-WANT_RUSAGE = 2048                     # rev 0.6
-SPAWN_FLAGS_MASK = 0xFFF
+WANT_RUSAGE, SET_RLIMITS = 2048, 4096  # rev 0.6
+SET_UMASK, SET_NICE, NO_NEW_PRIVS, SET_OOM_SCORE_ADJ = 1 << 13, 1 << 14, 1 << 15, 1 << 16  # rev 0.6
+SET_GRACE = 1 << 17                    # rev 0.6
+SPAWN_FLAGS_MASK = 0x3FFFF
 FLAG_NAMES = {
     NEW_SESSION: "NEW_SESSION", NEW_PROCESS_GROUP: "NEW_PROCESS_GROUP", WANT_PIDFD: "WANT_PIDFD",
     PID_AFTER_EXEC: "PID_AFTER_EXEC", KILL_ON_DISCONNECT: "KILL_ON_DISCONNECT",
     KEEP_CONNECTION: "KEEP_CONNECTION", SET_UID: "SET_UID", SET_GID: "SET_GID",
     SET_GROUPS: "SET_GROUPS", JOIN_PROCESS_GROUP: "JOIN_PROCESS_GROUP", ENV_REMOVE: "ENV_REMOVE",
-    WANT_RUSAGE: "WANT_RUSAGE",
+    WANT_RUSAGE: "WANT_RUSAGE", SET_RLIMITS: "SET_RLIMITS", SET_UMASK: "SET_UMASK",
+    SET_NICE: "SET_NICE", NO_NEW_PRIVS: "NO_NEW_PRIVS", SET_OOM_SCORE_ADJ: "SET_OOM_SCORE_ADJ",
+    SET_GRACE: "SET_GRACE",
 }
 # What a server before rev 0.6 (no Features) is taken to implement: bits 0-4 (§5.14, §8).
 PRE_0_6_SPAWN_FLAGS = 0x1F
@@ -233,10 +242,13 @@ def encode_auth_ok(response):
 
 def encode_spawn(job, fd_targets=(), session="inherit", want_pidfd=False, pid_after_exec=False,
                  kill_on_disconnect=False, deadline_ms=0, keep_connection=False, uid=None,
-                 gid=None, groups=None, pgid=None, want_rusage=False):
+                 gid=None, groups=None, pgid=None, want_rusage=False, rlimits=None, umask=None,
+                 nice=None, no_new_privs=False, oom_score_adj=None, grace_ms=None):
     """job: {"kind": "exec", "program", "args", "env_clear", "env", "cwd"[, "env_remove"]} or
     {"kind": "entry", "name", "payload"} (the decoded form of §10.8, with bytes). session
-    "join_process_group" takes pgid; uid, gid, groups (a list) are set when not None (rev 0.5)."""
+    "join_process_group" takes pgid; uid, gid, groups (a list) are set when not None (rev 0.5);
+    rlimits, a list of {"resource", "soft", "hard"} dicts or (resource, soft, hard) tuples, when
+    not None; umask, nice, oom_score_adj, grace_ms when not None, no_new_privs (rev 0.6)."""
     flags = {"inherit": 0, "new_session": NEW_SESSION, "new_process_group": NEW_PROCESS_GROUP,
              "join_process_group": JOIN_PROCESS_GROUP}[session]
     removals = (job.get("env_remove") or []) if job["kind"] == "exec" else []
@@ -245,7 +257,10 @@ def encode_spawn(job, fd_targets=(), session="inherit", want_pidfd=False, pid_af
               | KEEP_CONNECTION * bool(keep_connection)
               | SET_UID * (uid is not None) | SET_GID * (gid is not None)
               | SET_GROUPS * (groups is not None) | ENV_REMOVE * bool(removals)
-              | WANT_RUSAGE * bool(want_rusage))
+              | WANT_RUSAGE * bool(want_rusage) | SET_RLIMITS * (rlimits is not None)
+              | SET_UMASK * (umask is not None) | SET_NICE * (nice is not None)
+              | NO_NEW_PRIVS * bool(no_new_privs) | SET_OOM_SCORE_ADJ * (oom_score_adj is not None)
+              | SET_GRACE * (grace_ms is not None))
     body = struct.pack("<IQ", flags, deadline_ms)
     body += b"".join(struct.pack("<I", t) for t in fd_targets)
     # The optional fields of rev 0.5, in the order of their bits (§5.5.1).
@@ -257,6 +272,18 @@ def encode_spawn(job, fd_targets=(), session="inherit", want_pidfd=False, pid_af
         body += struct.pack("<H", len(groups)) + b"".join(struct.pack("<I", g) for g in groups)
     if session == "join_process_group":
         body += struct.pack("<I", pgid)
+    if rlimits is not None:
+        limits = [(l["resource"], l["soft"], l["hard"]) if isinstance(l, dict) else tuple(l)
+                  for l in rlimits]
+        body += struct.pack("<H", len(limits)) + b"".join(struct.pack("<IQQ", *l) for l in limits)
+    if umask is not None:
+        body += struct.pack("<H", umask)
+    if nice is not None:
+        body += struct.pack("<i", nice)
+    if oom_score_adj is not None:
+        body += struct.pack("<i", oom_score_adj)
+    if grace_ms is not None:
+        body += struct.pack("<I", grace_ms)
     if job["kind"] == "entry":
         body += bytes([JOB_ENTRY]) + _bytes16(_b(job["name"])) + _bytes32(_b(job["payload"]))
     else:
@@ -344,7 +371,10 @@ def encode_message(msg):
         return encode_spawn(msg["job"], msg["fd_targets"], msg["session"], msg["want_pidfd"],
                             msg["pid_after_exec"], msg["kill_on_disconnect"], msg["deadline_ms"],
                             msg.get("keep_connection", False), msg.get("uid"), msg.get("gid"),
-                            msg.get("groups"), msg.get("pgid"), msg.get("want_rusage", False))
+                            msg.get("groups"), msg.get("pgid"), msg.get("want_rusage", False),
+                            msg.get("rlimits"), msg.get("umask"), msg.get("nice"),
+                            msg.get("no_new_privs", False), msg.get("oom_score_adj"),
+                            msg.get("grace_ms"))
     if t == "Signal":
         return encode_signal(msg["signo"])
     if t == "StatusRequest":
@@ -524,6 +554,35 @@ def _spawn(r, nfds):
         if not 1 <= pgid <= 0x7FFFFFFF:
             raise DecodeError("InvalidValue", f"Pgid {pgid}")
         extra["pgid"] = pgid
+    if flags & SET_RLIMITS:
+        n = r.u16()
+        if n > MAX_RLIMITS:
+            raise DecodeError("LimitExceeded", f"Rlimits {n}")
+        if len(r.data) - r.pos < 20 * n:
+            raise DecodeError("Truncated", "rlimits")
+        extra["rlimits"] = []
+        for _ in range(n):
+            resource, soft, hard = r.u32(), r.u64(), r.u64()
+            if resource >= len(RLIMIT_NAMES) or soft > hard:
+                raise DecodeError("InvalidValue", f"Rlimit ({resource}, {soft}, {hard})")
+            extra["rlimits"].append({"resource": resource, "soft": soft, "hard": hard})
+    if flags & SET_UMASK:
+        extra["umask"] = r.u16()
+        if extra["umask"] > 0o777:
+            raise DecodeError("InvalidValue", f"Umask 0o{extra['umask']:o}")
+    for bit, key, lo, hi, field in ((SET_NICE, "nice", -20, 19, "Nice"),
+                                     (SET_OOM_SCORE_ADJ, "oom_score_adj", -1000, 1000, "OomScoreAdj")):
+        if flags & bit:
+            v = struct.unpack("<i", struct.pack("<I", r.u32()))[0]
+            if not lo <= v <= hi:
+                raise DecodeError("InvalidValue", f"{field} {v}")
+            extra[key] = v
+    if flags & SET_GRACE:
+        extra["grace_ms"] = r.u32()
+        if extra["grace_ms"] == 0:
+            raise DecodeError("InvalidValue", "Grace 0")
+    if flags & NO_NEW_PRIVS:
+        extra["no_new_privs"] = True
     kind = r.u8()
     if kind == JOB_ENTRY and flags & ENV_REMOVE:
         raise DecodeError("InvalidValue", "SpawnFlags: ENV_REMOVE on an entry job")
@@ -1037,7 +1096,9 @@ class Client:
         """Run argv[0] (or program) with argv. env: dict or list of (key, value) applied on top of
         the server's environment (or an empty one with env_clear), after env_remove (names taken
         out of the server's environment). fds: {target: fd}. ids: uid, gid, groups, pgid (rev
-        0.5; pgid joins that process group), want_rusage (rev 0.6: Child.usage after wait)."""
+        0.5; pgid joins that process group), want_rusage (rev 0.6: Child.usage after wait),
+        rlimits (rev 0.6: a list of (resource, soft, hard)), umask, nice, no_new_privs,
+        oom_score_adj, grace_ms (rev 0.6)."""
         env = list(env.items()) if isinstance(env, dict) else list(env or [])
         job = {"kind": "exec", "program": _b(program if program is not None else argv[0]),
                "args": [_b(a) for a in argv], "env_clear": env_clear,
@@ -1054,7 +1115,8 @@ class Client:
 
     def _spawn(self, job, fds, new_session, new_process_group, deadline_ms, want_pidfd,
                pid_after_exec, kill_on_disconnect, uid=None, gid=None, groups=None, pgid=None,
-               want_rusage=False):
+               want_rusage=False, rlimits=None, umask=None, nice=None, no_new_privs=False,
+               oom_score_adj=None, grace_ms=None):
         fds = dict(fds or {})
         if len(fds) > MAX_FDS:
             raise ValueError(f"{len(fds)} fds: at most {MAX_FDS} per spawn")
@@ -1063,7 +1125,8 @@ class Client:
                    "join_process_group" if pgid is not None else "inherit")
         frame = encode_spawn(job, list(fds), session, want_pidfd, pid_after_exec,
                              kill_on_disconnect, deadline_ms, False, uid, gid, groups, pgid,
-                             want_rusage)
+                             want_rusage, rlimits, umask, nice, no_new_privs, oom_score_adj,
+                             grace_ms)
         try:
             decode_frame(frame)                # refuse locally what the server must refuse
         except DecodeError as e:

@@ -15,12 +15,16 @@ use super::wire::{encoded_len, Reader, Sink};
 use crate::error::{BuildError, DecodeError, Field, Limit};
 use crate::{MAX_BODY_LEN, MAX_FDS, MAX_TARGET_FD};
 
+mod controls;
 mod fields;
 mod job;
 mod options;
+mod rlimits;
 
+pub use controls::{MAX_UMASK, NICE_RANGE, OOM_SCORE_ADJ_RANGE};
 pub use job::{EntryJob, ExecJob};
 pub use options::{flags, Credentials, Groups, Revision, Session, SpawnOptions};
+pub use rlimits::{Rlimit, Rlimits, RESOURCES as RLIMIT_NAMES, RLIM_INFINITY};
 
 /// The fd map of a spawn: for the i-th fd that travels with the frame, the fd number it gets in
 /// the child. At most [`MAX_FDS`] entries, each at most [`MAX_TARGET_FD`], no two alike.

@@ -1,5 +1,5 @@
 //! The options of a `Spawn`: its flag word and the optional fields that flags announce
-//! (PROTOCOL.md §5.5.1, rev 0.5 for bits 6-10, rev 0.6 for bit 11).
+//! (PROTOCOL.md §5.5.1, rev 0.5 for bits 6-10, rev 0.6 for bits 11-17).
 //!
 //! ```text
 //! flags (u32) | deadline_ms (u64) | targets ... | [uid u32] [gid u32] [ngroups u16, gid u32 x n]
@@ -48,8 +48,10 @@
 //! an fd index, a grace period) are `field` lines with a codec of their own; the fields are
 //! then laid out, decoded and checked in bit order, as §5.5.1 requires.
 
+use super::controls::{Grace, Nice, OomScoreAdj, Umask};
 pub use super::fields::Groups;
 use super::fields::{FieldCodec, Gid, Pgid, Uid};
+pub use super::rlimits::Rlimits;
 use crate::codec::wire::{Reader, Sink};
 use crate::error::{BuildError, DecodeError, Field};
 
@@ -69,7 +71,9 @@ impl Revision {
     /// Rev 0.5: ids, process group, environment removals.
     pub const R0_5: Self = Self::new(0, 5);
     /// Rev 0.6: `FeaturesRequest` and `Features`, the server's list of what it implements;
-    /// `WANT_RUSAGE` and the usage in `Exit`; `MetricsRequest` and `Metrics`.
+    /// `WANT_RUSAGE` and the usage in `Exit`; `MetricsRequest` and `Metrics`; the per-child
+    /// controls (`SET_RLIMITS`, `SET_UMASK`, `SET_NICE`, `NO_NEW_PRIVS`, `SET_OOM_SCORE_ADJ`,
+    /// `SET_GRACE`).
     pub const R0_6: Self = Self::new(0, 6);
     /// The revision this crate implements, which its `Features` names.
     pub const CURRENT: Self = Self::R0_6;
@@ -273,6 +277,23 @@ spawn_options! {
     /// The `Exit` reply carries the child's resource usage (`wait4`: CPU times, peak RSS;
     /// PROTOCOL.md §5.9, rev 0.6).
     11 WANT_RUSAGE, R0_6 => flag(want_rusage);
+    /// The body carries resource limits: the child calls `prlimit64(0, resource, ...)` for
+    /// each, in order, before its credentials change (rev 0.6).
+    12 SET_RLIMITS, R0_6 => field(rlimits: Rlimits);
+    /// The body carries a umask: the child calls `umask(umask)` (rev 0.6).
+    13 SET_UMASK, R0_6 => field(umask: Umask);
+    /// The body carries a nice value: the child calls `setpriority(PRIO_PROCESS, 0, nice)`
+    /// (rev 0.6).
+    14 SET_NICE, R0_6 => field(nice: Nice);
+    /// The child calls `prctl(PR_SET_NO_NEW_PRIVS, 1)`: its `execve` grants no privilege
+    /// (setuid bits, file capabilities) (rev 0.6).
+    15 NO_NEW_PRIVS, R0_6 => flag(no_new_privs);
+    /// The body carries an OOM score adjustment, which the child writes to
+    /// `/proc/self/oom_score_adj` (rev 0.6).
+    16 SET_OOM_SCORE_ADJ, R0_6 => field(oom_score_adj: OomScoreAdj);
+    /// The body carries a grace period: at the deadline the server sends `SIGTERM`, and
+    /// `SIGKILL` `grace_ms` later if the child still runs (rev 0.6).
+    17 SET_GRACE, R0_6 => field(grace_ms: Grace);
 }
 
 /// Which session and process group the child lives in.
@@ -326,6 +347,19 @@ pub struct SpawnOptions {
     pub credentials: Credentials,
     /// `WANT_RUSAGE` (rev 0.6): the `Exit` reply carries the child's resource usage.
     pub want_rusage: bool,
+    /// `SET_RLIMITS` (rev 0.6): the limits the child sets, in order.
+    pub rlimits: Option<Rlimits>,
+    /// `SET_UMASK` (rev 0.6): the child's umask, `0..=0o777`.
+    pub umask: Option<u16>,
+    /// `SET_NICE` (rev 0.6): the child's nice value, `-20..=19`.
+    pub nice: Option<i32>,
+    /// `NO_NEW_PRIVS` (rev 0.6): `prctl(PR_SET_NO_NEW_PRIVS, 1)` in the child.
+    pub no_new_privs: bool,
+    /// `SET_OOM_SCORE_ADJ` (rev 0.6): the child's `oom_score_adj`, `-1000..=1000`.
+    pub oom_score_adj: Option<i32>,
+    /// `SET_GRACE` (rev 0.6): milliseconds between the `SIGTERM` at the deadline and the
+    /// `SIGKILL`; `None`: `SIGKILL` at the deadline. No effect without a deadline.
+    pub grace_ms: Option<core::num::NonZeroU32>,
 }
 
 impl SpawnOptions {
