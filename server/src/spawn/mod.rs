@@ -156,8 +156,7 @@ pub(crate) fn spawn(
 /// `die_with_server` the child gets `PR_SET_PDEATHSIG(SIGKILL)`. With `zero_key` the child
 /// first overwrites its copy of the key with zeros (it writes to its own pages; the server's
 /// copy is intact). A panic in the child ends it (status 127); it never unwinds back into the
-/// server's code. The child's first call is `sched_yield`: measured, it takes ~28% off request
-/// → pid (the client's wake-up no longer waits behind the child's setup on the same CPU).
+/// server's code.
 fn fork_child(
     ctx: &mut ForkContext,
     zero_key: bool,
@@ -178,10 +177,6 @@ fn fork_child(
     match forked? {
         ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {
-            // The new child is often put on the CPU where the client waiting for its `Pid`
-            // is about to be woken, and runs first; yielding once lets that wake-up through
-            // before the child's setup (benches/BENCHMARKS.md, issue 16, `pid_vs_limit`).
-            let _ = nix::sched::sched_yield();
             if zero_key {
                 ctx.zero_key();
             }
