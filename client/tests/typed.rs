@@ -4,6 +4,9 @@
 //! Every test checks that the server's fd count and child list, and this process's fd count,
 //! are back where they started.
 
+mod common;
+use common::Test;
+
 use std::fmt;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -160,9 +163,6 @@ fn hostile(mut call: Invocation) -> i32 {
     0
 }
 
-/// A test: its name and its body.
-type Test = (&'static str, fn(&Client));
-
 fn main() {
     Zygote::new()
         .typed("area", area)
@@ -209,72 +209,7 @@ fn main() {
             the_python_client_calls_with_json,
         ),
     ];
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(180));
-        eprintln!("typed tests: still running after 180 s, giving up");
-        std::process::exit(102);
-    });
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let client = Client::launch(std::env::current_exe().unwrap()).expect("launch");
-    let (mut passed, mut failed) = (0, 0);
-    for (name, test) in tests {
-        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        let before = (settled(&client, None), own_fds(&client));
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            test(&client);
-            settled(&client, Some(before.0));
-            assert_eq!(own_fds(&client), before.1, "this process's fds");
-        }));
-        if r.is_ok() {
-            passed += 1;
-            println!("test {name} ... ok");
-        } else {
-            failed += 1;
-            println!("test {name} ... FAILED");
-        }
-    }
-    let verdict = if failed == 0 { "ok" } else { "FAILED" };
-    println!("\ntest result: {verdict}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out\n");
-    if failed > 0 {
-        std::process::exit(101);
-    }
-}
-
-/// This process's fd count, with no connection kept for reuse.
-fn own_fds(client: &Client) -> usize {
-    client.close_idle_connections();
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-/// The launched server's fd count, once it has no child and no connection but ours (see
-/// client/tests/zygote.rs).
-fn settled(client: &Client, expect: Option<usize>) -> usize {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let pid = client.launched_server_pid().expect("a launched server");
-        client.close_idle_connections();
-        let status = client.status().expect("status");
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| d.count())
-            .unwrap_or(0);
-        let kids =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        let quiet = kids.trim().is_empty() && status.live_children() == 0;
-        if quiet && status.connections() <= 1 && expect.map_or(true, |e| e == fds) {
-            return fds;
-        }
-        assert!(
-            Instant::now() < until,
-            "server did not settle: {fds} fds (expected {expect:?}), children [{}]",
-            kids.trim()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::run("typed", tests, common::fds_before, common::fds_back);
 }
 
 fn a_value_round_trip(client: &Client) {

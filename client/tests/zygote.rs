@@ -3,6 +3,9 @@
 //!
 //! Every test checks that the server's fd count and child list are back where they started.
 
+mod common;
+use common::Test;
+
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::OnceLock;
@@ -95,9 +98,6 @@ fn sleep_ms(call: Invocation) -> i32 {
     std::thread::sleep(Duration::from_millis(ms));
     0
 }
-
-/// A test: its name and its body.
-type Test = (&'static str, fn(&Client));
 
 fn main() {
     // A launched server that must refuse: a second thread before it serves.
@@ -203,45 +203,14 @@ fn main() {
             the_server_exits_with_its_owner,
         ),
     ];
-    // No test may hang the suite: the whole run gets three minutes.
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(180));
-        eprintln!("zygote tests: still running after 180 s, giving up");
-        std::process::exit(102);
-    });
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let client = Client::launch(std::env::current_exe().unwrap()).expect("launch");
-    let (mut passed, mut failed) = (0, 0);
-    for (name, test) in tests {
-        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        let before = settled(&client, None);
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            test(&client);
-            settled(&client, Some(before));
-        }));
-        match r {
-            Ok(()) => {
-                passed += 1;
-                println!("test {name} ... ok");
-            }
-            Err(_) => {
-                failed += 1;
-                println!("test {name} ... FAILED");
-            }
-        }
-    }
-    let verdict = if failed == 0 { "ok" } else { "FAILED" };
-    println!(
-        "\ntest result: {verdict}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out\n"
+    common::run(
+        "zygote",
+        tests,
+        |client| settled(client, None),
+        |client, before| {
+            settled(client, Some(before));
+        },
     );
-    if failed > 0 {
-        std::process::exit(101);
-    }
 }
 
 /// The launched server's fd count, once it has no child and no connection but ours: waits for
