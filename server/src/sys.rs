@@ -15,6 +15,7 @@ use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use forkserver_protocol::ResourceUsage;
 use nix::errno::Errno;
 use nix::libc;
+use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::unistd::Pid;
 
 /// `pidfd_open(pid, 0)`: an fd that refers to the process `pid` (close-on-exec).
@@ -262,4 +263,24 @@ pub(crate) fn write_fd(fd: RawFd, buf: &[u8]) -> Result<usize, Errno> {
     // SAFETY: `buf` is valid for `buf.len()` bytes; the fd is a number.
     let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
     Errno::result(n).map(|n| n as usize)
+}
+
+/// Blocks every signal in this thread (before a fork or a clone, so that no handler runs in the
+/// child before it has reset them); returns the mask before, to restore with
+/// [`restore_signal_mask`].
+///
+/// # Errors
+/// `sigprocmask` failing.
+pub(crate) fn block_all_signals() -> Result<SigSet, Errno> {
+    let mut old = SigSet::empty();
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut old))?;
+    Ok(old)
+}
+
+/// Puts back the mask [`block_all_signals`] returned.
+///
+/// # Errors
+/// `sigprocmask` failing.
+pub(crate) fn restore_signal_mask(old: &SigSet) -> Result<(), Errno> {
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(old), None)
 }

@@ -165,16 +165,11 @@ fn fork_child(
     in_child: impl FnOnce(&ForkContext) -> std::convert::Infallible,
 ) -> Result<Pid, Errno> {
     let server = ctx.watched_server().map(Pid::from_raw);
-    let mut old_mask = SigSet::empty();
-    nix::sys::signal::sigprocmask(
-        SigmaskHow::SIG_BLOCK,
-        Some(&SigSet::all()),
-        Some(&mut old_mask),
-    )?;
+    let old_mask = sys::block_all_signals()?;
     // The server is single-threaded: the child may run any code (see `sys::fork`).
     let forked = sys::fork();
     if !matches!(forked, Ok(ForkResult::Child)) {
-        nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None)?;
+        sys::restore_signal_mask(&old_mask)?;
     }
     match forked? {
         ForkResult::Parent { child } => Ok(child),

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 
 use nix::errno::Errno;
 use nix::libc;
-use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::unistd::Pid;
 
 use forkserver_protocol::FdBundle;
@@ -135,12 +134,7 @@ pub(super) fn clone_exec(
     }
     let mut pidfd: libc::c_int = -1;
     let pidfd_ptr: *mut libc::c_int = &mut pidfd;
-    let mut old_mask = SigSet::empty();
-    nix::sys::signal::sigprocmask(
-        SigmaskHow::SIG_BLOCK,
-        Some(&SigSet::all()),
-        Some(&mut old_mask),
-    )?;
+    let old_mask = crate::sys::block_all_signals()?;
     let top = stack.top();
     // SAFETY: `child_entry` runs on `stack` (ours, mapped, used by this child alone: the
     // server is suspended until the child execs or exits, CLONE_VFORK) and touches only
@@ -149,7 +143,7 @@ pub(super) fn clone_exec(
     // (CLONE_PIDFD writes the pidfd through clone's parent_tid argument).
     let pid = unsafe { libc::clone(child_entry, top, flags, arg.cast_mut().cast(), pidfd_ptr) };
     let clone_errno = Errno::last();
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None)?;
+    crate::sys::restore_signal_mask(&old_mask)?;
     if pid < 0 {
         return Err(clone_errno);
     }
