@@ -1,37 +1,21 @@
 //! The cost of the per-child controls of protocol rev 0.6 (issue 17, point 4): an exec of
 //! `/bin/true` with every control against one with none, spawn to exit, interleaved in one
-//! run (before the ratio joins `compare` as `controls_vs_none`):
+//! run; `compare` measures the same as `controls_vs_none` (group 3, `ours_exec_true_controls`
+//! against `ours_exec_true`, stdio on `/dev/null` there):
 //!
 //! ```sh
 //! cargo run --release -p forkserver-benches --example controls -- [N]
 //! ```
 //!
 //! This binary is its own server (`Client::launch`), so exec jobs take the `CLONE_VM` path.
-//! "All" is five resource limits, a umask, `setpriority` (to 0, so the child is not
-//! scheduled differently), the OOM score written (500), `no_new_privs`, and a 60 s deadline
-//! with a 5 s grace period (a timer, no signal: the child ends first).
+//! "All" is [`with_controls`] (shared with `compare`).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use forkserver_benches::controls::with_controls;
 use forkserver_benches::stats::{fmt_ns, ratio, Summary};
-use forkserver_client::{Client, Command};
-use forkserver_protocol::RLIM_INFINITY;
+use forkserver_client::Client;
 use forkserver_server::Zygote;
-use nix::libc;
-
-fn with_controls(cmd: &mut Command) -> &mut Command {
-    cmd.rlimit(libc::RLIMIT_NOFILE, 1024, 4096)
-        .rlimit(libc::RLIMIT_CORE, 0, 0)
-        .rlimit(libc::RLIMIT_NPROC, 4096, 4096)
-        .rlimit(libc::RLIMIT_AS, RLIM_INFINITY, RLIM_INFINITY)
-        .rlimit(libc::RLIMIT_FSIZE, RLIM_INFINITY, RLIM_INFINITY)
-        .umask(0o077)
-        .nice(0)
-        .oom_score_adj(500)
-        .no_new_privs(true)
-        .deadline(Duration::from_secs(60))
-        .grace(Duration::from_secs(5))
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     Zygote::new().serve_if_requested();

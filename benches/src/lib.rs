@@ -15,6 +15,7 @@
 
 pub mod ballast;
 pub mod codec_samples;
+pub mod controls;
 pub mod cpython;
 pub mod direct;
 pub mod driven;

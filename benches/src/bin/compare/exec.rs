@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use forkserver_benches::controls::with_controls;
 use forkserver_benches::interleave::{self, Scenario};
 use forkserver_benches::Result;
 use forkserver_client::{Client, Stdio};
@@ -10,14 +11,18 @@ use crate::plan::Plan;
 use crate::scenarios::{check, Group};
 
 /// Group 3: exec mode, `/bin/true` through the server against `std::process::Command` from
-/// this process, all with stdin, stdout and stderr on `/dev/null`, spawn + wait.
+/// this process, all with stdin, stdout and stderr on `/dev/null`, spawn + wait; and ours
+/// with every per-child control ([`with_controls`]), for `controls_vs_none`.
 pub(crate) fn exec_group(client: &Client, plan: &Plan) -> Result<Group> {
-    let ours = |wait_for_exec: bool| {
+    let ours = |wait_for_exec: bool, controls: bool| {
         let mut cmd = client.command("/bin/true");
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .wait_for_exec(wait_for_exec);
+        if controls {
+            with_controls(&mut cmd);
+        }
         move || -> Result<Duration> {
             let start = Instant::now();
             let status = cmd.spawn()?.wait()?;
@@ -27,8 +32,9 @@ pub(crate) fn exec_group(client: &Client, plan: &Plan) -> Result<Group> {
         }
     };
     let mut scenarios = vec![
-        Scenario::new("ours_exec_true", ours(true)),
-        Scenario::new("ours_exec_true_nowait", ours(false)),
+        Scenario::new("ours_exec_true", ours(true, false)),
+        Scenario::new("ours_exec_true_controls", ours(true, true)),
+        Scenario::new("ours_exec_true_nowait", ours(false, false)),
         Scenario::new("std_command_true", std_command_true),
     ];
     let r = interleave::run(&mut scenarios, plan.exec_warmup, plan.exec_rounds)?;

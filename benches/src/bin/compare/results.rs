@@ -88,6 +88,13 @@ pub(crate) fn ratios(r: &Results) -> Result<Map<String, Value>> {
             r.exec.get("std_command_true")?,
         ),
     );
+    put(
+        "controls_vs_none",
+        ratio(
+            r.exec.get("ours_exec_true_controls")?,
+            r.exec.get("ours_exec_true")?,
+        ),
+    );
     let z = |name: &str| r.zygote.get(name);
     // The large zygote against the small one, on the CLONE_VM path (the default).
     put(
@@ -188,7 +195,9 @@ pub(crate) fn ratios(r: &Results) -> Result<Map<String, Value>> {
              group of the unballasted harness, run earlier; exec_big_zygote_vs_small: exec \
              /bin/true from a server with a 512 MiB touched preload / from a small one, both \
              on the CLONE_VM exec path (exec_big_zygote_fork_vs_small: both on the fork path, \
-             FORKSERVER_EXEC_FORK=1; exec_clone_vm_vs_fork: the two paths, small zygote)",
+             FORKSERVER_EXEC_FORK=1; exec_clone_vm_vs_fork: the two paths, small zygote); \
+             controls_vs_none: exec /bin/true with every per-child control / with none, \
+             interleaved on the same server",
         ),
     );
     Ok(m)
