@@ -642,6 +642,21 @@ def usage_and_metrics_checks(valid):
         require(after["uptime_s"] >= before["uptime_s"], "uptime went down")
     check("metrics/an exec failure, an exec and a deadline kill move their counters", counters_move)
 
+    def setup_failure_by_stage():
+        before = fc.Client(SOCKET, timeout=TIMEOUT).metrics()
+        with Raw() as c:
+            c.send(spawn_frame(exec_job(["/bin/true"], cwd="/nonexistent/dir"), pid_after_exec=True))
+            c.expect_error("ChildSetupFailed")
+        after = fc.Client(SOCKET, timeout=TIMEOUT).metrics()
+        for k in ("spawns_exec_setup_failed", "setup_failed_chdir"):
+            require(after[k] == before[k] + 1, f"{k}: {before[k]} then {after[k]}")
+        stages = [k for k in fc.METRICS_FIELDS if k.startswith("setup_failed_")]
+        require(sum(after[k] for k in stages)
+                == after["spawns_exec_setup_failed"] + after["spawns_entry_setup_failed"],
+                f"setup_failed_* do not add up to the setup failures: {after}")
+    check("metrics/a failed chdir moves setup_failed_chdir; the stages add up (§5.16)",
+          setup_failure_by_stage)
+
     def before_hello():
         with Raw(hello=False) as c:
             c.send(metrics_request)
