@@ -196,8 +196,8 @@ fn main() {
         ("pooled_children", pooled_children),
         ("large_results_and_arguments", large_results_and_arguments),
         (
-            "eight_threads_fifty_calls_each",
-            eight_threads_fifty_calls_each,
+            "eight_threads_two_hundred_calls_each",
+            eight_threads_two_hundred_calls_each,
         ),
         ("untyped_calls_unchanged", untyped_calls_unchanged),
         (
@@ -529,12 +529,12 @@ fn pooled_children(_client: &Client) {
     }
 }
 
-fn eight_threads_fifty_calls_each(client: &Client) {
+fn eight_threads_two_hundred_calls_each(client: &Client) {
     let threads: Vec<_> = (0..8u32)
         .map(|t| {
             let client = client.clone();
             std::thread::spawn(move || {
-                for i in 0..50u32 {
+                for i in 0..200u32 {
                     let codec = if i % 2 == 0 {
                         Codec::MessagePack
                     } else {
