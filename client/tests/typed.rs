@@ -204,10 +204,6 @@ fn main() {
             "a_hostile_child_gives_a_call_error",
             a_hostile_child_gives_a_call_error,
         ),
-        (
-            "the_python_client_calls_with_json",
-            the_python_client_calls_with_json,
-        ),
     ];
     common::run("typed", tests, common::fds_before, common::fds_back);
 }
@@ -630,64 +626,5 @@ fn large_results_and_arguments(client: &Client) {
         ),
         "{:?}",
         r.map(|_| ())
-    );
-}
-
-/// `spec/clients/python/forkserver_typed.py`, written from PROTOCOL.md §11, calls the typed
-/// entries of a server without a key (the Python client has one too, but needs no more here).
-fn the_python_client_calls_with_json(_client: &Client) {
-    let open = Client::launcher(std::env::current_exe().unwrap())
-        .authenticate(false)
-        .launch()
-        .unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../spec/clients/python/forkserver_typed.py"
-    );
-    let call = |entry: &str, arg: &str, a: &str, r: &str| {
-        let out = std::process::Command::new("python3")
-            .args([
-                script,
-                open.socket_path().to_str().unwrap(),
-                entry,
-                arg,
-                a,
-                r,
-            ])
-            .output()
-            .expect("python3 is needed by this test");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
-    assert_eq!(
-        call("area", "[800, 600]", "(u32, u32)", "u64"),
-        r#"["value", 480000]"#
-    );
-    let size = r#"{"w": 3, "h": 4, "label": "x"}"#;
-    let ty = std::any::type_name::<Size>();
-    assert_eq!(
-        call("halve", size, ty, ty),
-        r#"["error", "cannot halve 3x4"]"#
-    );
-    let half = call("halve", r#"{"w": 8, "h": 4, "label": "x"}"#, ty, ty);
-    assert_eq!(half, r#"["value", {"w": 4, "h": 2, "label": "x halved"}]"#);
-    let panicked = call("panics", "7", "u32", "u32");
-    assert!(
-        panicked.starts_with(r#"["panic", "typed panic 7", "client/tests/typed.rs:"#),
-        "{panicked}"
-    );
-    assert_eq!(call("exits", "4", "i32", "u32"), r#"["exited", 4]"#);
-    assert!(call("area", "[1, 2]", "(u32, u32)", "u32").starts_with(r#"["mismatch""#));
-    assert_eq!(
-        call("untyped", "1", "u32", "u32"),
-        r#"["mismatch", "not a typed entry"]"#
-    );
-    assert_eq!(
-        call("nope", "1", "u32", "u32"),
-        r#"["mismatch", "no such entry"]"#
     );
 }
