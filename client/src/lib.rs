@@ -101,6 +101,7 @@ mod stdio;
 mod target;
 #[cfg(feature = "typed")]
 mod typed;
+mod wait_until;
 
 #[cfg(feature = "tokio")]
 pub use async_child::AsyncChild;
