@@ -181,10 +181,18 @@ impl Child {
         }
     }
 
-    /// As [`Child::wait`], for at most `timeout`: `Ok(None)` if the child still runs then.
-    /// The child keeps running and this handle keeps it: call again, or [`Child::wait`], to
-    /// wait on. Unlike `wait`, a piped `stdin` stays open. The wait is `poll(2)` on the
-    /// connection with the time left, not a loop of `try_wait`s.
+    /// As [`Child::wait`], for at most `timeout` (`poll(2)` on the connection, not a loop of
+    /// `try_wait`s): `Ok(None)` if the child still runs then; this handle keeps it, to wait on
+    /// again. A piped `stdin` stays open.
+    ///
+    /// ```no_run
+    /// # let client = forkserver_client::Client::connect("/run/forkserver.sock")?;
+    /// let mut child = client.command("sleep").arg("1").spawn()?;
+    /// while child.wait_timeout(std::time::Duration::from_millis(100))?.is_none() {
+    ///     println!("still running");
+    /// }
+    /// # Ok::<(), forkserver_client::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`Child::wait`].
