@@ -91,6 +91,10 @@ fn main() {
             kill_while_another_task_joins,
         ),
         (
+            "a_cancelled_spawn_leaves_the_builder_as_it_was",
+            a_cancelled_spawn_leaves_the_builder_as_it_was,
+        ),
+        (
             "two_hundred_concurrent_calls_from_eight_tasks",
             two_hundred_concurrent_calls_from_eight_tasks,
         ),
@@ -237,6 +241,22 @@ fn kill_while_another_task_joins(client: &Client) {
         child.kill().await.unwrap();
         assert!(matches!(child.join().await, Err(CallError::Taken)));
         drop(w);
+    });
+}
+
+/// `spawn_async` futures dropped at their first await (the request out, its `Pid` not read):
+/// the channel's child end they had added to the builder is closed, not kept for the next
+/// spawn, and the builder still works.
+fn a_cancelled_spawn_leaves_the_builder_as_it_was(client: &Client) {
+    block_on(async {
+        let mut call = client.typed::<(u32, u32), u64>("area");
+        let fds = common::own_fds(client);
+        for _ in 0..5 {
+            let _ = tokio::time::timeout(Duration::ZERO, call.spawn_async(&(2, 3))).await;
+        }
+        assert_eq!(common::own_fds(client), fds, "fds left in the builder");
+        let child = call.spawn_async(&(2, 3)).await.unwrap();
+        assert_eq!(child.join().await.unwrap(), 6);
     });
 }
 

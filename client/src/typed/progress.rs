@@ -75,10 +75,14 @@ impl Progress {
         self.status = Some(status);
     }
 
-    /// Whether both answer and exit status are known. Once the child has exited, whatever it
-    /// sent is queued on `channel` (`None`: closed already): read to the end first, and no
-    /// final frame there is [`Answer::Closed`].
+    /// Whether both answer and exit status are known (or the outcome was taken). Once the
+    /// child has exited, whatever it sent is queued on `channel` (`None`: closed already):
+    /// read to the end first, and no final frame there is [`Answer::Closed`].
     pub(crate) fn settle(&mut self, channel: Option<BorrowedFd<'_>>) -> bool {
+        if self.taken {
+            // Nothing more to learn: the outcome is [`CallError::Taken`].
+            return true;
+        }
         if self.status.is_some() && self.answer.is_none() {
             if let Some(ch) = channel {
                 self.read(ch);
@@ -136,12 +140,11 @@ impl Progress {
     /// The outcome, once [`Progress::settle`] has said both halves are known; later calls
     /// give [`CallError::Taken`].
     pub(crate) fn outcome<R: DeserializeOwned>(&mut self) -> Result<R, CallError> {
-        let Some(status) = self.status else {
+        // Unsettled is not reached (callers settle first); taken is.
+        let (false, Some(status), Some(_)) = (self.taken, self.status, &self.answer) else {
             return Err(CallError::Taken);
         };
-        let Some(answer) = self.answer.take() else {
-            return Err(CallError::Taken);
-        };
+        let answer = self.answer.take().expect("checked above");
         self.taken = true;
         let killed = status.signal().map(|signal| CallError::Killed {
             signal,
