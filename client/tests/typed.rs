@@ -491,6 +491,7 @@ fn join_timeout_twice_then_join(client: &Client) {
         child.join_timeout(Duration::ZERO),
         Err(CallError::Taken)
     ));
+    assert!(matches!(child.join(), Err(CallError::Taken)));
 }
 
 fn pooled_children(_client: &Client) {

@@ -4,9 +4,13 @@
 //! entry `Spawn`. A [`Worker`] (`worker.rs`, §11.7) is one such child that serves many
 //! requests sent on its channel; [`WorkerPool`] (`pool.rs`) shares `n` of them between threads.
 
+#[cfg(feature = "tokio")]
+#[allow(unsafe_code)] // registering the result channel with tokio's reactor
+mod async_child;
 mod child;
 mod error;
 mod pool;
+mod progress;
 mod worker;
 
 use std::marker::PhantomData;
@@ -18,6 +22,8 @@ use forkserver_protocol::typed::{channel_pair, encode, fingerprint, Codec, Typed
 use forkserver_protocol::{EntryJob, ErrorCode, Job, Session};
 use serde::{de::DeserializeOwned, Serialize};
 
+#[cfg(feature = "tokio")]
+pub use async_child::AsyncTypedChild;
 pub use child::TypedChild;
 pub use error::CallError;
 pub use pool::WorkerPool;
@@ -94,6 +100,45 @@ impl<A: Serialize + ?Sized, R: DeserializeOwned> TypedCall<A, R> {
         let (child, ours) = start.spawn(&mut self.req, &bytes, fds)?;
         Ok(TypedChild::new(child, ours, self.name.clone(), self.codec))
     }
+
+    /// [`TypedCall::spawn`] for async code: no step blocks the thread (see
+    /// [`crate::Call::spawn_async`]). [`AsyncTypedChild::join`] then waits for the outcome on
+    /// the reactor.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use forkserver_client::Client;
+    ///
+    /// let client = Client::connect("/run/user/1000/forkserver.sock")?;
+    /// let area: u64 = client
+    ///     .typed::<(u32, u32), u64>("area")
+    ///     .spawn_async(&(800, 600))
+    ///     .await?
+    ///     .join()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with its I/O and time drivers, as tokio's own I/O does.
+    ///
+    /// # Errors
+    /// As [`TypedCall::spawn`], and [`CallError::Spawn`] with [`Error::Io`] if the connection
+    /// or the channel cannot be registered with the runtime.
+    #[cfg(feature = "tokio")]
+    pub async fn spawn_async(&mut self, arg: &A) -> Result<AsyncTypedChild<R>, CallError> {
+        let (bytes, fds) = encode(self.codec, arg).map_err(|e| CallError::Encode(e.to_string()))?;
+        let start = Start {
+            client: &self.client,
+            name: &self.name,
+            codec: self.codec,
+            fingerprint: fingerprint::<A, R>(&self.name, self.codec),
+            worker: false,
+        };
+        let (child, ours) = start.spawn_async(&mut self.req, &bytes, fds).await?;
+        AsyncTypedChild::new(child, ours, self.name.clone(), self.codec).map_err(CallError::Spawn)
+    }
 }
 
 /// What starts a typed call's or a worker's child (§11.2, §11.7).
@@ -114,6 +159,44 @@ impl Start<'_> {
         arg: &[u8],
         fds: Vec<OwnedFd>,
     ) -> Result<(Child, OwnedFd), CallError> {
+        let (placed, ours, job) = self.place(req, arg, fds)?;
+        let spawned = job.and_then(|job| placed.req.spawn(self.client, job, Defaults::None));
+        drop(placed);
+        self.finish(spawned, ours)
+    }
+
+    /// [`Start::spawn`] for async code. A cancelled future leaves the builder as it was: the
+    /// channel's child end and the argument's fds go with it.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn spawn_async(
+        &self,
+        req: &mut Request,
+        arg: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> Result<(Child, OwnedFd), CallError> {
+        let (placed, ours, job) = self.place(req, arg, fds)?;
+        let spawned = match job {
+            Ok(job) => {
+                placed
+                    .req
+                    .spawn_async(self.client, job, Defaults::None)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        drop(placed);
+        self.finish(spawned, ours)
+    }
+
+    /// Makes the result channel and adds its child end and `fds` to `req`, at free targets;
+    /// the job carries the header that names them. The fds leave `req` when the
+    /// [`Placed`] goes.
+    fn place<'r>(
+        &self,
+        req: &'r mut Request,
+        arg: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> Result<(Placed<'r>, OwnedFd, crate::Result<Job>), CallError> {
         let (ours, theirs) =
             channel_pair().map_err(|e| CallError::Spawn(std::io::Error::from(e).into()))?;
         let keep = req.fds.len();
@@ -125,17 +208,25 @@ impl Start<'_> {
             targets[1..].to_vec(),
         )
         .map(|h| h.with_worker(self.worker));
-        req.fds.push((targets[0], theirs));
-        req.fds.extend(targets[1..].iter().copied().zip(fds));
-        let spawned = match header.and_then(|h| h.encode(arg)) {
+        let placed = Placed { req, keep };
+        placed.req.fds.push((targets[0], theirs));
+        placed.req.fds.extend(targets[1..].iter().copied().zip(fds));
+        let job = match header.and_then(|h| h.encode(arg)) {
             // More argument fds than a bundle holds beside the channel.
-            None => Err(Error::TooManyFds(req.fds.len())),
+            None => Err(Error::TooManyFds(placed.req.fds.len())),
             Some(payload) => EntryJob::new(self.name.to_owned(), payload)
-                .map_err(Error::from)
-                .and_then(|job| req.spawn(self.client, Job::Entry(job), Defaults::None)),
+                .map(Job::Entry)
+                .map_err(Error::from),
         };
-        // The child end and the argument's fds are in the child now (or nowhere): close ours.
-        req.fds.truncate(keep);
+        Ok((placed, ours, job))
+    }
+
+    /// The spawn's outcome as a typed call's.
+    fn finish(
+        &self,
+        spawned: crate::Result<Child>,
+        ours: OwnedFd,
+    ) -> Result<(Child, OwnedFd), CallError> {
         match spawned {
             Ok(child) => Ok((child, ours)),
             Err(Error::Server {
@@ -148,6 +239,19 @@ impl Start<'_> {
             }),
             Err(e) => Err(CallError::Spawn(e)),
         }
+    }
+}
+
+/// A request with a typed call's fds added: they leave it (closed: the child has its copies
+/// now, or nothing does) when this goes, even with a cancelled async spawn.
+struct Placed<'r> {
+    req: &'r mut Request,
+    keep: usize,
+}
+
+impl Drop for Placed<'_> {
+    fn drop(&mut self) {
+        self.req.fds.truncate(self.keep);
     }
 }
 
