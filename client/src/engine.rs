@@ -158,6 +158,13 @@ impl Engine {
         self.target.launched_server_pid()
     }
 
+    /// Stops a launched server for good, as the process exits (`launch_self.rs`): the idle
+    /// connections closed, then the server (`Target::stop_launched`).
+    pub(crate) fn stop_launched(&self) {
+        self.close_idle_connections();
+        self.target.stop_launched();
+    }
+
     /// The key connections authenticate with: the one given to [`crate::Client::connect_with_key`],
     /// or the one a launched server was given. Hand it to another process of yours that must
     /// reach the same server through a pipe or a file of mode 0600, never argv or the

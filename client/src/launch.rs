@@ -25,11 +25,13 @@
 
 use std::ffi::OsStr;
 use std::io;
+use std::sync::Arc;
 
 use crate::client::Client;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::managed::{LaunchSpec, Managed};
+use crate::pinned::Pinned;
 
 pub use forkserver_protocol::launch::{ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV};
 
@@ -103,8 +105,22 @@ impl Launcher {
                 warm: false,
                 ready_timeout: Self::DEFAULT_READY_TIMEOUT,
                 kill_children: false,
+                pinned: None,
             },
         }
+    }
+
+    /// A launcher for this process's own binary, pinned through `/proc/self/exe` (the file
+    /// this process runs, even if its path now names another or none), with our argv[0];
+    /// its children die with it ([`Launcher::kill_children_with_server`]).
+    pub(crate) fn this_binary() -> io::Result<Self> {
+        let argv0 = std::env::args_os().next();
+        let mut launcher = Self::new(argv0.map_or_else(std::env::current_exe, |a| Ok(a.into()))?)
+            .kill_children_with_server(true);
+        let pinned = Pinned::open(OsStr::new("/proc/self/exe"), None)?
+            .ok_or_else(|| io::Error::other("/proc/self/exe cannot be held open"))?;
+        launcher.spec.pinned = Some(Arc::new(pinned));
+        Ok(launcher)
     }
 
     /// Adds an argument for the server program.
@@ -174,7 +190,9 @@ impl Launcher {
                  before any `Client::launch`"
             ))));
         }
-        let managed = Managed::new(self.spec).map_err(Error::Launch)?;
+        let mut spec = self.spec;
+        spec.pin().map_err(Error::Launch)?;
+        let managed = Managed::new(spec).map_err(Error::Launch)?;
         let engine = Engine::launched(managed);
         match engine.ping_launched() {
             Ok(()) => Ok(Client::from_engine(engine)),

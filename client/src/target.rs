@@ -66,6 +66,18 @@ impl Target {
         }
     }
 
+    /// Stops a launched server for good ([`Managed::stop`]), unless another thread holds its
+    /// state right now (this runs as the process exits, and must not wait for a relaunch).
+    pub(crate) fn stop_launched(&self) {
+        if let Target::Launched(m) = self {
+            match m.try_lock() {
+                Ok(mut managed) => managed.stop(),
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().stop(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+    }
+
     /// Where the server is; for a launched one, whether it still runs (without relaunching).
     #[cfg(feature = "tokio")]
     pub(crate) fn locate(&self) -> Located {

@@ -196,6 +196,8 @@ impl Zygote {
     /// runtime's worker threads included): a server forks, so it must be single-threaded, and
     /// refuses to serve otherwise (the launching client then gets that reason as its error).
     pub fn serve_if_requested(self) {
+        // This binary serves when launched: `Client::launch_self` may start a copy of it.
+        forkserver_protocol::launch::note_serves_itself();
         if !Self::is_requested() {
             if self.service && activated() {
                 self.serve_service();

@@ -1,0 +1,100 @@
+//! Serving before `main`: the [`zygote!`](crate::zygote!) macro puts a constructor in
+//! `.init_array` that serves when this binary was launched as a server, so that a binary whose
+//! `main` is not ours (a libtest test binary: `cargo test`, `cargo nextest run`) can be its own
+//! zygote server for `Client::launch_self`.
+//!
+//! What runs before `main` in a process that was not launched: [`serve_before_main`] reads one
+//! environment variable and stores one atomic flag, and returns. No allocation (the variable is
+//! unset), no thread, no `std::thread::current` (std aborts in `main` if code before it named
+//! the main thread), no I/O. Only in a launched server (`FORKSERVER_LISTEN_FD` set) does it
+//! build the zygote, run its preloads and serve, and then it exits the process: it never
+//! returns into the program's `main`, so libtest never starts its threads there.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use forkserver_protocol::launch::note_serves_itself;
+
+use crate::launch::Zygote;
+
+/// Makes this binary serve, before `main` runs, when it is launched as a server
+/// (`Client::launch`, `Client::launch_self`); otherwise it does nothing and `main` runs as
+/// usual. This is how a test binary with libtest's own `main` (no `harness = false`) serves
+/// the entries its `#[test]`s call:
+///
+/// ```
+/// use forkserver_server::Invocation;
+///
+/// fn len(call: Invocation) -> i32 {
+///     call.payload().len() as i32
+/// }
+///
+/// // The zygote: a closure that takes `Zygote::new()` and registers entries and preloads
+/// // (`.typed("square", square)` for a typed entry, `.worker(..)`, `.preload(..)`).
+/// forkserver_server::zygote!(|z| z.entry("len", len));
+///
+/// fn main() {
+///     // Not launched: the constructor returned at once and `main` runs as usual. In a test
+///     // binary, `#[test]`s call `forkserver_client::Client::launch_self()` (see there).
+/// }
+/// ```
+///
+/// The argument is any `FnOnce(Zygote) -> Zygote` (a closure or a function path, e.g. a
+/// library's `pub fn register(z: Zygote) -> Zygote` that several test binaries share). It runs
+/// only in the launched server, before `main` and before any thread: what holds for
+/// [`Zygote::serve_if_requested`] holds for it (its preloads must not leave threads running),
+/// and std's runtime set-up for `main` has not run (`std::env::args` is set; `SIGPIPE` is not
+/// yet ignored, the server ignores it itself). A panic in it ends the server with status 1,
+/// which the launching client reports.
+///
+/// Put it once in the crate that is the binary: the test file itself, or a library's crate
+/// root for its unit tests (`#[cfg(test)]`). A constructor in a library linked into a binary
+/// is dropped by the linker unless something else in its object is used, so a library exports
+/// a registering function instead and each test binary names it. Two in one binary are a link
+/// error (a duplicate symbol named
+/// `forkserver_server_zygote_macro_used_twice_in_one_binary`), as only one could serve.
+///
+/// Linux (ELF `.init_array`) only, like the rest of this crate.
+#[macro_export]
+macro_rules! zygote {
+    ($build:expr $(,)?) => {
+        const _: () = {
+            extern "C" fn forkserver_zygote_constructor() {
+                $crate::__private::serve_before_main($build);
+            }
+            // The dynamic loader calls each function pointer of `.init_array` once, before
+            // `main`, in the one thread the process then has; `#[used]` keeps the pointer even
+            // though nothing names it. The function never unwinds (`serve_before_main` catches
+            // panics) and does nothing unless this process was launched as a server.
+            #[used]
+            #[allow(unsafe_code)]
+            #[link_section = ".init_array"]
+            static FORKSERVER_ZYGOTE_CONSTRUCTOR: extern "C" fn() = forkserver_zygote_constructor;
+            // One zygote per binary: a second is a duplicate symbol at link time.
+            #[no_mangle]
+            #[used]
+            #[allow(unsafe_code, non_upper_case_globals)]
+            static forkserver_server_zygote_macro_used_twice_in_one_binary: u8 = 0;
+        };
+    };
+}
+
+/// The body of the constructor of [`zygote!`](crate::zygote!): notes that this binary serves
+/// when launched; then, if it was launched as a server, builds the zygote with `build`, serves
+/// and exits the process, never returning. Not launched, it returns at once.
+#[doc(hidden)]
+pub fn serve_before_main(build: impl FnOnce(Zygote) -> Zygote) {
+    note_serves_itself();
+    // `var_os` allocates only when the variable is set: only in a launched server.
+    if !Zygote::is_requested() {
+        return;
+    }
+    // It must not unwind into the loader: a panic (in `build` or a preload) is printed by the
+    // panic hook and ends the server, which the client sees as an exit before it was ready.
+    let served = catch_unwind(AssertUnwindSafe(|| {
+        build(Zygote::new()).serve_if_requested()
+    }));
+    if served.is_err() {
+        eprintln!("forkserver: zygote!: the zygote panicked before it served");
+    }
+    std::process::exit(1);
+}
