@@ -82,7 +82,7 @@ impl Engine {
 
     /// For a server this process launched.
     pub(crate) fn launched(managed: Managed) -> Self {
-        Self::new(Target::Launched(Mutex::new(managed)))
+        Self::new(Target::Launched(Box::new(Mutex::new(managed))))
     }
 
     /// What the server implements (PROTOCOL.md §5.14), `None` before rev 0.6: cached for the

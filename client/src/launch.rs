@@ -10,7 +10,8 @@
 //!    listener's fd number) and `FORKSERVER_ALIVE_FD` (the pipe's read end) in its environment,
 //!    those two fds inherited and no other; stdin `/dev/null`, stdout and stderr inherited.
 //!    Every other fd of the client is made close-on-exec first, so the server inherits no stray
-//!    fd of the client's.
+//!    fd of the client's. The program is the file opened at the first launch and held open
+//!    since (`pinned.rs`), so that every relaunch starts the same binary.
 //!    With authentication on (the default), a third fd, `FORKSERVER_KEY_FD`, is the read end of
 //!    a pipe holding a fresh random 32-byte key, written and closed before the server starts:
 //!    the key never appears in argv or the environment (PROTOCOL.md §9.1).
@@ -40,7 +41,11 @@ impl Client {
     /// serves when `FORKSERVER_LISTEN_FD` is set) and returns a client for it.
     ///
     /// Every later request first checks that the server is still running, and starts it again
-    /// if it has died (once per request). Dropping the last clone of the client closes the
+    /// if it has died (once per request). The program's file is held open from this launch
+    /// on, and every start execs that file: a relaunch runs the binary first launched, even if
+    /// an upgrade has put another at its path, or deleted it (an interpreter script, which
+    /// its interpreter opens by name, is started by path). For this binary itself, shared by
+    /// every caller in the process, see [`Client::launch_self`]. Dropping the last clone of the client closes the
     /// server's alive pipe, waits up to one second for it to exit, and removes its socket
     /// directory. See [`Launcher`] for the launch convention and for arguments.
     ///

@@ -60,6 +60,7 @@ impl Client {
     /// # Errors
     /// [`Error::Launch`] if this binary does not serve (no `zygote!` linked in, and no
     /// `serve_if_requested` has run: the copy would run `main`), and as [`Launcher::launch`].
+    #[allow(clippy::test_attr_in_doctest)] // the example is a test binary's
     pub fn launch_self() -> Result<Client> {
         let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(client) = shared.as_ref() {

@@ -18,7 +18,7 @@ pub(crate) enum Target {
     /// server must run as.
     Path(PathBuf, Option<Vec<u8>>, u32),
     /// A server this client launched.
-    Launched(Mutex<Managed>),
+    Launched(Box<Mutex<Managed>>),
 }
 
 /// Where the server is, for a request that does not reuse a kept connection.

@@ -195,6 +195,8 @@ impl Zygote {
     /// Call it first thing in `main`, **before any thread or async runtime starts** (a tokio
     /// runtime's worker threads included): a server forks, so it must be single-threaded, and
     /// refuses to serve otherwise (the launching client then gets that reason as its error).
+    /// For a binary whose `main` is not yours (a libtest test binary), [`zygote!`](crate::zygote!)
+    /// does this before `main`.
     pub fn serve_if_requested(self) {
         // This binary serves when launched: `Client::launch_self` may start a copy of it.
         forkserver_protocol::launch::note_serves_itself();
