@@ -83,6 +83,9 @@ fn a_relaunch_execs_the_binary_first_launched() {
     let cmdline = std::fs::read(format!("/proc/{second}/cmdline")).unwrap();
     let argv0 = cmdline.split(|&b| b == 0).next().unwrap();
     assert_eq!(argv0, program.as_os_str().as_encoded_bytes());
+    // Named after it too (exec'd through an fd, the kernel named it after the fd number).
+    let comm = std::fs::read_to_string(format!("/proc/{second}/comm")).unwrap();
+    assert_eq!(comm, "server\n");
 
     // The pin is the client's alone: not the server's, close-on-exec here, closed with the
     // client.

@@ -51,7 +51,13 @@ use crate::launch::Zygote;
 /// is dropped by the linker unless something else in its object is used, so a library exports
 /// a registering function instead and each test binary names it. Two in one binary are a link
 /// error (a duplicate symbol named
-/// `forkserver_server_zygote_macro_used_twice_in_one_binary`), as only one could serve.
+/// `forkserver_server_zygote_macro_used_twice_in_one_binary`), as only one could serve:
+///
+/// ```compile_fail
+/// forkserver_server::zygote!(|z| z.entry("a", |_| 0));
+/// forkserver_server::zygote!(|z| z.entry("b", |_| 0));
+/// fn main() {}
+/// ```
 ///
 /// Linux (ELF `.init_array`) only, like the rest of this crate.
 #[macro_export]
