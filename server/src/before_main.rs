@@ -46,11 +46,12 @@ use crate::launch::Zygote;
 /// yet ignored, the server ignores it itself). A panic in it ends the server with status 1,
 /// which the launching client reports.
 ///
-/// Put it once in the crate that is the binary: the test file itself, or a library's crate
-/// root for its unit tests (`#[cfg(test)]`). A constructor in a library linked into a binary
-/// is dropped by the linker unless something else in its object is used, so a library exports
-/// a registering function instead and each test binary names it. Two in one binary are a link
-/// error (a duplicate symbol named
+/// Put it once per binary. In a test file, it serves that test binary. In a library's crate
+/// root, it serves in every binary that links the library (its integration tests, examples,
+/// and applications, when launched as a server); under `#[cfg(test)]`, in the library's unit
+/// tests only. To share entries between binaries that each have their own, a library exports
+/// a `fn(Zygote) -> Zygote` that each `zygote!` calls. Two in one binary are an error (a
+/// duplicate symbol named
 /// `forkserver_server_zygote_macro_used_twice_in_one_binary`), as only one could serve:
 ///
 /// ```compile_fail
@@ -67,15 +68,19 @@ macro_rules! zygote {
             extern "C" fn forkserver_zygote_constructor() {
                 $crate::__private::serve_before_main($build);
             }
-            // The dynamic loader calls each function pointer of `.init_array` once, before
-            // `main`, in the one thread the process then has; `#[used]` keeps the pointer even
-            // though nothing names it. The function never unwinds (`serve_before_main` catches
-            // panics) and does nothing unless this process was launched as a server.
+            // SAFETY (of code that runs before `main`): the C runtime calls each function
+            // pointer of `.init_array` once, before `main`, in the one thread the process then
+            // has (with argc, argv and envp, which a C-ABI function of no parameters may
+            // ignore); `#[used]` keeps the pointer though nothing names it. The function never
+            // unwinds into the runtime (`serve_before_main` catches panics), and in a process
+            // that was not launched as a server it only reads the environment and stores one
+            // atomic flag: nothing std's runtime set-up for `main` depends on.
             #[used]
             #[allow(unsafe_code)]
             #[link_section = ".init_array"]
             static FORKSERVER_ZYGOTE_CONSTRUCTOR: extern "C" fn() = forkserver_zygote_constructor;
-            // One zygote per binary: a second is a duplicate symbol at link time.
+            // One zygote per binary: a second is a duplicate symbol (a compile error in one
+            // crate, a link error across crates).
             #[no_mangle]
             #[used]
             #[allow(unsafe_code, non_upper_case_globals)]
