@@ -44,10 +44,10 @@ impl Client {
     /// if it has died (once per request). The program's file is held open from this launch
     /// on, and every start execs that file: a relaunch runs the binary first launched, even if
     /// an upgrade has put another at its path, or deleted it (an interpreter script, which
-    /// its interpreter opens by name, is started by path). For this binary itself, shared by
-    /// every caller in the process, see [`Client::launch_self`]. Dropping the last clone of the client closes the
-    /// server's alive pipe, waits up to one second for it to exit, and removes its socket
-    /// directory. See [`Launcher`] for the launch convention and for arguments.
+    /// its interpreter opens by name, is started by path). Dropping the last clone of the
+    /// client closes the server's alive pipe, waits up to one second for it to exit, and
+    /// removes its socket directory. See [`Launcher`] for the launch convention and for
+    /// arguments, and [`Client::launch_self`] for this binary, shared by every caller.
     ///
     /// # Errors
     /// As [`Launcher::launch`].

@@ -170,15 +170,7 @@ impl Managed {
             }
         });
     }
-}
 
-impl Drop for Managed {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-impl Managed {
     /// Tells the servers to exit (their alive pipes closed), waits up to [`SHUTDOWN_WAIT`] for
     /// them and removes their socket directories; none is started again after this. What
     /// dropping the last client does, and what `Client::launch_self`'s exit handler does while
@@ -196,6 +188,12 @@ impl Managed {
             s.wait_until(deadline);
             s.remove_dir();
         }
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
