@@ -109,3 +109,22 @@ extern "C" fn stop_shared() {
         }
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This unit-test binary has no `zygote!`: its copy would run the tests, not serve.
+    #[test]
+    fn a_binary_that_does_not_serve_is_not_launched() {
+        let err = Client::launch_self().unwrap_err();
+        assert!(
+            matches!(&err, Error::Launch(e) if e.to_string().contains("zygote!")),
+            "{err}"
+        );
+        assert!(
+            SHARED.lock().unwrap().is_none(),
+            "nothing launched, nothing kept"
+        );
+    }
+}
