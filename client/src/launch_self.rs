@@ -112,7 +112,8 @@ extern "C" fn stop_shared() {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::SHARED;
+    use crate::{Client, Error};
 
     /// This unit-test binary has no `zygote!`: its copy would run the tests, not serve.
     #[test]

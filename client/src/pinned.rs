@@ -12,7 +12,7 @@
 //! the script by the path it is given, and the fd is closed by then) and a system without
 //! `/proc`.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -93,11 +93,8 @@ fn open_program(path: &Path) -> io::Result<File> {
 /// entry is the current directory), opened.
 fn search(name: &OsStr, path_var: &OsStr) -> io::Result<File> {
     for dir in path_var.as_bytes().split(|&b| b == b':') {
-        let mut candidate =
-            OsString::from(OsStr::from_bytes(if dir.is_empty() { b"." } else { dir }));
-        candidate.push("/");
-        candidate.push(name);
-        let candidate = PathBuf::from(candidate);
+        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+        let candidate = Path::new(OsStr::from_bytes(dir)).join(name);
         if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
             && candidate.is_file()
         {
@@ -112,8 +109,14 @@ fn search(name: &OsStr, path_var: &OsStr) -> io::Result<File> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use std::ffi::{OsStr, OsString};
+    use std::io;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::PathBuf;
+
+    use nix::libc;
+
+    use super::Pinned;
 
     fn scratch(name: &str) -> PathBuf {
         let dir =
