@@ -60,7 +60,9 @@ use crate::launch::Zygote;
 /// fn main() {}
 /// ```
 ///
-/// Linux (ELF `.init_array`) only, like the rest of this crate.
+/// It serves a launched server only: socket activation ([`Zygote::service`]) is for a `main`
+/// that calls [`Zygote::serve_if_requested`]. Linux (ELF `.init_array`) only, like the rest of
+/// this crate.
 #[macro_export]
 macro_rules! zygote {
     ($build:expr $(,)?) => {
