@@ -46,6 +46,7 @@ impl Client {
     /// # }
     /// ```
     ///
+    /// No `static LazyLock<Client>` is needed (one still works: it holds one more clone).
     /// Under `cargo nextest`, each test is a process of its own, with its own server. A binary
     /// whose own `main` calls `Zygote::serve_if_requested` first may use it too.
     ///
