@@ -7,7 +7,7 @@
 //! forkserver run [--socket PATH] [--key-file PATH] [--server-uid UID] [--fd N]...
 //!                [--deadline SECS] [--time] [--rlimit NAME=SOFT[:HARD]]...
 //!                [--umask MODE] [--nice N] [--no-new-privs] [--oom-score-adj N]
-//!                [--grace SECS] -- CMD [ARGS...]
+//!                [--grace SECS] [--seccomp-filter FILE] -- CMD [ARGS...]
 //! forkserver status [--socket PATH] [--key-file PATH] [--server-uid UID]
 //!                   [--format text|json|prometheus]
 //! ```

@@ -22,6 +22,7 @@ use nix::libc;
 use super::fds::{Op, Placement};
 use super::identity::Identity;
 use super::raw;
+use super::sandbox::Sandbox;
 use super::stage::Stage;
 
 /// The server's environment as `KEY=value` strings, taken once (at the first exec job on the
@@ -88,6 +89,8 @@ pub(super) struct ExecPlan<'a> {
     /// `PR_SET_PDEATHSIG(SIGKILL)`.
     server: Option<libc::pid_t>,
     identity: Identity,
+    /// The landlock ruleset's target and the seccomp program (read by the server).
+    sandbox: Sandbox<'a>,
     fd_ops: Vec<FdOp>,
     /// The targets, sorted: every other fd is closed.
     keep: Vec<u32>,
@@ -112,20 +115,23 @@ pub(super) struct ExecPlan<'a> {
 
 impl<'a> ExecPlan<'a> {
     /// The child's steps, in order (PROTOCOL.md §6.5): signal dispositions, the parent-death
-    /// signal, the session, the fds, the resource limits and controls, the credentials (last of what needs privilege), the
-    /// working directory, the signal mask (last: nothing can be delivered before the
-    /// dispositions are reset, and nothing else runs after it but `execve`), the exec. Each
-    /// returns `Ok`, or the stage that failed and its errno.
+    /// signal, the session, the fds, the resource limits and controls, the credentials (last
+    /// of what needs privilege), the landlock ruleset, the working directory, the signal mask
+    /// (nothing can be delivered before the dispositions are reset), the seccomp filter (last:
+    /// nothing else runs under it but `execve`), the exec. Each returns `Ok`, or the stage
+    /// that failed and its errno.
     #[allow(clippy::type_complexity)]
-    const STEPS: [fn(&Self) -> Result<(), (Stage, Errno)>; 8] = [
+    const STEPS: [fn(&Self) -> Result<(), (Stage, Errno)>; 10] = [
         Self::reset_dispositions,
         Self::watch_parent,
         Self::join_session,
         Self::place_fds,
         Self::apply_controls,
         Self::take_credentials,
+        Self::restrict,
         Self::chdir,
         Self::unblock_signals,
+        Self::install_filter,
     ];
 
     /// The plan of `job`'s child with `bundle` (borrowed: the server closes it after the
@@ -207,6 +213,7 @@ impl<'a> ExecPlan<'a> {
             to_reset,
             server,
             identity,
+            sandbox: Sandbox::default(),
             fd_ops,
             keep,
             null_stdio,
@@ -219,6 +226,11 @@ impl<'a> ExecPlan<'a> {
             _envp: envp,
             _env: PhantomData,
         }
+    }
+
+    /// The landlock ruleset and seccomp filter of the child (none by default).
+    pub(super) fn set_sandbox(&mut self, sandbox: Sandbox<'a>) {
+        self.sandbox = sandbox;
     }
 
     /// The child: every step, then `execve`. Returns only on failure, with the stage and the
@@ -321,6 +333,17 @@ impl<'a> ExecPlan<'a> {
             raw::setuid(uid).map_err(|e| (Stage::Uid, e))?;
         }
         self.watch_parent()
+    }
+
+    /// `Sandbox::restrict`, as on the fork path: `landlock_restrict_self`, the consumed
+    /// entries closed.
+    fn restrict(&self) -> Result<(), (Stage, Errno)> {
+        self.sandbox.restrict()
+    }
+
+    /// `Sandbox::install_filter`: the program the server read, one raw call.
+    fn install_filter(&self) -> Result<(), (Stage, Errno)> {
+        self.sandbox.install_filter()
     }
 
     fn chdir(&self) -> Result<(), (Stage, Errno)> {
