@@ -2,7 +2,7 @@
 //! filter and a landlock ruleset, each a bundle fd, through a real `forkserver serve` and real
 //! children on the `CLONE_VM` path, the fork path (`FORKSERVER_EXEC_FORK=1`) and the pool
 //! (`--prefork`): what the filter and the ruleset forbid, that the job never holds their
-//! entries, that a bad program is refused before any child exists, and the CLI flag.
+//! entries, that a bad program is refused before any child exists, and the CLI flags.
 #![cfg(target_arch = "x86_64")]
 
 mod common;
@@ -321,4 +321,50 @@ fn run_seccomp_filter_installs_the_file() {
         "{err}"
     );
     let _ = std::fs::remove_dir_all(file.parent().unwrap());
+}
+
+#[test]
+fn run_landlock_allow_write_confines_writes_to_the_directory() {
+    let srv = Server::start(&[]);
+    let (allowed, other) = (
+        common::scratch_dir("landlock-allowed"),
+        common::scratch_dir("landlock-other"),
+    );
+    let script = "echo x > \"$1/f\" && echo wrote-allowed; mkdir \"$1/d\" && echo made-dir; \
+                  echo x > \"$2/f\" && echo wrote-other; cat /proc/self/status >/dev/null && \
+                  echo read";
+    let out = Command::new(env!("CARGO_BIN_EXE_forkserver"))
+        .args(["run", "--socket"])
+        .arg(&srv.socket)
+        .arg("--landlock-allow-write")
+        .arg(&allowed)
+        .args(["--", "sh", "-c", script, "sh"])
+        .args([&allowed, &other])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    // /dev/null stays writable.
+    assert_eq!(lines, ["wrote-allowed", "made-dir", "read"], "{out:?}");
+    assert!(allowed.join("f").exists() && allowed.join("d").is_dir());
+    assert!(!other.join("f").exists());
+    // A directory that does not exist: the reason, no child.
+    let missing = other.join("missing");
+    let out = Command::new(env!("CARGO_BIN_EXE_forkserver"))
+        .args(["run", "--socket"])
+        .arg(&srv.socket)
+        .arg("--landlock-allow-write")
+        .arg(&missing)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--landlock-allow-write") && err.contains("missing"),
+        "{err}"
+    );
+    for d in [allowed, other] {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }
