@@ -1,4 +1,4 @@
-//! The sandbox steps of rev 0.6 (PROTOCOL.md §6.5 steps 5 and 8): the landlock ruleset, enforced
+//! The sandbox steps of rev 0.6 (PROTOCOL.md §6.5 steps 5-7): the landlock ruleset, enforced
 //! after the credentials change, and the seccomp filter, installed last before `execve` or the
 //! entry point. Both bundle entries are consumed: they are placed at their targets like every
 //! entry (so the `CLONE_VM` child finds them at numbers fixed before the clone), and the child
@@ -70,7 +70,7 @@ impl<'a> Sandbox<'a> {
         Ok(())
     }
 
-    /// Step 8, the last call before `execve` or the entry point: the seccomp filter. Raw
+    /// Steps 6-7, the last call before `execve` or the entry point: the seccomp filter. Raw
     /// calls only; from here on the filter decides which calls the child may make.
     pub(super) fn install_filter(&self) -> Result<(), (Stage, Errno)> {
         match (self.wants_filter, self.filter) {
