@@ -32,11 +32,25 @@ pub(crate) struct Controls {
     /// (a decimal number above 0, at most 4294967 s).
     #[arg(long, value_name = "SECS", value_parser = parse_grace)]
     pub grace: Option<std::time::Duration>,
+    /// Install the compiled classic-BPF program in FILE (1 to 4096 8-byte struct sock_filter
+    /// instructions, as `seccompiler` or `bpfc` write them) as the command's seccomp filter,
+    /// the last step before its execve; implies --no-new-privs.
+    #[arg(long, value_name = "FILE")]
+    pub seccomp_filter: Option<std::path::PathBuf>,
+    /// Confine the command with landlock: it may write (create, change, rename, remove
+    /// files) only beneath DIR (repeatable); reading and executing are not restricted.
+    /// Implies --no-new-privs.
+    #[arg(long, value_name = "DIR")]
+    pub landlock_allow_write: Vec<std::path::PathBuf>,
 }
 
 impl Controls {
     /// Puts the controls on `cmd`.
-    pub(crate) fn apply(&self, cmd: &mut Command) {
+    ///
+    /// # Errors
+    /// The `--seccomp-filter` file cannot be opened, or the `--landlock-allow-write`
+    /// ruleset cannot be built: the message names the flag and the path.
+    pub(crate) fn apply(&self, cmd: &mut Command) -> Result<(), String> {
         for l in &self.rlimits {
             cmd.rlimit(l.resource, l.soft, l.hard);
         }
@@ -53,6 +67,16 @@ impl Controls {
         if let Some(g) = self.grace {
             cmd.grace(g);
         }
+        if let Some(path) = &self.seccomp_filter {
+            let file = std::fs::File::open(path)
+                .map_err(|e| format!("--seccomp-filter {}: {e}", path.display()))?;
+            cmd.seccomp_filter(file);
+        }
+        if !self.landlock_allow_write.is_empty() {
+            let ruleset = crate::landlock::allow_writes_beneath(&self.landlock_allow_write)?;
+            cmd.landlock_ruleset(ruleset);
+        }
+        Ok(())
     }
 }
 

@@ -7,7 +7,8 @@
 //! forkserver run [--socket PATH] [--key-file PATH] [--server-uid UID] [--fd N]...
 //!                [--deadline SECS] [--time] [--rlimit NAME=SOFT[:HARD]]...
 //!                [--umask MODE] [--nice N] [--no-new-privs] [--oom-score-adj N]
-//!                [--grace SECS] -- CMD [ARGS...]
+//!                [--grace SECS] [--seccomp-filter FILE] [--landlock-allow-write DIR]...
+//!                -- CMD [ARGS...]
 //! forkserver status [--socket PATH] [--key-file PATH] [--server-uid UID]
 //!                   [--format text|json|prometheus]
 //! ```
@@ -22,6 +23,7 @@
 #![deny(clippy::multiple_unsafe_ops_per_block)]
 
 mod controls;
+mod landlock;
 mod report;
 mod run;
 

@@ -196,7 +196,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<u8, CliError> {
         cmd.deadline(d);
     }
     cmd.resource_usage(*time);
-    controls.apply(&mut cmd);
+    controls.apply(&mut cmd).map_err(CliError::Setup)?;
     let started = Instant::now();
     let mut child = cmd.spawn().map_err(|e| match e {
         Error::Io(io) if io.raw_os_error() == Some(nix::libc::EBADF) => {

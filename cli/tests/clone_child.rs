@@ -262,6 +262,19 @@ fn exec_jobs(client: &Client) {
             .rlimit(nix::libc::RLIMIT_NOFILE, 64, u64::MAX - 1),
         ErrorCode::ChildSetupFailed,
     );
+    // The sandbox controls: a seccomp program that allows every call (read by the server
+    // before the clone) and a landlock ruleset that forbids writing files, and a ruleset the
+    // kernel refuses (not one: EBADFD).
+    let (filter, ruleset) = sandbox_fds();
+    ok(client
+        .command("/bin/true")
+        .seccomp_filter(&filter)
+        .landlock_ruleset(&ruleset));
+    let not_a_ruleset = std::fs::File::open("/dev/null").unwrap();
+    failed(
+        client.command("/bin/true").landlock_ruleset(&not_a_ruleset),
+        ErrorCode::ChildSetupFailed,
+    );
     // PATH search, environment edits, working directory, a new session, a pidfd.
     ok(client
         .command("sh")
@@ -290,4 +303,39 @@ fn exec_jobs(client: &Client) {
         ErrorCode::ChildSetupFailed,
     );
     failed(&mut client.command("/etc/hostname"), ErrorCode::ExecFailed);
+}
+
+/// A file holding a one-instruction seccomp program (`SECCOMP_RET_ALLOW`) and a landlock
+/// ruleset that handles writing files, with no rule.
+#[allow(unsafe_code)]
+fn sandbox_fds() -> (std::fs::File, std::os::fd::OwnedFd) {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    let path = std::env::temp_dir().join(format!("clone-child-{}.bpf", std::process::id()));
+    let mut filter = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    // BPF_RET | BPF_K, SECCOMP_RET_ALLOW.
+    filter
+        .write_all(&[0x06, 0, 0, 0, 0, 0, 0xff, 0x7f])
+        .unwrap();
+    let write_file: u64 = 1 << 1;
+    let attr: *const u64 = &write_file;
+    // SAFETY: `attr` points to a `struct landlock_ruleset_attr` of its first field (8 bytes,
+    // the size passed), alive for the call; the kernel returns a new fd.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_landlock_create_ruleset, attr, 8usize, 0) };
+    assert!(
+        fd >= 0,
+        "landlock_create_ruleset: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a new fd, owned by nothing else.
+    (filter, unsafe {
+        std::os::fd::OwnedFd::from_raw_fd(fd as i32)
+    })
 }

@@ -1,9 +1,66 @@
 //! The per-child controls of protocol rev 0.6 on [`crate::Command`] and [`crate::Call`]:
 //! resource limits, umask, nice value, `no_new_privs`, OOM score, the grace period after a
-//! deadline. Their setters are one macro, expanded in `request_setters!`.
+//! deadline, the seccomp filter and the landlock ruleset. Their setters are one macro,
+//! expanded in `request_setters!`.
 
 use std::num::NonZeroU32;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
+
+use forkserver_protocol::{FdBundle, SpawnOptions};
+
+use crate::error::Result;
+
+/// The sandbox fds of a request: each travels as one more bundle entry, at a target no other
+/// entry has, which the server consumes (PROTOCOL.md §6.5: the job never sees it).
+#[derive(Debug, Default)]
+pub(crate) struct SandboxFds {
+    /// The seccomp program's fd, or the errno of its failed duplication.
+    pub(crate) seccomp: Option<std::result::Result<OwnedFd, i32>>,
+    /// The landlock ruleset's fd, likewise.
+    pub(crate) landlock: Option<std::result::Result<OwnedFd, i32>>,
+}
+
+impl SandboxFds {
+    /// A duplicate of `fd`, made now, or its errno.
+    pub(crate) fn dup(fd: impl AsFd) -> std::result::Result<OwnedFd, i32> {
+        fd.as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| e.raw_os_error().unwrap_or(nix::libc::EBADF))
+    }
+
+    /// How many bundle entries they take.
+    pub(crate) fn count(&self) -> usize {
+        usize::from(self.seccomp.is_some()) + usize::from(self.landlock.is_some())
+    }
+
+    /// Appends a duplicate of each to `bundle`, at the lowest free target from 3, and sets
+    /// their indexes in `options`.
+    ///
+    /// # Errors
+    /// A failed duplication (now or at the setter); [`crate::Error::TooManyFds`] past
+    /// [`forkserver_protocol::MAX_FDS`].
+    pub(crate) fn add_to(&self, bundle: &mut FdBundle, options: &mut SpawnOptions) -> Result<()> {
+        let mut add = |fd: &Option<std::result::Result<OwnedFd, i32>>| -> Result<Option<u16>> {
+            let Some(fd) = fd else {
+                return Ok(None);
+            };
+            let fd = fd
+                .as_ref()
+                .map_err(|&e| std::io::Error::from_raw_os_error(e))?
+                .try_clone()?;
+            let taken = bundle.map().targets();
+            let target = (3..).find(|t| !taken.contains(t)).unwrap_or(3);
+            // The index of the entry pushed: at most MAX_FDS - 1 (255).
+            let index = bundle.len() as u16;
+            bundle.push(target, fd)?;
+            Ok(Some(index))
+        };
+        options.seccomp_index = add(&self.seccomp)?;
+        options.landlock_index = add(&self.landlock)?;
+        Ok(())
+    }
+}
 
 /// A grace period on the wire: whole milliseconds rounded up, at least 1, at most `u32::MAX`.
 pub(crate) fn grace_ms(d: Duration) -> Option<NonZeroU32> {
@@ -65,6 +122,32 @@ macro_rules! control_setters {
         /// protocol rev 0.6 (`SET_GRACE`).
         pub fn grace(&mut self, grace: Duration) -> &mut Self {
             self.req.options.grace_ms = crate::controls::grace_ms(grace);
+            self
+        }
+
+        /// The child installs the compiled classic-BPF program in `fd` as its seccomp filter
+        /// (`seccomp(SECCOMP_SET_MODE_FILTER)`), as the last step before `execve` or its entry
+        /// point, as systemd's `SystemCallFilter=` does; `no_new_privs` is implied. `fd` is a
+        /// regular file or memfd holding 1..=4096 `struct sock_filter`s (8 bytes each,
+        /// native byte order; a crate such as `seccompiler` builds them), read by the server
+        /// from offset 0 before the child is made: another size is `ChildSetupFailed` naming
+        /// the problem (`seccomp filter: 4100 instructions, at most 4096`) and no child runs.
+        /// A duplicate of `fd` is made now (a failure is reported by `spawn`) and sent as one
+        /// more bundle entry, counted in the 256, which the child does not keep. Needs a server
+        /// of protocol rev 0.6 (`SECCOMP_FILTER`).
+        pub fn seccomp_filter(&mut self, fd: impl std::os::fd::AsFd) -> &mut Self {
+            self.req.sandbox.seccomp = Some(crate::controls::SandboxFds::dup(fd));
+            self
+        }
+
+        /// The child enforces the landlock ruleset `fd` (made with `landlock_create_ruleset`
+        /// and its rules added) with `landlock_restrict_self`, after its credentials change;
+        /// `no_new_privs` is implied. A kernel without landlock, or an fd that is no ruleset,
+        /// fails the child with `ChildSetupFailed` naming the call. As with
+        /// [`Self::seccomp_filter`], a duplicate is sent as one more bundle entry, which the
+        /// child does not keep. Needs a server of protocol rev 0.6 (`LANDLOCK_RULESET`).
+        pub fn landlock_ruleset(&mut self, fd: impl std::os::fd::AsFd) -> &mut Self {
+            self.req.sandbox.landlock = Some(crate::controls::SandboxFds::dup(fd));
             self
         }
     };

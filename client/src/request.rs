@@ -15,6 +15,7 @@ use forkserver_protocol::{
 
 use crate::child::Child;
 use crate::conn::Conn;
+use crate::controls::SandboxFds;
 use crate::engine::{Built, Engine};
 use crate::error::{Error, Result};
 use crate::features;
@@ -45,6 +46,8 @@ pub(crate) struct Request {
     pub(crate) groups: Option<Vec<u32>>,
     /// Resource limits, in order (checked against `MAX_RLIMITS` and the wire rules at spawn).
     pub(crate) rlimits: Vec<Rlimit>,
+    /// The seccomp program and landlock ruleset, sent after every other fd.
+    pub(crate) sandbox: SandboxFds,
 }
 
 impl Request {
@@ -92,7 +95,7 @@ impl Request {
         let stdio_count = (0..3)
             .filter(|&i| self.stdio[i].is_some() || defaults[i].is_some())
             .count();
-        let total = stdio_count + self.fds.len();
+        let total = stdio_count + self.fds.len() + self.sandbox.count();
         // PROTOCOL.md §3: at most MAX_FDS fds per request; refuse before making any fd.
         if total > MAX_FDS {
             return Err(Error::TooManyFds(total));
@@ -195,7 +198,8 @@ impl Request {
             if !self.rlimits.is_empty() {
                 options.rlimits = Some(Rlimits::new(&self.rlimits)?);
             }
-            let (bundle, parents) = self.bundle(defaults)?;
+            let (mut bundle, parents) = self.bundle(defaults)?;
+            self.sandbox.add_to(&mut bundle, &mut options)?;
             let (map, fds) = bundle.into_parts();
             let spawn = Spawn::new(options, map, job.clone())?;
             features::check(features, &spawn)?;

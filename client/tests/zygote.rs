@@ -100,6 +100,20 @@ fn until_eof(mut call: Invocation) -> i32 {
     7
 }
 
+/// Reports the raw `getpid` system call's result and errno, and the fds it was given.
+fn raw_getpid(call: Invocation) -> i32 {
+    // SAFETY: no arguments, no memory.
+    let r = unsafe { nix::libc::syscall(nix::libc::SYS_getpid) };
+    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    let line = format!(
+        "{r} {} {:?}\n",
+        if r < 0 { errno } else { 0 },
+        call.fd_numbers()
+    );
+    out(&call).write_all(line.as_bytes()).unwrap();
+    0
+}
+
 fn sleep_ms(call: Invocation) -> i32 {
     let ms: u64 = String::from_utf8_lossy(call.payload()).parse().unwrap();
     std::thread::sleep(Duration::from_millis(ms));
@@ -129,6 +143,7 @@ fn main() {
         .entry("sleep_ms", sleep_ms)
         .entry("until_eof", until_eof)
         .entry("ids", ids)
+        .entry("raw_getpid", raw_getpid)
         .serve_if_requested();
 
     // Roles for helper processes of the tests below.
@@ -144,6 +159,10 @@ fn main() {
             entry_point_with_preloaded_state,
         ),
         ("exit_codes_and_signals", exit_codes_and_signals),
+        (
+            "a_seccomp_filter_confines_an_entry",
+            a_seccomp_filter_confines_an_entry,
+        ),
         (
             "a_panicking_entry_exits_non_zero",
             a_panicking_entry_exits_non_zero,
@@ -315,6 +334,58 @@ fn exit_codes_and_signals(client: &Client) {
         assert_eq!(st.signal(), Some(sig));
         assert_eq!(st.code(), None);
     }
+}
+
+/// x86-64 classic BPF: `getpid` fails with `EPERM`, every other call is allowed.
+fn deny_getpid() -> Vec<u8> {
+    let insn = |code: u16, jt: u8, jf: u8, k: u32| {
+        let mut b = code.to_ne_bytes().to_vec();
+        b.extend_from_slice(&[jt, jf]);
+        b.extend_from_slice(&k.to_ne_bytes());
+        b
+    };
+    [
+        insn(0x20, 0, 0, 4),           // ld seccomp_data.arch
+        insn(0x15, 0, 3, 0xC000_003E), // AUDIT_ARCH_X86_64, else allow
+        insn(0x20, 0, 0, 0),           // ld seccomp_data.nr
+        insn(0x15, 0, 1, nix::libc::SYS_getpid as u32),
+        insn(0x06, 0, 0, 0x0005_0000 | nix::libc::EPERM as u32), // SECCOMP_RET_ERRNO
+        insn(0x06, 0, 0, 0x7fff_0000),                           // SECCOMP_RET_ALLOW
+    ]
+    .concat()
+}
+
+/// An entry job runs under its filter (installed after its setup, before the entry), and
+/// holds a pipe at 3 but not the filter's entry; without the filter `getpid` works.
+fn a_seccomp_filter_confines_an_entry(client: &Client) {
+    if !cfg!(target_arch = "x86_64") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("zygote-seccomp-{}", std::process::id()));
+    std::fs::write(&dir, deny_getpid()).unwrap();
+    let filter = std::fs::File::open(&dir).unwrap();
+    std::fs::remove_file(&dir).unwrap();
+    let run = |with_filter: bool| {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let (_r3, w3) = nix::unistd::pipe().unwrap();
+        let mut call = client.call("raw_getpid", Vec::new());
+        call.fd(1, w).fd(3, w3);
+        if with_filter {
+            call.seccomp_filter(&filter);
+        }
+        let status = call.spawn().unwrap().wait().unwrap();
+        assert!(status.success(), "{status}");
+        // The builder holds the write end until dropped.
+        drop(call);
+        read_to_string(std::fs::File::from(r))
+    };
+    // The filter's entry went to the lowest free target, 4: the entry never sees it.
+    assert_eq!(run(true), "-1 1 [1, 3]\n");
+    let plain = run(false);
+    assert!(
+        plain.ends_with(" 0 [1, 3]\n") && !plain.starts_with('-'),
+        "{plain}"
+    );
 }
 
 fn a_panicking_entry_exits_non_zero(client: &Client) {

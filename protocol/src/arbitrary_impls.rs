@@ -146,6 +146,9 @@ impl<'a> Arbitrary<'a> for SpawnOptions {
                 false => None,
             },
             grace_ms: Option::arbitrary(u)?,
+            // Bundle indexes need the fd map: `Message::arbitrary` draws them.
+            seccomp_index: None,
+            landlock_index: None,
         })
     }
 }
@@ -178,14 +181,20 @@ impl<'a> Arbitrary<'a> for Message {
             Tag::AuthOk => Message::AuthOk(AuthOk {
                 response: Arbitrary::arbitrary(u)?,
             }),
-            Tag::Spawn => Message::Spawn(
-                Spawn::new(
-                    SpawnOptions::arbitrary(u)?,
-                    FdMap::arbitrary(u)?,
-                    Job::arbitrary(u)?,
-                )
-                .map_err(fail)?,
-            ),
+            Tag::Spawn => {
+                let mut options = SpawnOptions::arbitrary(u)?;
+                let map = FdMap::arbitrary(u)?;
+                // Two distinct entries of the map, when it has them (§5.5.1 check 6).
+                let n = map.len() as u16;
+                if n > 0 && bool::arbitrary(u)? {
+                    options.seccomp_index = Some(u.int_in_range(0..=n - 1)?);
+                }
+                if n > 0 && bool::arbitrary(u)? {
+                    let i = u.int_in_range(0..=n - 1)?;
+                    options.landlock_index = (options.seccomp_index != Some(i)).then_some(i);
+                }
+                Message::Spawn(Spawn::new(options, map, Job::arbitrary(u)?).map_err(fail)?)
+            }
             Tag::Signal => {
                 Message::Signal(Signal::new(u.int_in_range(1..=MAX_SIGNAL)?).map_err(fail)?)
             }

@@ -110,6 +110,10 @@ pub enum Field {
     OomScoreAdj,
     /// `Spawn.grace_ms`: zero.
     Grace,
+    /// `Spawn.seccomp_index`: no entry of the bundle.
+    SeccompIndex,
+    /// `Spawn.landlock_index`: no entry of the bundle, or the `seccomp_index` entry.
+    LandlockIndex,
 }
 
 impl Field {
@@ -142,6 +146,8 @@ impl Field {
             Self::Nice => "the nice value",
             Self::OomScoreAdj => "the OOM score adjustment",
             Self::Grace => "the grace period",
+            Self::SeccompIndex => "the seccomp filter's bundle index",
+            Self::LandlockIndex => "the landlock ruleset's bundle index",
         }
     }
 

@@ -71,5 +71,10 @@ pub const MAC_LEN: usize = 32;
 /// header, so a peer without the key cannot make it buffer more (PROTOCOL.md §6.3).
 pub const MAX_HANDSHAKE_FRAME_LEN: usize = HEADER_LEN + MAC_LEN + CHALLENGE_LEN;
 
+/// Most instructions (`struct sock_filter`, 8 bytes each) of the seccomp program a spawn's
+/// `SECCOMP_FILTER` entry holds (rev 0.6): the kernel's `BPF_MAXINSNS`. The server reads at
+/// most this many before it makes the child (PROTOCOL.md §6.5).
+pub const MAX_SECCOMP_INSNS: usize = 4096;
+
 /// Highest signal number a signal request or an exit code may name (`SIGRTMAX` on Linux).
 pub const MAX_SIGNAL: u32 = 64;

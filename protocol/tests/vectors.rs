@@ -137,6 +137,8 @@ fn build_valid() -> Vec<(String, String, Message)> {
             no_new_privs: false,
             oom_score_adj: None,
             grace_ms: None,
+            seccomp_index: None,
+            landlock_index: None,
         };
         add(
             "spawn-exec-full",
@@ -308,6 +310,22 @@ fn build_valid() -> Vec<(String, String, Message)> {
                 ..SpawnOptions::default()
             },
             Job::Exec(echo_job()),
+        ),
+    );
+    add(
+        "spawn-sandbox",
+        "rev 0.6: echo with stdout at fd 1, a seccomp program in entry 1 (target 3) and a landlock ruleset in entry 2 (target 4), both consumed by the server (SECCOMP_FILTER, LANDLOCK_RULESET)",
+        Message::Spawn(
+            Spawn::new(
+                SpawnOptions {
+                    seccomp_index: Some(1),
+                    landlock_index: Some(2),
+                    ..SpawnOptions::default()
+                },
+                FdMap::from_targets(vec![1, 3, 4]).unwrap(),
+                Job::Exec(echo_job()),
+            )
+            .unwrap(),
         ),
     );
     add(
@@ -674,15 +692,15 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
     b[3] = 0x80;
     add(
         "spawn-reserved-flag",
-        "Spawn flag bit 31 is reserved (bits 11-17 are defined since rev 0.6, bits 6-10 since rev 0.5, bit 5 since 0.3)",
+        "Spawn flag bit 31 is reserved (bits 11-19 are defined since rev 0.6, bits 6-10 since rev 0.5, bit 5 since 0.3)",
         spawn(&b, 1),
         E::ReservedNotZero,
     );
     let mut b = echo.clone();
-    b[2] = 0x04;
+    b[2] = 0x10;
     add(
-        "spawn-reserved-flag-18",
-        "Spawn flag bit 18, the lowest reserved bit (bits 11-17 are defined since rev 0.6)",
+        "spawn-reserved-flag-20",
+        "Spawn flag bit 20, the lowest reserved bit (bits 11-19 are defined since rev 0.6)",
         spawn(&b, 1),
         E::ReservedNotZero,
     );
@@ -800,6 +818,37 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
             "grace_ms 0 (no grace is SET_GRACE unset)",
             opt(spawn_flags::SET_GRACE, &i32s(0)),
             E::InvalidValue(Field::Grace),
+        );
+        // Rev 0.6 bundle indexes (echo has one fd, entry 0).
+        add(
+            "spawn-seccomp-index-1",
+            "seccomp_index 1 with one fd: no such bundle entry",
+            opt(spawn_flags::SECCOMP_FILTER, &1u16.to_le_bytes()),
+            E::InvalidValue(Field::SeccompIndex),
+        );
+        add(
+            "spawn-landlock-index-65535",
+            "landlock_index 65535 with one fd: no such bundle entry",
+            opt(spawn_flags::LANDLOCK_RULESET, &u16::MAX.to_le_bytes()),
+            E::InvalidValue(Field::LandlockIndex),
+        );
+        add(
+            "spawn-sandbox-same-entry",
+            "seccomp_index and landlock_index both name entry 0",
+            opt(
+                spawn_flags::SECCOMP_FILTER | spawn_flags::LANDLOCK_RULESET,
+                &[0, 0, 0, 0],
+            ),
+            E::InvalidValue(Field::LandlockIndex),
+        );
+        let mut b = echo[..16].to_vec();
+        b[..4].copy_from_slice(&spawn_flags::SECCOMP_FILTER.to_le_bytes());
+        b.push(0);
+        add(
+            "spawn-seccomp-index-truncated",
+            "SECCOMP_FILTER set but the body ends one byte into seccomp_index",
+            spawn(&b, 1),
+            E::Truncated,
         );
         add(
             "spawn-rlimits-17",

@@ -1254,7 +1254,7 @@ def identity_checks(credentials=True):
 
 def control_checks(valid):
     """Rev 0.6 per-child controls (§5.5.1, §6.5): resource limits, umask, nice, no_new_privs,
-    oom_score_adj."""
+    oom_score_adj, grace, then the sandbox controls (sandbox_checks)."""
     byname = {v["name"]: v for v in valid}
 
     def limit_line(text, name):
@@ -1330,6 +1330,116 @@ def control_checks(valid):
         require(b"TERM" in out, f"no SIGTERM before the SIGKILL: {out!r}")
         require(took >= 1.5, f"ended after {took:.2f} s, before deadline + grace")
     check("spawn/grace: SIGTERM at the deadline, SIGKILL grace_ms later (rev 0.6)", grace)
+
+    sandbox_checks(byname)
+
+
+def bpf(code, jt, jf, k):
+    """One classic-BPF instruction (struct sock_filter, native byte order)."""
+    return struct.pack("=HBBI", code, jt, jf, k)
+
+
+ALLOW = bpf(0x06, 0, 0, 0x7FFF0000)            # BPF_RET|BPF_K, SECCOMP_RET_ALLOW
+
+
+def deny_getpid():
+    """x86-64: getpid (39) fails with EPERM; everything else is allowed."""
+    return b"".join([bpf(0x20, 0, 0, 4), bpf(0x15, 0, 3, 0xC000003E),   # arch == x86-64?
+                     bpf(0x20, 0, 0, 0), bpf(0x15, 0, 1, 39),            # nr == getpid?
+                     bpf(0x06, 0, 0, 0x00050000 | errno.EPERM), ALLOW])
+
+
+def program_fd(program):
+    """A memfd holding `program`, its offset at the end (§6.5: read from offset 0)."""
+    fd = os.memfd_create("seccomp", os.MFD_CLOEXEC)
+    os.write(fd, program)
+    return fd
+
+
+def no_writes_ruleset():
+    """A landlock ruleset that handles writing and creating files, with no rule."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.c_uint64((1 << 1) | (1 << 5) | (1 << 8))  # WRITE_FILE, REMOVE_FILE, MAKE_REG
+    fd = libc.syscall(444, ctypes.byref(attr), ctypes.c_size_t(8), ctypes.c_uint32(0))
+    require(fd >= 0, f"landlock_create_ruleset: errno {ctypes.get_errno()}")
+    return fd
+
+
+def sandbox_checks(byname):
+    """Rev 0.6 sandbox controls (§5.5.1, §6.5): SECCOMP_FILTER and LANDLOCK_RULESET."""
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"
+    getpid = ("import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
+              "print(libc.syscall(39), ctypes.get_errno())")
+
+    def seccomp():
+        fd = program_fd(deny_getpid())
+        try:
+            code, out, _ = run_child([python, "-c", getpid], seccomp_filter=fd)
+        finally:
+            os.close(fd)
+        require(code == 0, f"exit {code}")
+        require(out.split() == [b"-1", b"1"], f"getpid under the filter: {out!r}, expected -1 1")
+    if os.uname().machine == "x86_64":
+        check("spawn/seccomp-filter: getpid fails with EPERM in the child (rev 0.6)", seccomp)
+
+    def consumed():
+        fd, ruleset = program_fd(ALLOW), no_writes_ruleset()
+        script = ("for n in 3 4; do [ -e /proc/self/fd/$n ] && echo has $n; done; "
+                  "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status")
+        try:
+            code, out, _ = run_child(["sh", "-c", script], seccomp_filter=fd,
+                                     landlock_ruleset=ruleset)
+        finally:
+            os.close(fd)
+            os.close(ruleset)
+        require(code == 0, f"exit {code}")
+        lines = [l.split() for l in out.decode().splitlines()]
+        require(lines == [["NoNewPrivs:", "1"], ["Seccomp:", "2"]],
+                f"expected no fd 3 or 4, NoNewPrivs 1, Seccomp 2: {out!r}")
+    check("spawn/sandbox: the job holds neither entry; NO_NEW_PRIVS implied (rev 0.6)", consumed)
+
+    def landlock():
+        with tempfile.TemporaryDirectory() as d:
+            ruleset = no_writes_ruleset()
+            try:
+                code, out, _ = run_child(["sh", "-c", 'echo x > "$1/f" && echo wrote || echo refused',
+                                          "sh", d], landlock_ruleset=ruleset)
+            finally:
+                os.close(ruleset)
+            require(out.strip() == b"refused", f"write under the ruleset: {out!r}")
+            require(not os.path.exists(os.path.join(d, "f")), "the file was made")
+            with open(os.path.join(d, "g"), "w") as f:
+                f.write("the parent still writes")
+    check("spawn/landlock-ruleset: the child cannot write a directory, the parent can (rev 0.6)",
+          landlock)
+
+    def bad_programs():
+        for program, text in ((ALLOW[:5], "not a multiple of 8"),
+                              (b"", "0 instructions, at least 1"),
+                              (ALLOW * 4100, "4100 instructions, at most 4096")):
+            fd = program_fd(program)
+            try:
+                with Raw() as c:
+                    c.send(spawn_frame(exec_job(["true"]), [3], seccomp_index=0), [fd])
+                    msg = c.expect_error("ChildSetupFailed")
+            finally:
+                os.close(fd)
+            require(msg["errno"] == errno.EINVAL, f"errno {msg['errno']}, expected EINVAL")
+            require(text in msg["message"], f"message {msg['message']!r} lacks {text!r}")
+        code, _, _ = run_child(["true"])
+        require(code == 0, "the server does not serve after the refusals")
+    check("spawn/seccomp-filter: a bad program is Error(ChildSetupFailed, EINVAL) naming it, "
+          "before any child (rev 0.6)", bad_programs)
+
+    def vector():
+        v = byname["spawn-sandbox"]
+        with Fds(v["nfds"]) as fds, Raw() as c:
+            c.send(bytes.fromhex(v["hex"]), fds)
+            msg = c.expect_error("ChildSetupFailed")
+            require("not a regular file" in msg["message"], f"message {msg['message']!r}")
+    check("valid/spawn-sandbox: /dev/null as the program, Error(ChildSetupFailed) (rev 0.6)",
+          vector)
 
 
 def server_checks(args):

@@ -115,7 +115,7 @@ mod tests {
         assert_eq!(flags::known_in(Revision::R0_3), 0x3F);
         assert_eq!(flags::known_in(Revision::R0_5), 0x7FF);
         assert_eq!(flags::known_in(Revision::R0_6), flags::ALL);
-        assert_eq!(flags::ALL, 0x3_FFFF);
+        assert_eq!(flags::ALL, 0xF_FFFF);
         assert_eq!(flags::known_in(Revision::CURRENT), flags::ALL);
         assert_eq!(flags::name(flags::SET_UID), Some("SET_UID"));
         assert_eq!(flags::name(flags::SET_UID | flags::SET_GID), None);

@@ -110,6 +110,12 @@ pub fn to_json(m: &Message) -> Value {
             if let Some(g) = o.grace_ms {
                 v["grace_ms"] = json!(g.get());
             }
+            if let Some(i) = o.seccomp_index {
+                v["seccomp_index"] = json!(i);
+            }
+            if let Some(i) = o.landlock_index {
+                v["landlock_index"] = json!(i);
+            }
             if let Session::JoinProcessGroup(pgid) = o.session {
                 v["pgid"] = json!(pgid);
             }

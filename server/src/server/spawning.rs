@@ -19,7 +19,7 @@ use super::pool::Pooled;
 use super::token::Token;
 use super::{Server, TEST_STOP_AFTER_PID_ENV};
 use crate::ids::{ConnId, Serial};
-use crate::metrics::Refusal;
+use crate::metrics::{JobKind, Refusal};
 use crate::session::State;
 use crate::spawn::{self, ChildSpec, ReportTo, Work};
 use crate::timers::Timer;
@@ -58,12 +58,19 @@ impl Server {
             self.metrics.refused(Refusal::MaxChildren);
             return self.fail(id, ErrorReply::new(ErrorCode::ResourceExhausted, 0, msg));
         }
+        // PROTOCOL.md §6.5: the seccomp program is read before any child exists; a bad one
+        // is the request's final report, and its fds are closed here.
+        let filter = match spawn::SeccompProgram::of_request(spawn.options(), &bundle) {
+            Ok(filter) => filter,
+            Err(e) => return self.refuse_filter(id, &spawn, e),
+        };
         let options = *spawn.options();
         let context = spawn::Context::of(&spawn);
         let wait_exec = options.pid_after_exec && matches!(spawn.job(), Job::Exec(_));
         let serial = Serial::nth(self.spawned_total + 1);
         let foreign = self.conns.get(&id).is_some_and(Conn::is_foreign);
-        let mut started = match self.start_child(spawn, bundle, wait_exec, serial, foreign) {
+        let started = self.start_child(spawn, bundle, wait_exec, serial, foreign, filter.as_ref());
+        let mut started = match started {
             Ok(started) => started,
             Err(e) => return self.fork_failed(id, e),
         };
@@ -131,6 +138,7 @@ impl Server {
         wait_exec: bool,
         serial: Serial,
         foreign: bool,
+        filter: Option<&spawn::SeccompProgram>,
     ) -> Result<Started, Errno> {
         let (pid, report, failure, sent_job) = match self.take_pooled(spawn, bundle) {
             Pooled::Taken(pid, sock, job) => (pid, sock, None, Some(job)),
@@ -140,7 +148,7 @@ impl Server {
             Pooled::Fork(spawn, bundle) => {
                 if let (Job::Exec(job), false) = (spawn.job(), foreign || self.fork.exec_by_fork())
                 {
-                    let mut cloned = self.fork.spawn_exec(job, spawn.options(), bundle)?;
+                    let mut cloned = self.fork.spawn_exec(job, spawn.options(), bundle, filter)?;
                     return Ok(Started {
                         pid: cloned.pid,
                         report: None,
@@ -156,7 +164,7 @@ impl Server {
                     true => ReportTo::Pipe,
                     false => ReportTo::Shared(serial),
                 };
-                let (pid, report, bundle) = self.fork(&spawn, bundle, report_to)?;
+                let (pid, report, bundle) = self.fork(&spawn, bundle, report_to, filter)?;
                 let started = Started {
                     pid,
                     report,
@@ -182,13 +190,15 @@ impl Server {
         })
     }
 
-    /// Forks a child for `spawn` with `bundle`, reporting to `report_to`: its pid, the read
-    /// end of its report pipe if it has one, and the bundle, still open.
+    /// Forks a child for `spawn` with `bundle` and its seccomp program, reporting to
+    /// `report_to`: its pid, the read end of its report pipe if it has one, and the bundle,
+    /// still open.
     fn fork(
         &mut self,
         spawn: &Spawn,
         bundle: FdBundle,
         report_to: ReportTo,
+        filter: Option<&spawn::SeccompProgram>,
     ) -> Result<(Pid, Option<OwnedFd>, FdBundle), Errno> {
         let work = match spawn.job() {
             Job::Exec(e) => Work::Exec(e),
@@ -197,8 +207,27 @@ impl Server {
                 payload: e.payload(),
             },
         };
-        let child = ChildSpec::new(work, spawn.options(), bundle, report_to);
+        let child = ChildSpec::new(work, spawn.options(), bundle, report_to, filter);
         spawn::spawn(&mut self.fork, child)
+    }
+
+    /// The `SECCOMP_FILTER` entry of `spawn` holds no program (`e`): no child is made, and
+    /// the `Error(ChildSetupFailed)` saying why is the request's final report, as a child's
+    /// setup failure would be (with `KEEP_CONNECTION` the connection is READY again).
+    fn refuse_filter(&mut self, id: ConnId, spawn: &Spawn, e: spawn::ProgramError) {
+        tracing::debug!(conn = %id, "refused: {e}");
+        let reply: Message =
+            ErrorReply::new(ErrorCode::ChildSetupFailed, e.errno() as i32, e.to_string()).into();
+        let kind = match spawn.job() {
+            Job::Exec(_) => JobKind::Exec,
+            Job::Entry(_) => JobKind::Entry,
+        };
+        let failure = spawn::Failure::at(spawn::Stage::Seccomp, reply);
+        self.metrics.spawn_result(kind, Some(&failure));
+        let keep = spawn.options().keep_connection && !self.shutting_down;
+        self.send(id, failure.into_reply(), vec![]);
+        // The frames behind this one are handled by the caller's loop.
+        self.transition(id, |s| s.final_report(keep));
     }
 
     /// No child could be had: `fork` or `pipe2` failed with `e`.

@@ -17,6 +17,8 @@ use super::identity::Identity;
 use super::plan::ExecPlan;
 use super::plan::ServerEnv;
 use super::report::Report;
+use super::sandbox::Sandbox;
+use super::seccomp::SeccompProgram;
 use super::vfork::{clone_exec, CloneStack, Cloned};
 use crate::entry::EntryFn;
 use crate::ids::Serial;
@@ -100,9 +102,10 @@ impl ForkContext {
         Ok((stack, env))
     }
 
-    /// Starts exec job `job`'s child on the `CLONE_VM` path, with `bundle` and the request's
-    /// `options`: the child's pid, its pidfd if the request wants one, how the exec went, and the
-    /// bundle (the caller closes it once the `Pid` is out).
+    /// Starts exec job `job`'s child on the `CLONE_VM` path, with `bundle`, the request's
+    /// `options` and its seccomp program (read from the bundle before this call): the child's
+    /// pid, its pidfd if the request wants one, how the exec went, and the bundle (the caller
+    /// closes it once the `Pid` is out).
     ///
     /// # Errors
     /// As [`clone_exec`]; `mmap` failing at the first call.
@@ -111,10 +114,14 @@ impl ForkContext {
         job: &ExecJob,
         options: &SpawnOptions,
         bundle: FdBundle,
+        filter: Option<&SeccompProgram>,
     ) -> Result<Cloned, Errno> {
         let (to_reset, server) = (self.to_reset(), self.watched_server());
         let (stack, env) = self.clone_parts()?;
-        let plan = ExecPlan::new(job, &bundle, Identity::from(options), to_reset, server, env);
+        let identity = Identity::from(options);
+        let sandbox = Sandbox::new(options, bundle.map(), filter);
+        let mut plan = ExecPlan::new(job, &bundle, identity, to_reset, server, env);
+        plan.set_sandbox(sandbox);
         let mut cloned = clone_exec(stack, &plan, options.want_pidfd)?;
         cloned.bundle = bundle;
         Ok(cloned)
@@ -157,21 +164,25 @@ pub(crate) struct ChildSpec<'a> {
     pub(super) identity: Identity,
     /// Its fds, placed at their targets; closed in the server once the child is forked.
     pub(super) bundle: FdBundle,
+    /// Its landlock ruleset and seccomp filter (rev 0.6).
+    pub(super) sandbox: Sandbox<'a>,
     pub(super) report: ReportTo,
 }
 
 impl<'a> ChildSpec<'a> {
     /// The child of a request with `options` that runs `work` with `bundle`, reporting to
-    /// `report`.
+    /// `report`, with the seccomp program `filter` read from its bundle.
     pub(crate) fn new(
         work: Work<'a>,
         options: &SpawnOptions,
         bundle: FdBundle,
         report: ReportTo,
+        filter: Option<&'a SeccompProgram>,
     ) -> Self {
         Self {
             work,
             identity: Identity::from(options),
+            sandbox: Sandbox::new(options, bundle.map(), filter),
             bundle,
             report,
         }

@@ -63,7 +63,7 @@ pub(crate) struct Controls {
     /// `SET_OOM_SCORE_ADJ`, with its text.
     pub(crate) oom_score_adj: Option<i32>,
     oom_text: Decimal,
-    /// `NO_NEW_PRIVS`.
+    /// `NO_NEW_PRIVS`, or implied by `SECCOMP_FILTER` or `LANDLOCK_RULESET`.
     pub(crate) no_new_privs: bool,
 }
 
@@ -75,7 +75,8 @@ impl From<&SpawnOptions> for Controls {
             nice: o.nice,
             oom_score_adj: o.oom_score_adj,
             oom_text: o.oom_score_adj.map(Decimal::of).unwrap_or_default(),
-            no_new_privs: o.no_new_privs,
+            // PROTOCOL.md §6.5: a seccomp filter or a landlock ruleset implies it.
+            no_new_privs: o.no_new_privs || o.seccomp_index.is_some() || o.landlock_index.is_some(),
         }
     }
 }

@@ -128,6 +128,48 @@ impl Placement {
     }
 }
 
+/// The placement as the `CLONE_VM` child makes it (`plan.rs`): a list of system calls with
+/// every number fixed by the server before the clone.
+/// One fd system call of the child, every number decided by the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum FdOp {
+    /// `dup3(from, to, 0)`: `to` without close-on-exec.
+    Dup2 { from: RawFd, to: RawFd },
+    /// The source is at its target: clear close-on-exec.
+    ClearCloexec(RawFd),
+    /// `dup3(from, to, O_CLOEXEC)` to a number that is no target and no source: breaks a
+    /// cycle of the placement. Whatever the child had at `to` (its copy of a server fd) is
+    /// closed by it, as it would have been with the rest.
+    Aside { from: RawFd, to: RawFd },
+}
+
+/// The fd placement of a bundle whose fds are at `srcs` (and go to `targets`) as a list of
+/// system calls with every number fixed, and the sorted targets. A cycle is broken by a
+/// duplicate at the lowest number that is no source, no target and no earlier duplicate: in
+/// the child's copy of the fd table that number holds nothing the placement needs.
+pub(super) fn plan_fds(srcs: Vec<RawFd>, targets: Vec<u32>) -> (Vec<FdOp>, Vec<u32>) {
+    let mut taken: Vec<RawFd> = srcs.clone();
+    taken.extend(targets.iter().map(|&t| t as RawFd));
+    // No report fd on this path: -1 is no fd and no target.
+    let mut plan = Placement::new(srcs, targets, -1);
+    let mut ops = Vec::new();
+    while let Some(op) = plan.next_op() {
+        ops.push(match op {
+            Op::Dup2 { from, to } => FdOp::Dup2 { from, to },
+            Op::ClearCloexec(fd) => FdOp::ClearCloexec(fd),
+            Op::MoveOff(from) => {
+                let to = (0..).find(|n| !taken.contains(n)).unwrap_or(RawFd::MAX);
+                taken.push(to);
+                plan.moved(from, to);
+                FdOp::Aside { from, to }
+            }
+        });
+    }
+    let mut keep = plan.targets().to_vec();
+    keep.sort_unstable();
+    (ops, keep)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,5 +292,19 @@ mod tests {
         ) {
             check(&srcs, &targets, report, &others);
         }
+    }
+
+    #[test]
+    fn a_swap_goes_through_a_number_no_fd_of_the_plan_uses() {
+        // 3 -> 4 and 4 -> 3: a cycle; 0, 1, 2 are no source or target, so 0 is free.
+        let (ops, keep) = plan_fds(vec![3, 4], vec![4, 3]);
+        assert_eq!(keep, [3, 4]);
+        assert_eq!(ops[0], FdOp::Aside { from: 3, to: 0 });
+        assert!(ops.contains(&FdOp::Dup2 { from: 4, to: 3 }));
+        assert!(ops.contains(&FdOp::Dup2 { from: 0, to: 4 }));
+        // The usual layout: one call per fd, nothing aside.
+        let (ops, _) = plan_fds(vec![10, 11, 12], vec![0, 1, 2]);
+        assert_eq!(ops.len(), 3);
+        assert!(ops.iter().all(|op| matches!(op, FdOp::Dup2 { .. })));
     }
 }

@@ -112,6 +112,8 @@ pub(crate) fn child_env(
 pub(crate) struct Context {
     pub(super) cwd: Option<Vec<u8>>,
     pub(super) identity: Identity,
+    /// `LANDLOCK_RULESET`: the target of the ruleset's entry.
+    pub(super) landlock_fd: Option<u32>,
     exec: bool,
 }
 
@@ -121,9 +123,14 @@ impl Context {
             Job::Exec(e) => e.cwd().map(<[u8]>::to_vec),
             Job::Entry(_) => None,
         };
+        let landlock_fd = spawn
+            .options()
+            .landlock_index
+            .and_then(|i| spawn.fds().targets().get(usize::from(i)).copied());
         Self {
             cwd,
             identity: Identity::from(spawn.options()),
+            landlock_fd,
             exec: matches!(spawn.job(), Job::Exec(_)),
         }
     }

@@ -90,6 +90,8 @@ mod place;
 mod plan;
 mod raw;
 mod report;
+mod sandbox;
+mod seccomp;
 mod stage;
 mod vfork;
 use crate::entry::{EntryFn, Invocation};
@@ -99,6 +101,7 @@ use report::report_and_exit;
 pub(crate) use report::{
     decode_shared, failure_of, failure_reply, Failure, Report, REPORT_LEN, SHARED_REPORT_LEN,
 };
+pub(crate) use seccomp::{ProgramError, SeccompProgram};
 pub(crate) use stage::{Stage, StageFamily, FAILED_STATUS};
 pub(crate) use vfork::Cloned;
 
@@ -281,6 +284,12 @@ fn pooled_child(
     let Ok(bundle) = FdBundle::from_parts(map, frame.fds) else {
         report_and_exit(report, Stage::Setup, Errno::EPROTO)
     };
+    // The server read this program before the hand-off (and refused a bad one); this child
+    // reads its own copy from the same entry.
+    let program = match SeccompProgram::of_request(&options, &bundle) {
+        Ok(p) => p,
+        Err(e) => report_and_exit(report, Stage::Seccomp, e.errno()),
+    };
     let report = Report::Own(sock.into_raw_fd());
     let work = match &job {
         forkserver_protocol::Job::Exec(e) => Work::Exec(e),
@@ -294,7 +303,7 @@ fn pooled_child(
     };
     child_main(
         ctx,
-        ChildSpec::new(work, &options, bundle, ReportTo::Pipe),
+        ChildSpec::new(work, &options, bundle, ReportTo::Pipe, program.as_ref()),
         report,
     )
 }
@@ -305,6 +314,7 @@ fn child_main(ctx: &ForkContext, child: ChildSpec<'_>, report: Report) -> ! {
         work,
         identity,
         bundle,
+        sandbox,
         ..
     } = child;
     if let Err(e) = reset_signals(ctx.to_reset()) {
@@ -329,6 +339,10 @@ fn child_main(ctx: &ForkContext, child: ChildSpec<'_>, report: Report) -> ! {
     if let Err((stage, e)) = identity.take_credentials() {
         report_and_exit(report, stage, e);
     }
+    // Step 5: the landlock ruleset, then the consumed entries closed.
+    if let Err((stage, e)) = sandbox.restrict() {
+        report_and_exit(report, stage, e);
+    }
     match work {
         Work::Exec(job) => {
             if let Some(cwd) = job.cwd() {
@@ -336,16 +350,24 @@ fn child_main(ctx: &ForkContext, child: ChildSpec<'_>, report: Report) -> ! {
                     report_and_exit(report, Stage::Chdir, e);
                 }
             }
-            let e = execvp::exec(job);
-            report_and_exit(report, Stage::Exec, e)
+            let (stage, e) = execvp::exec(job, &sandbox);
+            report_and_exit(report, stage, e)
         }
         Work::Entry { entry, payload } => {
+            let targets = targets
+                .into_iter()
+                .filter(|&t| !sandbox.consumes(t))
+                .collect();
+            let call = Invocation::new(payload.to_vec(), targets);
+            // The seccomp filter last, while a failure can still be reported.
+            if let Err((stage, e)) = sandbox.install_filter() {
+                report_and_exit(report, stage, e);
+            }
             // Setup succeeded (an own report pipe's EOF tells the server so); the job holds
             // nothing of the server's.
             // SAFETY: the report fd is open (kept by `place_fds`), its number held by this code
             // alone, which forgets it here.
             drop(unsafe { sys::own_fd(report.fd()) });
-            let call = Invocation::new(payload.to_vec(), targets);
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry(call)))
                 .unwrap_or(PANIC_STATUS);
             let _ = std::io::stdout().flush();

@@ -19,9 +19,10 @@ use forkserver_protocol::{Credentials, ExecJob, FdBundle, Session};
 use nix::errno::Errno;
 use nix::libc;
 
-use super::fds::{Op, Placement};
+use super::fds::{plan_fds, FdOp};
 use super::identity::Identity;
 use super::raw;
+use super::sandbox::Sandbox;
 use super::stage::Stage;
 
 /// The server's environment as `KEY=value` strings, taken once (at the first exec job on the
@@ -67,19 +68,6 @@ impl ServerEnv {
     }
 }
 
-/// One fd system call of the child, every number decided by the server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum FdOp {
-    /// `dup3(from, to, 0)`: `to` without close-on-exec.
-    Dup2 { from: RawFd, to: RawFd },
-    /// The source is at its target: clear close-on-exec.
-    ClearCloexec(RawFd),
-    /// `dup3(from, to, O_CLOEXEC)` to a number that is no target and no source: breaks a
-    /// cycle of the placement. Whatever the child had at `to` (its copy of a server fd) is
-    /// closed by it, as it would have been with the rest.
-    Aside { from: RawFd, to: RawFd },
-}
-
 /// Everything the child of one exec job needs, built by the server; the child reads it only.
 pub(super) struct ExecPlan<'a> {
     /// Signals to put back to `SIG_DFL` (bit `n - 1` for signal `n`).
@@ -88,6 +76,8 @@ pub(super) struct ExecPlan<'a> {
     /// `PR_SET_PDEATHSIG(SIGKILL)`.
     server: Option<libc::pid_t>,
     identity: Identity,
+    /// The landlock ruleset's target and the seccomp program (read by the server).
+    sandbox: Sandbox<'a>,
     fd_ops: Vec<FdOp>,
     /// The targets, sorted: every other fd is closed.
     keep: Vec<u32>,
@@ -112,20 +102,23 @@ pub(super) struct ExecPlan<'a> {
 
 impl<'a> ExecPlan<'a> {
     /// The child's steps, in order (PROTOCOL.md §6.5): signal dispositions, the parent-death
-    /// signal, the session, the fds, the resource limits and controls, the credentials (last of what needs privilege), the
-    /// working directory, the signal mask (last: nothing can be delivered before the
-    /// dispositions are reset, and nothing else runs after it but `execve`), the exec. Each
-    /// returns `Ok`, or the stage that failed and its errno.
+    /// signal, the session, the fds, the resource limits and controls, the credentials (last
+    /// of what needs privilege), the landlock ruleset, the working directory, the signal mask
+    /// (nothing can be delivered before the dispositions are reset), the seccomp filter (last:
+    /// nothing else runs under it but `execve`), the exec. Each returns `Ok`, or the stage
+    /// that failed and its errno.
     #[allow(clippy::type_complexity)]
-    const STEPS: [fn(&Self) -> Result<(), (Stage, Errno)>; 8] = [
+    const STEPS: [fn(&Self) -> Result<(), (Stage, Errno)>; 10] = [
         Self::reset_dispositions,
         Self::watch_parent,
         Self::join_session,
         Self::place_fds,
         Self::apply_controls,
         Self::take_credentials,
+        Self::restrict,
         Self::chdir,
         Self::unblock_signals,
+        Self::install_filter,
     ];
 
     /// The plan of `job`'s child with `bundle` (borrowed: the server closes it after the
@@ -207,6 +200,7 @@ impl<'a> ExecPlan<'a> {
             to_reset,
             server,
             identity,
+            sandbox: Sandbox::default(),
             fd_ops,
             keep,
             null_stdio,
@@ -219,6 +213,11 @@ impl<'a> ExecPlan<'a> {
             _envp: envp,
             _env: PhantomData,
         }
+    }
+
+    /// The landlock ruleset and seccomp filter of the child (none by default).
+    pub(super) fn set_sandbox(&mut self, sandbox: Sandbox<'a>) {
+        self.sandbox = sandbox;
     }
 
     /// The child: every step, then `execve`. Returns only on failure, with the stage and the
@@ -323,6 +322,17 @@ impl<'a> ExecPlan<'a> {
         self.watch_parent()
     }
 
+    /// `Sandbox::restrict`, as on the fork path: `landlock_restrict_self`, the consumed
+    /// entries closed.
+    fn restrict(&self) -> Result<(), (Stage, Errno)> {
+        self.sandbox.restrict()
+    }
+
+    /// `Sandbox::install_filter`: the program the server read, one raw call.
+    fn install_filter(&self) -> Result<(), (Stage, Errno)> {
+        self.sandbox.install_filter()
+    }
+
     fn chdir(&self) -> Result<(), (Stage, Errno)> {
         match &self.cwd {
             Some(cwd) => raw::chdir(cwd).map_err(|e| (Stage::Chdir, e)),
@@ -358,51 +368,10 @@ impl<'a> ExecPlan<'a> {
     }
 }
 
-/// The fd placement of a bundle whose fds are at `srcs` (and go to `targets`) as a list of
-/// system calls with every number fixed, and the sorted targets. A cycle is broken by a
-/// duplicate at the lowest number that is no source, no target and no earlier duplicate: in
-/// the child's copy of the fd table that number holds nothing the placement needs.
-fn plan_fds(srcs: Vec<RawFd>, targets: Vec<u32>) -> (Vec<FdOp>, Vec<u32>) {
-    let mut taken: Vec<RawFd> = srcs.clone();
-    taken.extend(targets.iter().map(|&t| t as RawFd));
-    // No report fd on this path: -1 is no fd and no target.
-    let mut plan = Placement::new(srcs, targets, -1);
-    let mut ops = Vec::new();
-    while let Some(op) = plan.next_op() {
-        ops.push(match op {
-            Op::Dup2 { from, to } => FdOp::Dup2 { from, to },
-            Op::ClearCloexec(fd) => FdOp::ClearCloexec(fd),
-            Op::MoveOff(from) => {
-                let to = (0..).find(|n| !taken.contains(n)).unwrap_or(RawFd::MAX);
-                taken.push(to);
-                plan.moved(from, to);
-                FdOp::Aside { from, to }
-            }
-        });
-    }
-    let mut keep = plan.targets().to_vec();
-    keep.sort_unstable();
-    (ops, keep)
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::identity;
     use super::*;
-
-    #[test]
-    fn a_swap_goes_through_a_number_no_fd_of_the_plan_uses() {
-        // 3 -> 4 and 4 -> 3: a cycle; 0, 1, 2 are no source or target, so 0 is free.
-        let (ops, keep) = plan_fds(vec![3, 4], vec![4, 3]);
-        assert_eq!(keep, [3, 4]);
-        assert_eq!(ops[0], FdOp::Aside { from: 3, to: 0 });
-        assert!(ops.contains(&FdOp::Dup2 { from: 4, to: 3 }));
-        assert!(ops.contains(&FdOp::Dup2 { from: 0, to: 4 }));
-        // The usual layout: one call per fd, nothing aside.
-        let (ops, _) = plan_fds(vec![10, 11, 12], vec![0, 1, 2]);
-        assert_eq!(ops.len(), 3);
-        assert!(ops.iter().all(|op| matches!(op, FdOp::Dup2 { .. })));
-    }
 
     /// The plan's envp as strings.
     #[allow(unsafe_code)]

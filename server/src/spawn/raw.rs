@@ -123,9 +123,30 @@ pub(super) fn clear_cloexec(fd: RawFd) -> Result<(), Errno> {
     check(unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_SETFD, 0) })
 }
 
-fn close(fd: u32) {
+pub(super) fn close(fd: u32) {
     // SAFETY: an integer, in the child's own fd table.
     let _ = unsafe { libc::syscall(libc::SYS_close, fd) };
+}
+
+/// `landlock_restrict_self(fd, 0)`: the ruleset `fd` confines this task from now on.
+pub(super) fn landlock_restrict_self(fd: RawFd) -> Result<(), Errno> {
+    // SAFETY: integers only.
+    check(unsafe { libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) })
+}
+
+/// `seccomp(SECCOMP_SET_MODE_FILTER, 0, &{len, filter})`: the program at `filter` (`len`
+/// instructions) filters this task's system calls from now on.
+pub(super) fn seccomp_set_filter(filter: &[libc::sock_filter]) -> Result<(), Errno> {
+    let prog = libc::sock_fprog {
+        // The caller holds at most MAX_SECCOMP_INSNS (4096) instructions.
+        len: filter.len() as libc::c_ushort,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    let ptr: *const libc::sock_fprog = &prog;
+    let op = libc::SECCOMP_SET_MODE_FILTER;
+    // SAFETY: `ptr` points to a `sock_fprog` alive for the call, whose `filter` points to
+    // `len` instructions; the kernel copies the program and writes nothing back.
+    check(unsafe { libc::syscall(libc::SYS_seccomp, op, 0u32, ptr) })
 }
 
 /// Closes every fd in `first..=last` of the child's own fd table: `close_range`, or one by one

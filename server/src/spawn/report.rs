@@ -36,10 +36,12 @@ impl Failure {
     /// A failure the server saw itself (a pooled child that could not take its job): the
     /// [`Stage::Setup`] stage.
     pub(crate) fn setup(reply: Message) -> Self {
-        Self {
-            reply,
-            stage: Stage::Setup,
-        }
+        Self::at(Stage::Setup, reply)
+    }
+
+    /// A failure at `stage` that the server saw itself (a seccomp program it could not read).
+    pub(crate) fn at(stage: Stage, reply: Message) -> Self {
+        Self { reply, stage }
     }
 
     /// The reply for the client.
@@ -193,6 +195,11 @@ fn reply_for(stage: Stage, report: &[u8; 5], ctx: Option<&Context>) -> Message {
             None => "write(/proc/self/oom_score_adj)".to_owned(),
         },
         Stage::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS, 1)".to_owned(),
+        Stage::Landlock => match ctx.and_then(|c| c.landlock_fd) {
+            Some(fd) => format!("landlock_restrict_self({fd}, 0)"),
+            None => "landlock_restrict_self".to_owned(),
+        },
+        Stage::Seccomp => "seccomp(SECCOMP_SET_MODE_FILTER)".to_owned(),
     };
     ErrorReply::new(ErrorCode::ChildSetupFailed, errno, format!("{call}: {why}")).into()
 }
@@ -344,6 +351,14 @@ mod tests {
         assert_eq!(
             msg(Stage::NoNewPrivs, Errno::EINVAL),
             "prctl(PR_SET_NO_NEW_PRIVS, 1): Invalid argument (EINVAL)"
+        );
+        assert_eq!(
+            msg(Stage::Seccomp, Errno::EINVAL),
+            "seccomp(SECCOMP_SET_MODE_FILTER): Invalid argument (EINVAL)"
+        );
+        assert_eq!(
+            msg(Stage::Landlock, Errno::EBADFD),
+            "landlock_restrict_self: File descriptor in bad state (EBADFD)"
         );
         // A stage byte naming an entry the request does not have: the call alone.
         assert_eq!(

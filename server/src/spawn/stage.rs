@@ -31,6 +31,10 @@ pub(crate) enum Stage {
     OomScoreAdj,
     /// `prctl(PR_SET_NO_NEW_PRIVS)` (rev 0.6).
     NoNewPrivs,
+    /// `landlock_restrict_self` (rev 0.6).
+    Landlock,
+    /// `seccomp(SECCOMP_SET_MODE_FILTER)` (rev 0.6).
+    Seccomp,
     /// `prlimit64` of the `SET_RLIMITS` entry at this index (0..16, rev 0.6).
     Rlimit(u8),
 }
@@ -77,7 +81,7 @@ impl Stage {
             Stage::Session => StageFamily::Session,
             Stage::Rlimit(_) | Stage::Nice | Stage::OomScoreAdj => StageFamily::Limits,
             Stage::Groups | Stage::Gid | Stage::Uid => StageFamily::Credentials,
-            Stage::NoNewPrivs => StageFamily::Sandbox,
+            Stage::NoNewPrivs | Stage::Landlock | Stage::Seccomp => StageFamily::Sandbox,
             Stage::Chdir => StageFamily::Chdir,
         })
     }
@@ -99,6 +103,8 @@ impl From<Stage> for u8 {
             Stage::Nice => 8,
             Stage::OomScoreAdj => 9,
             Stage::NoNewPrivs => 10,
+            Stage::Landlock => 11,
+            Stage::Seccomp => 12,
             Stage::Rlimit(i) => RLIMIT_BASE + (i % forkserver_protocol::MAX_RLIMITS as u8),
         }
     }
@@ -117,6 +123,8 @@ impl Stage {
             8 => Self::Nice,
             9 => Self::OomScoreAdj,
             10 => Self::NoNewPrivs,
+            11 => Self::Landlock,
+            12 => Self::Seccomp,
             b if (RLIMIT_BASE..RLIMIT_BASE + forkserver_protocol::MAX_RLIMITS as u8)
                 .contains(&b) =>
             {
@@ -144,13 +152,15 @@ mod tests {
             Stage::Nice,
             Stage::OomScoreAdj,
             Stage::NoNewPrivs,
+            Stage::Landlock,
+            Stage::Seccomp,
         ];
         all.extend((0..forkserver_protocol::MAX_RLIMITS as u8).map(Stage::Rlimit));
         for s in all {
             assert_eq!(Stage::from_byte(u8::from(s)), s);
         }
         // Bytes no stage uses are setup failures.
-        for b in [0, 11, 31, 48, 255] {
+        for b in [0, 13, 31, 48, 255] {
             assert_eq!(Stage::from_byte(b), Stage::Setup, "{b}");
         }
     }

@@ -94,7 +94,8 @@ SET_UID, SET_GID, SET_GROUPS, JOIN_PROCESS_GROUP, ENV_REMOVE = 64, 128, 256, 512
 WANT_RUSAGE, SET_RLIMITS = 2048, 4096  # rev 0.6
 SET_UMASK, SET_NICE, NO_NEW_PRIVS, SET_OOM_SCORE_ADJ = 1 << 13, 1 << 14, 1 << 15, 1 << 16  # rev 0.6
 SET_GRACE = 1 << 17                    # rev 0.6
-SPAWN_FLAGS_MASK = 0x3FFFF
+SECCOMP_FILTER, LANDLOCK_RULESET = 1 << 18, 1 << 19  # rev 0.6
+SPAWN_FLAGS_MASK = 0xFFFFF
 FLAG_NAMES = {
     NEW_SESSION: "NEW_SESSION", NEW_PROCESS_GROUP: "NEW_PROCESS_GROUP", WANT_PIDFD: "WANT_PIDFD",
     PID_AFTER_EXEC: "PID_AFTER_EXEC", KILL_ON_DISCONNECT: "KILL_ON_DISCONNECT",
@@ -102,7 +103,7 @@ FLAG_NAMES = {
     SET_GROUPS: "SET_GROUPS", JOIN_PROCESS_GROUP: "JOIN_PROCESS_GROUP", ENV_REMOVE: "ENV_REMOVE",
     WANT_RUSAGE: "WANT_RUSAGE", SET_RLIMITS: "SET_RLIMITS", SET_UMASK: "SET_UMASK",
     SET_NICE: "SET_NICE", NO_NEW_PRIVS: "NO_NEW_PRIVS", SET_OOM_SCORE_ADJ: "SET_OOM_SCORE_ADJ",
-    SET_GRACE: "SET_GRACE",
+    SET_GRACE: "SET_GRACE", SECCOMP_FILTER: "SECCOMP_FILTER", LANDLOCK_RULESET: "LANDLOCK_RULESET",
 }
 # What a server before rev 0.6 (no Features) is taken to implement: bits 0-4 (§5.14, §8).
 PRE_0_6_SPAWN_FLAGS = 0x1F
@@ -245,12 +246,14 @@ def encode_auth_ok(response):
 def encode_spawn(job, fd_targets=(), session="inherit", want_pidfd=False, pid_after_exec=False,
                  kill_on_disconnect=False, deadline_ms=0, keep_connection=False, uid=None,
                  gid=None, groups=None, pgid=None, want_rusage=False, rlimits=None, umask=None,
-                 nice=None, no_new_privs=False, oom_score_adj=None, grace_ms=None):
+                 nice=None, no_new_privs=False, oom_score_adj=None, grace_ms=None,
+                 seccomp_index=None, landlock_index=None):
     """job: {"kind": "exec", "program", "args", "env_clear", "env", "cwd"[, "env_remove"]} or
     {"kind": "entry", "name", "payload"} (the decoded form of §10.8, with bytes). session
     "join_process_group" takes pgid; uid, gid, groups (a list) are set when not None (rev 0.5);
     rlimits, a list of {"resource", "soft", "hard"} dicts or (resource, soft, hard) tuples, when
-    not None; umask, nice, oom_score_adj, grace_ms when not None, no_new_privs (rev 0.6)."""
+    not None; umask, nice, oom_score_adj, grace_ms when not None, no_new_privs; seccomp_index,
+    landlock_index (bundle entries: indexes into fd_targets) when not None (rev 0.6)."""
     flags = {"inherit": 0, "new_session": NEW_SESSION, "new_process_group": NEW_PROCESS_GROUP,
              "join_process_group": JOIN_PROCESS_GROUP}[session]
     removals = (job.get("env_remove") or []) if job["kind"] == "exec" else []
@@ -262,7 +265,9 @@ def encode_spawn(job, fd_targets=(), session="inherit", want_pidfd=False, pid_af
               | WANT_RUSAGE * bool(want_rusage) | SET_RLIMITS * (rlimits is not None)
               | SET_UMASK * (umask is not None) | SET_NICE * (nice is not None)
               | NO_NEW_PRIVS * bool(no_new_privs) | SET_OOM_SCORE_ADJ * (oom_score_adj is not None)
-              | SET_GRACE * (grace_ms is not None))
+              | SET_GRACE * (grace_ms is not None)
+              | SECCOMP_FILTER * (seccomp_index is not None)
+              | LANDLOCK_RULESET * (landlock_index is not None))
     body = struct.pack("<IQ", flags, deadline_ms)
     body += b"".join(struct.pack("<I", t) for t in fd_targets)
     # The optional fields of rev 0.5, in the order of their bits (§5.5.1).
@@ -286,6 +291,10 @@ def encode_spawn(job, fd_targets=(), session="inherit", want_pidfd=False, pid_af
         body += struct.pack("<i", oom_score_adj)
     if grace_ms is not None:
         body += struct.pack("<I", grace_ms)
+    if seccomp_index is not None:
+        body += struct.pack("<H", seccomp_index)
+    if landlock_index is not None:
+        body += struct.pack("<H", landlock_index)
     if job["kind"] == "entry":
         body += bytes([JOB_ENTRY]) + _bytes16(_b(job["name"])) + _bytes32(_b(job["payload"]))
     else:
@@ -376,7 +385,8 @@ def encode_message(msg):
                             msg.get("groups"), msg.get("pgid"), msg.get("want_rusage", False),
                             msg.get("rlimits"), msg.get("umask"), msg.get("nice"),
                             msg.get("no_new_privs", False), msg.get("oom_score_adj"),
-                            msg.get("grace_ms"))
+                            msg.get("grace_ms"), msg.get("seccomp_index"),
+                            msg.get("landlock_index"))
     if t == "Signal":
         return encode_signal(msg["signo"])
     if t == "StatusRequest":
@@ -583,6 +593,15 @@ def _spawn(r, nfds):
         extra["grace_ms"] = r.u32()
         if extra["grace_ms"] == 0:
             raise DecodeError("InvalidValue", "Grace 0")
+    for bit, key in ((SECCOMP_FILTER, "seccomp_index"), (LANDLOCK_RULESET, "landlock_index")):
+        if flags & bit:
+            extra[key] = r.u16()
+    # §5.5.1 check 6: the bundle indexes name two different entries of this bundle.
+    if "seccomp_index" in extra and extra["seccomp_index"] >= nfds:
+        raise DecodeError("InvalidValue", f"SeccompIndex {extra['seccomp_index']} of {nfds} fds")
+    if "landlock_index" in extra and (extra["landlock_index"] >= nfds
+                                      or extra["landlock_index"] == extra.get("seccomp_index")):
+        raise DecodeError("InvalidValue", f"LandlockIndex {extra['landlock_index']}")
     if flags & NO_NEW_PRIVS:
         extra["no_new_privs"] = True
     kind = r.u8()
@@ -1100,7 +1119,9 @@ class Client:
         out of the server's environment). fds: {target: fd}. ids: uid, gid, groups, pgid (rev
         0.5; pgid joins that process group), want_rusage (rev 0.6: Child.usage after wait),
         rlimits (rev 0.6: a list of (resource, soft, hard)), umask, nice, no_new_privs,
-        oom_score_adj, grace_ms (rev 0.6)."""
+        oom_score_adj, grace_ms, seccomp_filter and landlock_ruleset (rev 0.6: an fd holding a
+        classic-BPF program, a landlock ruleset fd; sent as bundle entries at free targets from 3,
+        which the child does not keep)."""
         env = list(env.items()) if isinstance(env, dict) else list(env or [])
         job = {"kind": "exec", "program": _b(program if program is not None else argv[0]),
                "args": [_b(a) for a in argv], "env_clear": env_clear,
@@ -1118,8 +1139,17 @@ class Client:
     def _spawn(self, job, fds, new_session, new_process_group, deadline_ms, want_pidfd,
                pid_after_exec, kill_on_disconnect, uid=None, gid=None, groups=None, pgid=None,
                want_rusage=False, rlimits=None, umask=None, nice=None, no_new_privs=False,
-               oom_score_adj=None, grace_ms=None):
+               oom_score_adj=None, grace_ms=None, seccomp_filter=None, landlock_ruleset=None):
         fds = dict(fds or {})
+        # Rev 0.6: each sandbox fd is one more entry, at the lowest free target from 3.
+        indexes = []
+        for fd in (seccomp_filter, landlock_ruleset):
+            if fd is None:
+                indexes.append(None)
+                continue
+            target = next(t for t in range(3, MAX_FDS + 4) if t not in fds)
+            indexes.append(len(fds))
+            fds[target] = fd
         if len(fds) > MAX_FDS:
             raise ValueError(f"{len(fds)} fds: at most {MAX_FDS} per spawn")
         session = ("new_session" if new_session else
@@ -1128,7 +1158,7 @@ class Client:
         frame = encode_spawn(job, list(fds), session, want_pidfd, pid_after_exec,
                              kill_on_disconnect, deadline_ms, False, uid, gid, groups, pgid,
                              want_rusage, rlimits, umask, nice, no_new_privs, oom_score_adj,
-                             grace_ms)
+                             grace_ms, *indexes)
         try:
             decode_frame(frame)                # refuse locally what the server must refuse
         except DecodeError as e:

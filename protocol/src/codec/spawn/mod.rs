@@ -20,6 +20,7 @@ mod fields;
 mod job;
 mod options;
 mod rlimits;
+mod sandbox;
 
 pub use controls::{MAX_UMASK, NICE_RANGE, OOM_SCORE_ADJ_RANGE};
 pub use job::{EntryJob, ExecJob};
@@ -133,9 +134,12 @@ impl Spawn {
     /// # Errors
     /// [`BuildError::LimitExceeded`] with [`Limit::Body`] when the encoded body would exceed
     /// [`MAX_BODY_LEN`]; [`BuildError::InvalidValue`] for a pgid outside `1..=`[`crate::MAX_PGID`]
-    /// or a uid or gid of `u32::MAX`. Every other rule is enforced by the parts' constructors.
+    /// or a uid or gid of `u32::MAX`, a `seccomp_filter` or `landlock_ruleset` index that
+    /// names no entry of `fds`, or both naming the same entry. Every other rule is enforced
+    /// by the parts' constructors.
     pub fn new(options: SpawnOptions, fds: FdMap, job: Job) -> Result<Self, BuildError> {
         options.check()?;
+        sandbox::check_indexes(&options, fds.len()).map_err(BuildError::InvalidValue)?;
         let s = Self {
             options: Box::new(options),
             fds,
@@ -222,6 +226,8 @@ impl Body for Spawn {
         let mut options = SpawnOptions::from_wire(f, deadline)?;
         let fds = FdMap::decode(r, nfds)?;
         options.decode_fields(f, r)?;
+        // §5.5.1 check 6: the bundle indexes name entries of this bundle, two different ones.
+        sandbox::check_indexes(&options, fds.len()).map_err(DecodeError::InvalidValue)?;
         let removes = f & flags::ENV_REMOVE != 0;
         let job = match r.u8()? {
             // §5.5.1: ENV_REMOVE is for exec jobs only.

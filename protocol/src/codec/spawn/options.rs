@@ -1,5 +1,5 @@
 //! The options of a `Spawn`: its flag word and the optional fields that flags announce
-//! (PROTOCOL.md §5.5.1, rev 0.5 for bits 6-10, rev 0.6 for bits 11-17).
+//! (PROTOCOL.md §5.5.1, rev 0.5 for bits 6-10, rev 0.6 for bits 11-19).
 //!
 //! ```text
 //! flags (u32) | deadline_ms (u64) | targets ... | [uid u32] [gid u32] [ngroups u16, gid u32 x n]
@@ -52,6 +52,7 @@ use super::controls::{Grace, Nice, OomScoreAdj, Umask};
 pub use super::fields::Groups;
 use super::fields::{FieldCodec, Gid, Pgid, Uid};
 pub use super::rlimits::Rlimits;
+use super::sandbox::BundleIndex;
 use crate::codec::wire::{Reader, Sink};
 use crate::error::{BuildError, DecodeError, Field};
 
@@ -73,7 +74,7 @@ impl Revision {
     /// Rev 0.6: `FeaturesRequest` and `Features`, the server's list of what it implements;
     /// `WANT_RUSAGE` and the usage in `Exit`; `MetricsRequest` and `Metrics`; the per-child
     /// controls (`SET_RLIMITS`, `SET_UMASK`, `SET_NICE`, `NO_NEW_PRIVS`, `SET_OOM_SCORE_ADJ`,
-    /// `SET_GRACE`).
+    /// `SET_GRACE`, `SECCOMP_FILTER`, `LANDLOCK_RULESET`).
     pub const R0_6: Self = Self::new(0, 6);
     /// The revision this crate implements, which its `Features` names.
     pub const CURRENT: Self = Self::R0_6;
@@ -294,6 +295,14 @@ spawn_options! {
     /// The body carries a grace period: at the deadline the server sends `SIGTERM`, and
     /// `SIGKILL` `grace_ms` later if the child still runs (rev 0.6).
     17 SET_GRACE, R0_6 => field(grace_ms: Grace);
+    /// The body carries the index of the bundle entry that holds a compiled classic-BPF
+    /// program: the server reads it before the fork, and the child installs it with
+    /// `seccomp(SECCOMP_SET_MODE_FILTER)` as its last step before `execve` or its entry
+    /// point (rev 0.6).
+    18 SECCOMP_FILTER, R0_6 => field(seccomp_index: BundleIndex);
+    /// The body carries the index of the bundle entry that holds a landlock ruleset: the
+    /// child calls `landlock_restrict_self` with it after its credentials change (rev 0.6).
+    19 LANDLOCK_RULESET, R0_6 => field(landlock_index: BundleIndex);
 }
 
 /// Which session and process group the child lives in.
@@ -360,6 +369,14 @@ pub struct SpawnOptions {
     /// `SET_GRACE` (rev 0.6): milliseconds between the `SIGTERM` at the deadline and the
     /// `SIGKILL`; `None`: `SIGKILL` at the deadline. No effect without a deadline.
     pub grace_ms: Option<core::num::NonZeroU32>,
+    /// `SECCOMP_FILTER` (rev 0.6): the index in the bundle of the fd that holds the child's
+    /// seccomp program (1..=4096 `struct sock_filter`s); the entry is consumed, not placed for
+    /// the job. `NO_NEW_PRIVS` is implied.
+    pub seccomp_index: Option<u16>,
+    /// `LANDLOCK_RULESET` (rev 0.6): the index in the bundle of a landlock ruleset fd, which
+    /// the child enforces with `landlock_restrict_self`; the entry is consumed, not placed for
+    /// the job. Not the `seccomp_index` entry. `NO_NEW_PRIVS` is implied.
+    pub landlock_index: Option<u16>,
 }
 
 impl SpawnOptions {
