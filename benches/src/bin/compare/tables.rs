@@ -9,7 +9,7 @@ use crate::scenarios::Group;
 
 // ----- output --------------------------------------------------------------------------------
 
-fn print_group(title: &str, g: &Group, base: Option<&str>) {
+pub(crate) fn print_group(title: &str, g: &Group, base: Option<&str>) {
     println!("\n## {title}\n");
     println!(
         "{:<32} {:>6} {:>11} {:>11} {:>11} {:>8}",
@@ -124,6 +124,12 @@ pub(crate) fn print_tables(r: &Results, ratios: &Map<String, Value>) {
             f.spawned_total, f.vm_rss_kib, f.vm_hwm_kib, f.fds
         );
     }
+    crate::peers::print(&r.peers);
+    print_ratios(ratios);
+}
+
+/// The ratios, one a line (`notes` left out).
+pub(crate) fn print_ratios(ratios: &Map<String, Value>) {
     println!("\n## ratios (medians)\n");
     for (k, v) in ratios {
         if k == "notes" {
