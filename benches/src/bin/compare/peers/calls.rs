@@ -11,7 +11,7 @@ use crate::peers::{blob_sum, scale, Blob, Job, BIG_ARG_BYTES};
 use crate::plan::Plan;
 use crate::scenarios::{check, Group};
 
-/// The scenarios of [`call_group`], in their order in a round.
+/// The scenarios of [`call_group`] (run in a new random order every round).
 pub(crate) const CALLS: [&str; 6] = [
     "ours_call_noop",
     "ours_typed_small",
@@ -78,7 +78,9 @@ pub(crate) fn call_group(client: &Client, plan: &Plan) -> Result<Group> {
             Ok(elapsed)
         }),
     ];
-    let r = interleave::run(&mut scenarios, plan.typed_warmup, plan.typed_rounds)?;
+    // Shuffled rounds: a procspawn call (a process exec'd and reaped) or a MiB copied would
+    // otherwise always precede the same scenario.
+    let r = interleave::run_shuffled(&mut scenarios, plan.typed_warmup, plan.typed_rounds, 15)?;
     Ok(Group(r))
 }
 
