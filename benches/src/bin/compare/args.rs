@@ -1,5 +1,6 @@
-//! The command line: `--quick`, `--json FILE`, `--svg DIR`, `--only typed`, `--profile-loop N`, `--fds K`,
-//! `--threads T`, `--exec`, `--wait-stdin` (and the internal `--small-client`).
+//! The command line: `--quick`, `--json FILE`, `--svg DIR`, `--only typed`,
+//! `--profile-loop N`, `--fds K`, `--threads T`, `--exec`, `--wait-stdin` (and the internal
+//! `--small-client`).
 
 use std::path::PathBuf;
 

@@ -9,9 +9,9 @@
 //! This binary is its own zygote server: launched by itself (`Client::launch(current_exe)`), it
 //! serves the entry point `noop`, which returns 0 at once, and the typed entries and the worker
 //! of group 8 (`peers`). It is also procspawn's child (group 8 measures `procspawn::spawn`,
-//! which re-executes it) and the parent of `zygote`'s zygote process. Scenarios of a group run interleaved
-//! (round-robin) after a warm-up; each reports median, p90 and p99. What each group measures
-//! and why is in `benches/BENCHMARKS.md`.
+//! which re-executes it) and the parent of `zygote`'s zygote process. Scenarios of a group run
+//! interleaved (round-robin, or shuffled rounds in group 8) after a warm-up; each reports
+//! median, p90 and p99. What each group measures and why is in `benches/BENCHMARKS.md`.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod args;

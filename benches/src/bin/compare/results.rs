@@ -201,7 +201,10 @@ pub(crate) fn ratios(r: &Results) -> Result<Map<String, Value>> {
              on the CLONE_VM exec path (exec_big_zygote_fork_vs_small: both on the fork path, \
              FORKSERVER_EXEC_FORK=1; exec_clone_vm_vs_fork: the two paths, small zygote); \
              controls_vs_none: exec /bin/true with every per-child control / with none, \
-             interleaved on the same server",
+             interleaved on the same server; typed_*, procspawn_* and \
+             worker_call_vs_zygote_run: group 8 (typed_peers), spawn to result in shuffled \
+             rounds, typed_threads8_vs_procspawn a ratio of calls per second (higher is \
+             better)",
         ),
     );
     Ok(m)

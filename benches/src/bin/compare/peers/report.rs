@@ -5,7 +5,7 @@ use forkserver_benches::Result;
 use serde_json::{json, Map, Value};
 
 use crate::peers::{PeersResults, BIG_ARG_BYTES};
-use crate::tables::print_group;
+use crate::scenarios::print_group;
 
 /// The ratios of group 8 (medians; the throughput one of calls per second), into `m`:
 /// `typed_vs_call` (goal ≤ 1.3), `typed_vs_procspawn` (goal ≤ 0.2),
