@@ -71,5 +71,8 @@ pub(crate) fn parse_args() -> std::result::Result<Args, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    if args.only_typed && (args.svg.is_some() || args.profile_loop.is_some()) {
+        return Err("--only typed takes neither --svg nor --profile-loop".into());
+    }
     Ok(args)
 }
