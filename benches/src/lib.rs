@@ -5,7 +5,8 @@
 //!   `cargo bench -p forkserver-benches --bench codec`; `examples/codec_loop.rs` runs the same
 //!   encodes in a plain loop, for `valgrind --tool=callgrind` instruction counts.
 //! * `src/bin/compare/`: the comparative harness, forkserver against `fork()` in the caller,
-//!   `std::process::Command` and CPython's `multiprocessing` forkserver:
+//!   `std::process::Command`, CPython's `multiprocessing` forkserver, and typed calls against
+//!   the `procspawn` and `zygote` crates (group 8, also alone with `--only typed`):
 //!   `cargo run --release -p forkserver-benches --bin compare -- [--quick] [--json FILE]
 //!   [--svg DIR]`. What it measures and why is in `benches/BENCHMARKS.md`.
 //!

@@ -1,15 +1,17 @@
-//! The command line: `--quick`, `--json FILE`, `--svg DIR`, `--profile-loop N`, `--fds K`,
-//! `--threads T`, `--exec`, `--wait-stdin` (and the internal `--small-client`).
+//! The command line: `--quick`, `--json FILE`, `--svg DIR`, `--only typed`,
+//! `--profile-loop N`, `--fds K`, `--threads T`, `--exec`, `--wait-stdin` (and the internal
+//! `--small-client`).
 
 use std::path::PathBuf;
 
 pub(crate) const USAGE: &str = "\
-usage: compare [--quick] [--json FILE] [--svg DIR]
+usage: compare [--quick] [--json FILE] [--svg DIR] [--only typed]
                [--profile-loop N [--fds K] [--threads T] [--exec] [--wait-stdin]]
 
   --quick           fewer iterations and smaller client RSS (256 MiB, 1 GiB): under a minute
   --json FILE       write every summary and the ratios as JSON to FILE
   --svg DIR         write latency_vs_fds.svg and latency_vs_rss.svg into DIR
+  --only typed      only group 8: typed calls against procspawn and zygote (no --svg)
   --profile-loop N  only run N noop spawns (spawn+wait) and print the server's pid
                     (for strace/perf; nothing is measured)
   --fds K           fds in the bundle of --profile-loop (default 3)
@@ -25,6 +27,8 @@ pub(crate) struct Args {
     pub(crate) quick: bool,
     pub(crate) json: Option<PathBuf>,
     pub(crate) svg: Option<PathBuf>,
+    /// `--only typed`: group 8 alone.
+    pub(crate) only_typed: bool,
     pub(crate) profile_loop: Option<usize>,
     pub(crate) profile_fds: Option<u32>,
     pub(crate) profile_threads: Option<usize>,
@@ -43,6 +47,10 @@ pub(crate) fn parse_args() -> std::result::Result<Args, String> {
             "--quick" => args.quick = true,
             "--json" => args.json = Some(value("--json")?.into()),
             "--svg" => args.svg = Some(value("--svg")?.into()),
+            "--only" => match value("--only")?.as_str() {
+                "typed" => args.only_typed = true,
+                other => return Err(format!("unknown section {other:?} (known: typed)")),
+            },
             "--profile-loop" => {
                 let v = value("--profile-loop")?;
                 args.profile_loop = Some(v.parse().map_err(|_| format!("bad count {v:?}"))?);
@@ -62,6 +70,9 @@ pub(crate) fn parse_args() -> std::result::Result<Args, String> {
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    if args.only_typed && (args.svg.is_some() || args.profile_loop.is_some()) {
+        return Err("--only typed takes neither --svg nor --profile-loop".into());
     }
     Ok(args)
 }

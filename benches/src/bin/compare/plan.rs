@@ -22,6 +22,12 @@ pub(crate) struct Plan {
     pub(crate) throughput_rounds: usize,
     pub(crate) throughput_slice: Duration,
     pub(crate) footprint_spawns: u64,
+    /// Group 8, spawn to result (ours, procspawn, raw `Call`).
+    pub(crate) typed_warmup: usize,
+    pub(crate) typed_rounds: usize,
+    /// Group 8, a worker's call against `zygote::Zygote::run`.
+    pub(crate) worker_warmup: usize,
+    pub(crate) worker_rounds: usize,
 }
 
 impl Plan {
@@ -40,6 +46,10 @@ impl Plan {
                 throughput_rounds: 3,
                 throughput_slice: Duration::from_millis(300),
                 footprint_spawns: 2_000,
+                typed_warmup: 5,
+                typed_rounds: 150,
+                worker_warmup: 100,
+                worker_rounds: 3_000,
             }
         } else {
             Plan {
@@ -55,6 +65,10 @@ impl Plan {
                 throughput_rounds: 5,
                 throughput_slice: Duration::from_secs(1),
                 footprint_spawns: 10_000,
+                typed_warmup: 20,
+                typed_rounds: 1_000,
+                worker_warmup: 500,
+                worker_rounds: 20_000,
             }
         }
     }
@@ -69,6 +83,8 @@ impl Plan {
             "throughput": {"rounds": self.throughput_rounds,
                            "slice_ms": self.throughput_slice.as_millis() as u64},
             "footprint_spawns": self.footprint_spawns,
+            "typed": {"warmup": self.typed_warmup, "rounds": self.typed_rounds},
+            "worker": {"warmup": self.worker_warmup, "rounds": self.worker_rounds},
         })
     }
 }

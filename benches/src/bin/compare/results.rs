@@ -6,6 +6,7 @@ use forkserver_benches::Result;
 use serde_json::{json, Map, Value};
 
 use crate::footprint::Footprint;
+use crate::peers::PeersResults;
 use crate::plan::Plan;
 use crate::rss::RssStep;
 use crate::scenarios::Group;
@@ -26,6 +27,8 @@ pub(crate) struct Results {
     pub(crate) server_pid: u32,
     pub(crate) idle: Footprint,
     pub(crate) after: Footprint,
+    /// Group 8: typed calls against procspawn and zygote (`peers/`).
+    pub(crate) peers: PeersResults,
 }
 
 /// The headline ratios (medians). In `--quick` the `rss8g_*` ratios use the largest size
@@ -182,6 +185,7 @@ pub(crate) fn ratios(r: &Results) -> Result<Map<String, Value>> {
         "threads2_vs_limit",
         tp(false, 2).zip(tp(true, 2)).map(|(a, b)| a / b),
     );
+    crate::peers::put_ratios(&r.peers, &mut m)?;
     m.insert("rss_largest".into(), Value::from(fmt_bytes(large.bytes)));
     m.insert(
         "notes".into(),
@@ -197,7 +201,10 @@ pub(crate) fn ratios(r: &Results) -> Result<Map<String, Value>> {
              on the CLONE_VM exec path (exec_big_zygote_fork_vs_small: both on the fork path, \
              FORKSERVER_EXEC_FORK=1; exec_clone_vm_vs_fork: the two paths, small zygote); \
              controls_vs_none: exec /bin/true with every per-child control / with none, \
-             interleaved on the same server",
+             interleaved on the same server; typed_*, procspawn_* and \
+             worker_call_vs_zygote_run: group 8 (typed_peers), spawn to result in shuffled \
+             rounds, typed_threads8_vs_procspawn a ratio of calls per second (higher is \
+             better)",
         ),
     );
     Ok(m)
@@ -236,11 +243,7 @@ pub(crate) fn to_json(r: &Results, plan: &Plan, ratios: Map<String, Value>) -> V
     };
     json!({
         "mode": if r.quick { "quick" } else { "full" },
-        "machine": {
-            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
-            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map(|s| s.trim().to_owned()).unwrap_or_default(),
-        },
+        "machine": machine_json(),
         "plan": plan.to_json(),
         "harness_vm_rss_kib": r.harness_rss_kib,
         "latency": r.latency.to_json(),
@@ -254,6 +257,16 @@ pub(crate) fn to_json(r: &Results, plan: &Plan, ratios: Map<String, Value>) -> V
             "idle": r.idle.to_json(),
             "after": r.after.to_json(),
         },
+        "typed_peers": crate::peers::to_json(&r.peers),
         "ratios": Value::Object(ratios),
+    })
+}
+
+/// The machine: CPUs and kernel release.
+pub(crate) fn machine_json() -> Value {
+    json!({
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned()).unwrap_or_default(),
     })
 }

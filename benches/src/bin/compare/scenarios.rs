@@ -1,12 +1,12 @@
 //! The building blocks of the groups: the `noop` call, ours timed to the pid or to the exit
-//! code, and the results of one interleaved group.
+//! code, and the results of one interleaved group and their table.
 
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use forkserver_benches::raw::RawClient;
-use forkserver_benches::stats::Summary;
+use forkserver_benches::stats::{fmt_ns, ratio, Summary};
 use forkserver_benches::{procfs, Result};
 use forkserver_client::{Call, Client};
 use serde_json::{Map, Value};
@@ -101,5 +101,29 @@ impl Group {
                 .map(|(n, s)| (n.clone(), s.to_json()))
                 .collect::<Map<_, _>>(),
         )
+    }
+}
+
+/// Prints `g` as a table under `title`, with each median over `base`'s when given.
+pub(crate) fn print_group(title: &str, g: &Group, base: Option<&str>) {
+    println!("\n## {title}\n");
+    println!(
+        "{:<32} {:>6} {:>11} {:>11} {:>11} {:>8}",
+        "scenario", "n", "median", "p90", "p99", "x base"
+    );
+    let base = base.and_then(|b| g.get(b).ok());
+    for (name, s) in &g.0 {
+        let x = base
+            .and_then(|b| ratio(s, b))
+            .map_or(String::new(), |x| format!("{x:.2}"));
+        println!(
+            "{:<32} {:>6} {:>11} {:>11} {:>11} {:>8}",
+            name,
+            s.n,
+            fmt_ns(s.median_ns),
+            fmt_ns(s.p90_ns),
+            fmt_ns(s.p99_ns),
+            x
+        );
     }
 }

@@ -1,36 +1,13 @@
 //! The tables printed on stdout.
 
 use forkserver_benches::ballast::fmt_bytes;
-use forkserver_benches::stats::{fmt_ns, ratio, Summary};
+use forkserver_benches::stats::{fmt_ns, Summary};
 use serde_json::{Map, Value};
 
 use crate::results::Results;
-use crate::scenarios::Group;
+use crate::scenarios::print_group;
 
 // ----- output --------------------------------------------------------------------------------
-
-fn print_group(title: &str, g: &Group, base: Option<&str>) {
-    println!("\n## {title}\n");
-    println!(
-        "{:<32} {:>6} {:>11} {:>11} {:>11} {:>8}",
-        "scenario", "n", "median", "p90", "p99", "x base"
-    );
-    let base = base.and_then(|b| g.get(b).ok());
-    for (name, s) in &g.0 {
-        let x = base
-            .and_then(|b| ratio(s, b))
-            .map_or(String::new(), |x| format!("{x:.2}"));
-        println!(
-            "{:<32} {:>6} {:>11} {:>11} {:>11} {:>8}",
-            name,
-            s.n,
-            fmt_ns(s.median_ns),
-            fmt_ns(s.p90_ns),
-            fmt_ns(s.p99_ns),
-            x
-        );
-    }
-}
 
 pub(crate) fn print_tables(r: &Results, ratios: &Map<String, Value>) {
     println!(
@@ -124,6 +101,12 @@ pub(crate) fn print_tables(r: &Results, ratios: &Map<String, Value>) {
             f.spawned_total, f.vm_rss_kib, f.vm_hwm_kib, f.fds
         );
     }
+    crate::peers::print(&r.peers);
+    print_ratios(ratios);
+}
+
+/// The ratios, one a line (`notes` left out).
+pub(crate) fn print_ratios(ratios: &Map<String, Value>) {
     println!("\n## ratios (medians)\n");
     for (k, v) in ratios {
         if k == "notes" {

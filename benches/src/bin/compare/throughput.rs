@@ -49,7 +49,7 @@ fn limit_throughput_slice(threads: usize, slice: Duration) -> Result<(u64, Durat
 
 /// `threads` threads, each running the operation `make` gives it until `slice` has passed:
 /// how many ran, in how long.
-fn slice_of<F, Op>(threads: usize, slice: Duration, make: F) -> Result<(u64, Duration)>
+pub(crate) fn slice_of<F, Op>(threads: usize, slice: Duration, make: F) -> Result<(u64, Duration)>
 where
     F: Fn() -> Op + Sync,
     Op: FnMut() -> Result<()>,
