@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use forkserver_protocol::{EntryJob, ExecJob, Job, Session};
+use forkserver_protocol::{BuildError, EntryJob, ExecJob, Job, Session};
 
 use crate::child::Child;
 use crate::engine::Engine;
@@ -200,7 +200,7 @@ impl Command {
             false => Defaults::Inherit,
         };
         self.req
-            .spawn_async(&self.client, Job::Exec(job), defaults)
+            .spawn_async(&self.client, &Job::Exec(job), defaults)
             .await
     }
 
@@ -289,8 +289,9 @@ impl Command {
 #[derive(Debug)]
 pub struct Call {
     client: Arc<Engine>,
-    name: String,
-    payload: Vec<u8>,
+    /// The job, checked and built once (its payload moved in, not copied), or why it is
+    /// invalid, returned by every spawn.
+    job: std::result::Result<Job, BuildError>,
     req: Request,
 }
 
@@ -298,8 +299,7 @@ impl Call {
     pub(crate) fn new(client: Arc<Engine>, name: String, payload: Vec<u8>) -> Self {
         Self {
             client,
-            name,
-            payload,
+            job: EntryJob::new(name, payload).map(Job::Entry),
             req: Request::default(),
         }
     }
@@ -315,17 +315,16 @@ impl Call {
     /// [`Command::spawn`], with [`Error::Server`] code `UnknownEntry` for a name the server
     /// does not know.
     pub fn spawn(&mut self) -> Result<Child> {
-        let job = EntryJob::new(self.name.clone(), self.payload.clone())?;
-        self.req
-            .spawn(&self.client, Job::Entry(job), Defaults::None)
+        let job = self.job.as_ref().map_err(|e| *e)?;
+        self.req.spawn_ref(&self.client, job, Defaults::None)
     }
 
     /// [`Call::spawn`] for async code.
     #[cfg(feature = "tokio")]
     pub(crate) async fn spawn_child_async(&mut self) -> Result<Child> {
-        let job = EntryJob::new(self.name.clone(), self.payload.clone())?;
+        let job = self.job.as_ref().map_err(|e| *e)?;
         self.req
-            .spawn_async(&self.client, Job::Entry(job), Defaults::None)
+            .spawn_async(&self.client, job, Defaults::None)
             .await
     }
 }

@@ -129,10 +129,21 @@ impl Request {
         job: Job,
         defaults: Defaults,
     ) -> Result<Child> {
+        self.spawn_ref(client, &job, defaults)
+    }
+
+    /// [`Request::spawn`] of a job the caller keeps (a [`crate::Call`]'s, built once for all
+    /// its spawns: a large payload is copied once per spawn, into the `Spawn`, not twice).
+    pub(crate) fn spawn_ref(
+        &self,
+        client: &Arc<Engine>,
+        job: &Job,
+        defaults: Defaults,
+    ) -> Result<Child> {
         let features = client.features()?;
         let keep = client.reuses_connections()
             && features::implemented(features.as_ref()) & spawn_flags::KEEP_CONNECTION != 0;
-        let r = self.spawn_once(client, &job, defaults, keep, features.as_ref());
+        let r = self.spawn_once(client, job, defaults, keep, features.as_ref());
         // Our frame is valid (the codec cannot encode an invalid one) and within the server's
         // `Features`: a `Malformed` reply means they no longer describe the server at the
         // path. Nothing was spawned; the next request asks again.
@@ -148,13 +159,13 @@ impl Request {
     pub(crate) async fn spawn_async(
         &self,
         client: &Arc<Engine>,
-        job: Job,
+        job: &Job,
         defaults: Defaults,
     ) -> Result<Child> {
         let features = crate::engine_async::features(client).await?;
         let keep = client.reuses_connections()
             && features::implemented(features.as_ref()) & spawn_flags::KEEP_CONNECTION != 0;
-        let build = self.builder(&job, defaults, keep, features.as_ref());
+        let build = self.builder(job, defaults, keep, features.as_ref());
         let r = crate::engine_async::exchange(client, build)
             .await
             .and_then(|(conn, frame, parents)| into_child(client, conn, frame, keep, parents));

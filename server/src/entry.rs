@@ -12,18 +12,20 @@ pub type EntryFn = Box<dyn Fn(Invocation) -> i32>;
 /// What an entry point receives in the child.
 #[derive(Debug)]
 pub struct Invocation {
-    payload: Vec<u8>,
+    /// The request's bytes in the child's copy of the server (never freed before the child
+    /// exits: see `child_main`), borrowed, not copied.
+    payload: &'static [u8],
     targets: Vec<u32>,
 }
 
 impl Invocation {
-    pub(crate) fn new(payload: Vec<u8>, targets: Vec<u32>) -> Self {
+    pub(crate) fn new(payload: &'static [u8], targets: Vec<u32>) -> Self {
         Self { payload, targets }
     }
 
     /// The payload bytes of the request.
     pub fn payload(&self) -> &[u8] {
-        &self.payload
+        self.payload
     }
 
     /// The fd numbers the bundle placed in this process, in request order.

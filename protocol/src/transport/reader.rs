@@ -69,6 +69,8 @@ pub struct FrameReader {
     cmsg: Vec<u8>,
     eof: bool,
     limits: ReadLimits,
+    /// What the last `recvmsg` asked for ([`FrameReader::last_ask`]).
+    last_ask: usize,
 }
 
 impl Default for FrameReader {
@@ -110,6 +112,7 @@ impl FrameReader {
             cmsg: vec![0; cmsg_space_for(nfds)],
             eof: false,
             limits: ReadLimits::FULL,
+            last_ask: 0,
         }
     }
 
@@ -134,15 +137,43 @@ impl FrameReader {
         self.fds.len()
     }
 
-    /// The most bytes one [`FrameReader::recv`] asks for. A call that returns fewer usually
-    /// found the socket drained, but not always: a Unix stream `recvmsg` also stops after a
-    /// chunk that carried fds. A level-triggered poller reports whatever is left.
+    /// The most bytes one [`FrameReader::recv`] asks for between frames, or while a frame no
+    /// longer than this is received (a longer one is read in larger steps:
+    /// [`FrameReader::last_ask`]). A call that returns fewer than it asked usually found the
+    /// socket drained, but not always: a Unix stream `recvmsg` also stops after a chunk that
+    /// carried fds. A level-triggered poller reports whatever is left.
     pub const RECV_MAX: usize = READ_CHUNK;
 
     fn fail(&mut self, e: TransportError) -> TransportError {
         // Standards: every fd received is closed on any error.
         self.fds.clear();
         e
+    }
+
+    /// The bytes the next [`FrameReader::recv`] asks for: [`FrameReader::RECV_MAX`] (or the
+    /// limits' `max_read`), or, while a frame longer than that is being received within the
+    /// limits, up to the rest of that frame but never more than what has been received of it
+    /// already. So a 1 MiB frame takes ~7 calls instead of 64, and the memory a peer makes
+    /// this reader touch stays at most twice what it has sent, and within `max_frame`.
+    fn next_ask(&self) -> usize {
+        let base = self.limits.max_read.clamp(1, READ_CHUNK);
+        if self.limits.max_read < READ_CHUNK || self.len < HEADER_LEN {
+            return base;
+        }
+        let Ok(Some(h)) = Header::parse(&self.buf[..HEADER_LEN]) else {
+            return base;
+        };
+        let frame = h.frame_len();
+        if frame > self.limits.max_frame || frame <= self.len {
+            return base;
+        }
+        (frame - self.len).min(self.len).max(base)
+    }
+
+    /// The bytes the last [`FrameReader::recv`] asked for: a call that returned fewer most
+    /// likely found the socket drained.
+    pub fn last_ask(&self) -> usize {
+        self.last_ask
     }
 
     /// One `recvmsg`. Returns the bytes read; 0 means the peer closed its side.
@@ -153,7 +184,8 @@ impl FrameReader {
     /// piles up fds that no frame announced.
     pub fn recv(&mut self, sock: BorrowedFd<'_>) -> Result<usize, TransportError> {
         let old_len = self.len;
-        let ask = self.limits.max_read.clamp(1, READ_CHUNK);
+        let ask = self.next_ask();
+        self.last_ask = ask;
         if self.buf.len() < old_len + ask {
             self.buf.resize(old_len + ask, 0);
         }

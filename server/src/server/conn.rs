@@ -133,6 +133,12 @@ impl Conn {
         self.reader.recv(self.fd.as_fd())
     }
 
+    /// What the last [`Conn::recv`] asked for: fewer bytes means the socket is most likely
+    /// drained.
+    pub(super) fn last_ask(&self) -> usize {
+        self.reader.last_ask()
+    }
+
     /// The next whole frame received, if there is one. The next frame, if one has started,
     /// gets a timer of its own.
     pub(super) fn next_frame(&mut self) -> Result<Option<Frame>, TransportError> {

@@ -5,8 +5,7 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use forkserver_protocol::{
-    auth, ErrorCode, ErrorReply, Frame, FrameReader, Message, OutFrame, Status, TransportError,
-    PROTOCOL_VERSION,
+    auth, ErrorCode, ErrorReply, Frame, Message, OutFrame, Status, TransportError, PROTOCOL_VERSION,
 };
 use nix::errno::Errno;
 use nix::sys::epoll::{EpollEvent, EpollFlags};
@@ -79,7 +78,7 @@ impl Server {
                 // chunk that carried fds). Handle what came and go back to epoll, which is
                 // level-triggered and reports whatever is left, rather than spend a recvmsg
                 // on EAGAIN.
-                Ok(n) if n < FrameReader::RECV_MAX => break,
+                Ok(n) if n < conn.last_ask() => break,
                 Ok(_) => {}
                 Err(TransportError::Io(Errno::EAGAIN)) => return,
                 Err(e) => return self.transport_error(id, e),

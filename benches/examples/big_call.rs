@@ -1,0 +1,113 @@
+//! A raw entry `Call` with a large payload against an empty one, spawn to exit code,
+//! interleaved in one run (where a payload's bytes cost; see BENCHMARKS.md, "Large payloads
+//! and the typed layer's overhead"):
+//!
+//! ```sh
+//! cargo run --release -p forkserver-benches --example big_call -- [N] [BYTES] [raw|typed|both]
+//! ```
+//!
+//! This binary is its own zygote server. `noop` ignores its payload and exits 0; the big
+//! call sends `BYTES` (default 1 MiB − 4 KiB, as `compare`'s group 8) of payload to it. With
+//! `typed` (or `both`) it also times a typed call of `scale` against the raw empty call (the
+//! typed layer's overhead). For `strace -c -f` or callgrind, run one kind alone
+//! (`raw`, `typed`).
+
+use std::time::Instant;
+
+use forkserver_benches::stats::{fmt_ns, ratio, Summary};
+use forkserver_client::Client;
+use forkserver_server::Zygote;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct Job {
+    name: String,
+    w: u32,
+    h: u32,
+    factor: f64,
+}
+
+fn scale(j: Job) -> Job {
+    Job {
+        w: (f64::from(j.w) * j.factor) as u32,
+        h: (f64::from(j.h) * j.factor) as u32,
+        ..j
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    Zygote::new()
+        .entry("noop", |_| 0)
+        .typed("scale", scale)
+        .serve_if_requested();
+    let mut args = std::env::args().skip(1);
+    let n: usize = args.next().map_or(Ok(500), |a| a.parse())?;
+    let bytes: usize = args.next().map_or(Ok((1 << 20) - 4096), |a| a.parse())?;
+    let kind = args.next().unwrap_or_else(|| "both".into());
+    let (do_raw, do_typed) = match kind.as_str() {
+        "raw" => (true, false),
+        "typed" => (false, true),
+        _ => (true, true),
+    };
+    let client = Client::launch(std::env::current_exe()?)?;
+    let mut empty = client.call("noop", Vec::new());
+    let mut big = client.call("noop", vec![7; bytes]);
+    let mut typed = client.typed::<Job, Job>("scale");
+    let job = || Job {
+        name: "thumbnail".into(),
+        w: 800,
+        h: 600,
+        factor: 0.25,
+    };
+    let (mut e, mut b, mut t) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n + n / 10 {
+        let s = Instant::now();
+        assert!(empty.spawn()?.wait()?.success());
+        let a = s.elapsed();
+        let mut bb = None;
+        if do_raw {
+            let s = Instant::now();
+            assert!(big.spawn()?.wait()?.success());
+            bb = Some(s.elapsed());
+        }
+        let mut tt = None;
+        if do_typed {
+            let j = job();
+            let s = Instant::now();
+            let out = typed.spawn(&j)?.join()?;
+            tt = Some(s.elapsed());
+            assert_eq!((out.w, out.h), (200, 150));
+        }
+        // The first tenth warms up (connections kept, pages touched).
+        if i >= n / 10 {
+            e.push(a);
+            b.extend(bb);
+            t.extend(tt);
+        }
+    }
+    let empty = Summary::of(&e).ok_or("no samples")?;
+    let show = |name: &str, s: &Summary| {
+        println!(
+            "{name:24} n={} median {} p99 {}",
+            s.n,
+            fmt_ns(s.median_ns),
+            fmt_ns(s.p99_ns)
+        )
+    };
+    show("raw Call, empty", &empty);
+    if let Some(big) = Summary::of(&b) {
+        show(&format!("raw Call, {bytes} B"), &big);
+        println!(
+            "big_vs_empty {:.2}",
+            ratio(&big, &empty).unwrap_or(f64::NAN)
+        );
+    }
+    if let Some(typed) = Summary::of(&t) {
+        show("typed call (scale)", &typed);
+        println!(
+            "typed_vs_call {:.2}",
+            ratio(&typed, &empty).unwrap_or(f64::NAN)
+        );
+    }
+    Ok(())
+}
