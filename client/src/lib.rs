@@ -120,7 +120,9 @@ pub use output::Output;
 pub use pipes::{ChildStderr, ChildStdin, ChildStdout};
 pub use stdio::Stdio;
 #[cfg(feature = "typed")]
-pub use typed::{CallError, TypedCall, TypedChild, Worker, WorkerBuilder, WorkerPool};
+pub use typed::{
+    CallError, TypedCall, TypedChild, Worker, WorkerBuilder, WorkerPool, INLINE_ARG_MAX,
+};
 
 #[cfg(test)]
 mod tests;
