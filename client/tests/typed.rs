@@ -667,7 +667,11 @@ fn large_results_and_arguments(client: &Client) {
             .spawn(&big)
             .unwrap()
             .join();
-        assert_eq!(got.unwrap(), (big.len() as u64, checksum(&big)), "{codec:?}");
+        assert_eq!(
+            got.unwrap(),
+            (big.len() as u64, checksum(&big)),
+            "{codec:?}"
+        );
     }
 }
 
@@ -713,11 +717,23 @@ fn arguments_around_the_inline_limit(client: &Client) {
     };
     let at = arg(forkserver_client::INLINE_ARG_MAX);
     let over = arg(forkserver_client::INLINE_ARG_MAX + 1);
-    assert_eq!(forkserver_protocol::typed::encode(Codec::MessagePack, &at).unwrap().0.len(), forkserver_client::INLINE_ARG_MAX);
+    assert_eq!(
+        forkserver_protocol::typed::encode(Codec::MessagePack, &at)
+            .unwrap()
+            .0
+            .len(),
+        forkserver_client::INLINE_ARG_MAX
+    );
     assert!(!route(&at, None), "at the limit: inline");
     assert!(route(&over, None), "one byte over: in a memfd");
-    assert!(route(&arg(6), Some(0)), "inline_arg_max(0): every argument in a memfd");
-    assert!(!route(&over, Some(usize::MAX)), "inline_arg_max(MAX): inline");
+    assert!(
+        route(&arg(6), Some(0)),
+        "inline_arg_max(0): every argument in a memfd"
+    );
+    assert!(
+        !route(&over, Some(usize::MAX)),
+        "inline_arg_max(MAX): inline"
+    );
     for a in [at, over, arg(6)] {
         for max in [None, Some(0)] {
             let mut call = client.typed::<Vec<u8>, (u64, u64)>("digest");
@@ -725,7 +741,12 @@ fn arguments_around_the_inline_limit(client: &Client) {
                 call.inline_arg_max(max);
             }
             let got = call.spawn(&a).unwrap().join().unwrap();
-            assert_eq!(got, (a.len() as u64, checksum(&a)), "{} bytes, {max:?}", a.len());
+            assert_eq!(
+                got,
+                (a.len() as u64, checksum(&a)),
+                "{} bytes, {max:?}",
+                a.len()
+            );
         }
     }
 }
@@ -749,8 +770,16 @@ fn a_bad_argument_memfd_is_refused(client: &Client) {
     };
     let null = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
     let cases: Vec<(Option<OwnedFd>, u64, &str)> = vec![
-        (Some(unsealed()), arg.len() as u64, "not sealed against writes"),
-        (Some(sealed_arg(&arg).unwrap()), arg.len() as u64 + 1, "bytes where the header says"),
+        (
+            Some(unsealed()),
+            arg.len() as u64,
+            "not sealed against writes",
+        ),
+        (
+            Some(sealed_arg(&arg).unwrap()),
+            arg.len() as u64 + 1,
+            "bytes where the header says",
+        ),
         (Some(null()), arg.len() as u64, "not a memfd"),
         (None, arg.len() as u64, "no argument memfd was placed at 4"),
     ];
@@ -789,16 +818,11 @@ fn the_python_client_calls_with_json(_client: &Client) {
         env!("CARGO_MANIFEST_DIR"),
         "/../spec/clients/python/forkserver_typed.py"
     );
-    let call = |entry: &str, arg: &str, a: &str, r: &str| {
+    let run = |first: &[&str], entry: &str, arg: &str, a: &str, r: &str| {
         let out = std::process::Command::new("python3")
-            .args([
-                script,
-                open.socket_path().to_str().unwrap(),
-                entry,
-                arg,
-                a,
-                r,
-            ])
+            .arg(script)
+            .args(first)
+            .args([open.socket_path().to_str().unwrap(), entry, arg, a, r])
             .output()
             .expect("python3 is needed by this test");
         assert!(
@@ -808,6 +832,13 @@ fn the_python_client_calls_with_json(_client: &Client) {
         );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
+    let call = |entry: &str, arg: &str, a: &str, r: &str| run(&[], entry, arg, a, r);
+    // §11.8: the argument in a sealed memfd the Python client made.
+    let ty = std::any::type_name::<Vec<u8>>();
+    assert_eq!(
+        run(&["--memfd"], "digest", "[1, 2, 3]", ty, "(u64, u64)"),
+        format!("[\"value\", [3, {}]]", checksum(&[1, 2, 3]))
+    );
     assert_eq!(
         call("area", "[800, 600]", "(u32, u32)", "u64"),
         r#"["value", 480000]"#

@@ -163,7 +163,12 @@ impl Start<'_> {
             h.with_worker(self.worker).with_memfd_arg(at)
         });
         req.fds.push((targets[0], theirs));
-        req.fds.extend(targets[1..].iter().copied().zip(fds.into_iter().chain(memfd)));
+        req.fds.extend(
+            targets[1..]
+                .iter()
+                .copied()
+                .zip(fds.into_iter().chain(memfd)),
+        );
         let inline = if memfd_target.is_some() { &[][..] } else { arg };
         let spawned = match header.and_then(|h| h.encode(inline)) {
             // More argument fds than a bundle holds beside the channel.

@@ -122,7 +122,9 @@ mod tests {
         assert!(f.write_all(b"x").is_err(), "sealed against writes");
         assert!(f.set_len(1).is_err(), "sealed against shrinking");
         let seals = fcntl(&f, FcntlArg::F_GET_SEALS).unwrap();
-        assert!(SealFlag::from_bits_truncate(seals).contains(REQUIRED_SEALS | SealFlag::F_SEAL_SEAL));
+        assert!(
+            SealFlag::from_bits_truncate(seals).contains(REQUIRED_SEALS | SealFlag::F_SEAL_SEAL)
+        );
         let arg = MemfdArg::new(9, data.len() as u64).unwrap();
         assert_eq!(read_sealed_arg(fd.try_clone().unwrap(), arg).unwrap(), data);
         let wrong = MemfdArg::new(9, 5).unwrap();
@@ -148,7 +150,10 @@ mod tests {
             f.write_all(b"abc").unwrap();
             fcntl(&f, FcntlArg::F_ADD_SEALS(seals)).unwrap();
             let r = read_sealed_arg(f.into(), arg);
-            assert!(matches!(r, Err(MemfdError::NotSealed(_))), "{seals:?}: {r:?}");
+            assert!(
+                matches!(r, Err(MemfdError::NotSealed(_))),
+                "{seals:?}: {r:?}"
+            );
         }
         let null = std::fs::File::open("/dev/null").unwrap();
         assert_eq!(read_sealed_arg(null.into(), arg), Err(MemfdError::NotMemfd));
