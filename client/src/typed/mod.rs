@@ -33,10 +33,11 @@ use crate::stdio::{Stdio, Stream};
 
 /// The default of [`TypedCall::inline_arg_max`]: an encoded argument longer than this travels
 /// in a sealed memfd (PROTOCOL.md §11.8), a shorter one inline in the payload. Measured with
-/// `cargo run --release -p forkserver-benches --example typed_call`: below some 200 KiB inline
-/// is cheaper (no memfd to make, seal and read), above it the memfd is (the server neither
-/// reads nor holds the bytes).
-pub const INLINE_ARG_MAX: usize = 256 << 10;
+/// `cargo run --release -p forkserver-benches --example typed_call -- --threshold`: up to
+/// 32 KiB the memfd costs some 5% more (about 10 µs: `memfd_create`, the seals, one more fd,
+/// the child's checks); from 48 KiB it costs less (0.85 at 48 KiB, 0.75 at 64 KiB, 0.55 at
+/// 1 MiB), since the server neither reads nor holds the bytes.
+pub const INLINE_ARG_MAX: usize = 32 << 10;
 
 /// A builder for a typed call of a zygote entry registered with `Zygote::typed`: made by
 /// [`crate::Client::typed`], with the setters of [`crate::Call`] and the codec. An argument
