@@ -706,8 +706,13 @@ fn a_64_mib_argument_in_a_memfd(client: &Client) {
 /// An argument of exactly `INLINE_ARG_MAX` encoded bytes travels inline, one byte more in a
 /// memfd; both arrive whole, and `inline_arg_max` moves the limit.
 fn arguments_around_the_inline_limit(client: &Client) {
-    // Bytes under 128 are one MessagePack byte each, after a 5-byte array header (0xdd, u32).
-    let arg = |encoded: usize| vec![7u8; encoded - 5];
+    // Bytes under 128 are one MessagePack byte each, after an array header: 3 bytes (0xdc, u16)
+    // up to 65,535 elements, 5 (0xdd, u32) above; 1 for at most 15 (fixarray).
+    let arg = |encoded: usize| match encoded {
+        ..=16 => vec![7u8; encoded - 1],
+        ..=65_538 => vec![7u8; encoded - 3],
+        _ => vec![7u8; encoded - 5],
+    };
     let route = |a: &Vec<u8>, max: Option<usize>| {
         let mut call = client.typed::<Vec<u8>, bool>("route");
         if let Some(max) = max {
@@ -717,13 +722,11 @@ fn arguments_around_the_inline_limit(client: &Client) {
     };
     let at = arg(forkserver_client::INLINE_ARG_MAX);
     let over = arg(forkserver_client::INLINE_ARG_MAX + 1);
-    assert_eq!(
-        forkserver_protocol::typed::encode(Codec::MessagePack, &at)
-            .unwrap()
-            .0
-            .len(),
-        forkserver_client::INLINE_ARG_MAX
-    );
+    let limit = forkserver_client::INLINE_ARG_MAX;
+    for n in [limit, limit + 1, 6, 100_000] {
+        let (bytes, _) = forkserver_protocol::typed::encode(Codec::MessagePack, &arg(n)).unwrap();
+        assert_eq!(bytes.len(), n, "the encoded length");
+    }
     assert!(!route(&at, None), "at the limit: inline");
     assert!(route(&over, None), "one byte over: in a memfd");
     assert!(
