@@ -709,8 +709,8 @@ fn arguments_around_the_inline_limit(client: &Client) {
     // Bytes under 128 are one MessagePack byte each, after an array header: 3 bytes (0xdc, u16)
     // up to 65,535 elements, 5 (0xdd, u32) above; 1 for at most 15 (fixarray).
     let arg = |encoded: usize| match encoded {
-        ..=16 => vec![7u8; encoded - 1],
-        ..=65_538 => vec![7u8; encoded - 3],
+        1..=16 => vec![7u8; encoded - 1],
+        17..=65_538 => vec![7u8; encoded - 3],
         _ => vec![7u8; encoded - 5],
     };
     let route = |a: &Vec<u8>, max: Option<usize>| {
