@@ -505,6 +505,19 @@ fn too_many_fds_before_connecting(client: &Client) {
         "{:?}",
         r.map(|_| ())
     );
+    // 255 fds, the channel and the argument's memfd (§11.8): one too many.
+    let r = client
+        .typed::<Vec<Fd>, u32>("area")
+        .inline_arg_max(0)
+        .spawn(&ok);
+    assert!(
+        matches!(
+            r,
+            Err(CallError::Spawn(forkserver_client::Error::TooManyFds(257)))
+        ),
+        "{:?}",
+        r.map(|_| ())
+    );
     assert_eq!(
         client.status().unwrap().spawned_total(),
         spawns,
@@ -552,6 +565,14 @@ fn pooled_children(_client: &Client) {
             .unwrap();
         assert_eq!(got, u64::from(i) * 10);
     }
+    // An argument in a memfd (§11.8) reaches a pooled child as any bundle fd does.
+    let big = bytes(1 << 20);
+    let got = pooled
+        .typed::<Vec<u8>, (u64, u64)>("digest")
+        .spawn(&big)
+        .unwrap()
+        .join();
+    assert_eq!(got.unwrap(), (big.len() as u64, checksum(&big)));
     let r = pooled.typed::<u32, u32>("panics").spawn(&1).unwrap().join();
     assert!(matches!(r, Err(CallError::Panicked { .. })), "{r:?}");
     let r = pooled
@@ -589,6 +610,13 @@ fn eight_threads_fifty_calls_each(client: &Client) {
                         .join()
                         .unwrap();
                     assert_eq!(got, u64::from(t * i));
+                    // Every tenth call also sends an argument in a memfd (§11.8).
+                    if i % 10 == 0 {
+                        let big = vec![t as u8; 100_000];
+                        let mut call = client.typed::<Vec<u8>, (u64, u64)>("digest");
+                        let got = call.spawn(&big).unwrap().join().unwrap();
+                        assert_eq!(got, (big.len() as u64, checksum(&big)));
+                    }
                 }
             })
         })
