@@ -48,6 +48,7 @@ const fn gauge(field: &'static str, family: &'static str, help: &'static str) ->
 const SPAWNS: &str = "Spawn requests by job kind and result, counted when the result is known.";
 const KILLS: &str = "Children the server killed, by reason.";
 const REFUSED: &str = "Connections or spawns refused before any child existed, by reason.";
+const SETUP: &str = "Children that failed before their job ran (ChildSetupFailed), by stage.";
 
 /// Every field of `Metrics`, in wire order (a test checks it against `Metrics::fields`).
 const METRICS: [Exposed; Metrics::LEN] = [
@@ -117,6 +118,42 @@ const METRICS: [Exposed; Metrics::LEN] = [
         "pool_idle",
         "pool_idle",
         "Pooled children waiting for a job.",
+    ),
+    counter(
+        "setup_failed_setup",
+        "setup_failures",
+        r#"stage="setup""#,
+        SETUP,
+    ),
+    counter(
+        "setup_failed_session",
+        "setup_failures",
+        r#"stage="session""#,
+        SETUP,
+    ),
+    counter(
+        "setup_failed_limits",
+        "setup_failures",
+        r#"stage="limits""#,
+        SETUP,
+    ),
+    counter(
+        "setup_failed_credentials",
+        "setup_failures",
+        r#"stage="credentials""#,
+        SETUP,
+    ),
+    counter(
+        "setup_failed_sandbox",
+        "setup_failures",
+        r#"stage="sandbox""#,
+        SETUP,
+    ),
+    counter(
+        "setup_failed_chdir",
+        "setup_failures",
+        r#"stage="chdir""#,
+        SETUP,
     ),
 ];
 

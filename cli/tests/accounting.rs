@@ -197,6 +197,19 @@ fn counters_move(fork_path: bool) {
         .status()
         .unwrap();
     assert!(killed.deadline_expired(), "{killed}");
+    // Two setup failures at two stages: chdir, and joining a process group that is not there.
+    let e = client
+        .command("true")
+        .current_dir("/nonexistent/dir")
+        .spawn()
+        .unwrap_err();
+    assert!(e.to_string().contains("chdir"), "{e}");
+    let e = client
+        .command("true")
+        .process_group(0x7fff_fff0)
+        .spawn()
+        .unwrap_err();
+    assert!(e.to_string().contains("setpgid"), "{e}");
     // A handshake with the wrong key.
     let mut c = common::Conn::raw(&srv.socket);
     c.send(&Message::Hello(Hello::current()), vec![]);
@@ -222,7 +235,20 @@ fn counters_move(fork_path: bool) {
     // `sleep` exec'd before its deadline: an exec that succeeded too.
     assert_eq!(m.spawns_exec_ok, 2, "{m:?}");
     assert_eq!(m.spawns_exec_failed, 1, "{m:?}");
-    assert_eq!(m.spawns_exec_setup_failed, 0, "{m:?}");
+    assert_eq!(m.spawns_exec_setup_failed, 2, "{m:?}");
+    assert_eq!(
+        (m.setup_failed_chdir, m.setup_failed_session),
+        (1, 1),
+        "{m:?}"
+    );
+    assert_eq!(
+        m.setup_failed_setup
+            + m.setup_failed_limits
+            + m.setup_failed_credentials
+            + m.setup_failed_sandbox,
+        0,
+        "{m:?}"
+    );
     assert_eq!(m.kills_deadline, 1, "{m:?}");
     assert_eq!(m.auth_failures, 1, "{m:?}");
     assert_eq!(
@@ -236,7 +262,7 @@ fn counters_move(fork_path: bool) {
             assert_eq!(json[name], serde_json::json!(value), "{name}");
         }
     }
-    assert_eq!(json["spawned_total"], serde_json::json!(3));
+    assert_eq!(json["spawned_total"], serde_json::json!(5));
     let prom = parse_prometheus(&status_cmd(&srv, &key_file, "prometheus"));
     assert_eq!(
         prom[r#"forkserver_spawns_total{kind="exec",result="ok"}"#],
@@ -248,7 +274,16 @@ fn counters_move(fork_path: bool) {
     );
     assert_eq!(prom[r#"forkserver_kills_total{reason="deadline"}"#], 1);
     assert_eq!(prom["forkserver_auth_failures_total"], 1);
-    assert_eq!(prom["forkserver_spawned_total"], 3);
+    assert_eq!(prom["forkserver_spawned_total"], 5);
+    assert_eq!(prom[r#"forkserver_setup_failures_total{stage="chdir"}"#], 1);
+    assert_eq!(
+        prom[r#"forkserver_setup_failures_total{stage="session"}"#],
+        1
+    );
+    assert_eq!(
+        prom[r#"forkserver_setup_failures_total{stage="credentials"}"#],
+        0
+    );
     let text = status_cmd(&srv, &key_file, "text");
     assert!(text.contains("spawns_exec_failed"), "{text}");
     drop(client);

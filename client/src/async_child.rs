@@ -133,7 +133,7 @@ fn receiver(f: Option<File>) -> Result<Option<pipe::Receiver>> {
 
 impl AsyncChild {
     /// Wraps a child just spawned. Must run inside a tokio runtime (the reactor).
-    fn new(mut child: Child) -> Result<Self> {
+    pub(crate) fn new(mut child: Child) -> Result<Self> {
         child.defer_release();
         let io = match child.connection_fd() {
             Some(fd) => {

@@ -9,16 +9,18 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
 
 use forkserver_protocol::{ErrorCode, ErrorReply, Frame, Message, Signal};
-
-use std::sync::Arc;
+use nix::poll::{PollFd, PollFlags};
 
 use crate::conn::Conn;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::exit_status::ExitStatus;
 use crate::pipes::{ChildStderr, ChildStdin, ChildStdout};
+use crate::wait_until::{deadline_in, poll_until};
 
 /// A child process forked by the server, like [`std::process::Child`].
 ///
@@ -175,6 +177,36 @@ impl Child {
             };
             if let Some(ack) = self.on_frame(frame)? {
                 return Err(self.stray_ack(ack));
+            }
+        }
+    }
+
+    /// As [`Child::wait`], for at most `timeout` (`poll(2)` on the connection, not a loop of
+    /// `try_wait`s): `Ok(None)` if the child still runs then; this handle keeps it, to wait on
+    /// again. A piped `stdin` stays open.
+    ///
+    /// ```no_run
+    /// # let client = forkserver_client::Client::connect("/run/forkserver.sock")?;
+    /// let mut child = client.command("sleep").arg("1").spawn()?;
+    /// while child.wait_timeout(std::time::Duration::from_millis(100))?.is_none() {
+    ///     println!("still running");
+    /// }
+    /// # Ok::<(), forkserver_client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Child::wait`].
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = deadline_in(timeout);
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(Some(status));
+            }
+            let Some(conn) = self.connection_fd() else {
+                return self.outcome().map(Some);
+            };
+            if !poll_until(&mut [PollFd::new(conn, PollFlags::POLLIN)], deadline)? {
+                return Ok(None);
             }
         }
     }

@@ -107,8 +107,8 @@ impl Registered {
             return sent;
         }
         let reply = self.recv().await?.message;
-        if let (AfterHello::Auth(message, ours), Some(key)) = (on_hello_reply(reply, key)?, key) {
-            self.send(&message, Vec::new()).await?;
+        if let (AfterHello::Auth(auth, ours), Some(key)) = (on_hello_reply(reply, key)?, key) {
+            self.send(&Message::Auth(auth), Vec::new()).await?;
             on_auth_reply(self.recv().await?.message, key, &ours)?;
         }
         match request {

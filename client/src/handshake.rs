@@ -31,7 +31,7 @@ pub(crate) fn hello() -> Message {
 /// the request, or its `Auth`, with the challenge the server must answer.
 pub(crate) enum AfterHello {
     Request,
-    Auth(Message, [u8; CHALLENGE_LEN]),
+    Auth(Auth, [u8; CHALLENGE_LEN]),
 }
 
 /// The reply to `Hello`, checked.
@@ -58,11 +58,11 @@ pub(crate) fn on_hello_reply(reply: Message, key: Option<&[u8]>) -> Result<After
         (AuthMethod::HmacSha256 { challenge }, Some(key)) => {
             let ours = auth::random_challenge()?;
             let response = auth::client_response(key, &challenge);
-            let message = Message::Auth(Auth {
+            let auth = Auth {
                 response,
                 challenge: ours,
-            });
-            Ok(AfterHello::Auth(message, ours))
+            };
+            Ok(AfterHello::Auth(auth, ours))
         }
     }
 }
@@ -132,10 +132,10 @@ fn handshake_inner(
         on_hello_reply(conn.recv()?.message, None)?;
         return sent;
     }
-    if let (AfterHello::Auth(message, ours), Some(key)) =
+    if let (AfterHello::Auth(auth, ours), Some(key)) =
         (on_hello_reply(conn.recv()?.message, key)?, key)
     {
-        conn.send(&message, Vec::new())?;
+        conn.send(&Message::Auth(auth), Vec::new())?;
         on_auth_reply(conn.recv()?.message, key, &ours)?;
     }
     match request {

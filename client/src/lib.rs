@@ -101,6 +101,7 @@ mod stdio;
 mod target;
 #[cfg(feature = "typed")]
 mod typed;
+mod wait_until;
 
 #[cfg(feature = "tokio")]
 pub use async_child::AsyncChild;
@@ -119,6 +120,8 @@ pub use launch::{Launcher, ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV};
 pub use output::Output;
 pub use pipes::{ChildStderr, ChildStdin, ChildStdout};
 pub use stdio::Stdio;
+#[cfg(all(feature = "typed", feature = "tokio"))]
+pub use typed::AsyncTypedChild;
 #[cfg(feature = "typed")]
 pub use typed::{
     CallError, TypedCall, TypedChild, Worker, WorkerBuilder, WorkerPool, INLINE_ARG_MAX,

@@ -132,10 +132,6 @@ fn main() {
         ("a_hostile_worker", a_hostile_worker),
         ("a_deadline_caps_the_worker", a_deadline_caps_the_worker),
         ("pooled_children_as_workers", pooled_children_as_workers),
-        (
-            "the_python_client_runs_a_worker",
-            the_python_client_runs_a_worker,
-        ),
         ("killed_mid_call_and_replaced", killed_mid_call_and_replaced),
         ("max_calls_per_worker", max_calls_per_worker),
         (
@@ -366,65 +362,6 @@ fn pooled_children_as_workers(_client: &Client) {
         assert!(Instant::now() < until, "workers left running");
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// `spec/clients/python/forkserver_typed.py --worker`, written from §11.7, against the
-/// `counter` worker in JSON.
-fn the_python_client_runs_a_worker(_client: &Client) {
-    let open = Client::launcher(std::env::current_exe().unwrap())
-        .authenticate(false)
-        .launch()
-        .unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../spec/clients/python/forkserver_typed.py"
-    );
-    let run = |entry: &str, reqs: &str, req: &str, resp: &str| {
-        let out = std::process::Command::new("python3")
-            .args([
-                script,
-                "--worker",
-                open.socket_path().to_str().unwrap(),
-                entry,
-                reqs,
-                req,
-                resp,
-            ])
-            .output()
-            .expect("python3 is needed by this test");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
-    let op = std::any::type_name::<Op>();
-    assert_eq!(
-        run(
-            "counter",
-            r#"[{"Add": 2}, {"Add": 3}, {"Fail": "no"}, {"Add": 1}]"#,
-            op,
-            "u64"
-        ),
-        r#"[["accepted"], [["value", 2], ["value", 5], ["error", "no"], ["value", 6]], ["exited", 0]]"#
-    );
-    let panicked = run("counter", r#"[{"Add": 2}, "Panic", {"Add": 1}]"#, op, "u64");
-    assert!(
-        panicked.starts_with(r#"[["accepted"], [["value", 2], ["panic", "worker panic at 2", "client/tests/worker.rs:"#)
-            && panicked.ends_with(r#"]], ["exited", 101]]"#),
-        "{panicked}"
-    );
-    let mismatch = run("counter", "[]", "u32", "u64");
-    assert!(
-        mismatch.starts_with(r#"[["mismatch", "\"counter\" is a worker"#),
-        "{mismatch}"
-    );
-    let typed = run("area", "[]", "(u32, u32)", "u64");
-    assert!(
-        typed.starts_with(r#"[["mismatch", "\"area\" is a typed entry"#),
-        "{typed}"
-    );
 }
 
 fn killed_mid_call_and_replaced(client: &Client) {

@@ -93,6 +93,13 @@ fn ids(call: Invocation) -> i32 {
     0
 }
 
+/// Reads fd 3 to its end, then exits 7: it runs until the client closes the pipe's write end.
+fn until_eof(mut call: Invocation) -> i32 {
+    let mut pipe = std::fs::File::from(call.take_fd(3).expect("fd 3 mapped"));
+    std::io::copy(&mut pipe, &mut std::io::sink()).unwrap();
+    7
+}
+
 fn sleep_ms(call: Invocation) -> i32 {
     let ms: u64 = String::from_utf8_lossy(call.payload()).parse().unwrap();
     std::thread::sleep(Duration::from_millis(ms));
@@ -120,6 +127,7 @@ fn main() {
         .entry("panics", panics)
         .entry("fstat_all", fstat_all)
         .entry("sleep_ms", sleep_ms)
+        .entry("until_eof", until_eof)
         .entry("ids", ids)
         .serve_if_requested();
 
@@ -163,6 +171,7 @@ fn main() {
             exec_errors_and_unknown_entries,
         ),
         ("signal_kill_and_try_wait", signal_kill_and_try_wait),
+        ("wait_timeout_twice_then_wait", wait_timeout_twice_then_wait),
         ("process_group_new_and_joined", process_group_new_and_joined),
         ("env_remove_and_get_envs", env_remove_and_get_envs),
         ("uid_gid_groups_as_root", uid_gid_groups_as_root),
@@ -742,6 +751,49 @@ fn signal_kill_and_try_wait(client: &Client) {
         Some(9),
         "wait is idempotent"
     );
+}
+
+/// `wait_timeout` keeps the child: `None` twice while it runs, then `wait` (or a
+/// `wait_timeout`) gets its status. Each child ends when a pipe closes, never by timing: an
+/// exec child (`cat`) at EOF on its stdin, which `wait_timeout` leaves open and `wait`
+/// closes; an entry at EOF on a pipe whose write end the test drops.
+fn wait_timeout_twice_then_wait(client: &Client) {
+    let mut child = client
+        .command("cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    for _ in 0..2 {
+        assert_eq!(child.wait_timeout(Duration::from_millis(30)).unwrap(), None);
+    }
+    // Waited, not returned early: both timeouts ran out.
+    assert!(
+        t.elapsed() >= Duration::from_millis(60),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(child.wait_timeout(Duration::ZERO).unwrap(), None);
+    assert!(child.stdin.is_some(), "wait_timeout keeps stdin open");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(child.wait_timeout(Duration::ZERO).unwrap(), Some(status));
+
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let mut child = client
+        .call("until_eof", Vec::new())
+        .fd(3, r)
+        .spawn()
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(child.wait_timeout(Duration::from_millis(20)).unwrap(), None);
+    }
+    drop(w);
+    // No bound (the deadline overflows): waits until the child has ended.
+    let status = child.wait_timeout(Duration::MAX).unwrap().expect("ended");
+    assert_eq!(status.code(), Some(7));
+    assert_eq!(child.wait().unwrap(), status);
 }
 
 /// The documented pattern for event loops (`Child::connection_fd`): `try_wait` first, then poll.

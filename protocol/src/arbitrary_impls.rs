@@ -217,6 +217,8 @@ impl<'a> Arbitrary<'a> for Message {
                 spawns_exec_ok: Arbitrary::arbitrary(u)?,
                 orphans_reaped: Arbitrary::arbitrary(u)?,
                 pool_idle: Arbitrary::arbitrary(u)?,
+                setup_failed_credentials: Arbitrary::arbitrary(u)?,
+                setup_failed_chdir: Arbitrary::arbitrary(u)?,
                 ..Metrics::default()
             }),
             Tag::Signaled => Message::Signaled,

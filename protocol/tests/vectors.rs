@@ -419,6 +419,12 @@ fn build_valid() -> Vec<(String, String, Message)> {
             orphans_reaped: 11,
             pool_size: 4,
             pool_idle: 3,
+            setup_failed_setup: 12,
+            setup_failed_session: 13,
+            setup_failed_limits: 14,
+            setup_failed_credentials: 15,
+            setup_failed_sandbox: 16,
+            setup_failed_chdir: 17,
         }),
     );
     add(
@@ -562,12 +568,12 @@ fn build_invalid() -> Vec<(String, String, Vec<u8>, DecodeError)> {
         E::BadBodyLength { tag: 0x14, len: 1 },
     );
     add(
-        "metrics-len-112",
-        "Metrics body must be 120 bytes",
-        header_only(0x25, 0, 112),
+        "metrics-len-160",
+        "Metrics body must be 168 bytes (a rev 0.6 draft server's 120 bytes is refused too)",
+        header_only(0x25, 0, 160),
         E::BadBodyLength {
             tag: 0x25,
-            len: 112,
+            len: 160,
         },
     );
     add(

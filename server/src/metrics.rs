@@ -4,7 +4,9 @@
 
 use std::time::Instant;
 
-use forkserver_protocol::{ErrorCode, Message};
+use forkserver_protocol::ErrorCode;
+
+use crate::spawn::{Failure, StageFamily};
 
 /// What a child's request ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,12 +49,21 @@ impl Metrics {
     }
 
     /// The child of a `kind` request ran its job (`failure` is `None`) or reported `failure`,
-    /// its final report (`ExecFailed` or `ChildSetupFailed`; any other error counts as a setup
-    /// failure).
-    pub(crate) fn spawn_result(&mut self, kind: JobKind, failure: Option<&Message>) {
-        let exec_failed =
-            matches!(failure, Some(Message::Error(e)) if e.code() == ErrorCode::ExecFailed);
+    /// its final report: an exec failure, or a setup failure counted by its stage's family.
+    pub(crate) fn spawn_result(&mut self, kind: JobKind, failure: Option<&Failure>) {
+        let family = failure.and_then(|f| f.stage().family());
+        let exec_failed = failure.is_some() && family.is_none();
         let m = &mut self.m;
+        if let Some(family) = family {
+            *match family {
+                StageFamily::Setup => &mut m.setup_failed_setup,
+                StageFamily::Session => &mut m.setup_failed_session,
+                StageFamily::Limits => &mut m.setup_failed_limits,
+                StageFamily::Credentials => &mut m.setup_failed_credentials,
+                StageFamily::Sandbox => &mut m.setup_failed_sandbox,
+                StageFamily::Chdir => &mut m.setup_failed_chdir,
+            } += 1;
+        }
         let counter = match (kind, failure.is_some(), exec_failed) {
             (JobKind::Exec, false, _) => &mut m.spawns_exec_ok,
             (JobKind::Exec, true, true) => &mut m.spawns_exec_failed,
@@ -108,18 +119,18 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use forkserver_protocol::ErrorReply;
+    use crate::spawn::{failure_reply, Stage};
+    use forkserver_protocol::Message;
 
     #[test]
     fn each_event_moves_its_counter() {
         let mut m = Metrics::new();
-        let exec_failed = Message::Error(ErrorReply::new(ErrorCode::ExecFailed, 2, "x"));
-        let setup = Message::Error(ErrorReply::new(ErrorCode::ChildSetupFailed, 1, "x"));
+        let failure = |stage| failure_reply(&[u8::from(stage), 1, 0, 0, 0], None);
         m.spawn_result(JobKind::Exec, None);
-        m.spawn_result(JobKind::Exec, Some(&exec_failed));
-        m.spawn_result(JobKind::Exec, Some(&setup));
+        m.spawn_result(JobKind::Exec, Some(&failure(Stage::Exec)));
+        m.spawn_result(JobKind::Exec, Some(&failure(Stage::Uid)));
         m.spawn_result(JobKind::Entry, None);
-        m.spawn_result(JobKind::Entry, Some(&setup));
+        m.spawn_result(JobKind::Entry, Some(&failure(Stage::Chdir)));
         m.killed(Kill::Deadline);
         m.refused(Refusal::Peer);
         m.closed_with(ErrorCode::AuthFailed);
@@ -132,5 +143,50 @@ mod tests {
         assert_eq!((s.refused_peer, s.refused_quota), (1, 0));
         assert_eq!((s.auth_failures, s.orphans_reaped), (1, 1));
         assert_eq!((s.pool_size, s.pool_idle), (4, 3));
+        assert_eq!((s.setup_failed_credentials, s.setup_failed_chdir), (1, 1));
+        assert_eq!(s.setup_failed_setup + s.setup_failed_limits, 0);
+    }
+
+    #[test]
+    fn setup_failures_by_stage_add_up_to_the_setup_failures() {
+        let mut m = Metrics::new();
+        let stages = [
+            Stage::Setup,
+            Stage::Session,
+            Stage::Groups,
+            Stage::Gid,
+            Stage::Uid,
+            Stage::Nice,
+            Stage::OomScoreAdj,
+            Stage::NoNewPrivs,
+            Stage::Rlimit(3),
+            Stage::Chdir,
+        ];
+        for (i, stage) in stages.into_iter().enumerate() {
+            let kind = [JobKind::Exec, JobKind::Entry][i % 2];
+            m.spawn_result(
+                kind,
+                Some(&failure_reply(&[u8::from(stage), 1, 0, 0, 0], None)),
+            );
+        }
+        m.spawn_result(JobKind::Exec, Some(&Failure::setup(Message::Signaled)));
+        let s = m.snapshot(0, 0);
+        let by_stage: u64 = s
+            .fields()
+            .iter()
+            .filter(|(name, _)| name.starts_with("setup_failed_"))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(by_stage, 11);
+        assert_eq!(s.spawns_exec_setup_failed + s.spawns_entry_setup_failed, 11);
+        assert_eq!(s.spawns_exec_failed, 0);
+        assert_eq!(
+            (
+                s.setup_failed_credentials,
+                s.setup_failed_limits,
+                s.setup_failed_setup
+            ),
+            (3, 3, 2)
+        );
     }
 }

@@ -3,10 +3,13 @@
 
     python3 spec/conformance/conformance.py --socket PATH [-k PATTERN] [--slow]
         [--auth-socket PATH --key-file PATH] [--skip-credentials]
+    python3 spec/conformance/conformance.py --zygote-socket PATH [-k PATTERN]
 
 Prints one line per check (`PASS name` / `FAIL name: reason`) and a final `N passed, M failed`;
 exits 1 if any check failed. Standard library only. The server must run without a key and
-without entry points (a plain `forkserver serve`), as the same user as this script.
+without entry points (a plain `forkserver serve`), as the same user as this script; with
+--zygote-socket, the server is the conformance zygote (spec/conformance/zygote.rs, without a
+key) and the checks are those of the typed entry convention (§11, typed_checks.py).
 """
 
 import argparse
@@ -641,6 +644,21 @@ def usage_and_metrics_checks(valid):
             require(after[k] >= before[k] + 1, f"{k}: {before[k]} then {after[k]}")
         require(after["uptime_s"] >= before["uptime_s"], "uptime went down")
     check("metrics/an exec failure, an exec and a deadline kill move their counters", counters_move)
+
+    def setup_failure_by_stage():
+        before = fc.Client(SOCKET, timeout=TIMEOUT).metrics()
+        with Raw() as c:
+            c.send(spawn_frame(exec_job(["/bin/true"], cwd="/nonexistent/dir"), pid_after_exec=True))
+            c.expect_error("ChildSetupFailed")
+        after = fc.Client(SOCKET, timeout=TIMEOUT).metrics()
+        for k in ("spawns_exec_setup_failed", "setup_failed_chdir"):
+            require(after[k] == before[k] + 1, f"{k}: {before[k]} then {after[k]}")
+        stages = [k for k in fc.METRICS_FIELDS if k.startswith("setup_failed_")]
+        require(sum(after[k] for k in stages)
+                == after["spawns_exec_setup_failed"] + after["spawns_entry_setup_failed"],
+                f"setup_failed_* do not add up to the setup failures: {after}")
+    check("metrics/a failed chdir moves setup_failed_chdir; the stages add up (§5.16)",
+          setup_failure_by_stage)
 
     def before_hello():
         with Raw(hello=False) as c:
@@ -1314,23 +1332,9 @@ def control_checks(valid):
     check("spawn/grace: SIGTERM at the deadline, SIGKILL grace_ms later (rev 0.6)", grace)
 
 
-def main():
-    global SOCKET, FILTER
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--socket", required=True, help="the server's socket path")
-    p.add_argument("-k", dest="filter", help="run only the checks whose name matches this regex")
-    p.add_argument("--slow", action="store_true", help="also run checks that take >10 s")
-    p.add_argument("--auth-socket", help="a second server that requires authentication (§9)")
-    p.add_argument("--key-file", help="the key of --auth-socket's server (raw bytes)")
-    p.add_argument("--skip-credentials", action="store_true",
-                   help="skip the uid/gid/groups checks (rev 0.5)")
-    args = p.parse_args()
-    SOCKET, FILTER = args.socket, args.filter
+def server_checks(args):
+    """The checks of a plain server (every section but §11's)."""
     valid, invalid, transport = load("valid"), load("invalid"), load("transport")
-    t0 = time.monotonic()
-    start = server_status()
-    server_pid = start["server_pid"]
-    fds_before = server_fds(server_pid)
     handshake_checks(valid)
     status_checks()
     valid_vector_checks(valid)
@@ -1350,6 +1354,34 @@ def main():
     if args.auth_socket:
         with open(args.key_file, "rb") as f:
             auth_checks(args.auth_socket, f.read())
+
+
+def main():
+    global SOCKET, FILTER
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--socket", help="the server's socket path (a plain `forkserver serve`)")
+    p.add_argument("--zygote-socket",
+                   help="instead, a conformance zygote's socket (spec/conformance/zygote.rs): "
+                        "the typed entry convention's checks (§11)")
+    p.add_argument("-k", dest="filter", help="run only the checks whose name matches this regex")
+    p.add_argument("--slow", action="store_true", help="also run checks that take >10 s")
+    p.add_argument("--auth-socket", help="a second server that requires authentication (§9)")
+    p.add_argument("--key-file", help="the key of --auth-socket's server (raw bytes)")
+    p.add_argument("--skip-credentials", action="store_true",
+                   help="skip the uid/gid/groups checks (rev 0.5)")
+    args = p.parse_args()
+    if not args.socket and not args.zygote_socket:
+        p.error("--socket or --zygote-socket is needed")
+    SOCKET, FILTER = args.socket or args.zygote_socket, args.filter
+    t0 = time.monotonic()
+    start = server_status()
+    server_pid = start["server_pid"]
+    fds_before = server_fds(server_pid)
+    if args.socket:
+        server_checks(args)
+    else:
+        import typed_checks
+        typed_checks.run(SOCKET, check, require, TIMEOUT)
     check("server/still-answers-after-all-checks", server_status)
 
     def no_fd_leak():

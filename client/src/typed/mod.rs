@@ -4,9 +4,13 @@
 //! entry `Spawn`. A [`Worker`] (`worker.rs`, §11.7) is one such child that serves many
 //! requests sent on its channel; [`WorkerPool`] (`pool.rs`) shares `n` of them between threads.
 
+#[cfg(feature = "tokio")]
+#[allow(unsafe_code)] // registering the result channel with tokio's reactor
+mod async_child;
 mod child;
 mod error;
 mod pool;
+mod progress;
 mod worker;
 
 use std::marker::PhantomData;
@@ -20,6 +24,8 @@ use forkserver_protocol::typed::{
 use forkserver_protocol::{EntryJob, ErrorCode, Job, Session};
 use serde::{de::DeserializeOwned, Serialize};
 
+#[cfg(feature = "tokio")]
+pub use async_child::AsyncTypedChild;
 pub use child::TypedChild;
 pub use error::CallError;
 pub use pool::WorkerPool;
@@ -120,6 +126,46 @@ impl<A: Serialize + ?Sized, R: DeserializeOwned> TypedCall<A, R> {
         let (child, ours) = start.spawn(&mut self.req, &bytes, fds)?;
         Ok(TypedChild::new(child, ours, self.name.clone(), self.codec))
     }
+
+    /// [`TypedCall::spawn`] for async code: no step blocks the thread (see
+    /// [`crate::Call::spawn_async`]). [`AsyncTypedChild::join`] then waits for the outcome on
+    /// the reactor.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use forkserver_client::Client;
+    ///
+    /// let client = Client::connect("/run/user/1000/forkserver.sock")?;
+    /// let area: u64 = client
+    ///     .typed::<(u32, u32), u64>("area")
+    ///     .spawn_async(&(800, 600))
+    ///     .await?
+    ///     .join()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with its I/O and time drivers, as tokio's own I/O does.
+    ///
+    /// # Errors
+    /// As [`TypedCall::spawn`], and [`CallError::Spawn`] with [`Error::Io`] if the connection
+    /// or the channel cannot be registered with the runtime.
+    #[cfg(feature = "tokio")]
+    pub async fn spawn_async(&mut self, arg: &A) -> Result<AsyncTypedChild<R>, CallError> {
+        let (bytes, fds) = encode(self.codec, arg).map_err(|e| CallError::Encode(e.to_string()))?;
+        let start = Start {
+            client: &self.client,
+            name: &self.name,
+            codec: self.codec,
+            fingerprint: fingerprint::<A, R>(&self.name, self.codec),
+            worker: false,
+            inline_max: self.inline_max,
+        };
+        let (child, ours) = start.spawn_async(&mut self.req, &bytes, fds).await?;
+        AsyncTypedChild::new(child, ours, self.name.clone(), self.codec).map_err(CallError::Spawn)
+    }
 }
 
 /// What starts a typed call's or a worker's child (§11.2, §11.7).
@@ -134,15 +180,52 @@ pub(crate) struct Start<'a> {
 }
 
 impl Start<'_> {
-    /// Makes the result channel, places it, `fds` and (for an argument over `inline_max`) the
-    /// argument's sealed memfd at free targets beside `req`'s own, and spawns the entry with
-    /// the header and `arg`: the child and the client's channel end.
+    /// Makes the result channel, places it and `fds` at free targets beside `req`'s own, and
+    /// spawns the entry with the header and `arg`: the child and the client's channel end.
     pub(crate) fn spawn(
         &self,
         req: &mut Request,
         arg: &[u8],
         fds: Vec<OwnedFd>,
     ) -> Result<(Child, OwnedFd), CallError> {
+        let (placed, ours, job) = self.place(req, arg, fds)?;
+        let spawned = job.and_then(|job| placed.req.spawn(self.client, job, Defaults::None));
+        drop(placed);
+        self.finish(spawned, ours)
+    }
+
+    /// [`Start::spawn`] for async code. A cancelled future leaves the builder as it was: the
+    /// channel's child end and the argument's fds go with it.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn spawn_async(
+        &self,
+        req: &mut Request,
+        arg: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> Result<(Child, OwnedFd), CallError> {
+        let (placed, ours, job) = self.place(req, arg, fds)?;
+        let spawned = match job {
+            Ok(job) => {
+                placed
+                    .req
+                    .spawn_async(self.client, job, Defaults::None)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        drop(placed);
+        self.finish(spawned, ours)
+    }
+
+    /// Makes the result channel and adds its child end, `fds` and (for an argument over
+    /// `inline_max`) the argument's sealed memfd (§11.8) to `req`, at free targets; the job
+    /// carries the header that names them. The fds leave `req` when the [`Placed`] goes.
+    fn place<'r>(
+        &self,
+        req: &'r mut Request,
+        arg: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> Result<(Placed<'r>, OwnedFd, crate::Result<Job>), CallError> {
         let memfd = match arg.len() > self.inline_max {
             true => Some(sealed_arg(arg).map_err(memfd_error)?),
             false => None,
@@ -163,24 +246,30 @@ impl Start<'_> {
             let at = memfd_target.and_then(|t| MemfdArg::new(t, arg.len() as u64));
             h.with_worker(self.worker).with_memfd_arg(at)
         });
-        req.fds.push((targets[0], theirs));
-        req.fds.extend(
-            targets[1..]
-                .iter()
-                .copied()
-                .zip(fds.into_iter().chain(memfd)),
-        );
+        let placed = Placed { req, keep };
+        placed.req.fds.push((targets[0], theirs));
+        let rest = fds.into_iter().chain(memfd);
+        placed
+            .req
+            .fds
+            .extend(targets[1..].iter().copied().zip(rest));
         let inline = if memfd_target.is_some() { &[][..] } else { arg };
-        let spawned = match header.and_then(|h| h.encode(inline)) {
+        let job = match header.and_then(|h| h.encode(inline)) {
             // More argument fds than a bundle holds beside the channel.
-            None => Err(Error::TooManyFds(req.fds.len())),
+            None => Err(Error::TooManyFds(placed.req.fds.len())),
             Some(payload) => EntryJob::new(self.name.to_owned(), payload)
-                .map_err(Error::from)
-                .and_then(|job| req.spawn(self.client, Job::Entry(job), Defaults::None)),
+                .map(Job::Entry)
+                .map_err(Error::from),
         };
-        // The child end, the argument's fds and memfd are in the child now (or nowhere): close
-        // ours.
-        req.fds.truncate(keep);
+        Ok((placed, ours, job))
+    }
+
+    /// The spawn's outcome as a typed call's.
+    fn finish(
+        &self,
+        spawned: crate::Result<Child>,
+        ours: OwnedFd,
+    ) -> Result<(Child, OwnedFd), CallError> {
         match spawned {
             Ok(child) => Ok((child, ours)),
             Err(Error::Server {
@@ -193,6 +282,19 @@ impl Start<'_> {
             }),
             Err(e) => Err(CallError::Spawn(e)),
         }
+    }
+}
+
+/// A request with a typed call's fds added: they leave it (closed: the child has its copies
+/// now, or nothing does) when this goes, even with a cancelled async spawn.
+struct Placed<'r> {
+    req: &'r mut Request,
+    keep: usize,
+}
+
+impl Drop for Placed<'_> {
+    fn drop(&mut self) {
+        self.req.fds.truncate(self.keep);
     }
 }
 

@@ -190,7 +190,7 @@ messages! {
     /// What the server implements: its revision, Spawn flag bits and requests (rev 0.6).
     Features(Features) = 0x24, server, len 16, fds 0;
     /// The server's counters (rev 0.6).
-    Metrics(Metrics) = 0x25, server, len 120, fds 0;
+    Metrics(Metrics) = 0x25, server, len 168, fds 0;
     /// A request failed.
     Error(ErrorReply) = 0x2F, server, len var, fds 0;
 }

@@ -6,7 +6,7 @@
 //!
 //! # One table
 //!
-//! The body is fifteen `u64` values, little-endian, in the order of the `metrics!` table below;
+//! The body is twenty-one `u64` values, little-endian, in the order of the `metrics!` table below;
 //! every value is valid. The table generates the struct, its encoder and decoder, and
 //! [`Metrics::fields`], the names and values in wire order that the CLI prints.
 
@@ -79,6 +79,19 @@ metrics! {
     pool_size;
     /// Pooled children waiting for a job now (a gauge).
     pool_idle;
+    /// Setup failures (`ChildSetupFailed`, exec and entry jobs) at the `setup` stage: signals,
+    /// fd placement, a pooled child taking its job.
+    setup_failed_setup;
+    /// Setup failures at the `session` stage: `setsid`, `setpgid`.
+    setup_failed_session;
+    /// Setup failures at the `limits` stage: `prlimit64`, `setpriority`, `oom_score_adj`.
+    setup_failed_limits;
+    /// Setup failures at the `credentials` stage: `setgroups`, `setgid`, `setuid`.
+    setup_failed_credentials;
+    /// Setup failures at the `sandbox` stage: `PR_SET_NO_NEW_PRIVS` and the filters after it.
+    setup_failed_sandbox;
+    /// Setup failures at the `chdir` stage.
+    setup_failed_chdir;
 }
 
 #[cfg(test)]
@@ -93,13 +106,14 @@ mod tests {
             ..Metrics::default()
         };
         let f = m.fields();
-        assert_eq!(f.len(), 15);
+        assert_eq!(f.len(), 21);
         assert_eq!(f[0], ("uptime_s", 1));
         assert_eq!(f[14], ("pool_idle", 15));
+        assert_eq!(f[20], ("setup_failed_chdir", 0));
         let mut v = Vec::new();
         m.encode(&mut v);
         assert_eq!(v.len(), 8 * Metrics::LEN);
         assert_eq!(v[..8], 1u64.to_le_bytes());
-        assert_eq!(v[112..], 15u64.to_le_bytes());
+        assert_eq!(v[112..120], 15u64.to_le_bytes());
     }
 }

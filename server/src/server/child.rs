@@ -5,7 +5,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-use forkserver_protocol::{Message, SpawnOptions};
+use forkserver_protocol::SpawnOptions;
 use nix::errno::Errno;
 use nix::sys::epoll::Epoll;
 use nix::sys::signal::{kill, Signal};
@@ -35,7 +35,7 @@ pub(super) struct Child {
     grace: Option<Duration>,
     /// A failure the server saw itself: a pooled child that could not be handed its job.
     /// Reported in place of the child's exit, like a failure it reported itself.
-    failure: Option<Message>,
+    failure: Option<spawn::Failure>,
     /// What the request asked for (cwd, ids, group), to name them in a setup failure.
     context: spawn::Context,
     /// `WANT_RUSAGE`: its `Exit` carries its resource usage.
@@ -49,7 +49,7 @@ pub(super) enum ExecReport {
     /// End of file and nothing written: the exec succeeded.
     Exec,
     /// Its setup or exec failed (or the server saw it fail): the final report.
-    Failed(Message),
+    Failed(spawn::Failure),
 }
 
 impl Child {
@@ -90,7 +90,7 @@ impl Child {
     }
 
     /// A failure the server saw itself, reported in place of the child's exit.
-    pub(super) fn with_failure(mut self, failure: Option<Message>) -> Self {
+    pub(super) fn with_failure(mut self, failure: Option<spawn::Failure>) -> Self {
         self.failure = failure;
         self
     }
@@ -219,7 +219,7 @@ impl Child {
     /// what its report pipe holds; its pipe is closed. A child without a pipe that exited with
     /// `code` 127 may have written its failure to the shared socket: see
     /// [`Child::may_have_shared_report`], asked before this.
-    pub(super) fn take_failure(&mut self, epoll: &Epoll) -> Option<Message> {
+    pub(super) fn take_failure(&mut self, epoll: &Epoll) -> Option<spawn::Failure> {
         let failure = self.failure.take().or_else(|| {
             let report = self.report.as_ref()?;
             read_report(report, &self.context)
@@ -247,7 +247,7 @@ impl Child {
 }
 
 /// Reads a child's failure report, if it wrote one (`spawn::REPORT_LEN` bytes: stage, errno).
-fn read_report(fd: &OwnedFd, ctx: &spawn::Context) -> Option<Message> {
+fn read_report(fd: &OwnedFd, ctx: &spawn::Context) -> Option<spawn::Failure> {
     let mut buf = [0u8; spawn::REPORT_LEN];
     let mut got = 0;
     while got < buf.len() {

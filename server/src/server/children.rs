@@ -13,7 +13,7 @@ use super::Server;
 use crate::ids::{ConnId, Serial};
 use crate::metrics::Kill;
 use crate::session::State;
-use crate::spawn;
+use crate::spawn::{self, StageFamily};
 use crate::sys::Reaped;
 
 impl Server {
@@ -68,7 +68,7 @@ impl Server {
             self.send_pid(id, pid, None);
         }
         let reply = match failure {
-            Some(reply) => reply,
+            Some(failure) => failure.into_reply(),
             None => match Exit::new(code, child.deadline_hit(), core) {
                 Ok(exit) => {
                     let usage = child.wants_rusage().then_some(reaped.usage);
@@ -84,7 +84,7 @@ impl Server {
     }
 
     /// Counts `child`'s result in the metrics (and logs its failure), the first time only.
-    pub(super) fn count_result(&mut self, child: &mut Child, failure: Option<&Message>) {
+    pub(super) fn count_result(&mut self, child: &mut Child, failure: Option<&spawn::Failure>) {
         if child.count_result() {
             log_failure(child, failure);
             self.metrics.spawn_result(child.kind(), failure);
@@ -111,7 +111,7 @@ impl Server {
         &mut self,
         serial: Serial,
         ctx: &spawn::Context,
-    ) -> Option<Message> {
+    ) -> Option<spawn::Failure> {
         let mut buf = [0u8; spawn::SHARED_REPORT_LEN];
         loop {
             let flags = MsgFlags::MSG_DONTWAIT;
@@ -168,7 +168,7 @@ impl Server {
                 // The child is reaped later; nobody waits for its exit status any more.
                 child.final_report_sent();
                 let keep = child.keeps_connection();
-                self.send(id, reply, vec![]);
+                self.send(id, reply.into_reply(), vec![]);
                 self.after_final_report(id, keep);
             }
         }
@@ -202,12 +202,13 @@ impl Server {
 }
 
 /// Logs a child's exec or setup failure with the figures of the metrics' names.
-fn log_failure(child: &Child, failure: Option<&Message>) {
-    if let Some(Message::Error(e)) = failure {
+fn log_failure(child: &Child, failure: Option<&spawn::Failure>) {
+    if let Some((Message::Error(e), stage)) = failure.map(|f| (f.reply(), f.stage())) {
         tracing::info!(
             conn = child.conn().map(|c| c.to_string()),
             pid = child.pid().as_raw(),
             serial = %child.serial(),
+            stage = stage.family().map_or("exec", StageFamily::name),
             errno = e.errno(),
             "child failed before its job: {}",
             e.message()

@@ -15,7 +15,6 @@ use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::time::Instant;
 
-use forkserver_protocol::Message;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollTimeout};
 use nix::sys::signalfd::SignalFd;
@@ -91,7 +90,7 @@ pub struct Server {
     /// report pipe of their own write their failure to the other end (`spawn::ReportTo`).
     report_rx: OwnedFd,
     /// Reports read from the shared socket for children not reaped yet, by spawn serial.
-    shared_reports: HashMap<Serial, Message>,
+    shared_reports: HashMap<Serial, crate::spawn::Failure>,
     /// [`TEST_STOP_AFTER_PID_ENV`] was set.
     stop_after_pooled_pid: bool,
 }

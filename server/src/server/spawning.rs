@@ -33,7 +33,7 @@ struct Started {
     pooled: bool,
     /// A pooled child that could not be handed its job whole: the failure reported in place
     /// of its exit.
-    failure: Option<Message>,
+    failure: Option<spawn::Failure>,
     /// A `CLONE_VM` child: its exec is over ([`spawn::spawn_exec`]).
     exec: Option<spawn::Cloned>,
     /// The request's fds, still open in the server: closed once the `Pid` is out.
@@ -98,7 +98,7 @@ impl Server {
                 child.final_report_sent();
                 let keep = child.keeps_connection();
                 self.adopt(child, deadline);
-                self.send(id, reply, vec![]);
+                self.send(id, reply.into_reply(), vec![]);
                 // The frames behind this one are handled by the caller's loop.
                 let keep = keep && !self.shutting_down;
                 self.transition(id, |s| s.final_report(keep));
@@ -134,7 +134,9 @@ impl Server {
     ) -> Result<Started, Errno> {
         let (pid, report, failure, sent_job) = match self.take_pooled(spawn, bundle) {
             Pooled::Taken(pid, sock, job) => (pid, sock, None, Some(job)),
-            Pooled::Broken(pid, sock, reply) => (pid, sock, Some(reply), None),
+            Pooled::Broken(pid, sock, reply) => {
+                (pid, sock, Some(spawn::Failure::setup(reply)), None)
+            }
             Pooled::Fork(spawn, bundle) => {
                 if let (Job::Exec(job), false) = (spawn.job(), foreign || self.fork.exec_by_fork())
                 {

@@ -97,9 +97,9 @@ pub(crate) use context::{ChildSpec, ForkContext, ReportTo, Work};
 pub(crate) use identity::Context;
 use report::report_and_exit;
 pub(crate) use report::{
-    decode_shared, failure_of, failure_reply, Report, REPORT_LEN, SHARED_REPORT_LEN,
+    decode_shared, failure_of, failure_reply, Failure, Report, REPORT_LEN, SHARED_REPORT_LEN,
 };
-pub(crate) use stage::{Stage, FAILED_STATUS};
+pub(crate) use stage::{Stage, StageFamily, FAILED_STATUS};
 pub(crate) use vfork::Cloned;
 
 /// Exit status of an entry point that panicked (as Rust's runtime uses).

@@ -24,6 +24,40 @@ pub(crate) const REPORT_LEN: usize = 5;
 /// Length of a datagram on the shared report socket: serial, stage, errno.
 pub(crate) const SHARED_REPORT_LEN: usize = 13;
 
+/// A child's failure before its job ran: the reply its client gets (`ExecFailed` or
+/// `ChildSetupFailed`) and the stage that failed, which the metrics count (PROTOCOL.md §5.16).
+#[derive(Debug)]
+pub(crate) struct Failure {
+    reply: Message,
+    stage: Stage,
+}
+
+impl Failure {
+    /// A failure the server saw itself (a pooled child that could not take its job): the
+    /// [`Stage::Setup`] stage.
+    pub(crate) fn setup(reply: Message) -> Self {
+        Self {
+            reply,
+            stage: Stage::Setup,
+        }
+    }
+
+    /// The reply for the client.
+    pub(crate) fn reply(&self) -> &Message {
+        &self.reply
+    }
+
+    /// The reply for the client, by value.
+    pub(crate) fn into_reply(self) -> Message {
+        self.reply
+    }
+
+    /// The stage that failed.
+    pub(crate) fn stage(&self) -> Stage {
+        self.stage
+    }
+}
+
 /// Where a child reports a failure before its job runs.
 #[derive(Clone, Copy)]
 pub(crate) enum Report {
@@ -93,18 +127,26 @@ pub(crate) fn report_and_exit(report: Report, stage: Stage, errno: Errno) -> ! {
 
 /// The reply for a failure the server learnt of in memory (the `CLONE_VM` path's slot), as
 /// [`failure_reply`] gives for the same report read from a pipe.
-pub(crate) fn failure_of(stage: Stage, errno: Errno, ctx: &Context) -> Message {
+pub(crate) fn failure_of(stage: Stage, errno: Errno, ctx: &Context) -> Failure {
     failure_reply(&encode(stage, errno), Some(ctx))
 }
 
 /// The reply for a child's failure report (`stage`, `errno` as an `i32` LE), naming the call
 /// that failed and, with the request's [`Context`], the value it was given: e.g.
 /// `chdir("/no/such"): No such file or directory (ENOENT)`.
-pub(crate) fn failure_reply(report: &[u8; 5], ctx: Option<&Context>) -> Message {
+pub(crate) fn failure_reply(report: &[u8; 5], ctx: Option<&Context>) -> Failure {
+    let stage = Stage::from_byte(report[0]);
+    Failure {
+        reply: reply_for(stage, report, ctx),
+        stage,
+    }
+}
+
+/// The `Error` for a failure report of `stage`.
+fn reply_for(stage: Stage, report: &[u8; 5], ctx: Option<&Context>) -> Message {
     let errno = i32::from_le_bytes([report[1], report[2], report[3], report[4]]);
     let e = Errno::from_raw(errno);
     let why = format!("{} ({e:?})", e.desc());
-    let stage = Stage::from_byte(report[0]);
     tracing::debug!(stage = ?stage, errno, "child failure report");
     let c = ctx.map(|c| &c.identity.credentials);
     let call = match stage {
@@ -182,17 +224,21 @@ mod tests {
             (serial, encode(Stage::Uid, Errno::EPERM))
         );
         // An unknown stage byte is a setup failure, never a panic.
-        let Message::Error(e) = failure_reply(&[200, 1, 0, 0, 0], None) else {
+        let f = failure_reply(&[200, 1, 0, 0, 0], None);
+        assert_eq!(f.stage(), Stage::Setup);
+        let Message::Error(e) = f.reply() else {
             panic!()
         };
         assert_eq!(e.code(), ErrorCode::ChildSetupFailed);
+        assert_eq!(failure_reply(&[3, 2, 0, 0, 0], None).stage(), Stage::Chdir);
     }
 
     fn report(stage: Stage, errno: Errno) -> [u8; 5] {
         encode(stage, errno)
     }
 
-    fn message(m: Message) -> (ErrorCode, i32, String) {
+    fn message(f: Failure) -> (ErrorCode, i32, String) {
+        let m = f.into_reply();
         let Message::Error(e) = m else {
             panic!("not an error: {m:?}")
         };

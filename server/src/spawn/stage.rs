@@ -35,6 +35,54 @@ pub(crate) enum Stage {
     Rlimit(u8),
 }
 
+/// The families of setup stages that `Metrics` counts failures by (PROTOCOL.md §5.16: the
+/// `setup_failed_*` counters), and logs name as `stage`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StageFamily {
+    /// Signals, fd placement, a pooled child's job.
+    Setup,
+    /// `setsid`, `setpgid`.
+    Session,
+    /// `prlimit64`, `setpriority`, `oom_score_adj`.
+    Limits,
+    /// `setgroups`, `setgid`, `setuid`.
+    Credentials,
+    /// `PR_SET_NO_NEW_PRIVS` and the filters after it.
+    Sandbox,
+    /// `chdir`.
+    Chdir,
+}
+
+impl StageFamily {
+    /// Its name: the suffix of its `setup_failed_*` counter.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Setup => "setup",
+            Self::Session => "session",
+            Self::Limits => "limits",
+            Self::Credentials => "credentials",
+            Self::Sandbox => "sandbox",
+            Self::Chdir => "chdir",
+        }
+    }
+}
+
+impl Stage {
+    /// The family a failure at this stage is counted under; `None` for [`Stage::Exec`], which
+    /// is not a setup failure (`ExecFailed`).
+    pub(crate) fn family(self) -> Option<StageFamily> {
+        Some(match self {
+            Stage::Exec => return None,
+            Stage::Setup => StageFamily::Setup,
+            Stage::Session => StageFamily::Session,
+            Stage::Rlimit(_) | Stage::Nice | Stage::OomScoreAdj => StageFamily::Limits,
+            Stage::Groups | Stage::Gid | Stage::Uid => StageFamily::Credentials,
+            Stage::NoNewPrivs => StageFamily::Sandbox,
+            Stage::Chdir => StageFamily::Chdir,
+        })
+    }
+}
+
 /// The first stage byte of [`Stage::Rlimit`]: entry `i` is `RLIMIT_BASE + i`.
 const RLIMIT_BASE: u8 = 32;
 

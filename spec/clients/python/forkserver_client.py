@@ -79,7 +79,7 @@ TAGS = {name: tag for tag, name in TAG_NAMES.items()}
 # Exit is variable-size from rev 0.6 (8 bytes, or 32 with USAGE).
 FIXED_BODY_LEN = {HELLO: 8, AUTH: 64, AUTH_OK: 32, SIGNAL: 4, STATUS_REQUEST: 0, PID: 4,
                   SIGNALED: 0, FEATURES_REQUEST: 0, FEATURES: 16, METRICS_REQUEST: 0,
-                  METRICS: 120}
+                  METRICS: 168}
 MAX_NFDS_FOR_TAG = {SPAWN: MAX_FDS, PID: 1}            # every other tag: 0 (§4.2)
 
 MAGIC = b"FKSV"
@@ -115,11 +115,13 @@ JOB_ENTRY, JOB_EXEC = 1, 2
 DEADLINE_EXPIRED, CORE_DUMPED, USAGE = 1, 2, 4     # USAGE: rev 0.6
 EXIT_FLAGS_MASK = DEADLINE_EXPIRED | CORE_DUMPED | USAGE
 USAGE_FIELDS = ("user_us", "system_us", "maxrss_kib")
-# The fifteen u64 fields of Metrics, in wire order (§5.16, rev 0.6).
+# The twenty-one u64 fields of Metrics, in wire order (§5.16, rev 0.6).
 METRICS_FIELDS = ("uptime_s", "spawns_exec_ok", "spawns_exec_failed", "spawns_exec_setup_failed",
                   "spawns_entry_ok", "spawns_entry_setup_failed", "kills_deadline",
                   "kills_disconnect", "refused_quota", "refused_peer", "refused_max_children",
-                  "auth_failures", "orphans_reaped", "pool_size", "pool_idle")
+                  "auth_failures", "orphans_reaped", "pool_size", "pool_idle",
+                  "setup_failed_setup", "setup_failed_session", "setup_failed_limits",
+                  "setup_failed_credentials", "setup_failed_sandbox", "setup_failed_chdir")
 
 ERROR_NAMES = {
     1: "Malformed", 2: "UnsupportedVersion", 3: "AuthRequired", 4: "AuthFailed",
@@ -336,7 +338,7 @@ def encode_metrics_request():
 
 def encode_metrics(**fields):
     """fields: the METRICS_FIELDS by name (missing ones are 0)."""
-    return _frame(METRICS, struct.pack("<15Q", *(fields.get(k, 0) for k in METRICS_FIELDS)))
+    return _frame(METRICS, struct.pack("<%dQ" % len(METRICS_FIELDS), *(fields.get(k, 0) for k in METRICS_FIELDS)))
 
 
 def encode_signaled():
