@@ -51,6 +51,11 @@ impl Client {
         }
     }
 
+    /// The engine every clone shares.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// A builder for an exec job: the server forks a child that runs `program` (searched in
     /// the child's `PATH` if it holds no `/`), like [`std::process::Command`].
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {

@@ -82,7 +82,7 @@ impl Engine {
 
     /// For a server this process launched.
     pub(crate) fn launched(managed: Managed) -> Self {
-        Self::new(Target::Launched(Mutex::new(managed)))
+        Self::new(Target::Launched(Box::new(Mutex::new(managed))))
     }
 
     /// What the server implements (PROTOCOL.md §5.14), `None` before rev 0.6: cached for the
@@ -156,6 +156,13 @@ impl Engine {
     /// client made by [`crate::Client::connect`].
     pub(crate) fn launched_server_pid(&self) -> Option<u32> {
         self.target.launched_server_pid()
+    }
+
+    /// Stops a launched server for good, as the process exits (`launch_self.rs`): the idle
+    /// connections closed, then the server (`Target::stop_launched`).
+    pub(crate) fn stop_launched(&self) {
+        self.close_idle_connections();
+        self.target.stop_launched();
     }
 
     /// The key connections authenticate with: the one given to [`crate::Client::connect_with_key`],

@@ -10,7 +10,8 @@
 //!    listener's fd number) and `FORKSERVER_ALIVE_FD` (the pipe's read end) in its environment,
 //!    those two fds inherited and no other; stdin `/dev/null`, stdout and stderr inherited.
 //!    Every other fd of the client is made close-on-exec first, so the server inherits no stray
-//!    fd of the client's.
+//!    fd of the client's. The program is the file opened at the first launch and held open
+//!    since (`pinned.rs`), so that every relaunch starts the same binary.
 //!    With authentication on (the default), a third fd, `FORKSERVER_KEY_FD`, is the read end of
 //!    a pipe holding a fresh random 32-byte key, written and closed before the server starts:
 //!    the key never appears in argv or the environment (PROTOCOL.md §9.1).
@@ -25,11 +26,13 @@
 
 use std::ffi::OsStr;
 use std::io;
+use std::sync::Arc;
 
 use crate::client::Client;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::managed::{LaunchSpec, Managed};
+use crate::pinned::Pinned;
 
 pub use forkserver_protocol::launch::{ALIVE_FD_ENV, KEY_FD_ENV, LISTEN_FD_ENV};
 
@@ -38,9 +41,13 @@ impl Client {
     /// serves when `FORKSERVER_LISTEN_FD` is set) and returns a client for it.
     ///
     /// Every later request first checks that the server is still running, and starts it again
-    /// if it has died (once per request). Dropping the last clone of the client closes the
-    /// server's alive pipe, waits up to one second for it to exit, and removes its socket
-    /// directory. See [`Launcher`] for the launch convention and for arguments.
+    /// if it has died (once per request). The program's file is held open from this launch
+    /// on, and every start execs that file: a relaunch runs the binary first launched, even if
+    /// an upgrade has put another at its path, or deleted it (an interpreter script, which
+    /// its interpreter opens by name, is started by path). Dropping the last clone of the
+    /// client closes the server's alive pipe, waits up to one second for it to exit, and
+    /// removes its socket directory. See [`Launcher`] for the launch convention and for
+    /// arguments, and [`Client::launch_self`] for this binary, shared by every caller.
     ///
     /// # Errors
     /// As [`Launcher::launch`].
@@ -103,8 +110,22 @@ impl Launcher {
                 warm: false,
                 ready_timeout: Self::DEFAULT_READY_TIMEOUT,
                 kill_children: false,
+                pinned: None,
             },
         }
+    }
+
+    /// A launcher for this process's own binary, pinned through `/proc/self/exe` (the file
+    /// this process runs, even if its path now names another or none), with our argv[0];
+    /// its children die with it ([`Launcher::kill_children_with_server`]).
+    pub(crate) fn this_binary() -> io::Result<Self> {
+        let argv0 = std::env::args_os().next();
+        let mut launcher = Self::new(argv0.map_or_else(std::env::current_exe, |a| Ok(a.into()))?)
+            .kill_children_with_server(true);
+        let pinned = Pinned::open(OsStr::new("/proc/self/exe"), None)?
+            .ok_or_else(|| io::Error::other("/proc/self/exe cannot be held open"))?;
+        launcher.spec.pinned = Some(Arc::new(pinned));
+        Ok(launcher)
     }
 
     /// Adds an argument for the server program.
@@ -174,7 +195,9 @@ impl Launcher {
                  before any `Client::launch`"
             ))));
         }
-        let managed = Managed::new(self.spec).map_err(Error::Launch)?;
+        let mut spec = self.spec;
+        spec.pin().map_err(Error::Launch)?;
+        let managed = Managed::new(spec).map_err(Error::Launch)?;
         let engine = Engine::launched(managed);
         match engine.ping_launched() {
             Ok(()) => Ok(Client::from_engine(engine)),

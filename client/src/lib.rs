@@ -91,8 +91,11 @@ mod fork_epoch;
 mod handshake;
 mod idle;
 mod launch;
+#[allow(unsafe_code)] // atexit: the shared launched server is stopped as the process exits
+mod launch_self;
 mod managed;
 mod output;
+mod pinned;
 mod pipes;
 mod queries;
 #[allow(unsafe_code)] // pre_exec: close-on-exec on the client's fds before exec

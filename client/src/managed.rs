@@ -26,6 +26,8 @@ pub(crate) struct Managed {
     /// The process that launched the servers: a child forked from it (without exec) that
     /// drops its copy must not stop them or remove their sockets.
     owner: u32,
+    /// Stopped ([`Managed::stop`]): a dead server is not started again.
+    stopped: bool,
 }
 
 impl Managed {
@@ -43,6 +45,7 @@ impl Managed {
             generation: 0,
             retired: Vec::new(),
             owner: std::process::id(),
+            stopped: false,
         })
     }
 
@@ -104,6 +107,11 @@ impl Managed {
         if generation != self.generation {
             return Ok(None);
         }
+        if self.stopped {
+            return Err(io::Error::other(
+                "the launched server was stopped as this process exits",
+            ));
+        }
         let (server, ready) = Server::spawn(&self.spec)?;
         Ok(Some((Starting(server), ready, self.spec.ready_timeout)))
     }
@@ -162,14 +170,17 @@ impl Managed {
             }
         });
     }
-}
 
-impl Drop for Managed {
-    fn drop(&mut self) {
+    /// Tells the servers to exit (their alive pipes closed), waits up to [`SHUTDOWN_WAIT`] for
+    /// them and removes their socket directories; none is started again after this. What
+    /// dropping the last client does, and what `Client::launch_self`'s exit handler does while
+    /// clones may still exist. Nothing in a forked copy of the launching process.
+    pub(crate) fn stop(&mut self) {
         if std::process::id() != self.owner {
             // A forked copy: its fds close with it; the servers are the launcher's.
             return;
         }
+        self.stopped = true;
         let deadline = Instant::now() + SHUTDOWN_WAIT;
         let servers = std::iter::once(&mut self.current).chain(self.retired.iter_mut());
         for s in servers {
@@ -177,6 +188,12 @@ impl Drop for Managed {
             s.wait_until(deadline);
             s.remove_dir();
         }
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -12,12 +12,15 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use forkserver_protocol::launch::{
     ALIVE_FD_ENV, KEY_FD_ENV, KILL_CHILDREN_ENV, LISTEN_FD_ENV, MAX_REASON_LEN, READY, READY_FD_ENV,
 };
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+
+use crate::pinned::Pinned;
 
 /// What to start: kept (by `Managed`) so that a dead server can be started again the
 /// same way.
@@ -32,6 +35,28 @@ pub(crate) struct LaunchSpec {
     pub(crate) ready_timeout: Duration,
     /// Its children die with it (`PR_SET_PDEATHSIG`).
     pub(crate) kill_children: bool,
+    /// The binary, held open at the first launch (`pinned.rs`): every launch execs it, and
+    /// `program` is only its argv[0]. `None` before the first launch, for a script, and
+    /// without `/proc`.
+    pub(crate) pinned: Option<Arc<Pinned>>,
+}
+
+impl LaunchSpec {
+    /// Pins the binary `program` names now (`pinned.rs`), unless it is pinned already: found
+    /// in the server's `PATH` (ours, or the one given with `Launcher::env`) as `exec` would.
+    ///
+    /// # Errors
+    /// As [`Pinned::open`].
+    pub(crate) fn pin(&mut self) -> io::Result<()> {
+        if self.pinned.is_none() {
+            let path = self.envs.iter().rev().find(|(k, _)| k == "PATH");
+            let path = path
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var_os("PATH"));
+            self.pinned = Pinned::open(&self.program, path.as_deref())?.map(Arc::new);
+        }
+        Ok(())
+    }
 }
 
 /// Makes the private directory and binds the listener in it; tries `$XDG_RUNTIME_DIR`, then
@@ -255,7 +280,14 @@ pub(crate) fn spawn_server(
         inherited.push(key_read);
     }
 
-    let mut cmd = std::process::Command::new(&spec.program);
+    let mut cmd = match &spec.pinned {
+        Some(pinned) => {
+            let mut cmd = std::process::Command::new(pinned.exec_path());
+            cmd.arg0(&spec.program);
+            cmd
+        }
+        None => std::process::Command::new(&spec.program),
+    };
     cmd.args(&spec.args)
         .envs(spec.envs.iter().map(|(k, v)| (k, v)))
         .env(LISTEN_FD_ENV, inherited[0].as_raw_fd().to_string())

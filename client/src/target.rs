@@ -18,7 +18,7 @@ pub(crate) enum Target {
     /// server must run as.
     Path(PathBuf, Option<Vec<u8>>, u32),
     /// A server this client launched.
-    Launched(Mutex<Managed>),
+    Launched(Box<Mutex<Managed>>),
 }
 
 /// Where the server is, for a request that does not reuse a kept connection.
@@ -63,6 +63,18 @@ impl Target {
         match self {
             Target::Path(..) => 0,
             Target::Launched(m) => lock(m).generation(),
+        }
+    }
+
+    /// Stops a launched server for good ([`Managed::stop`]), unless another thread holds its
+    /// state right now (this runs as the process exits, and must not wait for a relaunch).
+    pub(crate) fn stop_launched(&self) {
+        if let Target::Launched(m) = self {
+            match m.try_lock() {
+                Ok(mut managed) => managed.stop(),
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().stop(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
         }
     }
 

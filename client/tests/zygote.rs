@@ -211,6 +211,10 @@ fn main() {
             "the_server_exits_with_its_owner",
             the_server_exits_with_its_owner,
         ),
+        (
+            "launch_self_with_a_main_that_serves",
+            launch_self_with_a_main_that_serves,
+        ),
     ];
     common::run(
         "zygote",
@@ -1186,4 +1190,24 @@ fn owner_role() {
     println!("{}", client.launched_server_pid().unwrap());
     // Exit without dropping the client: as a crashing owner would.
     std::process::exit(0);
+}
+
+/// `Client::launch_self` in a binary whose own `main` serves (no `zygote!`): `serve_if_requested`
+/// has run, so the copy serves. A server of its own, shared by later calls, that lives until
+/// this process exits.
+fn launch_self_with_a_main_that_serves(client: &Client) {
+    let own = Client::launch_self().expect("launch_self");
+    let pid = own.launched_server_pid().unwrap();
+    assert_ne!(Some(pid), client.launched_server_pid());
+    let status = own
+        .call("exit", b"3".to_vec())
+        .spawn()
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(status.code(), Some(3));
+    assert_eq!(
+        Client::launch_self().unwrap().launched_server_pid(),
+        Some(pid)
+    );
 }

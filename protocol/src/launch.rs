@@ -32,3 +32,24 @@ pub const MAX_REASON_LEN: usize = 4096;
 /// `1`: the server's children get `PR_SET_PDEATHSIG(SIGKILL)` (they die with it), as
 /// `forkserver serve --kill-children-with-server`.
 pub const KILL_CHILDREN_ENV: &str = "FORKSERVER_KILL_CHILDREN";
+
+/// Set in a process whose binary serves when launched (a `forkserver_server::zygote!`
+/// constructor, or `Zygote::serve_if_requested` returning because it was not launched), so that
+/// the client's `Client::launch_self` starts a copy of this binary only when that copy will
+/// serve. Kept here because both libraries depend on this crate and never on each other.
+static SELF_SERVING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Notes that this process's binary serves when launched (see [`serves_itself`]). Not an
+/// interface for applications: `forkserver-server` calls it.
+#[doc(hidden)]
+pub fn note_serves_itself() {
+    SELF_SERVING.store(true, std::sync::atomic::Ordering::Release);
+}
+
+/// Whether this process's binary serves when launched: a `forkserver_server::zygote!` is linked
+/// in, or `Zygote::serve_if_requested` has run (and returned: not launched). Not an interface
+/// for applications: `Client::launch_self` asks it.
+#[doc(hidden)]
+pub fn serves_itself() -> bool {
+    SELF_SERVING.load(std::sync::atomic::Ordering::Acquire)
+}

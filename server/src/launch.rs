@@ -195,7 +195,11 @@ impl Zygote {
     /// Call it first thing in `main`, **before any thread or async runtime starts** (a tokio
     /// runtime's worker threads included): a server forks, so it must be single-threaded, and
     /// refuses to serve otherwise (the launching client then gets that reason as its error).
+    /// For a binary whose `main` is not yours (a libtest test binary), [`zygote!`](crate::zygote!)
+    /// does this before `main`.
     pub fn serve_if_requested(self) {
+        // This binary serves when launched: `Client::launch_self` may start a copy of it.
+        forkserver_protocol::launch::note_serves_itself();
         if !Self::is_requested() {
             if self.service && activated() {
                 self.serve_service();
@@ -206,6 +210,7 @@ impl Zygote {
         // the launcher are not for it, and its children (pooled and zygote ones included,
         // forked after the preloads) must not inherit them either.
         crate::activation::scrub_env();
+        name_after_argv0();
         let named: Vec<_> = [LISTEN_FD_ENV, ALIVE_FD_ENV, KEY_FD_ENV, READY_FD_ENV]
             .iter()
             .filter_map(std::env::var_os)
@@ -333,6 +338,22 @@ fn activated() -> bool {
         ),
         Ok(Activation::None | Activation::OtherProcess(_))
     )
+}
+
+/// Names this process (`/proc/self/comm`, what `ps` and `pgrep` show) after its argv[0]: a
+/// launcher that started it through an fd (`/proc/self/fd/N`, the client's pinned binary)
+/// leaves the fd number there.
+fn name_after_argv0() {
+    use std::os::unix::ffi::OsStrExt;
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let Some(base) = std::path::Path::new(&argv0).file_name() else {
+        return;
+    };
+    // The kernel keeps 15 bytes; a name with a NUL cannot be given.
+    let name = &base.as_bytes()[..base.len().min(15)];
+    if let Ok(name) = std::ffi::CString::new(name) {
+        let _ = nix::sys::prctl::set_name(&name);
+    }
 }
 
 /// Takes the fd named by environment variable `var`: removes the variable (children must not

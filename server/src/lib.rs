@@ -16,13 +16,15 @@
 //! ```
 //!
 //! Use it as the `forkserver` binary (`forkserver serve`), or embed it: [`Zygote`] turns the
-//! application's own binary into the server, with entry points and preloaded state.
+//! application's own binary into the server, with entry points and preloaded state; [`zygote!`]
+//! does it before `main`, for test binaries whose `main` is libtest's.
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(clippy::multiple_unsafe_ops_per_block)]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod activation;
+mod before_main;
 mod config;
 mod entry;
 mod error;
@@ -68,6 +70,12 @@ pub use notify::{
 pub use server::{Server, EXEC_FORK_ENV};
 #[cfg(feature = "typed")]
 pub use typed::{Fallible, Outcome, Plain, BAD_HEADER_STATUS, FAILED_STATUS, PANIC_STATUS};
+
+/// Not an interface: what the [`zygote!`] macro expands to.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::before_main::serve_before_main;
+}
 
 /// Not an interface: the sans-IO connection session (PROTOCOL.md §6.1) and what it is fed,
 /// for the `session` fuzz target (`fuzz/fuzz_targets/session.rs`).
