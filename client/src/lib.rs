@@ -126,7 +126,9 @@ pub use stdio::Stdio;
 #[cfg(all(feature = "typed", feature = "tokio"))]
 pub use typed::AsyncTypedChild;
 #[cfg(feature = "typed")]
-pub use typed::{CallError, TypedCall, TypedChild, Worker, WorkerBuilder, WorkerPool};
+pub use typed::{
+    CallError, TypedCall, TypedChild, Worker, WorkerBuilder, WorkerPool, INLINE_ARG_MAX,
+};
 
 #[cfg(test)]
 mod tests;

@@ -83,6 +83,36 @@ fn bytes(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
 }
 
+/// A byte string's length and checksum (FNV-1a 64): what a large argument came to.
+fn digest(v: Vec<u8>) -> (u64, u64) {
+    (v.len() as u64, checksum(&v))
+}
+
+fn checksum(v: &[u8]) -> u64 {
+    v.iter().fold(0xcbf2_9ce4_8422_2325, |h: u64, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Where a typed call's argument came (`true`: in a memfd, §11.8), answered as a typed entry
+/// would, from the header alone; the memfd, if any, is checked as the typed layer checks it.
+fn route(mut call: Invocation) -> i32 {
+    use forkserver_protocol::typed::{encode, read_sealed_arg, send_frame, ResultFrame};
+    use forkserver_protocol::typed::{value_frames, TypedHeader};
+    let Ok((header, _)) = TypedHeader::decode(call.payload()) else {
+        return 1;
+    };
+    let ch = call.take_fd(header.channel()).unwrap();
+    send_frame(ch.as_fd(), &ResultFrame::Accepted, &[]).unwrap();
+    let in_memfd = match header.memfd_arg() {
+        Some(m) => read_sealed_arg(call.take_fd(m.target()).unwrap(), m).is_ok(),
+        None => false,
+    };
+    let (bytes, _) = encode(header.codec(), &in_memfd).unwrap();
+    send_frame(ch.as_fd(), &value_frames(&bytes, 0)[0], &[]).unwrap();
+    0
+}
+
 fn sleep_ms(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     ms
@@ -171,11 +201,13 @@ fn main() {
         .typed("panics", panics)
         .typed("recovers", recovers)
         .typed("bytes", bytes)
+        .typed("digest", digest)
         .typed("sleep_ms", sleep_ms)
         .typed("exits", exits)
         .typed_fallible("fds_both_ways", fds_both_ways)
         .entry("untyped", noop)
         .entry("hostile", hostile)
+        .entry("route", route)
         .serve_if_requested();
 
     let tests: &[Test] = &[
@@ -195,6 +227,15 @@ fn main() {
         ("join_timeout_twice_then_join", join_timeout_twice_then_join),
         ("pooled_children", pooled_children),
         ("large_results_and_arguments", large_results_and_arguments),
+        ("a_64_mib_argument_in_a_memfd", a_64_mib_argument_in_a_memfd),
+        (
+            "arguments_around_the_inline_limit",
+            arguments_around_the_inline_limit,
+        ),
+        (
+            "a_bad_argument_memfd_is_refused",
+            a_bad_argument_memfd_is_refused,
+        ),
         (
             "eight_threads_two_hundred_calls_each",
             eight_threads_two_hundred_calls_each,
@@ -460,6 +501,19 @@ fn too_many_fds_before_connecting(client: &Client) {
         "{:?}",
         r.map(|_| ())
     );
+    // 255 fds, the channel and the argument's memfd (§11.8): one too many.
+    let r = client
+        .typed::<Vec<Fd>, u32>("area")
+        .inline_arg_max(0)
+        .spawn(&ok);
+    assert!(
+        matches!(
+            r,
+            Err(CallError::Spawn(forkserver_client::Error::TooManyFds(257)))
+        ),
+        "{:?}",
+        r.map(|_| ())
+    );
     assert_eq!(
         client.status().unwrap().spawned_total(),
         spawns,
@@ -508,6 +562,14 @@ fn pooled_children(_client: &Client) {
             .unwrap();
         assert_eq!(got, u64::from(i) * 10);
     }
+    // An argument in a memfd (§11.8) reaches a pooled child as any bundle fd does.
+    let big = bytes(1 << 20);
+    let got = pooled
+        .typed::<Vec<u8>, (u64, u64)>("digest")
+        .spawn(&big)
+        .unwrap()
+        .join();
+    assert_eq!(got.unwrap(), (big.len() as u64, checksum(&big)));
     let r = pooled.typed::<u32, u32>("panics").spawn(&1).unwrap().join();
     assert!(matches!(r, Err(CallError::Panicked { .. })), "{r:?}");
     let r = pooled
@@ -545,6 +607,13 @@ fn eight_threads_two_hundred_calls_each(client: &Client) {
                         .join()
                         .unwrap();
                     assert_eq!(got, u64::from(t * i));
+                    // Every tenth call also sends an argument in a memfd (§11.8).
+                    if i % 10 == 0 {
+                        let big = vec![t as u8; 100_000];
+                        let mut call = client.typed::<Vec<u8>, (u64, u64)>("digest");
+                        let got = call.spawn(&big).unwrap().join().unwrap();
+                        assert_eq!(got, (big.len() as u64, checksum(&big)));
+                    }
                 }
             })
         })
@@ -614,10 +683,39 @@ fn large_results_and_arguments(client: &Client) {
             assert_eq!(got.unwrap(), bytes(n), "{n} bytes in {codec:?}");
         }
     }
-    // An argument over the payload's limit is refused before anything is sent (until large
-    // arguments travel in a memfd).
-    let big = vec![7u8; 2 << 20];
-    let r = client.typed::<Vec<u8>, u32>("area").spawn(&big);
+    // Arguments over the payload's limit travel in a memfd (§11.8), in both codecs.
+    for codec in Codec::ALL {
+        let big = bytes(3 << 20);
+        let got = client
+            .typed::<Vec<u8>, (u64, u64)>("digest")
+            .codec(codec)
+            .spawn(&big)
+            .unwrap()
+            .join();
+        assert_eq!(
+            got.unwrap(),
+            (big.len() as u64, checksum(&big)),
+            "{codec:?}"
+        );
+    }
+}
+
+/// Issue 15, point 5: a 64 MiB `Vec<u8>` argument (MessagePack encodes a `Vec<u8>` as an
+/// array of integers: `bytes` makes ~95 MiB of it) arrives whole; inline only, it could not.
+fn a_64_mib_argument_in_a_memfd(client: &Client) {
+    let big = bytes(64 << 20);
+    let got = client
+        .typed::<Vec<u8>, (u64, u64)>("digest")
+        .deadline(Duration::from_secs(120))
+        .spawn(&big)
+        .unwrap()
+        .join();
+    assert_eq!(got.unwrap(), (64 << 20, checksum(&big)));
+    // With every argument inline, one over the payload's limit is refused before connecting.
+    let r = client
+        .typed::<Vec<u8>, (u64, u64)>("digest")
+        .inline_arg_max(usize::MAX)
+        .spawn(&bytes(2 << 20));
     assert!(
         matches!(
             r,
@@ -628,4 +726,111 @@ fn large_results_and_arguments(client: &Client) {
         "{:?}",
         r.map(|_| ())
     );
+}
+
+/// An argument of exactly `INLINE_ARG_MAX` encoded bytes travels inline, one byte more in a
+/// memfd; both arrive whole, and `inline_arg_max` moves the limit.
+fn arguments_around_the_inline_limit(client: &Client) {
+    // Bytes under 128 are one MessagePack byte each, after an array header: 3 bytes (0xdc, u16)
+    // up to 65,535 elements, 5 (0xdd, u32) above; 1 for at most 15 (fixarray).
+    let arg = |encoded: usize| match encoded {
+        1..=16 => vec![7u8; encoded - 1],
+        17..=65_538 => vec![7u8; encoded - 3],
+        _ => vec![7u8; encoded - 5],
+    };
+    let route = |a: &Vec<u8>, max: Option<usize>| {
+        let mut call = client.typed::<Vec<u8>, bool>("route");
+        if let Some(max) = max {
+            call.inline_arg_max(max);
+        }
+        call.spawn(a).unwrap().join().unwrap()
+    };
+    let at = arg(forkserver_client::INLINE_ARG_MAX);
+    let over = arg(forkserver_client::INLINE_ARG_MAX + 1);
+    let limit = forkserver_client::INLINE_ARG_MAX;
+    for n in [limit, limit + 1, 6, 100_000] {
+        let (bytes, _) = forkserver_protocol::typed::encode(Codec::MessagePack, &arg(n)).unwrap();
+        assert_eq!(bytes.len(), n, "the encoded length");
+    }
+    assert!(!route(&at, None), "at the limit: inline");
+    assert!(route(&over, None), "one byte over: in a memfd");
+    assert!(
+        route(&arg(6), Some(0)),
+        "inline_arg_max(0): every argument in a memfd"
+    );
+    assert!(
+        !route(&over, Some(usize::MAX)),
+        "inline_arg_max(MAX): inline"
+    );
+    for a in [at, over, arg(6)] {
+        for max in [None, Some(0)] {
+            let mut call = client.typed::<Vec<u8>, (u64, u64)>("digest");
+            if let Some(max) = max {
+                call.inline_arg_max(max);
+            }
+            let got = call.spawn(&a).unwrap().join().unwrap();
+            assert_eq!(
+                got,
+                (a.len() as u64, checksum(&a)),
+                "{} bytes, {max:?}",
+                a.len()
+            );
+        }
+    }
+}
+
+/// A hostile or buggy client's memfd (not sealed, the wrong size, not a memfd, not placed)
+/// is refused by the child after `Accepted` and before the entry runs, as an argument that
+/// does not decode: an `Error` frame and status 1.
+fn a_bad_argument_memfd_is_refused(client: &Client) {
+    use forkserver_protocol::typed::{
+        channel_pair, fingerprint, recv_frame, sealed_arg, MemfdArg, Received, ResultFrame,
+        TypedHeader,
+    };
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fp = fingerprint::<Vec<u8>, (u64, u64)>("digest", Codec::MessagePack);
+    let (arg, _) = forkserver_protocol::typed::encode(Codec::MessagePack, &vec![1u8; 10]).unwrap();
+    let unsealed = || {
+        let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+        let mut f = std::fs::File::from(memfd_create("unsealed", flags).unwrap());
+        f.write_all(&arg).unwrap();
+        OwnedFd::from(f)
+    };
+    let null = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+    let cases: Vec<(Option<OwnedFd>, u64, &str)> = vec![
+        (
+            Some(unsealed()),
+            arg.len() as u64,
+            "not sealed against writes",
+        ),
+        (
+            Some(sealed_arg(&arg).unwrap()),
+            arg.len() as u64 + 1,
+            "bytes where the header says",
+        ),
+        (Some(null()), arg.len() as u64, "not a memfd"),
+        (None, arg.len() as u64, "no argument memfd was placed at 4"),
+    ];
+    for (fd, len, why) in cases {
+        let (ours, theirs) = channel_pair().unwrap();
+        let header = TypedHeader::new(Codec::MessagePack, fp, 3, vec![])
+            .unwrap()
+            .with_memfd_arg(MemfdArg::new(4, len));
+        let mut call = client.call("digest", header.encode(&[]).unwrap());
+        call.fd(3, theirs);
+        if let Some(fd) = fd {
+            call.fd(4, fd);
+        }
+        let mut child = call.spawn().unwrap();
+        drop(call);
+        let mut frames = Vec::new();
+        while let Ok(Received::Frame(f, _)) = recv_frame(ours.as_fd(), true) {
+            frames.push(f);
+        }
+        assert!(
+            matches!(&frames[..], [ResultFrame::Accepted, ResultFrame::Error(t)] if t.contains(why)),
+            "{why}: {frames:?}"
+        );
+        assert_eq!(child.wait().unwrap().code(), Some(1), "{why}");
+    }
 }

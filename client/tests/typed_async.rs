@@ -69,6 +69,7 @@ fn main() {
         .typed("panics", panics)
         .typed("until_eof", until_eof)
         .typed("bytes", bytes)
+        .typed("len", |v: Vec<u8>| v.len())
         .serve_if_requested();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -98,6 +99,7 @@ fn main() {
             "two_hundred_concurrent_calls_from_eight_tasks",
             two_hundred_concurrent_calls_from_eight_tasks,
         ),
+        ("a_large_argument_in_a_memfd", a_large_argument_in_a_memfd),
     ];
     common::run("typed_async", tests, common::fds_before, common::fds_back);
 }
@@ -257,6 +259,22 @@ fn a_cancelled_spawn_leaves_the_builder_as_it_was(client: &Client) {
         assert_eq!(common::own_fds(client), fds, "fds left in the builder");
         let child = call.spawn_async(&(2, 3)).await.unwrap();
         assert_eq!(child.join().await.unwrap(), 6);
+    });
+}
+
+/// An argument over the payload's limit travels in a sealed memfd (PROTOCOL.md §11.8) with
+/// `spawn_async` too; spawns cancelled at their first await close their memfd with the rest.
+fn a_large_argument_in_a_memfd(client: &Client) {
+    block_on(async {
+        let big = bytes(3 << 20);
+        let mut call = client.typed::<Vec<u8>, usize>("len");
+        let fds = common::own_fds(client);
+        for _ in 0..3 {
+            let _ = tokio::time::timeout(Duration::ZERO, call.spawn_async(&big)).await;
+        }
+        assert_eq!(common::own_fds(client), fds, "memfds left open");
+        let child = call.spawn_async(&big).await.unwrap();
+        assert_eq!(child.join().await.unwrap(), big.len());
     });
 }
 

@@ -70,6 +70,18 @@ fn reverse(seen: &mut u64, mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
+/// A request's length and checksum (FNV-1a 64), and the calls served so far.
+fn digest(calls: &mut u64, bytes: Vec<u8>) -> (u64, u64, u64) {
+    *calls += 1;
+    (bytes.len() as u64, checksum(&bytes), *calls)
+}
+
+fn checksum(v: &[u8]) -> u64 {
+    v.iter().fold(0xcbf2_9ce4_8422_2325, |h: u64, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 fn area((w, h): (u32, u32)) -> u64 {
     u64::from(w) * u64::from(h)
 }
@@ -100,6 +112,7 @@ fn main() {
         .worker_fallible("counter", zero, counter)
         .worker("words", Vec::new, words)
         .worker("reverse", zero, reverse)
+        .worker("digest", zero, digest)
         .typed("area", area)
         .entry("hostile", hostile)
         .serve_if_requested();
@@ -111,6 +124,10 @@ fn main() {
         ("process_exit_in_handle", process_exit_in_handle),
         ("fds_in_requests", fds_in_requests),
         ("large_requests_and_responses", large_requests_and_responses),
+        (
+            "a_request_at_and_over_the_cap",
+            a_request_at_and_over_the_cap,
+        ),
         ("type_mismatch", type_mismatch),
         ("a_hostile_worker", a_hostile_worker),
         ("a_deadline_caps_the_worker", a_deadline_caps_the_worker),
@@ -231,6 +248,28 @@ fn large_requests_and_responses(client: &Client) {
         }
         w.close().unwrap();
     }
+}
+
+/// Requests travel in chunks on the channel (§11.7), never through the server: one of
+/// 64 MiB encoded (the worker's cap) is served; one byte more is refused before anything is
+/// sent, with a `CallError::Encode`, and the worker goes on.
+fn a_request_at_and_over_the_cap(client: &Client) {
+    let cap = forkserver_protocol::typed::DEFAULT_MAX_RESULT_LEN;
+    // Bytes under 128 are one MessagePack byte each, after a 5-byte array header.
+    let at = vec![7u8; cap - 5];
+    let over = vec![7u8; cap - 4];
+    let mut w = client
+        .worker::<Vec<u8>, (u64, u64, u64)>("digest")
+        .spawn()
+        .unwrap();
+    assert_eq!(w.call(&at).unwrap(), (at.len() as u64, checksum(&at), 1));
+    match w.call(&over) {
+        Err(CallError::Encode(text)) => assert!(text.contains("at most 67108864"), "{text}"),
+        r => panic!("{r:?}"),
+    }
+    assert!(!w.is_ended());
+    assert_eq!(w.call(&vec![1, 2]).unwrap(), (2, checksum(&[1, 2]), 2));
+    w.close().unwrap();
 }
 
 fn type_mismatch(client: &Client) {

@@ -22,6 +22,7 @@ fn header_json(h: &TypedHeader, arg: &[u8]) -> Value {
         "fd_targets": h.fd_targets(),
         "arg": hex(arg),
         "worker": h.is_worker(),
+        "memfd": h.memfd_arg().map(|m| json!({"target": m.target(), "len": m.len()})),
     })
 }
 
@@ -84,6 +85,27 @@ fn valid_headers() -> Vec<(&'static str, &'static str, TypedHeader, Vec<u8>)> {
             .with_worker(true),
             vec![],
         ),
+        (
+            "header-memfd-digest",
+            "digest(vec![0u8; 64 << 20]) in MessagePack, the argument (dd 04 00 00 00, then 64 MiB of 00: 67108869 bytes) in a sealed memfd at fd 4; flags = 2 (ARG_MEMFD), channel at fd 3",
+            TypedHeader::new(
+                Codec::MessagePack,
+                fingerprint_of("digest", "alloc::vec::Vec<u8>", "(u64, u64)", Codec::MessagePack),
+                3,
+                vec![],
+            )
+            .unwrap()
+            .with_memfd_arg(MemfdArg::new(4, (64 << 20) + 5)),
+            vec![],
+        ),
+        (
+            "header-memfd-fds",
+            "an argument with two Fds placed at fds 4 and 5, its bytes in a memfd at fd 6; channel at fd 3",
+            TypedHeader::new(Codec::Json, 0x1122_3344_5566_7788, 3, vec![4, 5])
+                .unwrap()
+                .with_memfd_arg(MemfdArg::new(6, 300_000)),
+            vec![],
+        ),
     ]
 }
 
@@ -99,6 +121,13 @@ fn invalid_headers() -> Vec<(&'static str, Vec<u8>, HeaderError)> {
     worker_arg[6] = 1;
     let mut too_many = bytes.clone();
     too_many[20..24].copy_from_slice(&256u32.to_le_bytes());
+    let memfd = valid_headers().remove(5);
+    let memfd = memfd.2.encode(&memfd.3).unwrap();
+    let memfd_with = |i: usize, b: &[u8]| {
+        let mut v = memfd.clone();
+        v[i..i + b.len()].copy_from_slice(b);
+        v
+    };
     vec![
         (
             "header-short",
@@ -108,7 +137,7 @@ fn invalid_headers() -> Vec<(&'static str, Vec<u8>, HeaderError)> {
         ("header-bad-magic", with(0, b'X'), HeaderError::BadMagic),
         ("header-version-2", with(4, 2), HeaderError::Version(2)),
         ("header-codec-0", with(5, 0), HeaderError::Codec(0)),
-        ("header-flags", with(6, 2), HeaderError::Reserved),
+        ("header-flags", with(6, 4), HeaderError::Reserved),
         ("header-flags-high", with(7, 0x80), HeaderError::Reserved),
         (
             "header-worker-with-arg",
@@ -116,6 +145,39 @@ fn invalid_headers() -> Vec<(&'static str, Vec<u8>, HeaderError)> {
             HeaderError::Argument { offset: 32, len: 7 },
         ),
         ("header-256-fds", too_many, HeaderError::TooManyFds(256)),
+        (
+            "header-memfd-inline-arg",
+            with(6, 2),
+            HeaderError::Argument { offset: 32, len: 7 },
+        ),
+        (
+            "header-memfd-worker",
+            memfd_with(6, &[3]),
+            HeaderError::Argument {
+                offset: 40,
+                len: 16,
+            },
+        ),
+        (
+            "header-memfd-reserved",
+            memfd_with(44, &[1]),
+            HeaderError::Reserved,
+        ),
+        (
+            "header-memfd-target-channel",
+            memfd_with(40, &[3]),
+            HeaderError::MemfdTarget(3),
+        ),
+        (
+            "header-memfd-target-fd",
+            memfd_with(40, &[5]),
+            HeaderError::MemfdTarget(5),
+        ),
+        (
+            "header-memfd-len-over",
+            memfd_with(48, &(MAX_MEMFD_ARG_LEN + 1).to_le_bytes()),
+            HeaderError::MemfdLen(MAX_MEMFD_ARG_LEN + 1),
+        ),
         (
             "header-arg-len",
             with(28, 8),
@@ -314,6 +376,29 @@ fn fuzz_seeds_follow_the_vectors() {
     }
 }
 
+/// The `typed` fuzz target's oracle holds on every vector and on every one-byte change of
+/// the memfd headers (§11.8), so the fuzzer starts from inputs that reach the `ARG_MEMFD`
+/// paths, valid and invalid.
+#[test]
+fn the_fuzz_oracle_holds_around_the_memfd_headers() {
+    let built = build();
+    for list in ["headers", "invalid_headers", "frames", "invalid_frames"] {
+        for v in built[list].as_array().unwrap() {
+            let bytes = unhex(v["hex"].as_str().unwrap());
+            forkserver_protocol::fuzzing::typed_roundtrip(&bytes);
+            if v["name"].as_str().unwrap().starts_with("header-memfd") {
+                for i in 0..bytes.len() {
+                    for b in [0u8, 1, 2, 3, 4, 0x40, 0xff] {
+                        let mut m = bytes.clone();
+                        m[i] = b;
+                        forkserver_protocol::fuzzing::typed_roundtrip(&m);
+                    }
+                }
+            }
+        }
+    }
+}
+
 proptest::proptest! {
     /// Any header round-trips, and every strict prefix of its payload is refused.
     #[test]
@@ -323,9 +408,14 @@ proptest::proptest! {
         channel in proptest::num::u32::ANY,
         targets in proptest::collection::vec(proptest::num::u32::ANY, 0..=MAX_ARG_FDS),
         arg in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        memfd_len in proptest::option::of(0..=MAX_MEMFD_ARG_LEN),
     ) {
         let codec = if json { Codec::Json } else { Codec::MessagePack };
-        let h = TypedHeader::new(codec, fp, channel, targets).unwrap();
+        // A memfd reference at a target none of the others takes, with no inline argument.
+        let free = (0u32..).find(|t| *t != channel && !targets.contains(t)).unwrap();
+        let memfd = memfd_len.and_then(|len| MemfdArg::new(free, len));
+        let arg = if memfd.is_some() { Vec::new() } else { arg };
+        let h = TypedHeader::new(codec, fp, channel, targets).unwrap().with_memfd_arg(memfd);
         let bytes = h.encode(&arg).unwrap();
         let (back, got) = TypedHeader::decode(&bytes).unwrap();
         proptest::prop_assert_eq!(&back, &h);

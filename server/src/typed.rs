@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
 use forkserver_protocol::typed::{
-    decode, encode, fingerprint, send_frame, value_frames, Codec, ResultFrame, TypedHeader,
+    decode, encode, fingerprint, read_sealed_arg, send_frame, value_frames, Codec, ResultFrame,
+    TypedHeader,
 };
 use forkserver_protocol::SCM_MAX_FD;
 use serde::{de::DeserializeOwned, Serialize};
@@ -85,7 +86,7 @@ fn run<A: DeserializeOwned, O: Outcome<M>, M>(
         fingerprint: &|codec| fingerprint::<A, O::Value>(name, codec),
         types: &|| types::<A, O::Value>(),
     };
-    let (header, arg, channel) = match open(name, &mut call, &mode) {
+    let (header, mut arg, channel) = match open(name, &mut call, &mode) {
         Ok(opened) => opened,
         Err(status) => return status,
     };
@@ -104,6 +105,18 @@ fn run<A: DeserializeOwned, O: Outcome<M>, M>(
             Some(fd) => fds.push(fd),
             // §11.4: index i is the fd at fd_targets[i]; one missing would shift the others.
             None => return fail(&channel, &format!("no argument fd was placed at {t}")),
+        }
+    }
+    // §11.8: an argument in a memfd is read (seals and size checked first) and the memfd
+    // closed before the entry runs; a bad one is refused like an argument that does not decode.
+    if let Some(m) = header.memfd_arg() {
+        let Some(fd) = call.take_fd(m.target()) else {
+            let text = format!("no argument memfd was placed at {}", m.target());
+            return fail(&channel, &text);
+        };
+        match read_sealed_arg(fd, m) {
+            Ok(bytes) => arg = bytes,
+            Err(e) => return fail(&channel, &format!("cannot read the argument: {e}")),
         }
     }
     drop(call);

@@ -19,6 +19,7 @@ SIZE = "conformance_zygote::Size"
 ITEM = "conformance_zygote::Item"
 OP = "conformance_zygote::Op"
 STRING = "alloc::string::String"
+BYTES = "alloc::vec::Vec<u8>"
 # A panic's location: the entry's source file, line and column (§11.3 Panic frame).
 LOCATION = re.compile(r"(^|/)zygote\.rs:\d+:\d+$")
 
@@ -102,6 +103,50 @@ def run(sock, check, require, timeout):
             if theirs.fileno() >= 0:
                 theirs.close()
     check("typed/bad-magic: exit status 125, nothing on the channel (§11.2)", bad_header)
+
+    def memfd_small():
+        got = call("digest", [1, 2, 3], BYTES, "(u64, u64)", inline_max=0)
+        require(_plain(got) == ["value", [3, ft.fnv1a64(bytes([1, 2, 3]))]], f"{got}")
+    check("typed/memfd: an argument in a sealed memfd (§11.8) arrives whole", memfd_small)
+
+    def memfd_large():
+        data = bytes(i % 251 for i in range(300_000))
+        got = call("digest", list(data), BYTES, "(u64, u64)")
+        require(_plain(got) == ["value", [len(data), ft.fnv1a64(data)]], f"{got}")
+    check("typed/memfd-large: an argument over the payload's limit, in a memfd (§11.8)",
+          memfd_large)
+
+    def memfd_unsealed():
+        arg = b"[1,2,3]"
+        fd = os.memfd_create("unsealed", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        os.write(fd, arg)
+        fp = ft.fingerprint("digest", BYTES, "(u64, u64)", "json")
+        payload = ft.encode_header("json", fp, 3, [], b"", memfd={"target": 4, "len": len(arg)})
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            child = client().spawn_entry("digest", payload, fds={3: theirs.fileno(), 4: fd})
+            theirs.close()
+            os.close(fd)
+            fd = -1
+            ours.settimeout(timeout)
+            frames = []
+            while True:
+                b = ours.recv(ft.MAX_RESULT_FRAME_LEN + 1)
+                if not b:
+                    break
+                frames.append(ft.decode_frame(b))
+            code = child.wait()
+            require([f["type"] for f in frames] == ["Accepted", "Error"], f"{frames}")
+            require("not sealed" in frames[1]["text"], f"{frames[1]}")
+            require(code == 1, f"exit {code}, expected 1")
+        finally:
+            ours.close()
+            if theirs.fileno() >= 0:
+                theirs.close()
+            if fd >= 0:
+                os.close(fd)
+    check("typed/memfd-unsealed: an unsealed memfd is refused before the entry runs (§11.8)",
+          memfd_unsealed)
 
     def worker_state():
         got = ft.worker_json(client(), "counter",

@@ -19,6 +19,7 @@
 //! | `panics` | typed | `u32` | `u32` | `panic!("typed panic {x}")` |
 //! | `exits` | typed | `i32` | `u32` | `process::exit(x)` |
 //! | `sleeps` | typed | `u64` | `u64` | sleeps `x` ms, returns `x` |
+//! | `digest` | typed | `alloc::vec::Vec<u8>` | `(u64, u64)` | the length and the FNV-1a 64 of the bytes (large arguments, §11.8) |
 //! | `counter` | worker, fallible | `conformance_zygote::Op` | `u64` | `{"Add": n}` adds, `{"Fail": text}` is `Err(text)`, `"Panic"` panics |
 //! | `untyped` | plain entry | | | exits 0 |
 
@@ -102,6 +103,14 @@ fn sleeps(ms: u64) -> u64 {
     ms
 }
 
+/// The bytes' length and FNV-1a 64 (offset basis and prime of §11.2).
+fn digest(bytes: Vec<u8>) -> (u64, u64) {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h: u64, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    (bytes.len() as u64, h)
+}
+
 fn zero() -> u64 {
     0
 }
@@ -127,6 +136,7 @@ fn main() {
         .typed("panics", panics)
         .typed("exits", exits)
         .typed("sleeps", sleeps)
+        .typed("digest", digest)
         .worker_fallible("counter", zero, counter)
         .entry("untyped", untyped)
         .serve_if_requested();

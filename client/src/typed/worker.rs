@@ -85,6 +85,7 @@ impl<Req: Serialize + ?Sized, Resp: DeserializeOwned> WorkerBuilder<Req, Resp> {
             codec: self.codec,
             fingerprint: fingerprint::<Req, Resp>(&self.name, self.codec),
             worker: true,
+            inline_max: 0,
         };
         let (mut child, channel) = start.spawn(&mut self.req, &[], Vec::new())?;
         let mut worker = Worker {
@@ -177,8 +178,9 @@ impl<Req: Serialize + ?Sized, Resp: DeserializeOwned> Worker<Req, Resp> {
     ///
     /// # Errors
     /// [`CallError::Failed`] (the worker's `handle` returned `Err`; the worker goes on),
-    /// [`CallError::Encode`], [`CallError::Decode`] (a response that is not a `Resp`; the
-    /// worker goes on); the worker ended during the call: [`CallError::Panicked`],
+    /// [`CallError::Encode`] (also for a request over 64 MiB encoded, which is not sent: the
+    /// worker goes on), [`CallError::Decode`] (a response that is not a `Resp`; the worker goes
+    /// on); the worker ended during the call: [`CallError::Panicked`],
     /// [`CallError::Killed`], [`CallError::Exited`]; [`CallError::Ended`] once it had ended
     /// before; [`CallError::Transport`].
     pub fn call(&mut self, req: &Req) -> Result<Resp, CallError> {
@@ -188,6 +190,15 @@ impl<Req: Serialize + ?Sized, Resp: DeserializeOwned> Worker<Req, Resp> {
         let (bytes, fds) = encode(self.codec, req).map_err(|e| CallError::Encode(e.to_string()))?;
         if fds.len() > SCM_MAX_FD {
             let text = format!("{} fds in the request, at most {SCM_MAX_FD}", fds.len());
+            return Err(CallError::Encode(text));
+        }
+        // §11.7: the worker takes requests of at most its cap (the reference worker's is
+        // DEFAULT_MAX_RESULT_LEN) and ends on a longer one: refuse it here, the worker goes on.
+        if bytes.len() > DEFAULT_MAX_RESULT_LEN {
+            let text = format!(
+                "a request of {} bytes, a worker takes at most {DEFAULT_MAX_RESULT_LEN}",
+                bytes.len()
+            );
             return Err(CallError::Encode(text));
         }
         self.calls += 1;

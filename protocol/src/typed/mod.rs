@@ -16,6 +16,7 @@
 //! * [`fingerprint`], [`Codec`], [`encode`], [`decode`], [`Fd`]: the types' identity and their
 //!   bytes (no I/O).
 //! * [`channel_pair`], [`send_frame`], [`recv_frame`]: the channel's socket calls.
+//! * [`sealed_arg`], [`read_sealed_arg`]: a large argument's sealed memfd (§11.8), both ends.
 
 #[allow(unsafe_code)] // taking ownership of fds received with SCM_RIGHTS
 mod channel;
@@ -24,6 +25,7 @@ mod fd;
 mod fingerprint;
 mod frame;
 mod header;
+mod memfd;
 
 pub use channel::{channel_pair, recv_frame, send_frame, ChannelError, Received};
 pub use codec::{decode, encode, CodecError};
@@ -34,6 +36,7 @@ pub use frame::{
     DEFAULT_MAX_RESULT_LEN, MAX_CHUNK_LEN, MAX_RESULT_FRAME_LEN, MAX_TEXT_LEN,
 };
 pub use header::{
-    Codec, HeaderError, TypedHeader, FLAG_WORKER, MAX_ARG_FDS, TYPED_HEADER_LEN, TYPED_MAGIC,
-    TYPED_VERSION,
+    Codec, HeaderError, MemfdArg, TypedHeader, FLAG_ARG_MEMFD, FLAG_WORKER, MAX_ARG_FDS,
+    MAX_MEMFD_ARG_LEN, MEMFD_REF_LEN, TYPED_HEADER_LEN, TYPED_MAGIC, TYPED_VERSION,
 };
+pub use memfd::{read_sealed_arg, sealed_arg, MemfdError, MEMFD_NAME, REQUIRED_SEALS};

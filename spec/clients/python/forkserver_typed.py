@@ -9,6 +9,10 @@ TYPED_VERSION = 1
 TYPED_HEADER_LEN = 32
 MAX_ARG_FDS = 255
 FLAG_WORKER = 0x0001  # §11.7: the call starts a long-lived worker
+FLAG_ARG_MEMFD = 0x0002  # §11.8: the argument is in a sealed memfd
+MEMFD_REF_LEN = 16
+MAX_MEMFD_ARG_LEN = 1 << 30
+INLINE_ARG_MAX = 32 * 1024  # this client's limit: longer arguments go in a memfd
 MAX_RESULT_FRAME_LEN = 64 * 1024
 MAX_TEXT_LEN = 8 * 1024
 CODECS = {"msgpack": 1, "json": 2}
@@ -38,22 +42,28 @@ def fingerprint(entry, arg_type, result_type, codec):
     return fnv1a64(data + bytes([CODECS[codec]]))
 
 
-def encode_header(codec, fp, channel, fd_targets, arg, worker=False):
+def encode_header(codec, fp, channel, fd_targets, arg, worker=False, memfd=None):
     """The payload of a typed call: the header, then `arg` (bytes in the codec); `worker`
-    starts a long-lived worker (§11.7), whose header has no argument."""
+    starts a long-lived worker (§11.7), whose header has no argument; `memfd` is
+    {"target", "len"}: the argument is in a sealed memfd (§11.8) and `arg` is empty."""
     if len(fd_targets) > MAX_ARG_FDS:
         raise ValueError("too many fds")
-    if worker and arg:
-        raise ValueError("a worker header carries no argument")
+    if (worker or memfd) and arg:
+        raise ValueError("a worker or memfd header carries no inline argument")
+    if memfd and (worker or memfd["target"] == channel or memfd["target"] in fd_targets
+                  or memfd["len"] > MAX_MEMFD_ARG_LEN):
+        raise ValueError("a memfd reference in a worker header, at a taken target or too long")
+    flags = (FLAG_WORKER if worker else 0) | (FLAG_ARG_MEMFD if memfd else 0)
+    if memfd:
+        arg = struct.pack("<IIQ", memfd["target"], 0, memfd["len"])
     offset = TYPED_HEADER_LEN + 4 * len(fd_targets)
-    head = TYPED_MAGIC + struct.pack("<BBHQIIII", TYPED_VERSION, CODECS[codec],
-                                     FLAG_WORKER if worker else 0, fp, channel,
-                                     len(fd_targets), offset, len(arg))
+    head = TYPED_MAGIC + struct.pack("<BBHQIIII", TYPED_VERSION, CODECS[codec], flags, fp,
+                                     channel, len(fd_targets), offset, len(arg))
     return head + b"".join(struct.pack("<I", t) for t in fd_targets) + arg
 
 
 def decode_header(payload):
-    """-> (dict, arg bytes), or TypedError in the order of §11.2's checks."""
+    """-> (dict, inline arg bytes), or TypedError in the order of §11.2's and §11.8's checks."""
     if len(payload) < TYPED_HEADER_LEN:
         raise TypedError("TooShort(%d)" % len(payload))
     if payload[:4] != TYPED_MAGIC:
@@ -63,20 +73,50 @@ def decode_header(payload):
         raise TypedError("Version(%d)" % version)
     if codec not in CODEC_NAMES:
         raise TypedError("Codec(%d)" % codec)
-    if flags & ~FLAG_WORKER:
+    if flags & ~(FLAG_WORKER | FLAG_ARG_MEMFD):
         raise TypedError("Reserved")
     worker = bool(flags & FLAG_WORKER)
+    in_memfd = bool(flags & FLAG_ARG_MEMFD)
     if nfds > MAX_ARG_FDS:
         raise TypedError("TooManyFds(%d)" % nfds)
     end = TYPED_HEADER_LEN + 4 * nfds
     if len(payload) < end:
         raise TypedError("TooShort(%d)" % len(payload))
-    if offset != end or offset + length != len(payload) or (worker and length):
+    bad_len = (worker or length != MEMFD_REF_LEN) if in_memfd else (worker and length)
+    if offset != end or offset + length != len(payload) or bad_len:
         raise TypedError("Argument { offset: %d, len: %d }" % (offset, length))
     targets = list(struct.unpack_from("<%dI" % nfds, payload, TYPED_HEADER_LEN))
+    arg, memfd = payload[offset:], None
+    if in_memfd:
+        target, reserved, mlen = struct.unpack_from("<IIQ", payload, offset)
+        if reserved:
+            raise TypedError("Reserved")
+        if target == channel or target in targets:
+            raise TypedError("MemfdTarget(%d)" % target)
+        if mlen > MAX_MEMFD_ARG_LEN:
+            raise TypedError("MemfdLen(%d)" % mlen)
+        arg, memfd = b"", {"target": target, "len": mlen}
     header = {"codec": CODEC_NAMES[codec], "fingerprint": "%016x" % fp, "channel": channel,
-              "fd_targets": targets, "arg": payload[offset:].hex(), "worker": worker}
-    return header, payload[offset:]
+              "fd_targets": targets, "arg": arg.hex(), "worker": worker, "memfd": memfd}
+    return header, arg
+
+
+def sealed_memfd(data):
+    """§11.8: a close-on-exec memfd holding `data`, sealed against writes, growth, shrinking
+    and further seals."""
+    import fcntl
+    import os
+    fd = os.memfd_create("forkserver-typed-arg", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW
+                    | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _text(b):
@@ -124,7 +164,8 @@ def decode_frame(b):
     raise TypedError("UnknownTag(%d)" % tag)
 
 
-def call_json(client, entry, arg, arg_type, result_type, deadline_ms=0):
+def call_json(client, entry, arg, arg_type, result_type, deadline_ms=0,
+              inline_max=INLINE_ARG_MAX):
     """A typed call with the JSON codec (§11.1): `client` is a forkserver_client.Client, `arg`
     a JSON-serializable value, `arg_type`/`result_type` the server's type names (§11.2).
     Returns one of ("value", v), ("error", text), ("panic", message, location),
@@ -133,19 +174,30 @@ def call_json(client, entry, arg, arg_type, result_type, deadline_ms=0):
     import json
     import socket
 
+    import os
+
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    channel = 3
+    channel, fds, memfd = 3, {}, None
     fp = fingerprint(entry, arg_type, result_type, "json")
-    payload = encode_header("json", fp, channel, [], json.dumps(arg, separators=(",", ":")).encode())
+    body = json.dumps(arg, separators=(",", ":")).encode()
+    if len(body) > inline_max:                 # §11.8: too long to go inline
+        memfd = sealed_memfd(body)
+        fds[4] = memfd
+        payload = encode_header("json", fp, channel, [], b"", memfd={"target": 4, "len": len(body)})
+    else:
+        payload = encode_header("json", fp, channel, [], body)
+    fds[channel] = theirs.fileno()
     try:
         try:
-            child = client.spawn_entry(entry, payload, fds={channel: theirs.fileno()},
-                                       deadline_ms=deadline_ms)
+            child = client.spawn_entry(entry, payload, fds=fds, deadline_ms=deadline_ms)
         except Exception as e:                 # UnknownEntryError: a mismatch (§11.3)
             if type(e).__name__ == "UnknownEntryError":
                 return ("mismatch", "no such entry")
             raise
         theirs.close()
+        if memfd is not None:
+            os.close(memfd)
+            memfd = None
         accepted, value, answer = False, b"", None
         while answer is None:
             frame = ours.recv(MAX_RESULT_FRAME_LEN + 1)
@@ -175,6 +227,8 @@ def call_json(client, entry, arg, arg_type, result_type, deadline_ms=0):
     finally:
         ours.close()
         theirs.close()
+        if memfd is not None:
+            os.close(memfd)
 
 
 def _answer(ours):
@@ -268,5 +322,11 @@ if __name__ == "__main__":
         sock, entry, reqs, req_type, resp_type = sys.argv[2:7]
         print(json.dumps(worker_json(fc.Client(sock), entry, json.loads(reqs), req_type, resp_type)))
         sys.exit(0)
+    # --memfd first: the argument goes in a sealed memfd whatever its size (§11.8).
+    inline_max = INLINE_ARG_MAX
+    if sys.argv[1] == "--memfd":
+        inline_max = 0
+        del sys.argv[1]
     sock, entry, arg, arg_type, result_type = sys.argv[1:6]
-    print(json.dumps(call_json(fc.Client(sock), entry, json.loads(arg), arg_type, result_type)))
+    print(json.dumps(call_json(fc.Client(sock), entry, json.loads(arg), arg_type, result_type,
+                               inline_max=inline_max)))

@@ -22,7 +22,7 @@ class TypedVectors(unittest.TestCase):
             self.assertEqual(header, v["decoded"], v["name"])
             again = ft.encode_header(header["codec"], int(header["fingerprint"], 16),
                                      header["channel"], header["fd_targets"], arg,
-                                     header["worker"])
+                                     header["worker"], header["memfd"])
             self.assertEqual(again, raw, v["name"])
 
     def test_invalid_headers(self):
@@ -38,6 +38,19 @@ class TypedVectors(unittest.TestCase):
             with self.assertRaises(ft.TypedError, msg=v["name"]) as cm:
                 ft.decode_frame(bytes.fromhex(v["hex"]))
             self.assertEqual(cm.exception.name, v["error"], v["name"])
+
+    def test_sealed_memfd(self):
+        import fcntl
+        fd = ft.sealed_memfd(b"[1,2,3]")
+        try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+            for s in (fcntl.F_SEAL_WRITE, fcntl.F_SEAL_GROW, fcntl.F_SEAL_SHRINK, fcntl.F_SEAL_SEAL):
+                self.assertTrue(seals & s, s)
+            self.assertEqual(os.pread(fd, 100, 0), b"[1,2,3]")
+            with self.assertRaises(PermissionError):
+                os.pwrite(fd, b"x", 0)
+        finally:
+            os.close(fd)
 
     def test_fingerprints(self):
         self.assertEqual(ft.fnv1a64(b"foobar"), 0x85944171F73967E8)  # FNV reference suite
