@@ -1,5 +1,7 @@
 //! The jobs a `Spawn` carries (PROTOCOL.md §5.5.2 entry, §5.5.3 exec).
 
+use std::sync::Arc;
+
 use crate::codec::wire::{put_bytes16, put_bytes32, Reader, Sink};
 use crate::error::{BuildError, DecodeError, Field, Limit, Snippet};
 use crate::{MAX_ARGS, MAX_ARG_LEN, MAX_BODY_LEN, MAX_ENTRY_NAME_LEN, MAX_ENV, MAX_PATH_LEN};
@@ -8,7 +10,9 @@ use crate::{MAX_ARGS, MAX_ARG_LEN, MAX_BODY_LEN, MAX_ENTRY_NAME_LEN, MAX_ENV, MA
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct EntryJob {
     name: String,
-    payload: Vec<u8>,
+    /// Shared, so that a job cloned for each attempt of a request (a client's `Spawn` is
+    /// built again per attempt) does not copy a payload of up to a MiB.
+    payload: Arc<Vec<u8>>,
 }
 
 impl EntryJob {
@@ -27,7 +31,10 @@ impl EntryJob {
         if payload.len() > MAX_BODY_LEN {
             return Err(BuildError::limit(Limit::Body, payload.len()));
         }
-        Ok(Self { name, payload })
+        Ok(Self {
+            name,
+            payload: Arc::new(payload),
+        })
     }
 
     /// The entry point's name.
@@ -54,7 +61,7 @@ impl EntryJob {
         let payload = r.bytes32(MAX_BODY_LEN, Limit::Body)?;
         Ok(Self {
             name: name.to_owned(),
-            payload: payload.to_vec(),
+            payload: Arc::new(payload.to_vec()),
         })
     }
 }
