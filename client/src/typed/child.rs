@@ -98,16 +98,20 @@ impl<R: DeserializeOwned> TypedChild<R> {
     }
 
     /// Makes progress until both the answer and the exit status are known (`true`) or
-    /// `deadline` (`None`: none) passes (`false`).
+    /// `deadline` (`None`: none) passes (`false`). While the answer is awaited it polls both
+    /// fds (a child blocked on a full channel must be read to finish); once it is in and no
+    /// deadline is set, the status is one blocking read of the connection, as
+    /// [`Child::wait`]'s: no probe before each poll, no poll before the read.
     fn step(&mut self, deadline: Option<Instant>) -> Result<bool, CallError> {
         loop {
-            if self.progress.wants_status() {
-                if let Some(s) = self.child.try_wait().map_err(CallError::Transport)? {
-                    self.progress.set_status(s);
-                }
-            }
             if self.progress.settle(self.channel.as_ref().map(AsFd::as_fd)) {
                 return Ok(true);
+            }
+            // `settle` is true once the status is known: from here on it is still awaited.
+            if deadline.is_none() && !self.progress.wants_answer() {
+                let status = self.child.wait().map_err(CallError::Transport)?;
+                self.progress.set_status(status);
+                continue;
             }
             let conn = self
                 .child
@@ -119,18 +123,26 @@ impl<R: DeserializeOwned> TypedChild<R> {
             }
             let go_on =
                 poll_until(&mut fds, deadline).map_err(|e| CallError::Transport(e.into()))?;
-            let chan_ready = fds
-                .get(1)
-                .and_then(PollFd::revents)
-                .is_some_and(|r| !r.is_empty());
+            let ready = |i: usize| {
+                fds.get(i)
+                    .and_then(PollFd::revents)
+                    .is_some_and(|r| !r.is_empty())
+            };
+            let (conn_ready, chan_ready) = (ready(0), ready(1));
             drop(fds);
+            if conn_ready {
+                if let Some(s) = self.child.try_wait().map_err(CallError::Transport)? {
+                    self.progress.set_status(s);
+                }
+            }
             // Read at the deadline too: a child blocked on a full channel must get room, even
             // when every wait is `join_timeout(Duration::ZERO)`.
             if chan_ready || !go_on {
                 self.read_channel();
             }
             if !go_on {
-                return Ok(false);
+                // The status may have come with the deadline: settled or not, say which.
+                return Ok(self.progress.settle(self.channel.as_ref().map(AsFd::as_fd)));
             }
         }
     }

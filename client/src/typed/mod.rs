@@ -208,7 +208,7 @@ impl Start<'_> {
             Ok(job) => {
                 placed
                     .req
-                    .spawn_async(self.client, job, Defaults::None)
+                    .spawn_async(self.client, &job, Defaults::None)
                     .await
             }
             Err(e) => Err(e),

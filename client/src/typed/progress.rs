@@ -61,6 +61,7 @@ impl Progress {
     }
 
     /// Whether the exit status is still to come.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn wants_status(&self) -> bool {
         self.status.is_none()
     }
