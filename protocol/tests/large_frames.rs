@@ -97,3 +97,35 @@ fn before_authentication_each_read_stays_at_one_handshake_frame() {
     };
     assert!(matches!(frame.message, Message::Hello(_)));
 }
+
+#[test]
+fn a_large_payload_sent_in_two_parts_arrives_whole_with_its_fds() {
+    // MAX_FDS fds: the first sendmsg carries one byte and 253 of them (§4.3), the last the rest of the
+    // head and the payload from its own buffer.
+    let (a, b) = pair();
+    let targets: Vec<u32> = (10..10 + MAX_FDS as u32).collect();
+    let payload: Vec<u8> = (0..MAX_BODY_LEN - 4096).map(|i| (i % 251) as u8).collect();
+    let message = Message::Spawn(
+        Spawn::new(
+            SpawnOptions::default(),
+            FdMap::from_targets(targets.clone()).unwrap(),
+            Job::Entry(EntryJob::new("x", payload).unwrap()),
+        )
+        .unwrap(),
+    );
+    let fds: Vec<OwnedFd> = targets
+        .iter()
+        .map(|_| OwnedFd::from(std::fs::File::open("/dev/null").unwrap()))
+        .collect();
+    let sent = message.clone();
+    let writer = std::thread::spawn(move || {
+        let a = OwnedFd::from(a);
+        send_message(a.as_fd(), &sent, fds).unwrap();
+        a
+    });
+    let sock = OwnedFd::from(b);
+    let frame = FrameReader::new().read_frame(sock.as_fd()).unwrap();
+    assert_eq!(frame.message, message);
+    assert_eq!(frame.fds.len(), targets.len());
+    drop(writer.join().unwrap());
+}

@@ -36,6 +36,7 @@ mod header;
 mod messages;
 mod metrics;
 mod spawn;
+mod split;
 mod status;
 mod wire;
 

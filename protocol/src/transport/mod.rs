@@ -15,6 +15,7 @@
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::sys::socket::{recv, sendmsg, ControlMessage, MsgFlags, UnixAddr};
@@ -103,8 +104,13 @@ impl From<Errno> for TransportError {
 /// A frame being sent, possibly over several calls on a non-blocking socket.
 #[derive(Debug)]
 pub struct OutFrame {
+    /// The frame's bytes, or all but its `tail`.
     bytes: Vec<u8>,
+    /// A large entry payload, the frame's last bytes, sent from the message's own buffer
+    /// (a second `iovec`) instead of being copied into `bytes`.
+    tail: Option<Arc<Vec<u8>>>,
     fds: Vec<OwnedFd>,
+    /// Bytes sent, of `bytes` then `tail`.
     pos: usize,
     fds_sent: usize,
 }
@@ -122,7 +128,10 @@ impl OutFrame {
                 received: fds.len(),
             });
         }
-        Ok(Self::from_parts(message.to_bytes(), fds))
+        let (bytes, tail) = message.to_split_bytes();
+        let mut frame = Self::from_parts(bytes, fds);
+        frame.tail = tail;
+        Ok(frame)
     }
 
     /// A frame from bytes already encoded, sent with `fds` as §4.3 says. A test hook (feature
@@ -141,10 +150,25 @@ impl OutFrame {
         assert!(bytes.len() >= fds.len().div_ceil(SCM_MAX_FD));
         Self {
             bytes,
+            tail: None,
             fds,
             pos: 0,
             fds_sent: 0,
         }
+    }
+
+    /// The frame's length.
+    fn len(&self) -> usize {
+        self.bytes.len() + self.tail.as_ref().map_or(0, |t| t.len())
+    }
+
+    /// The frame's bytes `from..to`, as one or two slices.
+    fn slices(&self, from: usize, to: usize) -> [IoSlice<'_>; 2] {
+        let head = self.bytes.len();
+        let tail: &[u8] = self.tail.as_deref().map_or(&[], Vec::as_slice);
+        let first = &self.bytes[from.min(head)..to.min(head)];
+        let second = &tail[from.max(head) - head..to.max(head) - head];
+        [IoSlice::new(first), IoSlice::new(second)]
     }
 
     /// Takes back the fds not sent yet (all of them if no byte went out), for a caller that
@@ -160,7 +184,7 @@ impl OutFrame {
 
     /// Whether every byte and fd has gone out.
     pub fn is_done(&self) -> bool {
-        self.pos == self.bytes.len() && self.fds_sent == self.fds.len()
+        self.pos == self.len() && self.fds_sent == self.fds.len()
     }
 
     /// Sends as much as the socket takes; returns `Ok(())` once the whole frame is sent.
@@ -179,9 +203,9 @@ impl OutFrame {
             let data_end = if fd_end < self.fds.len() {
                 self.pos + 1
             } else {
-                self.bytes.len()
+                self.len()
             };
-            let iov = [IoSlice::new(&self.bytes[self.pos..data_end])];
+            let iov = self.slices(self.pos, data_end);
             let cmsg = [ControlMessage::ScmRights(&chunk)];
             let cmsgs: &[ControlMessage<'_>] = if chunk.is_empty() { &[] } else { &cmsg };
             match sendmsg::<UnixAddr>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {

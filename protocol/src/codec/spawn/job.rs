@@ -47,6 +47,11 @@ impl EntryJob {
         &self.payload
     }
 
+    /// The payload, shared (a sender writes it from here: `codec/split.rs`).
+    pub(crate) fn shared_payload(&self) -> Arc<Vec<u8>> {
+        Arc::clone(&self.payload)
+    }
+
     pub(super) fn encode(&self, out: &mut impl Sink) {
         put_bytes16(out, self.name.as_bytes());
         put_bytes32(out, &self.payload);
