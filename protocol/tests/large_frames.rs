@@ -129,3 +129,24 @@ fn a_large_payload_sent_in_two_parts_arrives_whole_with_its_fds() {
     assert_eq!(frame.fds.len(), targets.len());
     drop(writer.join().unwrap());
 }
+
+#[test]
+fn a_large_frame_and_the_next_one_in_one_write_both_arrive() {
+    let (a, b) = pair();
+    let big = big_spawn(MAX_BODY_LEN - 64);
+    let small = Message::Hello(Hello::new(1, 3).unwrap());
+    let mut bytes = big.to_bytes();
+    bytes.extend_from_slice(&small.to_bytes());
+    bytes.extend_from_slice(&big.to_bytes());
+    let writer = std::thread::spawn(move || {
+        let mut a = a;
+        a.write_all(&bytes).unwrap();
+        a
+    });
+    let sock = OwnedFd::from(b);
+    let mut reader = FrameReader::new();
+    for expected in [&big, &small, &big] {
+        assert_eq!(&reader.read_frame(sock.as_fd()).unwrap().message, expected);
+    }
+    drop(writer.join().unwrap());
+}

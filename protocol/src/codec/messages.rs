@@ -143,18 +143,23 @@ macro_rules! messages {
                 }
             }
 
-            /// Decodes the body of a frame whose header [`Header::parse`] has checked.
-            pub(super) fn decode_body(header: Header, body: &[u8]) -> Result<Self, DecodeError> {
-                let mut r = Reader::new(body);
+            /// Decodes the body of a frame whose header [`Header::parse`] has checked, with
+            /// `r` over that body; returns the length of the entry payload `r` lent, if any
+            /// (it is then the body's last bytes: the check of trailing bytes passed).
+            pub(super) fn decode_body(
+                header: Header,
+                mut r: Reader<'_>,
+            ) -> Result<(Self, Option<usize>), DecodeError> {
                 let m = match header.tag {
                     $(
                         Tag::$name => Message::$name
                             $((<$body as Body>::decode(&mut r, header.nfds)?))?,
                     )*
                 };
+                let lent = r.lent();
                 // PROTOCOL.md §4.1: a body too long for its fields is `TrailingBytes`.
                 r.finish()?;
-                Ok(m)
+                Ok((m, lent))
             }
         }
     };

@@ -61,6 +61,8 @@ use crate::error::DecodeError;
 use crate::HEADER_LEN;
 use wire::encoded_len;
 
+pub(crate) use split::decode_lending;
+
 impl From<ErrorReply> for Message {
     fn from(e: ErrorReply) -> Self {
         Message::Error(e)
@@ -154,7 +156,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
             needed: frame_len - buf.len(),
         });
     };
-    let message = Message::decode_body(header, body)?;
+    let (message, _) = Message::decode_body(header, wire::Reader::new(body))?;
     Ok(Decoded::Frame {
         message,
         consumed: frame_len,

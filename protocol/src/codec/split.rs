@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
-use super::wire::Sink;
-use super::{Header, Job, Message};
+use super::wire::{Reader, Sink};
+use super::{Decoded, Header, Job, Message};
+use crate::error::DecodeError;
 use crate::HEADER_LEN;
 
 /// Payloads shorter than this are copied into the frame's buffer: one buffer, one `iovec`.
@@ -52,7 +53,46 @@ impl Sink for SplitSink<'_> {
     }
 }
 
+/// [`crate::decode`], except that an entry payload of at least [`SPLIT_MIN`] bytes is not
+/// copied: `Some(len)` says its last `len` bytes of the frame are that payload, left out of
+/// the message, which the caller puts back with [`Message::fill_lent`] (a receiver that holds
+/// the frame in a buffer of its own moves them there instead of copying them to new memory).
+pub(crate) fn decode_lending(buf: &[u8]) -> Result<(Decoded, Option<usize>), DecodeError> {
+    let Some(header) = Header::parse(buf)? else {
+        return Ok((
+            Decoded::Incomplete {
+                needed: HEADER_LEN - buf.len(),
+            },
+            None,
+        ));
+    };
+    let frame_len = header.frame_len();
+    let Some(body) = buf.get(HEADER_LEN..frame_len) else {
+        return Ok((
+            Decoded::Incomplete {
+                needed: frame_len - buf.len(),
+            },
+            None,
+        ));
+    };
+    let (message, lent) = Message::decode_body(header, Reader::lending(body, SPLIT_MIN))?;
+    let frame = Decoded::Frame {
+        message,
+        consumed: frame_len,
+    };
+    Ok((frame, lent))
+}
+
 impl Message {
+    /// Puts back the entry payload [`decode_lending`] left out.
+    pub(crate) fn fill_lent(&mut self, payload: Vec<u8>) {
+        if let Message::Spawn(spawn) = self {
+            if let Job::Entry(entry) = spawn.job_mut() {
+                entry.fill_lent(payload);
+            }
+        }
+    }
+
     /// The encoded frame as `head` followed by `tail`: for a `Spawn` whose entry payload is
     /// at least [`SPLIT_MIN`] bytes, the payload is the tail, shared; otherwise the whole
     /// frame is the head and there is no tail.
@@ -88,13 +128,46 @@ impl Message {
 
 #[cfg(test)]
 mod tests {
-    use super::SPLIT_MIN;
-    use crate::{EntryJob, FdMap, Job, Message, Spawn, SpawnOptions};
+    use super::{decode_lending, SPLIT_MIN};
+    use crate::{Decoded, EntryJob, FdMap, Job, Message, Spawn, SpawnOptions};
 
     fn spawn(payload_len: usize, targets: Vec<u32>) -> Message {
         let job = Job::Entry(EntryJob::new("entry", vec![9; payload_len]).unwrap());
         let fds = FdMap::from_targets(targets).unwrap();
         Message::Spawn(Spawn::new(SpawnOptions::default(), fds, job).unwrap())
+    }
+
+    #[test]
+    fn a_lending_decode_leaves_out_only_a_large_payload() {
+        for (len, lends) in [(SPLIT_MIN - 1, false), (SPLIT_MIN, true)] {
+            let m = spawn(len, vec![5]);
+            let bytes = m.to_bytes();
+            let Ok((
+                Decoded::Frame {
+                    mut message,
+                    consumed,
+                },
+                lent,
+            )) = decode_lending(&bytes)
+            else {
+                panic!("payload of {len}: not a frame");
+            };
+            assert_eq!(consumed, bytes.len());
+            assert_eq!(lent, lends.then_some(len), "payload of {len}");
+            if let Some(n) = lent {
+                assert_ne!(message, m);
+                message.fill_lent(bytes[consumed - n..].to_vec());
+            }
+            assert_eq!(message, m, "payload of {len}");
+        }
+        // Whatever the input, the same answer as `decode` but for the payload.
+        let m = spawn(SPLIT_MIN, vec![]);
+        let bytes = m.to_bytes();
+        for cut in [0, 5, bytes.len() - 1] {
+            let (d, lent) = decode_lending(&bytes[..cut]).unwrap();
+            assert_eq!(d, crate::decode(&bytes[..cut]).unwrap());
+            assert_eq!(lent, None);
+        }
     }
 
     #[test]

@@ -12,11 +12,43 @@ use crate::error::{DecodeError, Limit};
 /// A cursor over one frame body. Reads fail with [`DecodeError::Truncated`] instead of panicking.
 pub(crate) struct Reader<'a> {
     buf: &'a [u8],
+    /// Entry payloads of at least this many bytes are lent, not copied
+    /// ([`Reader::lend`]); `None`: every payload is copied.
+    lend_from: Option<usize>,
+    /// The length of the payload lent, if one was.
+    lent: Option<usize>,
 }
 
 impl<'a> Reader<'a> {
     pub(crate) fn new(buf: &'a [u8]) -> Self {
-        Self { buf }
+        Self {
+            buf,
+            lend_from: None,
+            lent: None,
+        }
+    }
+
+    /// A reader that lends entry payloads of at least `min` bytes (`codec/split.rs`).
+    pub(crate) fn lending(buf: &'a [u8], min: usize) -> Self {
+        Self {
+            lend_from: Some(min),
+            ..Self::new(buf)
+        }
+    }
+
+    /// Whether `payload`, just read, is lent rather than copied: its bytes stay in the input,
+    /// and the caller fills them in ([`Reader::lent`]). At most one payload per frame is.
+    pub(crate) fn lend(&mut self, payload: &[u8]) -> bool {
+        let lend = self.lent.is_none() && self.lend_from.is_some_and(|m| payload.len() >= m);
+        if lend {
+            self.lent = Some(payload.len());
+        }
+        lend
+    }
+
+    /// The length of the payload lent, if any.
+    pub(crate) fn lent(&self) -> Option<usize> {
+        self.lent
     }
 
     pub(crate) fn remaining(&self) -> usize {

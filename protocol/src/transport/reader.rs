@@ -9,7 +9,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
 
 use super::{Frame, TransportError};
-use crate::codec::{decode, Decoded, Header};
+use crate::codec::{decode_lending, Decoded, Header};
 use crate::{HEADER_LEN, MAX_FDS, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN, SCM_MAX_FD};
 
 /// What a [`FrameReader`] accepts now. A server narrows it for a connection that has not
@@ -266,7 +266,7 @@ impl FrameReader {
                 }
             }
         }
-        let decoded = match decode(received) {
+        let (decoded, lent) = match decode_lending(received) {
             Ok(d) => d,
             Err(e) => return Err(self.fail(TransportError::Decode(e))),
         };
@@ -293,7 +293,10 @@ impl FrameReader {
                 }
                 Ok(None)
             }
-            Decoded::Frame { message, consumed } => {
+            Decoded::Frame {
+                mut message,
+                consumed,
+            } => {
                 let end = self.base + consumed as u64;
                 let assigned = self.fds.iter().take_while(|(o, _)| *o < end).count();
                 // §4.3: the fds of a frame have all arrived once its last byte has.
@@ -304,7 +307,24 @@ impl FrameReader {
                     }));
                 }
                 let fds = self.fds.drain(..assigned).map(|(_, fd)| fd).collect();
-                self.buf.copy_within(consumed..self.len, 0);
+                if let Some(n) = lent {
+                    // The payload is the frame's last `n` bytes. Alone in the buffer, the
+                    // frame gives the payload its buffer (the bytes moved to its start, in pages
+                    // already touched); otherwise they are copied.
+                    let start = consumed.saturating_sub(n);
+                    let payload = if consumed == self.len {
+                        let mut b = std::mem::take(&mut self.buf);
+                        b.copy_within(start..consumed, 0);
+                        b.truncate(consumed - start);
+                        b
+                    } else {
+                        self.buf[start..consumed].to_vec()
+                    };
+                    message.fill_lent(payload);
+                }
+                if consumed < self.len {
+                    self.buf.copy_within(consumed..self.len, 0);
+                }
                 self.len -= consumed;
                 self.base += consumed as u64;
                 // A big frame must not pin its memory for the rest of the connection.

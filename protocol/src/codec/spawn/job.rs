@@ -47,6 +47,11 @@ impl EntryJob {
         &self.payload
     }
 
+    /// Puts back the payload a lending decode left out (`codec/split.rs`).
+    pub(crate) fn fill_lent(&mut self, payload: Vec<u8>) {
+        self.payload = Arc::new(payload);
+    }
+
     /// The payload, shared (a sender writes it from here: `codec/split.rs`).
     pub(crate) fn shared_payload(&self) -> Arc<Vec<u8>> {
         Arc::clone(&self.payload)
@@ -64,9 +69,14 @@ impl EntryJob {
             .filter(|n| !n.is_empty())
             .ok_or(DecodeError::InvalidValue(Field::EntryName))?;
         let payload = r.bytes32(MAX_BODY_LEN, Limit::Body)?;
+        let payload = if r.lend(payload) {
+            Vec::new()
+        } else {
+            payload.to_vec()
+        };
         Ok(Self {
             name: name.to_owned(),
-            payload: Arc::new(payload.to_vec()),
+            payload: Arc::new(payload),
         })
     }
 }

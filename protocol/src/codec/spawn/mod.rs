@@ -168,6 +168,11 @@ impl Spawn {
         &self.job
     }
 
+    /// The job, to put back a payload a lending decode left out (`codec/split.rs`).
+    pub(crate) fn job_mut(&mut self) -> &mut Job {
+        &mut self.job
+    }
+
     /// Takes the request apart.
     pub fn into_parts(self) -> (SpawnOptions, FdMap, Job) {
         (*self.options, self.fds, self.job)
