@@ -149,6 +149,12 @@ impl Child {
             // While the child runs: the next request's connection, if the client keeps one.
             self.client.warm_up();
         }
+        self.read_status()
+    }
+
+    /// The blocking reads of [`Child::wait`], without its side effects (stdin closed, a
+    /// connection warmed up): a typed call's join, once its answer is in.
+    pub(crate) fn read_status(&mut self) -> Result<ExitStatus> {
         loop {
             let frame = match &mut self.state {
                 State::Running(conn) => conn.recv(),

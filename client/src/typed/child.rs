@@ -101,7 +101,8 @@ impl<R: DeserializeOwned> TypedChild<R> {
     /// `deadline` (`None`: none) passes (`false`). While the answer is awaited it polls both
     /// fds (a child blocked on a full channel must be read to finish); once it is in and no
     /// deadline is set, the status is one blocking read of the connection, as
-    /// [`Child::wait`]'s: no probe before each poll, no poll before the read.
+    /// [`Child::wait`]'s (without warming a connection up): no probe before each poll, no
+    /// poll before the read.
     fn step(&mut self, deadline: Option<Instant>) -> Result<bool, CallError> {
         loop {
             if self.progress.settle(self.channel.as_ref().map(AsFd::as_fd)) {
@@ -109,7 +110,7 @@ impl<R: DeserializeOwned> TypedChild<R> {
             }
             // `settle` is true once the status is known: from here on it is still awaited.
             if deadline.is_none() && !self.progress.wants_answer() {
-                let status = self.child.wait().map_err(CallError::Transport)?;
+                let status = self.child.read_status().map_err(CallError::Transport)?;
                 self.progress.set_status(status);
                 continue;
             }
