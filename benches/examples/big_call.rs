@@ -10,7 +10,8 @@
 //! call sends `BYTES` (default 1 MiB − 4 KiB, as `compare`'s group 8) of payload to it. With
 //! `typed` (or `both`) it also times a typed call of `scale` against the raw empty call (the
 //! typed layer's overhead). For `strace -c -f` or callgrind, run one kind alone
-//! (`raw`, `typed`).
+//! (`raw`, `typed`); `BIG_CALL_SERVER=PROGRAM` launches the server through `PROGRAM` instead
+//! of this binary (a script that runs this binary under callgrind, say).
 
 use std::time::Instant;
 
@@ -49,7 +50,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "typed" => (false, true),
         _ => (true, true),
     };
-    let client = Client::launch(std::env::current_exe()?)?;
+    // `BIG_CALL_SERVER=wrapper`: the server launched through a program of one's own, e.g. a
+    // script that runs this binary under `valgrind --tool=callgrind --trace-children=yes`.
+    let server =
+        std::env::var_os("BIG_CALL_SERVER").map_or_else(std::env::current_exe, |p| Ok(p.into()))?;
+    let client = Client::launch(server)?;
     let mut empty = client.call("noop", Vec::new());
     let mut big = client.call("noop", vec![7; bytes]);
     let mut typed = client.typed::<Job, Job>("scale");
