@@ -28,6 +28,12 @@ impl Invocation {
         self.payload
     }
 
+    /// The payload, borrowed for as long as the child lives (a typed entry decodes its
+    /// argument from it without a copy).
+    pub(crate) fn payload_static(&self) -> &'static [u8] {
+        self.payload
+    }
+
     /// The fd numbers the bundle placed in this process, in request order.
     pub fn fd_numbers(&self) -> &[u32] {
         &self.targets

@@ -9,6 +9,7 @@
 //! installs only notes the entry thread's panics (sent once one unwinds out of the entry) and
 //! keeps the previous hook's behaviour (the message still goes to stderr).
 
+use std::borrow::Cow;
 use std::fmt::Display;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
@@ -115,7 +116,7 @@ fn run<A: DeserializeOwned, O: Outcome<M>, M>(
             return fail(&channel, &text);
         };
         match read_sealed_arg(fd, m) {
-            Ok(bytes) => arg = bytes,
+            Ok(bytes) => arg = Cow::Owned(bytes),
             Err(e) => return fail(&channel, &format!("cannot read the argument: {e}")),
         }
     }
@@ -175,9 +176,10 @@ pub(crate) fn open(
     name: &str,
     call: &mut Invocation,
     mode: &Mode<'_>,
-) -> Result<(TypedHeader, Vec<u8>, OwnedFd), i32> {
-    let (header, arg) = match TypedHeader::decode(call.payload()) {
-        Ok((h, arg)) => (h, arg.to_vec()),
+) -> Result<(TypedHeader, Cow<'static, [u8]>, OwnedFd), i32> {
+    // The argument is borrowed from the request's bytes, which live as long as this child.
+    let (header, arg) = match TypedHeader::decode(call.payload_static()) {
+        Ok((h, arg)) => (h, Cow::Borrowed(arg)),
         Err(e) => {
             eprintln!("forkserver: typed entry {name}: {e}");
             return Err(BAD_HEADER_STATUS);
