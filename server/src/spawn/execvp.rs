@@ -1,9 +1,9 @@
-//! The fork path's exec (step 7 of `child_main`, after `chdir`): argv, envp and every `PATH`
-//! candidate built in the forked child (which may allocate), then the seccomp filter (the last
-//! step before `execve`, PROTOCOL.md §6.5), then `execve` of each candidate, as `execvp` does.
+//! The fork path's exec (PROTOCOL.md §6.5 step 6, in `child_main` after `chdir`): argv, envp
+//! and every `PATH` candidate built in the forked child (which may allocate), then the seccomp
+//! filter (the last step before `execve`), then `execve` of each candidate, as `execvp` does.
 //! Nothing is allocated between the filter and `execve`, so a filter that forbids `brk` or
 //! `mmap` does not stop the exec. The `CLONE_VM` path does the same with what the server built
-//! before the clone (`plan.rs`).
+//! before the clone (`plan.rs`), through the same [`Candidates`].
 
 use std::ffi::{c_char, CString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
