@@ -16,14 +16,25 @@ use crate::error::Result;
 #[derive(Debug, Default)]
 pub(crate) struct SandboxFds {
     /// The seccomp program's fd, or the errno of its failed duplication.
-    pub(crate) seccomp: Option<std::result::Result<OwnedFd, i32>>,
+    seccomp: Option<std::result::Result<OwnedFd, i32>>,
     /// The landlock ruleset's fd, likewise.
-    pub(crate) landlock: Option<std::result::Result<OwnedFd, i32>>,
+    landlock: Option<std::result::Result<OwnedFd, i32>>,
 }
 
 impl SandboxFds {
+    /// Sends a duplicate of `fd`, made now, as the seccomp program (a failure is kept for
+    /// [`SandboxFds::add_to`] to report).
+    pub(crate) fn set_seccomp(&mut self, fd: impl AsFd) {
+        self.seccomp = Some(Self::dup(fd));
+    }
+
+    /// Sends a duplicate of `fd`, made now, as the landlock ruleset.
+    pub(crate) fn set_landlock(&mut self, fd: impl AsFd) {
+        self.landlock = Some(Self::dup(fd));
+    }
+
     /// A duplicate of `fd`, made now, or its errno.
-    pub(crate) fn dup(fd: impl AsFd) -> std::result::Result<OwnedFd, i32> {
+    fn dup(fd: impl AsFd) -> std::result::Result<OwnedFd, i32> {
         fd.as_fd()
             .try_clone_to_owned()
             .map_err(|e| e.raw_os_error().unwrap_or(nix::libc::EBADF))
@@ -136,7 +147,7 @@ macro_rules! control_setters {
         /// more bundle entry, counted in the 256, which the child does not keep. Needs a server
         /// of protocol rev 0.6 (`SECCOMP_FILTER`).
         pub fn seccomp_filter(&mut self, fd: impl std::os::fd::AsFd) -> &mut Self {
-            self.req.sandbox.seccomp = Some(crate::controls::SandboxFds::dup(fd));
+            self.req.sandbox.set_seccomp(fd);
             self
         }
 
@@ -147,7 +158,7 @@ macro_rules! control_setters {
         /// [`Self::seccomp_filter`], a duplicate is sent as one more bundle entry, which the
         /// child does not keep. Needs a server of protocol rev 0.6 (`LANDLOCK_RULESET`).
         pub fn landlock_ruleset(&mut self, fd: impl std::os::fd::AsFd) -> &mut Self {
-            self.req.sandbox.landlock = Some(crate::controls::SandboxFds::dup(fd));
+            self.req.sandbox.set_landlock(fd);
             self
         }
     };
