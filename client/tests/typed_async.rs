@@ -7,9 +7,9 @@
 //! count in every baseline.
 
 mod common;
+use common::entries::{area, bytes, checked_sqrt};
 use common::Test;
 
-use std::fmt;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, OnceLock};
@@ -17,26 +17,6 @@ use std::time::Duration;
 
 use forkserver_client::{AsyncTypedChild, CallError, Client, Codec, Fd};
 use forkserver_server::Zygote;
-
-fn area((w, h): (u32, u32)) -> u64 {
-    u64::from(w) * u64::from(h)
-}
-
-#[derive(Debug)]
-struct Negative(i64);
-
-impl fmt::Display for Negative {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} is negative", self.0)
-    }
-}
-
-fn checked_sqrt(x: i64) -> Result<u32, Negative> {
-    if x < 0 {
-        return Err(Negative(x));
-    }
-    Ok((x as f64).sqrt() as u32)
-}
 
 const PANIC_LINE: u32 = line!() + 2;
 fn panics(x: u32) -> u32 {
@@ -48,11 +28,6 @@ fn panics(x: u32) -> u32 {
 fn until_eof(pipe: Fd) -> u64 {
     let mut pipe = std::fs::File::from(OwnedFd::from(pipe));
     std::io::copy(&mut pipe, &mut std::io::sink()).unwrap()
-}
-
-/// `n` bytes, `i % 251` each: a value sent in many chunks.
-fn bytes(n: usize) -> Vec<u8> {
-    (0..n).map(|i| (i % 251) as u8).collect()
 }
 
 static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();

@@ -5,6 +5,8 @@
 // Each binary uses the part it needs.
 #![allow(dead_code)]
 
+pub mod entries;
+
 use std::time::{Duration, Instant};
 
 use forkserver_client::Client;
