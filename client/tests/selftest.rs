@@ -4,6 +4,8 @@
 //! threads and share that one server; under `cargo nextest run` each is a process of its own,
 //! with its own server.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
@@ -123,14 +125,7 @@ fn a_panic_comes_back_with_its_message_and_location() {
         .spawn(&7)
         .unwrap()
         .join();
-    match r {
-        Err(CallError::Panicked { message, location }) => {
-            assert_eq!(message, "selftest panic 7");
-            let want = format!("{}:{PANIC_LINE}:", file!());
-            assert!(location.starts_with(&want), "{location} is not at {want}");
-        }
-        other => panic!("{other:?}"),
-    }
+    common::assert_panicked_at(r, "selftest panic 7", file!(), PANIC_LINE);
 }
 
 #[test]

@@ -298,14 +298,7 @@ fn panic_message_and_location(client: &Client) {
             .spawn(&7)
             .unwrap()
             .join();
-        match r {
-            Err(CallError::Panicked { message, location }) => {
-                assert_eq!(message, "typed panic 7");
-                let want = format!("{}:{PANIC_LINE}:", file!());
-                assert!(location.starts_with(&want), "{location} is not at {want}");
-            }
-            other => panic!("{other:?}"),
-        }
+        common::assert_panicked_at(r, "typed panic 7", file!(), PANIC_LINE);
     }
     // Panics the entry catches are not its outcome.
     let r = client

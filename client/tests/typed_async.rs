@@ -116,14 +116,7 @@ fn value_err_panic_mismatch(client: &Client) {
             .unwrap()
             .join()
             .await;
-        match r {
-            Err(CallError::Panicked { message, location }) => {
-                assert_eq!(message, "async typed panic 3");
-                let at = format!("{}:{PANIC_LINE}:", file!());
-                assert!(location.starts_with(&at), "{location} (want {at}...)");
-            }
-            other => panic!("not a panic: {other:?}"),
-        }
+        common::assert_panicked_at(r, "async typed panic 3", file!(), PANIC_LINE);
         // Other types than the entry's: found by the child before the entry runs.
         let r = client
             .typed::<String, u64>("area")

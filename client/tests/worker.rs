@@ -181,16 +181,8 @@ fn err_text(client: &Client) {
 fn a_panic_ends_the_worker(client: &Client) {
     let mut w = client.worker::<Op, u64>("counter").spawn().unwrap();
     w.call(&Op::Add(3)).unwrap();
-    match w.call(&Op::Panic) {
-        Err(CallError::Panicked { message, location }) => {
-            assert_eq!(message, "worker panic at 3");
-            assert!(
-                location.contains(&format!("worker.rs:{PANIC_LINE}:")),
-                "{location}"
-            );
-        }
-        other => panic!("{other:?}"),
-    }
+    let r = w.call(&Op::Panic);
+    common::assert_panicked_at(r, "worker panic at 3", file!(), PANIC_LINE);
     assert!(w.is_ended());
     match w.call(&Op::Add(1)) {
         Err(CallError::Ended(why)) => assert!(why.contains("panicked"), "{why}"),
