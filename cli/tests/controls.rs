@@ -12,18 +12,6 @@ use common::Server;
 use forkserver_client::{Client, Stdio};
 use forkserver_protocol::{ErrorCode, RLIM_INFINITY};
 
-/// The servers to run each check on: `CLONE_VM` (the default), fork, and the pool.
-fn servers() -> Vec<(&'static str, Server)> {
-    vec![
-        ("clone_vm", Server::start(&[])),
-        (
-            "fork",
-            Server::start_with_env(&[], &[(forkserver_server::EXEC_FORK_ENV, "1")]),
-        ),
-        ("pool", Server::start(&["--prefork", "2"])),
-    ]
-}
-
 /// The `/proc/self/limits` line of `name` ("Max open files"): its soft and hard columns.
 fn limit_of(limits: &str, name: &str) -> (String, String) {
     let line = limits
@@ -36,7 +24,7 @@ fn limit_of(limits: &str, name: &str) -> (String, String) {
 
 #[test]
 fn rlimits_are_what_the_child_sees() {
-    for (path, srv) in servers() {
+    for (path, srv) in Server::on_every_path() {
         let client = Client::connect(&srv.socket).unwrap();
         let out = client
             .command("cat")
@@ -73,7 +61,7 @@ fn a_refused_rlimit_names_the_call_and_its_values() {
         .parse()
         .unwrap();
     let too_many = nr_open + 1;
-    for (path, srv) in servers() {
+    for (path, srv) in Server::on_every_path() {
         let client = Client::connect(&srv.socket).unwrap();
         let e = client
             .command("/bin/true")
@@ -171,7 +159,7 @@ fn has_sys_resource() -> bool {
 
 #[test]
 fn umask_nice_no_new_privs_and_oom_score_are_what_the_child_sees() {
-    for (path, srv) in servers() {
+    for (path, srv) in Server::on_every_path() {
         let client = Client::connect(&srv.socket).unwrap();
         let out = client
             .command("cat")
@@ -225,7 +213,7 @@ fn the_controls_come_before_the_credentials() {
 
 #[test]
 fn a_refused_oom_score_names_the_write_and_its_value() {
-    for (path, srv) in servers() {
+    for (path, srv) in Server::on_every_path() {
         let client = Client::connect(&srv.socket).unwrap();
         let r = client
             .command("cat")
@@ -293,7 +281,7 @@ const STUBBORN: &str = "trap 'echo TERM' TERM; echo ready; while :; do sleep 0.0
 
 #[test]
 fn grace_sends_sigterm_at_the_deadline_then_sigkill() {
-    for (path, srv) in servers() {
+    for (path, srv) in Server::on_every_path() {
         let client = Client::connect(&srv.socket).unwrap();
         let (deadline, grace) = (Duration::from_millis(1500), Duration::from_millis(700));
         let started = Instant::now();

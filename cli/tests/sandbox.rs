@@ -16,18 +16,6 @@ use forkserver_client::{Client, Error};
 use forkserver_protocol::ErrorCode;
 use nix::libc;
 
-/// The servers to run each check on: `CLONE_VM` (the default), fork, and the pool.
-fn servers() -> Vec<(&'static str, Server)> {
-    vec![
-        ("clone_vm", Server::start(&[])),
-        (
-            "fork",
-            Server::start_with_env(&[], &[(forkserver_server::EXEC_FORK_ENV, "1")]),
-        ),
-        ("pool", Server::start(&["--prefork", "2"])),
-    ]
-}
-
 /// One classic-BPF instruction, as `struct sock_filter` lays it out (native byte order).
 fn insn(code: u16, jt: u8, jf: u8, k: u32) -> [u8; 8] {
     let mut b = [0u8; 8];
@@ -111,7 +99,7 @@ const GETPID: &str = "import ctypes; libc = ctypes.CDLL(None, use_errno=True); \
 
 #[test]
 fn a_seccomp_filter_makes_getpid_fail_with_eperm() {
-    for (path, srv) in servers() {
+    for (path, srv) in Server::on_every_path() {
         let client = Client::connect(&srv.socket).unwrap();
         let program = program_file(&deny_getpid());
         let out = client
@@ -135,7 +123,7 @@ fn a_seccomp_filter_makes_getpid_fail_with_eperm() {
 
 #[test]
 fn the_job_holds_neither_entry_and_no_new_privs_is_implied() {
-    for (path, srv) in servers() {
+    for (path, srv) in Server::on_every_path() {
         let client = Client::connect(&srv.socket).unwrap();
         let program = program_file(&allow_all());
         let ruleset = no_writes_ruleset();
@@ -166,7 +154,7 @@ fn the_job_holds_neither_entry_and_no_new_privs_is_implied() {
 
 #[test]
 fn a_landlock_ruleset_forbids_writing_in_the_child_only() {
-    for (path, srv) in servers() {
+    for (path, srv) in Server::on_every_path() {
         let dir = common::scratch_dir(&format!("landlock-{path}"));
         let client = Client::connect(&srv.socket).unwrap();
         let script = "echo x > \"$1/denied\" && echo wrote || echo refused";
@@ -211,7 +199,7 @@ fn a_bad_program_is_refused_before_any_child_and_every_fd_is_closed() {
             "seccomp filter: 4100 instructions, at most 4096",
         ),
     ];
-    for (path, srv) in servers() {
+    for (path, srv) in Server::on_every_path() {
         let client = Client::connect(&srv.socket).unwrap();
         let ok = || {
             let status = client.command("true").status().unwrap();
@@ -241,12 +229,12 @@ fn a_bad_program_is_refused_before_any_child_and_every_fd_is_closed() {
             assert_eq!(errno, libc::EINVAL, "{path}: {message}");
             assert!(message.starts_with(expected), "{path}: {message}");
         }
-        // A pipe cannot be read from offset 0.
+        // A pipe is no memfd (nor a regular file the client copies into one).
         let (r, _w) = nix::unistd::pipe().unwrap();
         let e = client.command("true").seccomp_filter(r.as_fd()).status();
         let message = e.unwrap_err().to_string();
         assert!(
-            message.contains("not a regular file or memfd"),
+            message.contains("seccomp filter: not a memfd"),
             "{path}: {message}"
         );
         // The server serves on, and holds what it held before.
@@ -284,19 +272,42 @@ fn a_failed_landlock_call_names_it() {
     );
 }
 
+/// `forkserver run --socket SOCKET FLAG VALUE -- COMMAND...` and what it gave.
+fn run_cli(
+    srv: &Server,
+    flag: &str,
+    value: &std::path::Path,
+    command: &[&dyn AsRef<std::ffi::OsStr>],
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_forkserver"))
+        .args(["run", "--socket"])
+        .arg(&srv.socket)
+        .arg(flag)
+        .arg(value)
+        .arg("--")
+        .args(command)
+        .output()
+        .unwrap()
+}
+
+/// What `run_cli` printed on stderr for a `FLAG VALUE` that it refused (no child ran).
+fn refused_cli(srv: &Server, flag: &str, value: &std::path::Path) -> String {
+    let out = run_cli(srv, flag, value, &[&"true"]);
+    assert!(!out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn run_seccomp_filter_installs_the_file() {
     let srv = Server::start(&[]);
     let file = common::scratch_dir("seccomp-cli").join("filter.bpf");
     std::fs::write(&file, deny_getpid()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_forkserver"))
-        .args(["run", "--socket"])
-        .arg(&srv.socket)
-        .arg("--seccomp-filter")
-        .arg(&file)
-        .args(["--", python(), "-c", GETPID])
-        .output()
-        .unwrap();
+    let out = run_cli(
+        &srv,
+        "--seccomp-filter",
+        &file,
+        &[&python(), &"-c", &GETPID],
+    );
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -305,28 +316,10 @@ fn run_seccomp_filter_installs_the_file() {
     );
     // A file that is no program: the reason, and no child.
     std::fs::write(&file, b"12345").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_forkserver"))
-        .args(["run", "--socket"])
-        .arg(&srv.socket)
-        .arg("--seccomp-filter")
-        .arg(&file)
-        .args(["--", "true"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_cli(&srv, "--seccomp-filter", &file);
     assert!(err.contains("not a multiple of 8"), "{err}");
     let missing = file.with_file_name("missing.bpf");
-    let out = Command::new(env!("CARGO_BIN_EXE_forkserver"))
-        .args(["run", "--socket"])
-        .arg(&srv.socket)
-        .arg("--seccomp-filter")
-        .arg(&missing)
-        .args(["--", "true"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_cli(&srv, "--seccomp-filter", &missing);
     assert!(
         err.contains("--seccomp-filter") && err.contains("missing.bpf"),
         "{err}"
@@ -344,15 +337,9 @@ fn run_landlock_allow_write_confines_writes_to_the_directory() {
     let script = "echo x > \"$1/f\" && echo wrote-allowed; mkdir \"$1/d\" && echo made-dir; \
                   echo x > \"$2/f\" && echo wrote-other; cat /proc/self/status >/dev/null && \
                   echo read";
-    let out = Command::new(env!("CARGO_BIN_EXE_forkserver"))
-        .args(["run", "--socket"])
-        .arg(&srv.socket)
-        .arg("--landlock-allow-write")
-        .arg(&allowed)
-        .args(["--", "sh", "-c", script, "sh"])
-        .args([&allowed, &other])
-        .output()
-        .unwrap();
+    let command: [&dyn AsRef<std::ffi::OsStr>; 6] =
+        [&"sh", &"-c", &script, &"sh", &allowed, &other];
+    let out = run_cli(&srv, "--landlock-allow-write", &allowed, &command);
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
     // /dev/null stays writable.
@@ -361,16 +348,7 @@ fn run_landlock_allow_write_confines_writes_to_the_directory() {
     assert!(!other.join("f").exists());
     // A directory that does not exist: the reason, no child.
     let missing = other.join("missing");
-    let out = Command::new(env!("CARGO_BIN_EXE_forkserver"))
-        .args(["run", "--socket"])
-        .arg(&srv.socket)
-        .arg("--landlock-allow-write")
-        .arg(&missing)
-        .args(["--", "true"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_cli(&srv, "--landlock-allow-write", &missing);
     assert!(
         err.contains("--landlock-allow-write") && err.contains("missing"),
         "{err}"

@@ -3,11 +3,16 @@
 //! deadline, the seccomp filter and the landlock ruleset. Their setters are one macro,
 //! expanded in `request_setters!`.
 
+use std::io::Write;
 use std::num::NonZeroU32;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use forkserver_protocol::{FdBundle, SpawnOptions};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::sys::stat::{fstat, SFlag};
 
 use crate::error::Result;
 
@@ -16,14 +21,26 @@ use crate::error::Result;
 #[derive(Debug, Default)]
 pub(crate) struct SandboxFds {
     /// The seccomp program's fd, or the errno of its failed duplication.
-    pub(crate) seccomp: Option<std::result::Result<OwnedFd, i32>>,
+    seccomp: Option<std::result::Result<OwnedFd, i32>>,
     /// The landlock ruleset's fd, likewise.
-    pub(crate) landlock: Option<std::result::Result<OwnedFd, i32>>,
+    landlock: Option<std::result::Result<OwnedFd, i32>>,
 }
 
 impl SandboxFds {
+    /// Sends the program in `fd` as the seccomp program: a duplicate of a memfd, or a sealed
+    /// memfd holding a regular file's first bytes, made now (a failure is kept for
+    /// [`SandboxFds::add_to`] to report). Other fds go as they are, for the server to refuse.
+    pub(crate) fn set_seccomp(&mut self, fd: impl AsFd) {
+        self.seccomp = Some(seccomp_memfd(fd.as_fd()).map_err(|e| e as i32));
+    }
+
+    /// Sends a duplicate of `fd`, made now, as the landlock ruleset.
+    pub(crate) fn set_landlock(&mut self, fd: impl AsFd) {
+        self.landlock = Some(Self::dup(fd));
+    }
+
     /// A duplicate of `fd`, made now, or its errno.
-    pub(crate) fn dup(fd: impl AsFd) -> std::result::Result<OwnedFd, i32> {
+    fn dup(fd: impl AsFd) -> std::result::Result<OwnedFd, i32> {
         fd.as_fd()
             .try_clone_to_owned()
             .map_err(|e| e.raw_os_error().unwrap_or(nix::libc::EBADF))
@@ -60,6 +77,49 @@ impl SandboxFds {
         options.landlock_index = add(&self.landlock)?;
         Ok(())
     }
+}
+
+/// How much of a regular file [`seccomp_memfd`] copies: 1 MiB.
+const SECCOMP_COPY_MAX: usize = 1 << 20;
+
+/// The seccomp program in `fd` as the server reads it (PROTOCOL.md §6.5): `fd` itself if it
+/// is a memfd (`F_GET_SEALS` answers), else, for a regular file, a sealed memfd holding its
+/// bytes from offset 0, at most [`SECCOMP_COPY_MAX`] (far more than the server takes, so that
+/// its refusal names the program's own size); any other fd as it is (the server refuses it).
+fn seccomp_memfd(fd: BorrowedFd<'_>) -> std::result::Result<OwnedFd, Errno> {
+    let regular = fstat(fd)
+        .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG);
+    if !regular || fcntl(fd, FcntlArg::F_GET_SEALS).is_ok() {
+        return fd.try_clone_to_owned().map_err(io_errno);
+    }
+    let size = fstat(fd)?.st_size.max(0) as u64;
+    let cap = size.min(SECCOMP_COPY_MAX as u64) as usize;
+    let mut bytes = vec![0u8; cap];
+    let mut got = 0;
+    while got < cap {
+        match nix::sys::uio::pread(fd, &mut bytes[got..], got as i64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let memfd = memfd_create(
+        "forkserver-seccomp",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let mut file = std::fs::File::from(memfd);
+    file.write_all(&bytes[..got]).map_err(io_errno)?;
+    let seals = SealFlag::F_SEAL_WRITE
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_SEAL;
+    fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
+    Ok(file.into())
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
 }
 
 /// A grace period on the wire: whole milliseconds rounded up, at least 1, at most `u32::MAX`.
@@ -128,15 +188,17 @@ macro_rules! control_setters {
         /// The child installs the compiled classic-BPF program in `fd` as its seccomp filter
         /// (`seccomp(SECCOMP_SET_MODE_FILTER)`), as the last step before `execve` or its entry
         /// point, as systemd's `SystemCallFilter=` does; `no_new_privs` is implied. `fd` is a
-        /// regular file or memfd holding 1..=4096 `struct sock_filter`s (8 bytes each,
-        /// native byte order; a crate such as `seccompiler` builds them), read by the server
-        /// from offset 0 before the child is made: another size is `ChildSetupFailed` naming
-        /// the problem (`seccomp filter: 4100 instructions, at most 4096`) and no child runs.
-        /// A duplicate of `fd` is made now (a failure is reported by `spawn`) and sent as one
-        /// more bundle entry, counted in the 256, which the child does not keep. Needs a server
-        /// of protocol rev 0.6 (`SECCOMP_FILTER`).
+        /// memfd or a regular file holding 1..=4096 `struct sock_filter`s (8 bytes each,
+        /// native byte order; a crate such as `seccompiler` builds them), read from offset 0:
+        /// another size is `ChildSetupFailed` naming the problem (`seccomp filter: 4100
+        /// instructions, at most 4096`) and no child runs. The server reads only a memfd (a
+        /// file on a hung mount would block its loop), so a regular file is copied now into a
+        /// sealed memfd (its first MiB: the server refuses what is longer); a memfd is sent as
+        /// is, a duplicate made now. A failure is reported by `spawn`.
+        /// It travels as one more bundle entry, counted in the 256, which the child does not
+        /// keep. Needs a server of protocol rev 0.6 (`SECCOMP_FILTER`).
         pub fn seccomp_filter(&mut self, fd: impl std::os::fd::AsFd) -> &mut Self {
-            self.req.sandbox.seccomp = Some(crate::controls::SandboxFds::dup(fd));
+            self.req.sandbox.set_seccomp(fd);
             self
         }
 
@@ -147,7 +209,7 @@ macro_rules! control_setters {
         /// [`Self::seccomp_filter`], a duplicate is sent as one more bundle entry, which the
         /// child does not keep. Needs a server of protocol rev 0.6 (`LANDLOCK_RULESET`).
         pub fn landlock_ruleset(&mut self, fd: impl std::os::fd::AsFd) -> &mut Self {
-            self.req.sandbox.landlock = Some(crate::controls::SandboxFds::dup(fd));
+            self.req.sandbox.set_landlock(fd);
             self
         }
     };

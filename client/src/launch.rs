@@ -116,7 +116,7 @@ impl Launcher {
     }
 
     /// A launcher for this process's own binary, pinned through `/proc/self/exe` (the file
-    /// this process runs, even if its path now names another or none), with our argv[0];
+    /// this process runs, even if its path now names another or none), with our `argv[0]`;
     /// its children die with it ([`Launcher::kill_children_with_server`]).
     pub(crate) fn this_binary() -> io::Result<Self> {
         let argv0 = std::env::args_os().next();

@@ -72,6 +72,7 @@ mod request;
 #[allow(unsafe_code)] // registering the connection with tokio's reactor
 mod async_child;
 mod child;
+mod child_conn;
 mod client;
 mod command;
 mod conn;

@@ -5,7 +5,7 @@
 //! The file is opened once, close-on-exec, and exec'd through its `/proc/self/fd/N` link (what
 //! `fexecve(3)` does; `std::process::Command`, which sets up the launch, takes a path): the
 //! kernel resolves the link to the open file, deleted or not, before the exec closes the fd,
-//! so the server never holds it. The server's argv[0] stays the program as given; its
+//! so the server never holds it. The server's `argv[0]` stays the program as given; its
 //! `/proc/<pid>/comm` is the fd number, as with `execveat(fd, "", AT_EMPTY_PATH)`.
 //!
 //! Not pinned, exec'd by path as before: an interpreter script (`#!`: the interpreter opens

@@ -36,7 +36,7 @@ pub(crate) struct LaunchSpec {
     /// Its children die with it (`PR_SET_PDEATHSIG`).
     pub(crate) kill_children: bool,
     /// The binary, held open at the first launch (`pinned.rs`): every launch execs it, and
-    /// `program` is only its argv[0]. `None` before the first launch, for a script, and
+    /// `program` is only its `argv[0]`. `None` before the first launch, for a script, and
     /// without `/proc`.
     pub(crate) pinned: Option<Arc<Pinned>>,
 }

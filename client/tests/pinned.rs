@@ -5,7 +5,6 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use forkserver_client::Client;
 
@@ -27,11 +26,17 @@ fn fds_on(pid: &str, file: (u64, u64)) -> Vec<String> {
         .collect()
 }
 
-/// Whether process `pid` has exited (a zombie: it is ours, reaped at the next request).
-fn exited(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit_once(") ")
-        .map_or(true, |(_, rest)| rest.starts_with('Z'))
+/// Blocks until process `pid`, a child of this process (the launched server), has exited,
+/// leaving it unreaped (`WNOWAIT`): the client reaps it at its next request.
+fn await_exit(pid: u32) {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    loop {
+        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Err(nix::errno::Errno::EINTR) => {}
+            r => break assert!(r.is_ok(), "waitid: {r:?}"),
+        }
+    }
 }
 
 #[test]
@@ -61,11 +66,7 @@ fn a_relaunch_execs_the_binary_first_launched() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let until = Instant::now() + Duration::from_secs(10);
-    while !exited(first) {
-        assert!(Instant::now() < until, "the server did not die");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    await_exit(first);
 
     // This call finds the server dead and starts it again: the original binary.
     let served_by = client

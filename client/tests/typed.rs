@@ -5,9 +5,9 @@
 //! are back where they started.
 
 mod common;
+use common::entries::{area, bytes, checked_sqrt, checksum};
 use common::Test;
 
-use std::fmt;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -30,10 +30,6 @@ struct Size {
     meta: Meta,
 }
 
-fn area((w, h): (u32, u32)) -> u64 {
-    u64::from(w) * u64::from(h)
-}
-
 /// Halves a size; refuses odd ones (an `Err` that is `Serialize` too: `typed_fallible`).
 fn halve(s: Size) -> Result<Size, String> {
     if s.w % 2 == 1 || s.h % 2 == 1 {
@@ -46,23 +42,6 @@ fn halve(s: Size) -> Result<Size, String> {
             label: format!("{} halved", s.meta.label),
         },
     })
-}
-
-#[derive(Debug)]
-struct Negative(i64);
-
-impl fmt::Display for Negative {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} is negative", self.0)
-    }
-}
-
-/// An error type that is not `Serialize`: `typed` infers that the function may fail.
-fn checked_sqrt(x: i64) -> Result<u32, Negative> {
-    if x < 0 {
-        return Err(Negative(x));
-    }
-    Ok((x as f64).sqrt() as u32)
 }
 
 const PANIC_LINE: u32 = line!() + 2;
@@ -78,20 +57,9 @@ fn recovers(x: u32) -> u32 {
     x + 1
 }
 
-/// `n` bytes, `i % 251` each: a value sent in many chunks.
-fn bytes(n: usize) -> Vec<u8> {
-    (0..n).map(|i| (i % 251) as u8).collect()
-}
-
 /// A byte string's length and checksum (FNV-1a 64): what a large argument came to.
 fn digest(v: Vec<u8>) -> (u64, u64) {
     (v.len() as u64, checksum(&v))
-}
-
-fn checksum(v: &[u8]) -> u64 {
-    v.iter().fold(0xcbf2_9ce4_8422_2325, |h: u64, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
 }
 
 /// Where a typed call's argument came (`true`: in a memfd, §11.8), answered as a typed entry
@@ -330,14 +298,7 @@ fn panic_message_and_location(client: &Client) {
             .spawn(&7)
             .unwrap()
             .join();
-        match r {
-            Err(CallError::Panicked { message, location }) => {
-                assert_eq!(message, "typed panic 7");
-                let want = format!("{}:{PANIC_LINE}:", file!());
-                assert!(location.starts_with(&want), "{location} is not at {want}");
-            }
-            other => panic!("{other:?}"),
-        }
+        common::assert_panicked_at(r, "typed panic 7", file!(), PANIC_LINE);
     }
     // Panics the entry catches are not its outcome.
     let r = client

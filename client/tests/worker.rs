@@ -5,6 +5,7 @@
 //! are back where they started.
 
 mod common;
+use common::entries::{area, checksum};
 use common::Test;
 
 use std::collections::HashSet;
@@ -74,16 +75,6 @@ fn reverse(seen: &mut u64, mut bytes: Vec<u8>) -> Vec<u8> {
 fn digest(calls: &mut u64, bytes: Vec<u8>) -> (u64, u64, u64) {
     *calls += 1;
     (bytes.len() as u64, checksum(&bytes), *calls)
-}
-
-fn checksum(v: &[u8]) -> u64 {
-    v.iter().fold(0xcbf2_9ce4_8422_2325, |h: u64, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
-fn area((w, h): (u32, u32)) -> u64 {
-    u64::from(w) * u64::from(h)
 }
 
 /// A hostile worker: an untyped entry that accepts the worker header without checking it,
@@ -190,16 +181,8 @@ fn err_text(client: &Client) {
 fn a_panic_ends_the_worker(client: &Client) {
     let mut w = client.worker::<Op, u64>("counter").spawn().unwrap();
     w.call(&Op::Add(3)).unwrap();
-    match w.call(&Op::Panic) {
-        Err(CallError::Panicked { message, location }) => {
-            assert_eq!(message, "worker panic at 3");
-            assert!(
-                location.contains(&format!("worker.rs:{PANIC_LINE}:")),
-                "{location}"
-            );
-        }
-        other => panic!("{other:?}"),
-    }
+    let r = w.call(&Op::Panic);
+    common::assert_panicked_at(r, "worker panic at 3", file!(), PANIC_LINE);
     assert!(w.is_ended());
     match w.call(&Op::Add(1)) {
         Err(CallError::Ended(why)) => assert!(why.contains("panicked"), "{why}"),

@@ -340,7 +340,7 @@ fn activated() -> bool {
     )
 }
 
-/// Names this process (`/proc/self/comm`, what `ps` and `pgrep` show) after its argv[0]: a
+/// Names this process (`/proc/self/comm`, what `ps` and `pgrep` show) after its `argv[0]`: a
 /// launcher that started it through an fd (`/proc/self/fd/N`, the client's pinned binary)
 /// leaves the fd number there.
 fn name_after_argv0() {

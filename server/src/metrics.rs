@@ -150,19 +150,12 @@ mod tests {
     #[test]
     fn setup_failures_by_stage_add_up_to_the_setup_failures() {
         let mut m = Metrics::new();
-        let stages = [
-            Stage::Setup,
-            Stage::Session,
-            Stage::Groups,
-            Stage::Gid,
-            Stage::Uid,
-            Stage::Nice,
-            Stage::OomScoreAdj,
-            Stage::NoNewPrivs,
-            Stage::Rlimit(3),
-            Stage::Chdir,
-        ];
-        for (i, stage) in stages.into_iter().enumerate() {
+        // Every stage a setup failure can name (not `Exec`: an `ExecFailed`), one limit.
+        let stages = Stage::FIXED
+            .into_iter()
+            .filter(|&s| s != Stage::Exec)
+            .chain([Stage::Rlimit(3)]);
+        for (i, stage) in stages.enumerate() {
             let kind = [JobKind::Exec, JobKind::Entry][i % 2];
             m.spawn_result(
                 kind,
@@ -177,16 +170,19 @@ mod tests {
             .filter(|(name, _)| name.starts_with("setup_failed_"))
             .map(|(_, v)| v)
             .sum();
-        assert_eq!(by_stage, 11);
-        assert_eq!(s.spawns_exec_setup_failed + s.spawns_entry_setup_failed, 11);
+        assert_eq!(by_stage, 13);
+        assert_eq!(s.spawns_exec_setup_failed + s.spawns_entry_setup_failed, 13);
         assert_eq!(s.spawns_exec_failed, 0);
         assert_eq!(
             (
                 s.setup_failed_credentials,
                 s.setup_failed_limits,
-                s.setup_failed_setup
+                s.setup_failed_setup,
+                s.setup_failed_sandbox,
+                s.setup_failed_session,
+                s.setup_failed_chdir,
             ),
-            (3, 3, 2)
+            (3, 3, 2, 3, 1, 1)
         );
     }
 }

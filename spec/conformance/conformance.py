@@ -1432,12 +1432,26 @@ def sandbox_checks(byname):
     check("spawn/seccomp-filter: a bad program is Error(ChildSetupFailed, EINVAL) naming it, "
           "before any child (rev 0.6)", bad_programs)
 
+    def regular_file():
+        # A good program in a regular file: the server reads memfds only (§6.5).
+        fd = os.open(tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR, 0o600)
+        try:
+            os.write(fd, ALLOW)
+            with Raw() as c:
+                c.send(spawn_frame(exec_job(["true"]), [3], seccomp_index=0), [fd])
+                msg = c.expect_error("ChildSetupFailed")
+        finally:
+            os.close(fd)
+        require("not a memfd" in msg["message"], f"message {msg['message']!r}")
+    check("spawn/seccomp-filter: a program in a regular file is refused, not a memfd (rev 0.6)",
+          regular_file)
+
     def vector():
         v = byname["spawn-sandbox"]
         with Fds(v["nfds"]) as fds, Raw() as c:
             c.send(bytes.fromhex(v["hex"]), fds)
             msg = c.expect_error("ChildSetupFailed")
-            require("not a regular file" in msg["message"], f"message {msg['message']!r}")
+            require("not a memfd" in msg["message"], f"message {msg['message']!r}")
     check("valid/spawn-sandbox: /dev/null as the program, Error(ChildSetupFailed) (rev 0.6)",
           vector)
 

@@ -46,6 +46,20 @@ impl Server {
     }
 
     /// A server that requires authentication with the key in `key_file` (which holds `key`).
+    /// A server on each path a child is made by, named: `CLONE_VM` (the default), fork
+    /// (`FORKSERVER_EXEC_FORK=1`), and the pool (`--prefork 2`): the servers a per-child
+    /// control is checked on.
+    pub fn on_every_path() -> Vec<(&'static str, Server)> {
+        vec![
+            ("clone_vm", Server::start(&[])),
+            (
+                "fork",
+                Server::start_with_env(&[], &[(forkserver_server::EXEC_FORK_ENV, "1")]),
+            ),
+            ("pool", Server::start(&["--prefork", "2"])),
+        ]
+    }
+
     pub fn start_with_key(key_file: &Path, key: &[u8]) -> Server {
         Self::start_with_key_and(key_file, key, &[])
     }

@@ -5,9 +5,11 @@
 // Each binary uses the part it needs.
 #![allow(dead_code)]
 
+pub mod entries;
+
 use std::time::{Duration, Instant};
 
-use forkserver_client::Client;
+use forkserver_client::{CallError, Client};
 
 /// A test: its name and its body.
 pub type Test = (&'static str, fn(&Client));
@@ -101,4 +103,25 @@ pub fn fds_before(client: &Client) -> (usize, usize) {
 pub fn fds_back(client: &Client, (server, own): (usize, usize)) {
     settled(client, Some(server));
     assert_eq!(own_fds(client), own, "this process's fds");
+}
+
+/// Asserts that `r` is the outcome of an entry that panicked with `message` at line `line` of
+/// `file` (a test's own `file!()`: where its panicking entry is).
+pub fn assert_panicked_at<T: std::fmt::Debug>(
+    r: Result<T, CallError>,
+    message: &str,
+    file: &str,
+    line: u32,
+) {
+    match r {
+        Err(CallError::Panicked {
+            message: got,
+            location,
+        }) => {
+            assert_eq!(got, message);
+            let want = format!("{file}:{line}:");
+            assert!(location.starts_with(&want), "{location} is not at {want}");
+        }
+        other => panic!("not a panic: {other:?}"),
+    }
 }

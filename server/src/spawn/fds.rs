@@ -128,9 +128,8 @@ impl Placement {
     }
 }
 
-/// The placement as the `CLONE_VM` child makes it (`plan.rs`): a list of system calls with
-/// every number fixed by the server before the clone.
-/// One fd system call of the child, every number decided by the server.
+/// One fd system call of the `CLONE_VM` child (`plan.rs`), every number decided by the server
+/// before the clone ([`plan_fds`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum FdOp {
     /// `dup3(from, to, 0)`: `to` without close-on-exec.

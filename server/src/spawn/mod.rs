@@ -45,9 +45,11 @@
 //!
 //! The steps are the same on both paths, in the same order; the `CLONE_VM` path lists them
 //! in `plan.rs` (`STEPS`), where a new per-child control is one row, and here in
-//! `child_main`. In the child, before the job runs:
-//! In the child, before the job runs:
-//! 1. signal dispositions go back to `SIG_DFL` and the signal mask is emptied;
+//! `child_main`. Before the child exists, the server reads a `SECCOMP_FILTER` entry's program
+//! into its own memory (`seccomp.rs`), so the child installs it with one raw call. In the
+//! child, before the job runs (the numbers are PROTOCOL.md §6.5's):
+//! 1. signal dispositions go back to `SIG_DFL` and the signal mask is emptied (the `CLONE_VM`
+//!    child empties the mask late, just before its filter and `execve`);
 //! 2. `setsid()`, `setpgid(0, 0)` or `setpgid(0, pgid)` as requested;
 //! 3. every fd of the bundle is placed at its target (close-on-exec cleared only there), fds
 //!    0-2 that the bundle does not map are opened on `/dev/null`, and every other fd of the
@@ -55,15 +57,19 @@
 //! 4. the resource limits, umask, nice, OOM score and `no_new_privs` (rev 0.6,
 //!    `controls.rs`), then the credentials, last because they may
 //!    drop privilege: `setgroups`, `setgid`, `setuid` (`identity.rs`);
-//! 5. the job runs: `chdir` and `execve` (`execvp.rs`; the environment built in
-//!    `identity.rs`), or the entry point, whose return value is the exit status.
+//! 5. the landlock ruleset (`landlock_restrict_self`), then the seccomp and landlock entries
+//!    are closed (`sandbox.rs`): the job never holds them;
+//! 6. an exec job: `chdir`, the seccomp filter (the last call before `execve`), and `execve`
+//!    (`execvp.rs`; the environment built in `identity.rs`);
+//! 7. an entry job: the seccomp filter, then the entry point, whose return value is the exit
+//!    status.
 //!
-//! A failure in steps 1-5 is reported to the server, and the child exits with status 127. The
-//! report goes either to the child's own report pipe (close-on-exec, so `execve` succeeding
-//! closes it: EOF means success), as 5 bytes, `stage: u8` (which call failed, [`Stage`]) and
-//! `errno: i32` little-endian; or,
-//! when the server needs no news of success (entry jobs, exec jobs without `pid_after_exec`),
-//! as one datagram on the server's shared report socket: the spawn's serial (`u64`), then the
+//! A failure before the job runs (of `execve` too) is reported to the server, and the child
+//! exits with status 127. The report goes either to the child's own report pipe
+//! (close-on-exec, so `execve` succeeding closes it: EOF means success), as 5 bytes,
+//! `stage: u8` (which call failed, [`Stage`]) and `errno: i32` little-endian; or, when the
+//! server needs no news of success (entry jobs, exec jobs without `pid_after_exec`), as one
+//! datagram on the server's shared report socket: the spawn's serial (`u64`), then the
 //! same 5 bytes. The shared socket costs no system call and no fd per spawn; the server reads
 //! it only for a child that exits with status 127.
 
@@ -331,8 +337,8 @@ fn child_main(ctx: &ForkContext, child: ChildSpec<'_>, report: Report) -> ! {
         Err((fd, e)) => report_and_exit(report.with_fd(fd), Stage::Setup, e),
     };
     // Step 4: the limits and controls (raising a hard limit, lowering nice or the OOM score
-    // need the server's privilege), then groups, gid,
-    // uid, after everything that may need the server's privilege.
+    // need the server's privilege), then groups, gid, uid, after everything that may need
+    // the server's privilege.
     if let Err((stage, e)) = identity.controls.apply() {
         report_and_exit(report, stage, e);
     }
@@ -344,6 +350,7 @@ fn child_main(ctx: &ForkContext, child: ChildSpec<'_>, report: Report) -> ! {
         report_and_exit(report, stage, e);
     }
     match work {
+        // Step 6: `chdir`, the filter, `execve`.
         Work::Exec(job) => {
             if let Some(cwd) = job.cwd() {
                 if let Err(e) = nix::unistd::chdir(OsStr::from_bytes(cwd)) {
@@ -353,6 +360,7 @@ fn child_main(ctx: &ForkContext, child: ChildSpec<'_>, report: Report) -> ! {
             let (stage, e) = execvp::exec(job, &sandbox);
             report_and_exit(report, stage, e)
         }
+        // Step 7: the filter, the entry point.
         Work::Entry { entry, payload } => {
             let targets = targets
                 .into_iter()

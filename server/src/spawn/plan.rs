@@ -19,6 +19,7 @@ use forkserver_protocol::{Credentials, ExecJob, FdBundle, Session};
 use nix::errno::Errno;
 use nix::libc;
 
+use super::execvp::{null_terminated, Candidates};
 use super::fds::{plan_fds, FdOp};
 use super::identity::Identity;
 use super::raw;
@@ -84,11 +85,8 @@ pub(super) struct ExecPlan<'a> {
     /// Which of 0, 1, 2 get `/dev/null` (no fd of the bundle goes there).
     null_stdio: [bool; 3],
     cwd: Option<CString>,
-    /// The `PATH` candidates in order (one: the program, if it names a path).
-    candidates: Vec<CString>,
-    /// Whether `candidates` come from a `PATH` search (as execvp: `EACCES` remembered,
-    /// "not found" errors go on to the next).
-    search: bool,
+    /// The files the exec tries (`PATH` candidates as full paths).
+    candidates: Candidates,
     _argv: Vec<CString>,
     /// The job's own environment entries (the inherited ones are the server's [`ServerEnv`]).
     _envp: Vec<CString>,
@@ -167,35 +165,11 @@ impl<'a> ExecPlan<'a> {
         envp_ptrs.extend(own.iter().map(|(_, e)| e.as_ptr()));
         envp_ptrs.push(std::ptr::null());
         let envp: Vec<CString> = own.into_iter().map(|(_, e)| e).collect();
-        let program = job.program();
-        let search = !program.contains(&b'/');
-        let candidates = match search {
-            false => vec![cstr(program.to_vec())],
-            true => {
-                let path = path.unwrap_or_else(|| b"/usr/local/bin:/usr/bin:/bin".to_vec());
-                path.split(|&b| b == b':')
-                    .map(|dir| {
-                        let mut full = if dir.is_empty() {
-                            b".".to_vec()
-                        } else {
-                            dir.to_vec()
-                        };
-                        full.push(b'/');
-                        full.extend_from_slice(program);
-                        cstr(full)
-                    })
-                    .collect()
-            }
-        };
+        let candidates = Candidates::new(job.program(), path.as_deref());
         let (targets, srcs): (Vec<u32>, Vec<RawFd>) =
             bundle.iter().map(|(t, fd)| (t, fd.as_raw_fd())).unzip();
         let (fd_ops, keep) = plan_fds(srcs, targets);
         let null_stdio = [0, 1, 2].map(|fd| keep.binary_search(&fd).is_err());
-        let ptrs = |v: &[CString]| {
-            let mut p: Vec<*const c_char> = v.iter().map(|s| s.as_ptr()).collect();
-            p.push(std::ptr::null());
-            p
-        };
         Self {
             to_reset,
             server,
@@ -206,8 +180,7 @@ impl<'a> ExecPlan<'a> {
             null_stdio,
             cwd: job.cwd().map(|c| cstr(c.to_vec())),
             candidates,
-            search,
-            argv_ptrs: ptrs(&argv),
+            argv_ptrs: null_terminated(&argv),
             envp_ptrs,
             _argv: argv,
             _envp: envp,
@@ -228,7 +201,8 @@ impl<'a> ExecPlan<'a> {
                 return failed;
             }
         }
-        (Stage::Exec, self.exec())
+        let (argv, envp) = (&self.argv_ptrs, &self.envp_ptrs);
+        (Stage::Exec, self.candidates.exec(argv, envp))
     }
 
     fn reset_dispositions(&self) -> Result<(), (Stage, Errno)> {
@@ -343,29 +317,6 @@ impl<'a> ExecPlan<'a> {
     fn unblock_signals(&self) -> Result<(), (Stage, Errno)> {
         raw::unblock_all_signals().map_err(|e| (Stage::Setup, e))
     }
-
-    /// `execve` of each candidate in turn, as `execvp` (and the fork path's `exec`): returns
-    /// the errno to report.
-    fn exec(&self) -> Errno {
-        let (argv, envp) = (self.argv_ptrs.as_ptr(), self.envp_ptrs.as_ptr());
-        let mut err = Errno::ENOENT;
-        let mut saw_eacces = false;
-        for candidate in &self.candidates {
-            match raw::execve(candidate, argv, envp) {
-                e if !self.search => return e,
-                Errno::EACCES => saw_eacces = true,
-                e @ (Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::ENAMETOOLONG) => {
-                    err = e
-                }
-                e => return e,
-            }
-        }
-        if saw_eacces {
-            Errno::EACCES
-        } else {
-            err
-        }
-    }
 }
 
 #[cfg(test)]
@@ -426,7 +377,12 @@ mod tests {
             None,
             &env,
         );
-        let c: Vec<&[u8]> = plan.candidates.iter().map(|c| c.as_bytes()).collect();
+        let c: Vec<&[u8]> = plan
+            .candidates
+            .paths()
+            .iter()
+            .map(|c| c.as_bytes())
+            .collect();
         assert_eq!(c, [&b"/opt/bin/prog"[..], b"./prog"]);
         let plan = ExecPlan::new(
             &jobs[0],
@@ -436,6 +392,6 @@ mod tests {
             None,
             &env,
         );
-        assert_eq!(plan.candidates[0].as_bytes(), b"/bin/prog");
+        assert_eq!(plan.candidates.paths()[0].as_bytes(), b"/bin/prog");
     }
 }

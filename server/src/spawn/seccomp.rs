@@ -10,6 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use forkserver_protocol::{FdBundle, SpawnOptions, MAX_SECCOMP_INSNS};
 use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
 use nix::libc;
 use nix::sys::stat::{fstat, SFlag};
 
@@ -33,8 +34,10 @@ impl fmt::Debug for SeccompProgram {
 /// Why a bundle entry holds no program the server can hand to the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ProgramError {
-    /// Not a regular file (a memfd is one): a pipe or socket cannot be read from offset 0.
-    NotRegular,
+    /// Not a memfd (`F_GET_SEALS` fails): a file on a disk or a network mount could block the
+    /// server's loop while it is read, and a pipe or socket has no offset 0 (the reference
+    /// client copies a regular file into a memfd).
+    NotMemfd,
     /// The size is no whole number of instructions.
     Partial(u64),
     /// No instruction.
@@ -61,7 +64,7 @@ impl fmt::Display for ProgramError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("seccomp filter: ")?;
         match *self {
-            Self::NotRegular => f.write_str("not a regular file or memfd"),
+            Self::NotMemfd => f.write_str("not a memfd"),
             Self::Partial(n) => write!(
                 f,
                 "{n} bytes, not a multiple of {INSN_LEN} (struct sock_filter)"
@@ -75,16 +78,22 @@ impl fmt::Display for ProgramError {
 }
 
 impl SeccompProgram {
-    /// Reads the program in `fd`, a regular file (or memfd), from offset 0 (the fd's offset is
-    /// neither used nor moved): its size from `fstat`, checked before anything is read, so at
-    /// most [`MAX_SECCOMP_INSNS`] instructions are ever read.
+    /// Reads the program in `fd`, a memfd, from offset 0 (the fd's offset is neither used nor
+    /// moved): its size from `fstat`, checked before anything is read, so at most
+    /// [`MAX_SECCOMP_INSNS`] instructions are ever read. Only a memfd: its pages are in memory,
+    /// so no read of a client's fd can block the event loop (a file on a hung mount would).
     ///
     /// # Errors
     /// What is wrong with the entry, as [`ProgramError`] says.
     pub(crate) fn read(fd: BorrowedFd<'_>) -> Result<Self, ProgramError> {
+        // F_GET_SEALS answers for memfds (and other shmem files) only, without touching the
+        // file's contents; EINVAL for anything else.
+        if fcntl(fd, FcntlArg::F_GET_SEALS).is_err() {
+            return Err(ProgramError::NotMemfd);
+        }
         let st = fstat(fd.as_fd()).map_err(|e| ProgramError::Io("fstat", e))?;
         if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
-            return Err(ProgramError::NotRegular);
+            return Err(ProgramError::NotMemfd);
         }
         let size = st.st_size.max(0) as u64;
         if size % INSN_LEN as u64 != 0 {
@@ -162,8 +171,12 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// A memfd holding `bytes`, its offset at their end.
     fn file_of(bytes: &[u8]) -> std::fs::File {
-        let mut f = tempfile_in_tmp();
+        let fd =
+            nix::sys::memfd::memfd_create("seccomp-test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+                .unwrap();
+        let mut f = std::fs::File::from(fd);
         f.write_all(bytes).unwrap();
         f
     }
@@ -195,7 +208,14 @@ mod tests {
         assert_eq!(read(&allow[..5]), Err(ProgramError::Partial(5)));
         let null = std::fs::File::open("/dev/null").unwrap();
         let e = SeccompProgram::read(null.as_fd()).unwrap_err();
-        assert_eq!(e, ProgramError::NotRegular);
+        assert_eq!(e, ProgramError::NotMemfd);
+        // A regular file is refused too: reading it could block the server's loop.
+        let mut file = tempfile_in_tmp();
+        file.write_all(&allow).unwrap();
+        assert_eq!(
+            SeccompProgram::read(file.as_fd()).map(|p| p.len()),
+            Err(ProgramError::NotMemfd)
+        );
         assert_eq!(
             ProgramError::TooLong(4100).to_string(),
             "seccomp filter: 4100 instructions, at most 4096"

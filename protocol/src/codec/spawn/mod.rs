@@ -139,7 +139,8 @@ impl Spawn {
     /// by the parts' constructors.
     pub fn new(options: SpawnOptions, fds: FdMap, job: Job) -> Result<Self, BuildError> {
         options.check()?;
-        sandbox::check_indexes(&options, fds.len()).map_err(BuildError::InvalidValue)?;
+        sandbox::check_indexes(options.seccomp_index, options.landlock_index, fds.len())
+            .map_err(BuildError::InvalidValue)?;
         let s = Self {
             options: Box::new(options),
             fds,
@@ -232,7 +233,8 @@ impl Body for Spawn {
         let fds = FdMap::decode(r, nfds)?;
         options.decode_fields(f, r)?;
         // §5.5.1 check 6: the bundle indexes name entries of this bundle, two different ones.
-        sandbox::check_indexes(&options, fds.len()).map_err(DecodeError::InvalidValue)?;
+        sandbox::check_indexes(options.seccomp_index, options.landlock_index, fds.len())
+            .map_err(DecodeError::InvalidValue)?;
         let removes = f & flags::ENV_REMOVE != 0;
         let job = match r.u8()? {
             // §5.5.1: ENV_REMOVE is for exec jobs only.

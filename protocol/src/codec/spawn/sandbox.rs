@@ -8,7 +8,6 @@
 //! and in [`super::Spawn::new`] alike.
 
 use super::fields::FieldCodec;
-use super::options::SpawnOptions;
 use crate::codec::wire::{Reader, Sink};
 use crate::error::{DecodeError, Field};
 
@@ -27,15 +26,21 @@ impl FieldCodec for BundleIndex {
 }
 
 /// §5.5.1 check 6: each index names an entry of the bundle (`< nfds`), and the two name
-/// different entries; else the field at fault.
-pub(super) fn check_indexes(o: &SpawnOptions, nfds: usize) -> Result<(), Field> {
-    if o.seccomp_index.is_some_and(|i| usize::from(i) >= nfds) {
+/// different entries; else the field at fault. It takes the two values, not the
+/// `SpawnOptions` that hold them, so that `options` (which uses [`BundleIndex`]) and this
+/// module do not depend on each other.
+pub(super) fn check_indexes(
+    seccomp: Option<u16>,
+    landlock: Option<u16>,
+    nfds: usize,
+) -> Result<(), Field> {
+    if seccomp.is_some_and(|i| usize::from(i) >= nfds) {
         return Err(Field::SeccompIndex);
     }
-    if o.landlock_index.is_some_and(|i| usize::from(i) >= nfds) {
+    if landlock.is_some_and(|i| usize::from(i) >= nfds) {
         return Err(Field::LandlockIndex);
     }
-    if o.landlock_index.is_some() && o.landlock_index == o.seccomp_index {
+    if landlock.is_some() && landlock == seccomp {
         return Err(Field::LandlockIndex);
     }
     Ok(())
