@@ -9,14 +9,13 @@
 //! installs only notes the entry thread's panics (sent once one unwinds out of the entry) and
 //! keeps the previous hook's behaviour (the message still goes to stderr).
 
-use std::borrow::Cow;
 use std::fmt::Display;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
 use forkserver_protocol::typed::{
-    decode, encode, fingerprint, read_sealed_arg, send_frame, value_frames, Codec, ResultFrame,
+    decode, encode, fingerprint, map_sealed_arg, send_frame, value_frames, Codec, ResultFrame,
     TypedHeader,
 };
 use forkserver_protocol::SCM_MAX_FD;
@@ -87,7 +86,7 @@ fn run<A: DeserializeOwned, O: Outcome<M>, M>(
         fingerprint: &|codec| fingerprint::<A, O::Value>(name, codec),
         types: &|| types::<A, O::Value>(),
     };
-    let (header, mut arg, channel) = match open(name, &mut call, &mode) {
+    let (header, arg, channel) = match open(name, &mut call, &mode) {
         Ok(opened) => opened,
         Err(status) => return status,
     };
@@ -108,23 +107,28 @@ fn run<A: DeserializeOwned, O: Outcome<M>, M>(
             None => return fail(&channel, &format!("no argument fd was placed at {t}")),
         }
     }
-    // §11.8: an argument in a memfd is read (seals and size checked first) and the memfd
-    // closed before the entry runs; a bad one is refused like an argument that does not decode.
+    // §11.8: an argument in a memfd is mapped read-only (seals and size checked first, the
+    // fd closed) and decoded from the mapping, which goes before the entry runs; a bad one is
+    // refused like an argument that does not decode.
+    let mut mapped = None;
     if let Some(m) = header.memfd_arg() {
         let Some(fd) = call.take_fd(m.target()) else {
             let text = format!("no argument memfd was placed at {}", m.target());
             return fail(&channel, &text);
         };
-        match read_sealed_arg(fd, m) {
-            Ok(bytes) => arg = Cow::Owned(bytes),
+        match map_sealed_arg(fd, m) {
+            Ok(map) => mapped = Some(map),
             Err(e) => return fail(&channel, &format!("cannot read the argument: {e}")),
         }
     }
     drop(call);
     // Decoding, the entry and encoding its value: a panic in any of them is the entry's.
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let a = decode::<A>(codec, &arg, fds)
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let bytes = mapped.as_deref().unwrap_or(arg);
+        let a = decode::<A>(codec, bytes, fds)
             .map_err(|e| format!("cannot decode the argument: {e}"))?;
+        // The decoded value owns its data: the mapping goes before the entry runs.
+        drop(mapped);
         let value = f(a).into_result()?;
         encode(codec, &value).map_err(|e| format!("cannot encode the result: {e}"))
     }));
@@ -176,10 +180,10 @@ pub(crate) fn open(
     name: &str,
     call: &mut Invocation,
     mode: &Mode<'_>,
-) -> Result<(TypedHeader, Cow<'static, [u8]>, OwnedFd), i32> {
+) -> Result<(TypedHeader, &'static [u8], OwnedFd), i32> {
     // The argument is borrowed from the request's bytes, which live as long as this child.
     let (header, arg) = match TypedHeader::decode(call.payload_static()) {
-        Ok((h, arg)) => (h, Cow::Borrowed(arg)),
+        Ok((h, arg)) => (h, arg),
         Err(e) => {
             eprintln!("forkserver: typed entry {name}: {e}");
             return Err(BAD_HEADER_STATUS);

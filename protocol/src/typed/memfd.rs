@@ -1,14 +1,19 @@
 //! A large argument's sealed memfd (PROTOCOL.md §11.8), both ends: the client writes the
 //! encoded argument into a memfd and seals it; the entry child checks the seals and the size
-//! before it reads a byte, so a file that could change under it (or is no memfd) is refused.
+//! before it maps it, so a file that could change under it (or is no memfd) is refused.
 
+use std::ffi::c_void;
 use std::io::Write;
+use std::num::NonZeroUsize;
+use std::ops::Deref;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::FileExt;
+use std::ptr::NonNull;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+use nix::sys::stat::fstat;
 
 use super::header::{MemfdArg, MAX_MEMFD_ARG_LEN};
 
@@ -76,16 +81,27 @@ pub fn sealed_arg(bytes: &[u8]) -> Result<OwnedFd, MemfdError> {
     Ok(file.into())
 }
 
-/// Reads the argument of `arg` from its memfd `fd`, which it closes: first checks that `fd`
-/// is a memfd with [`REQUIRED_SEALS`] and exactly `arg.len()` bytes (bounded by the header's
-/// [`MAX_MEMFD_ARG_LEN`]), so nothing it reads can change or be cut short.
+/// Reads the argument of `arg` from its memfd `fd`, which it closes: the bytes of
+/// [`map_sealed_arg`] (same checks, same errors), copied into a `Vec`.
+///
+/// # Errors
+/// As [`map_sealed_arg`].
+pub fn read_sealed_arg(fd: OwnedFd, arg: MemfdArg) -> Result<Vec<u8>, MemfdError> {
+    map_sealed_arg(fd, arg).map(|m| m.to_vec())
+}
+
+/// Maps the argument of `arg` from its memfd `fd` read-only, and closes `fd`: first checks
+/// that `fd` is a memfd with [`REQUIRED_SEALS`] and exactly `arg.len()` bytes (bounded by the
+/// header's [`MAX_MEMFD_ARG_LEN`]), so the mapped bytes can neither change nor be cut short
+/// (no `SIGBUS`) while they are read. No byte is copied: an entry child decodes straight from
+/// the mapping, which goes when the [`SealedArg`] does.
 ///
 /// # Errors
 /// [`MemfdError::NotMemfd`], [`MemfdError::NotSealed`], [`MemfdError::Size`], or the
-/// failing call's errno.
-pub fn read_sealed_arg(fd: OwnedFd, arg: MemfdArg) -> Result<Vec<u8>, MemfdError> {
-    let file = std::fs::File::from(fd);
-    let seals = match fcntl(&file, FcntlArg::F_GET_SEALS) {
+/// failing call's errno (`mmap(2)` included).
+#[allow(unsafe_code)]
+pub fn map_sealed_arg(fd: OwnedFd, arg: MemfdArg) -> Result<SealedArg, MemfdError> {
+    let seals = match fcntl(&fd, FcntlArg::F_GET_SEALS) {
         Ok(bits) => bits,
         Err(Errno::EINVAL) => return Err(MemfdError::NotMemfd),
         Err(e) => return Err(MemfdError::Io(e)),
@@ -93,22 +109,66 @@ pub fn read_sealed_arg(fd: OwnedFd, arg: MemfdArg) -> Result<Vec<u8>, MemfdError
     if !SealFlag::from_bits_truncate(seals).contains(REQUIRED_SEALS) {
         return Err(MemfdError::NotSealed(seals));
     }
-    let size = file.metadata()?.len();
+    let size = fstat(&fd).map_err(MemfdError::Io)?.st_size as u64;
     if size != arg.len() {
         return Err(MemfdError::Size {
             size,
             len: arg.len(),
         });
     }
-    // The header bounds the length (MemfdArg::new), and the seals fix the size checked above.
-    let mut bytes = vec![0u8; size as usize];
-    file.read_exact_at(&mut bytes, 0)?;
-    Ok(bytes)
+    // The header bounds the length (MemfdArg::new, at most 1 GiB): it fits a usize.
+    let Some(len) = NonZeroUsize::new(size as usize) else {
+        return Ok(SealedArg { map: None });
+    };
+    // MAP_POPULATE: the page tables are filled in one call, not one fault per page read.
+    let flags = MapFlags::MAP_SHARED | MapFlags::MAP_POPULATE;
+    // SAFETY: a new read-only mapping at an address the kernel picks aliases no Rust memory.
+    // The seals checked above (no write, growth or shrinking, for every holder of the file)
+    // fix its `len` bytes for the mapping's life, so reading them is sound and never faults.
+    let ptr = unsafe { mmap(None, len, ProtFlags::PROT_READ, flags, &fd, 0) };
+    let ptr = ptr.map_err(MemfdError::Io)?;
+    Ok(SealedArg {
+        map: Some((ptr, len)),
+    })
+}
+
+/// The bytes of a sealed argument memfd, mapped read-only by [`map_sealed_arg`]; unmapped on
+/// drop. An empty argument maps nothing.
+#[derive(Debug)]
+pub struct SealedArg {
+    map: Option<(NonNull<c_void>, NonZeroUsize)>,
+}
+
+#[allow(unsafe_code)]
+impl Deref for SealedArg {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self.map {
+            // SAFETY: `ptr` maps `len` readable bytes (map_sealed_arg), which the seals keep
+            // unchanged, until drop unmaps them; the borrow of `self` outlives this slice.
+            Some((ptr, len)) => unsafe {
+                std::slice::from_raw_parts(ptr.as_ptr().cast::<u8>(), len.get())
+            },
+            None => &[],
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+impl Drop for SealedArg {
+    fn drop(&mut self) {
+        if let Some((ptr, len)) = self.map.take() {
+            // SAFETY: this mapping is ours alone (made by map_sealed_arg), and no slice of it
+            // outlives `self`.
+            let _ = unsafe { munmap(ptr, len.get()) };
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{read_sealed_arg, sealed_arg, MemfdError, MEMFD_NAME, REQUIRED_SEALS};
+    use super::{map_sealed_arg, read_sealed_arg, sealed_arg, MemfdError, MEMFD_NAME};
+    use super::REQUIRED_SEALS;
     use crate::typed::MemfdArg;
     use nix::fcntl::{fcntl, FcntlArg, SealFlag};
     use nix::sys::memfd::{memfd_create, MFdFlags};
@@ -127,6 +187,8 @@ mod tests {
         );
         let arg = MemfdArg::new(9, data.len() as u64).unwrap();
         assert_eq!(read_sealed_arg(fd.try_clone().unwrap(), arg).unwrap(), data);
+        let mapped = map_sealed_arg(fd.try_clone().unwrap(), arg).unwrap();
+        assert_eq!(&*mapped, &data[..]);
         let wrong = MemfdArg::new(9, 5).unwrap();
         assert_eq!(
             read_sealed_arg(fd, wrong),
@@ -157,5 +219,17 @@ mod tests {
         }
         let null = std::fs::File::open("/dev/null").unwrap();
         assert_eq!(read_sealed_arg(null.into(), arg), Err(MemfdError::NotMemfd));
+    }
+
+    #[test]
+    fn an_empty_argument_maps_to_no_bytes_and_a_wrong_size_is_refused_before_mapping() {
+        let empty = MemfdArg::new(9, 0).unwrap();
+        let mapped = map_sealed_arg(sealed_arg(&[]).unwrap(), empty).unwrap();
+        assert!(mapped.is_empty());
+        // An empty memfd where the header says 4096 bytes: a mapping would fault on read.
+        let r = map_sealed_arg(sealed_arg(&[]).unwrap(), MemfdArg::new(9, 4096).unwrap());
+        assert_eq!(r.unwrap_err(), MemfdError::Size { size: 0, len: 4096 });
+        let r = map_sealed_arg(sealed_arg(&[1; 10]).unwrap(), empty);
+        assert_eq!(r.unwrap_err(), MemfdError::Size { size: 10, len: 0 });
     }
 }

@@ -16,7 +16,8 @@
 //! * [`fingerprint`], [`Codec`], [`encode`], [`decode`], [`Fd`]: the types' identity and their
 //!   bytes (no I/O).
 //! * [`channel_pair`], [`send_frame`], [`recv_frame`]: the channel's socket calls.
-//! * [`sealed_arg`], [`read_sealed_arg`]: a large argument's sealed memfd (§11.8), both ends.
+//! * [`sealed_arg`], [`map_sealed_arg`] ([`read_sealed_arg`]): a large argument's sealed memfd
+//!   (§11.8), both ends.
 
 #[allow(unsafe_code)] // taking ownership of fds received with SCM_RIGHTS
 mod channel;
@@ -39,4 +40,6 @@ pub use header::{
     Codec, HeaderError, MemfdArg, TypedHeader, FLAG_ARG_MEMFD, FLAG_WORKER, MAX_ARG_FDS,
     MAX_MEMFD_ARG_LEN, MEMFD_REF_LEN, TYPED_HEADER_LEN, TYPED_MAGIC, TYPED_VERSION,
 };
-pub use memfd::{read_sealed_arg, sealed_arg, MemfdError, MEMFD_NAME, REQUIRED_SEALS};
+pub use memfd::{
+    map_sealed_arg, read_sealed_arg, sealed_arg, MemfdError, SealedArg, MEMFD_NAME, REQUIRED_SEALS,
+};
