@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use forkserver_protocol::typed::{
-    channel_pair, encode, fingerprint, sealed_arg, Codec, MemfdArg, MemfdError, TypedHeader,
+    channel_pair, encode_arg, fingerprint, ArgError, Codec, EncodedArg, MemfdArg, MemfdError,
+    TypedHeader,
 };
 use forkserver_protocol::{EntryJob, ErrorCode, Job, Session};
 use serde::{de::DeserializeOwned, Serialize};
@@ -113,7 +114,7 @@ impl<A: Serialize + ?Sized, R: DeserializeOwned> TypedCall<A, R> {
     /// limit, [`Error::Io`] if the memfd cannot be made). An encoded argument over 1 GiB is
     /// [`CallError::Encode`].
     pub fn spawn(&mut self, arg: &A) -> Result<TypedChild<R>, CallError> {
-        let (bytes, fds) = encode(self.codec, arg).map_err(|e| CallError::Encode(e.to_string()))?;
+        let (arg, fds) = encode_arg(self.codec, arg, self.inline_max).map_err(arg_error)?;
         let fp = fingerprint::<A, R>(&self.name, self.codec);
         let start = Start {
             client: &self.client,
@@ -121,9 +122,8 @@ impl<A: Serialize + ?Sized, R: DeserializeOwned> TypedCall<A, R> {
             codec: self.codec,
             fingerprint: fp,
             worker: false,
-            inline_max: self.inline_max,
         };
-        let (child, ours) = start.spawn(&mut self.req, &bytes, fds)?;
+        let (child, ours) = start.spawn(&mut self.req, arg, fds)?;
         Ok(TypedChild::new(child, ours, self.name.clone(), self.codec))
     }
 
@@ -154,16 +154,15 @@ impl<A: Serialize + ?Sized, R: DeserializeOwned> TypedCall<A, R> {
     /// or the channel cannot be registered with the runtime.
     #[cfg(feature = "tokio")]
     pub async fn spawn_async(&mut self, arg: &A) -> Result<AsyncTypedChild<R>, CallError> {
-        let (bytes, fds) = encode(self.codec, arg).map_err(|e| CallError::Encode(e.to_string()))?;
+        let (arg, fds) = encode_arg(self.codec, arg, self.inline_max).map_err(arg_error)?;
         let start = Start {
             client: &self.client,
             name: &self.name,
             codec: self.codec,
             fingerprint: fingerprint::<A, R>(&self.name, self.codec),
             worker: false,
-            inline_max: self.inline_max,
         };
-        let (child, ours) = start.spawn_async(&mut self.req, &bytes, fds).await?;
+        let (child, ours) = start.spawn_async(&mut self.req, arg, fds).await?;
         AsyncTypedChild::new(child, ours, self.name.clone(), self.codec).map_err(CallError::Spawn)
     }
 }
@@ -175,8 +174,6 @@ pub(crate) struct Start<'a> {
     pub(crate) codec: Codec,
     pub(crate) fingerprint: u64,
     pub(crate) worker: bool,
-    /// An argument longer than this goes in a memfd (§11.8).
-    pub(crate) inline_max: usize,
 }
 
 impl Start<'_> {
@@ -185,7 +182,7 @@ impl Start<'_> {
     pub(crate) fn spawn(
         &self,
         req: &mut Request,
-        arg: &[u8],
+        arg: EncodedArg,
         fds: Vec<OwnedFd>,
     ) -> Result<(Child, OwnedFd), CallError> {
         let (placed, ours, job) = self.place(req, arg, fds)?;
@@ -200,7 +197,7 @@ impl Start<'_> {
     pub(crate) async fn spawn_async(
         &self,
         req: &mut Request,
-        arg: &[u8],
+        arg: EncodedArg,
         fds: Vec<OwnedFd>,
     ) -> Result<(Child, OwnedFd), CallError> {
         let (placed, ours, job) = self.place(req, arg, fds)?;
@@ -217,18 +214,18 @@ impl Start<'_> {
         self.finish(spawned, ours)
     }
 
-    /// Makes the result channel and adds its child end, `fds` and (for an argument over
-    /// `inline_max`) the argument's sealed memfd (§11.8) to `req`, at free targets; the job
+    /// Makes the result channel and adds its child end, `fds` and (for an
+    /// [`EncodedArg::Memfd`]) the argument's sealed memfd (§11.8) to `req`, at free targets; the job
     /// carries the header that names them. The fds leave `req` when the [`Placed`] goes.
     fn place<'r>(
         &self,
         req: &'r mut Request,
-        arg: &[u8],
+        arg: EncodedArg,
         fds: Vec<OwnedFd>,
     ) -> Result<(Placed<'r>, OwnedFd, crate::Result<Job>), CallError> {
-        let memfd = match arg.len() > self.inline_max {
-            true => Some(sealed_arg(arg).map_err(memfd_error)?),
-            false => None,
+        let (inline, memfd) = match arg {
+            EncodedArg::Memfd { fd, len } => (Vec::new(), Some((fd, len))),
+            EncodedArg::Inline(bytes) => (bytes, None),
         };
         let (ours, theirs) =
             channel_pair().map_err(|e| CallError::Spawn(std::io::Error::from(e).into()))?;
@@ -243,18 +240,19 @@ impl Start<'_> {
             targets[1..=n_arg].to_vec(),
         )
         .map(|h| {
-            let at = memfd_target.and_then(|t| MemfdArg::new(t, arg.len() as u64));
+            let at = memfd_target
+                .zip(memfd.as_ref())
+                .and_then(|(t, m)| MemfdArg::new(t, m.1));
             h.with_worker(self.worker).with_memfd_arg(at)
         });
         let placed = Placed { req, keep };
         placed.req.fds.push((targets[0], theirs));
-        let rest = fds.into_iter().chain(memfd);
+        let rest = fds.into_iter().chain(memfd.map(|m| m.0));
         placed
             .req
             .fds
             .extend(targets[1..].iter().copied().zip(rest));
-        let inline = if memfd_target.is_some() { &[][..] } else { arg };
-        let job = match header.and_then(|h| h.encode(inline)) {
+        let job = match header.and_then(|h| h.encode(&inline)) {
             // More argument fds than a bundle holds beside the channel.
             None => Err(Error::TooManyFds(placed.req.fds.len())),
             Some(payload) => EntryJob::new(self.name.to_owned(), payload)
@@ -298,10 +296,13 @@ impl Drop for Placed<'_> {
     }
 }
 
-/// A memfd that could not be made: an argument over the cap is the caller's, the rest is I/O.
-fn memfd_error(e: MemfdError) -> CallError {
+/// An argument that could not be encoded, or whose memfd could not be made: an argument over
+/// the cap is the caller's, the memfd's system calls are I/O.
+fn arg_error(e: ArgError) -> CallError {
     match e {
-        MemfdError::Io(errno) => CallError::Spawn(std::io::Error::from(errno).into()),
+        ArgError::Memfd(MemfdError::Io(errno)) => {
+            CallError::Spawn(std::io::Error::from(errno).into())
+        }
         other => CallError::Encode(other.to_string()),
     }
 }

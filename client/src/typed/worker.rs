@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use forkserver_protocol::typed::{
     decode, encode, fingerprint, recv_frame, request_frames, send_frame, Assembler, Codec,
-    Received, ResultFrame, DEFAULT_MAX_RESULT_LEN,
+    EncodedArg, Received, ResultFrame, DEFAULT_MAX_RESULT_LEN,
 };
 use forkserver_protocol::{Session, SCM_MAX_FD};
 use nix::errno::Errno;
@@ -85,9 +85,9 @@ impl<Req: Serialize + ?Sized, Resp: DeserializeOwned> WorkerBuilder<Req, Resp> {
             codec: self.codec,
             fingerprint: fingerprint::<Req, Resp>(&self.name, self.codec),
             worker: true,
-            inline_max: 0,
         };
-        let (mut child, channel) = start.spawn(&mut self.req, &[], Vec::new())?;
+        let (mut child, channel) =
+            start.spawn(&mut self.req, EncodedArg::Inline(Vec::new()), Vec::new())?;
         let mut worker = Worker {
             stdin: child.stdin.take(),
             stdout: child.stdout.take(),

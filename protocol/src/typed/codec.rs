@@ -18,7 +18,8 @@ pub struct CodecError {
     pub message: String,
 }
 
-fn err(codec: Codec, e: impl std::fmt::Display) -> CodecError {
+/// The codec's error `e` as a [`CodecError`].
+pub(crate) fn err(codec: Codec, e: impl std::fmt::Display) -> CodecError {
     CodecError {
         codec: codec.name(),
         message: e.to_string(),

@@ -69,13 +69,20 @@ pub fn sealed_arg(bytes: &[u8]) -> Result<OwnedFd, MemfdError> {
     if len > MAX_MEMFD_ARG_LEN {
         return Err(MemfdError::TooLong(len));
     }
-    let fd = memfd_create(
-        MEMFD_NAME,
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )
-    .map_err(MemfdError::Io)?;
-    let mut file = std::fs::File::from(fd);
+    let mut file = unsealed_memfd()?;
     file.write_all(bytes)?;
+    seal(file)
+}
+
+/// A new, empty, close-on-exec memfd ([`MEMFD_NAME`]) that takes seals.
+pub(crate) fn unsealed_memfd() -> Result<std::fs::File, MemfdError> {
+    let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+    let fd = memfd_create(MEMFD_NAME, flags).map_err(MemfdError::Io)?;
+    Ok(fd.into())
+}
+
+/// Seals `file` (a memfd written in full) with [`REQUIRED_SEALS`] and `F_SEAL_SEAL`.
+pub(crate) fn seal(file: std::fs::File) -> Result<OwnedFd, MemfdError> {
     let seals = REQUIRED_SEALS | SealFlag::F_SEAL_SEAL;
     fcntl(&file, FcntlArg::F_ADD_SEALS(seals)).map_err(MemfdError::Io)?;
     Ok(file.into())
@@ -167,8 +174,8 @@ impl Drop for SealedArg {
 
 #[cfg(test)]
 mod tests {
-    use super::{map_sealed_arg, read_sealed_arg, sealed_arg, MemfdError, MEMFD_NAME};
     use super::REQUIRED_SEALS;
+    use super::{map_sealed_arg, read_sealed_arg, sealed_arg, MemfdError, MEMFD_NAME};
     use crate::typed::MemfdArg;
     use nix::fcntl::{fcntl, FcntlArg, SealFlag};
     use nix::sys::memfd::{memfd_create, MFdFlags};

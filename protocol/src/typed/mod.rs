@@ -16,9 +16,10 @@
 //! * [`fingerprint`], [`Codec`], [`encode`], [`decode`], [`Fd`]: the types' identity and their
 //!   bytes (no I/O).
 //! * [`channel_pair`], [`send_frame`], [`recv_frame`]: the channel's socket calls.
-//! * [`sealed_arg`], [`map_sealed_arg`] ([`read_sealed_arg`]): a large argument's sealed memfd
-//!   (§11.8), both ends.
+//! * [`encode_arg`] (or [`sealed_arg`]), [`map_sealed_arg`] ([`read_sealed_arg`]): a large
+//!   argument's sealed memfd (§11.8), both ends.
 
+mod arg;
 #[allow(unsafe_code)] // taking ownership of fds received with SCM_RIGHTS
 mod channel;
 mod codec;
@@ -28,6 +29,7 @@ mod frame;
 mod header;
 mod memfd;
 
+pub use arg::{encode_arg, ArgError, EncodedArg};
 pub use channel::{channel_pair, recv_frame, send_frame, ChannelError, Received};
 pub use codec::{decode, encode, CodecError};
 pub use fd::Fd;
