@@ -7,7 +7,7 @@ use forkserver_benches::interleave::{self, Scenario};
 use forkserver_benches::Result;
 use forkserver_client::Client;
 
-use crate::peers::{blob_sum, scale, Blob, Job, BIG_ARG_BYTES};
+use crate::peers::{blob_sum, scale, Blob, Job, BIG_ARG_BYTES, BIG_PAYLOAD_BYTES};
 use crate::plan::Plan;
 use crate::scenarios::{check, Group};
 
@@ -23,8 +23,9 @@ pub(crate) const CALLS: [&str; 6] = [
 
 /// Spawn to result, interleaved: a raw `Call` of `noop` (spawn to exit code), a typed call of
 /// `scale` with a [`Job`] (spawn to the returned `Job`), `procspawn::spawn(job, scale)` +
-/// `join`; then the same three with a [`Blob`] of [`BIG_ARG_BYTES`] (the raw call's payload
-/// is that many bytes, which `noop` ignores; `blob_sum` reads them all). Arguments are built
+/// `join`; then the same three large: a [`Blob`] of [`BIG_ARG_BYTES`] (1 MiB, which `blob_sum`
+/// reads in full) for ours typed and procspawn, a raw payload of [`BIG_PAYLOAD_BYTES`] (what a
+/// `Spawn` can carry, 4 KiB less) that `noop` ignores. Arguments are built
 /// outside the timed region (procspawn takes its argument by value: the copy is made before
 /// the clock starts); the connection of ours is kept between calls, as for any user.
 pub(crate) fn call_group(client: &Client, plan: &Plan) -> Result<Group> {
@@ -61,7 +62,7 @@ pub(crate) fn call_group(client: &Client, plan: &Plan) -> Result<Group> {
             expect(out.is_scaled(), "procspawn: scale")?;
             Ok(elapsed)
         }),
-        Scenario::new(CALLS[3], raw(vec![7; BIG_ARG_BYTES])),
+        Scenario::new(CALLS[3], raw(vec![7; BIG_PAYLOAD_BYTES])),
         Scenario::new(CALLS[4], move || {
             let start = Instant::now();
             let sum = typed_big.spawn(big)?.join()?;

@@ -34,11 +34,13 @@ use throughput::{throughput_group, PeerThroughput};
 use crate::plan::Plan;
 use crate::scenarios::Group;
 
-/// The large argument: 1 MiB less 4 KiB. A typed argument travels inline in the `Spawn`'s
-/// payload today, whose body is at most 1 MiB (PROTOCOL.md §3) with the typed header, the
-/// entry's name and the request's other fields; an exact MiB needs the memfd transport of
-/// issue 15 point 5, which is not in this tree yet.
-pub(crate) const BIG_ARG_BYTES: usize = (1 << 20) - 4096;
+/// The large typed (and procspawn) argument: 1 MiB. Over `INLINE_ARG_MAX`, it travels in a
+/// sealed memfd (PROTOCOL.md §11.8), so no payload limit bounds it.
+pub(crate) const BIG_ARG_BYTES: usize = 1 << 20;
+
+/// The raw call's large payload: 1 MiB less 4 KiB, what a `Spawn` can carry (its body is at
+/// most 1 MiB, PROTOCOL.md §3, with the entry's name and the request's other fields).
+pub(crate) const BIG_PAYLOAD_BYTES: usize = (1 << 20) - 4096;
 
 /// The small argument and result: a 4-field struct, as in `examples/typed_call.rs`.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -4,7 +4,7 @@ use forkserver_benches::stats::ratio;
 use forkserver_benches::Result;
 use serde_json::{json, Map, Value};
 
-use crate::peers::{PeersResults, BIG_ARG_BYTES};
+use crate::peers::{PeersResults, BIG_ARG_BYTES, BIG_PAYLOAD_BYTES};
 use crate::scenarios::print_group;
 
 /// The ratios of group 8 (medians; the throughput one of calls per second), into `m`:
@@ -56,7 +56,7 @@ pub(crate) fn print(p: &PeersResults) {
     print_group(
         &format!(
             "8. typed calls, spawn to result: ours vs procspawn vs a raw Call (small struct; \
-             {BIG_ARG_BYTES} bytes)"
+             {BIG_ARG_BYTES} bytes typed, {BIG_PAYLOAD_BYTES} raw)"
         ),
         &p.calls,
         Some("ours_typed_small"),
@@ -97,6 +97,7 @@ pub(crate) fn to_json(p: &PeersResults) -> Value {
     json!({
         "peers": {"procspawn": "default features off", "zygote": "default features (clone3)"},
         "big_arg_bytes": BIG_ARG_BYTES,
+        "big_payload_bytes": BIG_PAYLOAD_BYTES,
         "calls": p.calls.to_json(),
         "workers": p.workers.to_json(),
         "throughput": throughput,
