@@ -742,7 +742,8 @@ fn arguments_around_the_inline_limit(client: &Client) {
 
 /// A hostile or buggy client's memfd (not sealed, the wrong size, not a memfd, not placed)
 /// is refused by the child after `Accepted` and before the entry runs, as an argument that
-/// does not decode: an `Error` frame and status 1.
+/// does not decode: an `Error` frame and status 1; so is an empty sealed memfd (0 bytes
+/// decode as no value).
 fn a_bad_argument_memfd_is_refused(client: &Client) {
     use forkserver_protocol::typed::{
         channel_pair, fingerprint, recv_frame, sealed_arg, MemfdArg, Received, ResultFrame,
@@ -771,6 +772,12 @@ fn a_bad_argument_memfd_is_refused(client: &Client) {
         ),
         (Some(null()), arg.len() as u64, "not a memfd"),
         (None, arg.len() as u64, "no argument memfd was placed at 4"),
+        // Sealed and of the header's size, but empty: mapped as no bytes, which do not decode.
+        (
+            Some(sealed_arg(&[]).unwrap()),
+            0,
+            "cannot decode the argument",
+        ),
     ];
     for (fd, len, why) in cases {
         let (ours, theirs) = channel_pair().unwrap();

@@ -215,8 +215,9 @@ impl Start<'_> {
     }
 
     /// Makes the result channel and adds its child end, `fds` and (for an
-    /// [`EncodedArg::Memfd`]) the argument's sealed memfd (§11.8) to `req`, at free targets; the job
-    /// carries the header that names them. The fds leave `req` when the [`Placed`] goes.
+    /// [`EncodedArg::Memfd`]) the argument's sealed memfd (§11.8) to `req`, at free targets;
+    /// the job carries the header that names them. The fds leave `req` when the [`Placed`]
+    /// goes.
     fn place<'r>(
         &self,
         req: &'r mut Request,
