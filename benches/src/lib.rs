@@ -26,6 +26,7 @@ pub mod raw;
 pub mod small_client;
 pub mod stats;
 pub mod svg;
+pub mod typed_values;
 
 /// The error type of the harness: anything, with a message.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -17,17 +17,14 @@
 //! three ways this binary starts (harness, our launched server, procspawn's child) tell
 //! themselves apart.
 
-mod blob;
 mod calls;
 mod report;
 mod throughput;
 
-use serde::{Deserialize, Serialize};
-
 use forkserver_benches::Result;
 
-pub(crate) use blob::Blob;
 use calls::{call_group, worker_group};
+pub(crate) use forkserver_benches::typed_values::{scale, Blob, Job};
 pub(crate) use report::{print, put_ratios, to_json};
 use throughput::{throughput_group, PeerThroughput};
 
@@ -41,40 +38,6 @@ pub(crate) const BIG_ARG_BYTES: usize = 1 << 20;
 /// The raw call's large payload: 1 MiB less 4 KiB, what a `Spawn` can carry (its body is at
 /// most 1 MiB, PROTOCOL.md §3, with the entry's name and the request's other fields).
 pub(crate) const BIG_PAYLOAD_BYTES: usize = (1 << 20) - 4096;
-
-/// The small argument and result: a 4-field struct, as in `examples/typed_call.rs`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct Job {
-    name: String,
-    w: u32,
-    h: u32,
-    factor: f64,
-}
-
-impl Job {
-    pub(crate) fn new() -> Job {
-        Job {
-            name: "thumbnail".into(),
-            w: 800,
-            h: 600,
-            factor: 0.25,
-        }
-    }
-
-    /// Whether `self` is what [`scale`] makes of [`Job::new`].
-    pub(crate) fn is_scaled(&self) -> bool {
-        (self.w, self.h) == (200, 150)
-    }
-}
-
-/// The small call's function, the same for ours, procspawn and zygote.
-pub(crate) fn scale(j: Job) -> Job {
-    Job {
-        w: (f64::from(j.w) * j.factor) as u32,
-        h: (f64::from(j.h) * j.factor) as u32,
-        ..j
-    }
-}
 
 /// The large call's function: reads every byte, returns a small value.
 pub(crate) fn blob_sum(b: Blob) -> u64 {
